@@ -1,0 +1,141 @@
+"""Typed, immutable gateway configuration (DESIGN §3).
+
+These objects are what the rest of the gateway sees; all validation happens in
+``loader.py`` so that errors can name the file, line and key. Defaults here are the
+documented defaults, which also lets tests build configs directly in code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+UPSTREAM_TLS_MODES = ("disable", "prefer", "require", "verify-full")
+
+# Asymmetric JWS algorithms only: a JWKS holds public keys, so HMAC ("HS*") would mean
+# sharing a secret with every verifier, and "none" means no signature at all.
+JWT_ALGORITHMS = (
+    "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512",
+    "ES256", "ES256K", "ES384", "ES512",
+    "EdDSA",
+)  # fmt: skip
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, repr=False)
+class Secret:
+    """A credential whose value must never reach a log line, traceback or repr."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str
+    port: int
+    tls: TlsFiles | None = None
+    allow_plaintext: bool = False
+    workers: int = 1
+    max_connections: int = 1000
+    startup_timeout: float = 10.0
+    drain_timeout: float = 30.0
+    max_message_size: int = 64 * MIB
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # A dotted path into the claims, e.g. "realm_access.roles" for Keycloak.
+    groups_claim: str = "groups"
+    subject_claim: str = "sub"
+    leeway: float = 30.0
+    # None lets the verifier take the algorithm from each JWKS key (still asymmetric only).
+    algorithms: tuple[str, ...] | None = None
+    jwks_refresh_min_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    providers: tuple[ProviderConfig, ...]
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    host: str
+    port: int
+    database: str
+    user: str
+    password: Secret | None = None
+    tls: str = "prefer"
+    # Only used with tls="verify-full"; None means the system CA store.
+    ca_file: Path | None = None
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # An absolute file/directory path, or an http(s) URL kept verbatim.
+    bundle: str
+    verification_key: Path | None = None
+    allow_unsigned: bool = False
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    dir: Path
+    signing_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    grpc: tuple[str, int] | None = None
+    http: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    listen: ListenConfig
+    identity: IdentityConfig
+    connections: dict[str, ConnectionConfig]
+    policy: PolicyConfig | None = None
+    audit: AuditConfig | None = None
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    networks: dict[str, tuple[Network, ...]] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)

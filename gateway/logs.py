@@ -1,0 +1,58 @@
+"""Structured logs: one JSON object per line on stderr.
+
+Callers pass an event name and fields; nothing here formats free text, so a secret can
+only reach the log if a caller names it as a field — which code review can see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_logger = logging.getLogger("pgwarden")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs * 1000):06d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["exception"] = record.exc_info[0].__name__
+        return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+def configure(level: str = "info", stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    _logger.handlers[:] = [handler]
+    _logger.setLevel(level.upper())
+    _logger.propagate = False
+
+
+def log(level: int, event: str, **fields: Any) -> None:
+    if _logger.isEnabledFor(level):
+        _logger.log(level, event, extra={"fields": fields})
+
+
+def info(event: str, **fields: Any) -> None:
+    log(logging.INFO, event, **fields)
+
+
+def warning(event: str, **fields: Any) -> None:
+    log(logging.WARNING, event, **fields)
+
+
+def error(event: str, **fields: Any) -> None:
+    log(logging.ERROR, event, **fields)
+
+
+def debug(event: str, **fields: Any) -> None:
+    log(logging.DEBUG, event, **fields)

@@ -1,0 +1,258 @@
+"""One client connection: startup, TLS, JWT authentication, upstream login, relay."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway import logs
+from gateway.identity.errors import AuthError
+from gateway.identity.model import Identity
+from gateway.wire import backend as be
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.framing import MessageFramer
+from gateway.wire.frontend import PasswordMessage
+from gateway.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    StartupReader,
+)
+
+from . import upstream as up
+from .cancel import CancelAction
+from .endpoint import ConnectionClosed, Endpoint
+from .relay import Relay
+from .startup_params import StartupParamError, upstream_params
+
+if TYPE_CHECKING:
+    from .server import GatewayServer
+
+_PASSWORD_PHASE_TYPES = frozenset(b"pX")
+_MAX_PASSWORD_MESSAGE = 64 * 1024
+
+
+class SessionFailure(Exception):
+    """Ends the session with a FATAL ErrorResponse carrying this SQLSTATE and text."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass
+class ClientHello:
+    startup: StartupMessage
+    tls: bool
+    leftover: bytes
+
+
+def _printable(value: str, limit: int = 63) -> str:
+    """Client-chosen names are echoed in errors and logs: bound and defang them."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
+    return clean + ("..." if len(value) > limit else "")
+
+
+class Session:
+    def __init__(self, server: GatewayServer, client: Endpoint) -> None:
+        self.server = server
+        self.client = client
+        self.id = secrets.token_hex(8)
+        peer = client.extra_info("peername")
+        self.client_addr = str(peer[0]) if isinstance(peer, tuple) else "local"
+        self.started_at = time.time()
+        self.identity: Identity | None = None
+        self.relay: Relay | None = None
+        self.connection_name: str | None = None
+        self._cancel_pid: int | None = None
+        self._pending_client = b""
+
+    async def run(self) -> None:
+        cfg = self.server.config.listen
+        outcome = "closed"
+        try:
+            async with asyncio.timeout(cfg.startup_timeout):
+                hello = await self._startup()
+                if hello is None:
+                    return
+                link = await self._authenticate_and_connect(hello)
+            if link is None:
+                return
+            outcome = await self._relay(link, hello)
+        except SessionFailure as e:
+            outcome = "refused"
+            self._fatal(e.sqlstate, str(e))
+        except ProtocolViolation as e:
+            outcome = "protocol_violation"
+            logs.warning("session.protocol_violation", session=self.id, sqlstate=e.sqlstate,
+                         reason=str(e), client_addr=self.client_addr)
+            self._fatal(e.sqlstate, str(e))
+        except TimeoutError:
+            outcome = "startup_timeout"
+            self._fatal("08P01", "the client did not complete startup in time")
+        except ConnectionClosed:
+            outcome = "client_closed_during_startup"
+        except Exception as e:  # never a traceback to the client, never a dead gateway
+            outcome = "internal_error"
+            logs.error("session.internal_error", session=self.id, error=type(e).__name__)
+            self._fatal("XX000", "internal gateway error")
+        finally:
+            if self._cancel_pid is not None:
+                self.server.cancels.unregister(self._cancel_pid)
+            self.client.close()
+            if self.identity is not None or outcome not in ("closed",):
+                logs.info(
+                    "session.end", session=self.id, outcome=outcome,
+                    subject=self.identity.subject if self.identity else None,
+                    connection=self.connection_name,
+                    duration_ms=round((time.time() - self.started_at) * 1000, 1),
+                    messages=self.relay.messages_from_client if self.relay else 0,
+                )
+
+    def terminate(self, code: str, message: str) -> None:
+        if self.relay is not None:
+            self.relay.terminate(code, message)
+        else:
+            self._fatal(code, message)
+            self.client.close()
+
+    # -- phases ------------------------------------------------------------------------
+
+    async def _startup(self) -> ClientHello | None:
+        reader = StartupReader()
+        tls = False
+        ctx = self.server.tls_context
+        while True:
+            packet = reader.next_packet()
+            if packet is None:
+                reader.feed(await self.client.read())
+                continue
+            if isinstance(packet, SSLRequest):
+                if tls:
+                    raise ProtocolViolation("SSL request received on an encrypted connection")
+                if reader.pending():
+                    # Plaintext bytes queued behind the request could be injected (CVE-2021-23214).
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                if ctx is None:
+                    self.client.write(b"N")
+                    continue
+                self.client.write(b"S")
+                await self.client.start_tls(ctx, server_side=True)
+                tls = True
+            elif isinstance(packet, GSSENCRequest):
+                if reader.pending() or tls:
+                    raise ProtocolViolation("unexpected GSSAPI encryption request")
+                self.client.write(b"N")
+            elif isinstance(packet, CancelRequest):
+                await self.server.handle_cancel(packet)
+                return None
+            else:
+                return ClientHello(packet, tls, reader.take_pending())
+
+    async def _authenticate_and_connect(self, hello: ClientHello) -> up.UpstreamLink | None:
+        listen = self.server.config.listen
+        st = hello.startup
+        user = _printable(st.params.get("user", ""))
+        dbname = _printable(st.params.get("database") or st.params.get("user", ""))
+        if not hello.tls and not listen.allow_plaintext:
+            raise SessionFailure(
+                "28000", "the gateway requires TLS: connect with sslmode=require or stronger"
+            )
+        try:
+            params = upstream_params(st.params)
+        except StartupParamError as e:
+            raise SessionFailure("42501", str(e)) from None
+        if st.minor > 0 or st.unsupported_options():
+            self.client.write(be.NegotiateProtocolVersion(0, st.unsupported_options()).encode())
+        self.client.write(be.Authentication(be.AUTH_CLEARTEXT).encode())
+        token, leftover = await self._read_password(hello.leftover)
+        if token is None:
+            return None
+        try:
+            identity = await self.server.verifier.verify(token)
+        except AuthError as e:
+            logs.warning("auth.failure", session=self.id, reason=e.reason, user=user,
+                         connection=dbname, client_addr=self.client_addr)
+            raise SessionFailure(
+                e.sqlstate, f'JWT authentication failed for user "{user}": {e}'
+            ) from None
+        self.identity = identity
+        conn = self.server.config.connections.get(st.params.get("database") or st.params["user"])
+        if conn is None:
+            logs.warning("auth.unknown_connection", session=self.id, subject=identity.subject,
+                         connection=dbname, client_addr=self.client_addr)
+            raise SessionFailure(
+                "28000", f'connection "{dbname}" is not configured on this gateway'
+            )
+        self.connection_name = conn.name
+        logs.info("session.start", session=self.id, subject=identity.subject,
+                  issuer=identity.issuer, groups=list(identity.groups), connection=conn.name,
+                  user=user, client_addr=self.client_addr, tls=hello.tls,
+                  application_name=_printable(params.get("application_name", "")))
+        target = self.server.target(conn.name)
+        try:
+            link = await up.connect(target, params)
+        except up.UpstreamRefused as e:
+            logs.error("upstream.login_failed", session=self.id, connection=conn.name,
+                       reason=str(e), sqlstate=e.error.code if e.error else None)
+            raise SessionFailure(
+                "08001", f'could not log in to the upstream of connection "{conn.name}"'
+            ) from None
+        except (OSError, TimeoutError) as e:
+            logs.error("upstream.unreachable", session=self.id, connection=conn.name,
+                       error=type(e).__name__)
+            raise SessionFailure(
+                "08001", f'the upstream of connection "{conn.name}" is unreachable'
+            ) from None
+        self._pending_client = leftover
+        return link
+
+    async def _read_password(self, pending: bytes) -> tuple[str | None, bytes]:
+        framer = MessageFramer(_PASSWORD_PHASE_TYPES, _MAX_PASSWORD_MESSAGE)
+        data = pending
+        while True:
+            if data:
+                _, frames = framer.feed(data)
+                if frames:
+                    mtype, body = frames[0]
+                    if mtype == ord("X"):
+                        return None, b""
+                    if len(frames) > 1:
+                        raise ProtocolViolation("unexpected message before authentication")
+                    token = PasswordMessage(body).password()
+                    return token, framer.take_rest()
+            data = await self.client.read()
+
+    async def _relay(self, link: up.UpstreamLink, hello: ClientHello) -> str:
+        key = self.server.cancels.register(self._cancel_action(link))
+        self._cancel_pid = key.pid
+        out = [be.Authentication(be.AUTH_OK).encode()]
+        out += [be.ParameterStatus(n, v).encode() for n, v in link.parameters]
+        out.append(key.encode())
+        out.append(be.ReadyForQuery(link.status).encode())
+        self.client.write(b"".join(out))
+        max_size = self.server.config.listen.max_message_size
+        relay = Relay(self.id, self.client, link.endpoint, max_size)
+        self.relay = relay
+        relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
+        return await relay.done
+
+    def _cancel_action(self, link: up.UpstreamLink) -> CancelAction:
+        target = self.server.target(self.connection_name or "")
+        key = link.key
+
+        async def cancel() -> None:
+            if key is None:
+                return
+            await up.send_cancel(target, key)
+            logs.info("session.cancel_forwarded", session=self.id)
+
+        return cancel
+
+    def _fatal(self, code: str, message: str) -> None:
+        if not self.client.closed:
+            self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())

@@ -1,0 +1,99 @@
+"""`pgwarden serve`: run the gateway until SIGTERM/SIGINT, then drain and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway import logs
+from gateway.config.loader import ConfigError, load_config
+from gateway.config.model import GatewayConfig
+from gateway.identity.verifier import JwtVerifier
+from gateway.proxy.server import GatewayServer
+
+
+def run(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(f"pgwarden: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log.level)
+    try:
+        verifier = JwtVerifier(config.identity.providers)
+    except ValueError as e:
+        print(f"pgwarden: {config.source}: identity: {e}", file=sys.stderr)
+        return 2
+    workers = config.listen.workers
+    if workers <= 1:
+        return _run_loop(config, verifier, 0)
+    return _supervise(config, verifier, workers)
+
+
+def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return asyncio.run(_main(config, verifier, worker_id))
+    return uvloop.run(_main(config, verifier, worker_id))
+
+
+async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int) -> int:
+    loop = asyncio.get_running_loop()
+    server = GatewayServer(config, verifier, worker_id)
+    primed = await verifier.prime()
+    for issuer, ok in primed.items():
+        if not ok:
+            logs.warning("identity.jwks_unavailable", issuer=issuer)
+    try:
+        await server.start()
+    except OSError as e:
+        logs.error("gateway.listen_failed", error=str(e))
+        return 2
+    logs.info("gateway.start", worker=worker_id, config=str(config.source),
+              connections=sorted(config.connections), pid=os.getpid())
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> int:
+    """Fork N workers sharing the port through SO_REUSEPORT; forward signals; reap."""
+    if config.listen.port == 0:
+        print("pgwarden: listen.address: workers > 1 needs a fixed port", file=sys.stderr)
+        return 2
+    children: list[int] = []
+    for worker_id in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_loop(config, verifier, worker_id)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    return worst
+
+
+def config_dir(config: GatewayConfig) -> Path:
+    return config.source.parent

@@ -1,0 +1,127 @@
+"""Splitting a byte stream of typed messages (1-byte type, int32 length, body).
+
+Two shapes, because the two directions have different costs:
+
+* `MessageFramer` buffers whole messages; the gateway must see every client message
+  before it decides what reaches the database.
+* `BackendObserver` never holds the stream: the caller forwards the bytes as they are and
+  the observer only keeps the few message types the session must react to. A large
+  DataRow or CopyData passes through without being buffered or copied.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .errors import ProtocolViolation
+
+_LEN = struct.Struct("!i")
+
+Frame = tuple[int, bytes]
+
+
+class MessageFramer:
+    def __init__(self, allowed_types: frozenset[int], max_size: int) -> None:
+        self._allowed = allowed_types
+        self._max = max_size
+        self._buf: bytearray = bytearray()
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        """Returns the bytes of every message completed by `data`, and those messages."""
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data
+        n = len(buf)
+        pos = 0
+        frames: list[Frame] = []
+        unpack = _LEN.unpack_from
+        while n - pos >= 5:
+            mtype = buf[pos]
+            (length,) = unpack(buf, pos + 1)
+            if mtype not in self._allowed:
+                raise ProtocolViolation(f"unexpected message type 0x{mtype:02x}")
+            if length < 4:
+                raise ProtocolViolation("invalid message length")
+            if length > self._max:
+                raise ProtocolViolation("message exceeds the gateway's size limit", "54000")
+            end = pos + 1 + length
+            if end > n:
+                break
+            frames.append((mtype, bytes(buf[pos + 5 : end])))
+            pos = end
+        if pos == n and buf is data:
+            complete = data
+        else:
+            complete = bytes(buf[:pos])
+        rest = buf[pos:]
+        if n - pos in range(1, 5):
+            # A partial header may already tell a bad type; fail before waiting for more.
+            if buf[pos] not in self._allowed:
+                raise ProtocolViolation(f"unexpected message type 0x{buf[pos]:02x}")
+        self._buf = bytearray(rest)
+        return complete, frames
+
+    def has_partial(self) -> bool:
+        return bool(self._buf)
+
+    def take_rest(self) -> bytes:
+        """Hands over the bytes of an unfinished message, e.g. when another reader takes over."""
+        out = bytes(self._buf)
+        self._buf = bytearray()
+        return out
+
+
+class BackendObserver:
+    """Tracks message boundaries in a stream the caller forwards untouched."""
+
+    def __init__(
+        self, known_types: frozenset[int], observed: frozenset[int], max_observed_size: int
+    ) -> None:
+        self._known = known_types
+        self.observed = observed
+        self._max = max_observed_size
+        self._skip = 0
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[Frame]:
+        pos = 0
+        if self._skip:
+            k = min(self._skip, len(data))
+            self._skip -= k
+            pos = k
+            if self._skip:
+                return []
+        if self._partial:
+            data = self._partial + data[pos:]
+            pos = 0
+            self._partial = b""
+        n = len(data)
+        events: list[Frame] = []
+        observed = self.observed
+        unpack = _LEN.unpack_from
+        while pos < n:
+            if n - pos < 5:
+                self._partial = data[pos:]
+                break
+            mtype = data[pos]
+            (length,) = unpack(data, pos + 1)
+            if length < 4 or mtype not in self._known:
+                raise ProtocolViolation("upstream sent an invalid message")
+            end = pos + 1 + length
+            if mtype in observed:
+                if length > self._max:
+                    raise ProtocolViolation("upstream message exceeds the size limit")
+                if end > n:
+                    self._partial = data[pos:]
+                    break
+                events.append((mtype, data[pos + 5 : end]))
+            elif end > n:
+                self._skip = end - n
+                break
+            pos = end
+        return events
+
+    def at_boundary(self) -> bool:
+        return not self._skip and not self._partial

@@ -1,0 +1,251 @@
+"""Messages a client (frontend) sends after the startup packet, decoded and encoded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .codec import Reader, cstr, frame, i16, i32
+from .errors import ProtocolViolation
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    sql: str
+    TYPE = b"Q"
+
+    def encode(self) -> bytes:
+        return frame(b"Q", cstr(self.sql))
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    name: str
+    sql: str
+    param_types: tuple[int, ...]
+    TYPE = b"P"
+
+    def encode(self) -> bytes:
+        body = cstr(self.name) + cstr(self.sql) + i16(len(self.param_types))
+        body += b"".join(i32(t) for t in self.param_types)
+        return frame(b"P", body)
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+    TYPE = b"B"
+
+    def encode(self) -> bytes:
+        parts = [cstr(self.portal), cstr(self.statement), i16(len(self.param_formats))]
+        parts += [i16(f) for f in self.param_formats]
+        parts.append(i16(len(self.params)))
+        for p in self.params:
+            parts.append(i32(-1) if p is None else i32(len(p)) + p)
+        parts.append(i16(len(self.result_formats)))
+        parts += [i16(f) for f in self.result_formats]
+        return frame(b"B", b"".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    kind: str  # "S" statement or "P" portal
+    name: str
+    TYPE = b"D"
+
+    def encode(self) -> bytes:
+        return frame(b"D", self.kind.encode() + cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    portal: str
+    max_rows: int
+    TYPE = b"E"
+
+    def encode(self) -> bytes:
+        return frame(b"E", cstr(self.portal) + i32(self.max_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    kind: str  # "S" or "P"
+    name: str
+    TYPE = b"C"
+
+    def encode(self) -> bytes:
+        return frame(b"C", self.kind.encode() + cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    TYPE = b"S"
+
+    def encode(self) -> bytes:
+        return frame(b"S", b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    TYPE = b"H"
+
+    def encode(self) -> bytes:
+        return frame(b"H", b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    TYPE = b"X"
+
+    def encode(self) -> bytes:
+        return frame(b"X", b"")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyData:
+    data: bytes
+    TYPE = b"d"
+
+    def encode(self) -> bytes:
+        return frame(b"d", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    TYPE = b"c"
+
+    def encode(self) -> bytes:
+        return frame(b"c", b"")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFail:
+    message: str
+    TYPE = b"f"
+
+    def encode(self) -> bytes:
+        return frame(b"f", cstr(self.message))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    oid: int
+    arg_formats: tuple[int, ...]
+    args: tuple[bytes | None, ...]
+    result_format: int
+    TYPE = b"F"
+
+    def encode(self) -> bytes:
+        parts = [i32(self.oid), i16(len(self.arg_formats))]
+        parts += [i16(f) for f in self.arg_formats]
+        parts.append(i16(len(self.args)))
+        for a in self.args:
+            parts.append(i32(-1) if a is None else i32(len(a)) + a)
+        parts.append(i16(self.result_format))
+        return frame(b"F", b"".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordMessage:
+    """'p' carries a password, a SASLInitialResponse or a SASLResponse; context decides which."""
+
+    data: bytes
+    TYPE = b"p"
+
+    def encode(self) -> bytes:
+        return frame(b"p", self.data)
+
+    def password(self) -> str:
+        r = Reader(self.data)
+        value = r.cstring()
+        r.end()
+        return value
+
+
+FrontendMessage = (
+    Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate
+    | CopyData | CopyDone | CopyFail | FunctionCall | PasswordMessage
+)
+
+
+def _formats(r: Reader) -> tuple[int, ...]:
+    n = r.int16()
+    if n < 0:
+        raise ProtocolViolation("negative format count")
+    out = tuple(r.int16() for _ in range(n))
+    if any(f not in (0, 1) for f in out):
+        raise ProtocolViolation("invalid format code")
+    return out
+
+
+def _values(r: Reader) -> tuple[bytes | None, ...]:
+    n = r.int16()
+    if n < 0:
+        raise ProtocolViolation("negative parameter count")
+    return tuple(r.nullable_bytes() for _ in range(n))
+
+
+def _kind(r: Reader) -> str:
+    k = r.byte()
+    if k not in (0x53, 0x50):  # 'S', 'P'
+        raise ProtocolViolation("invalid Describe/Close target")
+    return chr(k)
+
+
+def _parse(r: Reader) -> Parse:
+    name, sql = r.cstring(), r.cstring()
+    n = r.int16()
+    if n < 0:
+        raise ProtocolViolation("negative parameter type count")
+    return Parse(name, sql, tuple(r.int32() & 0xFFFFFFFF for _ in range(n)))
+
+
+def _bind(r: Reader) -> Bind:
+    portal, stmt = r.cstring(), r.cstring()
+    pf = _formats(r)
+    params = _values(r)
+    if len(pf) not in (0, 1, len(params)):
+        raise ProtocolViolation("parameter format count does not match parameter count")
+    return Bind(portal, stmt, pf, params, _formats(r))
+
+
+def _function_call(r: Reader) -> FunctionCall:
+    oid = r.int32() & 0xFFFFFFFF
+    af = _formats(r)
+    args = _values(r)
+    return FunctionCall(oid, af, args, r.int16())
+
+
+_DECODERS: dict[int, Callable[[Reader], FrontendMessage]] = {
+    ord("Q"): lambda r: Query(r.cstring()),
+    ord("P"): _parse,
+    ord("B"): _bind,
+    ord("D"): lambda r: Describe(_kind(r), r.cstring()),
+    ord("E"): lambda r: Execute(r.cstring(), r.int32()),
+    ord("C"): lambda r: Close(_kind(r), r.cstring()),
+    ord("S"): lambda r: Sync(),
+    ord("H"): lambda r: Flush(),
+    ord("X"): lambda r: Terminate(),
+    ord("d"): lambda r: CopyData(r.rest()),
+    ord("c"): lambda r: CopyDone(),
+    ord("f"): lambda r: CopyFail(r.cstring()),
+    ord("F"): _function_call,
+    ord("p"): lambda r: PasswordMessage(r.rest()),
+}
+
+FRONTEND_TYPES = frozenset(_DECODERS)
+
+
+def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
+    """Decode one frontend message body; raises ProtocolViolation on anything malformed."""
+    decoder = _DECODERS.get(mtype)
+    if decoder is None:
+        raise ProtocolViolation(f"invalid frontend message type {mtype}")
+    r = Reader(body)
+    msg = decoder(r)
+    r.end()
+    return msg

@@ -1,0 +1,101 @@
+"""Shared pytest fixtures.
+
+``pg``: one embedded PostgreSQL for the whole run, with a ``payments`` database and three
+roles that authenticate over TCP with SCRAM, md5 and trust respectively.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# The project isn't necessarily installed into the venv (and pytest only puts tests/ on
+# sys.path), so make `gateway` importable from the checkout.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from gateway.devtools.embedded_pg import EmbeddedPostgres  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL backend
+# ---------------------------------------------------------------------------------------------
+
+PAYMENTS_DB = "payments"
+
+# Luhn-valid test PANs (Visa, Mastercard, Amex, Discover, Visa debit).
+PAYMENTS_SCHEMA = """
+CREATE TABLE cards (
+    id serial PRIMARY KEY,
+    holder text,
+    pan text,
+    cvv text,
+    expiry text
+);
+CREATE TABLE transactions (
+    id serial,
+    card_id int REFERENCES cards,
+    amount numeric(10, 2),
+    created_at timestamptz DEFAULT now()
+);
+INSERT INTO cards (holder, pan, cvv, expiry) VALUES
+    ('Alice Martin', '4111111111111111', '123', '12/29'),
+    ('Bob Chen', '5555555555554444', '456', '01/28'),
+    ('Carol Diaz', '378282246310005', '7890', '06/27'),
+    ('Dan Okafor', '6011111111111117', '321', '09/30'),
+    ('Eve Novak', '4000056655665556', '654', '03/29');
+INSERT INTO transactions (card_id, amount) VALUES
+    (1, 12.50), (1, 99.99), (2, 4.20), (3, 1500.00), (4, 23.75), (5, 0.99), (5, 310.00);
+"""
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    password: str | None
+
+
+@dataclass(frozen=True)
+class PgBackend:
+    """What the ``pg`` fixture yields: the server plus the roles/database set up on it."""
+
+    server: EmbeddedPostgres
+    service: Role  # SCRAM, owns the payments database
+    legacy: Role  # md5
+    trust: Role  # trust (no password over TCP)
+    dbname: str = PAYMENTS_DB
+
+    def dsn(self, role: Role, dbname: str | None = None) -> str:
+        return self.server.dsn(user=role.name, password=role.password,
+                               dbname=dbname or self.dbname)
+
+
+def _grant_payments_access(server: EmbeddedPostgres, owner: Role, *roles: Role) -> None:
+    names = ", ".join(role.name for role in roles)
+    server.psql(
+        f"GRANT USAGE ON SCHEMA public TO {names};\n"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {names};\n"
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {names};\n",
+        dbname=PAYMENTS_DB, user=owner.name,
+    )
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBackend]:
+    with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as server:
+        service = Role("pgwarden_svc", secrets.token_urlsafe(16))
+        legacy = Role("legacy_svc", secrets.token_urlsafe(16))
+        trust = Role("trust_svc", None)
+        server.add_role(service.name, service.password, method="scram-sha-256")
+        server.add_role(legacy.name, legacy.password, method="md5")
+        server.add_role(trust.name, trust.password, method="trust")
+        server.create_database(PAYMENTS_DB, owner=service.name)
+        # Run as the owner so the tables belong to the service role, not the superuser.
+        server.psql(PAYMENTS_SCHEMA, dbname=PAYMENTS_DB, user=service.name)
+        _grant_payments_access(server, service, legacy, trust)
+        yield PgBackend(server=server, service=service, legacy=legacy, trust=trust)
