@@ -21,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.devtools.embedded_pg import EmbeddedPostgres  # noqa: E402
+from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL backend
@@ -99,3 +100,32 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBackend]:
         server.psql(PAYMENTS_SCHEMA, dbname=PAYMENTS_DB, user=service.name)
         _grant_payments_access(server, service, legacy, trust)
         yield PgBackend(server=server, service=service, legacy=legacy, trust=trust)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateway
+# ---------------------------------------------------------------------------------------------
+
+
+def upstreams_for(pg: PgBackend) -> dict[str, UpstreamSpec]:
+    """One gateway connection per upstream auth method: SCRAM, md5 and trust."""
+    host, port = pg.server.host, pg.server.port
+    return {
+        "payments": UpstreamSpec(host, port, pg.dbname, pg.service.name, pg.service.password),
+        "legacy": UpstreamSpec(host, port, pg.dbname, pg.legacy.name, pg.legacy.password),
+        "trusty": UpstreamSpec(host, port, pg.dbname, pg.trust.name, None),
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway process shared by the run: TLS on, plaintext allowed (loopback)."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("gateway"), upstreams_for(pg))
+    with gw:
+        yield gw
+    assert gw.proc is not None and gw.proc.returncode == 0, gw.log_text()[-4000:]
+
+
+@pytest.fixture(scope="session")
+def token(gateway: GatewayProcess) -> str:
+    return gateway.token()

@@ -16,6 +16,10 @@ class ConnectionClosed(Exception):
     pass
 
 
+class TlsHandshakeFailed(ConnectionClosed):
+    """The peer did not complete a TLS handshake; the reason is an exception class name."""
+
+
 class Endpoint(asyncio.Protocol):
     def __init__(self, on_connect: Callable[[Endpoint], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -80,8 +84,9 @@ class Endpoint(asyncio.Protocol):
         return out
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        t = self.transport
+        if t is not None and not self.closed and not t.is_closing():
+            t.write(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -97,11 +102,18 @@ class Endpoint(asyncio.Protocol):
     ) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        new = await loop.start_tls(
-            self.transport, self, context, server_side=server_side,
-            server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
-        )
+        try:
+            new = await loop.start_tls(
+                self.transport, self, context, server_side=server_side,
+                server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
+            )
+        except (ssl.SSLError, OSError) as e:
+            # A failed handshake closes the raw transport behind our back.
+            self.closed = True
+            self.abort()
+            raise TlsHandshakeFailed(type(e).__name__) from None
         if new is None:
+            self.closed = True
             raise ConnectionClosed()
         self.transport = new  # type: ignore[assignment]
 

@@ -12,6 +12,7 @@ from gateway import logs
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 from gateway.wire import backend as be
+from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import MessageFramer
 from gateway.wire.frontend import PasswordMessage
@@ -25,14 +26,14 @@ from gateway.wire.startup import (
 
 from . import upstream as up
 from .cancel import CancelAction
-from .endpoint import ConnectionClosed, Endpoint
-from .relay import Relay
+from .endpoint import ConnectionClosed, Endpoint, TlsHandshakeFailed
+from .relay import CLIENT_TYPES, Relay
 from .startup_params import StartupParamError, upstream_params
 
 if TYPE_CHECKING:
     from .server import GatewayServer
 
-_PASSWORD_PHASE_TYPES = frozenset(b"pX")
+_PASSWORD_PHASE_TYPES = CLIENT_TYPES | frozenset(b"p")
 _MAX_PASSWORD_MESSAGE = 64 * 1024
 
 
@@ -91,6 +92,10 @@ class Session:
             logs.warning("session.protocol_violation", session=self.id, sqlstate=e.sqlstate,
                          reason=str(e), client_addr=self.client_addr)
             self._fatal(e.sqlstate, str(e))
+        except TlsHandshakeFailed as e:
+            outcome = "tls_handshake_failed"
+            logs.warning("session.tls_failed", session=self.id, client_addr=self.client_addr,
+                         error=str(e))
         except TimeoutError:
             outcome = "startup_timeout"
             self._fatal("08P01", "the client did not complete startup in time")
@@ -212,6 +217,7 @@ class Session:
         return link
 
     async def _read_password(self, pending: bytes) -> tuple[str | None, bytes]:
+        """The first message must be the password; what a client pipelines after it is kept."""
         framer = MessageFramer(_PASSWORD_PHASE_TYPES, _MAX_PASSWORD_MESSAGE)
         data = pending
         while True:
@@ -221,10 +227,10 @@ class Session:
                     mtype, body = frames[0]
                     if mtype == ord("X"):
                         return None, b""
-                    if len(frames) > 1:
-                        raise ProtocolViolation("unexpected message before authentication")
-                    token = PasswordMessage(body).password()
-                    return token, framer.take_rest()
+                    if mtype != ord("p"):
+                        raise ProtocolViolation("expected a password message")
+                    rest = b"".join(frame(bytes([t]), b) for t, b in frames[1:])
+                    return PasswordMessage(body).password(), rest + framer.take_rest()
             data = await self.client.read()
 
     async def _relay(self, link: up.UpstreamLink, hello: ClientHello) -> str:
@@ -254,5 +260,4 @@ class Session:
         return cancel
 
     def _fatal(self, code: str, message: str) -> None:
-        if not self.client.closed:
-            self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
+        self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())

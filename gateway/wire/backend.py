@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .codec import Reader, cstr, frame, i16, i32
+from .codec import Reader, cstr, frame, i16, i32, u32
 from .errors import ProtocolViolation
 
 AUTH_OK = 0
@@ -160,7 +160,7 @@ class RowDescription:
         parts = [i16(len(self.fields))]
         for f in self.fields:
             parts.append(
-                cstr(f.name) + i32(f.table_oid) + i16(f.column) + i32(f.type_oid)
+                cstr(f.name) + u32(f.table_oid) + i16(f.column) + u32(f.type_oid)
                 + i16(f.type_size) + i32(f.type_mod) + i16(f.format)
             )
         return frame(b"T", b"".join(parts))
@@ -209,7 +209,7 @@ class ParameterDescription:
     TYPE = b"t"
 
     def encode(self) -> bytes:
-        return frame(b"t", i16(len(self.type_oids)) + b"".join(i32(t) for t in self.type_oids))
+        return frame(b"t", i16(len(self.type_oids)) + b"".join(u32(t) for t in self.type_oids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +254,8 @@ def _encode_fields(fields: Mapping[str, str]) -> bytes:
     for k, v in fields.items():
         if len(k) != 1:
             raise ValueError("error field codes are single bytes")
-        out += k.encode() + cstr(v)
+        # Decoded codes are chr(byte); latin-1 writes that same byte back (UTF-8 would not).
+        out += k.encode("latin-1") + cstr(v)
     out += b"\0"
     return bytes(out)
 

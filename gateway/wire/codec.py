@@ -9,6 +9,7 @@ from .errors import ProtocolViolation
 _I16 = struct.Struct("!h")
 _U16 = struct.Struct("!H")
 _I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!ci")
 
 
@@ -101,3 +102,8 @@ def i16(v: int) -> bytes:
 
 def i32(v: int) -> bytes:
     return _I32.pack(v)
+
+
+def u32(v: int) -> bytes:
+    """An OID: the decoders read OIDs as unsigned, so they must be written back unsigned."""
+    return _U32.pack(v)

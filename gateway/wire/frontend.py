@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .codec import Reader, cstr, frame, i16, i32
+from .codec import Reader, cstr, frame, i16, i32, u32
 from .errors import ProtocolViolation
 
 
@@ -27,7 +27,7 @@ class Parse:
 
     def encode(self) -> bytes:
         body = cstr(self.name) + cstr(self.sql) + i16(len(self.param_types))
-        body += b"".join(i32(t) for t in self.param_types)
+        body += b"".join(u32(t) for t in self.param_types)
         return frame(b"P", body)
 
 
@@ -140,7 +140,7 @@ class FunctionCall:
     TYPE = b"F"
 
     def encode(self) -> bytes:
-        parts = [i32(self.oid), i16(len(self.arg_formats))]
+        parts = [u32(self.oid), i16(len(self.arg_formats))]
         parts += [i16(f) for f in self.arg_formats]
         parts.append(i16(len(self.args)))
         for a in self.args:

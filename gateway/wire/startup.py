@@ -114,16 +114,21 @@ class StartupReader:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
-        if len(self._buf) >= 4:
-            (length,) = struct.unpack_from("!i", self._buf)
-            if length < 8 or length > MAX_STARTUP_PACKET:
-                raise ProtocolViolation("invalid length of startup packet")
+        self._head_length()
 
-    def next_packet(self) -> StartupPacket | None:
+    def _head_length(self) -> int | None:
+        """Length of the packet at the head of the buffer, refused as soon as it is known."""
         if len(self._buf) < 4:
             return None
         (length,) = struct.unpack_from("!i", self._buf)
-        if len(self._buf) < length:
+        if length < 8 or length > MAX_STARTUP_PACKET:
+            raise ProtocolViolation("invalid length of startup packet")
+        return length
+
+    def next_packet(self) -> StartupPacket | None:
+        # Checked here too: the head may be a packet that arrived behind an earlier one.
+        length = self._head_length()
+        if length is None or len(self._buf) < length:
             return None
         packet = bytes(self._buf[:length])
         del self._buf[:length]

