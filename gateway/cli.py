@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="keep the gateway running afterwards")
     d.add_argument("--dir", default=None, help="where to keep the demo's files (default: temp)")
 
+    c = sub.add_parser("dev-cert", help="write a self-signed TLS certificate (development only)")
+    c.add_argument("dir")
+    c.add_argument("--name", action="append", default=[],
+                   help="DNS name or IP for the certificate (repeatable; default localhost)")
+
     t = sub.add_parser("token", help="a development token issuer")
     tsub = t.add_subparsers(dest="action", required=True)
     ti = tsub.add_parser("init", help="create a dev issuer (key pair + JWKS) in DIR")
@@ -60,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(keep_serving=args.serve, directory=args.dir)
     if args.command == "token":
         return _token(args)
+    if args.command == "dev-cert":
+        from pathlib import Path
+
+        from gateway.devtools.certs import write_self_signed
+
+        out = Path(args.dir)
+        names = tuple(args.name) or ("localhost", "127.0.0.1", "::1")
+        write_self_signed(out / "gateway.pem", out / "gateway.key", names)
+        print(f"wrote {out / 'gateway.pem'} and {out / 'gateway.key'} for {', '.join(names)}")
+        return 0
     return 2
 
 

@@ -22,37 +22,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from gateway.devtools.embedded_pg import EmbeddedPostgres  # noqa: E402
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
+from gateway.devtools.sample_data import PAYMENTS_SCHEMA  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL backend
 # ---------------------------------------------------------------------------------------------
 
 PAYMENTS_DB = "payments"
-
-# Luhn-valid test PANs (Visa, Mastercard, Amex, Discover, Visa debit).
-PAYMENTS_SCHEMA = """
-CREATE TABLE cards (
-    id serial PRIMARY KEY,
-    holder text,
-    pan text,
-    cvv text,
-    expiry text
-);
-CREATE TABLE transactions (
-    id serial,
-    card_id int REFERENCES cards,
-    amount numeric(10, 2),
-    created_at timestamptz DEFAULT now()
-);
-INSERT INTO cards (holder, pan, cvv, expiry) VALUES
-    ('Alice Martin', '4111111111111111', '123', '12/29'),
-    ('Bob Chen', '5555555555554444', '456', '01/28'),
-    ('Carol Diaz', '378282246310005', '7890', '06/27'),
-    ('Dan Okafor', '6011111111111117', '321', '09/30'),
-    ('Eve Novak', '4000056655665556', '654', '03/29');
-INSERT INTO transactions (card_id, amount) VALUES
-    (1, 12.50), (1, 99.99), (2, 4.20), (3, 1500.00), (4, 23.75), (5, 0.99), (5, 310.00);
-"""
 
 
 @dataclass(frozen=True)

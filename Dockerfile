@@ -1,0 +1,19 @@
+# pgwarden gateway image: `docker build -t pgwarden .`
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN python -m pip install --no-cache-dir --upgrade pip \
+ && python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/pgwarden --create-home pgwarden
+COPY --from=build /wheels /wheels
+RUN python -m pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER pgwarden
+WORKDIR /var/lib/pgwarden
+EXPOSE 6432 6433 6480
+# SIGTERM drains sessions (listen.drain_timeout) and exits 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["pgwarden"]
+CMD ["serve", "-c", "/etc/pgwarden/gateway.yaml"]

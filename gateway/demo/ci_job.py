@@ -1,0 +1,68 @@
+"""The scripted "CI job" the demo runs through the gateway, with psycopg.
+
+It is what a pipeline step would do: present its workload token as the password, never
+a database password, and run its queries over TLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+Say = Callable[[str], None]
+
+
+def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
+    """Runs the job; returns the list of failed expectations (empty when all went well)."""
+    problems: list[str] = []
+
+    say("1. connect with the workload JWT as the password (sslmode=require)")
+    with psycopg.connect(dsn, password=token, application_name="ci-nightly-report") as conn:
+        who = conn.execute("select current_user").fetchone()
+        tls = conn.info.pgconn.ssl_in_use
+        say(f"   connected over TLS={tls}; upstream role is {who[0]!r} "
+            "(the job never saw its password)")
+        if not tls:
+            problems.append("the session is not encrypted")
+
+        say("2. read: card count and spend per card brand")
+        n = conn.execute("select count(*) from cards").fetchone()[0]
+        rows = conn.execute(
+            "select left(c.pan, 1) as brand_digit, count(t.id), sum(t.amount) "
+            "from cards c join transactions t on t.card_id = c.id "
+            "group by 1 order by 1").fetchall()
+        say(f"   {n} cards; " + ", ".join(f"brand {b}: {k} tx / {s}" for b, k, s in rows))
+
+        say("3. write inside a transaction, then roll part of it back")
+        with conn.transaction():
+            conn.execute("insert into transactions (card_id, amount) values (1, 42.00)")
+            try:
+                with conn.transaction():
+                    conn.execute("insert into transactions (card_id, amount) values (999, 1)")
+            except psycopg.errors.ForeignKeyViolation:
+                say("   a bad row was refused by the database (foreign key) and rolled back")
+        total = conn.execute("select count(*) from transactions").fetchone()[0]
+        say(f"   transactions now: {total}")
+
+        say("4. export with COPY ... TO STDOUT (csv)")
+        with conn.cursor().copy(
+                "copy (select id, card_id, amount from transactions order by id) "
+                "to stdout (format csv, header)") as cp:
+            exported = b"".join(bytes(chunk) for chunk in cp)
+        lines = exported.count(b"\n") - 1  # minus the header
+        say(f"   exported {lines} rows, {len(exported)} bytes")
+
+        say("5. prepared statement, binary results")
+        with conn.cursor(binary=True) as cur:
+            cur.execute("select sum(amount) from transactions where card_id = %s", (1,),
+                        prepare=True)
+            say(f"   card 1 spend: {cur.fetchone()[0]}")
+
+    say("6. an expired token is refused before anything reaches the database")
+    try:
+        psycopg.connect(dsn, password=expired_token).close()
+        problems.append("an expired token was accepted")
+    except psycopg.OperationalError as e:
+        say(f"   refused: {str(e).strip().splitlines()[-1]}")
+    return problems

