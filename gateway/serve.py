@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway import logs
@@ -33,17 +35,19 @@ def run(config_path: str) -> int:
     return _supervise(config, verifier, workers)
 
 
-def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int) -> int:
+def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
+              peer_dir: Path | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        return asyncio.run(_main(config, verifier, worker_id))
-    return uvloop.run(_main(config, verifier, worker_id))
+        return asyncio.run(_main(config, verifier, worker_id, peer_dir))
+    return uvloop.run(_main(config, verifier, worker_id, peer_dir))
 
 
-async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int) -> int:
+async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
+                peer_dir: Path | None) -> int:
     loop = asyncio.get_running_loop()
-    server = GatewayServer(config, verifier, worker_id)
+    server = GatewayServer(config, verifier, worker_id, peer_dir)
     primed = await verifier.prime()
     for issuer, ok in primed.items():
         if not ok:
@@ -68,13 +72,14 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     if config.listen.port == 0:
         print("pgwarden: listen.address: workers > 1 needs a fixed port", file=sys.stderr)
         return 2
+    peer_dir = Path(tempfile.mkdtemp(prefix="pgwarden-workers-"))
     children: list[int] = []
     for worker_id in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _run_loop(config, verifier, worker_id)
+                code = _run_loop(config, verifier, worker_id, peer_dir)
             finally:
                 os._exit(code)
         children.append(pid)
@@ -92,8 +97,5 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     for child in children:
         _, status = os.waitpid(child, 0)
         worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    shutil.rmtree(peer_dir, ignore_errors=True)
     return worst
-
-
-def config_dir(config: GatewayConfig) -> Path:
-    return config.source.parent

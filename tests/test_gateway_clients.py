@@ -209,3 +209,38 @@ def test_psycopg_cancel(gateway: GatewayProcess, token: str) -> None:
         assert time.monotonic() - t0 < 5
         c.rollback()
         assert c.execute("select 1").fetchone() == (1,)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_workers_share_the_port_and_cancel_across_workers(pg: PgBackend, tmp_path) -> None:
+    """Cancel requests land on whichever worker the kernel picks; each must still work."""
+    import threading
+
+    from conftest import upstreams_for
+
+    gw = GatewayProcess(tmp_path, upstreams_for(pg), workers=2, port=_free_port()).start()
+    try:
+        time.sleep(1.0)  # the second worker binds its socket a moment after the first
+        token = gw.token()
+        conns = [connect(gw, token) for _ in range(8)]
+        workers = {c.info.backend_pid >> 24 for c in conns}
+        assert workers == {0, 1}, "SO_REUSEPORT should spread sessions over both workers"
+        for c in conns:
+            timer = threading.Timer(0.3, c.cancel_safe)
+            timer.start()
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                c.execute("select pg_sleep(20)")
+            assert time.monotonic() - t0 < 5
+            c.rollback()
+            c.close()
+    finally:
+        code = gw.stop()
+        assert code == 0, gw.log_text()[-6000:]

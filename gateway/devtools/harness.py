@@ -42,6 +42,7 @@ class GatewayProcess:
     allow_plaintext: bool = True
     workers: int = 1
     port: int = 0
+    drain_timeout: float = 5.0
     extra_yaml: str = ""
     issuer: DevIssuer | None = None
     proc: subprocess.Popen[str] | None = None
@@ -76,6 +77,7 @@ class GatewayProcess:
             "  tls: {cert: certs/gateway.pem, key: certs/gateway.key}",
             f"  allow_plaintext: {'true' if self.allow_plaintext else 'false'}",
             f"  workers: {self.workers}",
+            f"  drain_timeout: {self.drain_timeout}",
             "identity:",
             "  providers:",
             f"    - issuer: {json.dumps(self.issuer.issuer)}",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import logs
-from gateway.wire.startup import CancelRequest
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.startup import CancelRequest, StartupReader
 
 from . import upstream as up
 from .cancel import CancelRegistry
-from .endpoint import Endpoint
+from .endpoint import ConnectionClosed, Endpoint
 from .session import Session
 from .tls import server_context
 
@@ -21,8 +23,13 @@ if TYPE_CHECKING:
 
 
 class GatewayServer:
-    def __init__(self, config: GatewayConfig, verifier: JwtVerifier, worker_id: int = 0) -> None:
+    def __init__(self, config: GatewayConfig, verifier: JwtVerifier, worker_id: int = 0,
+                 peer_dir: Path | None = None) -> None:
         self.config = config
+        # With several workers, each also listens on peer_dir/cancel-<id>.sock so that a
+        # cancel landing on the wrong worker reaches the one holding the session.
+        self.peer_dir = peer_dir
+        self._peer_server: asyncio.base_events.Server | None = None
         self.verifier = verifier
         self.worker_id = worker_id
         self.cancels = CancelRegistry(worker_id)
@@ -58,6 +65,10 @@ class GatewayServer:
                 self._protocol, listen.host, listen.port, backlog=1024,
                 reuse_port=listen.workers > 1,
             )
+        if self.peer_dir is not None:
+            path = str(self._peer_socket(self.worker_id))
+            self._peer_server = await loop.create_unix_server(
+                lambda: Endpoint(on_connect=self._accept_peer), path)
         addrs = [s.getsockname() for s in self._server.sockets]
         logs.info("gateway.listening", worker=self.worker_id,
                   addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None)
@@ -88,7 +99,50 @@ class GatewayServer:
 
         task.add_done_callback(done)
 
-    async def handle_cancel(self, req: CancelRequest) -> None:
+    def _peer_socket(self, worker_id: int) -> Path:
+        assert self.peer_dir is not None
+        return self.peer_dir / f"cancel-{worker_id}.sock"
+
+    def _accept_peer(self, ep: Endpoint) -> None:
+        task = asyncio.get_running_loop().create_task(self._peer_cancel(ep))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _peer_cancel(self, ep: Endpoint) -> None:
+        """A cancel forwarded by a sibling worker: one startup packet, handled locally only."""
+        reader = StartupReader()
+        try:
+            async with asyncio.timeout(5):
+                packet = None
+                while packet is None:
+                    reader.feed(await ep.read())
+                    packet = reader.next_packet()
+            if isinstance(packet, CancelRequest):
+                await self.handle_cancel(packet, forwarded=True)
+        except (ConnectionClosed, ProtocolViolation, TimeoutError):
+            pass
+        finally:
+            ep.close()
+
+    async def _forward_cancel(self, req: CancelRequest, worker_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(5):
+                path = str(self._peer_socket(worker_id))
+                _, ep = await loop.create_unix_connection(Endpoint, path)
+                ep.write(req.encode())
+                try:
+                    await ep.read()  # the sibling closes when done
+                except ConnectionClosed:
+                    pass
+        except (OSError, TimeoutError) as e:
+            logs.warning("cancel.peer_unreachable", worker=worker_id, error=type(e).__name__)
+
+    async def handle_cancel(self, req: CancelRequest, forwarded: bool = False) -> None:
+        owner = CancelRegistry.worker_of(req.pid)
+        if owner != self.worker_id and self.peer_dir is not None and not forwarded:
+            await self._forward_cancel(req, owner)
+            return
         action = self.cancels.lookup(req.pid, req.secret)
         if action is None:
             logs.info("cancel.unknown_key", worker=self.worker_id)
@@ -104,6 +158,8 @@ class GatewayServer:
             drain_timeout = self.config.listen.drain_timeout
         if self._server is not None:
             self._server.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
         logs.info("gateway.draining", worker=self.worker_id, sessions=len(self.sessions))
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
