@@ -244,3 +244,31 @@ def test_workers_share_the_port_and_cancel_across_workers(pg: PgBackend, tmp_pat
     finally:
         code = gw.stop()
         assert code == 0, gw.log_text()[-6000:]
+
+
+def test_client_drop_closes_the_upstream_session(gateway: GatewayProcess, token: str,
+                                                 pg: PgBackend) -> None:
+    env = pg.server.env()
+    env["PGPASSWORD"] = token
+    env["PGAPPNAME"] = "drop-me-7f3a"
+    proc = subprocess.Popen(
+        [str(pg.server.bin_dir / "psql"), "-X", "-h", "127.0.0.1", "-p", str(gateway.port),
+         "-U", "ci-bot", "-d", "payments"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    count = "select count(*) from pg_stat_activity where application_name = 'drop-me-7f3a'"
+
+    def backends() -> int:
+        return int(pg.server.psql(count).strip())
+
+    try:
+        deadline = time.monotonic() + 10
+        while backends() != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert backends() == 1
+    finally:
+        proc.kill()  # no Terminate message: the socket just goes away
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while backends() != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert backends() == 0

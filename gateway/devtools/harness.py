@@ -31,6 +31,7 @@ class UpstreamSpec:
     user: str
     password: str | None
     tls: str = "disable"
+    ca_file: Path | None = None
 
 
 @dataclass
@@ -95,6 +96,8 @@ class GatewayProcess:
                 f"    user: {up.user}",
                 f"    tls: {up.tls}",
             ]
+            if up.ca_file is not None:
+                lines.append(f"    ca: {{file: {json.dumps(str(up.ca_file))}}}")
             if up.password is not None:
                 lines.append(f"    password: {{env: PGWARDEN_PW_{name.upper()}}}")
         return "\n".join(lines) + "\n" + self.extra_yaml

@@ -149,7 +149,7 @@ class GatewayServer:
             return
         try:
             await action()
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ConnectionClosed, up.UpstreamRefused) as e:
             logs.warning("cancel.forward_failed", error=type(e).__name__)
 
     async def stop(self, drain_timeout: float | None = None) -> None:

@@ -11,7 +11,7 @@ from gateway.wire.codec import frame
 from gateway.wire.framing import MessageFramer
 from gateway.wire.startup import CancelRequest, SSLRequest
 
-from .endpoint import ConnectionClosed, Endpoint
+from .endpoint import ConnectionClosed, Endpoint, TlsHandshakeFailed
 from .upstream_login import UpstreamLogin, UpstreamRefused
 
 _BACKEND = be.BACKEND_TYPES
@@ -82,7 +82,13 @@ async def _open(target: UpstreamTarget) -> tuple[Endpoint, bool]:
 
 async def connect(target: UpstreamTarget, params: dict[str, str]) -> UpstreamLink:
     async with asyncio.timeout(target.connect_timeout):
-        ep, tls = await _open(target)
+        try:
+            ep, tls = await _open(target)
+        except TlsHandshakeFailed as e:
+            # Keep upstream failures apart from the client's own (ConnectionClosed).
+            raise UpstreamRefused(f"TLS handshake with upstream failed ({e})") from None
+        except ConnectionClosed:
+            raise UpstreamRefused("upstream closed the connection during TLS negotiation") from None
         try:
             return await _login(ep, tls, target, params)
         except BaseException:
