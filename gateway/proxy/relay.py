@@ -1,37 +1,65 @@
 """The pump between an authenticated client and its upstream connection.
 
-Client bytes are framed whole (the place where later layers decide per statement);
-upstream bytes are forwarded as they arrive while an observer follows message
-boundaries, so an unmasked result costs no per-row Python work beyond a header skip.
+Client bytes are framed whole and shown to a `Gate` (the per-statement decision point)
+before anything is forwarded; upstream bytes are forwarded as they arrive while an
+observer follows message boundaries, so an unmasked result costs no per-row Python work
+beyond a header skip.
+
+A denied statement is not answered by the gateway directly: it is replaced upstream by
+a statement that fails to parse with a unique marker, and the server's error is swapped
+for the gateway's on the way back. The server then does what PostgreSQL does for any
+error — aborts the transaction block, skips to Sync — and every response stays in order
+however deeply the client pipelines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Awaitable
+from typing import Protocol
 
 from gateway import logs
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framing import BackendObserver, MessageFramer
+from gateway.wire.framing import BackendObserver, Frame, MessageFramer
 
 from .endpoint import Endpoint
 
 CLIENT_TYPES = frozenset(b"QPBDECSHXdcfF")
 _X, _Z, _R, _K, _E = (ord(c) for c in "XZRKE")
-OBSERVED = frozenset((_Z, _R, _K))
+_SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQuery
+OBSERVED = frozenset((_Z, _R, _K, _E))
+_TERMINATE = b"X\0\0\0\4"
+
+
+class Gate(Protocol):
+    """Decides what of a batch of client messages reaches the upstream.
+
+    Returns the bytes to forward (`raw` when nothing changes), or an awaitable of them when
+    the decision needs I/O; the relay stops reading from the client meanwhile.
+    """
+
+    def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
+        ...
 
 
 class Relay:
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
-                 max_message_size: int) -> None:
+                 max_message_size: int, gate: Gate | None = None) -> None:
         self.session_id = session_id
         self.client = client
         self.upstream = upstream
+        self.gate = gate
         self.framer = MessageFramer(CLIENT_TYPES, max_message_size)
         self.observer = BackendObserver(be.BACKEND_TYPES, OBSERVED, max_message_size)
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._denials: dict[bytes, bytes] = {}  # marker -> ErrorResponse to show instead
+        self._outstanding = 0  # ReadyForQuery messages the client still waits for
+        self._blocked = False
+        self._backlog: list[bytes] = []
 
     def start(self, client_leftover: bytes = b"", upstream_leftover: bytes = b"") -> None:
         c, u = self.client, self.upstream
@@ -47,7 +75,12 @@ class Relay:
         elif u.closed:
             self._upstream_gone()
 
+    # -- client → upstream ---------------------------------------------------------------
+
     def from_client(self, data: bytes) -> None:
+        if self._blocked:
+            self._backlog.append(data)
+            return
         try:
             raw, frames = self.framer.feed(data)
         except ProtocolViolation as e:
@@ -56,36 +89,103 @@ class Relay:
         if not frames:
             return
         self.messages_from_client += len(frames)
-        self.upstream.write(raw)
-        if frames[-1][0] == _X or any(t == _X for t, _ in frames):
+        out: bytes | Awaitable[bytes] = raw
+        if self.gate is not None:
+            try:
+                out = self.gate.review(raw, frames, self)
+            except ProtocolViolation as e:
+                self._fail_client(e.sqlstate, str(e))
+                return
+        if inspect.isawaitable(out):
+            self._wait_for(out, frames)
+            return
+        self._forward(out, frames)
+
+    def _forward(self, out: bytes, frames: list[Frame]) -> None:
+        self._outstanding += sum(1 for t, _ in frames if t in _SYNCING)
+        if out:
+            self.upstream.write(out)
+        if any(t == _X for t, _ in frames):
             self._finish("client terminated")
+
+    def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
+        self._blocked = True
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._resume(pending, frames))
+
+    async def _resume(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
+        try:
+            out = await pending
+        except Exception as e:  # the gate failed: end the session, fail closed
+            logs.error("session.gate_error", session=self.session_id, error=type(e).__name__)
+            self._fail_client("XX000", "internal gateway error while deciding a statement")
+            return
+        if self.done.done():
+            return
+        self._forward(out, frames)
+        self._blocked = False
+        if self.client.transport is not None and not self.client.closed:
+            self.client.transport.resume_reading()
+        backlog, self._backlog = self._backlog, []
+        for i, chunk in enumerate(backlog):
+            self.from_client(chunk)
+            if self._blocked:  # blocked again: keep the rest in order
+                self._backlog = backlog[i + 1 :] + self._backlog
+                return
+
+    def deny_with_marker(self, marker: bytes, error: be.ErrorResponse) -> None:
+        """Register a replacement: the upstream error naming `marker` becomes `error`."""
+        self._denials[marker] = error.encode()
+
+    # -- upstream → client ---------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
         try:
-            events = self.observer.feed(data)
+            forward, events = self.observer.relay(data)
         except ProtocolViolation:
             self._fail_upstream("upstream sent an invalid message")
             return
-        for mtype, body in events:
+        swaps: list[tuple[int, int, bytes]] = []
+        for mtype, body, start, end in events:
             if mtype == _Z:
                 self.transaction_status = chr(body[0]) if body else "?"
+                self._outstanding = max(0, self._outstanding - 1)
+                if not self._outstanding:
+                    self._denials.clear()  # markers of statements the server skipped
+            elif mtype == _E:
+                if self._denials:
+                    swap = self._match_denial(body)
+                    if swap is not None:
+                        swaps.append((start, end, swap))
             else:  # R or K after login: the upstream is not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
-        self.client.write(data)
+        if swaps:
+            forward = _splice(forward, swaps)
+        if forward:
+            self.client.write(forward)
+
+    def _match_denial(self, body: bytes) -> bytes | None:
+        for marker in self._denials:
+            if marker in body:
+                return self._denials.pop(marker)
+        return None
+
+    # -- endings ---------------------------------------------------------------------------
 
     def terminate(self, code: str, message: str) -> None:
         """End the session from the gateway's side (shutdown, admin action)."""
-        if self.observer.at_boundary():
+        if self.observer.forwarded_at_boundary():
             self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
         if not self.framer.has_partial():
-            self.upstream.write(b"X\0\0\0\4")
+            self.upstream.write(_TERMINATE)
         self._finish(message)
 
     def _fail_client(self, code: str, message: str) -> None:
         logs.warning("session.protocol_violation", session=self.session_id, sqlstate=code,
                      reason=message)
-        if self.observer.at_boundary():
+        if self.observer.forwarded_at_boundary():
             self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
         self._finish("protocol violation")
 
@@ -96,11 +196,11 @@ class Relay:
 
     def _client_gone(self) -> None:
         if not self.upstream.closed and not self.framer.has_partial():
-            self.upstream.write(b"X\0\0\0\4")
+            self.upstream.write(_TERMINATE)
         self._finish("client disconnected")
 
     def _upstream_gone(self) -> None:
-        if not self.client.closed and self.observer.at_boundary():
+        if not self.client.closed and self.observer.forwarded_at_boundary():
             err = be.ErrorResponse.build(
                 "08006", "connection to the upstream database was lost", "FATAL"
             )
@@ -114,6 +214,15 @@ class Relay:
             ep.on_data = _discard
             ep.on_close = None
             ep.close()
+
+
+def _splice(data: bytes, swaps: list[tuple[int, int, bytes]]) -> bytes:
+    out, pos = [], 0
+    for start, end, replacement in swaps:
+        out += [data[pos:start], replacement]
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
 
 
 def _discard(_data: bytes) -> None:

@@ -4,9 +4,10 @@ Two shapes, because the two directions have different costs:
 
 * `MessageFramer` buffers whole messages; the gateway must see every client message
   before it decides what reaches the database.
-* `BackendObserver` never holds the stream: the caller forwards the bytes as they are and
-  the observer only keeps the few message types the session must react to. A large
-  DataRow or CopyData passes through without being buffered or copied.
+* `BackendObserver` never holds the stream: the caller forwards the bytes as they are,
+  except the few small message types the session must react to (and may replace), which
+  are held until whole. A large DataRow or CopyData passes through without being
+  buffered or copied.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import ProtocolViolation
 _LEN = struct.Struct("!i")
 
 Frame = tuple[int, bytes]
+Event = tuple[int, bytes, int, int]  # type, body, start and end offsets
 
 
 class MessageFramer:
@@ -85,25 +87,32 @@ class BackendObserver:
         self._skip = 0
         self._partial = b""
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def relay(self, data: bytes) -> tuple[bytes, list[Event]]:
+        """Returns the bytes to forward now and the observed messages within them.
+
+        Observed messages are forwarded only once whole (they are small: the caller may
+        need to replace one), so each event's (start, end) lies inside the returned bytes.
+        Unobserved messages stream through as they arrive.
+        """
         pos = 0
         if self._skip:
             k = min(self._skip, len(data))
             self._skip -= k
             pos = k
             if self._skip:
-                return []
-        if self._partial:
-            data = self._partial + data[pos:]
-            pos = 0
+                return data, []
+        if self._partial:  # never together with a skip
+            data = self._partial + data
             self._partial = b""
         n = len(data)
-        events: list[Frame] = []
+        forward_end = n
+        events: list[Event] = []
         observed = self.observed
         unpack = _LEN.unpack_from
         while pos < n:
             if n - pos < 5:
                 self._partial = data[pos:]
+                forward_end = pos
                 break
             mtype = data[pos]
             (length,) = unpack(data, pos + 1)
@@ -115,13 +124,22 @@ class BackendObserver:
                     raise ProtocolViolation("upstream message exceeds the size limit")
                 if end > n:
                     self._partial = data[pos:]
+                    forward_end = pos
                     break
-                events.append((mtype, data[pos + 5 : end]))
+                events.append((mtype, data[pos + 5 : end], pos, end))
             elif end > n:
                 self._skip = end - n
                 break
             pos = end
-        return events
+        return (data if forward_end == n else data[:forward_end]), events
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The observed messages completed by `data` (for callers that forward nothing)."""
+        return [(t, body) for t, body, _, _ in self.relay(data)[1]]
+
+    def forwarded_at_boundary(self) -> bool:
+        """True when no message is half-forwarded, so another may be injected now."""
+        return not self._skip
 
     def at_boundary(self) -> bool:
         return not self._skip and not self._partial
