@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import subprocess
@@ -178,36 +177,3 @@ def test_server_dies_with_killed_owner(tmp_path: Path) -> None:
 def test_ssl_unsupported_is_reported(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="without SSL"):
         EmbeddedPostgres(tmp_path, ssl_cert=tmp_path / "c.pem", ssl_key=tmp_path / "k.pem")
-
-
-@pytest.mark.skipif(not ssl_supported(), reason="the wheel's PostgreSQL is built without SSL")
-def test_ssl_connection(tmp_path: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-
-    with EmbeddedPostgres(tmp_path / "pg", ssl_cert=cert_path, ssl_key=key_path) as server:
-        with psycopg.connect(server.dsn() + " sslmode=require") as conn:
-            (ssl,) = conn.execute(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-            ).fetchone()
-        assert ssl is True

@@ -96,16 +96,21 @@ class Relay:
             except ProtocolViolation as e:
                 self._fail_client(e.sqlstate, str(e))
                 return
-        if inspect.isawaitable(out):
+        if type(out) is not bytes and inspect.isawaitable(out):
             self._wait_for(out, frames)
             return
-        self._forward(out, frames)
+        self._forward(out, frames)  # type: ignore[arg-type]
 
     def _forward(self, out: bytes, frames: list[Frame]) -> None:
-        self._outstanding += sum(1 for t, _ in frames if t in _SYNCING)
+        terminate = False
+        for t, _ in frames:
+            if t in _SYNCING:
+                self._outstanding += 1
+            elif t == _X:
+                terminate = True
         if out:
             self.upstream.write(out)
-        if any(t == _X for t, _ in frames):
+        if terminate:
             self._finish("client terminated")
 
     def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
