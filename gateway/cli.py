@@ -31,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="keep the gateway running afterwards")
     d.add_argument("--dir", default=None, help="where to keep the demo's files (default: temp)")
 
+    pol = sub.add_parser("policy", help="test and evaluate Rego policies")
+    psub = pol.add_subparsers(dest="action", required=True)
+    pt = psub.add_parser("test", help="run test_ rules, like `opa test`; exit 1 on failure")
+    pt.add_argument("paths", nargs="*", default=["policies"])
+    pt.add_argument("--format", default="pretty", choices=["pretty", "json", "junit"])
+    pt.add_argument("--run", "-r", default=None, help="only tests whose name matches REGEX")
+    pe = psub.add_parser("eval", help="evaluate the decision for one input document")
+    pe.add_argument("--bundle", "-b", required=True, help="policy directory (or bundle)")
+    pe.add_argument("--input", "-i", required=True, help="input.json ('-' for stdin)")
+    pe.add_argument("--entrypoint", default="pgwarden/decision")
+
     c = sub.add_parser("dev-cert", help="write a self-signed TLS certificate (development only)")
     c.add_argument("dir")
     c.add_argument("--name", action="append", default=[],
@@ -65,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(keep_serving=args.serve, directory=args.dir)
     if args.command == "token":
         return _token(args)
+    if args.command == "policy":
+        from gateway.policy import commands
+
+        if args.action == "test":
+            return commands.cmd_policy_test(args.paths, args.format, args.run)
+        return commands.cmd_policy_eval(args.bundle, args.input, args.entrypoint)
     if args.command == "dev-cert":
         from pathlib import Path
 

@@ -551,6 +551,10 @@ def _connections(m: _Map) -> dict[str, ConnectionConfig]:
 
 
 def _policy(m: _Map) -> PolicyConfig:
+    # enforce: false is the explicit, logged opt-out (relay benchmarks, migrations); without
+    # a policy section at all the gateway refuses every statement.
+    if not m.get("enforce", _boolean, True):
+        return PolicyConfig("", None, False, enforce=False)
     bundle = m.get("bundle", _string)
     if not re.match(r"https?://", bundle, re.IGNORECASE):
         bundle = str(m.src.resolve(bundle))
@@ -617,7 +621,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         raise ConfigError(file, None, "", "config file is empty")
     root = _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
 
-    policy = root.optional_map("policy", ("bundle", "verification_key", "allow_unsigned"))
+    policy = root.optional_map(
+        "policy", ("bundle", "verification_key", "allow_unsigned", "enforce"))
     audit = root.optional_map("audit", ("dir", "signing_key"))
     approvals = root.section("approvals", ("timeout",))
     admin = root.section("admin", ("grpc", "http"))

@@ -103,6 +103,7 @@ class PolicyConfig:
     bundle: str
     verification_key: Path | None = None
     allow_unsigned: bool = False
+    enforce: bool = True
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,13 @@ from gateway.identity.devissuer import DevIssuer, generate_issuer
 
 from .certs import write_self_signed
 
+ALLOW_ALL_REGO = """package pgwarden
+
+# Development only: every statement is allowed, nothing is masked.
+decision := {"allow": true, "reasons": [], "mask": {}, "require_approval": false,
+             "approvers": [], "row_limit": null, "db_role": null}
+"""
+
 
 @dataclass
 class UpstreamSpec:
@@ -44,6 +51,9 @@ class GatewayProcess:
     workers: int = 1
     port: int = 0
     drain_timeout: float = 5.0
+    # A policy directory; None writes one that allows everything (relay-level tests).
+    policy_dir: Path | None = None
+    enforce: bool = True
     extra_yaml: str = ""
     issuer: DevIssuer | None = None
     proc: subprocess.Popen[str] | None = None
@@ -59,6 +69,10 @@ class GatewayProcess:
         if self.issuer is None:
             self.issuer = (DevIssuer.load(d / "issuer") if (d / "issuer" / "issuer.json").exists()
                            else generate_issuer(d / "issuer"))
+        if self.policy_dir is None and self.enforce:
+            allow = d / "policy-allow-all"
+            allow.mkdir(exist_ok=True)
+            (allow / "allow.rego").write_text(ALLOW_ALL_REGO)
         (d / "gateway.yaml").write_text(self.render_config())
         return self
 
@@ -100,6 +114,11 @@ class GatewayProcess:
                 lines.append(f"    ca: {{file: {json.dumps(str(up.ca_file))}}}")
             if up.password is not None:
                 lines.append(f"    password: {{env: PGWARDEN_PW_{name.upper()}}}")
+        if not self.enforce:
+            lines += ["policy:", "  enforce: false"]
+        else:
+            policy = self.policy_dir or (self.directory / "policy-allow-all")
+            lines += ["policy:", f"  bundle: {json.dumps(str(policy))}", "  allow_unsigned: true"]
         return "\n".join(lines) + "\n" + self.extra_yaml
 
     def env(self) -> dict[str, str]:

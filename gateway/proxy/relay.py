@@ -27,9 +27,9 @@ from gateway.wire.framing import BackendObserver, Frame, MessageFramer
 from .endpoint import Endpoint
 
 CLIENT_TYPES = frozenset(b"QPBDECSHXdcfF")
-_X, _Z, _R, _K, _E = (ord(c) for c in "XZRKE")
+_X, _Z, _R, _K, _E, _S = (ord(c) for c in "XZRKES")
 _SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQuery
-OBSERVED = frozenset((_Z, _R, _K, _E))
+OBSERVED = frozenset((_Z, _R, _K, _E, _S))
 _TERMINATE = b"X\0\0\0\4"
 
 
@@ -41,6 +41,12 @@ class Gate(Protocol):
     """
 
     def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
+        ...
+
+    def parameter_status(self, name: str, value: str) -> None:
+        ...
+
+    def ready_for_query(self, status: str) -> None:
         ...
 
 
@@ -158,6 +164,13 @@ class Relay:
                 self._outstanding = max(0, self._outstanding - 1)
                 if not self._outstanding:
                     self._denials.clear()  # markers of statements the server skipped
+                if self.gate is not None:
+                    self.gate.ready_for_query(self.transaction_status)
+            elif mtype == _S:
+                if self.gate is not None:
+                    msg = be.decode_backend(mtype, body)
+                    assert isinstance(msg, be.ParameterStatus)
+                    self.gate.parameter_status(msg.name, msg.value)
             elif mtype == _E:
                 if self._denials:
                     swap = self._match_denial(body)

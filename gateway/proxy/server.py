@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import logs
+from gateway.enforce.catalog_cache import CatalogCache
+from gateway.policy.engine import PolicyEngine
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.startup import CancelRequest, StartupReader
 
@@ -16,6 +19,7 @@ from .cancel import CancelRegistry
 from .endpoint import ConnectionClosed, Endpoint
 from .session import Session
 from .tls import server_context
+from .upstream_query import Rows, run_queries
 
 if TYPE_CHECKING:
     from gateway.config.model import GatewayConfig
@@ -38,6 +42,11 @@ class GatewayServer:
         self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.enforce = config.policy is None or config.policy.enforce
+        self.policy_engine: PolicyEngine | None = None
+        if config.policy is not None and config.policy.enforce:
+            self.policy_engine = PolicyEngine.from_path(config.policy.bundle)
+        self.catalogs = CatalogCache(self._fetch_catalog)
         self._targets = {
             name: up.UpstreamTarget(
                 host=c.host, port=c.port, database=c.database, user=c.user,
@@ -50,6 +59,10 @@ class GatewayServer:
 
     def target(self, name: str) -> up.UpstreamTarget:
         return self._targets[name]
+
+    async def _fetch_catalog(self, connection: str, queries: Mapping[str, str]
+                             ) -> dict[str, Rows]:
+        return await run_queries(self.target(connection), dict(queries))
 
     @property
     def sockets(self) -> list[socket.socket]:

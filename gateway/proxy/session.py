@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway import logs
+from gateway.enforce.gate import StatementGate
+from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 from gateway.wire import backend as be
@@ -233,7 +235,37 @@ class Session:
                     return PasswordMessage(body).password(), rest + framer.take_rest()
             data = await self.client.read()
 
+    async def _gate(self, link: up.UpstreamLink, hello: ClientHello) -> StatementGate | None:
+        if not self.server.enforce:
+            return None
+        assert self.identity is not None and self.connection_name is not None
+        conn = self.server.config.connections[self.connection_name]
+        try:
+            await self.server.catalogs.get(conn.name)
+        except Exception as e:  # no catalog, no decisions: refuse the session
+            link.endpoint.abort()
+            logs.error("catalog.load_failed", session=self.id, connection=conn.name,
+                       error=type(e).__name__, reason=str(e)[:200])
+            raise SessionFailure(
+                "58000", f'could not read the catalog of connection "{conn.name}"') from None
+        params = hello.startup.params
+        facts = SessionFacts.build(
+            self.identity, session_id=self.id, started_at=self.started_at, name=conn.name,
+            database=conn.database, user=_printable(params.get("user", "")),
+            application_name=_printable(params.get("application_name", ""), 255),
+            client_addr=self.client_addr, tls=hello.tls, networks=self.server.config.networks,
+        )
+        gate = StatementGate(facts=facts, connection=conn.name, catalogs=self.server.catalogs,
+                             policy=lambda: self.server.policy_engine)
+        for name, value in link.parameters:
+            gate.parameter_status(name, value)
+        if gate.poisoned is not None:
+            link.endpoint.abort()
+            raise SessionFailure("0A000", gate.poisoned)
+        return gate
+
     async def _relay(self, link: up.UpstreamLink, hello: ClientHello) -> str:
+        gate = await self._gate(link, hello)
         key = self.server.cancels.register(self._cancel_action(link))
         self._cancel_pid = key.pid
         out = [be.Authentication(be.AUTH_OK).encode()]
@@ -242,7 +274,7 @@ class Session:
         out.append(be.ReadyForQuery(link.status).encode())
         self.client.write(b"".join(out))
         max_size = self.server.config.listen.max_message_size
-        relay = Relay(self.id, self.client, link.endpoint, max_size)
+        relay = Relay(self.id, self.client, link.endpoint, max_size, gate)
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         return await relay.done

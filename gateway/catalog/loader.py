@@ -1,0 +1,136 @@
+"""Reading a :class:`~gateway.catalog.model.Catalog` from the upstream's pg_catalog.
+
+The gateway runs :data:`CATALOG_SQL` (three SELECTs, simple query protocol, text results)
+over its own upstream connection and hands the rows to :func:`build_catalog`:
+
+    results = run_simple_query(CATALOG_SQL)            # three result sets, in order
+    catalog = build_catalog(dict(zip(CATALOG_QUERIES, results)))
+
+or runs each of :data:`CATALOG_QUERIES` separately (any protocol; every column is text) and
+keys the rows by query name. Every value is text or NULL, so no type knowledge is needed.
+
+Cost: one pass over pg_class/pg_attribute/pg_proc, a few hundred kB of text; view
+definitions are only printed for user views (system views stay opaque). Run the queries
+on the same connection so that ``view_search_path`` matches how the views were printed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from .model import RELKINDS, SYSTEM_SCHEMAS, Catalog, Relation, parse_search_path
+
+__all__ = ["CATALOG_QUERIES", "CATALOG_SQL", "CatalogLoadError", "build_catalog"]
+
+#: name → SQL. Every column is text (or NULL).
+CATALOG_QUERIES: Mapping[str, str] = {
+    # current_schemas(true) is the effective path pg_get_viewdef used to decide which names
+    # to qualify; the namespace list tells which search_path entries exist.
+    "settings": (
+        "SELECT pg_catalog.current_user()::text, pg_catalog.session_user()::text,"
+        " pg_catalog.current_setting('search_path'),"
+        " pg_catalog.array_to_json(pg_catalog.current_schemas(true))::text,"
+        " pg_catalog.current_database()::text,"
+        " (SELECT pg_catalog.json_agg(nspname) FROM pg_catalog.pg_namespace n"
+        "   WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)')::text"
+    ),
+    "relations": (
+        "SELECT c.oid::text, n.nspname::text, c.relname::text, c.relkind::text,"
+        " (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attnum, a.attname,"
+        "                                                         a.atttypid)"
+        "                             ORDER BY a.attnum)"
+        "    FROM pg_catalog.pg_attribute a"
+        "   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,"
+        " CASE WHEN c.relkind IN ('v', 'm')"
+        "       AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        "      THEN pg_catalog.pg_get_viewdef(c.oid, true) END"
+        " FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')"
+        "  AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+    ),
+    "functions": (
+        "SELECT DISTINCT n.nspname::text, p.proname::text"
+        " FROM pg_catalog.pg_proc p"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+    ),
+}
+
+#: All of :data:`CATALOG_QUERIES` as one simple-query string (one round trip; the result
+#: sets come back in the order of ``CATALOG_QUERIES``).
+CATALOG_SQL: str = ";\n".join(CATALOG_QUERIES.values()) + ";"
+
+_BY_SQL = {sql: name for name, sql in CATALOG_QUERIES.items()}
+
+Row = Sequence[str | None]
+
+
+class CatalogLoadError(ValueError):
+    """The rows don't look like the answer to CATALOG_QUERIES."""
+
+
+def build_catalog(rows_by_query: Mapping[str, Sequence[Row]]) -> Catalog:
+    """Build a snapshot from the text rows of :data:`CATALOG_QUERIES`.
+
+    Keys are query names (``settings``, ``relations``, ``functions``) or the queries' SQL.
+    """
+    rows: dict[str, Sequence[Row]] = {}
+    for key, value in rows_by_query.items():
+        name = key if key in CATALOG_QUERIES else _BY_SQL.get(key)
+        if name is None:
+            raise CatalogLoadError(f"unknown catalog query {key[:60]!r}")
+        rows[name] = value
+    missing = [name for name in CATALOG_QUERIES if name not in rows]
+    if missing:
+        raise CatalogLoadError(f"missing catalog rows for {', '.join(missing)}")
+    try:
+        return _build(rows)
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        if isinstance(exc, CatalogLoadError):
+            raise
+        raise CatalogLoadError(f"malformed catalog rows: {exc}") from exc
+
+
+def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
+    settings = rows["settings"]
+    if len(settings) != 1:
+        raise CatalogLoadError("settings query must return exactly one row")
+    current_user, _session_user, search_path, schemas_json, database, namespaces = settings[0]
+    default_path = parse_search_path(search_path or "")
+    effective = [s for s in json.loads(schemas_json or "[]")
+                 if not s.startswith("pg_temp_")]
+    schemas = json.loads(namespaces or "[]")
+
+    relations = []
+    for oid, schema, name, relkind, columns_json, view_sql in rows["relations"]:
+        kind = RELKINDS.get(relkind or "")
+        if kind is None or schema is None or name is None:
+            continue
+        attnums, names, types = [], [], []
+        for attnum, attname, typid in json.loads(columns_json or "[]") or ():
+            attnums.append(int(attnum))
+            names.append(attname)
+            types.append(int(typid))
+        if schema in SYSTEM_SCHEMAS:
+            view_sql = None
+        relations.append(Relation(
+            schema=schema, name=name, relkind=kind, columns=tuple(names), oid=int(oid or 0),
+            view_sql=view_sql, attnums=tuple(attnums), type_oids=tuple(types),
+        ))
+
+    functions: dict[str, set[str]] = {}
+    for schema, name in rows["functions"]:
+        if schema is not None and name is not None:
+            functions.setdefault(name, set()).add(schema)
+
+    return Catalog(
+        relations,
+        functions,
+        schemas=schemas,
+        default_search_path=default_path,
+        view_search_path=effective,
+        user=current_user,
+        database=database,
+    )

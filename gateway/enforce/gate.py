@@ -1,0 +1,245 @@
+"""The per-statement decision point: analyze, ask the policy, forward or deny.
+
+Runs on every client batch the relay frames. Decision points are Query (every statement
+of the string, decided whole before any of it runs), Parse (extended protocol, decided
+before the server sees it) and FunctionCall (always refused: it runs a function by OID,
+which no policy can describe). A denied message is replaced by a unique unparsable
+marker; the relay swaps the server's syntax error for the gateway's 42501.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway import logs
+from gateway.catalog.model import Catalog
+from gateway.policy.decision import Decision
+from gateway.policy.engine import PolicyEngine
+from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
+from gateway.wire import backend as be
+from gateway.wire.codec import cstr, frame
+from gateway.wire.framing import Frame
+from gateway.wire.frontend import Close, Parse, decode_frontend
+
+from .catalog_cache import CatalogCache
+from .input_doc import SessionFacts
+
+if TYPE_CHECKING:
+    from gateway.proxy.relay import Relay
+
+_Q, _P, _F, _C = (ord(c) for c in "QPFC")
+_DECIDED = frozenset((_Q, _P, _F, _C))
+_ANALYSIS_CACHE_MAX = 4096
+# Client encodings whose multibyte characters can end in an ASCII quote or backslash: the
+# server would read a statement differently from the gateway's UTF-8 parse.
+_UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030",
+                               "JOHAB"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    error: be.ErrorResponse | None = None
+
+
+def _denial(code: str, message: str, detail: str | None = None,
+            hint: str | None = None) -> Verdict:
+    return Verdict(False, be.ErrorResponse.build(code, message, detail=detail, hint=hint))
+
+
+class StatementGate:
+    def __init__(self, *, facts: SessionFacts, connection: str, catalogs: CatalogCache,
+                 policy: Callable[[], PolicyEngine | None]) -> None:
+        self.facts = facts
+        self.connection = connection
+        self.catalogs = catalogs
+        self.policy = policy
+        self.state = SessionSqlState()
+        self.decisions = 0
+        self.denials = 0
+        # Set when the session's parsing settings drifted from the gateway's: fail closed.
+        self.poisoned: str | None = None
+
+    # -- the relay's hook -----------------------------------------------------------------
+
+    def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
+        if not any(t in _DECIDED for t, _ in frames):
+            return raw
+        catalog = self.catalogs.current(self.connection)
+        if catalog is None:
+            return self._review_later(raw, frames, relay)
+        return self._review(raw, frames, relay, catalog)
+
+    async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
+        catalog = await self.catalogs.get(self.connection)
+        return self._review(raw, frames, relay, catalog)
+
+    def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog) -> bytes:
+        replaced: dict[int, bytes] = {}
+        for i, (mtype, body) in enumerate(frames):
+            if mtype not in _DECIDED:
+                continue
+            msg = decode_frontend(mtype, body)
+            if mtype == _C:
+                assert isinstance(msg, Close)
+                if msg.kind == "S":
+                    self.state.close_statement(msg.name)
+                continue
+            if mtype == _F:
+                verdict = _denial("42501", "function calls by OID are not allowed through "
+                                  "the gateway; use a SQL statement instead")
+                replacement = frame(b"Q", cstr(self._marker(relay, verdict)))
+            else:
+                sql = msg.sql  # type: ignore[union-attr]
+                protocol = "simple" if mtype == _Q else "extended"
+                verdict = self._decide_sql(sql, protocol, catalog)
+                if verdict.allowed:
+                    if isinstance(msg, Parse):
+                        self.state.register_parse(msg.name, sql)
+                    continue
+                marker = self._marker(relay, verdict)
+                if isinstance(msg, Parse):
+                    replacement = Parse(msg.name, marker, ()).encode()
+                else:
+                    replacement = frame(b"Q", cstr(marker))
+            replaced[i] = replacement
+        if not replaced:
+            return raw
+        return b"".join(replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
+
+    def _marker(self, relay: Relay, verdict: Verdict) -> str:
+        self.denials += 1
+        marker = f"PGWARDEN_DENIED_{secrets.token_hex(8)}"
+        assert verdict.error is not None
+        relay.deny_with_marker(marker.encode(), verdict.error)
+        return marker
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def _analyze(self, sql: str, protocol: str, catalog: Catalog) -> list[StatementInfo]:
+        key = (sql, protocol, self.state.resolution_key(catalog))
+        cache: dict[Any, Any] = catalog.cache
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        infos = analyze(sql, catalog, session=self.state, protocol=protocol)
+        if all(i.cacheable for i in infos):
+            if len(cache) >= _ANALYSIS_CACHE_MAX:
+                cache.clear()
+            cache[key] = infos
+        return infos
+
+    def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:
+        if self.poisoned is not None:
+            return _denial("42501", self.poisoned)
+        engine = self.policy()
+        if engine is None:
+            return _denial("42501", "no policy is loaded: every statement is refused")
+        try:
+            infos = self._analyze(sql, protocol, catalog)
+        except SqlParseError as e:
+            logs.info("decision.unparsable", session=self.facts.session["id"])
+            return _denial("42601", f"the gateway could not parse this SQL: {e}")
+        except Exception as e:  # an analyzer bug must refuse the statement, not pass it
+            logs.error("decision.analysis_failed", session=self.facts.session["id"],
+                       error=type(e).__name__)
+            return _denial("42501", "the gateway could not analyze this statement")
+        if not infos:
+            return Verdict(True)  # an empty query string runs nothing
+        for info in infos:
+            unsafe = _parsing_change(info)
+            if unsafe is not None:
+                return _denial("42501", unsafe)
+        classification = _classification(engine)
+        decisions: list[tuple[StatementInfo, Decision]] = []
+        t0 = time.perf_counter()
+        for info in infos:
+            decision = engine.decide(self.facts.input_for(info.to_input(classification)))
+            decisions.append((info, decision))
+        self.decisions += len(infos)
+        elapsed_us = round((time.perf_counter() - t0) * 1e6)
+        verdict = _verdict(decisions)
+        for info, decision in decisions:
+            logs.info(
+                "decision", session=self.facts.session["id"],
+                subject=self.facts.identity.subject, connection=self.connection,
+                command=info.command, kind=info.kind, fingerprint=info.fingerprint,
+                index=info.index, count=info.count, outcome=decision.outcome,
+                reasons=list(decision.reasons), bundle_revision=decision.bundle_revision,
+                bundle_hash=decision.bundle_hash, us=elapsed_us,
+            )
+        if verdict.allowed:
+            for info in infos:
+                self.state.observe(info)
+                if info.catalog_changed:
+                    self.catalogs.invalidate(self.connection)
+        return verdict
+
+    # -- what the relay reports back -----------------------------------------------------------
+
+    def parameter_status(self, name: str, value: str) -> None:
+        self.state.parameter_status(name, value)
+        problem = _unsafe_setting(name, value)
+        if problem is not None and self.poisoned is None:
+            self.poisoned = problem
+            logs.warning("session.parsing_settings_changed", session=self.facts.session["id"],
+                         setting=name)
+
+    def ready_for_query(self, status: str) -> None:
+        self.state.ready_for_query(status)
+
+
+def _unsafe_setting(name: str, value: str) -> str | None:
+    lname = name.lower()
+    if lname == "client_encoding" and value.upper().replace("-", "_") in _UNSAFE_ENCODINGS:
+        return (f"client_encoding {value} is not supported through the gateway: "
+                "it could make the server read a statement differently")
+    if lname == "standard_conforming_strings" and value.lower() not in ("on", "true", "1"):
+        return ("standard_conforming_strings must stay on through the gateway: "
+                "it could make the server read a statement differently")
+    return None
+
+
+def _parsing_change(info: StatementInfo) -> str | None:
+    """SET statements that would change how the server tokenizes later statements."""
+    if info.command not in ("SET", "RESET"):
+        return None
+    name = str(info.details.get("name") or "")
+    value = info.details.get("value")
+    if info.command == "RESET" or value in (None, "DEFAULT"):
+        return None  # back to the server default, which the gateway checked at login
+    return _unsafe_setting(name, str(value).strip("'"))
+
+
+def _classification(engine: PolicyEngine) -> dict[str, Any]:
+    data = engine.source.data
+    pg = data.get("pgwarden") if isinstance(data, dict) else None
+    cls = pg.get("classification") if isinstance(pg, dict) else None
+    return cls if isinstance(cls, dict) else {}
+
+
+def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
+    """One answer for a whole query string: the first statement that may not run decides."""
+    for info, d in decisions:
+        where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
+        reasons = "; ".join(d.reasons) or d.error or "the policy did not allow it"
+        if d.require_approval:
+            return _denial("42501", f"{info.command} needs approval{where}: {reasons}",
+                           detail="just-in-time approval is not available yet; "
+                                  f"approvers: {', '.join(d.approvers) or 'none named'}")
+        if not d.allow:
+            return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
+                           detail=f"policy revision {d.bundle_revision}")
+        if d.mask:
+            # Inline masking is not in the data path yet: fail closed rather than leak.
+            cols = ", ".join(sorted(d.mask))
+            return _denial("42501", f"{info.command} would return masked columns ({cols}) "
+                           f"and masking is not available yet{where}")
+        if d.row_limit is not None or d.db_role is not None:
+            return _denial("42501", f"{info.command}: the policy asks for row_limit/db_role, "
+                           f"which this gateway does not enforce yet{where}")
+    return Verdict(True)

@@ -1,0 +1,60 @@
+"""The parts of the policy input (DESIGN §4) that describe who is asking and from where."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.identity.model import Identity
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks_for(addr: str, networks: Mapping[str, Sequence[Network]]) -> list[str]:
+    """Names of the configured CIDR sets containing `addr` (regopy has no net.* builtins)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return []
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return sorted(name for name, nets in networks.items()
+                  if any(ip.version == n.version and ip in n for n in nets))
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What stays the same for every statement of one session."""
+
+    identity: Identity
+    connection: dict[str, Any]
+    session: dict[str, Any]
+
+    @classmethod
+    def build(cls, identity: Identity, *, session_id: str, started_at: float, name: str,
+              database: str, user: str, application_name: str, client_addr: str, tls: bool,
+              networks: Mapping[str, Sequence[Network]]) -> SessionFacts:
+        connection = {
+            "name": name, "database": database, "user": user,
+            "application_name": application_name, "client_addr": client_addr, "tls": tls,
+            "networks": networks_for(client_addr, networks),
+        }
+        session = {
+            "id": session_id,
+            "started_at": datetime.fromtimestamp(started_at, UTC).isoformat(
+                timespec="microseconds").replace("+00:00", "Z"),
+        }
+        return cls(identity, connection, session)
+
+    def input_for(self, statement: dict[str, Any], approval: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+        return {
+            "identity": self.identity.to_input(),
+            "connection": self.connection,
+            "session": self.session,
+            "statement": statement,
+            "approval": approval or {"granted": False, "id": None},
+        }

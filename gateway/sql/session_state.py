@@ -1,0 +1,265 @@
+"""Per-session SQL state the analyzer needs: search_path, current user, prepared
+statements, cursors and temporary tables.
+
+The gateway keeps one :class:`SessionSqlState` per client session. ``analyze()`` never
+changes it: each :class:`~gateway.sql.analyzer.StatementInfo` carries the state changes the
+statement would make (``effects``), and the gateway applies them with :meth:`observe` once
+the statement has run (on CommandComplete; calling it when the statement is allowed is a
+close approximation). Within one multi-statement query string, ``analyze()`` applies the
+effects of earlier statements to a scratch copy so later ones are described correctly
+(``SET search_path ...; SELECT ...``, ``PREPARE ...; EXECUTE ...``).
+
+What the gateway should also feed in:
+
+* :meth:`parameter_status` for every ParameterStatus from the server: PostgreSQL 18 reports
+  ``search_path`` (and ``session_authorization``), which corrects what watching statements
+  can't see (SET inside functions, a rolled-back SET, ``set_config()``);
+* :meth:`ready_for_query` with the ReadyForQuery status (``I``/``T``/``E``): cursors declared
+  without HOLD end with their transaction;
+* :meth:`register_parse` / :meth:`close_statement` for protocol-level named statements
+  (SQL ``EXECUTE`` can run them).
+
+Temporary tables are tracked from CREATE/DROP/ALTER statements seen in the session; the
+analyzer reports a temp table together with the permanent table it shadows (see
+``Catalog.relation_candidates``), so a missed ROLLBACK can't hide a permanent table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..catalog.model import TEMP_SCHEMA, Catalog, Relation, _normalise_path, parse_search_path
+
+if TYPE_CHECKING:
+    from .analyzer import StatementInfo
+
+__all__ = ["Cursor", "Effect", "PreparedStatement", "SessionSqlState"]
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """A change a statement makes to session state (applied by ``observe``).
+
+    ops: ``search_path`` (value: tuple of names, or None = reset), ``role`` (name|None),
+    ``session_authorization`` (name|None), ``reset_all``, ``prepare`` (name, value: SQL of
+    the PREPARE statement), ``deallocate`` (name|None = all), ``declare`` (name, value:
+    WITH HOLD), ``close`` (name|None = all), ``create_relation`` (value: Relation),
+    ``drop_relation`` (value: (schema|None, name)), ``discard`` (name: ALL/TEMP/PLANS/
+    SEQUENCES), ``end_transaction``.
+    """
+
+    op: str
+    name: str | None = None
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStatement:
+    name: str
+    sql: str
+    origin: str  # "sql": the text of a PREPARE statement; "protocol": a Parse message's query
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    name: str
+    info: StatementInfo  # the DECLARE's description (its query)
+    hold: bool
+
+
+class SessionSqlState:
+    """Mutable per-session state (one per client session, not shared between sessions)."""
+
+    def __init__(self, *, search_path: Sequence[str] | str | None = None,
+                 user: str | None = None) -> None:
+        #: The session's initial path; None = the catalog's default (the server's).
+        self.default_search_path: tuple[str, ...] | None = (
+            None if search_path is None else tuple(_normalise_path(search_path)))
+        self._search_path: tuple[str, ...] | None = None
+        #: Login (session) user; None = the catalog loader's user.
+        self.login_user = user
+        self.session_user = user
+        self.role: str | None = None
+        self.prepared: dict[str, PreparedStatement] = {}
+        self.cursors: dict[str, Cursor] = {}
+        self.temp_relations: dict[str, Relation] = {}
+        # Non-temp relations created earlier in the same query string (scratch copies only;
+        # the real session waits for the catalog refresh).
+        self._created: dict[tuple[str, str], Relation] = {}
+        self._version = 0
+        self._cat_cache: tuple[Any, Catalog] | None = None
+        self._temp_key: tuple[Any, ...] | None = ()
+
+    # -- what the analyzer reads -------------------------------------------------------------
+
+    @property
+    def search_path(self) -> tuple[str, ...] | None:
+        """The session's search_path if known (set or reported), else the initial one."""
+        return self._search_path if self._search_path is not None else \
+            self.default_search_path
+
+    @search_path.setter
+    def search_path(self, value: Sequence[str] | str | None) -> None:
+        self._search_path = None if value is None else tuple(_normalise_path(value))
+
+    def effective_search_path(self, catalog: Catalog) -> tuple[str, ...]:
+        path = self.search_path
+        return path if path is not None else catalog.default_search_path
+
+    @property
+    def current_user(self) -> str | None:
+        """What ``"$user"`` stands for (SET ROLE changes it)."""
+        return self.role or self.session_user
+
+    def catalog_for(self, catalog: Catalog) -> Catalog:
+        """``catalog`` plus this session's temporary tables (cached)."""
+        if not self.temp_relations and not self._created:
+            return catalog
+        key = (catalog.generation, id(catalog), self._version)
+        cached = self._cat_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cat = catalog.with_temp(self.temp_relations.values())
+        if self._created:
+            cat = cat.with_relations(self._created.values())
+        self._cat_cache = (key, cat)
+        return cat
+
+    def resolution_key(self, catalog: Catalog) -> tuple[Any, ...]:
+        """Everything besides the SQL text that a cacheable description depends on: cache
+        analysis results by ``(sql, protocol, resolution_key)`` — and don't cache results
+        with ``cacheable=False`` (EXECUTE, FETCH, MOVE). Equal keys mean equal state, so the
+        cache may be shared between sessions."""
+        temp_key = self._temp_key
+        if temp_key is None:
+            temp_key = self._temp_key = tuple(sorted(
+                (r.schema, r.name, r.relkind, r.columns, r.view_sql)
+                for r in (*self.temp_relations.values(), *self._created.values())))
+        return (catalog.generation, self.effective_search_path(catalog),
+                self.current_user or catalog.user, temp_key)
+
+    # -- what the gateway feeds in ------------------------------------------------------------
+
+    def register_parse(self, name: str, sql: str) -> None:
+        """A protocol-level Parse of a named statement ("" = unnamed, not reachable from SQL
+        EXECUTE but kept for the gateway's convenience)."""
+        self.prepared[name] = PreparedStatement(name, sql, "protocol")
+
+    def close_statement(self, name: str) -> None:
+        self.prepared.pop(name, None)
+
+    def prepared_sql(self, name: str) -> str | None:
+        ps = self.prepared.get(name)
+        return ps.sql if ps is not None else None
+
+    def parameter_status(self, name: str, value: str) -> None:
+        """A ParameterStatus the server sent (authoritative)."""
+        if name == "search_path":
+            try:
+                self._search_path = parse_search_path(value)
+            except ValueError:
+                self._search_path = None
+            self._bump()
+        elif name == "session_authorization":
+            self.session_user = value
+
+    def ready_for_query(self, status: str) -> None:
+        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors."""
+        if status == "I" and self.cursors:
+            self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
+
+    def observe(self, info: StatementInfo) -> None:
+        """Apply a statement's effects once it has run."""
+        for effect in info.effects:
+            self._apply(effect, info, scratch=False)
+
+    def apply_scratch(self, info: StatementInfo) -> None:
+        """Like :meth:`observe`, for a scratch copy inside one query string (also keeps
+        non-temporary relations created by the statement, until the catalog is refreshed)."""
+        for effect in info.effects:
+            self._apply(effect, info, scratch=True)
+
+    def copy(self) -> SessionSqlState:
+        new = SessionSqlState.__new__(SessionSqlState)
+        new.default_search_path = self.default_search_path
+        new._search_path = self._search_path
+        new.login_user = self.login_user
+        new.session_user = self.session_user
+        new.role = self.role
+        new.prepared = dict(self.prepared)
+        new.cursors = dict(self.cursors)
+        new.temp_relations = dict(self.temp_relations)
+        new._created = dict(self._created)
+        new._version = self._version
+        new._cat_cache = None
+        new._temp_key = None
+        return new
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._cat_cache = None
+        self._temp_key = None
+
+    def _apply(self, effect: Effect, info: StatementInfo, *, scratch: bool) -> None:
+        op = effect.op
+        if op == "search_path":
+            self._search_path = effect.value
+            self._bump()
+        elif op == "role":
+            self.role = effect.name
+            self._bump()
+        elif op == "session_authorization":
+            self.session_user = effect.name if effect.name is not None else self.login_user
+            self.role = None
+            self._bump()
+        elif op == "reset_all":  # RESET ALL leaves role and session_authorization alone
+            self._search_path = None
+            self._bump()
+        elif op == "prepare":
+            assert effect.name is not None
+            self.prepared[effect.name] = PreparedStatement(effect.name, effect.value, "sql")
+        elif op == "deallocate":
+            if effect.name is None:  # DEALLOCATE ALL includes protocol-level statements
+                self.prepared.clear()
+            else:
+                self.prepared.pop(effect.name, None)
+        elif op == "declare":
+            assert effect.name is not None
+            self.cursors[effect.name] = Cursor(effect.name, info, bool(effect.value))
+        elif op == "close":
+            if effect.name is None:
+                self.cursors.clear()
+            else:
+                self.cursors.pop(effect.name, None)
+        elif op == "create_relation":
+            rel: Relation = effect.value
+            if rel.temp:
+                self.temp_relations[rel.name] = rel
+                self._bump()
+            elif scratch:
+                self._created[(rel.schema, rel.name)] = rel
+                self._bump()
+        elif op == "drop_relation":
+            schema, name = effect.value
+            if schema in (None, TEMP_SCHEMA) and name in self.temp_relations:
+                del self.temp_relations[name]
+                self._bump()
+            elif scratch and schema is not None:
+                self._created.pop((schema, name), None)
+                self._bump()
+        elif op == "discard":
+            if effect.name in ("ALL", "TEMP"):
+                self.temp_relations.clear()
+                self._bump()
+            if effect.name == "ALL":
+                self.prepared.clear()
+                self.cursors.clear()
+                self._search_path = None
+                self.role = None
+                self.session_user = self.login_user
+        elif op == "end_transaction":
+            self.cursors = {n: c for n, c in self.cursors.items() if c.hold}

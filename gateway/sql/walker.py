@@ -1,0 +1,1194 @@
+"""Walking a query's raw parse tree: relations, column lineage and usage, functions.
+
+Every expression evaluates to its *lineage*: the set of base columns ``(schema, table,
+column)`` whose values flow into it. A range table entry (a table, view, subquery, CTE,
+function in FROM, join) maps each of its column names to a lineage, so a reference through
+any number of subqueries, CTEs, set operations or views lands on base columns. Usages are
+recorded where the consumer is known:
+
+* ``filter`` for WHERE / HAVING / JOIN ON / USING at any level (also inside subqueries and
+  view definitions), ``sort``, ``group`` (GROUP BY, DISTINCT ON), ``window`` (PARTITION BY /
+  ORDER BY of windows), ``set`` (UPDATE SET targets), ``insert`` (INSERT target columns),
+  ``returning``;
+* ``output`` for what the top-level statement returns (through any depth of subqueries/CTEs),
+  and — fail-closed — for values copied elsewhere: INSERT ... SELECT sources, UPDATE SET
+  expressions, CREATE TABLE AS / SELECT INTO, COPY (query), EXECUTE parameters.
+
+A base column referenced directly in the statement's text is listed even if its value goes
+nowhere (e.g. a subquery output the outer query ignores: empty usage). Columns a view
+definition exposes are listed only when the statement uses them.
+
+The walker never mutates the (shared, cached) parse tree. Unknown constructs are walked
+generically (every column reference inside counts, with the enclosing usage) or reported
+in ``unresolved``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..catalog.model import Catalog, Relation
+from .functions import is_sql_string_function
+from .parse import SqlParseError, parse_uncached
+
+__all__ = ["EMPTY", "ColKey", "Facts", "Lineage", "Rte", "Scope", "Walker", "figure_colname"]
+
+ColKey = tuple[str, str, str]
+Lineage = frozenset[ColKey]
+EMPTY: Lineage = frozenset()
+Node = dict[str, Any]
+
+READ_USAGES = frozenset({"output", "filter", "sort", "group", "window", "returning"})
+#: System columns of tables (no data of the row's own: empty lineage, not in ``*``).
+SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+_STORED_KINDS = frozenset({"table", "partitioned", "matview", "foreign"})
+MAX_VIEW_DEPTH = 32
+
+
+class Facts:
+    """What a statement touches (accumulated while walking)."""
+
+    __slots__ = ("columns", "functions", "relations", "sql_string", "unresolved", "writes")
+
+    def __init__(self) -> None:
+        # (schema, name) → [access set, relkind, temp]
+        self.relations: dict[tuple[str, str], list[Any]] = {}
+        self.columns: dict[ColKey, set[str]] = {}
+        self.functions: dict[str, None] = {}
+        self.unresolved: dict[tuple[str, str], None] = {}
+        self.sql_string = False
+        self.writes = False
+
+    def relation(self, rel: Relation, access: str) -> None:
+        key = (rel.schema, rel.name)
+        entry = self.relations.get(key)
+        if entry is None:
+            self.relations[key] = [{access}, rel.relkind, rel.temp]
+        else:
+            entry[0].add(access)
+
+    def merge(self, other: Facts, *, write: bool = False) -> None:
+        """Fold in a view definition's facts (its relations are read, or written through an
+        updatable view when ``write``)."""
+        for key, (access, relkind, temp) in other.relations.items():
+            entry = self.relations.get(key)
+            if entry is None:
+                entry = self.relations[key] = [set(), relkind, temp]
+            entry[0].update(access)
+            if write:
+                entry[0].add("write")
+        for key, usage in other.columns.items():
+            if not usage:
+                continue  # only exposed by the view; listed if the statement uses it
+            mine = self.columns.get(key)
+            if mine is None:
+                self.columns[key] = set(usage)
+            else:
+                mine.update(usage)
+        self.functions.update(other.functions)
+        self.unresolved.update(other.unresolved)
+        self.sql_string = self.sql_string or other.sql_string
+        self.writes = self.writes or other.writes
+
+
+class Rte:
+    """A range table entry: something in FROM (or a DML target) with named columns."""
+
+    __slots__ = ("_index", "colnames", "lineage", "name", "open", "open_lineage", "relation",
+                 "schema", "unresolved")
+
+    def __init__(self, name: str | None, colnames: Sequence[str], lineage: Sequence[Lineage],
+                 *, schema: str | None = None, open: bool = False,
+                 open_lineage: Lineage = EMPTY, unresolved: str | None = None) -> None:
+        self.name = name
+        self.schema = schema
+        self.colnames = list(colnames)
+        self.lineage = list(lineage)
+        self.open = open  # accepts column names it doesn't list (lineage: open_lineage)
+        self.open_lineage = open_lineage
+        self.unresolved = unresolved  # set for relations the catalog doesn't know
+        self.relation: Relation | None = None  # the catalog relation, for relation entries
+        self._index: dict[str, list[int]] | None = None
+
+    def column(self, name: str) -> Lineage | None:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for i, col in enumerate(self.colnames):
+                index.setdefault(col, []).append(i)
+        hits = index.get(name)
+        if hits is None:
+            rel = self.relation
+            if name in SYSTEM_COLUMNS and rel is not None and rel.relkind in _STORED_KINDS:
+                return EMPTY
+            return None
+        if len(hits) == 1:
+            return self.lineage[hits[0]]
+        out: Lineage = EMPTY
+        for i in hits:
+            out = out | self.lineage[i]
+        return out
+
+    def whole(self) -> Lineage:
+        out = self.open_lineage
+        for lin in self.lineage:
+            out = out | lin
+        return out
+
+    def star(self) -> list[tuple[str, Lineage]]:
+        entries = list(zip(self.colnames, self.lineage, strict=False))
+        if self.open and not entries:
+            entries.append((self.name or "?column?", self.open_lineage))
+        return entries
+
+    def rename(self, alias: Node | None) -> None:
+        if not alias:
+            return
+        self.name = alias.get("aliasname", self.name)
+        self.schema = None
+        names = alias.get("colnames")
+        if names:
+            for i, item in enumerate(names):
+                if i < len(self.colnames):
+                    self.colnames[i] = item["String"]["sval"]
+            self._index = None
+
+
+class Scope:
+    """One query level: its range table entries, ``*`` expansion and CTEs."""
+
+    __slots__ = ("ctes", "parent", "rtes", "star")
+
+    def __init__(self, parent: Scope | None) -> None:
+        self.parent = parent
+        self.rtes: list[Rte] = []
+        self.star: list[tuple[str, Lineage]] = []
+        self.ctes: dict[str, tuple[list[str], list[Lineage]]] | None = None
+
+    def cte(self, name: str) -> tuple[list[str], list[Lineage]] | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if scope.ctes is not None:
+                hit = scope.ctes.get(name)
+                if hit is not None:
+                    return hit
+            scope = scope.parent
+        return None
+
+
+class ViewTemplate:
+    __slots__ = ("error", "facts", "lineage")
+
+    def __init__(self, lineage: list[Lineage], facts: Facts, error: str | None = None) -> None:
+        self.lineage = lineage
+        self.facts = facts
+        self.error = error
+
+
+def _sval(node: Node) -> str:
+    return node["String"]["sval"]
+
+
+def _names(items: list[Node] | None) -> list[str]:
+    return [item["String"]["sval"] for item in items or () if "String" in item]
+
+
+class Walker:
+    """Walks one statement's query trees, accumulating :class:`Facts`."""
+
+    def __init__(self, catalog: Catalog, search_path: Sequence[str], user: str | None, *,
+                 depth: int = 0, views: frozenset[tuple[str, str]] = frozenset()) -> None:
+        self.cat = catalog
+        self.path = tuple(search_path)
+        self.user = user
+        self.f = Facts()
+        self.depth = depth
+        self.views = views
+        # DML targets that are views: (view key, lineage of its columns)
+        self._view_targets: list[tuple[tuple[str, str], Lineage]] = []
+        #: False once a ``*`` expanded something whose columns aren't known exactly
+        self.exact = True
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def unresolved(self, kind: str, name: str) -> None:
+        self.f.unresolved[(kind, name)] = None
+
+    def use(self, lin: Lineage, usage: str) -> None:
+        if not lin:
+            return
+        cols = self.f.columns
+        for key in lin:
+            s = cols.get(key)
+            if s is None:
+                cols[key] = {usage}
+            else:
+                s.add(usage)
+        if usage in READ_USAGES:
+            rels = self.f.relations
+            for key in lin:
+                entry = rels.get((key[0], key[1]))
+                if entry is not None:
+                    entry[0].add("read")
+
+    def touch(self, lin: Lineage) -> None:
+        cols = self.f.columns
+        for key in lin:
+            if key not in cols:
+                cols[key] = set()
+
+    def function(self, names: list[str], nargs: int) -> None:
+        if not names:
+            return
+        name = names[-1]
+        schema = names[-2] if len(names) > 1 else None
+        candidates = self.cat.function_candidates(schema, name, self.path, user=self.user)
+        if candidates:
+            for c in candidates:
+                self.f.functions[c] = None
+        else:
+            resolved = self.cat.resolve_function(schema, name, self.path, user=self.user)
+            self.f.functions[resolved] = None
+            self.unresolved("function", resolved)
+        if is_sql_string_function(name, nargs):
+            self.f.sql_string = True
+
+    # -- relations -----------------------------------------------------------------------------
+
+    def relation_rte(self, rv: Node, scope: Scope | None, access: str) -> Rte:
+        """An Rte for a RangeVar: a CTE (read only), else the catalog relation(s)."""
+        schema = rv.get("schemaname")
+        name = rv["relname"]
+        alias = rv.get("alias")
+        if schema is None and scope is not None and access == "read":
+            cte = scope.cte(name)
+            if cte is not None:
+                rte = Rte(name, cte[0], cte[1])
+                rte.rename(alias)
+                return rte
+        rels = self.cat.relation_candidates(schema, name, self.path, user=self.user)
+        if not rels:
+            qual = f"{schema}.{name}" if schema else name
+            self.unresolved("relation", qual)
+            rte = Rte(name, [], [], schema=schema, open=True, unresolved=qual)
+            rte.rename(alias)
+            return rte
+        primary = rels[0]
+        lineage = self.relation_lineage(primary, access)
+        if len(rels) > 1:
+            # A session temp table shadowing a permanent one: report both (see Catalog).
+            lineage = list(lineage)
+            for other in rels[1:]:
+                other_lin = self.relation_lineage(other, access)
+                by_name = dict(zip(other.columns, other_lin, strict=False))
+                for i, col in enumerate(primary.columns):
+                    extra = by_name.get(col)
+                    if extra:
+                        lineage[i] = lineage[i] | extra
+        rte = Rte(name, primary.columns, lineage, schema=primary.schema)
+        rte.relation = primary
+        rte.rename(alias)
+        return rte
+
+    def relation_lineage(self, rel: Relation, access: str) -> list[Lineage]:
+        self.f.relation(rel, access)
+        if rel.is_view and (rel.view_sql is not None):
+            template = self.view_template(rel)
+            if template.error is not None:
+                self.unresolved("view", rel.qualified_name)
+            self.f.merge(template.facts, write=access == "write")
+            lin = template.lineage
+            if len(lin) < len(rel.columns):
+                lin = lin + [EMPTY] * (len(rel.columns) - len(lin))
+            return lin[: len(rel.columns)]
+        if rel.temp:
+            return [frozenset(((rel.schema, rel.name, c),)) for c in rel.columns]
+        key = ("lineage", rel.schema, rel.name, rel.oid)
+        cache = self.cat.cache
+        lin = cache.get(key)
+        if lin is None:
+            lin = cache[key] = [frozenset(((rel.schema, rel.name, c),)) for c in rel.columns]
+        return lin
+
+    def view_template(self, rel: Relation) -> ViewTemplate:
+        key = ("view", rel.schema, rel.name, rel.oid, rel.view_sql)
+        cacheable = not rel.temp
+        if cacheable:
+            hit = self.cat.cache.get(key)
+            if hit is not None:
+                return hit
+        qual = (rel.schema, rel.name)
+        if qual in self.views or self.depth >= MAX_VIEW_DEPTH:
+            return ViewTemplate([], Facts(), "recursive view definition")
+        if rel.temp:
+            walker = Walker(self.cat, self.path, self.user, depth=self.depth + 1,
+                            views=self.views | {qual})
+        else:
+            walker = Walker(self.cat.base, self.cat.view_search_path, None,
+                            depth=self.depth + 1, views=self.views | {qual})
+        try:
+            parsed = parse_uncached(rel.view_sql or "")
+            stmts = parsed.statements
+            if len(stmts) != 1:
+                raise SqlParseError("view definition is not one statement")
+            node_type, node = stmts[0].node_type, stmts[0].node
+            if node_type == "ViewStmt":  # session temp views keep their CREATE VIEW text
+                node_type, node = next(iter(node["query"].items()))
+            elif node_type == "CreateTableAsStmt":
+                node_type, node = next(iter(node["query"].items()))
+            if node_type != "SelectStmt":
+                raise SqlParseError(f"view definition is a {node_type}")
+            _, lineage = walker.select(node, None)
+            template = ViewTemplate(lineage, walker.f)
+        except SqlParseError as exc:
+            template = ViewTemplate([], walker.f, str(exc))
+        if cacheable:
+            self.cat.cache[key] = template
+        return template
+
+    def target_rte(self, rv: Node) -> Rte:
+        """The target of INSERT/UPDATE/DELETE/MERGE (written)."""
+        self.f.writes = True
+        rte = self.relation_rte(rv, None, "write")
+        rel = rte.relation
+        if rel is not None and rel.is_view:
+            self._view_targets.append(((rel.schema, rel.name), rte.whole()))
+        return rte
+
+    def settle_targets(self) -> None:
+        """A view written through is also read when the statement reads its columns."""
+        for key, lin in self._view_targets:
+            cols = self.f.columns
+            if any(cols.get(c, set()) & READ_USAGES for c in lin):
+                self.f.relations[key][0].add("read")
+        self._view_targets.clear()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def query(self, node: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        """Any statement that can appear as a CTE / subquery body; returns its output."""
+        ((t, v),) = node.items()
+        if t == "SelectStmt":
+            return self.select(v, outer)
+        if t == "InsertStmt":
+            return self.insert(v, outer)
+        if t == "UpdateStmt":
+            return self.update(v, outer)
+        if t == "DeleteStmt":
+            return self.delete(v, outer)
+        if t == "MergeStmt":
+            return self.merge(v, outer)
+        self.unresolved("construct", t)
+        return [], [self.generic(v, outer)]
+
+    def with_scope(self, with_clause: Node | None, outer: Scope | None) -> Scope | None:
+        if not with_clause:
+            return outer
+        scope = Scope(outer)
+        scope.ctes = {}
+        recursive = bool(with_clause.get("recursive"))
+        for item in with_clause.get("ctes", ()):
+            cte = item["CommonTableExpr"]
+            name = cte["ctename"]
+            colnames = _names(cte.get("aliascolnames"))
+            body = cte["ctequery"]
+            sel = body.get("SelectStmt")
+            if recursive and sel is not None and sel.get("op", "SETOP_NONE") != "SETOP_NONE":
+                names, lineage = self.recursive_cte(name, colnames, sel, scope)
+            else:
+                names, lineage = self.query(body, scope)
+                names = _rename(names, colnames)
+            scope.ctes[name] = (names, lineage)
+        return scope
+
+    def recursive_cte(self, name: str, colnames: list[str], sel: Node,
+                      scope: Scope) -> tuple[list[str], list[Lineage]]:
+        assert scope.ctes is not None
+        inner = self.with_scope(sel.get("withClause"), scope) or scope
+        names, lineage = self.select(sel["larg"], inner)
+        names = _rename(names, colnames)
+        scope.ctes[name] = (names, lineage)
+        for _ in range(4):  # iterate to a fixpoint (lineage only grows)
+            _rn, rl = self.select(sel["rarg"], inner)
+            new = _union_positional(lineage, rl)
+            if new == lineage:
+                break
+            lineage = new
+            scope.ctes[name] = (names, lineage)
+        self.tail(sel, None, names, lineage)
+        return names, lineage
+
+    def select(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base = self.with_scope(v.get("withClause"), outer) if "withClause" in v else outer
+        op = v.get("op", "SETOP_NONE")
+        if op != "SETOP_NONE":
+            ln, ll = self.select(v["larg"], base)
+            _rn, rl = self.select(v["rarg"], base)
+            lineage = _union_positional(ll, rl)
+            self.tail(v, None, ln, lineage)
+            return ln, lineage
+        values = v.get("valuesLists")
+        if values is not None:
+            lineage: list[Lineage] = []
+            for row in values:
+                items = row["List"]["items"] if "List" in row else [row]
+                for i, item in enumerate(items):
+                    lin = self.expr(item, base)
+                    if i < len(lineage):
+                        lineage[i] = lineage[i] | lin
+                    else:
+                        lineage.append(lin)
+            names = [f"column{i + 1}" for i in range(len(lineage))]
+            self.tail(v, base, names, lineage)
+            return names, lineage
+        scope = Scope(base)
+        from_clause = v.get("fromClause")
+        if from_clause:
+            for item in from_clause:
+                scope.star.extend(self.from_item(item, scope, base))
+        names, lineage = self.targets(v.get("targetList") or (), scope)
+        where = v.get("whereClause")
+        if where is not None:
+            self.use(self.expr(where, scope), "filter")
+        group = v.get("groupClause")
+        if group:
+            for item in group:
+                self.group_item(item, scope, names, lineage)
+        having = v.get("havingClause")
+        if having is not None:
+            self.use(self.expr(having, scope), "filter")
+        windows = v.get("windowClause")
+        if windows:
+            for w in windows:
+                self.window(w.get("WindowDef", w), scope)
+        distinct = v.get("distinctClause")
+        if distinct:
+            for item in distinct:
+                if item:
+                    self.use(self.expr(item, scope), "group")
+        self.tail(v, scope, names, lineage)
+        return names, lineage
+
+    def tail(self, v: Node, scope: Scope | None, names: list[str],
+             lineage: list[Lineage]) -> None:
+        """ORDER BY / LIMIT / OFFSET of a SELECT (or set operation)."""
+        sort = v.get("sortClause")
+        if sort:
+            for item in sort:
+                sb = item.get("SortBy")
+                node = sb.get("node") if sb is not None else item
+                self.use(self.output_ref(node, scope, names, lineage, prefer_output=True),
+                         "sort")
+        for key in ("limitCount", "limitOffset"):
+            node = v.get(key)
+            if node is not None:
+                self.use(self.expr(node, scope), "filter")
+
+    def output_ref(self, node: Node | None, scope: Scope | None, names: list[str],
+                   lineage: list[Lineage], *, prefer_output: bool) -> Lineage:
+        """An ORDER BY / GROUP BY item: an output column name or position, or an expression
+        over the input (ORDER BY prefers output names, GROUP BY input columns)."""
+        if node is None:
+            return EMPTY
+        cref = node.get("ColumnRef")
+        if cref is not None:
+            fields = cref.get("fields", ())
+            if len(fields) == 1 and "String" in fields[0]:
+                name = fields[0]["String"]["sval"]
+                if name in names and (prefer_output or
+                                      self.find_column(name, scope) is None):
+                    out: Lineage = EMPTY
+                    for i, n in enumerate(names):
+                        if n == name:
+                            out = out | lineage[i]
+                    return out
+        const = node.get("A_Const")
+        if const is not None and "ival" in const:
+            pos = const["ival"].get("ival", 0)
+            if 1 <= pos <= len(lineage):
+                return lineage[pos - 1]
+            return EMPTY
+        return self.expr(node, scope)
+
+    def group_item(self, item: Node, scope: Scope, names: list[str],
+                   lineage: list[Lineage]) -> None:
+        gs = item.get("GroupingSet")
+        if gs is not None:
+            for sub in gs.get("content", ()):
+                self.group_item(sub, scope, names, lineage)
+            return
+        self.use(self.output_ref(item, scope, names, lineage, prefer_output=False), "group")
+
+    def window(self, w: Node, scope: Scope | None) -> None:
+        lin = EMPTY
+        for node in w.get("partitionClause", ()):
+            lin = lin | self.expr(node, scope)
+        for item in w.get("orderClause", ()):
+            sb = item.get("SortBy")
+            lin = lin | self.expr(sb.get("node") if sb is not None else item, scope)
+        self.use(lin, "window")
+        for key in ("startOffset", "endOffset"):
+            if key in w:
+                self.use(self.expr(w[key], scope), "window")
+
+    def targets(self, tlist: Sequence[Node], scope: Scope) -> tuple[list[str], list[Lineage]]:
+        names: list[str] = []
+        lineage: list[Lineage] = []
+        for item in tlist:
+            rt = item["ResTarget"]
+            val = rt.get("val")
+            cref = val.get("ColumnRef") if val is not None else None
+            if cref is not None:
+                fields = cref.get("fields", ())
+                if fields and "A_Star" in fields[-1]:
+                    for name, lin in self.star_entries(fields, scope):
+                        self.touch(lin)
+                        names.append(name)
+                        lineage.append(lin)
+                    continue
+            lineage.append(self.expr(val, scope))
+            names.append(rt.get("name") or figure_colname(val))
+        return names, lineage
+
+    def star_entries(self, fields: Sequence[Node], scope: Scope | None) -> list[
+            tuple[str, Lineage]]:
+        quals = [f["String"]["sval"] for f in fields[:-1] if "String" in f]
+        if not quals:
+            s = scope
+            while s is not None and not s.rtes:
+                s = s.parent
+            if s is None:
+                return []
+            if any(r.open for r in s.rtes):
+                self.exact = False  # a function's unknown columns: count unknown
+            return list(s.star)
+        rte = self.find_rte(quals, scope)
+        if rte is None:
+            self.unresolved("relation", ".".join(quals))
+            return []
+        if rte.open:
+            self.exact = False
+        return rte.star()
+
+    # -- FROM ----------------------------------------------------------------------------------
+
+    def from_item(self, node: Node, scope: Scope, outer: Scope | None) -> list[
+            tuple[str, Lineage]]:
+        ((t, v),) = node.items()
+        if t == "RangeVar":
+            rte = self.relation_rte(v, scope, "read")
+            scope.rtes.append(rte)
+            return rte.star()
+        if t == "RangeSubselect":
+            parent = scope if v.get("lateral") else outer
+            names, lineage = self.query(v["subquery"], parent)
+            rte = Rte(None, names, lineage)
+            rte.rename(v.get("alias"))
+            scope.rtes.append(rte)
+            return rte.star()
+        if t == "JoinExpr":
+            return self.join(v, scope, outer)
+        if t == "RangeFunction":
+            return self.range_function(v, scope)
+        if t == "RangeTableSample":
+            entries = self.from_item(v["relation"], scope, outer)
+            for key in ("args", "repeatable"):
+                if key in v:
+                    self.use(self.expr(v[key], scope), "filter")
+            return entries
+        if t in ("RangeTableFunc", "JsonTable"):
+            lin = EMPTY
+            colnames: list[str] = []
+            for key, val in v.items():
+                if key == "columns":
+                    colnames = _table_func_columns(val)
+                elif key not in ("alias", "lateral", "location"):
+                    lin = lin | self.generic({key: val}, scope)
+            rte = Rte(None, colnames, [lin] * len(colnames), open=not colnames,
+                      open_lineage=lin)
+            rte.rename(v.get("alias"))
+            scope.rtes.append(rte)
+            return rte.star()
+        self.unresolved("construct", t)
+        lin = self.generic(v, scope)
+        rte = Rte(None, [], [], open=True, open_lineage=lin)
+        scope.rtes.append(rte)
+        return rte.star()
+
+    def range_function(self, v: Node, scope: Scope) -> list[tuple[str, Lineage]]:
+        """A function in FROM (always sees earlier FROM items): its columns carry the
+        lineage of its arguments. Without a column definition list its columns are unknown,
+        so the entry accepts any column name."""
+        lin = EMPTY
+        colnames: list[str] = []
+        first_name = None
+        known = True
+        for item in v.get("functions", ()):
+            parts = item["List"]["items"] if "List" in item else [item]
+            call = parts[0]
+            lin = lin | self.expr(call, scope)
+            fc = call.get("FuncCall")
+            if first_name is None and fc is not None:
+                fnames = _names(fc.get("funcname"))
+                first_name = fnames[-1] if fnames else None
+            coldefs = parts[1] if len(parts) > 1 else None
+            if coldefs and "List" in coldefs:
+                colnames.extend(d["ColumnDef"]["colname"] for d in coldefs["List"]["items"]
+                                if "ColumnDef" in d)
+            else:
+                known = False
+        if v.get("coldeflist"):
+            colnames.extend(d["ColumnDef"]["colname"] for d in v["coldeflist"]
+                            if "ColumnDef" in d)
+            known = True
+        alias = v.get("alias") or {}
+        alias_cols = _names(alias.get("colnames"))
+        name = alias.get("aliasname") or first_name
+        if known:
+            colnames = alias_cols[: len(colnames)] + colnames[len(alias_cols):]
+            if v.get("ordinality"):
+                colnames.append(alias_cols[len(colnames)] if len(alias_cols) > len(colnames)
+                                else "ordinality")
+        else:
+            # scalar functions name their single column after the alias / function
+            colnames = alias_cols or ([name] if name else [])
+        rte = Rte(name, colnames, [lin] * len(colnames), open=not known, open_lineage=lin)
+        scope.rtes.append(rte)
+        return rte.star()
+
+    def join(self, v: Node, scope: Scope, outer: Scope | None) -> list[tuple[str, Lineage]]:
+        start = len(scope.rtes)
+        left = self.from_item(v["larg"], scope, outer)
+        right = self.from_item(v["rarg"], scope, outer)
+        using = _names(v.get("usingClause"))
+        if v.get("isNatural"):
+            rnames = {n for n, _ in right}
+            using = list(dict.fromkeys(n for n, _ in left if n in rnames))
+        if using:
+            merged = []
+            for col in using:
+                lin = EMPTY
+                for n, lnl in left:
+                    if n == col:
+                        lin = lin | lnl
+                for n, rnl in right:
+                    if n == col:
+                        lin = lin | rnl
+                self.touch(lin)
+                self.use(lin, "filter")
+                merged.append((col, lin))
+            drop = set(using)
+            entries = merged + [e for e in left if e[0] not in drop] + \
+                [e for e in right if e[0] not in drop]
+            jua = v.get("join_using_alias")
+            if jua:
+                scope.rtes.append(Rte(jua.get("aliasname"), [m[0] for m in merged],
+                                      [m[1] for m in merged]))
+        else:
+            entries = left + right
+        quals = v.get("quals")
+        if quals is not None:
+            self.use(self.expr(quals, scope), "filter")
+        alias = v.get("alias")
+        if alias:
+            hidden = scope.rtes[start:]
+            del scope.rtes[start:]
+            open_lin = EMPTY
+            opened = False
+            for r in hidden:
+                if r.open:
+                    opened = True
+                    open_lin = open_lin | r.open_lineage
+            rte = Rte(None, [e[0] for e in entries], [e[1] for e in entries], open=opened,
+                      open_lineage=open_lin)
+            rte.rename(alias)
+            scope.rtes.append(rte)
+            return rte.star()
+        return entries
+
+    # -- DML -----------------------------------------------------------------------------------
+
+    def insert(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base = self.with_scope(v.get("withClause"), outer)
+        target = self.target_rte(v["relation"])
+        source: list[Lineage] = []
+        sel = v.get("selectStmt")
+        if sel is not None:
+            _n, source = self.query(sel, base)
+            for lin in source:
+                self.use(lin, "output")
+        cols = v.get("cols")
+        tcols = [c["ResTarget"]["name"] for c in cols] if cols else list(target.colnames)
+        excluded: dict[str, Lineage] = {}
+        for i, col in enumerate(tcols):
+            lin = target.column(col)
+            if lin is None:
+                if not target.unresolved:
+                    self.unresolved("column", f"{target.name}.{col}")
+                continue
+            self.touch(lin)
+            self.use(lin, "insert")
+            if i < len(source):
+                excluded[col] = source[i]
+        scope = Scope(base)
+        scope.rtes.append(target)
+        scope.star = target.star()
+        occ = v.get("onConflictClause")
+        if occ:
+            scope.rtes.append(Rte("excluded", target.colnames,
+                                  [excluded.get(c, EMPTY) for c in target.colnames]))
+            infer = occ.get("infer") or {}
+            for elem in infer.get("indexElems", ()):
+                ie = elem.get("IndexElem", elem)
+                if ie.get("name"):
+                    lin = target.column(ie["name"]) or EMPTY
+                    self.touch(lin)
+                    self.use(lin, "filter")
+                elif ie.get("expr") is not None:
+                    self.use(self.expr(ie["expr"], scope), "filter")
+            if infer.get("whereClause") is not None:
+                self.use(self.expr(infer["whereClause"], scope), "filter")
+            if occ.get("targetList"):
+                self.set_list(occ["targetList"], target, scope)
+            if occ.get("whereClause") is not None:
+                self.use(self.expr(occ["whereClause"], scope), "filter")
+        return self.returning(v, target, scope)
+
+    def update(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base = self.with_scope(v.get("withClause"), outer)
+        target = self.target_rte(v["relation"])
+        scope = Scope(base)
+        scope.rtes.append(target)
+        scope.star = target.star()
+        for item in v.get("fromClause", ()):
+            scope.star.extend(self.from_item(item, scope, base))
+        self.set_list(v.get("targetList", ()), target, scope)
+        where = v.get("whereClause")
+        if where is not None:
+            self.use(self.expr(where, scope), "filter")
+        return self.returning(v, target, scope)
+
+    def delete(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base = self.with_scope(v.get("withClause"), outer)
+        target = self.target_rte(v["relation"])
+        scope = Scope(base)
+        scope.rtes.append(target)
+        scope.star = target.star()
+        for item in v.get("usingClause", ()):
+            scope.star.extend(self.from_item(item, scope, base))
+        where = v.get("whereClause")
+        if where is not None:
+            self.use(self.expr(where, scope), "filter")
+        return self.returning(v, target, scope)
+
+    def merge(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base = self.with_scope(v.get("withClause"), outer)
+        target = self.target_rte(v["relation"])
+        scope = Scope(base)
+        scope.rtes.append(target)
+        scope.star = target.star()
+        source = v.get("sourceRelation")
+        if source is not None:
+            scope.star.extend(self.from_item(source, scope, base))
+        cond = v.get("joinCondition")
+        if cond is not None:
+            self.use(self.expr(cond, scope), "filter")
+        for item in v.get("mergeWhenClauses", ()):
+            wc = item.get("MergeWhenClause", item)
+            if wc.get("condition") is not None:
+                self.use(self.expr(wc["condition"], scope), "filter")
+            command = wc.get("commandType")
+            if command == "CMD_UPDATE":
+                self.set_list(wc.get("targetList", ()), target, scope)
+            elif command == "CMD_INSERT":
+                tl = wc.get("targetList")
+                tcols = [t["ResTarget"]["name"] for t in tl] if tl else list(target.colnames)
+                for col in tcols:
+                    lin = target.column(col)
+                    if lin is None:
+                        if not target.unresolved:
+                            self.unresolved("column", f"{target.name}.{col}")
+                        continue
+                    self.touch(lin)
+                    self.use(lin, "insert")
+                for val in wc.get("values", ()):
+                    self.use(self.expr(val, scope), "output")
+        return self.returning(v, target, scope)
+
+    def set_list(self, tlist: Sequence[Node], target: Rte, scope: Scope) -> None:
+        for item in tlist:
+            rt = item["ResTarget"]
+            name = rt.get("name")
+            lin = target.column(name) if name else None
+            if lin is None:
+                if not target.unresolved:
+                    self.unresolved("column", f"{target.name}.{name}")
+            else:
+                self.touch(lin)
+                self.use(lin, "set")
+            for ind in rt.get("indirection", ()):  # SET a[i] = ...: subscripts
+                self.use(self.expr(ind, scope), "filter")
+            val = rt.get("val")
+            if val is None:
+                continue
+            mar = val.get("MultiAssignRef")
+            if mar is not None:
+                if mar.get("colno", 1) != 1:
+                    continue  # the shared source was evaluated with the first column
+                val = mar.get("source")
+            self.use(self.expr(val, scope), "output")
+
+    def returning(self, v: Node, target: Rte, scope: Scope) -> tuple[list[str], list[Lineage]]:
+        rc = v.get("returningClause")
+        exprs = rc.get("exprs") if rc else v.get("returningList")
+        if not exprs:
+            self.settle_targets()
+            return [], []
+        aliases = {"old", "new"}
+        for opt in (rc or {}).get("options", ()):
+            ro = opt.get("ReturningOption", opt)
+            if ro.get("value"):
+                aliases.add(ro["value"])
+        # old./new. name the target row; everything else resolves in the statement's scope
+        # (target first, then FROM/USING items); RETURNING * covers both.
+        rscope = Scope(scope)
+        rscope.star = scope.star
+        for alias in aliases:
+            rscope.rtes.append(Rte(alias, target.colnames, target.lineage))
+        names, lineage = self.targets(exprs, rscope)
+        for lin in lineage:
+            self.use(lin, "returning")
+        self.settle_targets()
+        return names, lineage
+
+    # -- expressions ---------------------------------------------------------------------------
+
+    def expr(self, node: Any, scope: Scope | None) -> Lineage:
+        if node is None:
+            return EMPTY
+        if type(node) is list:
+            out: Lineage = EMPTY
+            for item in node:
+                out = out | self.expr(item, scope)
+            return out
+        ((t, v),) = node.items()
+        handler = _HANDLERS.get(t)
+        if handler is not None:
+            return handler(self, v, scope)
+        if t in _LEAVES:
+            return EMPTY
+        return self.generic(v, scope)
+
+    def generic(self, v: Any, scope: Scope | None) -> Lineage:
+        out: Lineage = EMPTY
+        if type(v) is dict:
+            values = v.values()
+        elif type(v) is list:
+            values = v
+        else:
+            return EMPTY
+        for val in values:
+            tv = type(val)
+            if tv is dict:
+                if len(val) == 1:
+                    key = next(iter(val))
+                    if key[:1].isupper():
+                        out = out | self.expr(val, scope)
+                        continue
+                out = out | self.generic(val, scope)
+            elif tv is list:
+                out = out | self.generic(val, scope)
+        return out
+
+    def _column_ref(self, v: Node, scope: Scope | None) -> Lineage:
+        fields = v.get("fields", ())
+        if fields and "A_Star" in fields[-1]:
+            lin = EMPTY
+            for _n, l2 in self.star_entries(fields, scope):
+                lin = lin | l2
+            self.touch(lin)
+            return lin
+        names = [f["String"]["sval"] for f in fields if "String" in f]
+        lin = self.resolve_column(names, scope)
+        if lin is None:
+            self.unresolved("column", ".".join(names))
+            return EMPTY
+        self.touch(lin)
+        return lin
+
+    def resolve_column(self, names: list[str], scope: Scope | None) -> Lineage | None:
+        n = len(names)
+        if n == 1:
+            name = names[0]
+            lin = self.find_column(name, scope)
+            if lin is not None:
+                return lin
+            rte = self.find_rte(names, scope)
+            if rte is not None:  # whole-row reference
+                return rte.whole()
+            return self.find_open(name, scope)
+        if n == 2:
+            rte = self.find_rte(names[:1], scope)
+            if rte is not None:
+                return self.rte_column(rte, names[1])
+            # composite column's field: col.field
+            lin = self.find_column(names[0], scope)
+            return lin if lin is not None else self.find_open(names[0], scope)
+        if n == 3:
+            rte = self.find_rte(names[:2], scope)
+            if rte is not None:
+                return self.rte_column(rte, names[2])
+            rte = self.find_rte(names[:1], scope)
+            if rte is not None:  # table.column.field
+                return self.rte_column(rte, names[1])
+            return None
+        if n == 4:
+            rte = self.find_rte(names[1:3], scope)
+            if rte is not None:
+                return self.rte_column(rte, names[3])
+            rte = self.find_rte(names[:2], scope)
+            if rte is not None:
+                return self.rte_column(rte, names[2])
+        return None
+
+    def rte_column(self, rte: Rte, name: str) -> Lineage | None:
+        lin = rte.column(name)
+        if lin is not None:
+            return lin
+        if rte.open:
+            if rte.unresolved:
+                self.unresolved("column", f"{rte.unresolved}.{name}")
+            return rte.open_lineage
+        return None
+
+    def find_column(self, name: str, scope: Scope | None) -> Lineage | None:
+        while scope is not None:
+            found: Lineage | None = None
+            for rte in scope.rtes:
+                lin = rte.column(name)
+                if lin is not None:
+                    found = lin if found is None else found | lin
+            if found is not None:
+                return found
+            scope = scope.parent
+        return None
+
+    def find_open(self, name: str, scope: Scope | None) -> Lineage | None:
+        while scope is not None:
+            for rte in scope.rtes:
+                if rte.open:
+                    if rte.unresolved:
+                        self.unresolved("column", f"{rte.unresolved}.{name}")
+                    return rte.open_lineage
+            scope = scope.parent
+        return None
+
+    def find_rte(self, quals: list[str], scope: Scope | None) -> Rte | None:
+        if len(quals) == 1:
+            schema, name = None, quals[0]
+        else:
+            schema, name = quals[-2], quals[-1]
+        while scope is not None:
+            for rte in scope.rtes:
+                if rte.name == name and (schema is None or rte.schema == schema):
+                    return rte
+            scope = scope.parent
+        return None
+
+    def _func_call(self, v: Node, scope: Scope | None) -> Lineage:
+        args = v.get("args")
+        self.function(_names(v.get("funcname")), len(args) if args else 0)
+        lin = self.expr(args, scope) if args else EMPTY
+        order = v.get("agg_order")
+        if order:
+            for item in order:
+                sb = item.get("SortBy")
+                lin = lin | self.expr(sb.get("node") if sb is not None else item, scope)
+        if v.get("agg_filter") is not None:
+            lin = lin | self.expr(v["agg_filter"], scope)
+        over = v.get("over")
+        if over is not None:
+            self.window(over, scope)
+        return lin
+
+    def _sublink(self, v: Node, scope: Scope | None) -> Lineage:
+        _, lineage = self.query(v["subselect"], scope)
+        out = self.expr(v.get("testexpr"), scope)
+        for lin in lineage:
+            out = out | lin
+        return out
+
+    def _select_expr(self, v: Node, scope: Scope | None) -> Lineage:
+        _, lineage = self.select(v, scope)
+        out = EMPTY
+        for lin in lineage:
+            out = out | lin
+        return out
+
+    def _indirection(self, v: Node, scope: Scope | None) -> Lineage:
+        arg = v.get("arg")
+        ind = v.get("indirection", ())
+        cref = arg.get("ColumnRef") if arg is not None else None
+        if cref is not None and ind and "String" in ind[0]:
+            names = _names(cref.get("fields"))
+            if len(names) == 1 and self.find_column(names[0], scope) is None:
+                rte = self.find_rte(names, scope)
+                if rte is not None:  # (rel).col
+                    lin = self.rte_column(rte, _sval(ind[0]))
+                    if lin is not None:
+                        self.touch(lin)
+                        return lin | self.expr(ind[1:], scope)
+        return self.expr(arg, scope) | self.expr(list(ind), scope)
+
+
+def _rename(names: list[str], colnames: list[str]) -> list[str]:
+    if not colnames:
+        return names
+    out = list(names)
+    for i, n in enumerate(colnames):
+        if i < len(out):
+            out[i] = n
+    return out
+
+
+def _union_positional(a: list[Lineage], b: list[Lineage]) -> list[Lineage]:
+    out = list(a)
+    for i, lin in enumerate(b):
+        if i < len(out):
+            out[i] = out[i] | lin
+        else:
+            out.append(lin)
+    return out
+
+
+def _table_func_columns(columns: list[Node]) -> list[str]:
+    out = []
+    for item in columns:
+        ((_t, col),) = item.items()
+        if col.get("colname"):
+            out.append(col["colname"])
+        elif col.get("name"):
+            out.append(col["name"])
+        if col.get("columns"):  # JSON_TABLE NESTED PATH
+            out.extend(_table_func_columns(col["columns"]))
+    return out
+
+
+_LEAVES = frozenset({
+    "A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "String",
+    "Integer", "Float", "Boolean", "BitString", "TypeName", "A_Star", "ColumnDef", "Null",
+})
+
+
+def _typecast(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("arg"), scope)
+
+
+def _res_target(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("val"), scope)
+
+
+def _sort_by(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("node"), scope)
+
+
+def _list(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("items"), scope)
+
+
+def _a_expr(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("lexpr"), scope) | w.expr(v.get("rexpr"), scope)
+
+
+def _bool_expr(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    return w.expr(v.get("args"), scope)
+
+
+_HANDLERS = {
+    "ColumnRef": Walker._column_ref,
+    "FuncCall": Walker._func_call,
+    "SubLink": Walker._sublink,
+    "SelectStmt": Walker._select_expr,
+    "A_Indirection": Walker._indirection,
+    "TypeCast": _typecast,
+    "ResTarget": _res_target,
+    "SortBy": _sort_by,
+    "List": _list,
+    "A_Expr": _a_expr,
+    "BoolExpr": _bool_expr,
+}
+
+
+_SQLVALUE_NAMES = {
+    "SVFOP_CURRENT_DATE": "current_date",
+    "SVFOP_CURRENT_TIME": "current_time",
+    "SVFOP_CURRENT_TIME_N": "current_time",
+    "SVFOP_CURRENT_TIMESTAMP": "current_timestamp",
+    "SVFOP_CURRENT_TIMESTAMP_N": "current_timestamp",
+    "SVFOP_LOCALTIME": "localtime",
+    "SVFOP_LOCALTIME_N": "localtime",
+    "SVFOP_LOCALTIMESTAMP": "localtimestamp",
+    "SVFOP_LOCALTIMESTAMP_N": "localtimestamp",
+    "SVFOP_CURRENT_ROLE": "current_role",
+    "SVFOP_CURRENT_USER": "current_user",
+    "SVFOP_USER": "user",
+    "SVFOP_SESSION_USER": "session_user",
+    "SVFOP_CURRENT_CATALOG": "current_catalog",
+    "SVFOP_CURRENT_SCHEMA": "current_schema",
+}
+
+
+def figure_colname(node: Node | None) -> str:
+    """The output column name PostgreSQL would give an unaliased target (FigureColname)."""
+    if not node:
+        return "?column?"
+    ((t, v),) = node.items()
+    if t == "ColumnRef":
+        fields = v.get("fields", ())
+        if fields and "String" in fields[-1]:
+            return fields[-1]["String"]["sval"]
+        return "?column?"
+    if t == "FuncCall":
+        names = _names(v.get("funcname"))
+        return names[-1] if names else "?column?"
+    if t == "TypeCast":
+        inner = figure_colname(v.get("arg"))
+        if inner != "?column?":
+            return inner
+        names = _names((v.get("typeName") or {}).get("names"))
+        return names[-1] if names else "?column?"
+    if t == "A_Indirection":
+        for item in reversed(v.get("indirection", ())):
+            if "String" in item:
+                return item["String"]["sval"]
+        return figure_colname(v.get("arg"))
+    if t == "CaseExpr":
+        return figure_colname(v.get("defresult")) if v.get("defresult") and \
+            figure_colname(v.get("defresult")) != "?column?" else "case"
+    if t == "A_ArrayExpr":
+        return "array"
+    if t == "RowExpr":
+        return "row"
+    if t == "CoalesceExpr":
+        return "coalesce"
+    if t == "MinMaxExpr":
+        return "greatest" if v.get("op") == "IS_GREATEST" else "least"
+    if t == "GroupingFunc":
+        return "grouping"
+    if t == "SQLValueFunction":
+        return _SQLVALUE_NAMES.get(v.get("op", ""), "?column?")
+    if t == "SubLink":
+        kind = v.get("subLinkType")
+        if kind == "EXISTS_SUBLINK":
+            return "exists"
+        if kind == "ARRAY_SUBLINK":
+            return "array"
+        if kind == "EXPR_SUBLINK":
+            sel = (v.get("subselect") or {}).get("SelectStmt") or {}
+            tl = sel.get("targetList") or ()
+            if tl:
+                rt = tl[0]["ResTarget"]
+                return rt.get("name") or figure_colname(rt.get("val"))
+        return "?column?"
+    return "?column?"
