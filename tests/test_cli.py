@@ -28,6 +28,8 @@ def test_demo_runs_the_ci_job_end_to_end() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "upstream role is 'pgwarden_svc'" in out.stdout
     assert "refused: " in out.stdout and "token expired" in out.stdout
+    assert "ERROR 42501: SELECT denied by policy: card verification codes" in out.stdout
+    assert "the policy let through" not in out.stdout
     assert "every step behaved as expected" in out.stdout
 
 

@@ -952,6 +952,47 @@ def test_unknown_statement_types_fail_closed(catalog: Catalog) -> None:
     assert (imp.kind, imp.command) == ("ddl", "IMPORT FOREIGN SCHEMA")
 
 
+def test_outputs_exactness(catalog: Catalog) -> None:
+    (exact,) = analyze("SELECT * FROM cards c JOIN transactions t USING (id)", catalog)
+    assert exact.outputs_exact and len(exact.outputs) == 8
+    (inexact,) = analyze("SELECT * FROM cards c, jsonb_each(to_jsonb(c)) j", catalog)
+    assert not inexact.outputs_exact
+    (aliased,) = analyze("SELECT x.* FROM (cards c CROSS JOIN jsonb_each('{}') j) AS x",
+                         catalog)
+    assert not aliased.outputs_exact
+    (coldef,) = analyze("SELECT * FROM json_to_record('{}') AS r(a int, b text)", catalog)
+    assert coldef.outputs_exact and [o.name for o in coldef.outputs] == ["a", "b"]
+    assert not analyze("SHOW search_path", catalog)[0].outputs_exact
+
+
+def test_resolution_key_separates_session_states(catalog: Catalog) -> None:
+    a, b = SessionSqlState(), SessionSqlState()
+    assert a.resolution_key(catalog) == b.resolution_key(catalog)
+    a.observe(analyze("CREATE TEMP TABLE t1 (x int)", catalog, session=a)[0])
+    b.observe(analyze("CREATE TEMP TABLE t2 (y int)", catalog, session=b)[0])
+    assert a.resolution_key(catalog) != b.resolution_key(catalog)
+    c = SessionSqlState()
+    c.observe(analyze("CREATE TEMP TABLE t1 (x int)", catalog, session=c)[0])
+    assert c.resolution_key(catalog) == a.resolution_key(catalog)
+    c.observe(analyze("SET search_path = sqla_ops", catalog, session=c)[0])
+    assert c.resolution_key(catalog) != a.resolution_key(catalog)
+
+
+def test_reset_all_keeps_the_role(catalog: Catalog) -> None:
+    state = SessionSqlState(user="svc")
+    for sql in ("SET ROLE sqla_ops", "SET search_path = sqla_ops", "RESET ALL"):
+        state.observe(analyze(sql, catalog, session=state)[0])
+    assert state.current_user == "sqla_ops" and state.search_path is None
+    state.observe(analyze("DISCARD ALL", catalog, session=state)[0])
+    assert state.current_user == "svc"
+
+
+def test_system_columns_resolve(catalog: Catalog) -> None:
+    (info,) = analyze("SELECT ctid, tableoid, pan FROM cards WHERE xmin::text <> ''", catalog)
+    assert info.unresolved == ()
+    assert actual_columns(info) == {("public.cards", "pan", "output")}
+
+
 def test_analysis_is_deterministic(catalog: Catalog) -> None:
     sql = ("SELECT c, t.* FROM cards c JOIN transactions t ON t.card_id = c.id "
            "WHERE c.pan LIKE '4%' ORDER BY t.amount")

@@ -26,13 +26,14 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
         if not tls:
             problems.append("the session is not encrypted")
 
-        say("2. read: card count and spend per card brand")
+        say("2. read: card count and spend per card holder")
         n = conn.execute("select count(*) from cards").fetchone()[0]
         rows = conn.execute(
-            "select left(c.pan, 1) as brand_digit, count(t.id), sum(t.amount) "
+            "select c.holder, count(t.id), sum(t.amount) "
             "from cards c join transactions t on t.card_id = c.id "
-            "group by 1 order by 1").fetchall()
-        say(f"   {n} cards; " + ", ".join(f"brand {b}: {k} tx / {s}" for b, k, s in rows))
+            "group by 1 order by 3 desc limit 3").fetchall()
+        say(f"   {n} cards; top spenders: "
+            + ", ".join(f"{h} ({k} tx, {s})" for h, k, s in rows))
 
         say("3. write inside a transaction, then roll part of it back")
         with conn.transaction():
@@ -59,7 +60,18 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
                         prepare=True)
             say(f"   card 1 spend: {cur.fetchone()[0]}")
 
-    say("6. an expired token is refused before anything reaches the database")
+        say("6. policy: what the job may not do is refused before it reaches the database")
+        for sql in ("select holder, cvv from cards",
+                    "update transactions set amount = 0",
+                    "drop table transactions"):
+            try:
+                conn.execute(sql)
+                problems.append(f"the policy let through: {sql}")
+            except psycopg.errors.InsufficientPrivilege as e:
+                say(f"   {sql!r}\n     -> ERROR 42501: {e.diag.message_primary}")
+                conn.rollback()
+
+    say("7. an expired token is refused before anything reaches the database")
     try:
         psycopg.connect(dsn, password=expired_token).close()
         problems.append("an expired token was accepted")

@@ -16,6 +16,9 @@ from gateway.devtools.sample_data import PAYMENTS_SCHEMA
 
 from .ci_job import run_ci_job
 
+# The starter policy ships with the source tree (policies/ is policy-as-code, kept in git).
+STARTER_POLICY = Path(__file__).resolve().parents[2] / "policies" / "pci"
+
 
 def _say(text: str) -> None:
     print(text, flush=True)
@@ -44,12 +47,15 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
             {"cardholder": UpstreamSpec(pg.host, pg.port, "payments", "pgwarden_svc",
                                         svc_password)},
             allow_plaintext=False,
+            policy_dir=STARTER_POLICY,
         )
         gw.start()
-        _say(f"• gateway listening on 127.0.0.1:{gw.port} (TLS required, JWT as password)")
+        _say(f"• gateway listening on 127.0.0.1:{gw.port} (TLS required, JWT as password, "
+             f"policy {STARTER_POLICY.relative_to(STARTER_POLICY.parents[1])})")
 
-        token = gw.token("ci-bot", groups=("ci",), ttl=3600)
-        expired = gw.token("ci-bot", groups=("ci",), ttl=60, now=time.time() - 3600)
+        groups = ("ci", "ci-writers")
+        token = gw.token("ci-bot", groups=groups, ttl=3600)
+        expired = gw.token("ci-bot", groups=groups, ttl=60, now=time.time() - 3600)
         token_file = base / "token.jwt"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
@@ -78,11 +84,18 @@ def _summarize(gw: GatewayProcess) -> None:
     time.sleep(0.3)  # the gateway's log lines arrive through a pipe
     sessions = [d for d in gw.logs if d.get("event") == "session.start"]
     refused = [d for d in gw.logs if d.get("event") == "auth.failure"]
+    decisions = [d for d in gw.logs if d.get("event") == "decision"]
     _say("what the gateway logged (structured JSON on its stderr):")
     for d in sessions:
         _say(f"  session.start  subject={d.get('subject')} groups={d.get('groups')} "
              f"connection={d.get('connection')} tls={d.get('tls')} "
              f"app={d.get('application_name')}")
+    for d in decisions:
+        if d.get("outcome") != "allow":
+            _say(f"  decision       {d.get('outcome')} {d.get('command')} "
+                 f"reasons={d.get('reasons')} policy={d.get('bundle_revision')}")
+    allowed = sum(1 for d in decisions if d.get("outcome") == "allow")
+    _say(f"  decision       {allowed} statements allowed, each naming policy revision and hash")
     for d in refused:
         _say(f"  auth.failure   reason={d.get('reason')} client={d.get('client_addr')}")
 

@@ -126,23 +126,19 @@ def run_tests(paths: list[str], run: str | None = None, *, probe: bool = False) 
     source = PolicySource.from_paths(paths)
     tests = discover_tests(source, run)
     runnable = [t for t in tests if not t.skip]
-    results: list[TestResult] = []
-    if not tests:
-        return results
-    if probe and runnable:
+    entrypoints = [t.entrypoint for t in runnable]
+    if probe:
         check_known_crashes(source.modules)
-        crash = probe_compile(source.modules, source.data, [t.entrypoint for t in runnable])
+        crash = probe_compile(source.modules, source.data, entrypoints)
         if crash is not None:
             raise PolicyCompileError(source.origin, crash)
-    compiled = (
-        compile_policy(source.modules, source.data, [t.entrypoint for t in runnable])
-        if runnable
-        else None
-    )
+    # Compile even when nothing matched: a broken module is reported either way.
+    compiled = compile_policy(source.modules, source.data, entrypoints)
+    results: list[TestResult] = []
     with capture_c_stdout() as cap:
         for test in tests:
             pkg = f"data.{test.package}"
-            if test.skip or compiled is None:
+            if test.skip:
                 results.append(
                     TestResult(pkg, test.name, "skip", 0, test.file, test.line, test.col)
                 )
