@@ -90,6 +90,7 @@ def test_loader_reads_relations_with_columns_and_oids(catalog: Catalog,
     assert catalog.relation("public", "cat_parted").relkind == "partitioned"
     assert catalog.relation("public", "cat_parted_eu").relkind == "table"
     assert catalog.relation("public", "Cat Mixed").columns == ("Col A", "plain")
+    assert catalog.relation("public", "cards_id_seq").relkind == "sequence"
     # the catalog's own relations are there too (opaque system views included)
     assert catalog.relation("pg_catalog", "pg_class").relkind == "table"
     pg_roles = catalog.relation("pg_catalog", "pg_roles")

@@ -292,6 +292,18 @@ def test_compile_error_names_file_and_line(tmp_path: Path) -> None:
     assert "bad.rego:4:11:" in str(exc.value)
 
 
+def test_rule_and_data_on_the_same_path_is_a_compile_error(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "p.rego": decision_policy(json.dumps(VALID)) + "\ngroups := {}\n",
+            "data.json": json.dumps({"pgwarden": {"groups": {"readers": ["ci"]}}}),
+        },
+    )
+    with pytest.raises(PolicyCompileError, match=r"p\.rego:6:1: rule data\.pgwarden\.groups"):
+        PolicyEngine(PolicySource.load(tmp_path))
+
+
 def test_undefined_entrypoint_is_a_compile_error(tmp_path: Path) -> None:
     write(tmp_path, {"p.rego": "package pgwarden\n\nimport rego.v1\n\nallow := true\n"})
     with pytest.raises(PolicyCompileError, match=r"data\.pgwarden\.decision is not defined"):
@@ -644,16 +656,19 @@ CASES = [
         False, "allow", [], {},
     ),
     (
-        "set role", ["dba"], statement("SET ROLE postgres", "SET", "session"), False, "deny",
+        "set role", ["dba"], statement("SET ROLE postgres", "SET", "session",
+                                         details={"name": "role"}), False, "deny",
         ["changing the session role or authorization is not allowed"], None,
     ),
     (
         "set session authorization", ["ci"],
-        statement("SET SESSION AUTHORIZATION postgres", "SET", "session"), False, "deny",
+        statement("SET SESSION AUTHORIZATION postgres", "SET", "session",
+                  details={"name": "session_authorization"}), False, "deny",
         ["changing the session role or authorization is not allowed"], None,
     ),
     (
-        "set search_path", ["ci"], statement("SET search_path TO public", "SET", "session"),
+        "set search_path", ["ci"], statement("SET search_path TO public", "SET", "session",
+                                         details={"name": "search_path"}),
         False, "allow", [], {},
     ),
     ("begin", ["ci"], statement("BEGIN", "BEGIN", "transaction"), False, "allow", [], {}),
@@ -843,21 +858,12 @@ def test_policy_eval_prints_the_validated_decision(tmp_path: Path) -> None:
 def test_policy_eval_keeps_stdout_clean_of_policy_prints(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    policy = write(
-        tmp_path / "p",
-        {"p.rego": decision_policy(json.dumps(VALID)).replace(
-            "decision :=", 'noise if print("from the policy")\n\ndecision :=') +
-            "\nx := 1 if noise\n"},
-    )  # fmt: skip
     rego = (
-        (policy / "p.rego")
-        .read_text()
-        .replace(
-            f"decision := {json.dumps(VALID)}",
-            f"decision := {json.dumps(VALID)} if noise",
-        )
+        "package pgwarden\n\nimport rego.v1\n\n"
+        'noise if print("from the policy")\n\n'
+        f"decision := {json.dumps(VALID)} if noise\n"
     )
-    (policy / "p.rego").write_text(rego)
+    policy = write(tmp_path / "p", {"p.rego": rego})
     inp = write(tmp_path, {"in.json": "{}"}) / "in.json"
     assert cmd_policy_eval(str(policy), str(inp), probe=False) == 0
     captured = capfd.readouterr()

@@ -171,5 +171,6 @@ def test_decisions_name_the_policy_revision(pci_gateway: GatewayProcess) -> None
     decisions = [d for d in pci_gateway.logs if d.get("event") == "decision"]
     assert decisions
     assert all(d["bundle_revision"] and d["bundle_hash"] for d in decisions)
-    assert {d["outcome"] for d in decisions} >= {"allow", "deny"}
+    # Allowed statements are logged at debug level; refusals always are.
+    assert "deny" in {d["outcome"] for d in decisions}
     assert not any(d.get("event") == "decision.analysis_failed" for d in pci_gateway.logs)

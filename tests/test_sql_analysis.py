@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from pglast import parser as pg_parser
 
-from gateway.catalog import CATALOG_QUERIES, Catalog, build_catalog
+from gateway.catalog import CATALOG_QUERIES, Catalog, Relation, build_catalog
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 
 if TYPE_CHECKING:
@@ -276,6 +276,8 @@ CASES: list[Case] = [
          "cards.id=filter"),
     Case("SELECT total FROM sqla_totals", "read", "SELECT", "sqla_totals=r transactions=r",
          "transactions.amount=output transactions.card_id=group", "pg_catalog.sum"),
+    Case("SELECT last_value FROM cards_id_seq", "read", "SELECT", "cards_id_seq=r",
+         "cards_id_seq.last_value=output"),
     # -- system catalogs -----------------------------------------------------------------------
     Case("SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = 2200", "read",
          "SELECT", "pg_catalog.pg_class=r",
@@ -861,6 +863,7 @@ def test_temp_table_shadowing(catalog: Catalog) -> None:
                         session=state)
     assert (create.kind, create.command) == ("ddl", "CREATE TABLE")
     assert actual_relations(create) == {"pg_temp.cards": ("write",)}
+    assert not create.catalog_changed  # temp tables aren't in the snapshot
     state.observe(create)
     (info,) = analyze("SELECT pan, scratch FROM cards", catalog, session=state)
     # the temp table wins, but the permanent one it shadows is reported too (fail closed)
@@ -985,6 +988,16 @@ def test_reset_all_keeps_the_role(catalog: Catalog) -> None:
     assert state.current_user == "sqla_ops" and state.search_path is None
     state.observe(analyze("DISCARD ALL", catalog, session=state)[0])
     assert state.current_user == "svc"
+
+
+def test_view_without_definition_is_unresolved() -> None:
+    cat = Catalog([Relation("public", "v", "view", ("a",)),
+                   Relation("pg_catalog", "pg_roles", "view", ("rolname",))])
+    (info,) = analyze("SELECT a FROM v", cat)
+    assert ("view", "public.v") in info.unresolved
+    (system,) = analyze("SELECT rolname FROM pg_roles", cat)  # system views are opaque
+    assert system.unresolved == ()
+    assert actual_columns(system) == {("pg_catalog.pg_roles", "rolname", "output")}
 
 
 def test_system_columns_resolve(catalog: Catalog) -> None:

@@ -49,6 +49,10 @@ PGBOUNCER = Path("/usr/sbin/pgbouncer")
 # pgbouncer refuses to run as root; first existing one wins.
 UNPRIVILEGED_USERS = ("postgres", "embedded_postgres")
 THREADS = 2
+STARTER_POLICY = REPO_ROOT / "policies" / "pci"
+GATEWAYS = ("pgwarden", "pgwarden+pol")
+# What pgbench -S sends, with the literal it varies.
+BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 
 
 @dataclass(frozen=True)
@@ -213,22 +217,75 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str,
-                  workers: int, token_ttl: float) -> tuple[GatewayProcess, Target]:
-    """pgwarden with TLS required; the client's JWT is its password, like in production."""
+                  workers: int, token_ttl: float, policy: bool) -> tuple[GatewayProcess, Target]:
+    """pgwarden with TLS required; the client's JWT is its password, like in production.
+
+    `policy`: every statement analyzed and decided by the starter policy (as group ci);
+    without it the relay alone is measured (policy.enforce: false).
+    """
     d = Path(tempfile.mkdtemp(prefix="bench-pgwarden-"))
     stack.callback(shutil.rmtree, d, ignore_errors=True)
     upstream = UpstreamSpec(HOST, pg.port, DB, ROLE, password)
     # Several workers share the port via SO_REUSEPORT, which needs it known up front.
     gw = GatewayProcess(d, {DB: upstream}, allow_plaintext=False, workers=workers,
-                        port=free_port() if workers > 1 else 0)
+                        port=free_port() if workers > 1 else 0,
+                        policy_dir=STARTER_POLICY if policy else None, enforce=policy)
     stack.callback(gw.stop)
     gw.start()
-    token = gw.token(subject="bench", groups=("bench",), ttl=token_ttl)
-    return gw, Target("pgwarden", DEBIAN_PGBENCH, client_env(gw.port, "bench", token, "require"),
+    token = gw.token(subject="bench", groups=("ci",), ttl=token_ttl)
+    name = "pgwarden+pol" if policy else "pgwarden"
+    return gw, Target(name, DEBIAN_PGBENCH, client_env(gw.port, "bench", token, "require"),
                       True)
 
 
 # -- measuring ------------------------------------------------------------------------------
+
+
+def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000) -> dict[str, float]:
+    """In-process cost of deciding pgbench's statement: analysis + policy, p50/p99 in µs.
+
+    cached: the same statement text again (analysis and decision caches hit);
+    uncached: a new literal every time (both caches miss), as for ad-hoc SQL.
+    """
+    import psycopg
+
+    from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
+    from gateway.enforce.catalog_cache import CatalogCache
+    from gateway.enforce.gate import StatementGate
+    from gateway.enforce.input_doc import SessionFacts
+    from gateway.identity.model import Identity
+    from gateway.policy.engine import PolicyEngine
+
+    with psycopg.connect(pg.dsn(user=ROLE, password=password, dbname=DB)) as conn:
+        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
+    catalog = build_catalog(rows)
+    engine = PolicyEngine.from_path(str(STARTER_POLICY))
+    cache = CatalogCache(fetch=None)  # type: ignore[arg-type]
+    cache.put(DB, catalog)
+    facts = SessionFacts.build(
+        Identity("bench", "https://bench", ("ci",), {}, "jwt", None), session_id="bench",
+        started_at=time.time(), name=DB, database=DB, user="bench", application_name="bench",
+        client_addr="127.0.0.1", tls=True, networks={})
+    gate = StatementGate(facts=facts, connection=DB, catalogs=cache, policy=lambda: engine)
+    import logging
+
+    logging.getLogger("pgwarden").setLevel(logging.WARNING)  # no per-decision log lines here
+
+    def timed(sqls: list[str]) -> list[float]:
+        out = []
+        for sql in sqls:
+            t0 = time.perf_counter()
+            verdict = gate._decide_sql(sql, "simple", catalog)
+            out.append((time.perf_counter() - t0) * 1e6)
+            assert verdict.allowed, verdict
+        return sorted(out)
+
+    timed([BENCH_SQL.format(1)] * 50)  # warm
+    cached = timed([BENCH_SQL.format(1)] * n)
+    uncached = timed([BENCH_SQL.format(i + 10) for i in range(n)])
+    pick = lambda xs, q: round(xs[int(len(xs) * q)], 1)  # noqa: E731
+    return {"cached_p50_us": pick(cached, 0.5), "cached_p99_us": pick(cached, 0.99),
+            "uncached_p50_us": pick(uncached, 0.5), "uncached_p99_us": pick(uncached, 0.99)}
 
 
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
@@ -313,13 +370,14 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
     tps = {(r.target, r.protocol): r.tps for r in results}
     rows: list[dict[str, object]] = []
     for protocol in dict.fromkeys(r.protocol for r in results):
-        gw = tps.get(("pgwarden", protocol))
-        if gw is None:
-            continue
-        rows.append({"protocol": protocol} | {
-            f"pgwarden/{base}": round(gw / tps[(base, protocol)], 3)
-            for base in ("direct", "pgbouncer") if tps.get((base, protocol))
-        })
+        for gw_name in GATEWAYS:
+            gw = tps.get((gw_name, protocol))
+            if gw is None:
+                continue
+            rows.append({"protocol": protocol, "gateway": gw_name} | {
+                f"/{base}": round(gw / tps[(base, protocol)], 3)
+                for base in ("direct", "pgbouncer") if tps.get((base, protocol))
+            })
     return rows
 
 
@@ -341,13 +399,14 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         tls = "yes" if targets[r.target].tls else "no"
         lines.append(f"{r.target:<14}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
                      f"{r.latency_ms:>12.3f}{r.failed:>8}")
-    lines += ["", f"{'protocol':<10}{'pgwarden/direct':>17}{'pgwarden/pgbouncer':>20}"]
+    lines += ["", f"{'protocol':<10}{'gateway':<14}{'/direct':>9}{'/pgbouncer':>12}"]
     for row in ratios(results):
-        cells = [row.get(k) for k in ("pgwarden/direct", "pgwarden/pgbouncer")]
-        lines.append(f"{row['protocol']:<10}" + "".join(
-            f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (17, 20),
+        cells = [row.get(k) for k in ("/direct", "/pgbouncer")]
+        lines.append(f"{row['protocol']:<10}{row['gateway']:<14}" + "".join(
+            f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (9, 12),
                                                                         strict=True)))
-    lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS)")
+    lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS;")
+    lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci)")
     return "\n".join(lines)
 
 
@@ -379,10 +438,12 @@ def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
     else:
         progress(f"NOTE: {PGBOUNCER} not found: skipping the pgbouncer target "
                  "(--install tries apt-get install pgbouncer)")
-    progress(f"starting pgwarden (workers={args.workers})")
-    gw, targets["pgwarden"] = start_gateway(stack, pg, password, args.workers,
-                                            token_ttl)
-    return targets, gw
+    progress(f"starting pgwarden, relay only and with the starter policy (workers={args.workers})")
+    _, targets["pgwarden"] = start_gateway(stack, pg, password, args.workers,
+                                            token_ttl, policy=False)
+    gw_policy, targets["pgwarden+pol"] = start_gateway(stack, pg, password, args.workers,
+                                                       token_ttl, policy=True)
+    return targets, gw_policy
 
 
 def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Result]:
@@ -425,7 +486,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         env = environment(pg) | {"loadavg_1min_at_start": load_at_start}
         exit_code = gw.stop()
+        progress("measuring the decision latency in-process")
+        latency = decision_latency(pg, password)
         print(render(results, targets, env, args))
+        print(f"\ndecision latency (pgbench's statement, policies/pci): cached p50 "
+              f"{latency['cached_p50_us']} µs (p99 {latency['cached_p99_us']}), uncached p50 "
+              f"{latency['uncached_p50_us']} µs (p99 {latency['uncached_p99_us']})")
         report_gateway(gw, exit_code)
         if args.json:
             args.json.write_text(json.dumps({
@@ -434,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                            ("clients", "duration", "warmup", "scale", "protocols", "workers")},
                 "results": [asdict(r) for r in results],
                 "ratios": ratios(results),
+                "decision_latency_us": latency,
             }, indent=2) + "\n")
     return 0
 

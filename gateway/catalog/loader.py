@@ -47,7 +47,7 @@ CATALOG_QUERIES: Mapping[str, str] = {
         "      THEN pg_catalog.pg_get_viewdef(c.oid, true) END"
         " FROM pg_catalog.pg_class c"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')"
+        " WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S')"
         "  AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
     ),
     "functions": (

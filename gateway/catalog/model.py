@@ -32,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "RELKINDS",
+    "SYSTEM_SCHEMAS",
     "TEMP_SCHEMA",
     "Catalog",
     "Relation",
@@ -46,6 +47,7 @@ RELKINDS: Mapping[str, str] = {
     "m": "matview",
     "f": "foreign",
     "p": "partitioned",
+    "S": "sequence",
 }
 
 #: Schema name under which session temporary relations are reported.
@@ -64,7 +66,7 @@ class Relation:
 
     schema: str
     name: str
-    relkind: str  # table | view | matview | foreign | partitioned
+    relkind: str  # table | view | matview | foreign | partitioned | sequence
     columns: tuple[str, ...]
     oid: int = 0
     #: ``pg_get_viewdef(oid, true)`` for views and materialized views outside the system

@@ -41,6 +41,10 @@ class CatalogCache:
             return catalog
         return await self._start_load(connection)
 
+    def put(self, connection: str, catalog: Catalog) -> None:
+        """Install a snapshot read elsewhere (tools, tests)."""
+        self._snapshots[connection] = (time.monotonic(), catalog)
+
     def invalidate(self, connection: str) -> None:
         """After DDL: the next statement waits for a fresh snapshot."""
         self._snapshots.pop(connection, None)

@@ -9,6 +9,7 @@ marker; the relay swaps the server's syntax error for the gateway's 42501.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -163,9 +164,12 @@ class StatementGate:
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
+        # Allowed statements are logged at debug: the audit trail is their durable record,
+        # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
-            logs.info(
-                "decision", session=self.facts.session["id"],
+            level = logging.DEBUG if decision.outcome == "allow" else logging.INFO
+            logs.log(
+                level, "decision", session=self.facts.session["id"],
                 subject=self.facts.identity.subject, connection=self.connection,
                 command=info.command, kind=info.kind, fingerprint=info.fingerprint,
                 index=info.index, count=info.count, outcome=decision.outcome,

@@ -10,8 +10,9 @@ Public API::
     run_tests(paths, run) / format_results(results, fmt)
     cmd_policy_test(paths, fmt, run) / cmd_policy_eval(bundle, input, entrypoint)
 
-The ``commands`` and ``testing`` modules are imported lazily by the CLI; importing this
-package loads regopy.
+``gateway.policy.commands`` and ``gateway.policy.testing`` are not imported here (the
+CLI imports them when needed). Importing this package loads regopy's shared library.
+Known regopy 1.5.2 limitations and how this package copes: see ``runtime`` and ``gaps``.
 """
 
 from gateway.policy.decision import MASK_METHODS, UNDEFINED, Decision, validate_decision

@@ -79,6 +79,14 @@ def cmd_policy_test(
         return 2
     out.write(format_results(results, fmt, verbose=verbose))
     out.flush()
+    try:
+        source = PolicySource.from_paths(paths)
+    except PolicyError:  # pragma: no cover - loaded fine a moment ago
+        source = None
+    if source is not None:
+        for warning in policy_gaps(source):
+            if warning.severity == "warning":
+                print(f"warning: {warning}", file=err)
     return 0 if all(r.status in ("pass", "skip") for r in results) else 1
 
 

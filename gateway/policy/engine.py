@@ -60,6 +60,8 @@ VOLATILE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("session", "id"),
     ("session", "started_at"),
     ("connection", "client_addr"),
+    # The text varies with every literal; policies decide on the analysis, not the text.
+    ("statement", "sql"),
 )
 
 
@@ -190,6 +192,7 @@ class PolicyEngine:
         self.hash = source.hash
         self.bundle_hash = bundle_hash or source.archive_sha256 or source.hash
         modules = source.policy_modules
+        source.check_rules_vs_data()
         if probe:
             crash = probe_compile(modules, source.data, [self.entrypoint])
             if crash is not None:
@@ -231,11 +234,13 @@ class PolicyEngine:
         try:
             key: tuple[str, ...] | None = None
             if self.deterministic and self.cache.maxsize:
-                digest = (
-                    "k:" + cache_key
-                    if cache_key is not None
-                    else "d:" + input_digest(input_doc, self.volatile_fields)
-                )
+                if cache_key is not None:
+                    digest = "k:" + cache_key
+                else:
+                    try:
+                        digest = "d:" + input_digest(input_doc, self.volatile_fields)
+                    except (TypeError, ValueError) as exc:
+                        return self._error(f"input is not JSON data: {exc}")
                 key = (self.hash, self.entrypoint, digest)
                 hit = self.cache.get(key)
                 if hit is not None:

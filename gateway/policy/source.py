@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gateway.policy.errors import PolicyLoadError
+from gateway.policy.errors import PolicyCompileError, PolicyLoadError
 from gateway.policy.scan import ModuleInfo, scan_module
 
 __all__ = ["DATA_FILE_NAMES", "MAX_FILE_BYTES", "PolicySource", "normalize_entrypoint"]
@@ -261,6 +261,37 @@ class PolicySource:
                 if full[:n] == parts[:n] and not rule.is_function:
                     return True
         return False
+
+    def check_rules_vs_data(self, *, include_tests: bool = False) -> None:
+        """Raise PolicyCompileError when a rule and a data document share a path.
+
+        OPA rejects this; regopy accepts it and answers inconsistently (the rule inside
+        its package, the data through ``data.<path>``).
+        """
+        for name, info in self.infos():
+            if info.package is None or (name.endswith(TEST_SUFFIX) and not include_tests):
+                continue
+            pkg = info.package.split(".")
+            for rule in info.rules:
+                path = pkg + rule.ref.split(".")
+                node: Any = self.data
+                for i, part in enumerate(path):
+                    if not isinstance(node, Mapping):
+                        where = ".".join(path[:i])
+                        break
+                    if part not in node:
+                        where = ""
+                        break
+                    node = node[part]
+                else:
+                    where = ".".join(path)
+                if where:
+                    raise PolicyCompileError(
+                        name,
+                        f"rule data.{'.'.join(path)} conflicts with data.{where} from a data file",
+                        rule.line,
+                        rule.col,
+                    )
 
     def _check_roots(self) -> None:
         roots = self.manifest.get("roots")

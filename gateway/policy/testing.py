@@ -127,6 +127,7 @@ def run_tests(paths: list[str], run: str | None = None, *, probe: bool = False) 
     tests = discover_tests(source, run)
     runnable = [t for t in tests if not t.skip]
     entrypoints = [t.entrypoint for t in runnable]
+    source.check_rules_vs_data(include_tests=True)
     if probe:
         check_known_crashes(source.modules)
         crash = probe_compile(source.modules, source.data, entrypoints)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..catalog.classification import tags_for
 from ..catalog.model import TEMP_SCHEMA, Catalog, Relation
@@ -50,8 +50,7 @@ LONG_MAX = 9223372036854775807
 CURSOR_OPT_HOLD = 0x0020
 
 
-@dataclass(frozen=True, slots=True)
-class RelationAccess:
+class RelationAccess(NamedTuple):
     schema: str
     name: str
     access: tuple[str, ...]  # ("read",), ("write",) or ("read", "write")
@@ -59,16 +58,14 @@ class RelationAccess:
     temp: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ColumnUse:
+class ColumnUse(NamedTuple):
     schema: str
     table: str
     name: str
     usage: tuple[str, ...]  # in commands.USAGES order; may be empty (referenced, unused)
 
 
-@dataclass(frozen=True, slots=True)
-class OutputColumn:
+class OutputColumn(NamedTuple):
     """A column of the statement's result (or RETURNING), with the base columns whose
     values flow into it (for masking result sets)."""
 
@@ -213,8 +210,11 @@ def _describe_raw(raw: RawStatement, ctx: _Ctx, index: int, count: int) -> State
 
 def _column_order(f: Facts, catalog: Catalog) -> list[tuple[ColKey, set[str]]]:
     """Columns grouped by relation (in order of first reference), then in table order."""
+    if len(f.columns) < 2:
+        return list(f.columns.items())
     rel_index = {key: i for i, key in enumerate(f.relations)}
     positions: dict[tuple[str, str], dict[str, int]] = {}
+    cache = catalog.cache
 
     def key(item: tuple[ColKey, set[str]]) -> tuple[int, int, str]:
         schema, table, name = item[0]
@@ -222,7 +222,16 @@ def _column_order(f: Facts, catalog: Catalog) -> list[tuple[ColKey, set[str]]]:
         pos = positions.get(rk)
         if pos is None:
             rel = catalog.relation(schema, table)
-            pos = positions[rk] = {c: i for i, c in enumerate(rel.columns)} if rel else {}
+            if rel is None:
+                pos = {}
+            elif rel.temp:
+                pos = {c: i for i, c in enumerate(rel.columns)}
+            else:
+                ck = ("positions", schema, table, rel.oid)
+                pos = cache.get(ck)
+                if pos is None:
+                    pos = cache[ck] = {c: i for i, c in enumerate(rel.columns)}
+            positions[rk] = pos
         return rel_index.get(rk, len(rel_index)), pos.get(name, len(pos)), name
 
     return sorted(f.columns.items(), key=key)
@@ -556,6 +565,7 @@ def _create_into(into: Node, names: Sequence[str], ctx: _Ctx, d: _Desc, relkind:
     rel = _new_relation(into["rel"], columns, ctx, relkind, view_sql)
     d.facts.relation(rel, "write")
     d.effects.append(Effect("create_relation", rel.name, rel))
+    d.catalog_changed = not rel.temp  # temp relations aren't in the snapshot
 
 
 def _create_table_as(v: Node, ctx: _Ctx, sql: str) -> _Desc:
@@ -584,6 +594,7 @@ def _view_stmt(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     rel = _new_relation(v["view"], columns, ctx, "view", sql)
     d.facts.relation(rel, "write")
     d.effects.append(Effect("create_relation", rel.name, rel))
+    d.catalog_changed = not rel.temp
     return d
 
 
@@ -611,6 +622,7 @@ def _create_stmt(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     rel = _new_relation(v["relation"], columns, ctx, relkind, None)
     d.facts.relation(rel, "write")
     d.effects.append(Effect("create_relation", rel.name, rel))
+    d.catalog_changed = not rel.temp
     return d
 
 
@@ -655,6 +667,9 @@ def _drop_stmt(v: Node, ctx: _Ctx, sql: str) -> _Desc:
                 d.effects.append(Effect("drop_relation", rel.name, (TEMP_SCHEMA, rel.name)))
             elif rel is not None:
                 d.effects.append(Effect("drop_relation", rel.name, (rel.schema, rel.name)))
+        if d.effects and all(e.value[0] == TEMP_SCHEMA for e in d.effects) and \
+                len(d.effects) == len(v.get("objects", ())):
+            d.catalog_changed = False
     return d
 
 

@@ -43,7 +43,8 @@ class Effect:
     """A change a statement makes to session state (applied by ``observe``).
 
     ops: ``search_path`` (value: tuple of names, or None = reset), ``role`` (name|None),
-    ``session_authorization`` (name|None), ``reset_all``, ``prepare`` (name, value: SQL of
+    ``session_authorization`` (name|None), ``reset_all`` (resets search_path, not the
+    role), ``prepare`` (name, value: SQL of
     the PREPARE statement), ``deallocate`` (name|None = all), ``declare`` (name, value:
     WITH HOLD), ``close`` (name|None = all), ``create_relation`` (value: Relation),
     ``drop_relation`` (value: (schema|None, name)), ``discard`` (name: ALL/TEMP/PLANS/

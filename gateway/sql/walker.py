@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..catalog.model import Catalog, Relation
+from ..catalog.model import SYSTEM_SCHEMAS, Catalog, Relation
 from .functions import is_sql_string_function
 from .parse import SqlParseError, parse_uncached
 
@@ -42,7 +42,7 @@ Node = dict[str, Any]
 READ_USAGES = frozenset({"output", "filter", "sort", "group", "window", "returning"})
 #: System columns of tables (no data of the row's own: empty lineage, not in ``*``).
 SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
-_STORED_KINDS = frozenset({"table", "partitioned", "matview", "foreign"})
+_STORED_KINDS = frozenset({"table", "partitioned", "matview", "foreign", "sequence"})
 MAX_VIEW_DEPTH = 32
 
 
@@ -293,7 +293,10 @@ class Walker:
 
     def relation_lineage(self, rel: Relation, access: str) -> list[Lineage]:
         self.f.relation(rel, access)
-        if rel.is_view and (rel.view_sql is not None):
+        if rel.is_view and rel.view_sql is None and rel.schema not in SYSTEM_SCHEMAS:
+            # a user view whose definition we don't have: its base columns are unknown
+            self.unresolved("view", rel.qualified_name)
+        if rel.is_view and rel.view_sql is not None:
             template = self.view_template(rel)
             if template.error is not None:
                 self.unresolved("view", rel.qualified_name)

@@ -73,6 +73,9 @@ statement(sql, command, kind, relations, columns) := {
 # Statements with no tables (transaction control, SET, SHOW...).
 bare(sql, command, kind) := statement(sql, command, kind, [], [])
 
+# SET / RESET as the analysis describes them: details.name is the setting changed.
+setting_stmt(sql, command, name) := object.union(bare(sql, command, "session"), {"details": {"name": name}})
+
 # SELECT id, pan, amount_cents FROM cards WHERE id = $1
 select_card := statement(
 	"SELECT id, pan, amount_cents FROM cards WHERE id = $1",

@@ -221,26 +221,12 @@ deny contains "a read statement may not modify tables" if {
 }
 
 # Session statements: never change who you are; other settings from an allow-list.
-lower_sql := lower(trim_space(object.get(stmt, "sql", "")))
-
-set_or_reset if startswith(lower_sql, "set")
-
-set_or_reset if startswith(lower_sql, "reset")
-
-# What SET/RESET targets: from the SQL analysis if it says, else from the SQL text.
-setting := lower(stmt.setting) if {
-	is_string(stmt.setting)
-} else := normalize_setting(m[0][1]) if {
-	set_or_reset
-	m := regex.find_all_string_submatch_n(`^(?:set|reset)\s+(?:(?:session|local)\s+)?("[^"]*"|[a-z_][a-z0-9_.]*(?:\s+zone)?)`, lower_sql, 1)
-	count(m) > 0
+# The setting is the one the SQL analysis names (statement.details.name): the policy never
+# re-reads SQL text, so it cannot be fooled by quoting or comments.
+setting := lower(stmt.details.name) if {
+	command_word in {"SET", "RESET"}
+	is_string(stmt.details.name)
 }
-
-normalize_setting(raw) := "timezone" if {
-	regex.match(`^time\s+zone$`, raw)
-} else := "session_authorization" if {
-	raw in {"authorization", "session_authorization", "\"session_authorization\""}
-} else := trim(raw, "\"")
 
 role_change if setting in {"role", "session_authorization"}
 

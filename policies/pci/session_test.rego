@@ -30,61 +30,67 @@ test_writer_cannot_drop_a_table if {
 }
 
 test_set_role_is_denied if {
-	d := decision_for(["ci"], bare("SET ROLE payments_owner", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET ROLE payments_owner", "SET", "role"))
 	d.allow == false
 	d.reasons == ["changing the session role or authorization is not allowed"]
 }
 
 test_set_role_is_denied_even_for_dba if {
-	d := decision_for(["dba"], bare("set local role postgres", "SET", "session"))
+	d := decision_for(["dba"], setting_stmt("set local role postgres", "SET", "role"))
 	d.allow == false
 	d.reasons == ["changing the session role or authorization is not allowed"]
 }
 
 test_set_session_authorization_is_denied if {
-	d := decision_for(["ci"], bare("SET SESSION AUTHORIZATION postgres", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET SESSION AUTHORIZATION postgres", "SET", "session_authorization"))
 	d.allow == false
 	d.reasons == ["changing the session role or authorization is not allowed"]
 }
 
 test_set_session_authorization_guc_form_is_denied if {
-	d := decision_for(["ci"], bare("SET session_authorization = 'postgres'", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET session_authorization = 'postgres'", "SET", "session_authorization"))
 	d.allow == false
 }
 
 test_reset_role_is_denied if {
-	d := decision_for(["ci"], bare("RESET ROLE", "RESET", "session"))
+	d := decision_for(["ci"], setting_stmt("RESET ROLE", "RESET", "role"))
 	d.allow == false
 }
 
-# The SQL analysis may name the setting itself; the policy trusts that first.
+# The setting is what the SQL analysis names (details.name), not a reading of the text.
 test_role_change_named_by_the_analysis_is_denied if {
-	s := object.union(bare("SET \"role\" TO admin", "SET", "session"), {"setting": "role"})
+	s := setting_stmt("SET \"role\" TO admin", "SET", "role")
 	d := decision_for(["ci"], s)
 	d.allow == false
 	d.reasons == ["changing the session role or authorization is not allowed"]
 }
 
 test_set_search_path_is_allowed if {
-	d := decision_for(["ci"], bare("SET search_path TO public, pg_catalog", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET search_path TO public, pg_catalog", "SET", "search_path"))
 	d.allow == true
 	d.reasons == []
 }
 
 test_set_time_zone_is_allowed if {
-	d := decision_for(["ci-readers"], bare("SET TIME ZONE 'UTC'", "SET", "session"))
+	d := decision_for(["ci-readers"], setting_stmt("SET TIME ZONE 'UTC'", "SET", "timezone"))
 	d.allow == true
 }
 
 test_set_local_statement_timeout_is_allowed if {
-	d := decision_for(["ci"], bare("SET LOCAL statement_timeout = '5s'", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET LOCAL statement_timeout = '5s'", "SET", "statement_timeout"))
 	d.allow == true
 }
 
 test_setting_outside_the_allow_list_is_denied if {
-	d := decision_for(["ci"], bare("SET session_replication_role = replica", "SET", "session"))
+	d := decision_for(["ci"], setting_stmt("SET session_replication_role = replica", "SET", "session_replication_role"))
 	d.allow == false
 	d.reasons == ["changing the setting session_replication_role is not allowed"]
+}
+
+test_set_without_a_named_setting_is_denied if {
+	d := decision_for(["ci"], bare("SET something", "SET", "session"))
+	d.allow == false
+	d.reasons == ["cannot tell which setting this statement changes"]
 }
 
 test_show_is_allowed if {
@@ -93,7 +99,7 @@ test_show_is_allowed if {
 }
 
 test_session_statement_needs_a_known_group if {
-	d := decision_for(["marketing"], bare("SET search_path TO public", "SET", "session"))
+	d := decision_for(["marketing"], setting_stmt("SET search_path TO public", "SET", "search_path"))
 	d.allow == false
 	d.reasons == ["this identity is in none of the groups the policy knows"]
 }
