@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.catalog.model import Catalog
 from gateway.policy.decision import Decision
-from gateway.policy.engine import PolicyEngine
+from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 _Q, _P, _F, _C = (ord(c) for c in "QPFC")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ANALYSIS_CACHE_MAX = 4096
+_ANALYSES: OrderedDict[tuple[Any, ...], list[StatementInfo]] = OrderedDict()
 # Client encodings whose multibyte characters can end in an ASCII quote or backslash: the
 # server would read a statement differently from the gateway's UTF-8 parse.
 _UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030",
@@ -64,6 +66,7 @@ class StatementGate:
         self.denials = 0
         # Set when the session's parsing settings drifted from the gateway's: fail closed.
         self.poisoned: str | None = None
+        self._facts_digest: tuple[str, str] | None = None
 
     # -- the relay's hook -----------------------------------------------------------------
 
@@ -122,16 +125,20 @@ class StatementGate:
     # -- deciding ----------------------------------------------------------------------------
 
     def _analyze(self, sql: str, protocol: str, catalog: Catalog) -> list[StatementInfo]:
-        key = (sql, protocol, self.state.resolution_key(catalog))
-        cache: dict[Any, Any] = catalog.cache
-        hit = cache.get(key)
+        # Shared by the sessions of a process: the resolution key carries the snapshot's
+        # (process-unique) generation, search_path and user. A session with temp tables
+        # resolves names differently from every other, so its entries are its own.
+        scope = self.facts.session["id"] if self.state.temp_relations else ""
+        key = (sql, protocol, scope, self.state.resolution_key(catalog))
+        hit = _ANALYSES.get(key)
         if hit is not None:
+            _ANALYSES.move_to_end(key)
             return hit
         infos = analyze(sql, catalog, session=self.state, protocol=protocol)
         if all(i.cacheable for i in infos):
-            if len(cache) >= _ANALYSIS_CACHE_MAX:
-                cache.clear()
-            cache[key] = infos
+            _ANALYSES[key] = infos
+            if len(_ANALYSES) > _ANALYSIS_CACHE_MAX:
+                _ANALYSES.popitem(last=False)
         return infos
 
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:
@@ -156,10 +163,14 @@ class StatementGate:
             if unsafe is not None:
                 return _denial("42501", unsafe)
         classification = _classification(engine)
+        facts_key = self._facts_key(engine)
         decisions: list[tuple[StatementInfo, Decision]] = []
         t0 = time.perf_counter()
         for info in infos:
-            decision = engine.decide(self.facts.input_for(info.to_input(classification)))
+            stmt = info.to_input(classification)
+            # The session's facts are digested once; per statement only its own document.
+            key = facts_key + ":" + input_digest({"statement": stmt}, engine.volatile_fields)
+            decision = engine.decide(self.facts.input_for(stmt), cache_key=key)
             decisions.append((info, decision))
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
@@ -182,6 +193,14 @@ class StatementGate:
                 if info.catalog_changed:
                     self.catalogs.invalidate(self.connection)
         return verdict
+
+    def _facts_key(self, engine: PolicyEngine) -> str:
+        cached = self._facts_digest
+        if cached is not None and cached[0] == engine.hash:
+            return cached[1]
+        digest = input_digest(self.facts.input_for({}), engine.volatile_fields)
+        self._facts_digest = (engine.hash, digest)
+        return digest
 
     # -- what the relay reports back -----------------------------------------------------------
 
