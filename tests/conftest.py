@@ -20,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# The raw-protocol test client lives in a plain module: give its asserts pytest's messages.
+pytest.register_assert_rewrite("rawclient")
+
 from gateway.devtools.embedded_pg import EmbeddedPostgres  # noqa: E402
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
 from gateway.devtools.sample_data import PAYMENTS_SCHEMA  # noqa: E402

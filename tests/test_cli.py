@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -87,3 +88,45 @@ def test_sigterm_drains_open_sessions_then_exits_zero(pg: PgBackend, tmp_path: P
         assert gw.proc.wait(15) == 0
     finally:
         gw.stop()
+
+
+POLICY = Path(__file__).resolve().parents[1] / "policies" / "pci"
+
+
+def test_policy_test_and_eval_on_the_starter_policy(tmp_path: Path) -> None:
+    out = run("policy", "test", str(POLICY))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PASS:" in out.stdout and "FAIL" not in out.stdout
+    junit = run("policy", "test", str(POLICY), "--format", "junit")
+    import xml.etree.ElementTree as ET
+
+    suites = ET.fromstring(junit.stdout)  # noqa: S314 - our own output
+    assert int(suites.get("tests") or suites[0].get("tests")) >= 50
+    doc = {
+        "identity": {"subject": "ci-bot", "issuer": "https://i", "groups": ["ci"],
+                     "claims": {}, "method": "jwt"},
+        "connection": {"name": "payments", "database": "payments", "user": "ci-bot",
+                       "application_name": "", "client_addr": "127.0.0.1", "tls": True,
+                       "networks": []},
+        "session": {"id": "s", "started_at": "2026-01-01T00:00:00Z"},
+        "statement": {"sql": "DROP TABLE cards", "fingerprint": "x", "command": "DROP TABLE",
+                      "kind": "ddl", "relations": [{"schema": "public", "name": "cards",
+                                                    "access": ["ddl"]}],
+                      "columns": [], "functions": [], "has_where": False, "limit": None,
+                      "index": 0, "count": 1, "protocol": "simple"},
+        "approval": {"granted": False, "id": None},
+    }
+    (tmp_path / "input.json").write_text(json.dumps(doc))
+    ev = run("policy", "eval", "--bundle", str(POLICY), "--input", str(tmp_path / "input.json"))
+    assert ev.returncode == 0, ev.stderr
+    decision = json.loads(ev.stdout)
+    assert decision["allow"] is False
+    assert decision["reasons"] == ["schema changes (DDL) are reserved for the dba group"]
+
+
+def test_policy_test_fails_on_a_failing_rule(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package t\n\nimport rego.v1\n\ntest_ok if true\n\ntest_broken if 1 == 2\n")
+    out = run("policy", "test", str(tmp_path))
+    assert out.returncode == 1
+    assert "test_broken" in out.stdout

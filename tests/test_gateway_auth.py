@@ -11,13 +11,10 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import socket
-import ssl
 import struct
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,125 +23,14 @@ import psycopg
 import pytest
 from conftest import upstreams_for
 from cryptography.hazmat.primitives import serialization
+from rawclient import Message, RawClient, expect_fatal
 
 from gateway.devtools.harness import GatewayProcess
 from gateway.identity.devissuer import DevIssuer, generate_issuer
 from gateway.identity.errors import MESSAGES
 
-SSL_REQUEST = struct.pack("!ii", 8, 80877103)
-PROTOCOL_3_0 = 3 << 16
-TIMEOUT = 10.0
-
 # Everything ever presented as a password in this module, checked against the log at the end.
 USED_SECRETS: list[str] = []
-
-
-# ---------------------------------------------------------------------------------------------
-# A small raw-protocol client
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Message:
-    type: bytes
-    body: bytes
-
-    def fields(self) -> dict[str, str]:
-        """ErrorResponse / NoticeResponse fields by their one-letter codes."""
-        out: dict[str, str] = {}
-        for part in self.body.split(b"\0"):
-            if part:
-                out[chr(part[0])] = part[1:].decode("utf-8", "replace")
-        return out
-
-
-class RawClient:
-    def __init__(self, gw: GatewayProcess, tls: bool = True, timeout: float = TIMEOUT) -> None:
-        self.sock: socket.socket = socket.create_connection((gw.host, gw.port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self._buf = b""
-        if tls:
-            self.sock.sendall(SSL_REQUEST)
-            answer = self._recv_exact(1)
-            assert answer == b"S", answer
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            self.sock = ctx.wrap_socket(self.sock)
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def startup(self, params: dict[str, str]) -> None:
-        body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-        body += b"\0"
-        self.send(struct.pack("!ii", len(body) + 8, PROTOCOL_3_0) + body)
-
-    def password(self, secret: str | bytes) -> None:
-        raw = secret.encode() if isinstance(secret, str) else secret
-        body = raw + b"\0"
-        self.send(b"p" + struct.pack("!i", len(body) + 4) + body)
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            chunk = b""
-        if not chunk:
-            return False
-        self._buf += chunk
-        return True
-
-    def _recv_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            if not self._fill():
-                raise EOFError("connection closed")
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def read_message(self) -> Message | None:
-        """The next backend message, or None at a clean close. Times out (raises) on a hang."""
-        while len(self._buf) < 5:
-            if not self._fill():
-                assert not self._buf, f"connection closed mid-message: {self._buf!r}"
-                return None
-        mtype = self._buf[:1]
-        (length,) = struct.unpack_from("!i", self._buf, 1)
-        assert 4 <= length < 1 << 24, (mtype, length)
-        while len(self._buf) < 1 + length:
-            if not self._fill():
-                raise AssertionError("connection closed mid-message")
-        body = self._buf[5 : 1 + length]
-        self._buf = self._buf[1 + length :]
-        return Message(mtype, body)
-
-    def read_until(self, *types: bytes) -> list[Message]:
-        out: list[Message] = []
-        while True:
-            msg = self.read_message()
-            if msg is None:
-                return out
-            out.append(msg)
-            if msg.type in types:
-                return out
-
-    def read_until_close(self) -> list[Message]:
-        out: list[Message] = []
-        while (msg := self.read_message()) is not None:
-            out.append(msg)
-        return out
 
 
 def raw_login(gw: GatewayProcess, secret: str | bytes, dbname: str = "payments",
@@ -163,15 +49,6 @@ def raw_login(gw: GatewayProcess, secret: str | bytes, dbname: str = "payments",
             c.send(b"X\0\0\0\4")
             return msgs
         return msgs + c.read_until_close()
-
-
-def fatal_of(msgs: list[Message]) -> dict[str, str]:
-    errors = [m for m in msgs if m.type == b"E"]
-    assert errors, f"expected an ErrorResponse, got {[m.type for m in msgs]}"
-    assert msgs[-1].type == b"E", "the ErrorResponse must be the last message before the close"
-    fields = errors[-1].fields()
-    assert fields.get("V", fields.get("S")) == "FATAL", fields
-    return fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +99,7 @@ def assert_refused(gw: GatewayProcess, secret: str, reason: str, sqlstate: str =
     """Refused over raw TLS (with `sqlstate` and the fixed sentence for `reason`) and over
     psycopg; no piece of the token in either message; other sessions unaffected."""
     USED_SECRETS.append(secret)
-    fields = fatal_of(raw_login(gw, secret, dbname=connection))
+    fields = expect_fatal(raw_login(gw, secret, dbname=connection))
     assert fields["C"] == sqlstate, fields
     assert fields["M"].endswith(MESSAGES[reason]), (reason, fields)
     assert_no_token_part(json.dumps(fields), secret)
@@ -419,7 +296,7 @@ def test_garbage_password(gateway: GatewayProcess, garbage: str) -> None:
 
 def test_garbage_binary_password_raw(gateway: GatewayProcess) -> None:
     """Non-UTF-8 bytes as the password: refused cleanly (not an internal error)."""
-    fields = fatal_of(raw_login(gateway, b"\xff\xfe\x80garbage\x81"))
+    fields = expect_fatal(raw_login(gateway, b"\xff\xfe\x80garbage\x81"))
     assert fields["C"] in ("28P01", "08P01"), fields
     assert_good_connection(gateway)
 
@@ -427,7 +304,7 @@ def test_garbage_binary_password_raw(gateway: GatewayProcess) -> None:
 def test_empty_password(gateway: GatewayProcess) -> None:
     """libpq will not even send an empty password, so do it by hand."""
     USED_SECRETS.append("")
-    fields = fatal_of(raw_login(gateway, ""))
+    fields = expect_fatal(raw_login(gateway, ""))
     assert fields["C"] == "28P01", fields
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(gateway.dsn("payments"), password="").close()
@@ -435,7 +312,7 @@ def test_empty_password(gateway: GatewayProcess) -> None:
 
 
 def test_whitespace_only_password(gateway: GatewayProcess) -> None:
-    fields = fatal_of(raw_login(gateway, "   \t  "))
+    fields = expect_fatal(raw_login(gateway, "   \t  "))
     assert fields["C"] == "28P01", fields
     assert_good_connection(gateway)
 
@@ -481,7 +358,7 @@ def test_expiry_within_leeway_still_accepted(gateway: GatewayProcess) -> None:
 def test_unknown_connection_refused_even_with_valid_token(gateway: GatewayProcess) -> None:
     tok = gateway.token()
     USED_SECRETS.append(tok)
-    fields = fatal_of(raw_login(gateway, tok, dbname="no_such_connection"))
+    fields = expect_fatal(raw_login(gateway, tok, dbname="no_such_connection"))
     assert fields["C"] == "28000", fields
     assert "no_such_connection" in fields["M"]
     assert_no_token_part(json.dumps(fields), tok)
@@ -497,7 +374,7 @@ def test_upstream_database_name_is_not_a_connection_name(gateway: GatewayProcess
     tok = gateway.token()
     USED_SECRETS.append(tok)
     for name in ("postgres", "template1"):
-        fields = fatal_of(raw_login(gateway, tok, dbname=name))
+        fields = expect_fatal(raw_login(gateway, tok, dbname=name))
         assert fields["C"] == "28000", fields
     assert_good_connection(gateway)
 
@@ -505,7 +382,7 @@ def test_upstream_database_name_is_not_a_connection_name(gateway: GatewayProcess
 def test_options_role_refused(gateway: GatewayProcess) -> None:
     tok = gateway.token()
     USED_SECRETS.append(tok)
-    fields = fatal_of(raw_login(gateway, tok, extra={"options": "-c role=postgres"}))
+    fields = expect_fatal(raw_login(gateway, tok, extra={"options": "-c role=postgres"}))
     assert fields["C"] == "42501", fields
     assert "options" in fields["M"]
     with pytest.raises(psycopg.OperationalError) as info:
@@ -527,14 +404,14 @@ def test_dangerous_startup_parameter_refused(gateway: GatewayProcess, name: str,
                                             value: str) -> None:
     tok = gateway.token()
     USED_SECRETS.append(tok)
-    fields = fatal_of(raw_login(gateway, tok, extra={name: value}))
+    fields = expect_fatal(raw_login(gateway, tok, extra={name: value}))
     assert fields["C"] == "42501", fields
     assert_good_connection(gateway)
 
 
 def test_refusal_happens_before_the_password_is_asked(gateway: GatewayProcess) -> None:
     """A forbidden startup parameter is refused without ever prompting for the token."""
-    with RawClient(gateway) as c:
+    with RawClient(gateway, tls=True) as c:
         c.startup({"user": "ci-bot", "database": "payments", "options": "-c role=postgres"})
         msgs = c.read_until_close()
     assert [m.type for m in msgs] == [b"E"]
@@ -594,7 +471,7 @@ def test_tls_only_gateway_rejects_the_other_issuers_tokens(tls_only_gateway: Gat
     """Two gateways, two dev issuers: a token from one is an unknown key to the other."""
     tok = gateway.token()
     USED_SECRETS.append(tok)
-    fields = fatal_of(raw_login(tls_only_gateway, tok))
+    fields = expect_fatal(raw_login(tls_only_gateway, tok))
     assert fields["C"] == "28P01", fields
 
 

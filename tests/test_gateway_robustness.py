@@ -15,186 +15,47 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rawclient import (
+    CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST,
+    GSSENC_REQUEST_CODE,
+    PROTOCOL_3_0,
+    SSL_REQUEST,
+    SSL_REQUEST_CODE,
+    TIMEOUT,
+    Message,
+    RawClient,
+    cancel_request,
+    client_tls_context,
+    expect_fatal,
+    password_message,
+    query_message,
+    raw_roundtrip,
+    startup_packet,
+)
 
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec
-
-SSL_REQUEST_CODE = 80877103
-GSSENC_REQUEST_CODE = 80877104
-CANCEL_REQUEST_CODE = 80877102
-PROTOCOL_3_0 = 3 << 16
-SSL_REQUEST = struct.pack("!ii", 8, SSL_REQUEST_CODE)
-GSSENC_REQUEST = struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
-TIMEOUT = 10.0
 
 USED_TOKENS: list[str] = []
 
 
-# ---------------------------------------------------------------------------------------------
-# Raw protocol client
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Message:
-    type: bytes
-    body: bytes
-
-    def fields(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for part in self.body.split(b"\0"):
-            if part:
-                out[chr(part[0])] = part[1:].decode("utf-8", "replace")
-        return out
-
-
-def _client_tls() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def startup_packet(params: dict[str, str], version: int = PROTOCOL_3_0) -> bytes:
-    body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack("!iI", len(body) + 8, version & 0xFFFFFFFF) + body
-
-
-def password_message(secret: str) -> bytes:
-    body = secret.encode() + b"\0"
-    return b"p" + struct.pack("!i", len(body) + 4) + body
-
-
-def query_message(sql: str) -> bytes:
-    body = sql.encode() + b"\0"
-    return b"Q" + struct.pack("!i", len(body) + 4) + body
-
-
-class RawClient:
-    def __init__(self, gw: GatewayProcess, tls: bool = False, timeout: float = TIMEOUT) -> None:
-        self.sock: socket.socket = socket.create_connection((gw.host, gw.port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buf = b""
-        self.eof = False
-        if tls:
-            self.start_tls()
-
-    def start_tls(self) -> None:
-        self.send(SSL_REQUEST)
-        assert self.recv_exact(1) == b"S"
-        self.sock = _client_tls().wrap_socket(self.sock)
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def shutdown_write(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        try:
-            chunk = self.sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            return False
-        self._buf += chunk
-        return True
-
-    def recv_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            if not self._fill():
-                raise EOFError(f"connection closed; have {self._buf!r}")
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def read_message(self, lenient: bool = False) -> Message | None:
-        """Next backend message; None at close. A socket timeout (a hang) raises."""
-        while len(self._buf) < 5:
-            if not self._fill():
-                if self._buf and not lenient:
-                    raise AssertionError(f"closed mid-message: {self._buf!r}")
-                return None
-        mtype = self._buf[:1]
-        (length,) = struct.unpack_from("!i", self._buf, 1)
-        assert 4 <= length < 1 << 26, (mtype, length)
-        while len(self._buf) < 1 + length:
-            if not self._fill():
-                if lenient:
-                    return None
-                raise AssertionError("closed mid-message")
-        msg = Message(mtype, self._buf[5 : 1 + length])
-        self._buf = self._buf[1 + length :]
-        return msg
-
-    def read_until(self, *types: bytes) -> list[Message]:
-        out: list[Message] = []
-        while (msg := self.read_message()) is not None:
-            out.append(msg)
-            if msg.type in types:
-                break
-        return out
-
-    def read_until_close(self, lenient: bool = False) -> list[Message]:
-        out: list[Message] = []
-        while (msg := self.read_message(lenient)) is not None:
-            out.append(msg)
-        return out
-
-    def login(self, gw: GatewayProcess, connection: str = "payments") -> list[Message]:
-        """Startup + JWT by hand; returns the messages up to ReadyForQuery."""
-        tok = gw.token()
-        USED_TOKENS.append(tok)
-        self.send(startup_packet({"user": "ci-bot", "database": connection}))
-        first = self.read_until(b"R", b"E")
-        assert first and first[-1].type == b"R", first
-        assert struct.unpack("!i", first[-1].body[:4])[0] == 3
-        self.send(password_message(tok))
-        msgs = self.read_until(b"Z", b"E")
-        assert msgs and msgs[-1].type == b"Z", [(m.type, m.fields()) for m in msgs]
-        return first + msgs
-
-
-def expect_fatal(msgs: list[Message], sqlstate: str) -> dict[str, str]:
-    assert msgs, "expected a FATAL ErrorResponse, the connection just closed"
-    assert msgs[-1].type == b"E", [m.type for m in msgs]
-    fields = msgs[-1].fields()
-    assert fields.get("V", fields.get("S")) == "FATAL", fields
-    assert fields["C"] == sqlstate, fields
-    return fields
-
-
-def raw_roundtrip(gw: GatewayProcess, data: bytes, tls: bool = False) -> list[Message]:
-    with RawClient(gw, tls=tls) as c:
-        c.send(data)
-        return c.read_until_close()
+def login(c: RawClient, gw: GatewayProcess, connection: str = "payments") -> list[Message]:
+    """Log `c` in with a fresh JWT (remembered for the final log check), up to ReadyForQuery."""
+    tok = gw.token()
+    USED_TOKENS.append(tok)
+    return c.login(tok, connection)
 
 
 def assert_gateway_healthy(gw: GatewayProcess, connection: str = "payments") -> None:
     assert gw.proc is not None and gw.proc.poll() is None, "the gateway process died"
     with RawClient(gw) as c:
-        c.login(gw, connection)
+        login(c, gw, connection)
         c.send(query_message("select 41 + 1"))
         msgs = c.read_until(b"Z")
         rows = [m for m in msgs if m.type == b"D"]
@@ -408,7 +269,7 @@ def test_gssenc_answered_n_then_plain_startup_works(gateway: GatewayProcess) -> 
     with RawClient(gateway) as c:
         c.send(GSSENC_REQUEST)
         assert c.recv_exact(1) == b"N"
-        c.login(gateway)
+        login(c, gateway)
         c.send(query_message("select current_user"))
         rows = [m for m in c.read_until(b"Z") if m.type == b"D"]
         assert rows and rows[0].body.endswith(b"pgwarden_svc")
@@ -420,7 +281,7 @@ def test_gssenc_then_ssl_then_startup_works(gateway: GatewayProcess) -> None:
         c.send(GSSENC_REQUEST)
         assert c.recv_exact(1) == b"N"
         c.start_tls()
-        c.login(gateway, "legacy")
+        login(c, gateway, "legacy")
         c.send(query_message("select current_user"))
         rows = [m for m in c.read_until(b"Z") if m.type == b"D"]
         assert rows and rows[0].body.endswith(b"legacy_svc")
@@ -434,7 +295,7 @@ def test_two_gssenc_requests_then_startup(gateway: GatewayProcess) -> None:
         reply = c.recv_exact(1)
         # PostgreSQL answers a repeated request too; refusing it is also acceptable.
         if reply == b"N":
-            c.login(gateway, "trusty")
+            login(c, gateway, "trusty")
         else:
             c._buf = reply + c._buf
             expect_fatal(c.read_until_close(), "08P01")
@@ -482,7 +343,7 @@ def test_client_abandons_tls_handshake(gateway: GatewayProcess, cut: str) -> Non
             if cut == "garbage-hello":
                 c.send(b"\x16\x03\x01\x00\x05hello" + b"\0" * 64)
             elif cut == "tls1.0-only":
-                ctx = _client_tls()
+                ctx = client_tls_context()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
@@ -576,7 +437,7 @@ def test_password_without_terminator(gateway: GatewayProcess) -> None:
 ])
 def test_bad_message_after_login(gateway: GatewayProcess, data: bytes, sqlstate: str) -> None:
     with RawClient(gateway) as c:
-        c.login(gateway)
+        login(c, gateway)
         t0 = time.monotonic()
         c.send(data)
         msgs = c.read_until_close()
@@ -589,7 +450,7 @@ def test_bad_message_after_good_ones(gateway: GatewayProcess) -> None:
     """A good query and an unknown message in one write: FATAL 08P01 (the query may or
     may not have run first), then a close."""
     with RawClient(gateway) as c:
-        c.login(gateway)
+        login(c, gateway)
         c.send(query_message("select 7") + b"y\0\0\0\4")
         msgs = c.read_until_close()
     expect_fatal(msgs, "08P01")
@@ -597,14 +458,14 @@ def test_bad_message_after_good_ones(gateway: GatewayProcess) -> None:
 
 def test_ssl_request_after_login(gateway: GatewayProcess) -> None:
     with RawClient(gateway) as c:
-        c.login(gateway)
+        login(c, gateway)
         c.send(SSL_REQUEST)
         expect_fatal(c.read_until_close(), "08P01")
 
 
 def test_truncated_message_then_close_after_login(gateway: GatewayProcess) -> None:
     with RawClient(gateway) as c:
-        c.login(gateway)
+        login(c, gateway)
         c.send(b"Q\0\0\1\0select")
         c.shutdown_write()
         assert c.read_until_close() == []
@@ -661,10 +522,6 @@ def test_silent_and_slow_clients_closed_after_startup_timeout(gateway: GatewayPr
 # ---------------------------------------------------------------------------------------------
 # Cancel requests
 # ---------------------------------------------------------------------------------------------
-
-
-def cancel_request(pid: int, secret: bytes) -> bytes:
-    return struct.pack("!iii", 12 + len(secret), CANCEL_REQUEST_CODE, pid) + secret
 
 
 @given(pid=st.integers(-(2**31), 2**31 - 1), secret=st.binary(min_size=4, max_size=32))
@@ -749,7 +606,7 @@ def test_upstream_backend_killed_mid_query(gateway: GatewayProcess, pg: Any) -> 
 def test_upstream_backend_killed_raw(gateway: GatewayProcess, pg: Any) -> None:
     """The client sees the upstream's FATAL or the gateway's 08006, then a close."""
     with RawClient(gateway) as c:
-        c.login(gateway)
+        login(c, gateway)
         c.send(query_message("select pg_backend_pid()"))
         rows = [m for m in c.read_until(b"Z") if m.type == b"D"]
         pid = int(rows[0].body[6:])
@@ -844,7 +701,7 @@ def test_random_startup_bytes(gateway: GatewayProcess, data: bytes) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
 def test_random_bytes_after_login(gateway: GatewayProcess, data: bytes) -> None:
     with RawClient(gateway) as c:
-        c.login(gateway, "trusty")
+        login(c, gateway, "trusty")
         try:
             c.send(data)
         except (BrokenPipeError, ConnectionResetError):
