@@ -174,3 +174,13 @@ def test_decisions_name_the_policy_revision(pci_gateway: GatewayProcess) -> None
     # Allowed statements are logged at debug level; refusals always are.
     assert "deny" in {d["outcome"] for d in decisions}
     assert not any(d.get("event") == "decision.analysis_failed" for d in pci_gateway.logs)
+
+
+def test_catalog_is_refreshed_after_ddl(pci_gateway: GatewayProcess) -> None:
+    """A table created through the gateway is known to the next statement's analysis."""
+    with connect(pci_gateway, ("dba",), autocommit=True) as dba:
+        dba.execute("create table fresh_ledger (id int, note text)")
+        with connect(pci_gateway, autocommit=True) as reader:
+            assert reader.execute("select count(*) from fresh_ledger").fetchone() == (0,)
+            assert reader.execute("select note from fresh_ledger").fetchall() == []
+        dba.execute("drop table fresh_ledger")
