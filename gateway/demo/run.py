@@ -76,7 +76,7 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
         if gw is not None:
             gw.stop()
         pg.stop()
-        if own_dir and not keep_serving:
+        if own_dir:  # keys and tokens do not outlive the demo
             shutil.rmtree(base, ignore_errors=True)
 
 
