@@ -29,6 +29,7 @@ from gateway.wire.frontend import Close, Parse, decode_frontend
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
+from .shapes import restate, reusable, shape_of
 
 if TYPE_CHECKING:
     from gateway.proxy.relay import Relay
@@ -37,6 +38,13 @@ _Q, _P, _F, _C = (ord(c) for c in "QPFC")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ANALYSIS_CACHE_MAX = 4096
 _ANALYSES: OrderedDict[tuple[Any, ...], list[StatementInfo]] = OrderedDict()
+_SHAPES: OrderedDict[Any, StatementInfo] = OrderedDict()
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > _ANALYSIS_CACHE_MAX:
+        cache.popitem(last=False)
 # Client encodings whose multibyte characters can end in an ASCII quote or backslash: the
 # server would read a statement differently from the gateway's UTF-8 parse.
 _UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030",
@@ -134,11 +142,18 @@ class StatementGate:
         if hit is not None:
             _ANALYSES.move_to_end(key)
             return hit
+        shape = shape_of(sql)
+        shape_key = (shape.key, protocol, scope, key[3]) if shape is not None else None
+        if shape is not None:
+            same_shape = _SHAPES.get(shape_key)
+            if same_shape is not None:
+                _SHAPES.move_to_end(shape_key)
+                return [restate(same_shape, sql, shape)]
         infos = analyze(sql, catalog, session=self.state, protocol=protocol)
         if all(i.cacheable for i in infos):
-            _ANALYSES[key] = infos
-            if len(_ANALYSES) > _ANALYSIS_CACHE_MAX:
-                _ANALYSES.popitem(last=False)
+            _remember(_ANALYSES, key, infos)
+        if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
+            _remember(_SHAPES, shape_key, infos[0])
         return infos
 
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:

@@ -1,0 +1,75 @@
+"""Reusing a statement's analysis for the same statement with other literal values.
+
+Clients that inline values (pgbench -M simple, most ORMs' "simple" mode) send a new text
+for every execution, so a cache by text never hits. The PostgreSQL lexer (through
+pglast) splits the text into tokens; two texts whose tokens are equal except for the
+values of constants parse to the same tree but for those values. An analysis may be
+reused across them only when none of its facts comes from a constant's value: reads and
+writes with no LIMIT and no command details, one statement per string. Anything else
+is analyzed afresh — a miss costs nothing but time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pglast import parser as _pg
+
+from gateway.sql import StatementInfo
+
+# Token types whose text is a constant's value; every other token keeps its text.
+_CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+_SEMICOLON = "ASCII_59"
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_REUSABLE_KINDS = frozenset({"read", "write"})
+
+
+class Shape:
+    """One statement text's skeleton and where its own SQL text lies within it."""
+
+    __slots__ = ("key", "span")
+
+    def __init__(self, key: tuple[object, ...], span: tuple[int, int]) -> None:
+        self.key = key
+        self.span = span
+
+
+def shape_of(sql: str) -> Shape | None:
+    """None when the text has several statements or does not lex."""
+    try:
+        tokens = _pg.scan(sql)
+    except Exception:  # the full parse reports the error properly
+        return None
+    key: list[object] = []
+    first = last = None
+    for i, tok in enumerate(tokens):
+        name = tok.name
+        if name == _SEMICOLON:
+            if i != len(tokens) - 1:
+                return None
+            continue
+        key.append(name if name in _CONSTANTS else (name, sql[tok.start : tok.end + 1]))
+        if name not in _COMMENTS:
+            if first is None:
+                first = tok.start
+            last = tok.end + 1
+    if first is None or last is None:
+        return None
+    return Shape(tuple(key), (first, last))
+
+
+def reusable(info: StatementInfo, sql: str, shape: Shape) -> bool:
+    """Whether `info` (analyzed from `sql`) may stand for every text of the same shape."""
+    return (
+        info.count == 1
+        and info.kind in _REUSABLE_KINDS
+        and info.limit is None
+        and not info.details
+        and info.cacheable
+        and info.sql == sql[shape.span[0] : shape.span[1]]
+    )
+
+
+def restate(info: StatementInfo, sql: str, shape: Shape) -> StatementInfo:
+    """`info` for another text of the same shape: only the text itself differs."""
+    return replace(info, sql=sql[shape.span[0] : shape.span[1]])
