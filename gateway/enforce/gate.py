@@ -37,8 +37,19 @@ if TYPE_CHECKING:
 _Q, _P, _F, _C = (ord(c) for c in "QPFC")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ANALYSIS_CACHE_MAX = 4096
-_ANALYSES: OrderedDict[tuple[Any, ...], list[StatementInfo]] = OrderedDict()
-_SHAPES: OrderedDict[Any, StatementInfo] = OrderedDict()
+
+
+@dataclass
+class _Analysis:
+    """What analyze() said about one text, with per-policy input documents memoized."""
+
+    infos: tuple[StatementInfo, ...]
+    memo: dict[Any, tuple[dict[str, Any], str]]
+    restated_sql: str | None  # set when reused from another text of the same shape
+
+
+_ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
+_SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
@@ -132,7 +143,7 @@ class StatementGate:
 
     # -- deciding ----------------------------------------------------------------------------
 
-    def _analyze(self, sql: str, protocol: str, catalog: Catalog) -> list[StatementInfo]:
+    def _analyze(self, sql: str, protocol: str, catalog: Catalog) -> _Analysis:
         # Shared by the sessions of a process: the resolution key carries the snapshot's
         # (process-unique) generation, search_path and user. A session with temp tables
         # resolves names differently from every other, so its entries are its own.
@@ -148,13 +159,43 @@ class StatementGate:
             same_shape = _SHAPES.get(shape_key)
             if same_shape is not None:
                 _SHAPES.move_to_end(shape_key)
-                return [restate(same_shape, sql, shape)]
-        infos = analyze(sql, catalog, session=self.state, protocol=protocol)
+                (info,) = same_shape.infos
+                return _Analysis((restate(info, sql, shape),), same_shape.memo, sql)
+        infos = tuple(analyze(sql, catalog, session=self.state, protocol=protocol))
+        result = _Analysis(infos, {}, None)
         if all(i.cacheable for i in infos):
-            _remember(_ANALYSES, key, infos)
+            _remember(_ANALYSES, key, result)
         if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
-            _remember(_SHAPES, shape_key, infos[0])
-        return infos
+            _remember(_SHAPES, shape_key, _Analysis(infos, {}, None))
+        return result
+
+    def _statement_inputs(self, analysis: _Analysis, engine: PolicyEngine
+                          ) -> list[tuple[dict[str, Any], str]]:
+        """Each statement's input document and its digest, memoized with the analysis.
+
+        A restated analysis (same shape, other constants) differs only in `sql`, so its
+        memo holds when the policy does not read the text; otherwise it is recomputed.
+        """
+        classification = _classification(engine)
+        restated = analysis.restated_sql is not None
+        memo_ok = not restated or ("statement", "sql") in engine.volatile_fields
+        memo_key = (engine.hash, engine.volatile_fields)
+        out = []
+        for index, info in enumerate(analysis.infos):
+            cached = analysis.memo.get((memo_key, index)) if memo_ok else None
+            if cached is None:
+                doc = info.to_input(classification)
+                digest = input_digest({"statement": doc}, engine.volatile_fields)
+                if not restated:
+                    analysis.memo[(memo_key, index)] = (doc, digest)
+                elif memo_ok:
+                    analysis.memo[(memo_key, index)] = ({**doc, "sql": ""}, digest)
+            else:
+                doc, digest = cached
+                if restated:
+                    doc = {**doc, "sql": info.sql}
+            out.append((doc, digest))
+        return out
 
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:
         if self.poisoned is not None:
@@ -163,7 +204,7 @@ class StatementGate:
         if engine is None:
             return _denial("42501", "no policy is loaded: every statement is refused")
         try:
-            infos = self._analyze(sql, protocol, catalog)
+            analysis = self._analyze(sql, protocol, catalog)
         except SqlParseError as e:
             logs.info("decision.unparsable", session=self.facts.session["id"])
             return _denial("42601", f"the gateway could not parse this SQL: {e}")
@@ -171,21 +212,20 @@ class StatementGate:
             logs.error("decision.analysis_failed", session=self.facts.session["id"],
                        error=type(e).__name__)
             return _denial("42501", "the gateway could not analyze this statement")
+        infos = analysis.infos
         if not infos:
             return Verdict(True)  # an empty query string runs nothing
         for info in infos:
             unsafe = _parsing_change(info)
             if unsafe is not None:
                 return _denial("42501", unsafe)
-        classification = _classification(engine)
         facts_key = self._facts_key(engine)
         decisions: list[tuple[StatementInfo, Decision]] = []
         t0 = time.perf_counter()
-        for info in infos:
-            stmt = info.to_input(classification)
+        for info, (stmt, digest) in zip(infos, self._statement_inputs(analysis, engine),
+                                        strict=True):
             # The session's facts are digested once; per statement only its own document.
-            key = facts_key + ":" + input_digest({"statement": stmt}, engine.volatile_fields)
-            decision = engine.decide(self.facts.input_for(stmt), cache_key=key)
+            decision = engine.decide(self.facts.input_for(stmt), cache_key=facts_key + ":" + digest)
             decisions.append((info, decision))
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)

@@ -32,6 +32,7 @@ class SessionFacts:
     identity: Identity
     connection: dict[str, Any]
     session: dict[str, Any]
+    identity_doc: dict[str, Any]  # built once: the engine only reads input documents
 
     @classmethod
     def build(cls, identity: Identity, *, session_id: str, started_at: float, name: str,
@@ -47,12 +48,12 @@ class SessionFacts:
             "started_at": datetime.fromtimestamp(started_at, UTC).isoformat(
                 timespec="microseconds").replace("+00:00", "Z"),
         }
-        return cls(identity, connection, session)
+        return cls(identity, connection, session, identity.to_input())
 
     def input_for(self, statement: dict[str, Any], approval: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
         return {
-            "identity": self.identity.to_input(),
+            "identity": self.identity_doc,
             "connection": self.connection,
             "session": self.session,
             "statement": statement,
