@@ -45,7 +45,7 @@ class _Analysis:
 
     infos: tuple[StatementInfo, ...]
     memo: dict[Any, tuple[dict[str, Any], str]]
-    restated_sql: str | None  # set when reused from another text of the same shape
+    restated: bool  # reused from another text of the same shape: only `sql` differs
 
 
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
@@ -56,6 +56,8 @@ def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
     cache[key] = value
     if len(cache) > _ANALYSIS_CACHE_MAX:
         cache.popitem(last=False)
+
+
 # Client encodings whose multibyte characters can end in an ASCII quote or backslash: the
 # server would read a statement differently from the gateway's UTF-8 parse.
 _UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030",
@@ -160,13 +162,13 @@ class StatementGate:
             if same_shape is not None:
                 _SHAPES.move_to_end(shape_key)
                 (info,) = same_shape.infos
-                return _Analysis((restate(info, sql, shape),), same_shape.memo, sql)
+                return _Analysis((restate(info, sql, shape),), same_shape.memo, True)
         infos = tuple(analyze(sql, catalog, session=self.state, protocol=protocol))
-        result = _Analysis(infos, {}, None)
+        result = _Analysis(infos, {}, False)
         if all(i.cacheable for i in infos):
             _remember(_ANALYSES, key, result)
         if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
-            _remember(_SHAPES, shape_key, _Analysis(infos, {}, None))
+            _remember(_SHAPES, shape_key, _Analysis(infos, {}, False))
         return result
 
     def _statement_inputs(self, analysis: _Analysis, engine: PolicyEngine
@@ -177,7 +179,7 @@ class StatementGate:
         memo holds when the policy does not read the text; otherwise it is recomputed.
         """
         classification = _classification(engine)
-        restated = analysis.restated_sql is not None
+        restated = analysis.restated
         memo_ok = not restated or ("statement", "sql") in engine.volatile_fields
         memo_key = (engine.hash, engine.volatile_fields)
         out = []
