@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 from gateway import logs
+from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import BackendObserver, Frame, MessageFramer
@@ -52,7 +53,8 @@ class Gate(Protocol):
 
 class Relay:
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
-                 max_message_size: int, gate: Gate | None = None) -> None:
+                 max_message_size: int, gate: Gate | None = None,
+                 safety_net: bool = True) -> None:
         self.session_id = session_id
         self.client = client
         self.upstream = upstream
@@ -66,6 +68,9 @@ class Relay:
         self._outstanding = 0  # ReadyForQuery messages the client still waits for
         self._blocked = False
         self._backlog: list[bytes] = []
+        # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
+        # client (masked in place, same length, so the framing is untouched).
+        self.safety = StreamScanner() if safety_net else None
 
     def start(self, client_leftover: bytes = b"", upstream_leftover: bytes = b"") -> None:
         c, u = self.client, self.upstream
@@ -181,6 +186,8 @@ class Relay:
                 return
         if swaps:
             forward = _splice(forward, swaps)
+        if self.safety is not None:
+            forward = self.safety.feed(forward)
         if forward:
             self.client.write(forward)
 
@@ -192,8 +199,15 @@ class Relay:
 
     # -- endings ---------------------------------------------------------------------------
 
+    def _flush_safety_net(self) -> None:
+        if self.safety is not None and not self.client.closed:
+            rest = self.safety.flush()
+            if rest:
+                self.client.write(rest)
+
     def terminate(self, code: str, message: str) -> None:
         """End the session from the gateway's side (shutdown, admin action)."""
+        self._flush_safety_net()
         if self.observer.forwarded_at_boundary():
             self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
         if not self.framer.has_partial():
@@ -203,6 +217,7 @@ class Relay:
     def _fail_client(self, code: str, message: str) -> None:
         logs.warning("session.protocol_violation", session=self.session_id, sqlstate=code,
                      reason=message)
+        self._flush_safety_net()
         if self.observer.forwarded_at_boundary():
             self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
         self._finish("protocol violation")
@@ -218,6 +233,7 @@ class Relay:
         self._finish("client disconnected")
 
     def _upstream_gone(self) -> None:
+        self._flush_safety_net()
         if not self.client.closed and self.observer.forwarded_at_boundary():
             err = be.ErrorResponse.build(
                 "08006", "connection to the upstream database was lost", "FATAL"

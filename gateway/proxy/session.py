@@ -118,6 +118,8 @@ class Session:
                     connection=self.connection_name,
                     duration_ms=round((time.time() - self.started_at) * 1000, 1),
                     messages=self.relay.messages_from_client if self.relay else 0,
+                    safety_net_hits=self.relay.safety.hits
+                    if self.relay and self.relay.safety else 0,
                 )
 
     def terminate(self, code: str, message: str) -> None:
