@@ -299,6 +299,16 @@ class StreamScanner:
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
             return b""
+        if not self._held:
+            # Fast path, the usual case: nothing held, so no PAN shape can straddle the
+            # previous chunk (its output never ends in digits or a separator after one).
+            # A chunk with neither needle and no open tail is returned as is.
+            tb = chunk.translate(_CLASS)
+            if (tb.find(_NEEDLE_LONG) < 0 and tb.find(_NEEDLE_GROUPED) < 0
+                    and _OPEN_TAIL.search(chunk, max(0, len(chunk) - HOLD_BACK)) is None):
+                ctx = self._ctx + chunk if len(chunk) < _CONTEXT else chunk
+                self._ctx = bytes(ctx[-_CONTEXT:])
+                return chunk
         ctx = self._ctx
         if self._held or (ctx and _CLASS[ctx[-1]] != _X):
             data = ctx + self._held + bytes(chunk)
