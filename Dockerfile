@@ -10,6 +10,8 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/pgwarden --create-home pgwarden
 COPY --from=build /wheels /wheels
 RUN python -m pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The starter policy, as an example to mount over or replace (policy as code lives in git).
+COPY policies /usr/share/pgwarden/policies
 USER pgwarden
 WORKDIR /var/lib/pgwarden
 EXPOSE 6432 6433 6480
