@@ -226,7 +226,12 @@ class EmbeddedPostgres:
         pidfile = self._base_dir / "data" / "postmaster.pid" if self._base_dir else None
         if pidfile is None or not pidfile.exists():
             return
-        pid = int(pidfile.read_text().split()[0])
+        try:
+            pid: int | None = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            # Half-written by a postmaster that failed to start: still try pg_ctl, and do
+            # not hide the start error behind this one.
+            pid = None
         errors = []
         for mode in ("fast", "immediate"):
             result = self._pg_ctl("-m", mode, "-w", "-t", "60", "stop", check=False)
@@ -234,7 +239,7 @@ class EmbeddedPostgres:
                 break
             errors.append(result.stdout.strip())
         # pg_ctl returns once postmaster.pid is gone, a moment before the process is.
-        if not _wait_for_exit(pid, timeout=5):
+        if pid is not None and not _wait_for_exit(pid, timeout=5):
             raise RuntimeError(f"postgres (pid {pid}) did not stop: {' / '.join(errors)}")
 
     def _release_resources(self) -> None:
