@@ -758,12 +758,17 @@ class Walker:
                 self.use(self.expr(occ["whereClause"], scope), "filter")
         return self.returning(v, target, scope)
 
-    def update(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+    def _write_scope(self, v: Node, outer: Scope | None) -> tuple[Scope | None, Rte, Scope]:
+        """UPDATE/DELETE/MERGE: the WITH scope, the target table and the scope it opens."""
         base = self.with_scope(v.get("withClause"), outer)
         target = self.target_rte(v["relation"])
         scope = Scope(base)
         scope.rtes.append(target)
         scope.star = target.star()
+        return base, target, scope
+
+    def update(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        base, target, scope = self._write_scope(v, outer)
         for item in v.get("fromClause", ()):
             scope.star.extend(self.from_item(item, scope, base))
         self.set_list(v.get("targetList", ()), target, scope)
@@ -773,11 +778,7 @@ class Walker:
         return self.returning(v, target, scope)
 
     def delete(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
-        base = self.with_scope(v.get("withClause"), outer)
-        target = self.target_rte(v["relation"])
-        scope = Scope(base)
-        scope.rtes.append(target)
-        scope.star = target.star()
+        base, target, scope = self._write_scope(v, outer)
         for item in v.get("usingClause", ()):
             scope.star.extend(self.from_item(item, scope, base))
         where = v.get("whereClause")
@@ -786,11 +787,7 @@ class Walker:
         return self.returning(v, target, scope)
 
     def merge(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
-        base = self.with_scope(v.get("withClause"), outer)
-        target = self.target_rte(v["relation"])
-        scope = Scope(base)
-        scope.rtes.append(target)
-        scope.star = target.star()
+        base, target, scope = self._write_scope(v, outer)
         source = v.get("sourceRelation")
         if source is not None:
             scope.star.extend(self.from_item(source, scope, base))
