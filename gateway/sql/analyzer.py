@@ -521,13 +521,9 @@ def _copy(v: Node, ctx: _Ctx, sql: str) -> _Desc:
         cols = [a["String"]["sval"] for a in v.get("attlist", ()) if "String" in a] or \
             list(rte.colnames)
         for col in cols:
-            lin = rte.column(col)
+            lin = w.target_column(rte, col, "insert" if is_from else "output")
             if lin is None:
-                if not rte.unresolved:
-                    w.unresolved("column", f"{rte.name}.{col}")
                 continue
-            w.touch(lin)
-            w.use(lin, "insert" if is_from else "output")
             if not is_from:
                 d.outputs.append((col, lin))
         where = v.get("whereClause")

@@ -725,13 +725,9 @@ class Walker:
         tcols = [c["ResTarget"]["name"] for c in cols] if cols else list(target.colnames)
         excluded: dict[str, Lineage] = {}
         for i, col in enumerate(tcols):
-            lin = target.column(col)
+            lin = self.target_column(target, col, "insert")
             if lin is None:
-                if not target.unresolved:
-                    self.unresolved("column", f"{target.name}.{col}")
                 continue
-            self.touch(lin)
-            self.use(lin, "insert")
             if i < len(source):
                 excluded[col] = source[i]
         scope = Scope(base)
@@ -757,6 +753,18 @@ class Walker:
             if occ.get("whereClause") is not None:
                 self.use(self.expr(occ["whereClause"], scope), "filter")
         return self.returning(v, target, scope)
+
+    def target_column(self, rte: Rte, col: str, usage: str) -> Lineage | None:
+        """A column of a statement's target table, named by the statement (INSERT, MERGE,
+        COPY), used as `usage`; a name the table lacks is reported unresolved."""
+        lin = rte.column(col)
+        if lin is None:
+            if not rte.unresolved:
+                self.unresolved("column", f"{rte.name}.{col}")
+            return None
+        self.touch(lin)
+        self.use(lin, usage)
+        return lin
 
     def _write_scope(self, v: Node, outer: Scope | None) -> tuple[Scope | None, Rte, Scope]:
         """UPDATE/DELETE/MERGE: the WITH scope, the target table and the scope it opens."""
@@ -805,13 +813,7 @@ class Walker:
                 tl = wc.get("targetList")
                 tcols = [t["ResTarget"]["name"] for t in tl] if tl else list(target.colnames)
                 for col in tcols:
-                    lin = target.column(col)
-                    if lin is None:
-                        if not target.unresolved:
-                            self.unresolved("column", f"{target.name}.{col}")
-                        continue
-                    self.touch(lin)
-                    self.use(lin, "insert")
+                    self.target_column(target, col, "insert")
                 for val in wc.get("values", ()):
                     self.use(self.expr(val, scope), "output")
         return self.returning(v, target, scope)
