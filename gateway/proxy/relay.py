@@ -199,17 +199,17 @@ class Relay:
 
     # -- endings ---------------------------------------------------------------------------
 
-    def _flush_safety_net(self) -> None:
+    def _last_words(self, code: str, message: str) -> None:
+        """A FATAL error for the client, after whatever it was already owed; skipped when a
+        message is half-forwarded, since an error inside it would corrupt the framing."""
         if self.safety is not None and not self.client.closed:
-            rest = self.safety.flush()
-            if rest:
-                self.client.write(rest)
+            self.client.write(self.safety.flush())
+        if self.observer.forwarded_at_boundary():
+            self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
 
     def terminate(self, code: str, message: str) -> None:
         """End the session from the gateway's side (shutdown, admin action)."""
-        self._flush_safety_net()
-        if self.observer.forwarded_at_boundary():
-            self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
+        self._last_words(code, message)
         if not self.framer.has_partial():
             self.upstream.write(_TERMINATE)
         self._finish(message)
@@ -217,9 +217,7 @@ class Relay:
     def _fail_client(self, code: str, message: str) -> None:
         logs.warning("session.protocol_violation", session=self.session_id, sqlstate=code,
                      reason=message)
-        self._flush_safety_net()
-        if self.observer.forwarded_at_boundary():
-            self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
+        self._last_words(code, message)
         self._finish("protocol violation")
 
     def _fail_upstream(self, message: str) -> None:
@@ -233,12 +231,7 @@ class Relay:
         self._finish("client disconnected")
 
     def _upstream_gone(self) -> None:
-        self._flush_safety_net()
-        if not self.client.closed and self.observer.forwarded_at_boundary():
-            err = be.ErrorResponse.build(
-                "08006", "connection to the upstream database was lost", "FATAL"
-            )
-            self.client.write(err.encode())
+        self._last_words("08006", "connection to the upstream database was lost")
         self._finish("upstream disconnected")
 
     def _finish(self, reason: str) -> None:
