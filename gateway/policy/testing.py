@@ -35,7 +35,14 @@ from gateway.policy.runtime import (
 )
 from gateway.policy.source import PolicySource
 
-__all__ = ["FORMATS", "TestResult", "discover_tests", "format_results", "run_tests"]
+__all__ = [
+    "FORMATS",
+    "TestResult",
+    "discover_tests",
+    "format_results",
+    "run_source_tests",
+    "run_tests",
+]
 
 FORMATS = ("pretty", "json", "junit")
 TEST_PREFIX = "test_"
@@ -123,7 +130,13 @@ def run_tests(paths: list[str], run: str | None = None, *, probe: bool = False) 
     ``re.error`` for a bad ``run`` pattern. Returns an empty list when no test matches.
     ``probe``: compile in a child process first (rego-cpp can abort on some input).
     """
-    source = PolicySource.from_paths(paths)
+    return run_source_tests(PolicySource.from_paths(paths), run, probe=probe)
+
+
+def run_source_tests(
+    source: PolicySource, run: str | None = None, *, probe: bool = False
+) -> list[TestResult]:
+    """:func:`run_tests` for an already loaded source (e.g. a verified bundle)."""
     tests = discover_tests(source, run)
     runnable = [t for t in tests if not t.skip]
     entrypoints = [t.entrypoint for t in runnable]
