@@ -1013,3 +1013,86 @@ def test_analysis_is_deterministic(catalog: Catalog) -> None:
     assert [c["name"] for c in first["columns"]] == [
         "id", "holder", "pan", "cvv", "expiry", "id", "card_id", "amount", "created_at"]
     assert analyze(sql, catalog)[0].to_input(CLASSIFICATION) == first
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain vs derived lineage (what masking can rewrite in place, and what it must refuse)
+# ---------------------------------------------------------------------------------------------
+
+PAN = ("public", "cards", "pan")
+
+PLAIN_PAN = [
+    "SELECT pan FROM cards",
+    "SELECT pan AS x FROM cards",
+    "SELECT c.pan FROM cards c",
+    "SELECT (c).pan FROM cards c",
+    "SELECT public.cards.pan FROM cards",
+    "SELECT x FROM (SELECT pan AS x FROM cards) s",
+    "WITH t AS (SELECT pan FROM cards) SELECT pan FROM t",
+    "WITH t(y) AS (SELECT pan FROM cards) SELECT y FROM t",
+    "SELECT pan FROM cards UNION SELECT 'x'",
+    "SELECT holder FROM cards UNION ALL SELECT pan FROM cards",
+    "SELECT * FROM cards",
+    "SELECT c.* FROM cards c",
+    "SELECT s.* FROM (SELECT pan FROM cards) s",
+    "SELECT pan FROM sqla_ops.v_ledger",
+    "SELECT v.pan FROM cards c, LATERAL (SELECT c.pan) v",
+    "SELECT DISTINCT pan FROM cards",
+    "SELECT pan FROM cards ORDER BY pan",
+    "SELECT pan FROM cards GROUP BY pan",
+    "VALUES ((SELECT 1))",  # no pan at all: checked below as neither
+]
+
+DERIVED_PAN = [
+    "SELECT upper(pan) FROM cards",
+    "SELECT pan::bigint FROM cards",
+    "SELECT CAST(pan AS varchar(40)) FROM cards",
+    "SELECT pan || '' FROM cards",
+    "SELECT substr(pan, 1, 8) FROM cards",
+    "SELECT reverse(pan) FROM cards",
+    "SELECT encode(pan::bytea, 'base64') FROM cards",
+    "SELECT md5(pan) FROM cards",
+    "SELECT string_agg(pan, ',') FROM cards",
+    "SELECT max(pan) FROM cards",
+    "SELECT array_agg(pan) FROM cards",
+    "SELECT ARRAY[pan] FROM cards",
+    "SELECT ROW(pan) FROM cards",
+    "SELECT c FROM cards c",
+    "SELECT row_to_json(c) FROM cards c",
+    "SELECT to_json(c.*) FROM cards c",
+    "SELECT json_build_object('p', pan) FROM cards",
+    "SELECT xmlelement(name p, pan) FROM cards",
+    "SELECT CASE WHEN pan LIKE '4%' THEN 'visa' END FROM cards",
+    "SELECT coalesce(pan, 'none') FROM cards",
+    "SELECT (SELECT pan FROM cards LIMIT 1)",
+    "SELECT x FROM (SELECT lower(pan) AS x FROM cards) s",
+    "WITH t AS (SELECT translate(pan, '0123456789', 'abcdefghij') p FROM cards) SELECT p FROM t",
+    "SELECT u FROM cards, LATERAL upper(pan) u",
+    "SELECT * FROM cards, unnest(ARRAY[pan]) AS u",
+    "SELECT pan COLLATE \"C\" FROM cards",
+    "SELECT format('%s', pan) FROM cards",
+    "SELECT last4 FROM sqla_card_summary",
+]
+
+
+@pytest.mark.parametrize("sql", PLAIN_PAN[:-1])
+def test_plain_references_keep_plain_lineage(sql: str, catalog: Catalog) -> None:
+    (info,) = analyze(sql, catalog)
+    plain = [o for o in info.outputs if PAN in o.sources]
+    assert plain, info.outputs
+    assert all(PAN not in o.derived for o in info.outputs), info.outputs
+
+
+@pytest.mark.parametrize("sql", DERIVED_PAN)
+def test_expressions_over_a_column_are_derived(sql: str, catalog: Catalog) -> None:
+    (info,) = analyze(sql, catalog)
+    assert any(PAN in o.derived for o in info.outputs), info.outputs
+    # nothing computed from pan is presented as pan's plain value
+    assert all(PAN not in o.sources for o in info.outputs
+               if o.name not in ("pan",)), info.outputs
+
+
+def test_derived_lineage_does_not_leak_into_column_keys(catalog: Catalog) -> None:
+    (info,) = analyze("SELECT upper(pan) FROM cards WHERE lower(holder) = 'x'", catalog)
+    assert {(c.table, c.name): c.usage for c in info.columns} == {
+        ("cards", "holder"): ("filter",), ("cards", "pan"): ("output",)}

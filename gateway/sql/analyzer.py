@@ -34,7 +34,7 @@ from ..catalog.model import TEMP_SCHEMA, Catalog, Relation
 from .commands import USAGES, static_command
 from .parse import RawStatement, SqlParseError, parse
 from .session_state import Effect, SessionSqlState
-from .walker import EMPTY, ColKey, Facts, Lineage, Scope, Walker
+from .walker import EMPTY, ColKey, Facts, Lineage, Scope, Walker, split_lineage
 
 __all__ = [
     "ColumnUse",
@@ -70,7 +70,10 @@ class OutputColumn(NamedTuple):
     values flow into it (for masking result sets)."""
 
     name: str
+    #: base columns whose values appear in this column unchanged (however renamed/nested)
     sources: tuple[ColKey, ...]
+    #: base columns an expression consumed to compute this column (not maskable in place)
+    derived: tuple[ColKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +276,7 @@ def _finish(d: _Desc, sql: str, fingerprint: str, index: int, count: int,
         protocol=protocol,
         sql_string_functions=f.sql_string,
         unresolved=tuple(f.unresolved),
-        outputs=tuple(OutputColumn(n, tuple(sorted(lin))) for n, lin in d.outputs),
+        outputs=tuple(OutputColumn(n, *split_lineage(lin)) for n, lin in d.outputs),
         outputs_exact=d.exact,
         details=d.details,
         effects=tuple(d.effects),
@@ -489,6 +492,24 @@ def _fetch(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     return d
 
 
+# COPY options that shape the rows (masking rewrites COPY TO STDOUT rows in place).
+_COPY_OPTIONS = frozenset({"format", "delimiter", "null", "quote", "escape", "header"})
+
+
+def _copy_option(arg: Node | None) -> str:
+    """A COPY option's value as text (``HEADER`` alone means true)."""
+    if not arg:
+        return "true"
+    ((t, v),) = arg.items()
+    if t == "String":
+        return str(v.get("sval", ""))
+    if t == "Boolean":
+        return "true" if v.get("boolval") else "false"
+    if t == "Integer":
+        return str(v.get("ival", 0))
+    return t  # e.g. HEADER MATCH; masking treats anything unexpected as unsupported
+
+
 def _copy(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     is_from = bool(v.get("is_from"))
     filename = v.get("filename")
@@ -501,9 +522,9 @@ def _copy(v: Node, ctx: _Ctx, sql: str) -> _Desc:
         d.details["program" if program else "filename"] = filename
     for opt in v.get("options", ()):
         de = opt.get("DefElem", {})
-        if de.get("defname") == "format":
-            arg = de.get("arg") or {}
-            d.details["format"] = (arg.get("String") or {}).get("sval", "text")
+        name = de.get("defname")
+        if name in _COPY_OPTIONS:
+            d.details[name] = _copy_option(de.get("arg"))
     query = v.get("query")
     if query is not None:
         names, lineage = w.query(query, None)

@@ -32,11 +32,17 @@ from ..catalog.model import SYSTEM_SCHEMAS, Catalog, Relation
 from .functions import is_sql_string_function
 from .parse import SqlParseError, parse_uncached
 
-__all__ = ["EMPTY", "ColKey", "Facts", "Lineage", "Rte", "Scope", "Walker", "figure_colname"]
+__all__ = ["DERIVED", "EMPTY", "ColKey", "Facts", "Lineage", "Rte", "Scope", "Walker", "derive",
+           "figure_colname", "split_lineage"]
 
 ColKey = tuple[str, str, str]
-Lineage = frozenset[ColKey]
+#: A lineage holds ColKeys for values that flow through unchanged (plain references,
+#: however renamed or nested) and ``(schema, table, column, DERIVED)`` for values that an
+#: expression consumed (functions, casts, operators, whole-row references...): a masking
+#: layer can rewrite the first in place but not the second.
+Lineage = frozenset[tuple[str, ...]]
 EMPTY: Lineage = frozenset()
+DERIVED = "derived"
 Node = dict[str, Any]
 
 READ_USAGES = frozenset({"output", "filter", "sort", "group", "window", "returning"})
@@ -220,6 +226,8 @@ class Walker:
             return
         cols = self.f.columns
         for key in lin:
+            if len(key) != 3:
+                key = key[:3]
             s = cols.get(key)
             if s is None:
                 cols[key] = {usage}
@@ -235,6 +243,8 @@ class Walker:
     def touch(self, lin: Lineage) -> None:
         cols = self.f.columns
         for key in lin:
+            if len(key) != 3:
+                key = key[:3]
             if key not in cols:
                 cols[key] = set()
 
@@ -363,7 +373,7 @@ class Walker:
         """A view written through is also read when the statement reads its columns."""
         for key, lin in self._view_targets:
             cols = self.f.columns
-            if any(cols.get(c, set()) & READ_USAGES for c in lin):
+            if any(cols.get(c[:3], set()) & READ_USAGES for c in lin):
                 self.f.relations[key][0].add("read")
         self._view_targets.clear()
 
@@ -607,7 +617,7 @@ class Walker:
                 if key == "columns":
                     colnames = _table_func_columns(val)
                 elif key not in ("alias", "lateral", "location"):
-                    lin = lin | self.generic({key: val}, scope)
+                    lin = lin | derive(self.generic({key: val}, scope))
             rte = Rte(None, colnames, [lin] * len(colnames), open=not colnames,
                       open_lineage=lin)
             rte.rename(v.get("alias"))
@@ -877,10 +887,12 @@ class Walker:
         ((t, v),) = node.items()
         handler = _HANDLERS.get(t)
         if handler is not None:
-            return handler(self, v, scope)
+            lin = handler(self, v, scope)
+            return lin if t in _PLAIN or not lin else derive(lin)
         if t in _LEAVES:
             return EMPTY
-        return self.generic(v, scope)
+        lin = self.generic(v, scope)
+        return derive(lin) if lin else lin
 
     def generic(self, v: Any, scope: Scope | None) -> Lineage:
         out: Lineage = EMPTY
@@ -905,12 +917,12 @@ class Walker:
 
     def _column_ref(self, v: Node, scope: Scope | None) -> Lineage:
         fields = v.get("fields", ())
-        if fields and "A_Star" in fields[-1]:
+        if fields and "A_Star" in fields[-1]:  # rel.* inside an expression: a row value
             lin = EMPTY
             for _n, l2 in self.star_entries(fields, scope):
                 lin = lin | l2
             self.touch(lin)
-            return lin
+            return derive(lin)
         names = [f["String"]["sval"] for f in fields if "String" in f]
         lin = self.resolve_column(names, scope)
         if lin is None:
@@ -927,8 +939,8 @@ class Walker:
             if lin is not None:
                 return lin
             rte = self.find_rte(names, scope)
-            if rte is not None:  # whole-row reference
-                return rte.whole()
+            if rte is not None:  # whole-row reference: a composite holding every column
+                return derive(rte.whole())
             return self.find_open(name, scope)
         if n == 2:
             rte = self.find_rte(names[:1], scope)
@@ -1040,8 +1052,10 @@ class Walker:
                     lin = self.rte_column(rte, _sval(ind[0]))
                     if lin is not None:
                         self.touch(lin)
-                        return lin | self.expr(ind[1:], scope)
-        return self.expr(arg, scope) | self.expr(list(ind), scope)
+                        if len(ind) == 1:
+                            return lin  # (rel).col is the column itself
+                        return derive(lin | self.expr(ind[1:], scope))
+        return derive(self.expr(arg, scope) | self.expr(list(ind), scope))
 
 
 def _rename(names: list[str], colnames: list[str]) -> list[str]:
@@ -1076,6 +1090,22 @@ def _table_func_columns(columns: list[Node]) -> list[str]:
             out.extend(_table_func_columns(col["columns"]))
     return out
 
+
+def derive(lin: Lineage) -> Lineage:
+    """The lineage of a value computed from `lin` (no longer any column's plain value)."""
+    return frozenset(k if len(k) == 4 else (*k, DERIVED) for k in lin)
+
+
+def split_lineage(lin: Lineage) -> tuple[tuple[ColKey, ...], tuple[ColKey, ...]]:
+    """(plain, derived) base columns of a lineage, each sorted; a column both passed
+    through and consumed (``pan`` UNION ``upper(pan)``) is in both."""
+    plain = sorted(k for k in lin if len(k) == 3)
+    derived = sorted({k[:3] for k in lin if len(k) == 4})
+    return tuple(plain), tuple(derived)  # type: ignore[arg-type]
+
+
+#: Handlers whose result is the plain value of what they reference.
+_PLAIN = frozenset({"ColumnRef", "ResTarget", "SortBy", "A_Indirection"})
 
 _LEAVES = frozenset({
     "A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "String",
