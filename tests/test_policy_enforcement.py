@@ -47,7 +47,8 @@ def test_cvv_is_never_readable(pci_gateway: GatewayProcess) -> None:
 
 
 def test_pan_never_leaves_raw(pci_gateway: GatewayProcess) -> None:
-    """Masking is decided by the policy; until the gateway masks inline it refuses."""
+    """The starter policy masks card numbers for readers: plain references come back
+    masked, expressions over them are refused."""
     with connect(pci_gateway, autocommit=True) as c:
         for sql in ("select pan from cards", "select * from cards",
                     "select upper(pan) from cards", "select c from cards c"):

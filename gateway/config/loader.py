@@ -25,6 +25,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from gateway.config.model import (
     JWT_ALGORITHMS,
     LOG_LEVELS,
+    SAFETY_NET_MODES,
     UPSTREAM_TLS_MODES,
     AdminConfig,
     ApprovalsConfig,
@@ -34,12 +35,14 @@ from gateway.config.model import (
     IdentityConfig,
     ListenConfig,
     LogConfig,
+    MaskingConfig,
     Network,
     PolicyConfig,
     ProviderConfig,
     Secret,
     TlsFiles,
 )
+from gateway.masking.methods import MIN_KEY_BYTES
 
 __all__ = ["ConfigError", "load_config"]
 
@@ -568,7 +571,15 @@ def _policy(m: _Map) -> PolicyConfig:
             "bundles must be verified: set verification_key: {file: PATH} "
             "(or allow_unsigned: true, for development only)",
         )
-    return PolicyConfig(bundle, verification_key, allow_unsigned)
+    state_dir = m.file("state_dir", must_exist=False) if "state_dir" in m else None
+    return PolicyConfig(
+        bundle, verification_key, allow_unsigned,
+        keyid=m.get("keyid", _string, "default"),
+        scope=m.get("scope", _string, ""),
+        state_dir=state_dir,
+        poll_interval=m.get("poll_interval", _duration, 10.0),
+        run_tests=m.get("run_tests", _boolean, False),
+    )
 
 
 def _audit(m: _Map) -> AuditConfig:
@@ -578,13 +589,21 @@ def _audit(m: _Map) -> AuditConfig:
     return AuditConfig(dir=m.file("dir", must_exist=False), signing_key=signing_key)
 
 
+def _masking(m: _Map) -> MaskingConfig:
+    hash_key = m.secret("hash_key")
+    if hash_key is not None and len(hash_key.reveal().encode()) < MIN_KEY_BYTES:
+        raise m.fail("hash_key", f"the hash mask key must be at least {MIN_KEY_BYTES} bytes")
+    return MaskingConfig(hash_key=hash_key,
+                         safety_net=m.get("safety_net", _choice(*SAFETY_NET_MODES), "mask"))
+
+
 def _networks(m: _Map) -> dict[str, tuple[Network, ...]]:
     return {name: m.items(name, _cidr) for name in m.names()}
 
 
 _TOP_KEYS = (
     "listen", "identity", "connections", "policy", "audit", "approvals", "admin",
-    "networks", "log",
+    "networks", "log", "masking",
 )  # fmt: skip
 
 
@@ -622,7 +641,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     root = _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
 
     policy = root.optional_map(
-        "policy", ("bundle", "verification_key", "allow_unsigned", "enforce"))
+        "policy", ("bundle", "verification_key", "allow_unsigned", "enforce", "keyid", "scope",
+                   "state_dir", "poll_interval", "run_tests"))
     audit = root.optional_map("audit", ("dir", "signing_key"))
     approvals = root.section("approvals", ("timeout",))
     admin = root.section("admin", ("grpc", "http"))
@@ -642,4 +662,5 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         log=LogConfig(
             level=root.section("log", ("level",)).get("level", _choice(*LOG_LEVELS), "info")
         ),
+        masking=_masking(root.section("masking", ("hash_key", "safety_net"))),
     )

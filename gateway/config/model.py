@@ -104,6 +104,18 @@ class PolicyConfig:
     verification_key: Path | None = None
     allow_unsigned: bool = False
     enforce: bool = True
+    # The key id a bundle signature must name (OPA's --verification-key-id default).
+    keyid: str = "default"
+    # The scope a bundle signature must carry (empty: none).
+    scope: str = ""
+    # Last good bundle (raw bytes) and the archive of every activated bundle by sha256;
+    # None: "state/" next to the config file.
+    state_dir: Path | None = None
+    # Seconds between checks of the bundle for changes (file, directory or URL); 0: only
+    # on SIGHUP / the admin API.
+    poll_interval: float = 10.0
+    # Run the bundle's own test_ rules before activating it (a failure rejects it).
+    run_tests: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,17 @@ class LogConfig:
     level: str = "info"
 
 
+SAFETY_NET_MODES = ("mask", "off")
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    # Key of the `hash` mask method (HMAC-SHA256); without it, `hash` masks are refused.
+    hash_key: Secret | None = None
+    # The content safety net on everything sent to clients: mask Luhn-valid PANs, or off.
+    safety_net: str = "mask"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     source: Path
@@ -140,3 +163,4 @@ class GatewayConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     networks: dict[str, tuple[Network, ...]] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import logs
 from gateway.catalog.model import Catalog
+from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
@@ -68,6 +69,8 @@ _UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "
 class Verdict:
     allowed: bool
     error: be.ErrorResponse | None = None
+    #: per statement: how to mask its results (None: nothing to mask)
+    plans: tuple[MaskPlan | None, ...] = ()
 
 
 def _denial(code: str, message: str, detail: str | None = None,
@@ -77,8 +80,12 @@ def _denial(code: str, message: str, detail: str | None = None,
 
 class StatementGate:
     def __init__(self, *, facts: SessionFacts, connection: str, catalogs: CatalogCache,
-                 policy: Callable[[], PolicyEngine | None]) -> None:
+                 policy: Callable[[], PolicyEngine | None],
+                 hash_key: bytes | None = None) -> None:
         self.facts = facts
+        self.hash_key = hash_key
+        # frame index → mask plan(s) of the batch just reviewed (see take_plans)
+        self._plans: dict[int, Any] = {}
         self.connection = connection
         self.catalogs = catalogs
         self.policy = policy
@@ -103,6 +110,12 @@ class StatementGate:
         catalog = await self.catalogs.get(self.connection)
         return self._review(raw, frames, relay, catalog)
 
+    def take_plans(self) -> dict[int, Any]:
+        """The mask plans of the batch `review` just decided, by frame index: a list (one
+        per statement) for a Query, a plan for a Parse. Empty when nothing is masked."""
+        plans, self._plans = self._plans, {}
+        return plans
+
     def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog) -> bytes:
         replaced: dict[int, bytes] = {}
         for i, (mtype, body) in enumerate(frames):
@@ -125,6 +138,8 @@ class StatementGate:
                 if verdict.allowed:
                     if isinstance(msg, Parse):
                         self.state.register_parse(msg.name, sql)
+                    if any(p is not None for p in verdict.plans):
+                        self._plans[i] = verdict.plans if mtype == _Q else verdict.plans[0]
                     continue
                 marker = self._marker(relay, verdict)
                 if isinstance(msg, Parse):
@@ -232,6 +247,8 @@ class StatementGate:
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
+        if verdict.allowed and any(d.mask for _, d in decisions):
+            verdict = self._mask_plans(decisions)
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
@@ -250,6 +267,19 @@ class StatementGate:
                 if info.catalog_changed:
                     self.catalogs.invalidate(self.connection)
         return verdict
+
+    def _mask_plans(self, decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
+        plans: list[MaskPlan | None] = []
+        for info, d in decisions:
+            try:
+                plans.append(plan_masks(info, d.mask, hash_key=self.hash_key)
+                             if d.mask else None)
+            except MaskRefused as e:
+                where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
+                return _denial("42501", f"{info.command} refused: {e}{where}",
+                               hint="select the masked column itself, not an expression over "
+                                    "it; it is returned masked")
+        return Verdict(True, plans=tuple(plans))
 
     def _facts_key(self, engine: PolicyEngine) -> str:
         cached = self._facts_digest
@@ -314,11 +344,6 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
                            detail=f"policy revision {d.bundle_revision}")
-        if d.mask:
-            # Inline masking is not in the data path yet: fail closed rather than leak.
-            cols = ", ".join(sorted(d.mask))
-            return _denial("42501", f"{info.command} would return masked columns ({cols}) "
-                           f"and masking is not available yet{where}")
         if d.row_limit is not None or d.db_role is not None:
             return _denial("42501", f"{info.command}: the policy asks for row_limit/db_role, "
                            f"which this gateway does not enforce yet{where}")

@@ -17,20 +17,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway import logs
+from gateway.masking.results import ResultMasker
 from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import BackendObserver, Frame, MessageFramer
+from gateway.wire.pipeline import RESPONSE_TYPES
 
 from .endpoint import Endpoint
 
 CLIENT_TYPES = frozenset(b"QPBDECSHXdcfF")
 _X, _Z, _R, _K, _E, _S = (ord(c) for c in "XZRKES")
 _SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQuery
-OBSERVED = frozenset((_Z, _R, _K, _E, _S))
+# Small messages the relay reacts to, and every answer to a request except the rows
+# themselves, so that results can be matched to the requests they answer.
+OBSERVED = frozenset((_Z, _R, _K, _E, _S)) | (RESPONSE_TYPES - frozenset(b"Dd"))
+# ... plus DataRow and CopyData while a result with masked columns may be streaming.
+OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
 _TERMINATE = b"X\0\0\0\4"
 
 
@@ -50,11 +56,14 @@ class Gate(Protocol):
     def ready_for_query(self, status: str) -> None:
         ...
 
+    def take_plans(self) -> dict[int, Any]:
+        ...
+
 
 class Relay:
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
                  max_message_size: int, gate: Gate | None = None,
-                 safety_net: bool = True) -> None:
+                 safety_net: bool = True, results: ResultMasker | None = None) -> None:
         self.session_id = session_id
         self.client = client
         self.upstream = upstream
@@ -71,6 +80,8 @@ class Relay:
         # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
         # client (masked in place, same length, so the framing is untouched).
         self.safety = StreamScanner() if safety_net else None
+        # Follows which request each answer belongs to; rewrites masked results.
+        self.results = results
 
     def start(self, client_leftover: bytes = b"", upstream_leftover: bytes = b"") -> None:
         c, u = self.client, self.upstream
@@ -119,6 +130,12 @@ class Relay:
                 self._outstanding += 1
             elif t == _X:
                 terminate = True
+        results = self.results
+        if results is not None:
+            plans = self.gate.take_plans() if self.gate is not None else {}
+            results.forwarded(frames, plans)
+            if results.needs_rows:
+                self.observer.observed = OBSERVED_ROWS
         if out:
             self.upstream.write(out)
         if terminate:
@@ -163,7 +180,19 @@ class Relay:
             self._fail_upstream("upstream sent an invalid message")
             return
         swaps: list[tuple[int, int, bytes]] = []
+        results = self.results
         for mtype, body, start, end in events:
+            if results is not None:
+                try:
+                    replacement = results.message(mtype, body)
+                except (ProtocolViolation, ValueError) as e:
+                    # A result the gateway cannot follow or mask must not reach the client.
+                    logs.error("session.result_untracked", session=self.session_id,
+                               reason=str(e)[:200])
+                    self._fail_internal("the gateway could not follow this result safely")
+                    return
+                if replacement is not None:
+                    swaps.append((start, end, replacement))
             if mtype == _Z:
                 self.transaction_status = chr(body[0]) if body else "?"
                 self._outstanding = max(0, self._outstanding - 1)
@@ -181,9 +210,11 @@ class Relay:
                     swap = self._match_denial(body)
                     if swap is not None:
                         swaps.append((start, end, swap))
-            else:  # R or K after login: the upstream is not behaving like PostgreSQL
+            elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
+        if results is not None and not results.needs_rows:
+            self.observer.observed = OBSERVED
         if swaps:
             forward = _splice(forward, swaps)
         if self.safety is not None:
@@ -219,6 +250,14 @@ class Relay:
                      reason=message)
         self._last_words(code, message)
         self._finish("protocol violation")
+
+    def _fail_internal(self, message: str) -> None:
+        """End the session: the bytes in hand must not be forwarded (fail closed)."""
+        if not self.upstream.closed:
+            self.upstream.abort()
+        if self.observer.forwarded_at_boundary():
+            self._last_words("XX000", message)
+        self._finish(message)
 
     def _fail_upstream(self, message: str) -> None:
         logs.error("upstream.protocol_violation", session=self.session_id, reason=message)

@@ -13,6 +13,7 @@ from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
+from gateway.masking.results import ResultMasker
 from gateway.wire import backend as be
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
@@ -257,8 +258,10 @@ class Session:
             application_name=_printable(params.get("application_name", ""), 255),
             client_addr=self.client_addr, tls=hello.tls, networks=self.server.config.networks,
         )
+        hash_key = self.server.config.masking.hash_key
         gate = StatementGate(facts=facts, connection=conn.name, catalogs=self.server.catalogs,
-                             policy=lambda: self.server.policy_engine)
+                             policy=lambda: self.server.policy_engine,
+                             hash_key=hash_key.reveal().encode() if hash_key else None)
         for name, value in link.parameters:
             gate.parameter_status(name, value)
         if gate.poisoned is not None:
@@ -276,7 +279,15 @@ class Session:
         out.append(be.ReadyForQuery(link.status).encode())
         self.client.write(b"".join(out))
         max_size = self.server.config.listen.max_message_size
-        relay = Relay(self.id, self.client, link.endpoint, max_size, gate)
+        catalogs, name = self.server.catalogs, self.connection_name or ""
+
+        def column_for(table_oid: int, attnum: int) -> tuple[str, str, str] | None:
+            catalog = catalogs.current(name)
+            return catalog.column_for_attnum(table_oid, attnum) if catalog else None
+
+        relay = Relay(self.id, self.client, link.endpoint, max_size, gate,
+                      safety_net=self.server.config.masking.safety_net != "off",
+                      results=ResultMasker(column_for))
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         return await relay.done

@@ -1,0 +1,138 @@
+"""From a decision's ``mask`` map and a statement's lineage to a plan for its results.
+
+`plan_masks` either returns a `MaskPlan` (which output positions to rewrite, and how) or
+raises `MaskRefused` — the statement must not run — when masking cannot be faithful:
+
+* an unknown method, or ``hash`` without a configured key;
+* an output column computed from a masked column (a function, cast, operator, aggregate,
+  CASE, array/row/JSON/XML constructor, whole-row reference...): only a column's plain
+  value can be masked in place, and a computed one could carry any encoding of it;
+* a masked column whose value the statement copies somewhere (INSERT ... SELECT,
+  UPDATE ... SET, CREATE TABLE AS, SELECT INTO): a later read of the copy would not be
+  masked;
+* output positions that are not known exactly (a ``*`` over a function whose columns
+  are unknown), a construct the analyzer could not resolve, or a function that runs SQL
+  given as a string, while a masked column is involved: the lineage cannot be trusted.
+
+A plain reference to a masked column, however renamed or nested (aliases, subqueries,
+CTEs, views, set operations, RETURNING, cursors, prepared statements), is masked in place
+at its output position. Filters, sorts and groupings on a masked column are the policy's
+call: the input document lists them as column usages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.sql import StatementInfo
+
+from .methods import Masker, MaskError, resolve
+
+__all__ = ["ColumnMask", "MaskPlan", "MaskRefused", "plan_masks"]
+
+ColKey = tuple[str, str, str]
+_READ_KINDS = frozenset({"read", "copy_out"})
+
+
+class MaskRefused(Exception):
+    """The statement cannot be masked faithfully: refuse it (SQLSTATE 42501)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMask:
+    method: str
+    masker: Masker
+    column: str  # "schema.table.column" it protects (for counts and messages)
+
+
+@dataclass(slots=True)
+class MaskPlan:
+    """How to rewrite one statement's result rows (or COPY rows, or RETURNING rows)."""
+
+    #: output position → mask
+    positions: dict[int, ColumnMask]
+    #: every masked base column the statement touches, for the RowDescription cross-check
+    by_column: dict[ColKey, ColumnMask]
+    #: the number of result columns the analysis expects
+    width: int
+    #: COPY ... TO STDOUT options (delimiter, null, quote, escape, header), else None
+    copy: Mapping[str, str] | None = None
+    #: masked values per protected column in the result now streaming (reset per result)
+    counts: dict[str, int] = field(default_factory=dict)
+    #: masks per field once the server described the result (cross-checked)
+    field_masks: dict[int, ColumnMask] | None = None
+
+
+def _column_key(name: str) -> ColKey:
+    parts = name.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise MaskRefused(f"the policy's mask key {name!r} is not schema.table.column")
+    return parts[0], parts[1], parts[2]
+
+
+def plan_masks(info: StatementInfo, mask: Mapping[str, str], *,
+               hash_key: bytes | None) -> MaskPlan | None:
+    """The plan for `info` under the decision's `mask`, or None when nothing it returns
+    needs masking. Raises `MaskRefused` when the statement must not run."""
+    masked: dict[ColKey, ColumnMask] = {}
+    for name, method in mask.items():
+        key = _column_key(name)
+        if method == "hash" and not hash_key:
+            raise MaskRefused(f"the policy masks {name} with 'hash' but no masking.hash_key "
+                              "is configured")
+        try:
+            masker = resolve(method, key=hash_key or b"")
+        except MaskError as e:
+            raise MaskRefused(f"the policy's mask for {name}: {e}") from None
+        masked[key] = ColumnMask(method, masker, name)
+
+    touched = {(c.schema, c.table, c.name): c.usage for c in info.columns}
+    involved = {k: m for k, m in masked.items() if k in touched}
+    if not involved:
+        return None
+
+    if info.sql_string_functions:
+        raise MaskRefused("a function that runs SQL given as a string cannot be used while "
+                          f"columns are masked ({_names(involved)})")
+    if info.unresolved:
+        what = ", ".join(f"{kind} {name}" for kind, name in info.unresolved[:3])
+        raise MaskRefused(f"masked columns ({_names(involved)}) with a lineage the gateway "
+                          f"could not trace ({what})")
+    if info.kind not in _READ_KINDS:
+        copied = [k for k in involved if "output" in touched[k]]
+        if copied:
+            raise MaskRefused(f"{info.command} would copy masked column {_name(copied[0])} "
+                              "where masking no longer applies")
+
+    positions: dict[int, ColumnMask] = {}
+    for i, out in enumerate(info.outputs):
+        for key in out.derived:
+            if key in involved:
+                raise MaskRefused(
+                    f"output column {out.name!r} is computed from masked column "
+                    f"{_name(key)}; only the column itself can be returned (masked)")
+        hits = {involved[k] for k in out.sources if k in involved}
+        if not hits:
+            continue
+        if len({h.method for h in hits}) > 1:
+            raise MaskRefused(f"output column {out.name!r} mixes columns masked with different "
+                              f"methods ({', '.join(sorted(h.column for h in hits))})")
+        positions[i] = min(hits, key=lambda h: h.column)
+    if not info.outputs_exact and any(
+            "output" in touched[k] or "returning" in touched[k] for k in involved):
+        raise MaskRefused(f"the result columns of this {info.command} are not known exactly, "
+                          f"so masked columns ({_names(involved)}) cannot be located")
+    copy = None
+    if info.kind == "copy_out":
+        copy = {k: str(v) for k, v in info.details.items()
+                if k in ("delimiter", "null", "quote", "escape", "header", "format")}
+    return MaskPlan(positions, involved, len(info.outputs), copy)
+
+
+def _name(key: ColKey) -> str:
+    return ".".join(key)
+
+
+def _names(cols: Mapping[ColKey, ColumnMask]) -> str:
+    return ", ".join(sorted(_name(k) for k in cols))

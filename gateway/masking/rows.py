@@ -1,0 +1,344 @@
+"""Rewriting result messages under a mask plan. Sans-IO: message bytes in, bytes out.
+
+* `field_masks` turns a plan and the server's RowDescription into the masks per field,
+  adding any field whose table OID and attribute number name a masked column the
+  analysis did not place there (a cross-check: the server's word beats the analyzer's).
+* `rewrite_row_description` declares every masked field as ``text``: a masked value is
+  text whatever the column's type, so a client decoding binary results gets valid data
+  (``************1111`` is not a valid int8), and never the type's binary layout.
+* `rewrite_data_row` masks the fields of one DataRow (text or binary format: a masked
+  value is sent as text bytes, which is the binary form of ``text``).
+* `CopyOutMasker` does the same for COPY TO STDOUT rows in text, csv and binary format,
+  streaming across CopyData messages.
+
+Masked values are counted per protected column in the plan's ``counts``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+
+from gateway.wire.codec import frame
+
+from .methods import REDACTED
+from .plan import ColumnMask, MaskPlan
+
+__all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
+           "rewrite_row_description"]
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_FIELD_TAIL = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
+TEXT_OID = 25
+
+Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
+FieldMasks = dict[int, ColumnMask]
+
+
+def _redact_all(value: bytes | None) -> bytes | None:
+    return None if value is None else REDACTED
+
+
+def _row_description_fields(body: bytes) -> list[tuple[int, int, int, int]]:
+    """(start of the fixed part, table oid, attnum, end) per field of a T body."""
+    (n,) = _I16.unpack_from(body, 0)
+    pos = 2
+    out = []
+    for _ in range(n):
+        nul = body.index(0, pos)
+        fixed = nul + 1
+        table_oid, attnum, *_rest = _FIELD_TAIL.unpack_from(body, fixed)
+        end = fixed + _FIELD_TAIL.size
+        out.append((fixed, table_oid, attnum, end))
+        pos = end
+    return out
+
+
+def field_masks(plan: MaskPlan, body: bytes, lookup: Lookup) -> FieldMasks:
+    """Masks per field for a RowDescription body under `plan`."""
+    fields = _row_description_fields(body)
+    if len(fields) != plan.width:
+        # The analysis and the server disagree on the shape: mask every field (fail closed).
+        cover = ColumnMask("redact", _redact_all, "?")
+        return dict.fromkeys(range(len(fields)), cover)
+    masks = dict(plan.positions)
+    for i, (_fixed, table_oid, attnum, _end) in enumerate(fields):
+        if i in masks or not table_oid or attnum <= 0:
+            continue
+        col = lookup(table_oid, attnum)
+        if col is not None and col in plan.by_column:
+            masks[i] = plan.by_column[col]
+    return masks
+
+
+def rewrite_row_description(body: bytes, masks: Mapping[int, ColumnMask]) -> bytes:
+    """The whole T message with masked fields declared ``text``."""
+    if not masks:
+        return frame(b"T", body)
+    out = bytearray(body)
+    for i, (fixed, table_oid, attnum, _end) in enumerate(_row_description_fields(body)):
+        if i in masks:
+            fmt = _FIELD_TAIL.unpack_from(body, fixed)[5]
+            _FIELD_TAIL.pack_into(out, fixed, table_oid, attnum, TEXT_OID, -1, -1, fmt)
+    return frame(b"T", bytes(out))
+
+
+def rewrite_data_row(body: bytes, masks: Mapping[int, ColumnMask],
+                     counts: dict[str, int]) -> bytes:
+    """The whole D message with masked fields replaced."""
+    (n,) = _I16.unpack_from(body, 0)
+    parts: list[bytes] = [body[:2]]
+    pos = 2
+    last = 2
+    unpack = _I32.unpack_from
+    for i in range(n):
+        (length,) = unpack(body, pos)
+        start = pos + 4
+        end = start if length < 0 else start + length
+        m = masks.get(i)
+        if m is not None:
+            parts.append(body[last:pos])
+            value = None if length < 0 else body[start:end]
+            new = m.masker(value)
+            if value is not None:
+                counts[m.column] = counts.get(m.column, 0) + 1
+            parts.append(b"\xff\xff\xff\xff" if new is None else _I32.pack(len(new)) + new)
+            last = end
+        pos = end
+    if pos != len(body):
+        raise ValueError("DataRow length does not match its fields")
+    parts.append(body[last:])
+    return frame(b"D", b"".join(parts))
+
+
+class UnsupportedCopy(Exception):
+    """COPY options the masker cannot parse faithfully: end the statement instead."""
+
+
+_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+class CopyOutMasker:
+    """Masks columns of a COPY TO STDOUT stream; `feed` takes one CopyData payload and
+    returns the payload to send (possibly empty while a row is incomplete)."""
+
+    def __init__(self, masks: Mapping[int, ColumnMask], options: Mapping[str, str],
+                 binary: bool, counts: dict[str, int]) -> None:
+        self.masks = dict(masks)
+        self.counts = counts
+        self.binary = binary
+        fmt = options.get("format", "binary" if binary else "text").lower()
+        if binary != (fmt == "binary"):
+            raise UnsupportedCopy(f"COPY format {fmt!r} does not match the server's stream")
+        self.csv = fmt == "csv"
+        default_delim = "," if self.csv else "\t"
+        delim = options.get("delimiter", default_delim)
+        quote = options.get("quote", '"')
+        escape = options.get("escape", quote)
+        if any(len(x.encode()) != 1 for x in (delim, quote, escape)):
+            raise UnsupportedCopy("COPY delimiter, quote and escape must be single bytes")
+        self.delim = delim.encode()
+        self.quote = quote.encode()
+        self.escape = escape.encode()
+        self.null = options.get("null", "" if self.csv else "\\N").encode()
+        header = options.get("header", "false").lower()
+        self.skip_lines = 1 if header in ("true", "on", "1", "match") else 0
+        self._buf = b""
+        self._binary_header_done = False
+
+    def feed(self, payload: bytes) -> bytes:
+        data = self._buf + payload if self._buf else payload
+        if self.binary:
+            out, rest = self._binary(data)
+        else:
+            out, rest = self._lines(data)
+        self._buf = rest
+        return out
+
+    def pending(self) -> bool:
+        return bool(self._buf)
+
+    # -- text / csv --------------------------------------------------------------------------
+
+    def _lines(self, data: bytes) -> tuple[bytes, bytes]:
+        out: list[bytes] = []
+        pos = 0
+        n = len(data)
+        while pos < n:
+            end = self._line_end(data, pos)
+            if end < 0:
+                break
+            line = data[pos:end]
+            if self.skip_lines:
+                self.skip_lines -= 1
+                out.append(line + b"\n")
+            else:
+                out.append(self._mask_line(line) + b"\n")
+            pos = end + 1
+        return b"".join(out), data[pos:]
+
+    def _line_end(self, data: bytes, pos: int) -> int:
+        if not self.csv:
+            return data.find(b"\n", pos)  # text format escapes newlines inside values
+        quoted = False
+        q = self.quote[0]
+        e = self.escape[0]
+        i = pos
+        n = len(data)
+        while i < n:
+            c = data[i]
+            if quoted:
+                if c == e and e != q and i + 1 < n and data[i + 1] in (q, e):
+                    i += 2
+                    continue
+                if c == q:
+                    if e == q and i + 1 < n and data[i + 1] == q:
+                        i += 2
+                        continue
+                    quoted = False
+            elif c == q:
+                quoted = True
+            elif c == 0x0A:
+                return i
+            i += 1
+        return -1
+
+    def _split(self, line: bytes) -> list[bytes]:
+        if not self.csv:
+            fields: list[bytes] = []
+            start = 0
+            i = 0
+            n = len(line)
+            d = self.delim[0]
+            while i < n:
+                c = line[i]
+                if c == 0x5C:  # backslash escapes the next byte (including the delimiter)
+                    i += 2
+                    continue
+                if c == d:
+                    fields.append(line[start:i])
+                    start = i + 1
+                i += 1
+            fields.append(line[start:])
+            return fields
+        fields = []
+        start = 0
+        i = 0
+        n = len(line)
+        q, e, d = self.quote[0], self.escape[0], self.delim[0]
+        quoted = False
+        while i < n:
+            c = line[i]
+            if quoted:
+                if c == e and e != q and i + 1 < n and line[i + 1] in (q, e):
+                    i += 2
+                    continue
+                if c == q:
+                    if e == q and i + 1 < n and line[i + 1] == q:
+                        i += 2
+                        continue
+                    quoted = False
+            elif c == q:
+                quoted = True
+            elif c == d:
+                fields.append(line[start:i])
+                start = i + 1
+            i += 1
+        fields.append(line[start:])
+        return fields
+
+    def _mask_line(self, line: bytes) -> bytes:
+        cr = line.endswith(b"\r")
+        if cr:
+            line = line[:-1]
+        fields = self._split(line)
+        for i, m in self.masks.items():
+            if i >= len(fields):
+                raise UnsupportedCopy("a COPY row has fewer columns than its statement")
+            raw = fields[i]
+            if raw == self.null:
+                continue  # NULL stays NULL (csv: an unquoted empty field)
+            self.counts[m.column] = self.counts.get(m.column, 0) + 1
+            new = m.masker(self._unquote(raw))
+            fields[i] = self.null if new is None else self._quote(new)
+        out = self.delim.join(fields)
+        return out + b"\r" if cr else out
+
+    def _unquote(self, raw: bytes) -> bytes:
+        if not self.csv or not raw.startswith(self.quote):
+            return raw
+        inner = raw[1:-1]
+        return inner.replace(self.escape + self.quote, self.quote).replace(
+            self.escape + self.escape, self.escape)
+
+    def _quote(self, value: bytes) -> bytes:
+        # Masked values are ASCII without delimiters, quotes or backslashes; quote csv
+        # values that could still collide with the null marker or the delimiter.
+        if self.csv and (value == self.null or self.delim in value or self.quote in value):
+            return self.quote + value.replace(self.quote, self.escape + self.quote) + self.quote
+        if not self.csv and (b"\\" in value or self.delim in value or value == self.null):
+            return value.replace(b"\\", b"\\\\").replace(self.delim, b"\\" + self.delim)
+        return value
+
+    # -- binary ------------------------------------------------------------------------------
+
+    def _binary(self, data: bytes) -> tuple[bytes, bytes]:
+        out: list[bytes] = []
+        pos = 0
+        n = len(data)
+        if not self._binary_header_done:
+            if n < 19:
+                return b"", data
+            if data[:11] != _BINARY_SIGNATURE:
+                raise UnsupportedCopy("binary COPY stream without its signature")
+            (ext,) = _I32.unpack_from(data, 15)
+            if ext < 0 or n < 19 + ext:
+                return b"", data
+            out.append(data[: 19 + ext])
+            pos = 19 + ext
+            self._binary_header_done = True
+        while n - pos >= 2:
+            (count,) = _I16.unpack_from(data, pos)
+            if count == -1:  # trailer
+                out.append(data[pos:pos + 2])
+                pos += 2
+                continue
+            row_end = self._binary_row_end(data, pos, count)
+            if row_end < 0:
+                break
+            out.append(self._mask_binary_row(data, pos, count))
+            pos = row_end
+        return b"".join(out), data[pos:]
+
+    @staticmethod
+    def _binary_row_end(data: bytes, pos: int, count: int) -> int:
+        p = pos + 2
+        n = len(data)
+        for _ in range(count):
+            if n - p < 4:
+                return -1
+            (length,) = _I32.unpack_from(data, p)
+            p += 4 + max(length, 0)
+            if p > n:
+                return -1
+        return p
+
+    def _mask_binary_row(self, data: bytes, pos: int, count: int) -> bytes:
+        parts = [data[pos:pos + 2]]
+        p = pos + 2
+        for i in range(count):
+            (length,) = _I32.unpack_from(data, p)
+            start = p + 4
+            end = start + max(length, 0)
+            m = self.masks.get(i)
+            if m is None:
+                parts.append(data[p:end])
+            else:
+                value = None if length < 0 else data[start:end]
+                new = m.masker(value)
+                if value is not None:
+                    self.counts[m.column] = self.counts.get(m.column, 0) + 1
+                parts.append(b"\xff\xff\xff\xff" if new is None else _I32.pack(len(new)) + new)
+            p = end
+        return b"".join(parts)

@@ -1,0 +1,148 @@
+"""Which client request each backend message answers. Sans-IO.
+
+The frontend/backend protocol answers requests strictly in order, but not one message
+per request: a simple Query yields a result per statement, an Execute streams rows, an
+error in an extended-protocol batch makes the server skip everything up to Sync. A
+layer that rewrites results (masking) or records per-statement outcomes (audit) must know,
+for every RowDescription, DataRow, CopyData and CommandComplete, which request — and
+which statement of a multi-statement Query — it belongs to. `ResponseTracker` keeps that
+queue: `request()` for every message forwarded upstream, `response()` for every backend
+message that answers one.
+
+A backend message the queue cannot explain raises `ProtocolViolation`: a caller that
+rewrites results must not guess.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ProtocolViolation
+
+__all__ = ["REQUEST_TYPES", "RESPONSE_TYPES", "Answer", "Request", "ResponseTracker"]
+
+# Client messages that the server answers (others — Flush, CopyData/Done/Fail, Terminate —
+# get no response of their own).
+REQUEST_TYPES = frozenset(b"QPBDECSF")
+# Backend messages that answer a request. NoticeResponse, NotificationResponse and
+# ParameterStatus are asynchronous and answer nothing.
+RESPONSE_TYPES = frozenset(b"123ntTDCIsHGWdcEZV")
+
+_Q, _P, _B, _D, _E, _C, _S, _F = (ord(c) for c in "QPBDECSF")
+_COMPLETES = {_P: ord("1"), _B: ord("2"), _C: ord("3")}
+
+
+@dataclass(slots=True)
+class Request:
+    """One request awaiting its responses. `tag` is the caller's (e.g. a mask plan; for a
+    Query, a list with one entry per statement)."""
+
+    type: int
+    tag: Any = None
+    #: Query: statements finished so far (CommandComplete / EmptyQueryResponse)
+    statement: int = 0
+    failed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current_tag(self) -> Any:
+        """The tag of what is running now: the statement's for a Query."""
+        if self.type == _Q:
+            tags = self.tag
+            if tags is not None and self.statement < len(tags):
+                return tags[self.statement]
+            return None
+        return self.tag
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a backend message means for the request it answers.
+
+    ``ends_result`` is set on the message that completes one statement's result (C, I, s,
+    or an error); ``done`` when the request gets no more responses.
+    """
+
+    request: Request
+    ends_result: bool = False
+    done: bool = False
+
+
+class ResponseTracker:
+    def __init__(self) -> None:
+        self._queue: deque[Request] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def request(self, mtype: int, tag: Any = None) -> Request | None:
+        """Records a client message forwarded upstream (types outside REQUEST_TYPES are
+        ignored and return None)."""
+        if mtype not in REQUEST_TYPES:
+            return None
+        req = Request(mtype, tag)
+        self._queue.append(req)
+        return req
+
+    def response(self, mtype: int) -> Answer | None:
+        """Accounts for one backend message; None for asynchronous ones."""
+        q = self._queue
+        if mtype not in RESPONSE_TYPES:
+            return None
+        if not q:
+            if mtype == 0x45:  # a FATAL the server sends on its own (shutdown, termination)
+                return None
+            raise ProtocolViolation(f"upstream sent {chr(mtype)!r} with no request pending")
+        head = q[0]
+        t = head.type
+        if mtype == 0x5A:  # Z
+            if t not in (_S, _Q, _F):
+                raise ProtocolViolation(f"upstream sent ReadyForQuery while {chr(t)!r} waits")
+            q.popleft()
+            return Answer(head, done=True)
+        if mtype == 0x45:  # E
+            return self._error(head)
+        if t == _Q:
+            if mtype in (0x43, 0x49):  # C, I: one statement done
+                head.statement += 1
+                return Answer(head, ends_result=True)
+            if mtype in (0x54, 0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # T D H G W d c
+                return Answer(head)
+            raise self._unexpected(mtype, head)
+        if t == _E:
+            if mtype in (0x43, 0x49, 0x73):  # C, I, s
+                q.popleft()
+                return Answer(head, ends_result=True, done=True)
+            if mtype in (0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # D H G W d c
+                return Answer(head)
+            raise self._unexpected(mtype, head)
+        if _COMPLETES.get(t) == mtype:  # ParseComplete, BindComplete, CloseComplete
+            q.popleft()
+            return Answer(head, done=True)
+        if t == _D:
+            if mtype == 0x74:  # t: a statement's parameters; T or n follows
+                return Answer(head)
+            if mtype in (0x54, 0x6E):  # T, n
+                q.popleft()
+                return Answer(head, done=True)
+        if t == _F and mtype == 0x56:  # V; Z follows
+            return Answer(head)
+        raise self._unexpected(mtype, head)
+
+    def _error(self, head: Request) -> Answer:
+        head.failed = True
+        if head.type in (_Q, _S, _F):
+            return Answer(head, ends_result=True)  # ReadyForQuery follows
+        # Extended protocol: the server skips every message up to the next Sync.
+        q = self._queue
+        q.popleft()
+        while q and q[0].type != _S:
+            q.popleft()
+        return Answer(head, ends_result=True, done=True)
+
+    @staticmethod
+    def _unexpected(mtype: int, head: Request) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"upstream sent {chr(mtype)!r} while {chr(head.type)!r} waits for its answer")

@@ -1,0 +1,218 @@
+"""Sans-IO tests of response tracking and result rewriting: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from gateway.masking.methods import resolve
+from gateway.masking.plan import ColumnMask, MaskPlan
+from gateway.masking.results import ResultMasker
+from gateway.masking.rows import (
+    CopyOutMasker,
+    UnsupportedCopy,
+    field_masks,
+    rewrite_data_row,
+    rewrite_row_description,
+)
+from gateway.wire import backend as be
+from gateway.wire import frontend as fe
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.pipeline import ResponseTracker
+
+LAST4 = ColumnMask("pan_last4", resolve("pan_last4", key=b""), "public.cards.pan")
+NULL = ColumnMask("null", resolve("null", key=b""), "public.cards.cvv")
+PAN = b"4111111111111111"
+
+
+def body(msg: bytes) -> bytes:
+    return msg[5:]
+
+
+def field(name: str, table: int = 0, attnum: int = 0, type_oid: int = 25, fmt: int = 0
+          ) -> be.RowDescriptionField:
+    return be.RowDescriptionField(name, table, attnum, type_oid, -1, -1, fmt)
+
+
+# -- ResponseTracker ----------------------------------------------------------------------------
+
+
+def feed(tracker: ResponseTracker, types: str) -> list[tuple[str, bool, bool]]:
+    out = []
+    for t in types:
+        a = tracker.response(ord(t))
+        if a is not None:
+            out.append((chr(a.request.type), a.ends_result, a.done))
+    return out
+
+
+def test_simple_query_with_two_statements() -> None:
+    tr = ResponseTracker()
+    req = tr.request(ord("Q"), ["a", "b"])
+    assert req is not None and req.current_tag == "a"
+    assert feed(tr, "TDDC") == [("Q", False, False)] * 3 + [("Q", True, False)]
+    assert req.current_tag == "b"
+    assert feed(tr, "CZ") == [("Q", True, False), ("Q", False, True)]
+    assert len(tr) == 0
+
+
+def test_extended_batch_and_error_skips_to_sync() -> None:
+    tr = ResponseTracker()
+    for t in "PBDES":
+        tr.request(ord(t))
+    assert [x[0] for x in feed(tr, "12TDDC")] == list("PBDEEE")
+    assert len(tr) == 1  # only the Sync waits
+    assert feed(tr, "Z") == [("S", False, True)]
+    for t in "PBDEPBES":
+        tr.request(ord(t))
+    feed(tr, "1")
+    feed(tr, "E")  # Bind failed: the server skips D E P B E up to the Sync
+    assert len(tr) == 1
+    feed(tr, "Z")
+    assert len(tr) == 0
+
+
+def test_describe_statement_and_suspended_portal() -> None:
+    tr = ResponseTracker()
+    for t in "PDS":
+        tr.request(ord(t))
+    assert feed(tr, "1tTZ")[-1] == ("S", False, True)
+    for t in "BES":
+        tr.request(ord(t))
+    assert feed(tr, "2DDs")[-1] == ("E", True, True)
+    feed(tr, "Z")
+    for t in "ES":
+        tr.request(ord(t))
+    assert feed(tr, "DCZ")[1] == ("E", True, True)
+
+
+def test_asynchronous_messages_answer_nothing() -> None:
+    tr = ResponseTracker()
+    assert tr.response(ord("N")) is None and tr.response(ord("A")) is None
+    assert tr.response(ord("S")) is None
+    assert tr.response(ord("E")) is None  # e.g. FATAL on termination while idle
+
+
+@pytest.mark.parametrize(("requests", "answers"), [("", "T"), ("P", "2"), ("B", "Z"),
+                                                    ("S", "C"), ("Q", "1")])
+def test_an_answer_nothing_explains_raises(requests: str, answers: str) -> None:
+    tr = ResponseTracker()
+    for t in requests:
+        tr.request(ord(t))
+    with pytest.raises(ProtocolViolation):
+        feed(tr, answers)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+def plan(positions: dict[int, ColumnMask], width: int, by_column: dict | None = None
+         ) -> MaskPlan:
+    return MaskPlan(positions, by_column or {}, width)
+
+
+def test_data_row_masks_only_its_fields_and_rebuilds_the_length() -> None:
+    row = be.DataRow((b"1", PAN, None, b"x")).encode()
+    counts: dict[str, int] = {}
+    out = rewrite_data_row(body(row), {1: LAST4, 2: NULL, 3: NULL}, counts)
+    assert be.decode_backend(out[0], out[5:]) == be.DataRow(
+        (b"1", b"************1111", None, None))
+    assert struct.unpack("!i", out[1:5])[0] == len(out) - 1
+    assert counts == {"public.cards.pan": 1, "public.cards.cvv": 1}  # NULL isn't counted
+
+
+def test_data_row_with_a_lying_field_count_is_an_error() -> None:
+    row = body(be.DataRow((b"1", PAN)).encode()) + b"junk"
+    with pytest.raises(ValueError):
+        rewrite_data_row(row, {1: LAST4}, {})
+
+
+def test_row_description_declares_masked_fields_text() -> None:
+    t = be.RowDescription((field("id", 99, 1, 23, 1), field("pan", 99, 3, 1043, 1))).encode()
+    out = rewrite_row_description(body(t), {1: LAST4})
+    decoded = be.decode_backend(out[0], out[5:])
+    assert decoded.fields[0] == field("id", 99, 1, 23, 1)
+    assert decoded.fields[1] == be.RowDescriptionField("pan", 99, 3, 25, -1, -1, 1)
+
+
+def test_field_masks_cross_check_with_the_servers_column_origin() -> None:
+    t = be.RowDescription((field("id", 99, 1), field("alias", 99, 3))).encode()
+    col = ("public", "cards", "pan")
+    p = plan({}, 2, {col: LAST4})  # the analysis placed nothing; the server says pan
+    masks = field_masks(p, body(t), lambda oid, att: col if (oid, att) == (99, 3) else None)
+    assert masks == {1: LAST4}
+
+
+def test_field_masks_mask_everything_when_the_shapes_disagree() -> None:
+    t = be.RowDescription((field("a"), field("b"), field("c"))).encode()
+    masks = field_masks(plan({0: LAST4}, 2), body(t), lambda o, a: None)
+    assert set(masks) == {0, 1, 2} and all(m.method == "redact" for m in masks.values())
+
+
+# -- COPY ---------------------------------------------------------------------------------------
+
+
+def test_copy_text_with_escaped_delimiters_and_null() -> None:
+    m = CopyOutMasker({1: LAST4}, {}, binary=False, counts=(counts := {}))
+    out = m.feed(b"a\\tb\t" + PAN + b"\tz\n1\t\\N\tz\n")
+    assert out == b"a\\tb\t************1111\tz\n1\t\\N\tz\n"
+    assert counts == {"public.cards.pan": 1}
+
+
+def test_copy_csv_quotes_newlines_and_header_across_messages() -> None:
+    m = CopyOutMasker({1: LAST4}, {"format": "csv", "header": "true"}, binary=False, counts={})
+    out = m.feed(b"holder,pan\n\"Smith, \"\"J\"\"\n2\",\"41111111")
+    assert out == b"holder,pan\n"
+    assert m.pending()
+    out = m.feed(b"11111111\"\n")
+    assert out == b"\"Smith, \"\"J\"\"\n2\",************1111\n"
+    assert not m.pending()
+
+
+def test_copy_binary_rows_split_anywhere() -> None:
+    header = b"PGCOPY\n\xff\r\n\x00" + b"\0\0\0\0" + b"\0\0\0\0"
+    row = struct.pack("!h", 2) + struct.pack("!i", 1) + b"7" + struct.pack("!i", 16) + PAN
+    stream = header + row + row + struct.pack("!h", -1)
+    m = CopyOutMasker({1: LAST4}, {"format": "binary"}, binary=True, counts={})
+    out = b"".join(m.feed(stream[i:i + 7]) for i in range(0, len(stream), 7))
+    assert PAN not in out and out.count(b"************1111") == 2
+    assert out.startswith(header) and out.endswith(b"\xff\xff") and not m.pending()
+
+
+def test_copy_options_that_cannot_be_parsed_are_refused() -> None:
+    with pytest.raises(UnsupportedCopy):
+        CopyOutMasker({0: LAST4}, {"format": "csv"}, binary=True, counts={})
+    with pytest.raises(UnsupportedCopy):
+        CopyOutMasker({0: LAST4}, {"delimiter": "ab"}, binary=False, counts={})
+
+
+# -- ResultMasker: plans follow statements and portals ---------------------------------------------
+
+
+def frames(*msgs: bytes) -> list[tuple[int, bytes]]:
+    return [(m[0], m[5:]) for m in msgs]
+
+
+def test_a_prepared_statements_plan_reaches_its_portals_rows() -> None:
+    rm = ResultMasker(lambda o, a: None)
+    p = plan({0: LAST4}, 1)
+    batch = frames(fe.Parse("s1", "select pan from cards", ()).encode(),
+                   fe.Bind("", "s1", (), (), (1,)).encode(),
+                   fe.Execute("", 0).encode(), fe.Sync().encode())
+    rm.forwarded(batch, {0: p})
+    assert rm.needs_rows
+    outs = [rm.message(ord(t), b) for t, b in
+            [("1", b""), ("2", b""), ("D", body(be.DataRow((PAN,)).encode())),
+             ("C", b"SELECT 1\0"), ("Z", b"I")]]
+    assert outs[2] == be.DataRow((b"************1111",)).encode()
+    assert outs[0] is None and outs[3] is None
+    assert not rm.needs_rows
+    # a later Bind of the same statement in another batch is masked too
+    rm.forwarded(frames(fe.Bind("p2", "s1", (), (), ()).encode(),
+                        fe.Execute("p2", 1).encode(), fe.Sync().encode()), {})
+    assert rm.message(ord("2"), b"") is None
+    assert rm.message(ord("D"), body(be.DataRow((PAN,)).encode())) is not None
+    rm.message(ord("s"), b"")
+    rm.message(ord("Z"), b"I")
+    assert rm.masked_values == 2
