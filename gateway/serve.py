@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from gateway import logs
+from gateway.bundle.reloader import BundleStartupError
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import GatewayConfig
 from gateway.identity.verifier import JwtVerifier
@@ -47,7 +48,12 @@ def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
 async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
                 peer_dir: Path | None) -> int:
     loop = asyncio.get_running_loop()
-    server = GatewayServer(config, verifier, worker_id, peer_dir)
+    try:
+        server = GatewayServer(config, verifier, worker_id, peer_dir)
+    except BundleStartupError as e:
+        logs.error("gateway.policy_unavailable", worker=worker_id, error=str(e))
+        print(f"pgwarden: {e}", file=sys.stderr)
+        return 2
     primed = await verifier.prime()
     for issuer, ok in primed.items():
         if not ok:
@@ -62,6 +68,8 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: check the policy bundle now (each worker reloads its own engine).
+    loop.add_signal_handler(signal.SIGHUP, server.reload_policy, "sighup")
     await stop.wait()
     await server.stop()
     return 0
@@ -93,6 +101,7 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # policy reload reaches every worker
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)

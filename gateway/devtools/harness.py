@@ -54,6 +54,8 @@ class GatewayProcess:
     # A policy directory; None writes one that allows everything (relay-level tests).
     policy_dir: Path | None = None
     enforce: bool = True
+    # A whole `policy:` section (YAML text) replacing the one derived from policy_dir.
+    policy_yaml: str | None = None
     extra_yaml: str = ""
     issuer: DevIssuer | None = None
     proc: subprocess.Popen[str] | None = None
@@ -114,7 +116,9 @@ class GatewayProcess:
                 lines.append(f"    ca: {{file: {json.dumps(str(up.ca_file))}}}")
             if up.password is not None:
                 lines.append(f"    password: {{env: PGWARDEN_PW_{name.upper()}}}")
-        if not self.enforce:
+        if self.policy_yaml is not None:
+            lines += self.policy_yaml.rstrip("\n").split("\n")
+        elif not self.enforce:
             lines += ["policy:", "  enforce: false"]
         else:
             policy = self.policy_dir or (self.directory / "policy-allow-all")

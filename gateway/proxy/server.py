@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import logs
+from gateway.bundle.reloader import BundleReloader
 from gateway.enforce.catalog_cache import CatalogCache
 from gateway.policy.engine import PolicyEngine
 from gateway.wire.errors import ProtocolViolation
@@ -44,8 +45,13 @@ class GatewayServer:
         self._server: asyncio.base_events.Server | None = None
         self.enforce = config.policy is None or config.policy.enforce
         self.policy_engine: PolicyEngine | None = None
+        # Hot reload: the reloader swaps `policy_engine` (one assignment); the statement
+        # gate reads it once per query string. Raises BundleStartupError without a bundle.
+        self.bundles: BundleReloader | None = None
         if config.policy is not None and config.policy.enforce:
-            self.policy_engine = PolicyEngine.from_path(config.policy.bundle)
+            self.bundles = BundleReloader(config.policy, base_dir=config.source.parent,
+                                          activate=self._set_policy, worker_id=worker_id)
+            self.policy_engine = self.bundles.load_initial()
         self.catalogs = CatalogCache(self._fetch_catalog)
         self._targets = {
             name: up.UpstreamTarget(
@@ -56,6 +62,14 @@ class GatewayServer:
             )
             for name, c in config.connections.items()
         }
+
+    def _set_policy(self, engine: PolicyEngine) -> None:
+        self.policy_engine = engine
+
+    def reload_policy(self, trigger: str = "sighup") -> None:
+        """Check the policy bundle now (SIGHUP); the work runs in a worker thread."""
+        if self.bundles is not None:
+            self.bundles.trigger(trigger)
 
     def target(self, name: str) -> up.UpstreamTarget:
         return self._targets[name]
@@ -82,6 +96,8 @@ class GatewayServer:
             path = str(self._peer_socket(self.worker_id))
             self._peer_server = await loop.create_unix_server(
                 lambda: Endpoint(on_connect=self._accept_peer), path)
+        if self.bundles is not None:
+            self.bundles.start()
         addrs = [s.getsockname() for s in self._server.sockets]
         logs.info("gateway.listening", worker=self.worker_id,
                   addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None)
@@ -171,6 +187,8 @@ class GatewayServer:
             drain_timeout = self.config.listen.drain_timeout
         if self._server is not None:
             self._server.close()
+        if self.bundles is not None:
+            await self.bundles.stop()
         if self._peer_server is not None:
             self._peer_server.close()
         logs.info("gateway.draining", worker=self.worker_id, sessions=len(self.sessions))
