@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--bundle", "-b", required=True, help="policy directory (or bundle)")
     pe.add_argument("--input", "-i", required=True, help="input.json ('-' for stdin)")
     pe.add_argument("--entrypoint", default="pgwarden/decision")
+    from gateway.bundle import commands as bundle_commands
+
+    bundle_commands.register_policy_check(psub)
+    bundle_commands.register(sub)
 
     c = sub.add_parser("dev-cert", help="write a self-signed TLS certificate (development only)")
     c.add_argument("dir")
@@ -66,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "handler", None):
+        return args.handler(args)
     if args.command == "serve":
         from gateway.serve import run
 
