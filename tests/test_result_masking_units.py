@@ -14,6 +14,7 @@ from gateway.masking.rows import (
     UnsupportedCopy,
     field_masks,
     rewrite_data_row,
+    rewrite_data_rows,
     rewrite_row_description,
 )
 from gateway.wire import backend as be
@@ -216,3 +217,65 @@ def test_a_prepared_statements_plan_reaches_its_portals_rows() -> None:
     rm.message(ord("s"), b"")
     rm.message(ord("Z"), b"I")
     assert rm.masked_values == 2
+
+
+# -- the batched hot path equals the per-row definition -----------------------------------------
+
+
+def _rows_one_by_one(raw: bytes, masks: dict, counts: dict) -> bytes:
+    out, pos = [], 0
+    while pos < len(raw):
+        (length,) = struct.unpack_from("!i", raw, pos + 1)
+        out.append(rewrite_data_row(raw[pos + 5:pos + 1 + length], masks, counts))
+        pos += 1 + length
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("masks", [
+    {2: LAST4},
+    {0: LAST4},
+    {1: NULL, 2: LAST4},
+    {2: ColumnMask("redact", resolve("redact", key=b""), "x")},
+    {1: ColumnMask("hash", resolve("hash", key=b"k" * 16), "h"), 3: LAST4},
+])
+def test_rewrite_data_rows_matches_the_per_row_rewrite(masks: dict) -> None:
+    values = [PAN, b"378282246310005", None, b"", b"not a pan", b"4111-1111-1111-1111"]
+    raw = b"".join(
+        be.DataRow((str(i).encode(), values[i % 6], values[(i + 1) % 6], b"tail")).encode()
+        for i in range(60))
+    batched: dict[str, int] = {}
+    single: dict[str, int] = {}
+    assert rewrite_data_rows(raw, masks, batched) == _rows_one_by_one(raw, masks, single)
+    assert batched == single
+
+
+def test_rewrite_data_rows_refuses_rows_shorter_than_the_masks() -> None:
+    raw = be.DataRow((b"1",)).encode()
+    with pytest.raises(ValueError):
+        rewrite_data_rows(raw, {2: LAST4}, {})
+    lying = bytearray(be.DataRow((b"1", PAN)).encode())
+    struct.pack_into("!i", lying, 12, 999)  # the pan field claims 999 bytes
+    with pytest.raises(ValueError):
+        rewrite_data_rows(bytes(lying), {1: LAST4}, {})
+
+
+def test_observer_coalesces_row_runs_at_any_split() -> None:
+    from gateway.wire.framing import RUN, BackendObserver
+
+    rows = [be.DataRow((str(i).encode(), PAN)).encode() for i in range(5)]
+    stream = (be.RowDescription((field("id"), field("pan"))).encode() + b"".join(rows)
+              + be.CommandComplete("SELECT 5").encode() + be.ReadyForQuery("I").encode())
+    for cut in range(1, len(stream)):
+        ob = BackendObserver(be.BACKEND_TYPES, frozenset(b"TDCZ"), 1 << 20)
+        ob.coalesce = frozenset(b"D")
+        forwarded, seen_rows, kinds = b"", b"", []
+        for part in (stream[:cut], stream[cut:]):
+            fwd, events = ob.relay(part)
+            forwarded += fwd
+            for t, body, start, end in events:
+                kinds.append(t)
+                if t == RUN | ord("D"):
+                    assert fwd[start:end] == body
+                    seen_rows += body
+        assert forwarded == stream and seen_rows == b"".join(rows)
+        assert kinds[0] == ord("T") and kinds[-2:] == [ord("C"), ord("Z")]

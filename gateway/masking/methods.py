@@ -168,10 +168,25 @@ def resolve(method: str, *, key: bytes) -> Masker:
     Raises `UnknownMaskMethod` for a method outside `METHODS`, and `WeakMaskKey` for
     ``hash`` with a key shorter than `MIN_KEY_BYTES`.
     """
+    # The pan_* maskers run once per masked value of a result: one call each, no helpers.
     if method == "pan_last4":
-        return _null_preserving(pan_last4)
+        def last4(value: bytes | None) -> bytes | None:
+            if value is None:
+                return None
+            d = value.translate(None, _NON_DIGITS)
+            return _LAST4_PAD + d[-4:] if _PAN_MIN <= len(d) <= _PAN_MAX else _FULLY_MASKED
+
+        return last4
     if method == "pan_first6_last4":
-        return _null_preserving(pan_first6_last4)
+        def first6_last4(value: bytes | None) -> bytes | None:
+            if value is None:
+                return None
+            d = value.translate(None, _NON_DIGITS)
+            if _PAN_MIN <= len(d) <= _PAN_MAX:
+                return d[:6] + _MIDDLE + d[-4:]
+            return _FULLY_MASKED
+
+        return first6_last4
     if method == "redact":
         return _null_preserving(redact)
     if method == "null":

@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framing import Frame
+from gateway.wire.framing import RUN, Frame
 from gateway.wire.frontend import Bind, Close, Describe, Execute, decode_frontend
 from gateway.wire.pipeline import ResponseTracker
 
@@ -33,6 +33,7 @@ from .rows import (
     UnsupportedCopy,
     field_masks,
     rewrite_data_row,
+    rewrite_data_rows,
     rewrite_row_description,
 )
 
@@ -40,6 +41,7 @@ __all__ = ["ResultMasker"]
 
 _Q, _P, _B, _D, _E, _C = (ord(c) for c in "QPBDEC")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
+_DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
 
@@ -113,23 +115,25 @@ class ResultMasker:
     # -- upstream side -----------------------------------------------------------------------
 
     def message(self, mtype: int, body: bytes) -> bytes | None:
-        """Accounts for one backend message; returns its replacement, or None to keep it.
+        """Accounts for one backend message (or a run of DataRows, raw, as type
+        ``RUN | 'D'``); returns its replacement, or None to keep it.
         Raises ProtocolViolation when the stream cannot be followed (fail closed)."""
-        answer = self.tracker.response(mtype)
+        run = mtype == _DATA_RUN
+        answer = self.tracker.response(_DATA if run else mtype)
         if answer is None:
             return None
         req = answer.request
         out: bytes | None = None
-        if mtype == _DATA:
-            if self._rows is not None:
+        if run or mtype == _DATA:
+            if self._rows is None and req.type == _E and req.tag is not None:
+                self._rows, self._rows_plan = self._portal_masks(req.tag), req.tag
+            if self._rows:
                 plan = self._rows_plan
                 assert plan is not None
-                out = rewrite_data_row(body, self._rows, plan.counts)
-            elif req.type == _E and req.tag is not None:
-                plan = req.tag
-                masks = self._portal_masks(plan)
-                self._rows, self._rows_plan = masks, plan
-                out = rewrite_data_row(body, masks, plan.counts)
+                if run:
+                    out = rewrite_data_rows(body, self._rows, plan.counts)
+                else:
+                    out = rewrite_data_row(body, self._rows, plan.counts)
         elif mtype == _T:
             plan = req.current_tag
             if plan is not None:

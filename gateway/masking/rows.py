@@ -25,10 +25,11 @@ from .methods import REDACTED
 from .plan import ColumnMask, MaskPlan
 
 __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
-           "rewrite_row_description"]
+           "rewrite_data_rows", "rewrite_row_description"]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
+_ROW_HEAD = struct.Struct("!ih")  # a DataRow's length and field count
 _FIELD_TAIL = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
 TEXT_OID = 25
 
@@ -110,6 +111,141 @@ def rewrite_data_row(body: bytes, masks: Mapping[int, ColumnMask],
         raise ValueError("DataRow length does not match its fields")
     parts.append(body[last:])
     return frame(b"D", b"".join(parts))
+
+
+def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
+                      counts: dict[str, int]) -> bytes:
+    """Consecutive whole DataRow messages (headers included) with masked fields replaced.
+
+    The hot loop of a masked result. A masked value of the same length as the original
+    (a 16-digit PAN under ``pan_last4``) is overwritten in a copy of the buffer; only rows
+    whose length changes are rebuilt.
+    """
+    items = sorted(masks.items())
+    if not items:
+        return raw
+    if len(items) == 1:
+        return _rewrite_one_column(raw, items[0][0], items[0][1], counts)
+    need = items[-1][0] + 1
+    seen = [0] * len(items)
+    buf = bytearray(raw)
+    rebuilt: list[tuple[int, int, bytes]] = []  # (start, end, new message) of changed rows
+    unpack_i = _I32.unpack_from
+    unpack_h = _I16.unpack_from
+    pos = 0
+    n = len(raw)
+    while pos < n:
+        (mlen,) = unpack_i(raw, pos + 1)
+        end = pos + 1 + mlen
+        (nfields,) = unpack_h(raw, pos + 5)
+        if nfields < need or end > n:
+            raise ValueError("DataRow has fewer fields than its result's masks")
+        p = pos + 7
+        fi = 0
+        changes: list[tuple[int, int, bytes | None]] | None = None
+        for k, (index, mask) in enumerate(items):
+            while fi < index:
+                (flen,) = unpack_i(raw, p)
+                p += 4 + flen if flen > 0 else 4
+                fi += 1
+            (flen,) = unpack_i(raw, p)
+            vstart = p + 4
+            if flen < 0:
+                new = mask.masker(None)
+                vend = vstart
+            else:
+                vend = vstart + flen
+                if vend > end:
+                    raise ValueError("DataRow field runs past its message")
+                new = mask.masker(raw[vstart:vend])
+                seen[k] += 1
+            if new is not None and flen >= 0 and len(new) == flen:
+                buf[vstart:vend] = new
+            else:
+                if changes is None:
+                    changes = []
+                changes.append((p, vend, new))
+            p = vend
+            fi += 1
+        if changes is not None:
+            rebuilt.append((pos, end, _rebuild_row(buf, pos, end, changes)))
+        pos = end
+    for k, (_index, mask) in enumerate(items):
+        if seen[k]:
+            counts[mask.column] = counts.get(mask.column, 0) + seen[k]
+    return _splice_rows(buf, rebuilt)
+
+
+def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
+                        counts: dict[str, int]) -> bytes:
+    """`rewrite_data_rows` for the usual case of one masked column (same result)."""
+    masker = mask.masker
+    buf = bytearray(raw)
+    rebuilt: list[tuple[int, int, bytes]] = []
+    unpack_i = _I32.unpack_from
+    unpack_head = _ROW_HEAD.unpack_from
+    skip = range(index)
+    seen = 0
+    pos = 0
+    n = len(raw)
+    while pos < n:
+        mlen, nfields = unpack_head(raw, pos + 1)
+        end = pos + 1 + mlen
+        if nfields <= index or end > n:
+            raise ValueError("DataRow has fewer fields than its result's masks")
+        p = pos + 7
+        for _ in skip:
+            (flen,) = unpack_i(raw, p)
+            p += 4 + flen if flen > 0 else 4
+        (flen,) = unpack_i(raw, p)
+        vstart = p + 4
+        if flen >= 0:
+            vend = vstart + flen
+            if vend > end:
+                raise ValueError("DataRow field runs past its message")
+            new = masker(raw[vstart:vend])
+            seen += 1
+            if new is not None and len(new) == flen:
+                buf[vstart:vend] = new
+                pos = end
+                continue
+        else:
+            vend = vstart
+            new = masker(None)
+            if new is None:
+                pos = end
+                continue
+        rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
+        pos = end
+    if seen:
+        counts[mask.column] = counts.get(mask.column, 0) + seen
+    return _splice_rows(buf, rebuilt)
+
+
+def _splice_rows(buf: bytearray, rebuilt: list[tuple[int, int, bytes]]) -> bytes:
+    if not rebuilt:
+        return bytes(buf)
+    out: list[bytes] = []
+    last = 0
+    for start, end, message in rebuilt:
+        out += [buf[last:start], message]
+        last = end
+    out.append(buf[last:])
+    return b"".join(out)
+
+
+def _rebuild_row(buf: bytearray, pos: int, end: int,
+                 changes: list[tuple[int, int, bytes | None]]) -> bytes:
+    """One DataRow with fields [start, end) replaced (None: SQL NULL)."""
+    parts: list[bytes] = []
+    last = pos + 5
+    for start, stop, new in changes:
+        parts += [buf[last:start],
+                  b"\xff\xff\xff\xff" if new is None else _I32.pack(len(new)) + new]
+        last = stop
+    parts.append(buf[last:end])
+    body = b"".join(parts)
+    return b"D" + _I32.pack(len(body) + 4) + body
 
 
 class UnsupportedCopy(Exception):

@@ -37,6 +37,8 @@ _SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQue
 OBSERVED = frozenset((_Z, _R, _K, _E, _S)) | (RESPONSE_TYPES - frozenset(b"Dd"))
 # ... plus DataRow and CopyData while a result with masked columns may be streaming.
 OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
+_ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
+_NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
 
 
@@ -136,6 +138,7 @@ class Relay:
             results.forwarded(frames, plans)
             if results.needs_rows:
                 self.observer.observed = OBSERVED_ROWS
+                self.observer.coalesce = _ROWS
         if out:
             self.upstream.write(out)
         if terminate:
@@ -215,6 +218,7 @@ class Relay:
                 return
         if results is not None and not results.needs_rows:
             self.observer.observed = OBSERVED
+            self.observer.coalesce = _NOTHING
         if swaps:
             forward = _splice(forward, swaps)
         if self.safety is not None:

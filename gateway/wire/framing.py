@@ -19,6 +19,7 @@ from .errors import ProtocolViolation
 _LEN = struct.Struct("!i")
 
 Frame = tuple[int, bytes]
+RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
 Event = tuple[int, bytes, int, int]  # type, body, start and end offsets
 
 
@@ -83,6 +84,10 @@ class BackendObserver:
     ) -> None:
         self._known = known_types
         self.observed = observed
+        #: observed types whose consecutive whole messages come as one event of type
+        #: ``RUN | type`` with the raw messages (headers included) as its body: a caller
+        #: that rewrites every row of a result pays one event per buffer, not per row.
+        self.coalesce: frozenset[int] = frozenset()
         self._max = max_observed_size
         self._skip = 0
         self._partial = b""
@@ -126,12 +131,34 @@ class BackendObserver:
                     self._partial = data[pos:]
                     forward_end = pos
                     break
+                if mtype in self.coalesce:
+                    run_end = self._run_end(data, end, mtype)
+                    events.append((RUN | mtype, data[pos:run_end], pos, run_end))
+                    pos = run_end
+                    continue
                 events.append((mtype, data[pos + 5 : end], pos, end))
             elif end > n:
                 self._skip = end - n
                 break
             pos = end
         return (data if forward_end == n else data[:forward_end]), events
+
+    def _run_end(self, data: bytes, pos: int, mtype: int) -> int:
+        """End of the whole messages of type `mtype` that follow at `pos`."""
+        n = len(data)
+        unpack = _LEN.unpack_from
+        limit = self._max
+        while n - pos >= 5 and data[pos] == mtype:
+            (length,) = unpack(data, pos + 1)
+            if length < 4:
+                raise ProtocolViolation("upstream sent an invalid message")
+            if length > limit:
+                raise ProtocolViolation("upstream message exceeds the size limit")
+            end = pos + 1 + length
+            if end > n:
+                break
+            pos = end
+        return pos
 
     def feed(self, data: bytes) -> list[Frame]:
         """The observed messages completed by `data` (for callers that forward nothing)."""
