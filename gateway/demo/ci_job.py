@@ -60,7 +60,21 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
                         prepare=True)
             say(f"   card 1 spend: {cur.fetchone()[0]}")
 
-        say("6. policy: what the job may not do is refused before it reaches the database")
+        say("6. masking: card numbers leave the gateway masked, whatever the client asks")
+        rows = conn.execute("select holder, pan as card from cards order by id limit 3"
+                            ).fetchall()
+        say("   " + ", ".join(f"{h}: {p}" for h, p in rows))
+        if any(p is None or not p.startswith("************") for _, p in rows):
+            problems.append("a card number came back unmasked")
+        computed = "select substr(pan, 1, 12) from cards"
+        try:
+            conn.execute(computed)
+            problems.append("an expression over a masked column was let through")
+        except psycopg.errors.InsufficientPrivilege as e:
+            say(f"   {computed!r}\n     -> ERROR 42501: {e.diag.message_primary}")
+            conn.rollback()
+
+        say("7. policy: what the job may not do is refused before it reaches the database")
         for sql in ("select holder, cvv from cards",
                     "update transactions set amount = 0",
                     "drop table transactions"):
@@ -71,7 +85,7 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
                 say(f"   {sql!r}\n     -> ERROR 42501: {e.diag.message_primary}")
                 conn.rollback()
 
-    say("7. an expired token is refused before anything reaches the database")
+    say("8. an expired token is refused before anything reaches the database")
     try:
         psycopg.connect(dsn, password=expired_token).close()
         problems.append("an expired token was accepted")

@@ -94,8 +94,14 @@ def _summarize(gw: GatewayProcess) -> None:
         if d.get("outcome") != "allow":
             _say(f"  decision       {d.get('outcome')} {d.get('command')} "
                  f"reasons={d.get('reasons')} policy={d.get('bundle_revision')}")
-    allowed = sum(1 for d in decisions if d.get("outcome") == "allow")
-    _say(f"  decision       {allowed} statements allowed, each naming policy revision and hash")
+    for d in gw.logs:
+        if d.get("event") == "decision.mask_refused":
+            _say(f"  mask refused   {d.get('command')} reason={d.get('reason')!r}")
+    for d in gw.logs:
+        if d.get("event") == "session.end" and d.get("statements_decided"):
+            _say(f"  session.end    {d.get('statements_decided')} statements decided, "
+                 f"{d.get('statements_denied')} denied, {d.get('masked_values')} values "
+                 f"masked, {d.get('safety_net_hits')} safety-net hits")
     for d in refused:
         _say(f"  auth.failure   reason={d.get('reason')} client={d.get('client_addr')}")
 

@@ -275,6 +275,9 @@ class StatementGate:
                 plans.append(plan_masks(info, d.mask, hash_key=self.hash_key)
                              if d.mask else None)
             except MaskRefused as e:
+                logs.info("decision.mask_refused", session=self.facts.session["id"],
+                          command=info.command, fingerprint=info.fingerprint,
+                          reason=str(e), bundle_revision=d.bundle_revision)
                 where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
                 return _denial("42501", f"{info.command} refused: {e}{where}",
                                hint="select the masked column itself, not an expression over "

@@ -118,10 +118,21 @@ class Session:
                     subject=self.identity.subject if self.identity else None,
                     connection=self.connection_name,
                     duration_ms=round((time.time() - self.started_at) * 1000, 1),
-                    messages=self.relay.messages_from_client if self.relay else 0,
-                    safety_net_hits=self.relay.safety.hits
-                    if self.relay and self.relay.safety else 0,
+                    **self._totals(),
                 )
+
+    def _totals(self) -> dict[str, int]:
+        relay = self.relay
+        if relay is None:
+            return {"messages": 0}
+        gate = relay.gate
+        return {
+            "messages": relay.messages_from_client,
+            "statements_decided": getattr(gate, "decisions", 0),
+            "statements_denied": getattr(gate, "denials", 0),
+            "masked_values": relay.results.masked_values if relay.results else 0,
+            "safety_net_hits": relay.safety.hits if relay.safety else 0,
+        }
 
     def terminate(self, code: str, message: str) -> None:
         if self.relay is not None:
