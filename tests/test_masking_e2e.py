@@ -263,3 +263,23 @@ def test_asyncpg_binary_results_are_masked(gw: GatewayProcess) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+# -- safety net in "error" mode ----------------------------------------------------------------
+
+
+def test_safety_net_error_mode_ends_the_session_instead_of_masking(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    d = tmp_path_factory.mktemp("safety-error")
+    with GatewayProcess(d, upstreams_for(pg), extra_yaml="masking:\n  safety_net: error\n") as g:
+        with psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as c:
+            assert c.execute("select 'no card here', 1234567890123").fetchone() == (
+                "no card here", 1234567890123)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                c.execute("select holder, pan from cards").fetchall()
+            no_pan(str(e.value))
+            assert "safety_net: error" in str(e.value)
+            assert c.closed or c.info.status == psycopg.pq.ConnStatus.BAD
+        with psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as c:
+            assert c.execute("select 1").fetchone() == (1,)  # other sessions go on
+        assert any(r.get("event") == "session.safety_net_stop" for r in g.logs)

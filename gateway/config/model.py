@@ -140,14 +140,15 @@ class LogConfig:
     level: str = "info"
 
 
-SAFETY_NET_MODES = ("mask", "off")
+SAFETY_NET_MODES = ("mask", "error", "off")
 
 
 @dataclass(frozen=True)
 class MaskingConfig:
     # Key of the `hash` mask method (HMAC-SHA256); without it, `hash` masks are refused.
     hash_key: Secret | None = None
-    # The content safety net on everything sent to clients: mask Luhn-valid PANs, or off.
+    # The content safety net on everything sent to clients: mask Luhn-valid PANs in place,
+    # end the session with an error instead (error), or off.
     safety_net: str = "mask"
 
 

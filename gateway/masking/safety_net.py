@@ -328,6 +328,10 @@ class StreamScanner:
         self._held = data[cut:]
         return out[base:cut]
 
+    def holding(self) -> bool:
+        """True while bytes are held back (the output so far stops short of the input)."""
+        return bool(self._held)
+
     def flush(self) -> bytes:
         """The held bytes, masked; the scanner is ready for a new stream afterwards."""
         data = self._ctx + self._held

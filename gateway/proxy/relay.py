@@ -65,7 +65,7 @@ class Gate(Protocol):
 class Relay:
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
                  max_message_size: int, gate: Gate | None = None,
-                 safety_net: bool = True, results: ResultMasker | None = None) -> None:
+                 safety_net: str = "mask", results: ResultMasker | None = None) -> None:
         self.session_id = session_id
         self.client = client
         self.upstream = upstream
@@ -81,7 +81,11 @@ class Relay:
         self._backlog: list[bytes] = []
         # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
         # client (masked in place, same length, so the framing is untouched).
-        self.safety = StreamScanner() if safety_net else None
+        self.safety = StreamScanner() if safety_net != "off" else None
+        # "error": a PAN that lineage masking missed ends the session instead of being
+        # masked: for operators who would rather fail than guess.
+        self.safety_error = safety_net == "error"
+        self._client_at_boundary = True
         # Follows which request each answer belongs to; rewrites masked results.
         self.results = results
 
@@ -221,10 +225,28 @@ class Relay:
             self.observer.coalesce = _NOTHING
         if swaps:
             forward = _splice(forward, swaps)
-        if self.safety is not None:
-            forward = self.safety.feed(forward)
+        safety = self.safety
+        if safety is not None:
+            hits = safety.hits
+            forward = safety.feed(forward)
+            if self.safety_error and safety.hits != hits:
+                logs.warning("session.safety_net_stop", session=self.session_id)
+                self._stop_on_pan()
+                return
         if forward:
             self.client.write(forward)
+        if self.safety_error:
+            # Whether what the client has received so far ends between two messages.
+            self._client_at_boundary = self.observer.at_boundary() and not self.safety.holding()
+
+    def _stop_on_pan(self) -> None:
+        if not self.upstream.closed:
+            self.upstream.abort()
+        if self._client_at_boundary:
+            message = ("the result held a card number that the policy did not mask; "
+                       "the gateway ended the session (masking.safety_net: error)")
+            self.client.write(be.ErrorResponse.build("42501", message, "FATAL").encode())
+        self._finish("safety net stop")
 
     def _match_denial(self, body: bytes) -> bytes | None:
         for marker in self._denials:

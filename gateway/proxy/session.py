@@ -297,7 +297,7 @@ class Session:
             return catalog.column_for_attnum(table_oid, attnum) if catalog else None
 
         relay = Relay(self.id, self.client, link.endpoint, max_size, gate,
-                      safety_net=self.server.config.masking.safety_net != "off",
+                      safety_net=self.server.config.masking.safety_net,
                       results=ResultMasker(column_for))
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
