@@ -82,7 +82,8 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
                 conn.execute(sql)
                 problems.append(f"the policy let through: {sql}")
             except psycopg.errors.InsufficientPrivilege as e:
-                say(f"   {sql!r}\n     -> ERROR 42501: {e.diag.message_primary}")
+                say(f"   {sql!r}\n     -> ERROR 42501: {e.diag.message_primary}"
+                    f"\n        DETAIL: {e.diag.message_detail}")
                 conn.rollback()
 
     say("8. an expired token is refused before anything reaches the database")

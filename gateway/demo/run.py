@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import shutil
 import signal
@@ -10,6 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.bundle.build import build_bundle
+from gateway.bundle.signing import load_private_key
 from gateway.devtools.embedded_pg import EmbeddedPostgres
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec
 from gateway.devtools.sample_data import PAYMENTS_SCHEMA
@@ -41,17 +48,23 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
         _say(f"  PostgreSQL {pg.port}: database 'payments' with cards (test PANs) and "
              "transactions; service role 'pgwarden_svc' (SCRAM, password held by the gateway)")
 
+        bundle, public_key, revision, digest = _signed_bundle(base / "bundles")
+        _say(f"• built and signed the starter policy as an OPA bundle: {bundle.name}\n"
+             f"  revision {revision}, sha256 {digest[:16]}…, ES256 signature over every file")
+
         _say("• generating a development token issuer, a TLS certificate and gateway.yaml")
         gw = GatewayProcess(
             base / "gateway",
             {"cardholder": UpstreamSpec(pg.host, pg.port, "payments", "pgwarden_svc",
                                         svc_password)},
             allow_plaintext=False,
-            policy_dir=STARTER_POLICY,
+            policy_yaml=(f"policy:\n  bundle: {json.dumps(str(bundle))}\n"
+                         f"  verification_key: {{file: {json.dumps(str(public_key))}}}\n"
+                         f"  poll_interval: 0\n"),
         )
         gw.start()
         _say(f"• gateway listening on 127.0.0.1:{gw.port} (TLS required, JWT as password, "
-             f"policy {STARTER_POLICY.relative_to(STARTER_POLICY.parents[1])})")
+             f"bundle verified before activation)")
 
         groups = ("ci", "ci-writers")
         token = gw.token("ci-bot", groups=groups, ttl=3600)
@@ -80,6 +93,26 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def _signed_bundle(directory: Path) -> tuple[Path, Path, str, str]:
+    """The starter policy built and signed like a CI job would: a fresh ES256 key pair,
+    `pgwarden bundle build --signing-key`. Returns (bundle, public key, revision, sha256)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = directory / "bundle-signing.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = directory / "bundle-signing.pub"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    revision = "pci-" + time.strftime("%Y%m%d.%H%M%S", time.gmtime())
+    raw = build_bundle(STARTER_POLICY, revision=revision, signing_key=load_private_key(private))
+    bundle = directory / f"{revision}.tar.gz"
+    bundle.write_bytes(raw)
+    return bundle, public, revision, hashlib.sha256(raw).hexdigest()
+
+
 def _summarize(gw: GatewayProcess) -> None:
     time.sleep(0.3)  # the gateway's log lines arrive through a pipe
     sessions = [d for d in gw.logs if d.get("event") == "session.start"]
@@ -93,7 +126,9 @@ def _summarize(gw: GatewayProcess) -> None:
     for d in decisions:
         if d.get("outcome") != "allow":
             _say(f"  decision       {d.get('outcome')} {d.get('command')} "
-                 f"reasons={d.get('reasons')} policy={d.get('bundle_revision')}")
+                 f"reasons={d.get('reasons')}\n"
+                 f"                 bundle revision={d.get('bundle_revision')} "
+                 f"sha256={str(d.get('bundle_hash'))[:16]}…")
     for d in gw.logs:
         if d.get("event") == "decision.mask_refused":
             _say(f"  mask refused   {d.get('command')} reason={d.get('reason')!r}")
