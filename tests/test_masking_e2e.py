@@ -33,6 +33,8 @@ INSERT INTO mask_methods VALUES
     (1, '4111111111111111', '4111111111111111', '4111111111111111', '4111111111111111',
      '4111111111111111', 'public')
 ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS mask_numeric (id int PRIMARY KEY, first6 numeric);
+INSERT INTO mask_numeric VALUES (1, 4111111111111111) ON CONFLICT DO NOTHING;
 """
 
 
@@ -283,3 +285,13 @@ def test_safety_net_error_mode_ends_the_session_instead_of_masking(
         with psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as c:
             assert c.execute("select 1").fetchone() == (1,)  # other sessions go on
         assert any(r.get("event") == "session.safety_net_stop" for r in g.logs)
+
+
+def test_binary_copy_of_a_masked_non_text_column_is_refused(gw: GatewayProcess) -> None:
+    with connect(gw) as c, c.cursor() as cur:
+        # text COPY of the same column is masked (the value is text there)
+        with cur.copy("copy (select first6 from mask_methods) to stdout (format binary)") as cp:
+            assert b"411111******1111" in b"".join(bytes(x) for x in cp)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="binary COPY"), \
+                cur.copy("copy mask_numeric (first6) to stdout (format binary)") as cp:
+            list(cp)

@@ -248,7 +248,7 @@ class StatementGate:
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
         if verdict.allowed and any(d.mask for _, d in decisions):
-            verdict = self._mask_plans(decisions)
+            verdict = self._mask_plans(decisions, catalog)
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
@@ -268,12 +268,19 @@ class StatementGate:
                     self.catalogs.invalidate(self.connection)
         return verdict
 
-    def _mask_plans(self, decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
+    def _mask_plans(self, decisions: list[tuple[StatementInfo, Decision]],
+                    catalog: Catalog) -> Verdict:
+        def column_type(key: tuple[str, str, str]) -> int | None:
+            rel = catalog.relation(key[0], key[1])
+            if rel is None or key[2] not in rel.columns or not rel.type_oids:
+                return None
+            return rel.type_oids[rel.columns.index(key[2])]
+
         plans: list[MaskPlan | None] = []
         for info, d in decisions:
             try:
-                plans.append(plan_masks(info, d.mask, hash_key=self.hash_key)
-                             if d.mask else None)
+                plans.append(plan_masks(info, d.mask, hash_key=self.hash_key,
+                                        column_type=column_type) if d.mask else None)
             except MaskRefused as e:
                 logs.info("decision.mask_refused", session=self.facts.session["id"],
                           command=info.command, fingerprint=info.fingerprint,

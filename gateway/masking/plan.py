@@ -22,12 +22,12 @@ call: the input document lists them as column usages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.sql import StatementInfo
 
-from .methods import Masker, MaskError, resolve
+from .methods import Masker, MaskError, binary_safe, resolve
 
 __all__ = ["ColumnMask", "MaskPlan", "MaskRefused", "plan_masks"]
 
@@ -72,7 +72,8 @@ def _column_key(name: str) -> ColKey:
 
 
 def plan_masks(info: StatementInfo, mask: Mapping[str, str], *,
-               hash_key: bytes | None) -> MaskPlan | None:
+               hash_key: bytes | None,
+               column_type: Callable[[ColKey], int | None] | None = None) -> MaskPlan | None:
     """The plan for `info` under the decision's `mask`, or None when nothing it returns
     needs masking. Raises `MaskRefused` when the statement must not run."""
     masked: dict[ColKey, ColumnMask] = {}
@@ -127,7 +128,24 @@ def plan_masks(info: StatementInfo, mask: Mapping[str, str], *,
     if info.kind == "copy_out":
         copy = {k: str(v) for k, v in info.details.items()
                 if k in ("delimiter", "null", "quote", "escape", "header", "format")}
+        if copy.get("format", "").lower() == "binary":
+            _check_binary_copy(info, positions, column_type)
     return MaskPlan(positions, involved, len(info.outputs), copy)
+
+
+def _check_binary_copy(info: StatementInfo, positions: Mapping[int, ColumnMask],
+                       column_type: Callable[[ColKey], int | None] | None) -> None:
+    """Binary COPY has no row description to redeclare a masked field as text: a masked
+    value is valid there only where the column's binary form is its text (text, varchar,
+    ...), or as NULL."""
+    for i, m in positions.items():
+        if m.method == "null":
+            continue
+        for key in info.outputs[i].sources:
+            oid = column_type(key) if column_type is not None else None
+            if oid is None or not binary_safe(oid):
+                raise MaskRefused(f"binary COPY of masked column {_name(key)}: its type has "
+                                  "no text-compatible binary form; use format text or csv")
 
 
 def _name(key: ColKey) -> str:
