@@ -118,6 +118,9 @@ class ResultMasker:
         """Accounts for one backend message (or a run of DataRows, raw, as type
         ``RUN | 'D'``); returns its replacement, or None to keep it.
         Raises ProtocolViolation when the stream cannot be followed (fail closed)."""
+        if not self._tagged and self._rows is None and self._copy is None:
+            self.tracker.response(mtype)  # nothing to mask: only keep the queue in step
+            return None
         run = mtype == _DATA_RUN
         answer = self.tracker.response(_DATA if run else mtype)
         if answer is None:

@@ -16,8 +16,8 @@ rewrites results must not guess.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .errors import ProtocolViolation
 
@@ -44,7 +44,6 @@ class Request:
     #: Query: statements finished so far (CommandComplete / EmptyQueryResponse)
     statement: int = 0
     failed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def current_tag(self) -> Any:
@@ -57,8 +56,7 @@ class Request:
         return self.tag
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """What a backend message means for the request it answers.
 
     ``ends_result`` is set on the message that completes one statement's result (C, I, s,
@@ -66,8 +64,16 @@ class Answer:
     """
 
     request: Request
-    ends_result: bool = False
-    done: bool = False
+    ends_result: bool
+    done: bool
+
+
+def _answer(request: Request, ends_result: bool = False, done: bool = False) -> Answer:
+    # Once per backend message: a bare tuple.__new__ costs a fraction of a constructor.
+    return _new_answer(Answer, (request, ends_result, done))
+
+
+_new_answer = tuple.__new__
 
 
 class ResponseTracker:
@@ -101,46 +107,46 @@ class ResponseTracker:
             if t not in (_S, _Q, _F):
                 raise ProtocolViolation(f"upstream sent ReadyForQuery while {chr(t)!r} waits")
             q.popleft()
-            return Answer(head, done=True)
+            return _answer(head, done=True)
         if mtype == 0x45:  # E
             return self._error(head)
         if t == _Q:
             if mtype in (0x43, 0x49):  # C, I: one statement done
                 head.statement += 1
-                return Answer(head, ends_result=True)
+                return _answer(head, ends_result=True)
             if mtype in (0x54, 0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # T D H G W d c
-                return Answer(head)
+                return _answer(head)
             raise self._unexpected(mtype, head)
         if t == _E:
             if mtype in (0x43, 0x49, 0x73):  # C, I, s
                 q.popleft()
-                return Answer(head, ends_result=True, done=True)
+                return _answer(head, ends_result=True, done=True)
             if mtype in (0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # D H G W d c
-                return Answer(head)
+                return _answer(head)
             raise self._unexpected(mtype, head)
         if _COMPLETES.get(t) == mtype:  # ParseComplete, BindComplete, CloseComplete
             q.popleft()
-            return Answer(head, done=True)
+            return _answer(head, done=True)
         if t == _D:
             if mtype == 0x74:  # t: a statement's parameters; T or n follows
-                return Answer(head)
+                return _answer(head)
             if mtype in (0x54, 0x6E):  # T, n
                 q.popleft()
-                return Answer(head, done=True)
+                return _answer(head, done=True)
         if t == _F and mtype == 0x56:  # V; Z follows
-            return Answer(head)
+            return _answer(head)
         raise self._unexpected(mtype, head)
 
     def _error(self, head: Request) -> Answer:
         head.failed = True
         if head.type in (_Q, _S, _F):
-            return Answer(head, ends_result=True)  # ReadyForQuery follows
+            return _answer(head, ends_result=True)  # ReadyForQuery follows
         # Extended protocol: the server skips every message up to the next Sync.
         q = self._queue
         q.popleft()
         while q and q[0].type != _S:
             q.popleft()
-        return Answer(head, ends_result=True, done=True)
+        return _answer(head, ends_result=True, done=True)
 
     @staticmethod
     def _unexpected(mtype: int, head: Request) -> ProtocolViolation:
