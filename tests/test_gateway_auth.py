@@ -497,3 +497,18 @@ def test_zz_log_never_contains_tokens(gateway: GatewayProcess) -> None:
         for segment in secret.split("."):
             if len(segment) >= 16:
                 assert segment not in text, f"log holds a token segment: {segment[:10]}..."
+
+
+def test_session_ends_when_its_token_expires(pg: Any,
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    with GatewayProcess(tmp_path_factory.mktemp("expiry"), upstreams_for(pg), leeway=0) as gw:
+        tok = gw.token(ttl=2)
+        with psycopg.connect(gw.dsn("payments"), password=tok, autocommit=True) as c:
+            assert c.execute("select 1").fetchone() == (1,)
+            time.sleep(2.6)
+            with pytest.raises(psycopg.OperationalError) as e:
+                c.execute("select 1")
+        assert "token" in str(e.value) and "expired" in str(e.value)
+        ended = [r for r in gw.logs if r.get("event") == "session.token_expired"]
+        assert len(ended) == 1 and ended[0]["subject"] == "ci-bot"
+        assert tok not in gw.log_text()

@@ -51,6 +51,7 @@ class GatewayProcess:
     workers: int = 1
     port: int = 0
     drain_timeout: float = 5.0
+    leeway: float = 30.0  # JWT clock-skew tolerance (seconds)
     # A policy directory; None writes one that allows everything (relay-level tests).
     policy_dir: Path | None = None
     enforce: bool = True
@@ -101,6 +102,7 @@ class GatewayProcess:
             "      audience: pgwarden",
             "      jwks: {file: issuer/jwks.json}",
             "      groups_claim: groups",
+            f"      leeway: {self.leeway}",
             "connections:",
         ]
         for name, up in self.upstreams.items():

@@ -301,7 +301,27 @@ class Session:
                       results=ResultMasker(column_for))
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
-        return await relay.done
+        # Rights end with the token: a session does not outlive the JWT it logged in with.
+        expires = self.identity.expires_at if self.identity else None
+        timer = None
+        if expires is not None:
+            # The same clock-skew tolerance the token was accepted with.
+            leeway = next((p.leeway for p in self.server.config.identity.providers
+                           if self.identity and p.issuer == self.identity.issuer), 0.0)
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, expires + leeway - time.time()), self._token_expired)
+        try:
+            return await relay.done
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _token_expired(self) -> None:
+        logs.info("session.token_expired", session=self.id,
+                  subject=self.identity.subject if self.identity else None)
+        if self.relay is not None:
+            self.relay.terminate("28000", "the token this session logged in with has expired; "
+                                 "reconnect with a fresh token")
 
     def _cancel_action(self, link: up.UpstreamLink) -> CancelAction:
         target = self.server.target(self.connection_name or "")
