@@ -1,0 +1,212 @@
+"""The default sink: JSON-lines segment files in one directory.
+
+Files are ``audit-<instance>-<n>.jsonl`` (``n``: 6 digits or more, from 1), one chain
+per instance, each file starting with its ``segment`` record. A lock file
+``.audit-<instance>.lock`` (``flock``) keeps two processes off one instance's chain: give
+every worker process its own instance id.
+
+Resuming after a restart reads the last line of the newest segment. A partial last line
+(the process died mid-write) is removed and counted in the next segment's header
+(``torn_bytes``); a last line that does not hash correctly stops the start
+(:class:`AuditError`): someone must look at it. The new run always opens a new segment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from .canonical import GENESIS, chain_hash, hashed_body
+from .chain import Sealed
+from .writer import AuditError, ResumeState
+
+__all__ = ["SEGMENT_RE", "FileSink", "list_segments", "segment_name"]
+
+SEGMENT_RE = re.compile(r"^audit-(?P<instance>[A-Za-z0-9._-]+)-(?P<n>\d{6,})\.jsonl$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TAIL_CHUNK = 64 * 1024
+
+
+def segment_name(instance: str, n: int) -> str:
+    return f"audit-{instance}-{n:06d}.jsonl"
+
+
+def list_segments(directory: str | os.PathLike[str]) -> dict[str, list[tuple[int, Path]]]:
+    """{instance: [(n, path), ...] sorted by n} for the segment files in `directory`."""
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for entry in os.scandir(directory):
+        m = SEGMENT_RE.match(entry.name)
+        if m and entry.is_file():
+            out.setdefault(m["instance"], []).append((int(m["n"]), Path(entry.path)))
+    for segs in out.values():
+        segs.sort()
+    return out
+
+
+def _tail(path: Path) -> tuple[bytes | None, bytes, int]:
+    """(last complete line without its newline, or None; partial bytes after it; size)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        buf, pos = b"", size
+
+        def more() -> bool:
+            nonlocal buf, pos
+            if pos == 0:
+                return False
+            step = min(_TAIL_CHUNK, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+            return True
+
+        while b"\n" not in buf and more():
+            pass
+        nl = buf.rfind(b"\n")
+        if nl < 0:
+            return None, buf, size
+        torn = buf[nl + 1 :]
+        while buf.rfind(b"\n", 0, nl) < 0:
+            before = len(buf)
+            if not more():
+                break
+            nl += len(buf) - before
+        start = buf.rfind(b"\n", 0, nl) + 1
+        return buf[start:nl], torn, size
+
+
+def _parse_tail(line: bytes, where: str) -> tuple[int, str]:
+    split = hashed_body(line)
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        rec = None
+    if split is None or not isinstance(rec, dict):
+        raise AuditError(f"{where}: the last audit record is damaged (not a record line); "
+                         "run `pgwarden audit verify` before starting the gateway")
+    body, stored = split
+    prev, seq = rec.get("prev"), rec.get("seq")
+    if not isinstance(prev, str) or not isinstance(seq, int) or chain_hash(prev, body) != stored:
+        raise AuditError(f"{where}: the last audit record does not match its hash; "
+                         "run `pgwarden audit verify` before starting the gateway")
+    return seq, stored
+
+
+class FileSink:
+    kind = "file"
+    segments = True
+
+    def __init__(self, directory: str | os.PathLike[str], instance: str, *,
+                 fsync: bool = False, file_mode: int = 0o640) -> None:
+        if not INSTANCE_RE.match(instance):
+            raise AuditError(f"audit instance id {instance!r}: use 1-64 letters, digits, "
+                             "'.', '_' or '-'")
+        self.directory = Path(directory)
+        self.instance = instance
+        self.fsync = fsync
+        self.file_mode = file_mode
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._name: str | None = None
+        self._partial: tuple[int, int] | None = None  # (first seq of a batch, bytes written)
+
+    # -- start ---------------------------------------------------------------------------
+
+    def acquire(self) -> ResumeState | None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        lock_path = self.directory / f".audit-{self.instance}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditError(f"{lock_path}: another process writes audit instance "
+                             f"{self.instance!r} (give each gateway worker its own id)") from None
+        self._lock_fd = fd
+        segs = list_segments(self.directory).get(self.instance, [])
+        reuse: int | None = None
+        torn_total = 0
+        while segs:
+            n, path = segs[-1]
+            line, torn, size = _tail(path)
+            if torn and hashed_body(torn) is not None:
+                try:  # a whole record that only lacks its newline: keep it
+                    seq, digest = _parse_tail(torn, str(path))
+                except AuditError:
+                    pass
+                else:
+                    with open(path, "ab") as f:
+                        f.write(b"\n")
+                    return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total)
+            if torn:
+                os.truncate(path, size - len(torn))
+                torn_total += len(torn)
+            if line is None:  # empty: created but never written, or only a torn line
+                reuse = n
+                segs.pop()
+                continue
+            seq, digest = _parse_tail(line, str(path))
+            return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total)
+        return ResumeState(0, GENESIS, reuse or 1, None, torn_total)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def location(self, n: int) -> str:
+        return segment_name(self.instance, n)
+
+    def open_segment(self, n: int) -> None:
+        name = segment_name(self.instance, n)
+        path = self.directory / name
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            if path.stat().st_size != 0:
+                raise AuditError(f"{path}: segment exists already") from None
+            fd = os.open(path, flags, self.file_mode)
+        if self._fd is not None:
+            try:
+                if self.fsync:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+        self._fd = fd
+        self._name = name
+        self._partial = None
+        if self.fsync:
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def write(self, batch: Sequence[Sealed]) -> None:
+        if self._fd is None:
+            raise AuditError("no open audit segment")
+        data = b"".join([s.line for s in batch])
+        first = batch[0].seq
+        done = self._partial[1] if self._partial and self._partial[0] == first else 0
+        view = memoryview(data)
+        try:
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
+        finally:
+            self._partial = (first, done) if done < len(data) else None
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,151 @@
+"""Keeping values out of the audit trail: SQL literals, PANs, control characters.
+
+* :func:`redact_sql` replaces every constant the PostgreSQL lexer finds (strings of every
+  kind, numbers, bit strings) with a ``$n`` placeholder, numbered after the statement's
+  own parameters the way ``pg_stat_statements`` does, and every comment with ``/*?*/``.
+  Text that does not lex is replaced whole (:data:`UNLEXABLE`): nothing of it is kept.
+* :func:`scrub` runs the content safety net (:mod:`gateway.masking.safety_net`) over a
+  text: every Luhn-valid PAN shape keeps at most its first three and last four digits.
+* :func:`scrub_value` does both of the above to every string, key and integer of a JSON
+  value; :func:`redact_statement` redacts the statement document a decision archives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from pglast import parser as _pg
+
+from gateway.masking.safety_net import mask_in_place
+
+__all__ = [
+    "UNLEXABLE",
+    "redact_sql",
+    "redact_statement",
+    "scrub",
+    "scrub_value",
+]
+
+# Lexer tokens whose text is a constant's value.
+_CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_PARAM = "PARAM"
+UNLEXABLE = "/* SQL redacted: it does not lex */"
+_REDACTED_VALUE = "?"
+
+# Control characters JSON would escape as \\uXXXX (TAB, LF and CR are kept).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@lru_cache(maxsize=4096)
+def redact_sql(sql: str) -> str:
+    """`sql` with every literal replaced by a ``$n`` placeholder and comments emptied."""
+    if not sql:
+        return sql
+    try:
+        tokens = _pg.scan(sql)
+    except Exception:  # pglast raises ParseError for text the lexer refuses
+        return UNLEXABLE
+    top = 0
+    for tok in tokens:
+        if tok.name == _PARAM:
+            digits = sql[tok.start + 1 : tok.end + 1]
+            if digits.isdigit():
+                top = max(top, int(digits))
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        name = tok.name
+        if name in _CONSTANTS:
+            top += 1
+            replacement = f"${top}"
+        elif name in _COMMENTS:
+            replacement = "/*?*/"
+        else:
+            continue
+        out.append(sql[pos : tok.start])
+        out.append(replacement)
+        pos = tok.end + 1
+    if not out:
+        return sql
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def scrub(text: str) -> str:
+    """`text` with every PAN the safety net finds masked (same length)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    masked, hits = mask_in_place(raw)
+    if not hits:
+        return text
+    return masked.decode("utf-8", "surrogatepass")
+
+
+def _clean_str(s: str, hits: list[int]) -> str:
+    if _CONTROL.search(s):
+        s = _CONTROL.sub("\ufffd", s)
+    try:
+        raw = s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates become "?"
+        raw = s.encode("utf-8", "replace")
+        s = raw.decode("utf-8")
+    masked, n = mask_in_place(raw)
+    if n:
+        hits[0] += n
+        return masked.decode("utf-8")
+    return s
+
+
+def _clean(value: Any, hits: list[int]) -> Any:
+    if isinstance(value, str):
+        return _clean_str(value, hits)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return repr(value)
+        if value.is_integer() and abs(value) < 2**53:
+            value = int(value)
+        else:
+            text = repr(value)
+            masked = _clean_str(text, hits)
+            return masked if masked != text else value  # a PAN-like float: a string
+    if isinstance(value, int):
+        text = str(value)
+        if len(text) >= 13:
+            masked = _clean_str(text, hits)
+            if masked != text:
+                return masked  # a PAN as a number is kept only as a masked string
+        return value
+    if isinstance(value, Mapping):
+        return {_clean_str(str(k), hits): _clean(v, hits) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [_clean(v, hits) for v in items]
+    return _clean_str(str(value), hits)
+
+
+def scrub_value(value: Any) -> tuple[Any, int]:
+    """A plain-JSON copy of `value` with PANs masked in every string, key and integer.
+
+    Also: control characters other than TAB/LF/CR become U+FFFD, lone surrogates ``?``,
+    NaN/infinities their names, tuples and sets lists, other objects ``str()``. Returns
+    the copy and the number of PANs masked.
+    """
+    hits = [0]
+    return _clean(value, hits), hits[0]
+
+
+def redact_statement(statement: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy input's ``statement`` to archive, without ``sql`` (recorded apart,
+    redacted) and with a SET value (``details.value``, a literal) replaced by ``?``. PANs
+    anywhere else are masked when the record is written."""
+    stmt = {k: v for k, v in statement.items() if k != "sql"}
+    details = stmt.get("details")
+    if isinstance(details, Mapping) and isinstance(details.get("value"), str) \
+            and details["value"] != "DEFAULT":
+        stmt["details"] = {**details, "value": _REDACTED_VALUE}
+    return stmt

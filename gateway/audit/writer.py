@@ -1,0 +1,545 @@
+"""The audit writer: chains records on the caller's thread, writes them in batches on its own.
+
+    writer = AuditWriter(FileSink(dir, "gw1"), instance="gw1", signer=signer)
+    writer.start()                                  # resume the chain, open a new segment
+    seq = writer.append(records.decision_record(...))   # never waits on disk
+    if not writer.is_durable(seq):
+        await writer.wait_durable(seq)              # raises AuditUnavailable (58030)
+    ...
+    writer.close()                                  # final checkpoint, flush, stop
+
+Group commit
+------------
+:meth:`append` seals the record (seq, prev, hash: a few microseconds, under a lock) and
+queues its line; it wakes the writer thread only when the queue was empty. The thread
+takes the whole queue, writes it with one ``write()`` per segment, and with
+``durability="fsync"`` one ``fsync()`` per batch, then marks everything up to the last
+seq durable and resolves the waiters of each event loop with one
+``call_soon_threadsafe``. While it writes, new records pile up for the next batch, so
+the cost of a sync is shared by every statement that arrived meanwhile.
+
+Failure and recovery (fail closed)
+----------------------------------
+When the sink fails (disk full, permissions, the PostgreSQL sink unreachable) the writer
+turns unhealthy: :attr:`healthy` is False, :meth:`check` and every pending and new
+:meth:`wait_durable` raise :class:`AuditUnavailable` (SQLSTATE 58030), and the gate must
+refuse new statements. The records already sealed stay queued, in order; the writer
+retries every ``retry_seconds`` and, once the whole backlog is written, turns healthy
+again. A file write cut short by the disk resumes at the first unwritten byte, so no
+record is lost or written twice. Appends beyond ``max_backlog`` records not yet durable
+raise AuditUnavailable: the chain is never given a record it cannot keep.
+
+Checkpoints and segments
+------------------------
+Every ``checkpoint_every`` records, every ``checkpoint_seconds`` (when records were
+added since the last one), before each segment rotation and at :meth:`close` (with
+``final: true``) the writer appends a signed checkpoint. Sinks with segments (files)
+rotate when a segment holds ``segment_bytes`` or has been open ``segment_seconds``; each
+segment starts with a ``segment`` record naming the previous segment and chain head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from gateway import logs
+
+from .canonical import GENESIS
+from .chain import Chain, Sealed
+from .checkpoint import Signer
+
+__all__ = [
+    "AuditError",
+    "AuditUnavailable",
+    "AuditWriter",
+    "ResumeState",
+    "Sink",
+    "WriterOptions",
+]
+
+DURABILITY = ("os", "fsync")
+
+
+class AuditError(Exception):
+    """The audit log cannot be opened (bad settings, another writer holds the instance,
+    a damaged last record): the gateway must not start."""
+
+
+class AuditUnavailable(Exception):
+    """The audit trail cannot record right now: refuse the statement with this SQLSTATE."""
+
+    sqlstate = "58030"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the audit trail is unavailable ({reason}): "
+                         "statements are refused until it recovers")
+        self.reason = reason
+
+
+class ResumeState(NamedTuple):
+    """Where a sink's chain for this instance stands (None from ``acquire`` when empty)."""
+
+    seq: int
+    hash: str
+    next_segment: int
+    previous_segment: str | None  # where the last record is (a file name), if anywhere
+    torn_bytes: int = 0  # a partial last line removed (a crash mid-write)
+
+
+class Sink(Protocol):
+    """Where lines go. Methods are called from the writer thread only (after acquire)."""
+
+    kind: str
+    segments: bool  # rotate into segments (files) or not (a table)
+
+    def acquire(self) -> ResumeState | None: ...
+    def location(self, n: int) -> str: ...
+    def open_segment(self, n: int) -> None: ...
+    def write(self, batch: Sequence[Sealed]) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    durability: str = "os"  # os: written to the OS; fsync: on disk (or committed)
+    checkpoint_every: int = 10_000  # records; 0 = only by time and at shutdown
+    checkpoint_seconds: float = 60.0  # 0 = only by count and at shutdown
+    segment_bytes: int = 64 * 1024 * 1024
+    segment_seconds: float | None = 86_400.0
+    retry_seconds: float = 1.0
+    max_backlog: int = 100_000
+    close_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY:
+            raise ValueError(f"audit durability must be one of {', '.join(DURABILITY)}, "
+                             f"not {self.durability!r}")
+        if self.checkpoint_every < 0 or self.checkpoint_seconds < 0:
+            raise ValueError("checkpoint intervals must be >= 0")
+        if self.segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+        if self.max_backlog < 1 or self.retry_seconds <= 0:
+            raise ValueError("max_backlog must be >= 1 and retry_seconds > 0")
+
+
+class AuditWriter:
+    """One instance's chain, written to one sink. Thread-safe; one per gateway process."""
+
+    def __init__(self, sink: Sink, *, instance: str, signer: Signer | None = None,
+                 options: WriterOptions | None = None,
+                 on_health: Callable[[bool, str | None], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink = sink
+        self.instance = instance
+        self.signer = signer
+        self.options = options or WriterOptions()
+        self.on_health = on_health
+        self._clock = clock
+        self._fsync = self.options.durability == "fsync"
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._chain = Chain(instance)
+        self._queue: list[Sealed] = []
+        # seq of a segment's header record -> the segment it opens (before it is written)
+        self._rotations: dict[int, int] = {}
+        self._durable = 0
+        self._error: str | None = None
+        self._retry_at = 0.0
+        self._waiters: list[tuple[int, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        self._tiebreak = itertools.count()
+        self._since_checkpoint = 0
+        self._last_checkpoint = 0.0
+        self._segment = 0
+        self._segment_bytes = 0
+        self._segment_records = 0
+        self._segment_opened = 0.0
+        self._started = False
+        self._closed = False
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self.resumed: ResumeState | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Acquire the sink, resume the chain and start the writer thread.
+
+        Raises AuditError when the sink cannot be opened at all (fail closed at startup).
+        """
+        if self._started:
+            raise AuditError("audit writer already started")
+        try:
+            state = self.sink.acquire()
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise AuditError(f"cannot open the audit {self.sink.kind} sink: {exc}") from exc
+        self.resumed = state
+        now = self._clock()
+        with self._lock:
+            if state is not None:
+                self._chain = Chain(self.instance, state.seq, state.hash)
+                self._durable = state.seq
+            n = state.next_segment if state is not None else 1
+            self._last_checkpoint = now
+            self._open_segment_locked(n, "start", previous=state.previous_segment if state
+                                      else None, torn=state.torn_bytes if state else 0)
+            self._started = True
+        self._thread = threading.Thread(target=self._run, name=f"audit-{self.instance}",
+                                        daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Append the final checkpoint, write everything, stop. True when nothing was lost."""
+        with self._lock:
+            if self._closed or not self._started:
+                self._closed = True
+                return True
+            self._checkpoint_locked("shutdown", final=True)
+            self._closed = True
+            self._stopping = True
+            target = self._chain.seq
+            deadline = self._clock() + (self.options.close_timeout if timeout is None
+                                        else timeout)
+            self._stop_deadline = deadline
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - self._clock()) + 1.5)
+        if self._thread is None or not self._thread.is_alive():
+            try:
+                self.sink.close()
+            except Exception as exc:  # closing never raises into shutdown
+                logs.error("audit.close_failed", instance=self.instance, error=str(exc))
+        lost = target - self._durable
+        if lost > 0:
+            logs.error("audit.records_lost", instance=self.instance, records=lost,
+                       error=self._error)
+        return lost <= 0
+
+    # -- the hot path --------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._error is None
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable
+
+    @property
+    def head(self) -> tuple[int, str]:
+        with self._lock:
+            return self._chain.seq, self._chain.head
+
+    def check(self) -> None:
+        """Raise AuditUnavailable while the sink cannot write (the gate's pre-check)."""
+        error = self._error
+        if error is not None:
+            raise AuditUnavailable(error)
+
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Chain `record` and queue it; returns its seq. Never waits on the sink.
+
+        Raises AuditUnavailable when the writer is closed or the backlog is full.
+        """
+        with self._lock:
+            if self._closed or not self._started:
+                raise AuditUnavailable("the audit log is not open")
+            backlog = self._chain.seq - self._durable
+            if backlog >= self.options.max_backlog:
+                raise AuditUnavailable(self._error or f"{backlog} records wait for the sink")
+            wake = not self._queue
+            sealed = self._chain.seal(record)
+            self._push_locked(sealed)
+            every = self.options.checkpoint_every
+            if every and self._since_checkpoint >= every:
+                self._checkpoint_locked("count")
+            if self.sink.segments and self._segment_bytes >= self.options.segment_bytes:
+                self._rotate_locked("size")
+        if wake:
+            self._wake.set()
+        return sealed.seq
+
+    def is_durable(self, seq: int) -> bool:
+        return seq <= self._durable
+
+    def wait_durable(self, seq: int) -> asyncio.Future[None]:
+        """A future of the running loop, done when record `seq` is durable; it fails with
+        AuditUnavailable if the sink fails first."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if seq <= self._durable:
+                fut.set_result(None)
+            elif self._error is not None:
+                fut.set_exception(AuditUnavailable(self._error))
+            else:
+                heapq.heappush(self._waiters, (seq, next(self._tiebreak), fut, loop))
+        return fut
+
+    async def append_durable(self, record: Mapping[str, Any]) -> int:
+        seq = self.append(record)
+        if seq > self._durable:
+            await self.wait_durable(seq)
+        return seq
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record appended so far is durable.
+
+        Raises AuditUnavailable if the sink is failing, TimeoutError after `timeout`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._chain.seq
+            while self._durable < target:
+                if self._error is not None:
+                    raise AuditUnavailable(self._error)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"audit records up to seq {target} not durable yet")
+                self._cond.wait(remaining if remaining is not None else 1.0)
+
+    def checkpoint(self, reason: str = "manual") -> int:
+        """Append a signed checkpoint now; returns its seq."""
+        with self._lock:
+            if self._closed or not self._started:
+                raise AuditUnavailable("the audit log is not open")
+            wake = not self._queue
+            seq = self._checkpoint_locked(reason)
+        if wake:
+            self._wake.set()
+        return seq
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "instance": self.instance, "sink": self.sink.kind, "healthy": self._error is None,
+                "error": self._error, "seq": self._chain.seq, "durable_seq": self._durable,
+                "backlog": self._chain.seq - self._durable, "segment": self._segment,
+                "durability": self.options.durability,
+                "signing_key_id": self.signer.key_id if self.signer else None,
+            }
+
+    # -- under the lock ---------------------------------------------------------------------
+
+    def _push_locked(self, sealed: Sealed) -> None:
+        self._queue.append(sealed)
+        self._segment_bytes += len(sealed.line)
+        self._segment_records += 1
+        self._since_checkpoint += 1
+
+    def _checkpoint_locked(self, reason: str, *, final: bool = False) -> int:
+        chain = self._chain
+        sealed = chain.seal({"type": "checkpoint", "head_seq": chain.seq,
+                             "head_hash": chain.head, "final": final, "reason": reason},
+                            signer=self.signer, sign=True)
+        self._push_locked(sealed)
+        self._since_checkpoint = 0
+        self._last_checkpoint = self._clock()
+        return sealed.seq
+
+    def _open_segment_locked(self, n: int, reason: str, *, previous: str | None,
+                             torn: int = 0) -> None:
+        chain = self._chain
+        self._segment = n
+        self._segment_bytes = 0
+        self._segment_records = 0
+        self._segment_opened = self._clock()
+        header: dict[str, Any] = {
+            "type": "segment", "segment": n, "reason": reason, "sink": self.sink.kind,
+            "previous_segment": previous, "previous_seq": chain.seq,
+            "previous_hash": chain.head if chain.seq else GENESIS,
+        }
+        if torn:
+            header["torn_bytes"] = torn
+        sealed = chain.seal(header)
+        self._rotations[sealed.seq] = n
+        self._push_locked(sealed)
+
+    def _rotate_locked(self, reason: str) -> None:
+        self._checkpoint_locked("rotation")
+        previous = self.sink.location(self._segment)
+        self._open_segment_locked(self._segment + 1, reason, previous=previous)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        carry: list[Sealed] = []
+        rotations: dict[int, int] = {}
+        while True:
+            try:
+                if self._step(carry, rotations):
+                    return
+            except Exception as exc:  # a bug must not end the thread silently: fail closed
+                self._fail(exc)
+                time.sleep(self.options.retry_seconds)
+
+    def _step(self, carry: list[Sealed], rotations: dict[int, int]) -> bool:
+        """One round: wait, take the queue, write, run the timers. True: stop."""
+        self._wake.wait(self._next_timer(bool(carry)))
+        self._wake.clear()
+        with self._lock:
+            if self._queue:
+                carry.extend(self._queue)
+                self._queue = []
+            if self._rotations:
+                rotations.update(self._rotations)
+                self._rotations = {}
+            stopping = self._stopping
+        now = self._clock()
+        if stopping and now >= self._stop_deadline:
+            return True
+        if carry and (self._error is None or now >= self._retry_at):
+            done = self._write(carry, rotations)
+            del carry[:done]
+        if not stopping:
+            self._timers(now)
+            return False
+        if not carry:
+            with self._lock:
+                return not self._queue
+        return False
+
+    def _next_timer(self, backlog: bool) -> float:
+        now = self._clock()
+        due = [now + 1.0]
+        if self._error is not None and backlog:
+            due.append(self._retry_at)
+        if self.options.checkpoint_seconds:
+            due.append(self._last_checkpoint + self.options.checkpoint_seconds)
+        if self.sink.segments and self.options.segment_seconds:
+            due.append(self._segment_opened + self.options.segment_seconds)
+        return max(0.0, min(due) - now)
+
+    def _timers(self, now: float) -> None:
+        opts = self.options
+        with self._lock:
+            if self._closed:
+                return
+            added = False
+            if (opts.checkpoint_seconds and self._since_checkpoint
+                    and now - self._last_checkpoint >= opts.checkpoint_seconds):
+                self._checkpoint_locked("interval")
+                added = True
+            if (self.sink.segments and opts.segment_seconds and self._segment_records > 1
+                    and now - self._segment_opened >= opts.segment_seconds):
+                self._rotate_locked("time")
+                added = True
+        if added:
+            self._wake.set()
+
+    def _write(self, work: list[Sealed], rotations: dict[int, int]) -> int:
+        """Write `work` (consecutive seqs) in order, opening segments where a header
+        starts one; returns how many records are done (all of them unless the sink failed)."""
+        first, n, i = work[0].seq, len(work), 0
+        try:
+            while i < n:
+                seq = first + i
+                segment = rotations.get(seq)
+                if segment is not None:
+                    self.sink.open_segment(segment)
+                    del rotations[seq]
+                j = n
+                for at in rotations:  # a handful at most: the next header ends the batch
+                    if seq < at < first + j:
+                        j = at - first
+                batch = work[i:j]
+                self.sink.write(batch)
+                if self._fsync:
+                    self.sink.sync()
+                self._advance(batch[-1].seq)
+                i = j
+        except Exception as exc:
+            self._fail(exc)
+            return i
+        if self._error is not None:
+            self._recover()
+        return n
+
+    def _advance(self, seq: int) -> None:
+        ready: list[tuple[asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        with self._cond:
+            self._durable = seq
+            waiters = self._waiters
+            while waiters and waiters[0][0] <= seq:
+                _, _, fut, loop = heapq.heappop(waiters)
+                ready.append((fut, loop))
+            self._cond.notify_all()
+        if ready:
+            _dispatch(ready, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        reason = _describe(exc)
+        with self._cond:
+            first = self._error is None
+            self._error = reason
+            self._retry_at = self._clock() + self.options.retry_seconds
+            failed = [(fut, loop) for _, _, fut, loop in self._waiters]
+            self._waiters = []
+            self._cond.notify_all()
+        if failed:
+            _dispatch(failed, reason)
+        if first:
+            logs.error("audit.unavailable", instance=self.instance, sink=self.sink.kind,
+                       error=reason)
+            self._notify(False, reason)
+
+    def _recover(self) -> None:
+        with self._cond:
+            self._error = None
+            self._cond.notify_all()
+        logs.warning("audit.recovered", instance=self.instance, sink=self.sink.kind,
+                     durable_seq=self._durable)
+        self._notify(True, None)
+
+    def _notify(self, healthy: bool, error: str | None) -> None:
+        if self.on_health is not None:
+            try:
+                self.on_health(healthy, error)
+            except Exception as exc:
+                logs.error("audit.health_callback_failed", error=type(exc).__name__)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _settle(items: list[asyncio.Future[None]], reason: str | None) -> None:
+    for fut in items:
+        if fut.done():
+            continue
+        if reason is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(AuditUnavailable(reason))
+
+
+def _dispatch(ready: list[tuple[asyncio.Future[None], asyncio.AbstractEventLoop]],
+              reason: str | None) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for fut, loop in ready:
+        by_loop.setdefault(loop, []).append(fut)
+    for loop, futs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, futs, reason)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass

@@ -1,0 +1,144 @@
+"""The PostgreSQL audit sink: several gateways, one table, one chain each."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import PgBackend
+from psycopg import sql
+
+from gateway.audit import (
+    AuditContext,
+    AuditError,
+    AuditWriter,
+    Signer,
+    WriterOptions,
+    generate_keypair,
+    load_public_key,
+    records,
+)
+from gateway.audit.pgsink import PgSink
+from gateway.audit.reader import RecordFilter, read_records
+from gateway.audit.verify import verify_pg
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    return d / "audit.pem", d / "audit.pub"
+
+
+@pytest.fixture
+def table() -> str:
+    return f"audit_{secrets.token_hex(4)}"
+
+
+def pg_writer(pg: PgBackend, table: str, instance: str, key: Path) -> AuditWriter:
+    sink = PgSink(pg.dsn(pg.service), instance, table=table, synchronous_commit=False)
+    w = AuditWriter(sink, instance=instance, signer=Signer.from_pem_file(key),
+                    options=WriterOptions(checkpoint_every=50, checkpoint_seconds=0,
+                                          retry_seconds=0.05))
+    w.start()
+    return w
+
+
+def run_gateway(pg: PgBackend, table: str, instance: str, key: Path, n: int) -> None:
+    w = pg_writer(pg, table, instance, key)
+    w.append(records.gateway_start(version="test", pid=1))
+    c = AuditContext.build(session=f"{instance}-s", subject="ci-bot", issuer="https://ci")
+    w.append(records.session_start(c))
+    for i in range(n):
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed", rows=i))
+        if i % 50 == 0:
+            time.sleep(0.001)  # let the two writers interleave their batches
+    w.append(records.gateway_stop(reason="test"))
+    assert w.close()
+
+
+def test_two_gateways_share_one_table_and_both_verify(pg: PgBackend, table: str,
+                                                      keys: tuple[Path, Path]) -> None:
+    errors: list[BaseException] = []
+
+    def gateway(name: str) -> None:
+        try:
+            run_gateway(pg, table, name, keys[0], 300)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=gateway, args=(name,)) for name in ("gw-a", "gw-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    report = verify_pg(pg.dsn(pg.service), load_public_key(keys[1]), table=table)
+    assert report.ok, report.problem
+    assert [s.instance for s in report.instances] == ["gw-a", "gw-b"]
+    # segment, gateway.start, session.start, 300 statements, gateway.stop, 6 + 1 checkpoints
+    assert all(s.sealed and s.records == 311 for s in report.instances), report.instances
+    # A restart resumes each chain where it stopped; both still verify.
+    run_gateway(pg, table, "gw-a", keys[0], 10)
+    report = verify_pg(pg.dsn(pg.service), load_public_key(keys[1]), table=table)
+    assert report.ok, report.problem
+    assert report.instances[0].segments == 2
+    sessions = {r.record.get("session") for r in read_records(
+        dsn=pg.dsn(pg.service), table=table, where=RecordFilter(types=("session.start",)))}
+    assert sessions == {"gw-a-s", "gw-b-s"}
+
+
+def test_one_writer_per_instance(pg: PgBackend, table: str, keys: tuple[Path, Path]) -> None:
+    w = pg_writer(pg, table, "gw-x", keys[0])
+    other = AuditWriter(PgSink(pg.dsn(pg.service), "gw-x", table=table), instance="gw-x")
+    with pytest.raises(AuditError, match="another gateway"):
+        other.start()
+    assert w.close()
+
+
+def test_tampering_in_the_table_is_named(pg: PgBackend, table: str,
+                                         keys: tuple[Path, Path]) -> None:
+    run_gateway(pg, table, "gw-t", keys[0], 20)
+    dsn = pg.dsn(pg.service)
+    pub = load_public_key(keys[1])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET record = replace(record, %s, %s) WHERE instance = "
+                             "'gw-t' AND record LIKE %s").format(sql.Identifier(table)),
+                     ('"rows":7,', '"rows":8,', '%"rows":7,%'))
+        p = verify_pg(dsn, pub, table=table).problem
+        assert p is not None and p.instance == "gw-t" and "edited" in p.message
+        seq = p.seq
+        conn.execute(sql.SQL("DELETE FROM {} WHERE instance = 'gw-t' AND seq = %s")
+                     .format(sql.Identifier(table)), (seq,))
+        p = verify_pg(dsn, pub, table=table).problem
+        assert p is not None and p.seq == seq + 1 and "deleted" in p.message
+
+
+def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: str,
+                                                          keys: tuple[Path, Path]) -> None:
+    w = pg_writer(pg, table, "gw-r", keys[0])
+    c = AuditContext.build(session="s", subject="ci-bot", issuer="https://ci")
+    for i in range(20):
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed", rows=i))
+    w.flush(timeout=10)
+    with psycopg.connect(pg.server.dsn(dbname=pg.dbname), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'pgwarden-audit-gw-r'")
+    for i in range(20):
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed", rows=i))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            w.flush(timeout=1)
+            break
+        except Exception:
+            time.sleep(0.05)
+    assert w.healthy
+    assert w.close()
+    report = verify_pg(pg.dsn(pg.service), load_public_key(keys[1]), table=table)
+    assert report.ok, report.problem
+    assert report.instances[0].records == 1 + 40 + 1  # segment, statements, checkpoint
