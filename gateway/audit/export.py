@@ -1,0 +1,80 @@
+"""``audit export``: records for a SIEM, as JSON lines or CSV.
+
+* ``jsonl`` writes the stored lines byte for byte (each still carries its ``hash``), so an
+  exported slice can be checked against the log it came from.
+* ``csv`` writes one row per record with the columns in :data:`CSV_COLUMNS` (a decision's
+  statement facts flattened: kind, relations, columns); lists and objects
+  are JSON text. A text cell that a spreadsheet would run as a formula (starting
+  with ``=``, ``+``, ``-``, ``@``, TAB or CR) is prefixed with ``'``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from typing import Any, BinaryIO, TextIO
+
+from .reader import Located, flatten
+
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_csv", "export_jsonl"]
+
+FORMATS = ("jsonl", "csv")
+
+CSV_COLUMNS = (
+    "instance", "seq", "ts", "type", "session", "subject", "issuer", "groups", "client_addr",
+    "application_name", "connection", "database", "db_user", "command", "kind", "outcome",
+    "sqlstate", "rows", "masked_values", "safety_net_hits", "duration_us", "sql", "relations",
+    "columns", "reasons", "error", "reason", "approval_id", "approver", "bundle_revision",
+    "bundle_hash", "decision_seq", "hash",
+)
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return value
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
+def _flat(rec: dict[str, Any]) -> dict[str, Any]:
+    """``who``/``where`` and a decision's statement facts (kind, relations, columns) as
+    columns."""
+    flat = flatten(rec)
+    stmt = rec.get("statement")
+    if not isinstance(stmt, dict):
+        return flat
+    flat.setdefault("kind", stmt.get("kind"))
+    flat["relations"] = [f"{r.get('schema')}.{r.get('name')}"
+                         for r in stmt.get("relations") or () if isinstance(r, dict)]
+    flat["columns"] = [f"{c.get('schema')}.{c.get('table')}.{c.get('name')}"
+                       for c in stmt.get("columns") or () if isinstance(c, dict)]
+    return flat
+
+
+def export_jsonl(records: Iterable[Located], out: BinaryIO) -> int:
+    count = 0
+    for loc in records:
+        out.write(loc.raw + b"\n")
+        count += 1
+    return count
+
+
+def export_csv(records: Iterable[Located], out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for loc in records:
+        rec = _flat(loc.record)
+        writer.writerow([_cell(rec.get(c)) for c in CSV_COLUMNS])
+        count += 1
+    return count

@@ -1,0 +1,210 @@
+"""Re-evaluating recorded decisions: ``audit explain`` and ``policy replay``.
+
+Every decision record keeps the policy input it was made on (its ``statement`` and
+``approval``; the session's identity, connection and session documents are archived once
+by ``session.start``), redacted: literals in ``statement.sql`` are ``$n``, a SET value is
+``?``, PANs are masked (policies decide on the analysis, not on those values). It also
+names the bundle's revision and hash.
+
+* :func:`explain` re-evaluates one decision with the bundle it names: ``--bundle PATH``,
+  or ``<bundles dir>/<bundle hash>.tar.gz`` (the gateway archives every bundle it activates
+  there); the file's sha256 must equal the recorded hash.
+* :func:`replay` evaluates every recorded decision with a new bundle and lists those
+  whose effect would change: outcome (allowed/masked/held/denied), mask, approvers,
+  row_limit or db_role. Reasons alone changing is not a change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.policy.decision import Decision
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.source import PolicySource
+
+from .reader import Located, flatten
+from .records import decision_outcome, replay_input
+
+__all__ = [
+    "Change",
+    "Explanation",
+    "archived_bundle",
+    "effect_of_decision",
+    "effect_of_record",
+    "explain_record",
+    "replay_records",
+]
+
+
+class ReplayError(Exception):
+    """Bad input for explain/replay (exit 2 at the command line)."""
+
+
+def _recorded_outcome(rec: Mapping[str, Any], d: Mapping[str, Any]) -> Any:
+    """What the policy said (not what the gateway did with it: the recorded ``outcome``
+    may be a refusal for a reason outside the policy)."""
+    if not d:
+        return rec.get("outcome")
+    if d.get("error") is None and d.get("require_approval"):
+        return "held"
+    if d.get("allow"):
+        return "masked" if d.get("mask") else "allowed"
+    return "denied"
+
+
+def effect_of_record(rec: Mapping[str, Any]) -> tuple[Any, ...]:
+    d = rec.get("decision") or {}
+    return (_recorded_outcome(rec, d), tuple(sorted((d.get("mask") or {}).items())),
+            tuple(sorted(d.get("approvers") or ())) if d.get("require_approval") else (),
+            d.get("row_limit"), d.get("db_role"))
+
+
+def effect_of_decision(dec: Decision) -> tuple[Any, ...]:
+    return (decision_outcome(dec), tuple(sorted(dec.mask.items())),
+            tuple(sorted(dec.approvers)) if dec.require_approval else (),
+            dec.row_limit, dec.db_role)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def archived_bundle(bundles_dir: str | os.PathLike[str], bundle_hash: str) -> Path:
+    """``<bundles_dir>/<hash>.tar.gz``, checked against its hash."""
+    if len(bundle_hash) != 64 or bundle_hash.strip("0123456789abcdef"):
+        raise ReplayError(f"the record names no bundle hash ({bundle_hash!r})")
+    path = Path(bundles_dir) / f"{bundle_hash}.tar.gz"
+    if not path.is_file():
+        raise ReplayError(f"{path}: the bundle this decision was made with is not archived")
+    actual = _sha256_file(path)
+    if actual != bundle_hash:
+        raise ReplayError(f"{path}: its sha256 is {actual}, not the recorded {bundle_hash}")
+    return path
+
+
+def load_engine(path: str | os.PathLike[str], entrypoint: str | None = None) -> PolicyEngine:
+    """A policy engine for replays (compiled in a probe process first: crash-safe)."""
+    return PolicyEngine(PolicySource.load(path), entrypoint, probe=True)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    located: Located
+    bundle: str
+    recorded: tuple[Any, ...]
+    now: Decision
+    same: bool
+    bundle_matches: bool
+
+    def render(self, out: TextIO) -> None:
+        rec = flatten(self.located.record)
+        out.write(f"decision {self.located.instance}#{rec.get('seq')} at {rec.get('ts')} "
+                  f"({self.located.location} line {self.located.line})\n")
+        out.write(f"  who:       {rec.get('subject')} ({rec.get('issuer')}) groups "
+                  f"{','.join(rec.get('groups') or []) or '-'}\n")
+        out.write(f"  statement: {rec.get('command')} {rec.get('sql')}\n")
+        out.write(f"  bundle:    {rec.get('bundle_revision')} {rec.get('bundle_hash')}\n")
+        out.write(f"  recorded:  {self.recorded[0]}  reasons: "
+                  f"{'; '.join(rec.get('reasons') or []) or '-'}\n")
+        now = self.now
+        out.write(f"  now:       {decision_outcome(now)}  reasons: "
+                  f"{'; '.join(now.reasons) or '-'}  (with {self.bundle})\n")
+        if now.mask:
+            out.write(f"  mask:      {json.dumps(dict(now.mask), sort_keys=True)}\n")
+        if not self.bundle_matches:
+            out.write(f"  note: {self.bundle} is not the recorded bundle "
+                      f"(hash {now.bundle_hash})\n")
+        out.write("  result:    " + ("the same decision\n" if self.same
+                                     else "a DIFFERENT decision\n"))
+
+
+def explain_record(located: Located, *, session_input: Mapping[str, Any] | None = None,
+                   bundle: str | os.PathLike[str] | None = None,
+                   bundles_dir: str | os.PathLike[str] | None = None) -> Explanation:
+    """Re-evaluate one decision record; `session_input` is its session.start's ``input``."""
+    rec = located.record
+    if rec.get("type") != "decision":
+        raise ReplayError(f"seq {rec.get('seq')} is a {rec.get('type')} record, not a decision")
+    if not rec.get("decision"):
+        raise ReplayError(f"decision seq {rec.get('seq')} was refused before the policy ran: "
+                          "there is nothing to re-evaluate")
+    input_doc = replay_input(rec, session_input)
+    if input_doc is None:
+        raise ReplayError(f"decision seq {rec.get('seq')}: the session.start record of session "
+                          f"{rec.get('session')} is missing, so its policy input is incomplete")
+    recorded_hash = rec.get("bundle_hash")
+    if bundle is None:
+        if bundles_dir is None:
+            raise ReplayError("give --bundle PATH or --bundles DIR")
+        bundle = archived_bundle(bundles_dir, str(recorded_hash))
+    engine = load_engine(bundle, rec.get("entrypoint"))
+    now = engine.decide(input_doc)
+    return Explanation(located, str(bundle), effect_of_record(rec), now,
+                       effect_of_record(rec) == effect_of_decision(now),
+                       engine.bundle_hash == recorded_hash)
+
+
+@dataclass(frozen=True)
+class Change:
+    located: Located
+    before: str
+    after: str
+    decision: Decision
+
+    def to_json(self) -> dict[str, Any]:
+        rec = flatten(self.located.record)
+        return {"instance": self.located.instance, "seq": rec.get("seq"), "ts": rec.get("ts"),
+                "session": rec.get("session"), "subject": rec.get("subject"),
+                "command": rec.get("command"), "sql": rec.get("sql"),
+                "before": self.before, "after": self.after,
+                "before_reasons": rec.get("reasons") or [],
+                "after_reasons": list(self.decision.reasons),
+                "after_mask": dict(self.decision.mask),
+                "bundle_before": rec.get("bundle_hash")}
+
+
+@dataclass
+class ReplayStats:
+    decisions: int = 0
+    replayed: int = 0
+    skipped: int = 0  # refused before the policy ran, or the session input is unknown
+    changed: int = 0
+
+
+def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
+                   keep: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Change]:
+    """Re-decide every decision record (that `keep` accepts); yields the ones whose
+    effect changes. `records` must include the sessions' ``session.start`` records."""
+    sessions: dict[tuple[str, Any], Any] = {}
+    for loc in records:
+        rec = loc.record
+        rtype = rec.get("type")
+        if rtype == "session.start":
+            sessions[(loc.instance, rec.get("session"))] = rec.get("input")
+            continue
+        if rtype == "session.end":
+            sessions.pop((loc.instance, rec.get("session")), None)
+            continue
+        if rtype != "decision" or (keep is not None and not keep(rec)):
+            continue
+        stats.decisions += 1
+        input_doc = replay_input(rec, sessions.get((loc.instance, rec.get("session"))))
+        if input_doc is None:
+            stats.skipped += 1
+            continue
+        stats.replayed += 1
+        dec = engine.decide(input_doc)
+        if effect_of_decision(dec) != effect_of_record(rec):
+            stats.changed += 1
+            before = effect_of_record(rec)[0]
+            yield Change(loc, str(before), decision_outcome(dec), dec)

@@ -1,0 +1,356 @@
+"""``audit verify``: check every hash, link, sequence number, segment and signature.
+
+What each check catches (the first failure is reported with its file, line and seq):
+
+* a record's bytes do not hash to its ``hash``: the record was **edited**;
+* ``seq`` is not the previous one plus one: a record was **deleted** (a gap),
+  records were **reordered**, or one was **inserted** (a repeated number);
+* ``prev`` is not the previous record's hash: a record was **replaced or inserted**
+  with a recomputed hash;
+* a checkpoint's signature does not verify, or names another key: the chain was
+  **rewritten** (every hash recomputed) or the **wrong key** was given;
+* segments: numbers must follow each other, each file must start with its ``segment``
+  record naming the previous file and head: a **deleted or swapped file**;
+* the end: a sealed log ends with the final checkpoint the gateway writes at shutdown.
+  A log that stops anywhere else was **truncated after a checkpoint** (or the gateway
+  is still running, or died: ``live=True`` accepts an unsealed tail and reports its size);
+* a last line without its newline: the file was **cut mid-record**.
+
+A chain starts at seq 1 after :data:`~gateway.audit.canonical.GENESIS`; with
+``pruned=True`` it may start at a later segment (older segments removed by retention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .canonical import GENESIS, chain_hash, hashed_body
+from .checkpoint import key_id as key_id_of
+from .checkpoint import verify_checkpoint_signature
+from .filesink import list_segments
+
+__all__ = ["ChainVerifier", "InstanceSummary", "Problem", "VerifyReport", "verify_dir",
+           "verify_pg"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    instance: str
+    location: str  # a file name, or "TABLE instance ID"
+    line: int  # 1-based line in the file, or row number in seq order
+    seq: int | None
+    message: str
+
+    def __str__(self) -> str:
+        seq = f", seq {self.seq}" if self.seq is not None else ""
+        return f"{self.location} line {self.line} (instance {self.instance}{seq}): {self.message}"
+
+
+@dataclass
+class InstanceSummary:
+    instance: str
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int = 0
+    segments: int = 0
+    checkpoints: int = 0
+    last_checkpoint_seq: int | None = None
+    sealed: bool = False  # ends with the final checkpoint
+    unsealed: int = 0  # records after the last checkpoint
+    key_id: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    problem: Problem | None = None
+    instances: list[InstanceSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class ChainVerifier:
+    """Checks one instance's records in order; ``feed`` returns the first problem found."""
+
+    def __init__(self, instance: str, public_key: Ed25519PublicKey, *,
+                 pruned: bool = False) -> None:
+        self.instance = instance
+        self.public_key = public_key
+        self.key_id = key_id_of(public_key)
+        self.pruned = pruned
+        self.seq = 0
+        self.head = GENESIS
+        self.summary = InstanceSummary(instance, key_id=self.key_id)
+        self._segment: int | None = None
+        self._segment_location: str | None = None
+        self._previous_location: str | None = None
+        self._expect_header = False
+        self._last_checkpoint_at: tuple[str, int] | None = None
+        self.last_at: tuple[str, int] = ("", 0)
+
+    def _p(self, location: str, line: int, seq: Any, message: str) -> Problem:
+        return Problem(self.instance, location, line, seq if isinstance(seq, int) else None,
+                       message)
+
+    def begin_segment(self, n: int, location: str, line: int = 1) -> Problem | None:
+        """A new segment file starts (file logs); its first record must be its header."""
+        if self._segment is not None and n != self._segment + 1:
+            return self._p(location, line, self.seq + 1,
+                           f"segment {n} follows segment {self._segment}: segment file(s) "
+                           f"{self._segment + 1}..{n - 1} are missing")
+        if self._segment is None and n != 1 and not self.pruned:
+            return self._p(location, line, None, f"the log starts at segment {n}: segments "
+                           f"1..{n - 1} are missing (pruned=True accepts a pruned log)")
+        self._previous_location = self._segment_location
+        self._segment = n
+        self._segment_location = location
+        self._expect_header = True
+        self.summary.segments += 1
+        return None
+
+    def feed(self, location: str, line: int, raw: bytes, *, complete: bool = True,
+             stored_seq: int | None = None) -> Problem | None:
+        expected = self.seq + 1
+        self.last_at = (location, line)
+        if not complete:
+            return self._p(location, line, expected, "truncated record: the line has no end "
+                           "(the file was cut in the middle of a record)")
+        split = hashed_body(raw)
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if split is None or not isinstance(rec, dict):
+            return self._p(location, line, expected, "not an audit record line (no JSON "
+                           "object ending in its hash): the record was damaged or edited")
+        body, stored = split
+        seq, prev = rec.get("seq"), rec.get("prev")
+        if not isinstance(prev, str) or len(prev) != 64 or chain_hash(prev, body) != stored:
+            return self._p(location, line, seq, "hash mismatch: the record was edited "
+                           "after it was written")
+        if stored_seq is not None and stored_seq != seq:
+            return self._p(location, line, seq, f"the row's seq column says {stored_seq}, "
+                           f"its record says {seq}: the row was edited")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return self._p(location, line, None, "the record has no integer seq")
+        first = self.summary.records == 0
+        if first and self.pruned and seq > 1 and rec.get("type") == "segment":
+            self.seq, self.head = seq - 1, prev  # a pruned log starts at a segment header
+            expected = seq
+        if seq != expected:
+            if seq > expected:
+                gap = f"{expected}" if seq - 1 == expected else f"{expected}..{seq - 1}"
+                what = (f"seq {seq} where {expected} was expected: record(s) {gap} "
+                        "deleted or moved (reordered)")
+            else:
+                what = (f"seq {seq} where {expected} was expected: the sequence goes back "
+                        "(records reordered, or a record inserted)")
+            return self._p(location, line, seq, what)
+        if prev != self.head:
+            return self._p(location, line, seq, "prev does not match the hash of the record "
+                           "before it: a record was inserted or replaced")
+        if rec.get("instance") != self.instance:
+            return self._p(location, line, seq, f"the record belongs to instance "
+                           f"{rec.get('instance')!r}, not {self.instance!r}")
+        rtype = rec.get("type")
+        if self._expect_header:
+            if rtype != "segment":
+                return self._p(location, line, seq, "the segment does not start with its "
+                               "segment record: its beginning was removed")
+            problem = self._check_header(rec, location, line, seq)
+            if problem is not None:
+                return problem
+            self._expect_header = False
+        if rtype == "checkpoint":
+            problem = self._check_checkpoint(rec, location, line, seq)
+            if problem is not None:
+                return problem
+        else:
+            self.summary.sealed = False
+            self.summary.unsealed += 1
+        self.seq, self.head = seq, stored
+        s = self.summary
+        s.records += 1
+        s.last_seq = seq
+        if s.first_seq is None:
+            s.first_seq = seq
+        return None
+
+    def _check_header(self, rec: dict[str, Any], location: str, line: int,
+                      seq: int) -> Problem | None:
+        if self._segment is not None and rec.get("segment") != self._segment:
+            return self._p(location, line, seq, f"the file holds segment {rec.get('segment')}, "
+                           f"its name says {self._segment}: files were renamed or swapped")
+        if rec.get("previous_seq") != seq - 1 or rec.get("previous_hash") != rec.get("prev"):
+            return self._p(location, line, seq, "the segment header does not name the head "
+                           "before it")
+        if (self._previous_location is not None
+                and rec.get("previous_segment") != self._previous_location):
+            return self._p(location, line, seq, f"the segment follows "
+                           f"{rec.get('previous_segment')!r}, not {self._previous_location!r}")
+        return None
+
+    def _check_checkpoint(self, rec: dict[str, Any], location: str, line: int,
+                          seq: int) -> Problem | None:
+        if rec.get("head_seq") != seq - 1 or rec.get("head_hash") != rec.get("prev"):
+            return self._p(location, line, seq, "the checkpoint does not name the record "
+                           "before it as its head")
+        kid = rec.get("key_id")
+        if kid is None or rec.get("signature") is None:
+            return self._p(location, line, seq, "the checkpoint is not signed (the gateway "
+                           "ran without audit.signing_key)")
+        if kid != self.key_id:
+            return self._p(location, line, seq, f"the checkpoint is signed with key {kid}, "
+                           f"not with the given key {self.key_id}: wrong key, or forged")
+        if not verify_checkpoint_signature(rec, self.public_key):
+            return self._p(location, line, seq, "the checkpoint's signature does not verify: "
+                           f"records up to seq {seq - 1} were rewritten, or it was forged")
+        s = self.summary
+        s.checkpoints += 1
+        s.last_checkpoint_seq = seq
+        s.sealed = bool(rec.get("final"))
+        s.unsealed = 0
+        self._last_checkpoint_at = (location, line)
+        return None
+
+    def finish(self, *, live: bool = False) -> Problem | None:
+        s = self.summary
+        location, line = self.last_at
+        if s.records == 0:
+            return self._p(location or self.instance, line, None, "no records")
+        if s.sealed or live:
+            return None
+        if s.last_checkpoint_seq is None:
+            cp = "there is no checkpoint at all"
+        else:
+            at = self._last_checkpoint_at or ("?", 0)
+            cp = f"the last checkpoint is seq {s.last_checkpoint_seq} ({at[0]} line {at[1]})"
+        return self._p(location, line + 1, self.seq + 1,
+                       f"the log ends at seq {self.seq} without the final checkpoint; {cp}. "
+                       "Records after it were removed (truncated), or the gateway is still "
+                       "running or did not stop cleanly (--live accepts an unsealed tail)")
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.endswith(b"\n"):
+                yield n, line[:-1], True
+            else:
+                yield n, line, False
+
+
+def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, *,
+               live: bool = False, pruned: bool = False,
+               instances: Iterable[str] | None = None) -> VerifyReport:
+    """Verify every instance's chain in `directory` (or only `instances`)."""
+    report = VerifyReport()
+    try:
+        found = list_segments(directory)
+    except OSError as exc:
+        report.problem = Problem("-", str(directory), 0, None,
+                                 f"cannot read the directory: {exc.strerror}")
+        return report
+    wanted = sorted(instances) if instances is not None else sorted(found)
+    if not wanted:
+        report.problem = Problem("-", str(directory), 0, None, "no audit segment files "
+                                 "(audit-<instance>-<n>.jsonl)")
+        return report
+    for instance in wanted:
+        v = ChainVerifier(instance, public_key, pruned=pruned)
+        report.instances.append(v.summary)
+        problem = _verify_files(v, found.get(instance, []), live)
+        if problem is not None:
+            report.problem = problem
+            return report
+        if live and v.summary.unsealed:
+            report.notes.append(f"{instance}: {v.summary.unsealed} record(s) after the last "
+                                "checkpoint are not signed yet")
+    return report
+
+
+def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
+                  live: bool) -> Problem | None:
+    for idx, (n, path) in enumerate(segments):
+        name = path.name
+        problem = v.begin_segment(n, name)
+        if problem is not None:
+            return problem
+        empty = True
+        try:
+            for line_no, raw, complete in _file_lines(path):
+                empty = False
+                problem = v.feed(name, line_no, raw, complete=complete)
+                if problem is not None:
+                    return problem
+        except OSError as exc:
+            return v._p(name, 0, None, f"cannot read: {exc.strerror}")
+        if empty and not (live and idx == len(segments) - 1):
+            return v._p(name, 1, v.seq + 1, "the segment file is empty")
+    return v.finish(live=live)
+
+
+def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_audit",
+              live: bool = False, pruned: bool = False,
+              instances: Iterable[str] | None = None) -> VerifyReport:
+    """Verify every instance's chain stored in a PostgreSQL table."""
+    import psycopg
+
+    from .pgsink import iter_pg_rows, pg_instances
+
+    report = VerifyReport()
+    with psycopg.connect(dsn) as conn:
+        wanted = sorted(instances) if instances is not None else pg_instances(conn, table)
+        if not wanted:
+            report.problem = Problem("-", table, 0, None, "no audit records in the table")
+            return report
+        for instance in wanted:
+            v = ChainVerifier(instance, public_key, pruned=pruned)
+            report.instances.append(v.summary)
+            location = f"{table} instance {instance}"
+            problem = None
+            row = 0
+            for row, (seq, raw) in enumerate(iter_pg_rows(conn, table, instance), 1):
+                if row == 1 or (raw.startswith(b'{"') and b'"type":"segment"' in raw):
+                    problem = _pg_segment(v, raw, location, row)
+                if problem is None:
+                    problem = v.feed(location, row, raw, stored_seq=seq)
+                if problem is not None:
+                    break
+            conn.rollback()
+            if problem is None:
+                problem = v.finish(live=live)
+            if problem is not None:
+                report.problem = problem
+                return report
+            if live and v.summary.unsealed:
+                report.notes.append(f"{instance}: {v.summary.unsealed} record(s) after the "
+                                    "last checkpoint are not signed yet")
+    return report
+
+
+def _pg_segment(v: ChainVerifier, raw: bytes, location: str, row: int) -> Problem | None:
+    """A table has no files: each segment record opens the next logical segment."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None  # feed() reports it
+    if not isinstance(rec, dict) or rec.get("type") != "segment":
+        if row == 1:
+            v._expect_header = True
+        return None
+    n = rec.get("segment")
+    if not isinstance(n, int):
+        return None
+    problem = v.begin_segment(n, location, row)
+    v._previous_location = v._segment_location = None  # tables name no previous file
+    return problem

@@ -1,0 +1,235 @@
+"""`pgwarden audit verify|show|export|explain|keygen` and `pgwarden policy replay`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit import AuditContext, AuditWriter, Signer, commands, generate_keypair, records
+from gateway.audit.filesink import FileSink
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.source import PolicySource
+
+PCI = Path(__file__).resolve().parents[1] / "policies" / "pci"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgwarden")
+    sub = p.add_subparsers(dest="command", required=True)
+    commands.register(sub)
+    pol = sub.add_parser("policy")
+    psub = pol.add_subparsers(dest="action", required=True)
+    commands.register_policy_replay(psub)
+    return p
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    args = parser().parse_args([str(a) for a in argv])
+    out, err = io.StringIO(), io.StringIO()
+    if args.command == "audit":
+        code = commands.run(args, out, err)
+    else:
+        code = commands.run_policy_replay(args, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tarball(src: Path, dest_dir: Path, edit: dict[str, Any] | None = None) -> Path:
+    """A bundle tarball of `src` (data.json edited), stored as <sha256>.tar.gz."""
+    work = dest_dir / "src"
+    shutil.copytree(src, work, dirs_exist_ok=True)
+    if edit is not None:
+        data = json.loads((work / "data.json").read_text())
+        data["pgwarden"].update(edit)
+        (work / "data.json").write_text(json.dumps(data))
+    tmp = dest_dir / "bundle.tar.gz"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in sorted(work.iterdir()):
+            tar.add(f, arcname=f.name)
+    shutil.rmtree(work)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    final = dest_dir / f"{digest}.tar.gz"
+    tmp.rename(final)
+    return final
+
+
+def stmt(sql: str, command: str, kind: str, table: str, cols: list[tuple[str, list[str]]],
+         access: str = "read") -> dict[str, Any]:
+    return {"sql": sql, "fingerprint": "f" * 16, "command": command, "kind": kind,
+            "relations": [{"schema": "public", "name": table, "access": [access]}],
+            "columns": [{"schema": "public", "table": table, "name": c, "tags": tags,
+                         "usage": ["output"]} for c, tags in cols],
+            "functions": [], "has_where": True, "limit": None, "index": 0, "count": 1,
+            "protocol": "simple"}
+
+
+STATEMENTS = [
+    stmt("SELECT id, pan FROM cards WHERE id = 7", "SELECT", "read", "cards",
+         [("id", []), ("pan", ["pan"])]),
+    stmt("SELECT cvv FROM cards WHERE pan = '4111111111111111'", "SELECT", "read", "cards",
+         [("cvv", ["cvv"])]),
+    stmt("INSERT INTO transactions (amount_cents) VALUES (500)", "INSERT", "write",
+         "transactions", [("amount_cents", [])], access="insert"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("auditcli")
+    generate_keypair(root / "audit.pem", root / "audit.pub")
+    bundles = root / "bundles"
+    bundles.mkdir()
+    old = tarball(PCI, bundles)
+    newdir = root / "new"
+    newdir.mkdir()
+    new = tarball(PCI, newdir, edit={"groups": {"readers": ["ci-readers"], "writers": [],
+                                                "dba": ["dba"]}})
+    engine = PolicyEngine(PolicySource.load(old))
+    facts = {
+        "identity": {"subject": "repo:acme/payments", "issuer": "https://ci.example.com",
+                     "groups": ["ci"], "claims": {"repository": "acme/payments"},
+                     "method": "jwt"},
+        "connection": {"name": "cardholder", "database": "payments", "user": "ci-bot",
+                       "application_name": "=HYPERLINK(1)", "client_addr": "10.20.0.7",
+                       "tls": True, "networks": []},
+        "session": {"id": "5e55105e55105e55", "started_at": "2025-01-15T09:30:00.000000Z"},
+    }
+    ctx = AuditContext.from_input(facts)
+    w = AuditWriter(FileSink(root / "audit", "gw1"), instance="gw1",
+                    signer=Signer.from_pem_file(root / "audit.pem"))
+    w.start()
+    w.append(records.gateway_start(version="test", pid=1, bundle_revision=engine.revision,
+                                   bundle_hash=engine.bundle_hash))
+    w.append(records.session_start(ctx))
+    for doc in STATEMENTS:
+        inp = {**facts, "statement": doc, "approval": {"granted": False, "id": None}}
+        d = engine.decide(inp)
+        seq = w.append(records.decision_record(ctx, decision=d, input_doc=inp,
+                                               entrypoint=engine.entrypoint, duration_us=40))
+        outcome = records.decision_outcome(d)
+        w.append(records.statement_record(
+            ctx, decision_seq=seq, outcome=outcome, command=doc["command"],
+            sqlstate=None if d.allow else "42501", rows=1 if d.allow else None,
+            error=None if d.allow else "; ".join(d.reasons)))
+    w.append(records.auth_failure(reason="expired", client_addr="10.9.9.9", db_user="bot"))
+    w.append(records.session_end(ctx, reason="client", totals={"statements": 3}))
+    w.append(records.gateway_stop(reason="test"))
+    assert w.close()
+    return {"root": root, "audit": root / "audit", "pub": root / "audit.pub",
+            "bundles": bundles, "old": old, "new": new}
+
+
+def decision_seqs(audit: Path) -> list[int]:
+    return [json.loads(x)["seq"] for f in sorted(audit.glob("*.jsonl"))
+            for x in f.read_text().splitlines() if json.loads(x)["type"] == "decision"]
+
+
+def test_verify_exit_status(setup: dict[str, Path], tmp_path: Path) -> None:
+    code, out, _ = cli("audit", "verify", setup["audit"], "--key", setup["pub"])
+    assert code == 0 and "audit verify: OK" in out and "sealed by the final checkpoint" in out
+    code, out, _ = cli("audit", "verify", setup["audit"], "--key", setup["pub"], "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    broken = tmp_path / "audit"
+    shutil.copytree(setup["audit"], broken)
+    seg = next(broken.glob("*.jsonl"))
+    lines = seg.read_text().splitlines(keepends=True)
+    lines[3] = lines[3].replace('"duration_us":40', '"duration_us":41')
+    seg.write_text("".join(lines))
+    code, out, _ = cli("audit", "verify", broken, "--key", setup["pub"])
+    assert code == 1
+    assert f"FAILED: {seg.name} line 4 (instance gw1, seq 4)" in out
+    code, _, err = cli("audit", "verify", broken, "--key", tmp_path / "missing.pub")
+    assert code == 2 and "cannot read the key" in err
+    code, _, err = cli("audit", "verify", tmp_path / "nowhere", "--key", setup["pub"])
+    assert code == 2 and "no such audit directory" in err
+
+
+def test_show_renders_a_session_timeline(setup: dict[str, Path]) -> None:
+    code, out, _ = cli("audit", "show", setup["audit"], "--session", "5e55105e55105e55")
+    assert code == 0
+    assert out.startswith("session 5e55105e55105e55: repo:acme/payments (https://ci.example.com)")
+    assert "MASKED SELECT  SELECT id, pan FROM cards WHERE id = $1" in out
+    assert "DENIED SELECT  SELECT cvv FROM cards WHERE pan = $1" in out
+    assert "reasons: card verification codes may never be read" in out
+    assert "4111111111111111" not in out
+    assert "auth.failure" not in out  # not in this session
+    code, out, _ = cli("audit", "show", setup["audit"], "--type", "decision", "--json")
+    recs = [json.loads(x) for x in out.splitlines()]
+    assert code == 0 and len(recs) == 3 and {r["type"] for r in recs} == {"decision"}
+    code, out, _ = cli("audit", "show", setup["audit"], "--type", "auth")
+    assert "expired from 10.9.9.9" in out
+    code, out, _ = cli("audit", "show", setup["audit"], "--since", "2999-01-01T00:00:00Z")
+    assert code == 0 and "no matching audit records" in out
+    code, out, _ = cli("audit", "show", setup["audit"], "--since", "1h", "--type", "session")
+    assert out.count("session.") == 2
+
+
+def test_export_jsonl_is_the_stored_lines_and_csv_is_flat(setup: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    stored = b"".join(f.read_bytes() for f in sorted(setup["audit"].glob("*.jsonl")))
+    code, _, _ = cli("audit", "export", setup["audit"], "--format", "jsonl", "-o",
+                     tmp_path / "out.jsonl")
+    assert code == 0 and (tmp_path / "out.jsonl").read_bytes() == stored
+    code, out, _ = cli("audit", "export", setup["audit"], "--format", "csv", "--type",
+                       "decision")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 3
+    first = rows[0]
+    assert first["subject"] == "repo:acme/payments" and first["outcome"] == "masked"
+    assert first["relations"] == '["public.cards"]' and first["kind"] == "read"
+    assert first["application_name"] == "'=HYPERLINK(1)"  # no formula for a spreadsheet
+    assert first["sql"] == "SELECT id, pan FROM cards WHERE id = $1"
+
+
+def test_explain_re_evaluates_with_the_archived_bundle(setup: dict[str, Path]) -> None:
+    first, second, _ = decision_seqs(setup["audit"])
+    code, out, err = cli("audit", "explain", str(first), setup["audit"], "--bundles",
+                         setup["bundles"])
+    assert code == 0, err
+    assert "recorded:  masked" in out and "now:       masked" in out
+    assert "the same decision" in out
+    code, out, _ = cli("audit", "explain", str(second), setup["audit"], "--bundle",
+                       setup["new"])
+    assert code == 0 and "denied" in out  # still denied (cvv), with another bundle
+    assert "is not the recorded bundle" in out
+    code, out, _ = cli("audit", "explain", str(first), setup["audit"], "--bundle",
+                       setup["new"])
+    assert code == 1 and "a DIFFERENT decision" in out
+    code, _, err = cli("audit", "explain", "1", setup["audit"], "--bundles", setup["bundles"])
+    assert code == 2 and "not a decision" in err
+    code, _, err = cli("audit", "explain", str(first), setup["audit"], "--bundles",
+                       setup["root"])
+    assert code == 2 and "not archived" in err
+
+
+def test_policy_replay_lists_the_decisions_that_would_change(setup: dict[str, Path]) -> None:
+    code, out, _ = cli("policy", "replay", "--audit", setup["audit"], "--bundle", setup["new"])
+    assert code == 0
+    changed = [x for x in out.splitlines() if " -> " in x]
+    assert len(changed) == 1 and "masked -> denied" in changed[0]
+    assert "3 decision(s) replayed" in out and "1 would change" in out
+    code, out, err = cli("policy", "replay", "--audit", setup["audit"], "--bundle",
+                         setup["new"], "--json", "--fail-on-change")
+    assert code == 1
+    (item,) = [json.loads(x) for x in out.splitlines()]
+    assert item["before"] == "masked" and item["after"] == "denied"
+    assert item["sql"] == "SELECT id, pan FROM cards WHERE id = $1"
+    assert "1 would change" in err
+    code, out, _ = cli("policy", "replay", "--audit", setup["audit"], "--bundle", setup["old"])
+    assert code == 0 and "0 would change" in out
+
+
+def test_keygen(tmp_path: Path) -> None:
+    code, out, _ = cli("audit", "keygen", tmp_path / "k.pem", tmp_path / "k.pub")
+    assert code == 0 and "key id" in out
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    code, _, err = cli("audit", "keygen", tmp_path / "k.pem", tmp_path / "k2.pub")
+    assert code == 2 and "not overwriting" in err

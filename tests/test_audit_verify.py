@@ -1,0 +1,316 @@
+"""`audit verify`: an intact log passes; every kind of tampering names the first bad record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import (
+    AuditContext,
+    AuditWriter,
+    Signer,
+    WriterOptions,
+    generate_keypair,
+    load_public_key,
+    records,
+)
+from gateway.audit.canonical import chain_hash, hashed_body
+from gateway.audit.filesink import FileSink
+from gateway.audit.verify import VerifyReport, verify_dir
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    generate_keypair(d / "other.pem", d / "other.pub")
+    return d / "audit.pem", d / "audit.pub"
+
+
+def ctx(session: str = "s1") -> AuditContext:
+    return AuditContext.build(session=session, subject="ci-bot", issuer="https://ci",
+                              groups=["ci"], client_addr="10.0.0.5", application_name="psql",
+                              connection="cardholder")
+
+
+def write_log(directory: Path, key: Path, *, statements: int = 60, run: int = 0,
+              options: WriterOptions | None = None, close: bool = True) -> AuditWriter:
+    opts = options or WriterOptions(checkpoint_every=25, segment_bytes=16 * 1024)
+    w = AuditWriter(FileSink(directory, "gw1"), instance="gw1",
+                    signer=Signer.from_pem_file(key), options=opts)
+    w.start()
+    w.append(records.gateway_start(version="test", pid=run))
+    c = ctx(f"s{run}")
+    w.append(records.session_start(c))
+    for i in range(statements):
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed",
+                                          command="SELECT", rows=i, duration_us=100 + i))
+    w.append(records.session_end(c, reason="client", totals={"statements": statements}))
+    if close:
+        w.append(records.gateway_stop(reason="test"))
+        assert w.close()
+    else:
+        w.flush()
+    return w
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -> Path:
+    d = tmp_path_factory.mktemp("pristine") / "audit"
+    write_log(d, keys[0])
+    return d
+
+
+@pytest.fixture
+def log(pristine: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "audit"
+    shutil.copytree(pristine, d)
+    return d
+
+
+def segments(d: Path) -> list[Path]:
+    return sorted(d.glob("audit-gw1-*.jsonl"))
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def verify(d: Path, pub: Path, **kw: bool) -> VerifyReport:
+    return verify_dir(d, load_public_key(pub), **kw)
+
+
+def first_statement(d: Path) -> tuple[Path, int, dict]:
+    """A statement record in the middle of the second segment: (file, index, record)."""
+    path = segments(d)[1]
+    lines = lines_of(path)
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["type"] == "statement" and i > 2:
+            return path, i, rec
+    raise AssertionError("no statement record")
+
+
+def rehash(line_rec: dict, prev: str) -> bytes:
+    body = {k: v for k, v in line_rec.items() if k != "hash"}
+    body["prev"] = prev
+    from gateway.audit.canonical import canonical_bytes
+
+    raw = canonical_bytes(body)
+    return raw[:-1] + b',"hash":"' + chain_hash(prev, raw).encode() + b'"}\n'
+
+
+# -- the intact log ----------------------------------------------------------------------------
+
+
+def test_an_intact_log_verifies(pristine: Path, keys: tuple[Path, Path]) -> None:
+    report = verify(pristine, keys[1])
+    assert report.ok, report.problem
+    (s,) = report.instances
+    assert s.sealed and s.unsealed == 0 and s.segments >= 3 and s.checkpoints >= 3
+    assert s.first_seq == 1 and s.last_seq == s.records
+
+
+# -- tampering, one test each ----------------------------------------------------------------
+
+
+def test_an_edited_field_is_named(log: Path, keys: tuple[Path, Path]) -> None:
+    path, i, rec = first_statement(log)
+    lines = lines_of(path)
+    lines[i] = lines[i].replace(b'"rows":', b'"rows":1', 1)
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (path.name, i + 1, rec["seq"])
+    assert "edited" in p.message
+
+
+def test_a_deleted_record_is_named(log: Path, keys: tuple[Path, Path]) -> None:
+    path, i, rec = first_statement(log)
+    lines = lines_of(path)
+    del lines[i]
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (path.name, i + 1, rec["seq"] + 1)
+    assert f"record(s) {rec['seq']} deleted" in p.message
+
+
+def test_two_swapped_records_are_named(log: Path, keys: tuple[Path, Path]) -> None:
+    path, i, rec = first_statement(log)
+    lines = lines_of(path)
+    lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (path.name, i + 1, rec["seq"] + 1)
+    assert f"where {rec['seq']} was expected" in p.message
+
+
+def test_an_inserted_forged_record_is_named(log: Path, keys: tuple[Path, Path]) -> None:
+    path, i, rec = first_statement(log)
+    lines = lines_of(path)
+    forged = dict(rec, rows=0, outcome="denied")  # copied hash: does not match its content
+    lines.insert(i, json.dumps(forged, separators=(",", ":")).encode() + b"\n")
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (path.name, i + 1, rec["seq"])
+
+
+def test_a_forged_record_with_a_correct_hash_is_caught_by_the_sequence(
+        log: Path, keys: tuple[Path, Path]) -> None:
+    path, i, rec = first_statement(log)
+    lines = lines_of(path)
+    forged = dict(rec, rows=0)
+    lines.insert(i, rehash(forged, rec["prev"]))  # links to the record before, hashes right
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (path.name, i + 2, rec["seq"])
+    assert "goes back" in p.message
+
+
+def test_a_rewritten_chain_fails_at_the_next_signed_checkpoint(
+        log: Path, keys: tuple[Path, Path]) -> None:
+    """Edit one record and recompute every hash after it: only the signature can tell."""
+    path, i, _rec = first_statement(log)
+    files = segments(log)
+    start = files.index(path)
+    prev = None
+    bad_checkpoint = None
+    for f in files[start:]:
+        out = []
+        for j, line in enumerate(lines_of(f)):
+            rec = json.loads(line)
+            if f == path and j < i:
+                out.append(line)
+                prev = rec["hash"]
+                continue
+            if f == path and j == i:
+                rec["rows"] = 999
+            if rec["type"] == "checkpoint":
+                rec["head_hash"] = prev
+                bad_checkpoint = bad_checkpoint or (f.name, j + 1, rec["seq"])
+            if rec["type"] == "segment":
+                rec["previous_hash"] = prev
+            new = rehash(rec, prev)
+            prev = json.loads(new)["hash"]
+            out.append(new)
+        f.write_bytes(b"".join(out))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == bad_checkpoint
+    assert "signature does not verify" in p.message
+
+
+def test_a_truncated_tail_after_the_shutdown_checkpoint_is_named(
+        log: Path, keys: tuple[Path, Path]) -> None:
+    last = segments(log)[-1]
+    lines = lines_of(last)
+    assert json.loads(lines[-1])["final"] is True
+    kept = lines[:-3]  # gateway.stop, session.end and the final checkpoint are gone
+    last.write_bytes(b"".join(kept))
+    last_seq = json.loads(kept[-1])["seq"]
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line, p.seq) == (last.name, len(kept) + 1,
+                                                             last_seq + 1)
+    assert "without the final checkpoint" in p.message
+    # A running gateway's unsealed tail is accepted with --live, and counted.
+    report = verify(log, keys[1], live=True)
+    assert report.ok and report.instances[0].unsealed >= 1 and report.notes
+
+
+def test_a_log_cut_right_after_a_checkpoint_is_not_sealed(
+        log: Path, keys: tuple[Path, Path]) -> None:
+    files = segments(log)
+    cut_in = files[1]
+    lines = lines_of(cut_in)
+    assert json.loads(lines[-1])["type"] == "checkpoint"  # rotation checkpoint
+    for f in files[2:]:
+        f.unlink()
+    p = verify(log, keys[1]).problem
+    assert p is not None and p.location == cut_in.name and p.line == len(lines) + 1
+    assert "without the final checkpoint" in p.message
+
+
+def test_a_record_cut_in_the_middle_is_named(log: Path, keys: tuple[Path, Path]) -> None:
+    last = segments(log)[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) - 40])
+    p = verify(log, keys[1]).problem
+    assert p is not None and p.location == last.name
+    assert p.line == len(data[: len(data) - 40].splitlines())
+    assert "truncated record" in p.message
+
+
+def test_a_deleted_segment_file_is_named(log: Path, keys: tuple[Path, Path]) -> None:
+    files = segments(log)
+    files[1].unlink()
+    p = verify(log, keys[1]).problem
+    assert p is not None and p.location == files[2].name and p.line == 1
+    assert "missing" in p.message
+
+
+def test_the_wrong_key_fails_at_the_first_checkpoint(
+        pristine: Path, keys: tuple[Path, Path]) -> None:
+    other = keys[1].parent / "other.pub"
+    p = verify(pristine, other).problem
+    assert p is not None and "not with the given key" in p.message
+    first_cp = next(
+        (f.name, n, rec["seq"]) for f in segments(pristine)
+        for n, line in enumerate(lines_of(f), 1)
+        if (rec := json.loads(line))["type"] == "checkpoint")
+    assert (p.location, p.line, p.seq) == first_cp
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+
+def test_restarts_continue_the_chain_and_repair_a_torn_line(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    d = tmp_path / "audit"
+    opts = WriterOptions(checkpoint_every=0, checkpoint_seconds=0)
+    write_log(d, keys[0], statements=5, run=1, options=opts)
+    # Second run dies without closing; its last line is half written.
+    w = write_log(d, keys[0], statements=5, run=2, options=opts, close=False)
+    w.sink.close()  # the process "dies": no final checkpoint
+    last = segments(d)[-1]
+    last.write_bytes(last.read_bytes() + b'{"half":')
+    w3 = write_log(d, keys[0], statements=5, run=3, options=opts)
+    assert w3.resumed is not None and w3.resumed.torn_bytes == len(b'{"half":')
+    report = verify(d, keys[1])
+    assert report.ok, report.problem
+    headers = [json.loads(lines_of(f)[0]) for f in segments(d)]
+    assert [h["segment"] for h in headers] == [1, 2, 3]
+    assert headers[1]["previous_segment"] == segments(d)[0].name
+    assert headers[2]["torn_bytes"] == len(b'{"half":')
+    # The restart took the last record's hash: the chain links across runs.
+    tail = json.loads(lines_of(segments(d)[1])[-1])
+    assert headers[2]["previous_hash"] == tail["hash"] == headers[2]["prev"]
+
+
+def test_a_damaged_last_record_stops_the_start(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    d = tmp_path / "audit"
+    write_log(d, keys[0], statements=3)
+    last = segments(d)[-1]
+    lines = lines_of(last)
+    lines[-1] = lines[-1].replace(b'"final":true', b'"final":false')
+    last.write_bytes(b"".join(lines))
+    from gateway.audit import AuditError
+
+    w = AuditWriter(FileSink(d, "gw1"), instance="gw1", signer=Signer.from_pem_file(keys[0]))
+    with pytest.raises(AuditError, match="does not match its hash"):
+        w.start()
+
+
+def test_an_unsigned_log_does_not_verify(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    d = tmp_path / "audit"
+    w = AuditWriter(FileSink(d, "gw1"), instance="gw1")
+    w.start()
+    w.append(records.gateway_start(version="test", pid=1))
+    assert w.close()
+    p = verify(d, keys[1]).problem
+    assert p is not None and "not signed" in p.message
+
+
+def test_hashed_body_rejects_lines_without_the_hash_member() -> None:
+    assert hashed_body(b'{"a":1}') is None
+    assert hashed_body(b'{"a":1,"hash":"' + b"g" * 64 + b'"}') is None
