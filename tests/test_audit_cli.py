@@ -233,3 +233,23 @@ def test_keygen(tmp_path: Path) -> None:
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     code, _, err = cli("audit", "keygen", tmp_path / "k.pem", tmp_path / "k2.pub")
     assert code == 2 and "not overwriting" in err
+
+
+def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "ci-jwks.json").write_text('{"keys": []}\n')
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        "listen:\n  address: 127.0.0.1:6432\n  allow_plaintext: true\n"
+        "identity:\n  providers:\n    - issuer: https://ci.example.com\n"
+        "      audience: pgwarden\n      jwks: {file: keys/ci-jwks.json}\n"
+        "connections:\n  cardholder:\n    host: 127.0.0.1\n    user: svc\n"
+        "    password: {env: CARDHOLDER_PASSWORD}\n"
+        f"audit:\n  dir: {setup['audit']}\n")
+    monkeypatch.setenv("CARDHOLDER_PASSWORD", "x")
+    code, out, err = cli("audit", "show", "-c", cfg, "--type", "gateway")
+    assert code == 0, err
+    assert "gateway.start" in out and "gateway.stop" in out
+    code, _, err = cli("audit", "show", "-c", tmp_path / "missing.yaml")
+    assert code == 2 and "cannot read" in err

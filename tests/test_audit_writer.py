@@ -275,8 +275,46 @@ def test_checkpoints_and_rotation_by_time(tmp_path: Path, key: Path) -> None:
     assert_verifies(tmp_path, key)
 
 
+def test_an_idle_writer_sleeps(tmp_path: Path, key: Path) -> None:
+    w = writer(tmp_path, key, checkpoint_seconds=0.05, segment_seconds=0.05)
+    w.append(stmt())
+    time.sleep(0.2)  # the interval checkpoint and the rotation are due, then done
+    cpu = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu < 0.1  # nothing to do: no busy loop
+    assert w.close()
+    assert_verifies(tmp_path, key)
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="durability"):
         WriterOptions(durability="sometimes")
     with pytest.raises(AuditError, match="instance id"):
         FileSink("/tmp", "bad/name")
+
+
+def test_settings_open_a_writer_per_worker(tmp_path: Path, key: Path) -> None:
+    from dataclasses import dataclass
+
+    from gateway.audit import AuditSettings, open_audit
+
+    @dataclass(frozen=True)
+    class Config:  # the shape of gateway.config.model.AuditConfig
+        dir: Path
+        signing_key: Path | None = None
+
+    settings = AuditSettings.from_config(Config(tmp_path, key))
+    assert settings.sink == "file" and settings.durability == "os"
+    w = open_audit(AuditSettings(dir=tmp_path, signing_key=key, instance_id="gw",
+                                 durability="fsync"), worker=3)
+    assert w.instance == "gw-w3" and w.options.durability == "fsync"
+    w.start()
+    assert w.close()
+    assert (tmp_path / "audit-gw-w3-000001.jsonl").exists()
+    assert_verifies(tmp_path, key)
+    with pytest.raises(AuditError, match="sink"):
+        AuditSettings(dir=tmp_path, sink="kafka")
+    with pytest.raises(AuditError, match="dsn"):
+        AuditSettings(dir=tmp_path, sink="postgres")
+    with pytest.raises(AuditError, match="durability"):
+        open_audit(AuditSettings(dir=tmp_path, durability="never"))

@@ -133,7 +133,7 @@ def _directory(args: argparse.Namespace) -> str:
     if args.dir:
         return str(args.dir)
     if args.config:
-        from gateway.config import load_config
+        from gateway.config.loader import load_config
 
         try:
             cfg = load_config(args.config)
@@ -214,7 +214,7 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     if args.pg:
         report = verify_pg(args.pg, key, table=args.table, live=args.live, pruned=args.pruned,
                            instances=instances)
-        where = f"{args.table} at {args.pg.split('@')[-1]}"
+        where = f"table {args.table}"  # never echo the DSN: it may hold a password
     else:
         directory = _directory(args)
         _check_dir(directory)

@@ -180,9 +180,13 @@ class AuditWriter:
             raise AuditError("audit writer already started")
         try:
             state = self.sink.acquire()
-        except AuditError:
-            raise
         except Exception as exc:
+            try:
+                self.sink.close()  # release what acquire() took (a lock, a connection)
+            except Exception as close_exc:
+                logs.error("audit.close_failed", instance=self.instance, error=str(close_exc))
+            if isinstance(exc, AuditError):
+                raise
             raise AuditError(f"cannot open the audit {self.sink.kind} sink: {exc}") from exc
         self.resumed = state
         now = self._clock()
@@ -201,7 +205,10 @@ class AuditWriter:
         self._wake.set()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Append the final checkpoint, write everything, stop. True when nothing was lost."""
+        """Append the final checkpoint, write everything, stop. True when nothing was lost.
+
+        Blocks up to `timeout` (default ``close_timeout``) while the sink fails: call it at
+        shutdown, or from an executor, not on a busy event loop."""
         with self._lock:
             if self._closed or not self._started:
                 self._closed = True
@@ -225,6 +232,11 @@ class AuditWriter:
         if lost > 0:
             logs.error("audit.records_lost", instance=self.instance, records=lost,
                        error=self._error)
+            with self._lock:
+                waiting = [(fut, loop) for _, _, fut, loop in self._waiters]
+                self._waiters = []
+            if waiting:
+                _dispatch(waiting, self._error or "the audit log closed")
         return lost <= 0
 
     # -- the hot path --------------------------------------------------------------------
@@ -420,9 +432,10 @@ class AuditWriter:
         due = [now + 1.0]
         if self._error is not None and backlog:
             due.append(self._retry_at)
-        if self.options.checkpoint_seconds:
+        # Only timers that would do something: an idle writer sleeps (an append wakes it).
+        if self.options.checkpoint_seconds and self._since_checkpoint:
             due.append(self._last_checkpoint + self.options.checkpoint_seconds)
-        if self.sink.segments and self.options.segment_seconds:
+        if self.sink.segments and self.options.segment_seconds and self._segment_records > 1:
             due.append(self._segment_opened + self.options.segment_seconds)
         return max(0.0, min(due) - now)
 
