@@ -324,11 +324,24 @@ def _unsafe_setting(name: str, value: str) -> str | None:
     return None
 
 
+# Who the gateway is upstream is not the client's to change, whatever the policy says:
+# the session would run with rights no decision granted.
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+
+
 def _parsing_change(info: StatementInfo) -> str | None:
-    """SET statements that would change how the server tokenizes later statements."""
+    """Statements the gateway refuses whatever the policy says: changes to the upstream
+    identity, and SET statements that would change how the server tokenizes later ones."""
+    settings = info.details.get("set_config")
+    if settings and (_IDENTITY_SETTINGS.intersection(settings) or "?" in settings):
+        return ("set_config() of role or session_authorization (or of a setting named by an "
+                "expression) is not allowed through the gateway")
     if info.command not in ("SET", "RESET"):
         return None
     name = str(info.details.get("name") or "")
+    if name.lower() in _IDENTITY_SETTINGS:
+        return (f"{info.command} {name.upper()} is not allowed through the gateway: the "
+                "upstream identity is the gateway's (a policy may grant a db_role instead)")
     value = info.details.get("value")
     if info.command == "RESET" or value in (None, "DEFAULT"):
         return None  # back to the server default, which the gateway checked at login

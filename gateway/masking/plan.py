@@ -7,6 +7,10 @@ raises `MaskRefused` — the statement must not run — when masking cannot be f
 * an output column computed from a masked column (a function, cast, operator, aggregate,
   CASE, array/row/JSON/XML constructor, whole-row reference...): only a column's plain
   value can be masked in place, and a computed one could carry any encoding of it;
+* a masked column computed with anywhere in the statement — in WHERE, JOIN, ORDER BY,
+  GROUP BY, a function's arguments: ``reverse(pan)::int = 1`` fails with the reversed
+  PAN in its error message, ``setval('s', pan::bigint)`` stashes it. Comparing the
+  column itself (``=``, ``<``, ``LIKE``, ``IN``, ``IS NULL``) cannot carry its value out;
 * a masked column whose value the statement copies somewhere (INSERT ... SELECT,
   UPDATE ... SET, CREATE TABLE AS, SELECT INTO): a later read of the copy would not be
   masked;
@@ -16,8 +20,8 @@ raises `MaskRefused` — the statement must not run — when masking cannot be f
 
 A plain reference to a masked column, however renamed or nested (aliases, subqueries,
 CTEs, views, set operations, RETURNING, cursors, prepared statements), is masked in place
-at its output position. Filters, sorts and groupings on a masked column are the policy's
-call: the input document lists them as column usages.
+at its output position. Comparing, sorting and grouping on the column itself are the
+policy's call (an oracle, not a copy): the input document lists them as column usages.
 """
 
 from __future__ import annotations
@@ -106,6 +110,12 @@ def plan_masks(info: StatementInfo, mask: Mapping[str, str], *,
             raise MaskRefused(f"{info.command} would copy masked column {_name(copied[0])} "
                               "where masking no longer applies")
 
+    for key in info.computed:
+        if key in involved:
+            raise MaskRefused(
+                f"masked column {_name(key)} is computed with (a function, cast or operator "
+                "in the statement); its value could surface in an error message or a side "
+                "effect. Compare it (=, LIKE, IN...) or return it as it is instead")
     positions: dict[int, ColumnMask] = {}
     for i, out in enumerate(info.outputs):
         for key in out.derived:

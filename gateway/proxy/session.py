@@ -14,6 +14,7 @@ from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 from gateway.masking.results import ResultMasker
+from gateway.masking.safety_net import mask_in_place
 from gateway.wire import backend as be
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
@@ -288,7 +289,11 @@ class Session:
         out += [be.ParameterStatus(n, v).encode() for n, v in link.parameters]
         out.append(key.encode())
         out.append(be.ReadyForQuery(link.status).encode())
-        self.client.write(b"".join(out))
+        hello_bytes = b"".join(out)
+        if self.server.config.masking.safety_net != "off":
+            # The server echoes startup values (application_name...): same net as the relay.
+            hello_bytes, _hits = mask_in_place(hello_bytes)
+        self.client.write(hello_bytes)
         max_size = self.server.config.listen.max_message_size
         catalogs, name = self.server.catalogs, self.connection_name or ""
 

@@ -110,6 +110,9 @@ class StatementInfo:
     #: False when the description depends on session objects beyond the resolution key
     #: (EXECUTE, FETCH, MOVE): don't cache it by SQL text.
     cacheable: bool = True
+    #: Base columns an expression computes with anywhere in the statement (not just in
+    #: its output): a masked one could leak through an error message or a side effect.
+    computed: tuple[ColKey, ...] = ()
 
     def to_input(self, classification: Mapping[str, Sequence[str]] | None = None) -> dict[
             str, Any]:
@@ -278,10 +281,11 @@ def _finish(d: _Desc, sql: str, fingerprint: str, index: int, count: int,
         unresolved=tuple(f.unresolved),
         outputs=tuple(OutputColumn(n, *split_lineage(lin)) for n, lin in d.outputs),
         outputs_exact=d.exact,
-        details=d.details,
+        details={**d.details, "set_config": sorted(f.settings)} if f.settings else d.details,
         effects=tuple(d.effects),
         catalog_changed=d.catalog_changed,
         cacheable=d.cacheable,
+        computed=tuple(sorted(f.computed)),
     )
 
 

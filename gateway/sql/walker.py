@@ -55,7 +55,8 @@ MAX_VIEW_DEPTH = 32
 class Facts:
     """What a statement touches (accumulated while walking)."""
 
-    __slots__ = ("columns", "functions", "relations", "sql_string", "unresolved", "writes")
+    __slots__ = ("columns", "computed", "functions", "relations", "settings", "sql_string",
+                 "unresolved", "writes")
 
     def __init__(self) -> None:
         # (schema, name) → [access set, relkind, temp]
@@ -65,6 +66,12 @@ class Facts:
         self.unresolved: dict[tuple[str, str], None] = {}
         self.sql_string = False
         self.writes = False
+        # set_config() targets (lower case; "?" when the name is not a constant)
+        self.settings: dict[str, None] = {}
+        # Base columns whose values an expression computes with (functions, casts,
+        # operators other than comparisons), anywhere in the statement: such a value can
+        # surface in an error message or a side effect, not only in the result.
+        self.computed: dict[ColKey, None] = {}
 
     def relation(self, rel: Relation, access: str) -> None:
         key = (rel.schema, rel.name)
@@ -96,6 +103,8 @@ class Facts:
         self.unresolved.update(other.unresolved)
         self.sql_string = self.sql_string or other.sql_string
         self.writes = self.writes or other.writes
+        self.settings.update(other.settings)
+        self.computed.update(other.computed)
 
 
 class Rte:
@@ -888,11 +897,22 @@ class Walker:
         handler = _HANDLERS.get(t)
         if handler is not None:
             lin = handler(self, v, scope)
-            return lin if t in _PLAIN or not lin else derive(lin)
+            if t in _PLAIN or not lin:
+                return lin
+            if t not in _COMPARING and not (t == "A_Expr" and _is_comparison(v)):
+                self.computes(lin)
+            return derive(lin)
         if t in _LEAVES:
             return EMPTY
         lin = self.generic(v, scope)
+        if lin and t not in _COMPARING:
+            self.computes(lin)
         return derive(lin) if lin else lin
+
+    def computes(self, lin: Lineage) -> None:
+        computed = self.f.computed
+        for key in lin:
+            computed[key[:3]] = None  # type: ignore[index]
 
     def generic(self, v: Any, scope: Scope | None) -> Lineage:
         out: Lineage = EMPTY
@@ -1012,7 +1032,10 @@ class Walker:
 
     def _func_call(self, v: Node, scope: Scope | None) -> Lineage:
         args = v.get("args")
-        self.function(_names(v.get("funcname")), len(args) if args else 0)
+        names = _names(v.get("funcname"))
+        self.function(names, len(args) if args else 0)
+        if names and names[-1] == "set_config" and args:
+            self.f.settings[_setting_name(args[0])] = None
         lin = self.expr(args, scope) if args else EMPTY
         order = v.get("agg_order")
         if order:
@@ -1056,6 +1079,14 @@ class Walker:
                             return lin  # (rel).col is the column itself
                         return derive(lin | self.expr(ind[1:], scope))
         return derive(self.expr(arg, scope) | self.expr(list(ind), scope))
+
+
+def _setting_name(arg: Node) -> str:
+    """set_config's first argument when it is a string constant, else ``?``."""
+    while "TypeCast" in arg:
+        arg = arg["TypeCast"].get("arg") or {}
+    sval = arg.get("A_Const", {}).get("sval", {}).get("sval")
+    return sval.lower() if isinstance(sval, str) else "?"
 
 
 def _rename(names: list[str], colnames: list[str]) -> list[str]:
@@ -1106,6 +1137,26 @@ def split_lineage(lin: Lineage) -> tuple[tuple[ColKey, ...], tuple[ColKey, ...]]
 
 #: Handlers whose result is the plain value of what they reference.
 _PLAIN = frozenset({"ColumnRef", "ResTarget", "SortBy", "A_Indirection"})
+#: Constructs that compare, test or pick values without computing new ones from them
+#: (no error or side effect can carry a column's value).
+_COMPARING = frozenset({"BoolExpr", "NullTest", "BooleanTest", "List", "SubLink",
+                        "SelectStmt", "CaseExpr", "CaseWhen", "CoalesceExpr", "MinMaxExpr",
+                        "RowExpr", "A_ArrayExpr", "CollateClause", "GroupingSet"})
+_COMPARISON_OPS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "~~*", "!~~",
+                             "!~~*", "~", "~*", "!~", "!~*"})
+_COMPARISON_KINDS = frozenset({
+    "AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT",
+    "AEXPR_NULLIF", "AEXPR_IN", "AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_SIMILAR",
+    "AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM"})
+
+
+def _is_comparison(v: Node) -> bool:
+    if v.get("kind", "AEXPR_OP") not in _COMPARISON_KINDS:
+        return False
+    names = v.get("name") or ()
+    op = names[-1].get("String", {}).get("sval") if names else None
+    return op in _COMPARISON_OPS or v.get("kind", "").startswith("AEXPR_BETWEEN") or \
+        v.get("kind", "").startswith("AEXPR_NOT_BETWEEN")
 
 _LEAVES = frozenset({
     "A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "String",

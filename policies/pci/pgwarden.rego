@@ -27,6 +27,8 @@ cfg := {
 	"session_settings": data.pgwarden.session_settings,
 	"harmless_commands": data.pgwarden.harmless_commands,
 	"denied_functions": data.pgwarden.denied_functions,
+	"allowed_functions": data.pgwarden.allowed_functions,
+	"statistics_relations": data.pgwarden.statistics_relations,
 	"export_approval": data.pgwarden.approvals.pan_export,
 }
 
@@ -184,6 +186,21 @@ deny contains concat(" ", ["function", f, "is not allowed"]) if {
 }
 
 denied_function(f) if f in cfg.denied_functions
+
+# A function outside pg_catalog runs code the gateway cannot see into: it can read card
+# data and return it in any encoding. Only the functions the bundle lists may run.
+deny contains concat("", ["function ", f, " is not on the allow-list (data.pgwarden.allowed_functions)"]) if {
+	some f in object.get(stmt, "functions", [])
+	not startswith(f, "pg_catalog.")
+	not f in cfg.allowed_functions
+}
+
+# Planner statistics hold raw column values (histogram bounds, most common values).
+deny contains concat("", ["planner statistics hold raw column values: ", relation_key(r), " is not readable"]) if {
+	some r in relations
+	relation_key(r) in cfg.statistics_relations
+	not is_dba
+}
 
 denied_function(f) if concat(".", ["pg_catalog", f]) in cfg.denied_functions
 

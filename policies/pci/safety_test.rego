@@ -93,3 +93,30 @@ test_reasons_are_all_given_and_sorted if {
 		"reading needs one of the groups ci, ci-readers, ci-writers",
 	]
 }
+
+# A function outside pg_catalog can return card data in any encoding: allow-list only.
+test_functions_outside_pg_catalog_need_the_allow_list if {
+	s := object.union(bare("SELECT reverse(mb.pan_of(1))", "SELECT", "read"), {"functions": ["pg_catalog.reverse", "mb.pan_of"]})
+	d := decision_for(["ci"], s)
+	d.allow == false
+	d.reasons == ["function mb.pan_of is not on the allow-list (data.pgwarden.allowed_functions)"]
+}
+
+test_allow_listed_function_runs if {
+	s := object.union(bare("SELECT mb.pan_of(1)", "SELECT", "read"), {"functions": ["mb.pan_of"]})
+	d := decision_for(["ci"], s) with data.pgwarden.allowed_functions as ["mb.pan_of"]
+	d.allow == true
+}
+
+test_planner_statistics_are_not_readable if {
+	s := statement(
+		"SELECT histogram_bounds FROM pg_stats WHERE tablename = 'cards'",
+		"SELECT", "read",
+		[{"schema": "pg_catalog", "name": "pg_stats", "access": ["read"]}],
+		[],
+	)
+	d := decision_for(["ci"], s)
+	d.allow == false
+	d.reasons == ["planner statistics hold raw column values: pg_catalog.pg_stats is not readable"]
+	decision_for(["ci", "dba"], s).allow == true
+}
