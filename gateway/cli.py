@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bundle_commands.register_policy_check(psub)
     bundle_commands.register(sub)
+    from gateway.audit import commands as audit_commands
+
+    audit_commands.register_policy_replay(psub)
+    audit_commands.register(sub)
 
     c = sub.add_parser("dev-cert", help="write a self-signed TLS certificate (development only)")
     c.add_argument("dir")
@@ -82,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(keep_serving=args.serve, directory=args.dir)
     if args.command == "token":
         return _token(args)
+    if args.command == "audit":
+        from gateway.audit import commands as audit_commands
+
+        return audit_commands.run(args)
+    if args.command == "policy" and args.action == "replay":
+        from gateway.audit import commands as audit_commands
+
+        return audit_commands.run_policy_replay(args)
     if args.command == "policy":
         from gateway.policy import commands
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from gateway import logs
+from gateway.audit import AuditError, AuditKeyError
 from gateway.bundle.reloader import BundleStartupError
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import GatewayConfig
@@ -54,12 +55,20 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
         logs.error("gateway.policy_unavailable", worker=worker_id, error=str(e))
         print(f"pgwarden: {e}", file=sys.stderr)
         return 2
+    except (AuditError, AuditKeyError) as e:
+        logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
+        print(f"pgwarden: audit: {e}", file=sys.stderr)
+        return 2
     primed = await verifier.prime()
     for issuer, ok in primed.items():
         if not ok:
             logs.warning("identity.jwks_unavailable", issuer=issuer)
     try:
         await server.start()
+    except (AuditError, AuditKeyError) as e:
+        logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
+        print(f"pgwarden: audit: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         logs.error("gateway.listen_failed", error=str(e))
         return 2

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.masking.methods import resolve
 from gateway.masking.plan import ColumnMask, MaskPlan
-from gateway.masking.results import ResultMasker
+from gateway.masking.results import ResultMasker, StatementTag
 from gateway.masking.rows import (
     CopyOutMasker,
     UnsupportedCopy,
@@ -201,7 +201,7 @@ def test_a_prepared_statements_plan_reaches_its_portals_rows() -> None:
     batch = frames(fe.Parse("s1", "select pan from cards", ()).encode(),
                    fe.Bind("", "s1", (), (), (1,)).encode(),
                    fe.Execute("", 0).encode(), fe.Sync().encode())
-    rm.forwarded(batch, {0: p})
+    rm.forwarded(batch, {0: StatementTag(p)})
     assert rm.needs_rows
     outs = [rm.message(ord(t), b) for t, b in
             [("1", b""), ("2", b""), ("D", body(be.DataRow((PAN,)).encode())),

@@ -582,11 +582,36 @@ def _policy(m: _Map) -> PolicyConfig:
     )
 
 
+_AUDIT_KEYS = ("dir", "signing_key", "sink", "instance_id", "durability", "checkpoint_every",
+               "checkpoint_interval", "segment_size", "segment_age", "retry_interval",
+               "max_backlog", "postgres")
+
+
 def _audit(m: _Map) -> AuditConfig:
     signing_key = None
     if "signing_key" in m:
         signing_key = m.file_ref("signing_key", must_exist=False)
-    return AuditConfig(dir=m.file("dir", must_exist=False), signing_key=signing_key)
+    sink = m.get("sink", _choice("file", "postgres"), "file")
+    pg = m.optional_map("postgres", ("dsn", "table"))
+    dsn = pg.secret("dsn") if pg is not None else None
+    if sink == "postgres" and dsn is None:
+        raise m.missing("postgres", "sink: postgres needs postgres: {dsn: {env: NAME}}")
+    return AuditConfig(
+        dir=m.file("dir", must_exist=False),
+        signing_key=signing_key,
+        sink=sink,
+        instance_id=m.get("instance_id", _string, None),
+        durability=m.get("durability", _choice("os", "fsync"), "os"),
+        checkpoint_every=m.get("checkpoint_every", _integer(1, 10_000_000), 10_000),
+        checkpoint_seconds=m.get("checkpoint_interval", _positive_duration, 60.0),
+        segment_bytes=m.get("segment_size", _size, 64 * 1024 * 1024),
+        segment_seconds=m.get("segment_age", _positive_duration, 86_400.0),
+        retry_seconds=m.get("retry_interval", _positive_duration, 1.0),
+        max_backlog=m.get("max_backlog", _integer(100, 100_000_000), 100_000),
+        postgres_dsn=dsn,
+        postgres_table=(pg.get("table", _string, "pgwarden_audit") if pg is not None
+                        else "pgwarden_audit"),
+    )
 
 
 def _masking(m: _Map) -> MaskingConfig:
@@ -643,7 +668,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     policy = root.optional_map(
         "policy", ("bundle", "verification_key", "allow_unsigned", "enforce", "keyid", "scope",
                    "state_dir", "poll_interval", "run_tests"))
-    audit = root.optional_map("audit", ("dir", "signing_key"))
+    audit = root.optional_map("audit", _AUDIT_KEYS)
     approvals = root.section("approvals", ("timeout",))
     admin = root.section("admin", ("grpc", "http"))
     return GatewayConfig(

@@ -122,6 +122,17 @@ class PolicyConfig:
 class AuditConfig:
     dir: Path
     signing_key: Path | None = None
+    sink: str = "file"  # file | postgres
+    instance_id: str | None = None  # default: the host name (+ -w<k> per worker)
+    durability: str = "os"  # os | fsync
+    checkpoint_every: int = 10_000
+    checkpoint_seconds: float = 60.0
+    segment_bytes: int = 64 * 1024 * 1024
+    segment_seconds: float | None = 86_400.0
+    retry_seconds: float = 1.0
+    max_backlog: int = 100_000
+    postgres_dsn: Secret | None = None
+    postgres_table: str = "pgwarden_audit"
 
 
 @dataclass(frozen=True)

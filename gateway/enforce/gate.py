@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.catalog.model import Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
+from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
@@ -33,6 +34,7 @@ from .input_doc import SessionFacts
 from .shapes import restate, reusable, shape_of
 
 if TYPE_CHECKING:
+    from gateway.audit import AuditContext, AuditWriter
     from gateway.proxy.relay import Relay
 
 _Q, _P, _F, _C = (ord(c) for c in "QPFC")
@@ -71,6 +73,8 @@ class Verdict:
     error: be.ErrorResponse | None = None
     #: per statement: how to mask its results (None: nothing to mask)
     plans: tuple[MaskPlan | None, ...] = ()
+    #: per statement: what follows it to its results (mask plan, audit record)
+    tags: tuple[StatementTag | None, ...] = ()
 
 
 def _denial(code: str, message: str, detail: str | None = None,
@@ -81,9 +85,14 @@ def _denial(code: str, message: str, detail: str | None = None,
 class StatementGate:
     def __init__(self, *, facts: SessionFacts, connection: str, catalogs: CatalogCache,
                  policy: Callable[[], PolicyEngine | None],
-                 hash_key: bytes | None = None) -> None:
+                 hash_key: bytes | None = None, audit: AuditWriter | None = None,
+                 audit_ctx: AuditContext | None = None) -> None:
         self.facts = facts
         self.hash_key = hash_key
+        # Every decision is an audit record, durable before the statement is forwarded.
+        self.audit = audit
+        self.audit_ctx = audit_ctx
+        self._last_seq = 0
         # frame index → mask plan(s) of the batch just reviewed (see take_plans)
         self._plans: dict[int, Any] = {}
         self.connection = connection
@@ -108,15 +117,18 @@ class StatementGate:
 
     async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
         catalog = await self.catalogs.get(self.connection)
-        return self._review(raw, frames, relay, catalog)
+        out = self._review(raw, frames, relay, catalog)
+        return out if isinstance(out, bytes) else await out
 
-    def take_plans(self) -> dict[int, Any]:
-        """The mask plans of the batch `review` just decided, by frame index: a list (one
-        per statement) for a Query, a plan for a Parse. Empty when nothing is masked."""
-        plans, self._plans = self._plans, {}
-        return plans
+    def take_tags(self) -> dict[int, Any]:
+        """The statement tags of the batch `review` just decided, by frame index: a list
+        (one per statement) for a Query, a tag for a Parse. Empty when nothing follows
+        the statements to their results (no masks, no audit)."""
+        tags, self._plans = self._plans, {}
+        return tags
 
-    def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog) -> bytes:
+    def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
+                ) -> bytes | Awaitable[bytes]:
         replaced: dict[int, bytes] = {}
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED:
@@ -138,8 +150,8 @@ class StatementGate:
                 if verdict.allowed:
                     if isinstance(msg, Parse):
                         self.state.register_parse(msg.name, sql)
-                    if any(p is not None for p in verdict.plans):
-                        self._plans[i] = verdict.plans if mtype == _Q else verdict.plans[0]
+                    if any(t is not None for t in verdict.tags):
+                        self._plans[i] = list(verdict.tags) if mtype == _Q else verdict.tags[0]
                     continue
                 marker = self._marker(relay, verdict)
                 if isinstance(msg, Parse):
@@ -147,9 +159,18 @@ class StatementGate:
                 else:
                     replacement = frame(b"Q", cstr(marker))
             replaced[i] = replacement
-        if not replaced:
-            return raw
-        return b"".join(replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
+        out = raw if not replaced else b"".join(
+            replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
+        audit = self.audit
+        if audit is not None and self._last_seq and not audit.is_durable(self._last_seq):
+            return self._when_durable(out, self._last_seq)
+        return out
+
+    async def _when_durable(self, out: bytes, seq: int) -> bytes:
+        # Nothing runs before the record of its decision is written (durability: os|fsync).
+        assert self.audit is not None
+        await self.audit.wait_durable(seq)
+        return out
 
     def _marker(self, relay: Relay, verdict: Verdict) -> str:
         self.denials += 1
@@ -215,6 +236,54 @@ class StatementGate:
         return out
 
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:
+        audit = self.audit
+        if audit is None:
+            return self._decide(sql, protocol, catalog, None)
+        if not audit.healthy:
+            return _denial("58030", "the audit trail cannot be written: statements are refused "
+                           "until it recovers")
+        decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] = []
+        verdict = self._decide(sql, protocol, catalog, decided)
+        try:
+            return self._record(sql, verdict, decided)
+        except Exception as e:  # AuditUnavailable (backlog full, closed) or a bug: fail closed
+            logs.error("audit.append_failed", session=self.facts.session["id"],
+                       error=type(e).__name__)
+            return _denial("58030", "the audit trail cannot be written: statements are refused "
+                           "until it recovers")
+
+    def _record(self, sql: str, verdict: Verdict,
+                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]]) -> Verdict:
+        from gateway.audit import records
+
+        audit, ctx = self.audit, self.audit_ctx
+        assert audit is not None and ctx is not None
+        error = verdict.error
+        if not decided:  # refused before the policy ran
+            assert error is not None
+            self._last_seq = audit.append(records.decision_record(
+                ctx, sql=sql, outcome="denied", reasons=[error.message], sqlstate=error.code))
+            return verdict
+        now = time.perf_counter()
+        tags: list[StatementTag | None] = []
+        for i, (info, decision, doc, digest) in enumerate(decided):
+            refused = not verdict.allowed and decision.outcome == "allow"
+            seq = audit.append(records.decision_record(
+                ctx, decision=decision, input_doc=self.facts.input_for(doc),
+                statement_digest=digest,
+                outcome="denied" if refused else None,
+                reasons=[error.message] if refused and error is not None else None,
+                sqlstate=error.code if refused and error is not None else None))
+            self._last_seq = seq
+            plan = verdict.plans[i] if i < len(verdict.plans) else None
+            tags.append(StatementTag(plan, seq, now, info.command))
+        if not verdict.allowed:
+            return verdict
+        return Verdict(True, plans=verdict.plans, tags=tuple(tags))
+
+    def _decide(self, sql: str, protocol: str, catalog: Catalog,
+                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None
+                ) -> Verdict:
         if self.poisoned is not None:
             return _denial("42501", self.poisoned)
         engine = self.policy()
@@ -244,11 +313,16 @@ class StatementGate:
             # The session's facts are digested once; per statement only its own document.
             decision = engine.decide(self.facts.input_for(stmt), cache_key=facts_key + ":" + digest)
             decisions.append((info, decision))
+            if decided is not None:
+                decided.append((info, decision, stmt, digest))
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
         if verdict.allowed and any(d.mask for _, d in decisions):
             verdict = self._mask_plans(decisions, catalog)
+        if verdict.allowed and verdict.plans and not verdict.tags:
+            verdict = Verdict(True, plans=verdict.plans, tags=tuple(
+                StatementTag(p) if p is not None else None for p in verdict.plans))
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:

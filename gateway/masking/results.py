@@ -18,6 +18,7 @@ at all (`needs_rows` is False): unmasked results cost no per-row work.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.wire.codec import frame
@@ -37,7 +38,7 @@ from .rows import (
     rewrite_row_description,
 )
 
-__all__ = ["ResultMasker"]
+__all__ = ["ResultMasker", "StatementTag"]
 
 _Q, _P, _B, _D, _E, _C = (ord(c) for c in "QPBDEC")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
@@ -46,15 +47,37 @@ _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.co
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
 
 
+@dataclass(slots=True)
+class StatementTag:
+    """What the gateway knows about one decided statement while its results stream: how
+    to mask them, and which audit record decided it."""
+
+    plan: MaskPlan | None = None
+    decision_seq: int | None = None
+    started: float = 0.0  # time.perf_counter() at the decision
+    command: str | None = None
+
+
+def _has_plan(tag: Any) -> bool:
+    if type(tag) is list:
+        return any(t is not None and t.plan is not None for t in tag)
+    return tag is not None and tag.plan is not None
+
+
 class ResultMasker:
     def __init__(self, lookup: Lookup,
-                 on_result: Callable[[MaskPlan, dict[str, int]], None] | None = None) -> None:
+                 on_result: Callable[[StatementTag, int, bytes, dict[str, int]], None]
+                 | None = None) -> None:
         self.tracker = ResponseTracker()
         self.lookup = lookup
+        # Called when a statement's result ends (CommandComplete, EmptyQueryResponse,
+        # PortalSuspended or ErrorResponse): the tag, that message's type and body, and
+        # the values masked per protected column.
         self.on_result = on_result
-        self._statements: dict[str, MaskPlan] = {}
-        self._portals: dict[str, MaskPlan] = {}
-        self._tagged = 0  # outstanding requests carrying a plan
+        self._statements: dict[str, StatementTag] = {}
+        self._portals: dict[str, StatementTag] = {}
+        self._tracked = 0  # outstanding requests carrying a tag
+        self._planned = 0  # ... of which carry a mask plan
         self._rows: FieldMasks | None = None  # masks for the DataRows of the current result
         self._rows_plan: MaskPlan | None = None
         self._copy: CopyOutMasker | None = None
@@ -63,25 +86,25 @@ class ResultMasker:
     @property
     def needs_rows(self) -> bool:
         """True while DataRow / CopyData must be shown to `message`."""
-        return bool(self._tagged) or self._rows is not None or self._copy is not None
+        return bool(self._planned) or self._rows is not None or self._copy is not None
 
     # -- client side -------------------------------------------------------------------------
 
-    def forwarded(self, frames: list[Frame], plans: Mapping[int, Any]) -> None:
-        """Client messages as forwarded upstream; `plans[i]` is frame i's plan (a Query:
-        a list with one plan or None per statement)."""
+    def forwarded(self, frames: list[Frame], tags: Mapping[int, Any]) -> None:
+        """Client messages as forwarded upstream; `tags[i]` is frame i's `StatementTag` (a
+        Query: a list with one tag or None per statement)."""
         registry = bool(self._statements)
         for i, (t, body) in enumerate(frames):
             tag: Any = None
             if t == _Q:
-                tags = plans.get(i)
-                if tags is not None and any(p is not None for p in tags):
-                    tag = tags
+                qtags = tags.get(i)
+                if qtags is not None and any(x is not None for x in qtags):
+                    tag = qtags
             elif t == _P:
-                plan = plans.get(i)
+                ptag = tags.get(i)
                 name = _parse_name(body)
-                if plan is not None:
-                    self._statements[name] = plan
+                if ptag is not None:
+                    self._statements[name] = ptag
                     registry = True
                 elif registry:
                     self._statements.pop(name, None)
@@ -89,12 +112,12 @@ class ResultMasker:
                 tag = self._registry(t, body)
             self._track(t, tag)
 
-    def _registry(self, t: int, body: bytes) -> MaskPlan | None:
+    def _registry(self, t: int, body: bytes) -> StatementTag | None:
         msg = decode_frontend(t, body)
         if isinstance(msg, Bind):
-            plan = self._statements.get(msg.statement)
-            if plan is not None:
-                self._portals[msg.portal] = plan
+            tag = self._statements.get(msg.statement)
+            if tag is not None:
+                self._portals[msg.portal] = tag
             else:
                 self._portals.pop(msg.portal, None)
             return None
@@ -110,7 +133,9 @@ class ResultMasker:
     def _track(self, t: int, tag: Any) -> None:
         req = self.tracker.request(t, tag)
         if req is not None and tag is not None:
-            self._tagged += 1
+            self._tracked += 1
+            if _has_plan(tag):
+                self._planned += 1
 
     # -- upstream side -----------------------------------------------------------------------
 
@@ -118,27 +143,28 @@ class ResultMasker:
         """Accounts for one backend message (or a run of DataRows, raw, as type
         ``RUN | 'D'``); returns its replacement, or None to keep it.
         Raises ProtocolViolation when the stream cannot be followed (fail closed)."""
-        if not self._tagged and self._rows is None and self._copy is None:
-            self.tracker.response(mtype)  # nothing to mask: only keep the queue in step
+        if not self._tracked and self._rows is None and self._copy is None:
+            self.tracker.response(mtype)  # nothing to mask or record: keep the queue in step
             return None
         run = mtype == _DATA_RUN
         answer = self.tracker.response(_DATA if run else mtype)
         if answer is None:
             return None
         req = answer.request
+        tag = answer.tag
+        plan = tag.plan if tag is not None else None
         out: bytes | None = None
         if run or mtype == _DATA:
-            if self._rows is None and req.type == _E and req.tag is not None:
-                self._rows, self._rows_plan = self._portal_masks(req.tag), req.tag
+            if self._rows is None and plan is not None and req.type == _E:
+                self._rows, self._rows_plan = self._portal_masks(plan), plan
             if self._rows:
-                plan = self._rows_plan
-                assert plan is not None
+                rows_plan = self._rows_plan
+                assert rows_plan is not None
                 if run:
-                    out = rewrite_data_rows(body, self._rows, plan.counts)
+                    out = rewrite_data_rows(body, self._rows, rows_plan.counts)
                 else:
-                    out = rewrite_data_row(body, self._rows, plan.counts)
+                    out = rewrite_data_row(body, self._rows, rows_plan.counts)
         elif mtype == _T:
-            plan = req.current_tag
             if plan is not None:
                 masks = field_masks(plan, body, self.lookup)
                 plan.field_masks = masks
@@ -146,7 +172,6 @@ class ResultMasker:
                     self._rows, self._rows_plan = masks, plan
                 out = rewrite_row_description(body, masks)
         elif mtype == _H:
-            plan = req.current_tag
             if plan is not None and plan.positions:
                 try:
                     self._copy = CopyOutMasker(plan.positions, plan.copy or {},
@@ -163,9 +188,11 @@ class ResultMasker:
         elif mtype == _COPYDONE and self._copy is not None and self._copy.pending():
             raise ProtocolViolation("COPY ended inside a row")
         if answer.ends_result:
-            self._end_result()
+            self._end_result(tag, mtype, body)
         if answer.done and req.tag is not None:
-            self._tagged -= 1
+            self._tracked -= 1
+            if _has_plan(req.tag):
+                self._planned -= 1
         return out
 
     @staticmethod
@@ -174,16 +201,17 @@ class ResultMasker:
         # masks) or none at all (the analysis's positions).
         return plan.field_masks if plan.field_masks is not None else dict(plan.positions)
 
-    def _end_result(self) -> None:
+    def _end_result(self, tag: StatementTag | None, mtype: int, body: bytes) -> None:
         plan = self._rows_plan
         self._rows = None
         self._rows_plan = None
         self._copy = None
+        counts: dict[str, int] = {}
         if plan is not None:
             counts, plan.counts = plan.counts, {}
             self.masked_values += sum(counts.values())
-            if self.on_result is not None:
-                self.on_result(plan, counts)
+        if tag is not None and self.on_result is not None:
+            self.on_result(tag, mtype, body, counts)
 
 
 def _parse_name(body: bytes) -> str:

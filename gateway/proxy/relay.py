@@ -58,7 +58,7 @@ class Gate(Protocol):
     def ready_for_query(self, status: str) -> None:
         ...
 
-    def take_plans(self) -> dict[int, Any]:
+    def take_tags(self) -> dict[int, Any]:
         ...
 
 
@@ -138,8 +138,8 @@ class Relay:
                 terminate = True
         results = self.results
         if results is not None:
-            plans = self.gate.take_plans() if self.gate is not None else {}
-            results.forwarded(frames, plans)
+            tags = self.gate.take_tags() if self.gate is not None else {}
+            results.forwarded(frames, tags)
             if results.needs_rows:
                 self.observer.observed = OBSERVED_ROWS
                 self.observer.coalesce = _ROWS
@@ -159,7 +159,9 @@ class Relay:
             out = await pending
         except Exception as e:  # the gate failed: end the session, fail closed
             logs.error("session.gate_error", session=self.session_id, error=type(e).__name__)
-            self._fail_client("XX000", "internal gateway error while deciding a statement")
+            code = getattr(e, "sqlstate", None)  # e.g. 58030: the audit trail failed meanwhile
+            self._fail_client(code or "XX000", str(e) if code else
+                              "internal gateway error while deciding a statement")
             return
         if self.done.done():
             return

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gateway import logs
+from gateway import __version__, logs
+from gateway.audit import (
+    AuditError,
+    AuditSettings,
+    AuditUnavailable,
+    AuditWriter,
+    open_audit,
+    records,
+)
 from gateway.bundle.reloader import BundleReloader
 from gateway.enforce.catalog_cache import CatalogCache
 from gateway.policy.engine import PolicyEngine
@@ -52,6 +62,16 @@ class GatewayServer:
             self.bundles = BundleReloader(config.policy, base_dir=config.source.parent,
                                           activate=self._set_policy, worker_id=worker_id)
             self.policy_engine = self.bundles.load_initial()
+        # The audit trail: one hash chain per worker process (instance id "-w<k>").
+        self.audit: AuditWriter | None = None
+        if config.audit is not None:
+            self.audit = open_audit(
+                AuditSettings.from_config(config.audit),
+                worker=worker_id if config.listen.workers > 1 else None,
+                on_health=self._audit_health)
+            if self.bundles is not None:
+                self.bundles.on_event = self._bundle_event
+        self._started_at = time.monotonic()
         self.catalogs = CatalogCache(self._fetch_catalog)
         self._targets = {
             name: up.UpstreamTarget(
@@ -65,6 +85,32 @@ class GatewayServer:
 
     def _set_policy(self, engine: PolicyEngine) -> None:
         self.policy_engine = engine
+
+    def _audit_health(self, healthy: bool, error: str | None) -> None:
+        # Called from the writer thread; logging is thread-safe.
+        if healthy:
+            logs.info("audit.recovered", worker=self.worker_id)
+        else:
+            logs.error("audit.unavailable", worker=self.worker_id, error=error)
+
+    def _bundle_event(self, kind: str, details: dict[str, Any]) -> None:
+        if self.audit is None:
+            return
+        if kind == "bundle_activated":
+            rec = records.bundle_activated(
+                revision=details.get("revision"), bundle_hash=str(details.get("sha256")),
+                source=str(details.get("location")),
+                previous_revision=details.get("previous_revision"),
+                previous_bundle_hash=details.get("previous_sha256"),
+                signed_by=details.get("keyid"))
+        else:
+            rec = records.bundle_rejected(
+                source=str(details.get("location")), reason=str(details.get("reason")),
+                bundle_hash=details.get("sha256"))
+        try:
+            self.audit.append(rec)
+        except AuditUnavailable as e:
+            logs.error("audit.append_failed", kind=kind, error=str(e))
 
     def reload_policy(self, trigger: str = "sighup") -> None:
         """Check the policy bundle now (SIGHUP); the work runs in a worker thread."""
@@ -85,6 +131,14 @@ class GatewayServer:
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        if self.audit is not None:
+            self.audit.start()  # AuditError: no evidence, no gateway
+            engine = self.policy_engine
+            self.audit.append(records.gateway_start(
+                version=__version__, pid=os.getpid(), workers=listen.workers,
+                worker=self.worker_id, config=str(self.config.source),
+                bundle_revision=engine.revision if engine else None,
+                bundle_hash=engine.bundle_hash if engine else None))
         if sock is not None:
             self._server = await loop.create_server(self._protocol, sock=sock, backlog=1024)
         else:
@@ -198,4 +252,13 @@ class GatewayServer:
                 for s in list(self.sessions):
                     s.terminate("57P01", "terminating connection due to gateway shutdown")
                 await asyncio.wait(pending, timeout=5)
+        if self.audit is not None:
+            try:
+                self.audit.append(records.gateway_stop(
+                    reason="shutdown", sessions_open=len(self.sessions),
+                    uptime_us=int((time.monotonic() - self._started_at) * 1e6)))
+            except (AuditError, AuditUnavailable) as e:
+                logs.error("audit.stop_record_failed", error=str(e))
+            # The final checkpoint seals the chain; close() blocks on the sink.
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.close, 10.0)
         logs.info("gateway.stopped", worker=self.worker_id)

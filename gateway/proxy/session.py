@@ -6,14 +6,15 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import logs
+from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
-from gateway.masking.results import ResultMasker
+from gateway.masking.results import ResultMasker, StatementTag
 from gateway.masking.safety_net import mask_in_place
 from gateway.wire import backend as be
 from gateway.wire.codec import frame
@@ -73,6 +74,8 @@ class Session:
         self.identity: Identity | None = None
         self.relay: Relay | None = None
         self.connection_name: str | None = None
+        self.audit_ctx: AuditContext | None = None
+        self.totals = records.SessionTotals()
         self._cancel_pid: int | None = None
         self._pending_client = b""
 
@@ -113,6 +116,10 @@ class Session:
             if self._cancel_pid is not None:
                 self.server.cancels.unregister(self._cancel_pid)
             self.client.close()
+            if self.audit_ctx is not None:
+                self._audit(records.session_end(
+                    self.audit_ctx, reason=outcome, totals=self.totals,
+                    duration_us=(time.time() - self.started_at) * 1e6))
             if self.identity is not None or outcome not in ("closed",):
                 logs.info(
                     "session.end", session=self.id, outcome=outcome,
@@ -199,6 +206,10 @@ class Session:
         except AuthError as e:
             logs.warning("auth.failure", session=self.id, reason=e.reason, user=user,
                          connection=dbname, client_addr=self.client_addr)
+            self._audit(records.auth_failure(
+                reason=e.reason, sqlstate=e.sqlstate, client_addr=self.client_addr,
+                application_name=st.params.get("application_name"), connection=dbname,
+                db_user=user, session=self.id))
             raise SessionFailure(
                 e.sqlstate, f'JWT authentication failed for user "{user}": {e}'
             ) from None
@@ -207,6 +218,10 @@ class Session:
         if conn is None:
             logs.warning("auth.unknown_connection", session=self.id, subject=identity.subject,
                          connection=dbname, client_addr=self.client_addr)
+            self._audit(records.auth_failure(
+                reason="unknown_connection", sqlstate="28000", client_addr=self.client_addr,
+                application_name=st.params.get("application_name"), connection=dbname,
+                db_user=user, session=self.id))
             raise SessionFailure(
                 "28000", f'connection "{dbname}" is not configured on this gateway'
             )
@@ -271,9 +286,17 @@ class Session:
             client_addr=self.client_addr, tls=hello.tls, networks=self.server.config.networks,
         )
         hash_key = self.server.config.masking.hash_key
+        audit = self.server.audit
+        if audit is not None:
+            self.audit_ctx = AuditContext.from_input(facts.input_for({}))
+            if not self._audit(records.session_start(self.audit_ctx)):
+                link.endpoint.abort()
+                raise SessionFailure("58030", "the audit trail cannot be written: sessions "
+                                     "are refused until it recovers")
         gate = StatementGate(facts=facts, connection=conn.name, catalogs=self.server.catalogs,
                              policy=lambda: self.server.policy_engine,
-                             hash_key=hash_key.reveal().encode() if hash_key else None)
+                             hash_key=hash_key.reveal().encode() if hash_key else None,
+                             audit=audit, audit_ctx=self.audit_ctx)
         for name, value in link.parameters:
             gate.parameter_status(name, value)
         if gate.poisoned is not None:
@@ -303,7 +326,8 @@ class Session:
 
         relay = Relay(self.id, self.client, link.endpoint, max_size, gate,
                       safety_net=self.server.config.masking.safety_net,
-                      results=ResultMasker(column_for))
+                      results=ResultMasker(column_for, on_result=self._statement_done
+                                           if self.audit_ctx is not None else None))
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         # Rights end with the token: a session does not outlive the JWT it logged in with.
@@ -320,6 +344,43 @@ class Session:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _audit(self, record: dict[str, Any]) -> bool:
+        """Append to the audit trail (if configured); False when it cannot be written."""
+        audit = self.server.audit
+        if audit is None:
+            return True
+        try:
+            audit.append(record)
+            return True
+        except (AuditError, AuditUnavailable) as e:
+            logs.error("audit.append_failed", session=self.id, error=str(e))
+            return False
+
+    def _statement_done(self, tag: StatementTag, mtype: int, body: bytes,
+                        masked: dict[str, int]) -> None:
+        """A statement's result ended: its completion record, linked to its decision."""
+        if self.audit_ctx is None:
+            return
+        sqlstate = error = None
+        rows = None
+        if mtype == 0x45:  # ErrorResponse
+            err = be.decode_backend(mtype, body)
+            sqlstate = getattr(err, "code", None)
+            error = getattr(err, "message", None)
+            outcome = "error"
+        elif mtype == 0x43:  # CommandComplete
+            rows = records.rows_from_tag(body.rstrip(b"\0").decode("ascii", "replace"))
+            outcome = "masked" if masked else "allowed"
+        else:  # EmptyQueryResponse, PortalSuspended
+            outcome = "masked" if masked else "allowed"
+        values = sum(masked.values())
+        self.totals.count(outcome, rows=rows, masked_values=values)
+        self._audit(records.statement_record(
+            self.audit_ctx, decision_seq=tag.decision_seq, outcome=outcome,
+            command=tag.command, sqlstate=sqlstate, rows=rows, masked_values=values,
+            masked_columns=sorted(masked), error=error,
+            duration_us=(time.perf_counter() - tag.started) * 1e6 if tag.started else None))
 
     def _token_expired(self) -> None:
         logs.info("session.token_expired", session=self.id,

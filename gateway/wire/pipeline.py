@@ -66,11 +66,15 @@ class Answer(NamedTuple):
     request: Request
     ends_result: bool
     done: bool
+    #: the caller's tag for what this message belongs to (a Query: its statement's)
+    tag: Any
 
 
-def _answer(request: Request, ends_result: bool = False, done: bool = False) -> Answer:
+def _answer(request: Request, ends_result: bool = False, done: bool = False,
+            tag: Any = None) -> Answer:
     # Once per backend message: a bare tuple.__new__ costs a fraction of a constructor.
-    return _new_answer(Answer, (request, ends_result, done))
+    return _new_answer(Answer, (request, ends_result, done,
+                                request.tag if request.type != _Q else tag))
 
 
 _new_answer = tuple.__new__
@@ -111,11 +115,12 @@ class ResponseTracker:
         if mtype == 0x45:  # E
             return self._error(head)
         if t == _Q:
+            tag = head.current_tag
             if mtype in (0x43, 0x49):  # C, I: one statement done
                 head.statement += 1
-                return _answer(head, ends_result=True)
+                return _answer(head, True, False, tag)
             if mtype in (0x54, 0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # T D H G W d c
-                return _answer(head)
+                return _answer(head, False, False, tag)
             raise self._unexpected(mtype, head)
         if t == _E:
             if mtype in (0x43, 0x49, 0x73):  # C, I, s
@@ -140,7 +145,7 @@ class ResponseTracker:
     def _error(self, head: Request) -> Answer:
         head.failed = True
         if head.type in (_Q, _S, _F):
-            return _answer(head, ends_result=True)  # ReadyForQuery follows
+            return _answer(head, True, False, head.current_tag)  # ReadyForQuery follows
         # Extended protocol: the server skips every message up to the next Sync.
         q = self._queue
         q.popleft()

@@ -1,0 +1,174 @@
+"""The audit trail written by a real gateway: every session, decision and statement is a
+chained record that `pgwarden audit verify` accepts, no PAN reaches it whatever the client
+sends, and a sink that cannot write makes the gateway refuse statements with 58030."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import PgBackend, upstreams_for
+
+from gateway.audit import generate_keypair
+from gateway.devtools.harness import GatewayProcess
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = REPO / "policies" / "pci"
+PANS = ("4111111111111111", "5555555555554444", "378282246310005", "6011111111111117",
+        "4000056655665556", "4242424242424242")
+
+
+def audit_yaml(directory: Path, key: Path, extra: str = "") -> str:
+    return (f"audit:\n  dir: {json.dumps(str(directory))}\n"
+            f"  signing_key: {{file: {json.dumps(str(key))}}}\n{extra}")
+
+
+def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO)
+
+
+def read_records(directory: Path) -> list[dict]:
+    out = []
+    for f in sorted(directory.glob("*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[GatewayProcess, Path, Path]]:
+    d = tmp_path_factory.mktemp("audited")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    gw = GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                        extra_yaml=audit_yaml(d / "audit", d / "audit.pem"))
+    with gw:
+        yield gw, d / "audit", d / "audit.pub"
+
+
+def test_a_session_leaves_a_verifiable_trail_without_any_pan(
+        audited: tuple[GatewayProcess, Path, Path], pg: PgBackend,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    gw, audit_dir, pub = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="audit-e2e", autocommit=True) as c:
+        assert c.execute("select id, pan from cards where id = 1").fetchone() == (
+            1, "************1111")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("select cvv from cards")
+        # PANs as literals and as parameters, in a statement that runs and one that fails
+        c.execute("select count(*) from cards where pan = '4111111111111111'").fetchone()
+        c.execute("select count(*) from cards where pan = %s", ("5555555555554444",))
+        with pytest.raises(psycopg.Error):
+            c.execute("select 1 from cards where pan = %s::int", ("4242424242424242",))
+        with pytest.raises(psycopg.errors.SyntaxError):
+            c.execute("selec '6011111111111117'")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(gw.dsn("payments"), password="not-a-token").close()
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+    types = [r["type"] for r in records]
+    for t in ("gateway.start", "session.start", "decision", "statement", "session.end",
+              "auth.failure"):
+        assert t in types, types
+    raw = "".join(f.read_text() for f in audit_dir.glob("*.jsonl"))
+    for pan in PANS:
+        assert pan not in raw and pan[:12] not in raw, pan
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert all(r.get("bundle_hash") or r.get("decision", {}).get("bundle_hash")
+               for r in decisions if r.get("decision")), decisions[:2]
+    masked = [r for r in records if r["type"] == "statement" and r.get("masked_values")]
+    assert masked and masked[0]["masked_columns"] == ["public.cards.pan"]
+    assert masked[0]["rows"] == 1
+    link = {r["seq"]: r for r in decisions}
+    assert masked[0]["decision_seq"] in link
+    # a live log verifies up to its last record (the shutdown checkpoint comes at stop)
+    out = pgwarden("audit", "verify", str(audit_dir), "--key", str(pub), "--live")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_sealed_log_verifies_and_tampering_is_named(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    d = tmp_path_factory.mktemp("sealed")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                        extra_yaml=audit_yaml(d / "audit", d / "audit.pem")) as gw:
+        with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True) as c:
+            for i in range(1, 4):
+                c.execute("select holder from cards where id = %s", (i,)).fetchone()
+    assert gw.proc is not None and gw.proc.returncode == 0
+    records = read_records(d / "audit")
+    assert records[-1]["type"] == "checkpoint" and "gateway.stop" in [r["type"] for r in records]
+    out = pgwarden("audit", "verify", str(d / "audit"), "--key", str(d / "audit.pub"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    show = pgwarden("audit", "show", str(d / "audit"))
+    assert show.returncode == 0 and "SELECT" in show.stdout, show.stdout + show.stderr
+    # edit one decision: verify fails and names it
+    seg = sorted((d / "audit").glob("*.jsonl"))[0]
+    lines = seg.read_text().splitlines()
+    i = next(n for n, line in enumerate(lines) if '"type":"decision"' in line)
+    lines[i] = lines[i].replace('"allow"', '"deny"', 1)
+    seg.write_text("\n".join(lines) + "\n")
+    out = pgwarden("audit", "verify", str(d / "audit"), "--key", str(d / "audit.pub"))
+    assert out.returncode == 1
+    assert f"{seg.name} line {i + 1}" in out.stdout + out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    d = tmp_path_factory.mktemp("fulldisk")
+    disk = d / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        generate_keypair(d / "audit.pem", d / "audit.pub")
+        extra = "  retry_interval: 0.2s\n"
+        with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                            extra_yaml=audit_yaml(disk / "audit", d / "audit.pem", extra)) as gw:
+            with psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                 autocommit=True) as c:
+                assert c.execute("select 1").fetchone() == (1,)
+            filler = disk / "filler"
+            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
+                for size in (65536, 4096, 64, 1):
+                    try:
+                        while True:
+                            f.write(b"\0" * size)
+                    except OSError:
+                        pass
+            refused = None
+            for _ in range(20):
+                try:
+                    with psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                         autocommit=True) as c:
+                        c.execute("select holder from cards where id = 1").fetchone()
+                except psycopg.Error as e:
+                    refused = e
+                    if getattr(e, "sqlstate", None) == "58030":
+                        break
+                time.sleep(0.1)
+            assert refused is not None and refused.sqlstate == "58030", refused
+            filler.unlink()  # space returns
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                         autocommit=True) as c:
+                        assert c.execute("select 2").fetchone() == (2,)
+                    break
+                except psycopg.Error:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        out = pgwarden("audit", "verify", str(disk / "audit"), "--key", str(d / "audit.pub"))
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
