@@ -607,3 +607,11 @@ def test_metrics_registry_format() -> None:
         reg.counter("x_counter", "x")
     g.set_function(lambda: 1 / 0)
     assert "x_level NaN" in reg.render()
+
+
+def test_approval_events_feed_metrics() -> None:
+    before = (m.APPROVALS_RESOLVED.value(status="denied"), m.GRANTS_USED.value())
+    for kind in ("approval_requested", "approval_denied", "grant_used", "grant_used"):
+        m.observe_approval_event(kind, {})
+    assert m.APPROVALS_RESOLVED.value(status="denied") == before[0] + 1
+    assert m.GRANTS_USED.value() == before[1] + 2

@@ -47,13 +47,18 @@ MALLORY = ident("mallory", "dev")
 
 
 @pytest.fixture(scope="module")
-def pg_dsn(pg: PgBackend) -> str:
-    """A database and role of its own for the approval store."""
+def pg_db(pg: PgBackend) -> tuple[str, str]:
+    """A database and role of its own for the approval store: (dsn, database name)."""
     role = f"apr_{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(16)
     pg.server.add_role(role, password)
     pg.server.create_database(role, owner=role)
-    return pg.server.dsn(user=role, password=password, dbname=role)
+    return pg.server.dsn(user=role, password=password, dbname=role), role
+
+
+@pytest.fixture(scope="module")
+def pg_dsn(pg_db: tuple[str, str]) -> str:
+    return pg_db[0]
 
 
 def _prefix() -> str:
@@ -499,6 +504,59 @@ def test_two_services_on_postgres_notify(pg_dsn: str) -> None:
                 assert (second.id, second.status) == (req2.id, "withdrawn")
 
     asyncio.run(main())
+
+
+def test_postgres_connection_loss_is_survived(pg: PgBackend, pg_db: tuple[str, str]) -> None:
+    """Every store connection killed (a restart, a failover): the next calls reconnect
+    and redo their work once, and the listener comes back and wakes the waiters."""
+    dsn, dbname = pg_db
+    prefix = _prefix()
+
+    def kill_all() -> str:
+        return pg.server.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'pgwarden-approvals' AND datname = current_database()",
+            dbname=dbname)
+
+    async def main() -> None:
+        a = service(PostgresStore(dsn, prefix=prefix), poll_interval=30)
+        b = service(PostgresStore(dsn, prefix=prefix), poll_interval=30)
+        async with a, b:
+            req = await hold(a, grant_ttl=60)
+            waiter = asyncio.create_task(a.wait(req.id))
+            await asyncio.sleep(0.3)
+            assert int(await asyncio.to_thread(kill_all)) >= 4  # 2 stores + 2 listeners
+            await asyncio.sleep(0.1)
+            decided = await b.approve(req.id, ALICE, "after the failover")
+            assert decided.resolved
+            res = await asyncio.wait_for(waiter, 10)
+            assert res.status == "approved" and res.grant is not None
+            assert (await a.active_grant("ci-bot", ISS, "payments", "fp1")) is not None
+            assert a.healthy() and b.healthy()
+
+    asyncio.run(main())
+
+
+def test_store_outage_fails_closed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with service(SqliteStore(tmp_path / "a.db")) as svc:
+            req = await hold(svc, grant_ttl=60)
+            await svc.approve(req.id, ALICE, "ok")
+            assert svc.healthy()
+            await svc._call(svc.store.close)  # the store goes away under the service
+            assert await svc.active_grant("ci-bot", ISS, "payments", "fp1") is None
+            assert not svc.healthy()
+            with refused("unavailable"):
+                await hold(svc)
+            await svc._call(svc.store.open)
+            assert await svc.active_grant("ci-bot", ISS, "payments", "fp1") is not None
+            assert svc.healthy()
+        assert not svc.healthy()  # closed
+
+    asyncio.run(main())
+    with pytest.raises(ApprovalError) as info:
+        PostgresStore("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1").open()
+    assert info.value.code == "unavailable"
 
 
 def test_two_services_on_one_sqlite_file(tmp_path: Path) -> None:

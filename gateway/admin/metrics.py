@@ -40,6 +40,7 @@ __all__ = [
     "Counter",
     "Gauge",
     "Registry",
+    "observe_approval_event",
     "set_bundle_info",
 ]
 
@@ -277,6 +278,19 @@ BUNDLE_RELOADS = REGISTRY.counter(
 ADMIN_REQUESTS = REGISTRY.counter(
     "pgwarden_admin_requests_total", "Admin API calls, by method and gRPC status code.",
     ("method", "code"))
+
+
+_RESOLVED_KINDS = {"approval_granted": "approved", "approval_denied": "denied",
+                   "approval_expired": "expired", "approval_withdrawn": "withdrawn"}
+
+
+def observe_approval_event(kind: str, details: object = None) -> None:
+    """Count an ApprovalService event (chain it into ``on_event``)."""
+    status = _RESOLVED_KINDS.get(kind)
+    if status is not None:
+        APPROVALS_RESOLVED.labels(status=status).inc()
+    elif kind == "grant_used":
+        GRANTS_USED.inc()
 
 
 def set_bundle_info(revision: str | None, sha256: str | None) -> None:

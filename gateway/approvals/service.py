@@ -181,6 +181,7 @@ class ApprovalService:
         self._watch_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._started = False
+        self._store_ok = True
 
     @classmethod
     def from_config(cls, approvals: Any, *, base_dir: Path | None = None,
@@ -230,8 +231,20 @@ class ApprovalService:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._executor is None:
             raise ApprovalError("unavailable", "the approval service is not started")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(fn, *args, **kwargs))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(fn, *args, **kwargs))
+        except ApprovalError as exc:
+            if exc.code == "unavailable":
+                self._store_ok = False
+            raise
+        self._store_ok = True
+        return result
+
+    def healthy(self) -> bool:
+        """False while the store is failing (the last call found it unavailable): a
+        health check for /healthz and grpc.health.v1."""
+        return self._started and self._store_ok
 
     @property
     def held_count(self) -> int:

@@ -25,6 +25,7 @@ grow in commit order: a watcher that read up to ``rev`` N misses nothing by aski
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import logs
 
@@ -109,6 +110,33 @@ CREATE INDEX IF NOT EXISTS {grants}_lookup ON {grants} (subject, issuer, connect
 """
 
 
+class _Reconnect(Exception):
+    """The connection broke before the operation changed anything: safe to redo once."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _op(fn: F) -> F:
+    """One store operation: serialized, and redone once on a fresh connection when the
+    old one turned out dead before anything was (possibly) committed — a database
+    restart or a failover costs the caller nothing."""
+
+    @functools.wraps(fn)
+    def run(self: ApprovalStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            for attempt in range(2):
+                self._started = False
+                try:
+                    return fn(self, *args, **kwargs)
+                except _Reconnect:
+                    if attempt:
+                        break
+            raise ApprovalError("unavailable", "the approval store is unavailable")
+
+    return run  # type: ignore[return-value]
+
+
 def _row_to_request(row: Sequence[Any]) -> ApprovalRequest:
     d = dict(zip(_REQUEST_COLUMNS, row, strict=True))
     return ApprovalRequest(
@@ -174,6 +202,7 @@ class ApprovalStore:
         self.channel = f"{prefix}approvals"
         self._lock = threading.RLock()
         self._sql_cache: dict[str, str] = {}
+        self._started = False  # a statement of the current operation went through
 
     # -- backend hooks ----------------------------------------------------------------------
 
@@ -246,6 +275,7 @@ class ApprovalStore:
 
     # -- requests ---------------------------------------------------------------------------
 
+    @_op
     def create_request(self, request: ApprovalRequest) -> ApprovalRequest:
         with self._lock, self._write():
             request = request.with_(rev=self._next_rev())
@@ -254,10 +284,12 @@ class ApprovalStore:
             self._notify(request.id)
             return request
 
+    @_op
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         with self._lock:
             return self._select_request(request_id)
 
+    @_op
     def list_requests(self, status: str | None = None, limit: int = 1000
                       ) -> list[ApprovalRequest]:
         with self._lock:
@@ -269,17 +301,20 @@ class ApprovalStore:
                                  "ORDER BY requested_at DESC LIMIT ?", (status, limit))
         return [_row_to_request(r) for r in rows]
 
+    @_op
     def max_rev(self) -> int:
         with self._lock:
             row = self._one("SELECT COALESCE(MAX(rev), 0) FROM {requests}")
         return int(row[0]) if row else 0
 
+    @_op
     def changes_since(self, rev: int, limit: int = 1000) -> list[ApprovalRequest]:
         with self._lock:
             rows = self._all("SELECT {rcols} FROM {requests} WHERE rev > ? "
                              "ORDER BY rev LIMIT ?", (rev, limit))
         return [_row_to_request(r) for r in rows]
 
+    @_op
     def vote(self, request_id: str, vote: Vote, *, grant_id: str | None = None
              ) -> tuple[ApprovalRequest, Grant | None, bool]:
         """Record one approver's vote, atomically.
@@ -328,6 +363,7 @@ class ApprovalStore:
             r = self._update_request(r)
             return r, grant, r.status != PENDING
 
+    @_op
     def finish(self, request_id: str, status: str, *, at: float, by: str | None = None,
                reason: str | None = None) -> ApprovalRequest | None:
         """Pending → ``status`` (expired or withdrawn). None when it was not pending any
@@ -339,6 +375,7 @@ class ApprovalStore:
             return self._update_request(r.with_(status=status, resolved_at=at,
                                                 resolved_by=by, resolution_reason=reason))
 
+    @_op
     def expire_due(self, now: float, limit: int = 100) -> list[ApprovalRequest]:
         """Expire pending requests past their expiry (their holder is gone)."""
         with self._lock, self._write():
@@ -349,6 +386,7 @@ class ApprovalStore:
                 status="expired", resolved_at=now, resolution_reason="no decision in time"))
                 for row in rows]
 
+    @_op
     def purge(self, before: float) -> int:
         """Delete requests resolved and grants ended before ``before``."""
         with self._lock, self._write():
@@ -360,6 +398,7 @@ class ApprovalStore:
 
     # -- grants -----------------------------------------------------------------------------
 
+    @_op
     def find_grant(self, subject: str, issuer: str, connection: str, fingerprint: str,
                    now: float, *, count_use: bool = True) -> Grant | None:
         with self._lock:
@@ -377,11 +416,13 @@ class ApprovalStore:
                 grant = Grant(**{**grant.__dict__, "uses": grant.uses + 1})
             return grant
 
+    @_op
     def get_grant(self, grant_id: str) -> Grant | None:
         with self._lock:
             row = self._one("SELECT {gcols} FROM {grants} WHERE id = ?", (grant_id,))
         return _row_to_grant(row) if row is not None else None
 
+    @_op
     def list_grants(self, now: float, include_inactive: bool = False, limit: int = 1000
                     ) -> list[Grant]:
         with self._lock:
@@ -394,6 +435,7 @@ class ApprovalStore:
                                  (now, limit))
         return [_row_to_grant(r) for r in rows]
 
+    @_op
     def revoke_grant(self, grant_id: str, *, at: float, by: str | None = None,
                      reason: str | None = None) -> tuple[Grant | None, bool]:
         """(grant, whether this call revoked it); (None, False) when unknown."""
@@ -462,12 +504,14 @@ class SqliteStore(ApprovalStore):
         self._execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._execute("COMMIT")
         except BaseException:
+            # Also after a failed COMMIT (busy): never leave the transaction open.
             with contextlib.suppress(sqlite3.Error):
                 assert self._conn is not None
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
             raise
-        self._execute("COMMIT")
 
 
 class PostgresStore(ApprovalStore):
@@ -531,14 +575,19 @@ class PostgresStore(ApprovalStore):
 
         if self._conn is None or self._conn.closed:
             if self._in_tx:  # never finish a transaction on a fresh connection
-                raise ApprovalError("unavailable", "the approval store connection was lost")
+                raise _Reconnect
             self.open()
         try:
-            return self._conn.execute(sql, tuple(params))
+            cursor = self._conn.execute(sql, tuple(params))
         except psycopg.OperationalError as exc:
-            logs.error("approvals.store_error", store="postgres", error=type(exc).__name__)
+            logs.warning("approvals.store_error", store="postgres", error=type(exc).__name__)
             self._drop()
+            if self._in_tx or not self._started:
+                raise _Reconnect from None  # nothing was committed
             raise ApprovalError("unavailable", "the approval store is unavailable") from None
+        if not self._in_tx:
+            self._started = True
+        return cursor
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -546,15 +595,20 @@ class PostgresStore(ApprovalStore):
 
         if self._conn is None or self._conn.closed:
             self.open()
+        committing = False
         self._in_tx = True
         try:
             with self._conn.transaction():
-                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                   (f"pgwarden.approvals.write:{self.requests_table}",))
+                self._execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                              (f"pgwarden.approvals.write:{self.requests_table}",))
                 yield
+                committing = True
         except psycopg.OperationalError as exc:
-            logs.error("approvals.store_error", store="postgres", error=type(exc).__name__)
+            logs.warning("approvals.store_error", store="postgres", error=type(exc).__name__)
             self._drop()
+            if not committing:
+                raise _Reconnect from None
+            # The COMMIT itself failed: it may or may not have happened. Never redo.
             raise ApprovalError("unavailable", "the approval store is unavailable") from None
         finally:
             self._in_tx = False
