@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean proto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pgwarden needs Python 3.11+ (set PYTHON=...)")'
@@ -30,6 +30,14 @@ bench: $(STAMP)
 	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
 		(apt-get update -q && apt-get install -y -q pgbouncer postgresql-client-15)
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
+
+# The admin API's gRPC code is generated from the .proto files and committed; this
+# regenerates it byte for byte (grpcio-tools comes with the test extras).
+PROTOS := gateway/admin/admin.proto gateway/admin/health.proto
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTOS)
+	sed -i '1i # ruff: noqa' $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

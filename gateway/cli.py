@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
 
     audit_commands.register_policy_replay(psub)
     audit_commands.register(sub)
+    from gateway.admin import cli_client as approvals_cli
+
+    approvals_cli.register(sub)
 
     c = sub.add_parser("dev-cert", help="write a self-signed TLS certificate (development only)")
     c.add_argument("dir")

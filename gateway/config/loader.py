@@ -23,6 +23,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from gateway.config.model import (
+    APPROVAL_STORES,
     JWT_ALGORITHMS,
     LOG_LEVELS,
     SAFETY_NET_MODES,
@@ -41,6 +42,7 @@ from gateway.config.model import (
     ProviderConfig,
     Secret,
     TlsFiles,
+    WebhookConfig,
 )
 from gateway.masking.methods import MIN_KEY_BYTES
 
@@ -622,6 +624,61 @@ def _masking(m: _Map) -> MaskingConfig:
                          safety_net=m.get("safety_net", _choice(*SAFETY_NET_MODES), "mask"))
 
 
+_APPROVALS_KEYS = ("timeout", "store", "path", "dsn", "table_prefix", "require_reason",
+                   "webhook")
+_ADMIN_KEYS = ("grpc", "http", "tls", "admin_groups")
+_TABLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+
+
+def _webhook(m: _Map) -> WebhookConfig:
+    url = m.get("url", _string)
+    if not re.match(r"https?://", url, re.IGNORECASE):
+        raise m.fail("url", f"expected an http:// or https:// URL, got {url!r}")
+    return WebhookConfig(url=url, secret=m.secret("secret"),
+                         timeout=m.get("timeout", _positive_duration, 5.0),
+                         retries=m.get("retries", _integer(0, 10), 3))
+
+
+def _approvals(m: _Map) -> ApprovalsConfig:
+    store = m.get("store", _choice(*APPROVAL_STORES), "sqlite")
+    dsn = m.secret("dsn")
+    if store == "postgres" and dsn is None:
+        raise m.missing("dsn", "store: postgres needs dsn: {env: NAME} or {file: PATH}")
+    if store != "postgres" and dsn is not None:
+        raise m.fail("dsn", "dsn is only used with store: postgres")
+    if store != "sqlite" and "path" in m:
+        raise m.fail("path", "path is only used with store: sqlite")
+    prefix = m.get("table_prefix", _string, "pgwarden_")
+    if not _TABLE_PREFIX.fullmatch(prefix):
+        raise m.fail("table_prefix", "use lowercase letters, digits and underscores")
+    webhook = m.optional_map("webhook", ("url", "secret", "timeout", "retries"))
+    return ApprovalsConfig(
+        timeout=m.get("timeout", _positive_duration, 300.0),
+        store=store,
+        path=m.file("path", must_exist=False) if "path" in m else None,
+        dsn=dsn,
+        table_prefix=prefix,
+        require_reason=m.get("require_reason", _boolean, True),
+        webhook=_webhook(webhook) if webhook is not None else None,
+    )
+
+
+def _admin(m: _Map) -> AdminConfig:
+    tls_map = m.optional_map("tls", ("cert", "key"))
+    tls = None
+    if tls_map is not None:
+        tls = TlsFiles(
+            cert=tls_map.file_ref("cert", must_exist=True, plain=True),
+            key=tls_map.file_ref("key", must_exist=True, plain=True),
+        )
+    return AdminConfig(
+        grpc=m.get("grpc", _address(min_port=0), None),
+        http=m.get("http", _address(min_port=0), None),
+        tls=tls,
+        admin_groups=m.items("admin_groups", _string) if "admin_groups" in m else (),
+    )
+
+
 def _networks(m: _Map) -> dict[str, tuple[Network, ...]]:
     return {name: m.items(name, _cidr) for name in m.names()}
 
@@ -669,8 +726,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         "policy", ("bundle", "verification_key", "allow_unsigned", "enforce", "keyid", "scope",
                    "state_dir", "poll_interval", "run_tests"))
     audit = root.optional_map("audit", _AUDIT_KEYS)
-    approvals = root.section("approvals", ("timeout",))
-    admin = root.section("admin", ("grpc", "http"))
     return GatewayConfig(
         source=source,
         listen=_listen(root.map("listen", _LISTEN_KEYS)),
@@ -678,11 +733,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         connections=_connections(root.map("connections", None)),
         policy=_policy(policy) if policy is not None else None,
         audit=_audit(audit) if audit is not None else None,
-        approvals=ApprovalsConfig(timeout=approvals.get("timeout", _positive_duration, 300.0)),
-        admin=AdminConfig(
-            grpc=admin.get("grpc", _address(min_port=0), None),
-            http=admin.get("http", _address(min_port=0), None),
-        ),
+        approvals=_approvals(root.section("approvals", _APPROVALS_KEYS)),
+        admin=_admin(root.section("admin", _ADMIN_KEYS)),
         networks=_networks(root.section("networks", None)),
         log=LogConfig(
             level=root.section("log", ("level",)).get("level", _choice(*LOG_LEVELS), "info")

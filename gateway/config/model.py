@@ -136,14 +136,33 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: Secret | None = None  # HMAC key of X-Pgwarden-Signature; None: unsigned
+    timeout: float = 5.0
+    retries: int = 3
+
+
+APPROVAL_STORES = ("sqlite", "postgres")
+
+
+@dataclass(frozen=True)
 class ApprovalsConfig:
     timeout: float = 300.0
+    store: str = "sqlite"  # sqlite | postgres
+    path: Path | None = None  # sqlite file; None: state/approvals.db next to the config
+    dsn: Secret | None = None  # postgres only
+    table_prefix: str = "pgwarden_"
+    require_reason: bool = True
+    webhook: WebhookConfig | None = None
 
 
 @dataclass(frozen=True)
 class AdminConfig:
     grpc: tuple[str, int] | None = None
     http: tuple[str, int] | None = None
+    tls: TlsFiles | None = None
+    admin_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
