@@ -18,7 +18,6 @@ import grpc
 import pytest
 
 from gateway.admin import (
-    Health,
     SessionInfo,
     admin_pb2_grpc,
     cli_client,
@@ -27,6 +26,7 @@ from gateway.admin import (
 )
 from gateway.admin import admin_pb2 as pb
 from gateway.admin import metrics as m
+from gateway.admin.health import Health
 from gateway.admin.httpd import AdminHttpServer
 from gateway.admin.server import AdminServer, http_server_from_config
 from gateway.approvals import ApprovalService, SqliteStore

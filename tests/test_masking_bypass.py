@@ -339,7 +339,7 @@ TECHNIQUES: tuple[Technique, ...] = (
       proto=True),
     # -- COPY ----------------------------------------------------------------------------------
     t("copy_query_text", "copy (select id, pan from cards) to stdout", REFUSED,
-      note="COPY of card numbers waits for approval (not available yet: refused)"),
+      note="COPY of card numbers waits for approval (nobody approves: expires, refused)"),
     t("copy_table", "copy cards to stdout", REFUSED),
     t("copy_columns_csv", "copy cards (id, pan) to stdout (format csv)", REFUSED),
     t("copy_columns_binary", "copy cards (id, pan) to stdout (format binary)", REFUSED),
@@ -768,8 +768,10 @@ def run_psql(gw: GatewayProcess, pg: PgBackend, tech: Technique) -> Outcome:
 @pytest.fixture(scope="module")
 def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     pg.server.psql(SETUP, dbname=pg.dbname, user=pg.service.name)
+    # The starter policy holds COPY of card numbers for approval; nobody approves here,
+    # so a short timeout turns each hold into a refusal.
     gw = GatewayProcess(tmp_path_factory.mktemp("bypass"), upstreams_for(pg),
-                        policy_dir=POLICY)
+                        policy_dir=POLICY, extra_yaml="approvals:\n  timeout: 0.3s\n")
     try:
         with gw:
             yield gw

@@ -9,6 +9,7 @@ marker; the relay swaps the server's syntax error for the gateway's 42501.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -34,6 +35,7 @@ from .input_doc import SessionFacts
 from .shapes import restate, reusable, shape_of
 
 if TYPE_CHECKING:
+    from gateway.approvals import ApprovalService
     from gateway.audit import AuditContext, AuditWriter
     from gateway.proxy.relay import Relay
 
@@ -75,6 +77,20 @@ class Verdict:
     plans: tuple[MaskPlan | None, ...] = ()
     #: per statement: what follows it to its results (mask plan, audit record)
     tags: tuple[StatementTag | None, ...] = ()
+    #: the policy holds the statement for a human (require_approval)
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A statement waiting for approval: what an approver is shown and what a grant covers."""
+
+    sql: str
+    command: str
+    fingerprint: str
+    approvers: tuple[str, ...]
+    grant_ttl: float | None
+    reasons: tuple[str, ...]
 
 
 def _denial(code: str, message: str, detail: str | None = None,
@@ -86,13 +102,20 @@ class StatementGate:
     def __init__(self, *, facts: SessionFacts, connection: str, catalogs: CatalogCache,
                  policy: Callable[[], PolicyEngine | None],
                  hash_key: bytes | None = None, audit: AuditWriter | None = None,
-                 audit_ctx: AuditContext | None = None) -> None:
+                 audit_ctx: AuditContext | None = None,
+                 approvals: ApprovalService | None = None,
+                 approval_timeout: float = 300.0) -> None:
         self.facts = facts
         self.hash_key = hash_key
         # Every decision is an audit record, durable before the statement is forwarded.
         self.audit = audit
         self.audit_ctx = audit_ctx
         self._last_seq = 0
+        # Just-in-time approval: a held statement waits here for a human's decision.
+        self.approvals = approvals
+        self.approval_timeout = approval_timeout
+        self.held: str | None = None  # the approval request this session waits for
+        self._background: set[asyncio.Future[Any]] = set()
         # frame index → mask plan(s) of the batch just reviewed (see take_plans)
         self._plans: dict[int, Any] = {}
         self.connection = connection
@@ -130,6 +153,7 @@ class StatementGate:
     def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
                 ) -> bytes | Awaitable[bytes]:
         replaced: dict[int, bytes] = {}
+        holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED:
                 continue
@@ -147,18 +171,35 @@ class StatementGate:
                 sql = msg.sql  # type: ignore[union-attr]
                 protocol = "simple" if mtype == _Q else "extended"
                 verdict = self._decide_sql(sql, protocol, catalog)
-                if verdict.allowed:
-                    if isinstance(msg, Parse):
-                        self.state.register_parse(msg.name, sql)
-                    if any(t is not None for t in verdict.tags):
-                        self._plans[i] = list(verdict.tags) if mtype == _Q else verdict.tags[0]
+                if verdict.hold is not None and self.approvals is not None:
+                    holds.append((i, msg, sql, protocol, verdict.hold))
                     continue
-                marker = self._marker(relay, verdict)
-                if isinstance(msg, Parse):
-                    replacement = Parse(msg.name, marker, ()).encode()
-                else:
-                    replacement = frame(b"Q", cstr(marker))
+                if self._admit(i, mtype, msg, sql, verdict):
+                    continue
+                replacement = self._refuse(relay, msg, verdict)
             replaced[i] = replacement
+        if holds:
+            return self._after_holds(raw, frames, replaced, holds, relay, catalog)
+        return self._finish_batch(raw, frames, replaced)
+
+    def _admit(self, i: int, mtype: int, msg: Any, sql: str, verdict: Verdict) -> bool:
+        """Note an allowed statement (prepared name, tags); False when it is refused."""
+        if not verdict.allowed:
+            return False
+        if isinstance(msg, Parse):
+            self.state.register_parse(msg.name, sql)
+        if any(t is not None for t in verdict.tags):
+            self._plans[i] = list(verdict.tags) if mtype == _Q else verdict.tags[0]
+        return True
+
+    def _refuse(self, relay: Relay, msg: Any, verdict: Verdict) -> bytes:
+        marker = self._marker(relay, verdict)
+        if isinstance(msg, Parse):
+            return Parse(msg.name, marker, ()).encode()
+        return frame(b"Q", cstr(marker))
+
+    def _finish_batch(self, raw: bytes, frames: list[Frame], replaced: dict[int, bytes]
+                      ) -> bytes | Awaitable[bytes]:
         out = raw if not replaced else b"".join(
             replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
         audit = self.audit
@@ -166,6 +207,93 @@ class StatementGate:
             if not audit.write_through():  # fsync, or the sink is failing: wait for it
                 return self._when_durable(out, self._last_seq)
         return out
+
+    # -- just-in-time approval ---------------------------------------------------------------
+
+    async def _after_holds(self, raw: bytes, frames: list[Frame], replaced: dict[int, bytes],
+                           holds: list[tuple[int, Any, str, str, Hold]], relay: Relay,
+                           catalog: Catalog) -> bytes:
+        """The batch once every held statement in it is approved (and re-decided with the
+        approval in the input), denied, expired or withdrawn; nothing of it is forwarded
+        before (the relay stops reading from this client meanwhile)."""
+        for i, msg, sql, protocol, hold in holds:
+            approval, refusal = await self._approval(hold, relay)
+            if relay.done.done():
+                return b""
+            verdict = refusal if approval is None else \
+                self._decide_sql(sql, protocol, catalog, approval)
+            assert verdict is not None
+            if verdict.hold is not None:  # approved, yet the policy holds it again
+                verdict = _denial("42501", f"{hold.command} is still held by the policy after "
+                                  "its approval; the policy must allow approved statements")
+            if not self._admit(i, msg.TYPE[0], msg, sql, verdict):
+                replaced[i] = self._refuse(relay, msg, verdict)
+        out = self._finish_batch(raw, frames, replaced)
+        return out if isinstance(out, bytes) else await out
+
+    async def _approval(self, hold: Hold, relay: Relay
+                        ) -> tuple[dict[str, Any] | None, Verdict | None]:
+        """(approval input, None) when the statement may be re-decided as approved, else
+        (None, the refusal)."""
+        from gateway.approvals import ApprovalError
+        from gateway.audit.redact import redact_sql
+
+        svc = self.approvals
+        assert svc is not None
+        who = self.facts.identity
+        grant = await svc.active_grant(who.subject, who.issuer, self.connection,
+                                       hold.fingerprint)
+        if grant is not None:  # an earlier approval's window covers this statement
+            return {"granted": True, "id": grant.request_id}, None
+        try:
+            req = await svc.request(
+                subject=who.subject, issuer=who.issuer, groups=who.groups,
+                connection=self.connection, session_id=self.facts.session["id"],
+                sql_redacted=redact_sql(hold.sql), fingerprint=hold.fingerprint,
+                approvers=hold.approvers, min_approvals=1, grant_ttl=hold.grant_ttl,
+                timeout=self.approval_timeout)
+        except ApprovalError as e:
+            return None, _denial("42501", f"{hold.command} needs approval, but the approvals "
+                                 f"service cannot take requests: {e}")
+        approvers = ", ".join(hold.approvers) or "none named"
+        relay.notify(be.NoticeResponse.build(
+            "01000", f"{hold.command} is held for approval: request {req.id} "
+            f"(approvers: {approvers}); waiting up to {self.approval_timeout:.0f} s",
+            "NOTICE", hint=f"pgwarden approvals approve {req.id} --reason TEXT").encode())
+        logs.info("approval.held", session=self.facts.session["id"], request=req.id,
+                  command=hold.command, approvers=list(hold.approvers))
+        self.held = req.id
+        waiting = asyncio.ensure_future(svc.wait(req.id, timeout=self.approval_timeout))
+        try:
+            await asyncio.wait({waiting, relay.done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.held = None
+        if not waiting.done():  # the session ended while held
+            waiting.cancel()
+            await svc.withdraw(req.id, "the client disconnected")
+            return None, _denial("57014", "the session ended while the statement was held")
+        res = waiting.result()
+        if res.approved:
+            return {"granted": True, "id": req.id}, None
+        if res.status == "denied":
+            return None, _denial("42501", f"{hold.command} denied by approver {res.by}: "
+                                 f"{res.reason or 'no reason given'}",
+                                 detail=f"approval request {req.id}")
+        if res.status == "expired":
+            return None, _denial("42501", f"{hold.command} was not approved within "
+                                 f"{self.approval_timeout:.0f} s; approval request {req.id} "
+                                 "expired")
+        return None, _denial("57014", "canceling statement due to user request "
+                             f"(approval request {req.id} withdrawn)")
+
+    def cancel_hold(self) -> bool:
+        """A client cancel while a statement is held withdraws its approval request."""
+        if self.held is None or self.approvals is None:
+            return False
+        task = asyncio.ensure_future(self.approvals.withdraw(self.held, "canceled by the client"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
 
     async def _when_durable(self, out: bytes, seq: int) -> bytes:
         # Nothing runs before the record of its decision is written (durability: os|fsync).
@@ -236,15 +364,16 @@ class StatementGate:
             out.append((doc, digest))
         return out
 
-    def _decide_sql(self, sql: str, protocol: str, catalog: Catalog) -> Verdict:
+    def _decide_sql(self, sql: str, protocol: str, catalog: Catalog,
+                    approval: dict[str, Any] | None = None) -> Verdict:
         audit = self.audit
         if audit is None:
-            return self._decide(sql, protocol, catalog, None)
+            return self._decide(sql, protocol, catalog, None, approval)
         if not audit.healthy:
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
         decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] = []
-        verdict = self._decide(sql, protocol, catalog, decided)
+        verdict = self._decide(sql, protocol, catalog, decided, approval)
         try:
             return self._record(sql, verdict, decided)
         except Exception as e:  # AuditUnavailable (backlog full, closed) or a bug: fail closed
@@ -271,7 +400,7 @@ class StatementGate:
         for i, (info, decision, doc, digest) in enumerate(decided):
             refused = not verdict.allowed and decision.outcome == "allow"
             seq = audit.append(records.decision_record(
-                ctx, decision=decision, input_doc=self.facts.input_for(doc),
+                ctx, decision=decision, input_doc=doc,
                 statement_digest=digest,
                 outcome="denied" if refused else None,
                 reasons=[error.message] if refused and error is not None else None,
@@ -285,8 +414,8 @@ class StatementGate:
         return Verdict(True, plans=verdict.plans, tags=tuple(tags))
 
     def _decide(self, sql: str, protocol: str, catalog: Catalog,
-                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None
-                ) -> Verdict:
+                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None,
+                approval: dict[str, Any] | None = None) -> Verdict:
         if self.poisoned is not None:
             return _denial("42501", self.poisoned)
         engine = self.policy()
@@ -314,10 +443,14 @@ class StatementGate:
         for info, (stmt, digest) in zip(infos, self._statement_inputs(analysis, engine),
                                         strict=True):
             # The session's facts are digested once; per statement only its own document.
-            decision = engine.decide(self.facts.input_for(stmt), cache_key=facts_key + ":" + digest)
+            doc = self.facts.input_for(stmt, approval)
+            key = facts_key + ":" + digest
+            if approval is not None:
+                key += ":approved:" + str(approval.get("id"))
+            decision = engine.decide(doc, cache_key=key)
             decisions.append((info, decision))
             if decided is not None:
-                decided.append((info, decision, stmt, digest))
+                decided.append((info, decision, doc, digest))
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
@@ -438,9 +571,12 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
         reasons = "; ".join(d.reasons) or d.error or "the policy did not allow it"
         if d.require_approval:
-            return _denial("42501", f"{info.command} needs approval{where}: {reasons}",
-                           detail="just-in-time approval is not available yet; "
-                                  f"approvers: {', '.join(d.approvers) or 'none named'}")
+            denial = _denial("42501", f"{info.command} needs approval{where}: {reasons}",
+                             detail="no approvals service is configured on this gateway; "
+                                    f"approvers: {', '.join(d.approvers) or 'none named'}")
+            return Verdict(False, denial.error, hold=Hold(
+                info.sql, info.command, info.fingerprint, tuple(d.approvers), d.grant_ttl,
+                tuple(d.reasons)))
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
                            detail=f"policy revision {d.bundle_revision}")

@@ -76,6 +76,7 @@ class Relay:
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._denials: dict[bytes, bytes] = {}  # marker -> ErrorResponse to show instead
+        self._notices: list[bytes] = []  # the gateway's own messages, waiting for a boundary
         self._outstanding = 0  # ReadyForQuery messages the client still waits for
         self._blocked = False
         self._backlog: list[bytes] = []
@@ -176,6 +177,14 @@ class Relay:
                 self._backlog = backlog[i + 1 :] + self._backlog
                 return
 
+    def notify(self, message: bytes) -> None:
+        """Send the client a message of the gateway's own (a NoticeResponse) between two
+        upstream messages: now if the stream is at a boundary, else once it is."""
+        if self.observer.at_boundary() and not (self.safety and self.safety.holding()):
+            self.client.write(message)
+        else:
+            self._notices.append(message)
+
     def deny_with_marker(self, marker: bytes, error: be.ErrorResponse) -> None:
         """Register a replacement: the upstream error naming `marker` becomes `error`."""
         self._denials[marker] = error.encode()
@@ -237,6 +246,10 @@ class Relay:
                 return
         if forward:
             self.client.write(forward)
+        if self._notices and self.observer.at_boundary() and not (
+                self.safety and self.safety.holding()):
+            notices, self._notices = self._notices, []
+            self.client.write(b"".join(notices))
         if self.safety_error:
             # Whether what the client has received so far ends between two messages.
             self._client_at_boundary = self.observer.at_boundary() and not self.safety.holding()

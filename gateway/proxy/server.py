@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, logs
+from gateway.admin import metrics
+from gateway.approvals import ApprovalService
 from gateway.audit import (
     AuditError,
     AuditSettings,
@@ -26,6 +28,7 @@ from gateway.wire.errors import ProtocolViolation
 from gateway.wire.startup import CancelRequest, StartupReader
 
 from . import upstream as up
+from .admin_backend import GatewayAdminBackend
 from .cancel import CancelRegistry
 from .endpoint import ConnectionClosed, Endpoint
 from .session import Session
@@ -72,6 +75,14 @@ class GatewayServer:
             if self.bundles is not None:
                 self.bundles.on_event = self._bundle_event
         self._started_at = time.monotonic()
+        # Just-in-time approvals: every worker runs a service on the shared store; the
+        # admin API (gRPC, and HTTP health/metrics) runs in worker 0.
+        self.approvals = ApprovalService.from_config(
+            config.approvals, base_dir=config.source.parent, on_event=self._approval_event,
+            instance=f"w{worker_id}")
+        self.health: Any = None  # gateway.admin.health.Health, built in start()
+        self.admin: Any = None  # gateway.admin.server.AdminServer, in worker 0
+        self.admin_http: Any = None
         self.catalogs = CatalogCache(self._fetch_catalog)
         self._targets = {
             name: up.UpstreamTarget(
@@ -92,6 +103,22 @@ class GatewayServer:
             logs.info("audit.recovered", worker=self.worker_id)
         else:
             logs.error("audit.unavailable", worker=self.worker_id, error=error)
+
+    def _approval_event(self, kind: str, details: dict[str, Any]) -> None:
+        metrics.observe_approval_event(kind, details)
+        event = kind.removeprefix("approval_")
+        if self.audit is None or event not in records.APPROVAL_EVENTS:
+            return
+        req = details.get("approval") or {}
+        approver = details.get("approver") or {}
+        try:
+            self.audit.append(records.approval_record(
+                event, approval_id=str(req.get("id")), requester=req.get("subject"),
+                approvers=req.get("approvers") or (), approver=approver.get("subject"),
+                approver_issuer=approver.get("issuer"), reason=details.get("reason"),
+                sql=req.get("sql")))
+        except AuditUnavailable as e:
+            logs.error("audit.append_failed", kind=kind, error=str(e))
 
     def _bundle_event(self, kind: str, details: dict[str, Any]) -> None:
         if self.audit is None:
@@ -152,9 +179,35 @@ class GatewayServer:
                 lambda: Endpoint(on_connect=self._accept_peer), path)
         if self.bundles is not None:
             self.bundles.start()
+        await self.approvals.start()
+        from gateway.admin.health import Health  # imports grpc: only in workers
+
+        self.health = Health()
+        self.health.add_check("approvals", self.approvals.healthy)
+        if self.audit is not None:
+            audit = self.audit
+            self.health.add_check("audit", lambda: audit.healthy)
+        if self.worker_id == 0:
+            await self._start_admin()
         addrs = [s.getsockname() for s in self._server.sockets]
         logs.info("gateway.listening", worker=self.worker_id,
                   addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None)
+
+    async def _start_admin(self) -> None:
+        # grpc is imported here, in the worker that serves the admin API: grpc's threads in
+        # the supervisor would take its signals (SIGHUP forwarding) from the main thread.
+        from gateway.admin.server import AdminServer, http_server_from_config
+
+        admin = self.config.admin
+        if admin.grpc is not None:
+            self.admin = AdminServer.from_config(
+                admin, verifier=self.verifier, approvals=self.approvals,
+                backend=GatewayAdminBackend(self), health=self.health)
+            port = await self.admin.start()
+            logs.info("admin.listening", grpc=f"{admin.grpc[0]}:{port}")
+        self.admin_http = http_server_from_config(admin, health=self.health)
+        if self.admin_http is not None:
+            await self.admin_http.start()
 
     def _protocol(self) -> Endpoint:
         return Endpoint(on_connect=self._accept)
@@ -252,6 +305,11 @@ class GatewayServer:
                 for s in list(self.sessions):
                     s.terminate("57P01", "terminating connection due to gateway shutdown")
                 await asyncio.wait(pending, timeout=5)
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.admin_http is not None:
+            await self.admin_http.stop()
+        await self.approvals.close()
         if self.audit is not None:
             try:
                 self.audit.append(records.gateway_stop(

@@ -75,6 +75,7 @@ class Session:
         self.relay: Relay | None = None
         self.connection_name: str | None = None
         self.audit_ctx: AuditContext | None = None
+        self.application_name: str | None = None
         self.totals = records.SessionTotals()
         self._cancel_pid: int | None = None
         self._pending_client = b""
@@ -279,6 +280,7 @@ class Session:
             raise SessionFailure(
                 "58000", f'could not read the catalog of connection "{conn.name}"') from None
         params = hello.startup.params
+        self.application_name = _printable(params.get("application_name", ""), 255)
         facts = SessionFacts.build(
             self.identity, session_id=self.id, started_at=self.started_at, name=conn.name,
             database=conn.database, user=_printable(params.get("user", "")),
@@ -296,7 +298,9 @@ class Session:
         gate = StatementGate(facts=facts, connection=conn.name, catalogs=self.server.catalogs,
                              policy=lambda: self.server.policy_engine,
                              hash_key=hash_key.reveal().encode() if hash_key else None,
-                             audit=audit, audit_ctx=self.audit_ctx)
+                             audit=audit, audit_ctx=self.audit_ctx,
+                             approvals=self.server.approvals,
+                             approval_timeout=self.server.config.approvals.timeout)
         for name, value in link.parameters:
             gate.parameter_status(name, value)
         if gate.poisoned is not None:
@@ -395,6 +399,10 @@ class Session:
         key = link.key
 
         async def cancel() -> None:
+            gate = self.relay.gate if self.relay is not None else None
+            if gate is not None and gate.cancel_hold():  # type: ignore[attr-defined]
+                logs.info("session.cancel_withdrew_hold", session=self.id)
+                return  # the held statement never reached the database
             if key is None:
                 return
             await up.send_cancel(target, key)

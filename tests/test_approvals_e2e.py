@@ -1,0 +1,211 @@
+"""Just-in-time approval through a real gateway: a held statement waits in the gateway
+while its session is told the request id; an approver acts with `pgwarden approvals`
+over the gRPC admin API; the statement then runs, or fails with the approver's reason,
+or expires, or is withdrawn by a client cancel."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PgBackend, upstreams_for
+
+from gateway.devtools.harness import GatewayProcess
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = Path(__file__).resolve().parent / "policies" / "approvals"
+TIMEOUT = 4.0  # approvals.timeout of the test gateway
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    pg.server.psql("CREATE TABLE IF NOT EXISTS vault (id int, secret text);"
+                   "INSERT INTO vault SELECT 1, 'launch codes' WHERE NOT EXISTS "
+                   "(SELECT FROM vault)", dbname="payments", user=pg.service.name)
+    port = free_port()
+    extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n"
+             f"approvals:\n  timeout: {TIMEOUT}s\n")
+    g = GatewayProcess(tmp_path_factory.mktemp("approvals"), upstreams_for(pg),
+                       policy_dir=POLICY, extra_yaml=extra)
+    g.admin_port = port  # type: ignore[attr-defined]
+    with g:
+        yield g
+
+
+def approvals_cli(gw: GatewayProcess, *args: str, subject: str = "alice",
+                  groups: tuple[str, ...] = ("dba-oncall",)) -> subprocess.CompletedProcess[str]:
+    token = gw.directory / f"token-{subject}-{'-'.join(groups)}.jwt"
+    token.write_text(gw.token(subject=subject, groups=groups))
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "approvals", *args, "--admin",
+         f"127.0.0.1:{gw.admin_port}", "--token", str(token)],  # type: ignore[attr-defined]
+        capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+
+
+class HeldClient:
+    """A client running one statement in a thread (it blocks while held)."""
+
+    def __init__(self, gw: GatewayProcess, sql: str, subject: str = "ci-bot") -> None:
+        self.conn = psycopg.connect(gw.dsn("payments"), autocommit=True,
+                                    password=gw.token(subject=subject, groups=("ci",)))
+        self.notices: list[str] = []
+        self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(sql,), daemon=True)
+        self.thread.start()
+
+    def _run(self, sql: str) -> None:
+        try:
+            self.result = self.conn.execute(sql).fetchall()
+        except BaseException as e:  # handed to the test
+            self.error = e
+
+    def request_id(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for n in self.notices:
+                if "held for approval: request " in n:
+                    return n.split("request ")[1].split()[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no hold notice; notices={self.notices} error={self.error}")
+
+    def finish(self, timeout: float = 15.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the statement is still held"
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_a_held_statement_runs_once_approved(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select secret from vault")
+    try:
+        rid = client.request_id()
+        assert rid.startswith("apr_")
+        listed = approvals_cli(gw, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
+        assert item["subject"] == "ci-bot" and item["connection"] == "payments"
+        assert "vault" in item["sql"] and item["requested_at"]
+        assert client.result is None and client.thread.is_alive()  # still waiting
+        out = approvals_cli(gw, "approve", rid, "--reason", "INC-42 reconciliation")
+        assert out.returncode == 0, out.stdout + out.stderr
+        client.finish()
+        assert client.error is None and client.result == [("launch codes",)]
+        assert client.conn.execute("select 1").fetchone() == (1,)  # the session goes on
+    finally:
+        client.close()
+
+
+def test_a_denied_statement_fails_with_the_approvers_reason(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select count(*) from vault")
+    try:
+        rid = client.request_id()
+        out = approvals_cli(gw, "deny", rid, "--reason", "not during the freeze")
+        assert out.returncode == 0, out.stdout + out.stderr
+        client.finish()
+        assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
+        assert "not during the freeze" in str(client.error) and "alice" in str(client.error)
+    finally:
+        client.close()
+
+
+def test_the_requester_and_non_members_cannot_approve(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select id from vault", subject="bob")
+    try:
+        rid = client.request_id()
+        own = approvals_cli(gw, "approve", rid, "--reason", "me", subject="bob")
+        assert own.returncode == 1 and "bob requested" in own.stdout + own.stderr
+        outsider = approvals_cli(gw, "approve", rid, "--reason", "x", subject="carol",
+                                 groups=("ci",))
+        assert outsider.returncode == 1, outsider.stdout + outsider.stderr
+        assert client.thread.is_alive()  # neither released it
+        assert approvals_cli(gw, "deny", rid, "--reason", "cleanup").returncode == 0
+        client.finish()
+    finally:
+        client.close()
+
+
+def test_no_answer_expires_the_request(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select secret from vault where id = 1")
+    try:
+        client.request_id()
+        client.finish(timeout=TIMEOUT + 10)
+        assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
+        assert "not approved within" in str(client.error)
+    finally:
+        client.close()
+
+
+def test_a_client_cancel_withdraws_the_request(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select secret from vault where id > 0")
+    try:
+        rid = client.request_id()
+        client.conn.cancel()
+        client.finish()
+        assert isinstance(client.error, psycopg.errors.QueryCanceled), client.error
+        listed = approvals_cli(gw, "list", "--json", "--all")
+        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
+        assert item["status"] == "withdrawn"
+    finally:
+        client.close()
+
+
+def test_two_held_statements_are_resolved_independently(gw: GatewayProcess) -> None:
+    a = HeldClient(gw, "select 'a', id from vault")
+    b = HeldClient(gw, "select 'b', id from vault")
+    try:
+        ra, rb = a.request_id(), b.request_id()
+        assert ra != rb
+        assert approvals_cli(gw, "deny", rb, "--reason", "only one").returncode == 0
+        b.finish()
+        assert isinstance(b.error, psycopg.errors.InsufficientPrivilege)
+        assert a.thread.is_alive()
+        assert approvals_cli(gw, "approve", ra, "--reason", "ok").returncode == 0
+        a.finish()
+        assert a.result == [("a", 1)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_grant_window_lets_the_same_statement_run_until_it_expires(
+        gw: GatewayProcess) -> None:
+    sql = "select id, secret from vault order by id"
+    first = HeldClient(gw, sql, subject="dave")
+    try:
+        rid = first.request_id()
+        assert approvals_cli(gw, "approve", rid, "--reason", "window").returncode == 0
+        first.finish()
+        assert first.error is None
+        # within grant_ttl (3 s): no new hold
+        with psycopg.connect(gw.dsn("payments"), autocommit=True,
+                             password=gw.token(subject="dave", groups=("ci",))) as c:
+            assert c.execute(sql).fetchall() == [(1, "launch codes")]
+        time.sleep(3.5)
+        again = HeldClient(gw, sql, subject="dave")
+        try:
+            again.request_id()  # held again once the grant expired
+            assert approvals_cli(gw, "deny", again.request_id(),
+                                 "--reason", "done").returncode == 0
+            again.finish()
+        finally:
+            again.close()
+    finally:
+        first.close()
