@@ -7,6 +7,7 @@ import json
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.audit import generate_keypair
 from gateway.bundle.build import build_bundle
 from gateway.bundle.signing import load_private_key
 from gateway.devtools.embedded_pg import EmbeddedPostgres
@@ -22,6 +24,7 @@ from gateway.devtools.harness import GatewayProcess, UpstreamSpec
 from gateway.devtools.sample_data import PAYMENTS_SCHEMA
 
 from .ci_job import run_ci_job
+from .oversight import audit_evidence, held_export
 
 # The starter policy ships with the source tree (policies/ is policy-as-code, kept in git).
 STARTER_POLICY = Path(__file__).resolve().parents[2] / "policies" / "pci"
@@ -52,7 +55,12 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
         _say(f"• built and signed the starter policy as an OPA bundle: {bundle.name}\n"
              f"  revision {revision}, sha256 {digest[:16]}…, ES256 signature over every file")
 
-        _say("• generating a development token issuer, a TLS certificate and gateway.yaml")
+        _say("• generating a development token issuer, a TLS certificate, an audit signing "
+             "key and gateway.yaml")
+        audit_dir, audit_pub = base / "audit", base / "keys" / "audit-signing.pub"
+        (base / "keys").mkdir(parents=True, exist_ok=True)
+        generate_keypair(base / "keys" / "audit-signing.pem", audit_pub)
+        admin_port = _free_port()
         gw = GatewayProcess(
             base / "gateway",
             {"cardholder": UpstreamSpec(pg.host, pg.port, "payments", "pgwarden_svc",
@@ -61,10 +69,16 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
             policy_yaml=(f"policy:\n  bundle: {json.dumps(str(bundle))}\n"
                          f"  verification_key: {{file: {json.dumps(str(public_key))}}}\n"
                          f"  poll_interval: 0\n"),
+            extra_yaml=(f"audit:\n  dir: {json.dumps(str(audit_dir))}\n"
+                        f"  signing_key: {{file: "
+                        f"{json.dumps(str(base / 'keys' / 'audit-signing.pem'))}}}\n"
+                        f"admin:\n  grpc: 127.0.0.1:{admin_port}\n"
+                        f"approvals:\n  timeout: 60s\n"),
         )
         gw.start()
         _say(f"• gateway listening on 127.0.0.1:{gw.port} (TLS required, JWT as password, "
-             f"bundle verified before activation)")
+             f"bundle verified before activation); admin API on 127.0.0.1:{admin_port}; "
+             f"audit trail in {audit_dir.name}/")
 
         groups = ("ci", "ci-writers")
         token = gw.token("ci-bot", groups=groups, ttl=3600)
@@ -75,8 +89,18 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
 
         _say("\n── the CI job ─────────────────────────────────────────────────────────")
         problems = run_ci_job(gw.dsn("cardholder", "require"), token, expired, _say)
+        _say("9. a card export needs a human: the policy holds it for dba-oncall")
+        approver = base / "oncall.jwt"
+        approver.write_text(gw.token("alice@oncall", groups=("dba-oncall",), ttl=600))
+        approver.chmod(0o600)
+        problems += held_export(gw.dsn("cardholder", "require"), token,
+                                f"127.0.0.1:{admin_port}", approver, _say)
         _say("───────────────────────────────────────────────────────────────────────\n")
         _summarize(gw)
+        if not keep_serving:
+            gw.stop()  # seals the audit trail with its shutdown checkpoint
+            _say("\nthe evidence (the gateway stopped, sealing its audit trail):")
+            problems += audit_evidence(audit_dir, audit_pub, _say)
         if problems:
             for p in problems:
                 _say(f"FAILED: {p}")
@@ -91,6 +115,12 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
         pg.stop()
         if own_dir:  # keys and tokens do not outlive the demo
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _signed_bundle(directory: Path) -> tuple[Path, Path, str, str]:
