@@ -79,6 +79,10 @@ class Verdict:
     tags: tuple[StatementTag | None, ...] = ()
     #: the policy holds the statement for a human (require_approval)
     hold: Hold | None = None
+    #: the upstream role the statement runs as (the decision's db_role), if any
+    role: str | None = None
+    #: how many statements the query string holds
+    statements: int = 1
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ class StatementGate:
                 if verdict.hold is not None and self.approvals is not None:
                     holds.append((i, msg, sql, protocol, verdict.hold))
                     continue
-                if self._admit(i, mtype, msg, sql, verdict):
+                if self._admit(i, mtype, msg, sql, verdict, replaced):
                     continue
                 replacement = self._refuse(relay, msg, verdict)
             replaced[i] = replacement
@@ -182,14 +186,28 @@ class StatementGate:
             return self._after_holds(raw, frames, replaced, holds, relay, catalog)
         return self._finish_batch(raw, frames, replaced)
 
-    def _admit(self, i: int, mtype: int, msg: Any, sql: str, verdict: Verdict) -> bool:
-        """Note an allowed statement (prepared name, tags); False when it is refused."""
+    def _admit(self, i: int, mtype: int, msg: Any, sql: str, verdict: Verdict,
+               replaced: dict[int, bytes]) -> bool:
+        """Note an allowed statement (prepared name, tags, db_role); False when refused."""
         if not verdict.allowed:
             return False
         if isinstance(msg, Parse):
             self.state.register_parse(msg.name, sql)
+        tags: list[StatementTag | None] | None = None
         if any(t is not None for t in verdict.tags):
-            self._plans[i] = list(verdict.tags) if mtype == _Q else verdict.tags[0]
+            tags = list(verdict.tags)
+        if verdict.role is not None and mtype == _Q:
+            # Least privilege for this statement only: the role is set before it and reset
+            # after it in the same query string (an error rolls the SET back with the
+            # implicit transaction); the client never sees the two extra results.
+            role = '"' + verdict.role.replace('"', '""') + '"'
+            wrapped = "SET ROLE " + role + ";\n" + sql + "\n;RESET ROLE"
+            replaced[i] = frame(b"Q", cstr(wrapped))
+            inner = tags or [None] * verdict.statements
+            tags = [StatementTag(internal=True), *inner, StatementTag(internal=True)]
+            logs.info("session.db_role", session=self.facts.session["id"], role=verdict.role)
+        if tags is not None:
+            self._plans[i] = tags if mtype == _Q else tags[0]
         return True
 
     def _refuse(self, relay: Relay, msg: Any, verdict: Verdict) -> bytes:
@@ -226,7 +244,7 @@ class StatementGate:
             if verdict.hold is not None:  # approved, yet the policy holds it again
                 verdict = _denial("42501", f"{hold.command} is still held by the policy after "
                                   "its approval; the policy must allow approved statements")
-            if not self._admit(i, msg.TYPE[0], msg, sql, verdict):
+            if not self._admit(i, msg.TYPE[0], msg, sql, verdict, replaced):
                 replaced[i] = self._refuse(relay, msg, verdict)
         out = self._finish_batch(raw, frames, replaced)
         return out if isinstance(out, bytes) else await out
@@ -411,7 +429,8 @@ class StatementGate:
             tags.append(StatementTag(plan, seq, now, info.command))
         if not verdict.allowed:
             return verdict
-        return Verdict(True, plans=verdict.plans, tags=tuple(tags))
+        return Verdict(True, plans=verdict.plans, tags=tuple(tags), role=verdict.role,
+                       statements=verdict.statements)
 
     def _decide(self, sql: str, protocol: str, catalog: Catalog,
                 decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None,
@@ -454,11 +473,15 @@ class StatementGate:
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
+        role = verdict.role
         if verdict.allowed and any(d.mask for _, d in decisions):
             verdict = self._mask_plans(decisions, catalog)
         if verdict.allowed and verdict.plans and not verdict.tags:
             verdict = Verdict(True, plans=verdict.plans, tags=tuple(
                 StatementTag(p) if p is not None else None for p in verdict.plans))
+        if verdict.allowed and role is not None:
+            verdict = Verdict(True, plans=verdict.plans, tags=verdict.tags, role=role,
+                              statements=len(decisions))
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
@@ -580,7 +603,16 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
                            detail=f"policy revision {d.bundle_revision}")
-        if d.row_limit is not None or d.db_role is not None:
-            return _denial("42501", f"{info.command}: the policy asks for row_limit/db_role, "
+        if d.row_limit is not None:
+            return _denial("42501", f"{info.command}: the policy asks for row_limit, "
                            f"which this gateway does not enforce yet{where}")
-    return Verdict(True)
+    roles = {d.db_role for _, d in decisions}
+    if len(roles) > 1:
+        return _denial("42501", "the statements of this query string need different db_role "
+                       "grants; send them one at a time")
+    role = roles.pop() if roles else None
+    if role is not None and decisions[0][0].protocol != "simple":
+        return _denial("42501", f"the policy grants db_role {role!r} for this statement; "
+                       "db_role is applied to simple-protocol statements only for now",
+                       hint="send it without parameters (simple query protocol)")
+    return Verdict(True, role=role, statements=len(decisions))

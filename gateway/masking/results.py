@@ -42,6 +42,7 @@ __all__ = ["ResultMasker", "StatementTag"]
 
 _Q, _P, _B, _D, _E, _C = (ord(c) for c in "QPBDEC")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
+_COMMAND_COMPLETE = ord("C")
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -56,6 +57,9 @@ class StatementTag:
     decision_seq: int | None = None
     started: float = 0.0  # time.perf_counter() at the decision
     command: str | None = None
+    #: a statement the gateway added (SET ROLE / RESET ROLE around a db_role statement):
+    #: its CommandComplete is not the client's and is dropped
+    internal: bool = False
 
 
 def _has_plan(tag: Any) -> bool:
@@ -188,7 +192,11 @@ class ResultMasker:
         elif mtype == _COPYDONE and self._copy is not None and self._copy.pending():
             raise ProtocolViolation("COPY ended inside a row")
         if answer.ends_result:
-            self._end_result(tag, mtype, body)
+            if tag is not None and tag.internal:
+                if mtype == _COMMAND_COMPLETE:
+                    out = b""  # the gateway's own SET/RESET ROLE: not the client's result
+            else:
+                self._end_result(tag, mtype, body)
         if answer.done and req.tag is not None:
             self._tracked -= 1
             if _has_plan(req.tag):

@@ -1,0 +1,84 @@
+"""A decision's db_role: the statement runs as that upstream role, and only that statement
+(the gateway sets the role before it and resets it after; the client never sees that)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import PgBackend, upstreams_for
+
+from gateway.devtools.harness import GatewayProcess
+
+POLICY = Path(__file__).resolve().parent / "policies" / "dbrole"
+
+SETUP = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
+    CREATE ROLE report_reader NOLOGIN;
+  END IF;
+END $$;
+GRANT report_reader TO pgwarden_svc WITH INHERIT FALSE, SET TRUE;
+CREATE TABLE IF NOT EXISTS reports (id int, total numeric);
+INSERT INTO reports SELECT 1, 10 WHERE NOT EXISTS (SELECT FROM reports);
+ALTER TABLE reports OWNER TO postgres;
+REVOKE ALL ON reports FROM PUBLIC, pgwarden_svc;
+GRANT SELECT ON reports TO report_reader;
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    pg.server.psql(SETUP, dbname="payments")  # as the superuser
+    with GatewayProcess(tmp_path_factory.mktemp("dbrole"), upstreams_for(pg),
+                        policy_dir=POLICY) as g:
+        yield g
+
+
+def connect(gw: GatewayProcess) -> psycopg.Connection:
+    return psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+
+
+def test_the_statement_runs_as_the_granted_role_and_only_it(gw: GatewayProcess) -> None:
+    with connect(gw) as c:
+        assert c.execute("select current_user, count(*) from reports").fetchone() == (
+            "report_reader", 1)
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+        # the gateway's SET ROLE / RESET ROLE results never reach the client
+        cur = c.execute("select current_user, total from reports; select id from reports")
+        assert cur.fetchall() == [("report_reader", 10)]
+        assert cur.nextset() and cur.fetchall() == [(1,)]
+        assert not cur.nextset()
+        # statements needing different roles are not mixed in one string
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="different db_role"):
+            c.execute("select 'before'; select total from reports")
+
+
+def test_a_failing_statement_leaves_no_elevated_role(gw: GatewayProcess) -> None:
+    with connect(gw) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select total / 0 from reports")
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+        c.autocommit = False
+        c.execute("select count(*) from reports").fetchone()
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select total / 0 from reports")
+        c.rollback()
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+        c.rollback()
+
+
+def test_without_the_role_the_table_is_unreadable(gw: GatewayProcess, pg: PgBackend) -> None:
+    with psycopg.connect(pg.dsn(pg.service), autocommit=True) as direct:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            direct.execute("select * from reports")
+
+
+def test_extended_protocol_with_a_db_role_is_refused_clearly(gw: GatewayProcess) -> None:
+    with connect(gw) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="db_role"):
+            c.execute("select total from reports where id = %s", (1,))
+        assert c.execute("select 1").fetchone() == (1,)
