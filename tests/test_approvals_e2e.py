@@ -37,12 +37,13 @@ def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
     pg.server.psql("CREATE TABLE IF NOT EXISTS vault (id int, secret text);"
                    "INSERT INTO vault SELECT 1, 'launch codes' WHERE NOT EXISTS "
                    "(SELECT FROM vault)", dbname="payments", user=pg.service.name)
-    port = free_port()
-    extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n"
+    port, http = free_port(), free_port()
+    extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n  http: 127.0.0.1:{http}\n"
              f"approvals:\n  timeout: {TIMEOUT}s\n")
     g = GatewayProcess(tmp_path_factory.mktemp("approvals"), upstreams_for(pg),
                        policy_dir=POLICY, extra_yaml=extra)
     g.admin_port = port  # type: ignore[attr-defined]
+    g.http_port = http  # type: ignore[attr-defined]
     with g:
         yield g
 
@@ -209,3 +210,18 @@ def test_a_grant_window_lets_the_same_statement_run_until_it_expires(
             again.close()
     finally:
         first.close()
+
+
+def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:
+    import urllib.request
+
+    base = f"http://127.0.0.1:{gw.http_port}"  # type: ignore[attr-defined]
+    with urllib.request.urlopen(base + "/healthz", timeout=5) as r:  # noqa: S310 (http://)
+        assert r.status == 200
+    with psycopg.connect(gw.dsn("payments"), autocommit=True, password=gw.token()) as c:
+        c.execute("select 1").fetchone()
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310 (http://)
+        text = r.read().decode()
+    assert 'pgwarden_statements_total{outcome="allow"}' in text
+    assert "pgwarden_sessions_total" in text and "pgwarden_bundle_info{" in text
+    assert 'pgwarden_approvals_resolved_total{status="approved"}' in text

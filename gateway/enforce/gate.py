@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
+from gateway.admin import metrics
 from gateway.catalog.model import Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
 from gateway.masking.results import StatementTag
@@ -485,6 +486,7 @@ class StatementGate:
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
+            metrics.STATEMENTS.labels(outcome=decision.outcome).inc()
             level = logging.DEBUG if decision.outcome == "allow" else logging.INFO
             logs.log(
                 level, "decision", session=self.facts.session["id"],

@@ -96,6 +96,7 @@ class GatewayServer:
 
     def _set_policy(self, engine: PolicyEngine) -> None:
         self.policy_engine = engine
+        metrics.set_bundle_info(engine.revision, engine.bundle_hash)
 
     def _audit_health(self, healthy: bool, error: str | None) -> None:
         # Called from the writer thread; logging is thread-safe.
@@ -184,6 +185,10 @@ class GatewayServer:
 
         self.health = Health()
         self.health.add_check("approvals", self.approvals.healthy)
+        approvals = self.approvals
+        metrics.APPROVALS_PENDING.set_function(lambda: approvals.held_count)
+        if self.policy_engine is not None:
+            metrics.set_bundle_info(self.policy_engine.revision, self.policy_engine.bundle_hash)
         if self.audit is not None:
             audit = self.audit
             self.health.add_check("audit", lambda: audit.healthy)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
+from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
@@ -76,6 +77,8 @@ class Session:
         self.connection_name: str | None = None
         self.audit_ctx: AuditContext | None = None
         self.application_name: str | None = None
+        metrics.SESSIONS_TOTAL.inc()
+        metrics.SESSIONS_ACTIVE.inc()
         self.totals = records.SessionTotals()
         self._cancel_pid: int | None = None
         self._pending_client = b""
@@ -117,6 +120,11 @@ class Session:
             if self._cancel_pid is not None:
                 self.server.cancels.unregister(self._cancel_pid)
             self.client.close()
+            totals = self._totals()
+            metrics.SESSIONS_ACTIVE.dec()
+            metrics.MASKED_VALUES.inc(totals.get("masked_values", 0))
+            metrics.SAFETY_NET_HITS.inc(totals.get("safety_net_hits", 0))
+            self.totals.safety_net_hits = totals.get("safety_net_hits", 0)
             if self.audit_ctx is not None:
                 self._audit(records.session_end(
                     self.audit_ctx, reason=outcome, totals=self.totals,
@@ -207,6 +215,7 @@ class Session:
         except AuthError as e:
             logs.warning("auth.failure", session=self.id, reason=e.reason, user=user,
                          connection=dbname, client_addr=self.client_addr)
+            metrics.AUTH_FAILURES.labels(reason=e.reason).inc()
             self._audit(records.auth_failure(
                 reason=e.reason, sqlstate=e.sqlstate, client_addr=self.client_addr,
                 application_name=st.params.get("application_name"), connection=dbname,
