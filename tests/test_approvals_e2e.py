@@ -225,3 +225,35 @@ def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:
     assert 'pgwarden_statements_total{outcome="allow"}' in text
     assert "pgwarden_sessions_total" in text and "pgwarden_bundle_info{" in text
     assert 'pgwarden_approvals_resolved_total{status="approved"}' in text
+
+
+def test_an_approval_through_one_gateway_releases_a_statement_held_by_another(
+        gw: GatewayProcess, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two gateway processes share a PostgreSQL approvals store: the statement is held
+    by A, the approver talks to B's admin API, and A learns of it (LISTEN/NOTIFY)."""
+    monkeypatch.setenv("PGWARDEN_TEST_APPROVALS_DSN", pg.dsn(pg.service))
+    store = ("approvals:\n  timeout: 20s\n  store: postgres\n"
+             "  dsn: {env: PGWARDEN_TEST_APPROVALS_DSN}\n")
+    d = tmp_path_factory.mktemp("shared-store")
+    port_b = free_port()
+    a = GatewayProcess(d / "a", upstreams_for(pg), policy_dir=POLICY, extra_yaml=store)
+    b = GatewayProcess(d / "b", upstreams_for(pg), policy_dir=POLICY,
+                       extra_yaml=store + f"admin:\n  grpc: 127.0.0.1:{port_b}\n",
+                       issuer=None)
+    with a:
+        b.issuer = a.issuer  # one identity provider for both gateways
+        (d / "b" / "issuer").mkdir(parents=True, exist_ok=True)
+        for f in (d / "a" / "issuer").iterdir():
+            (d / "b" / "issuer" / f.name).write_bytes(f.read_bytes())
+        with b:
+            b.admin_port = port_b  # type: ignore[attr-defined]
+            client = HeldClient(a, "select secret from vault where id = 1 and true")
+            try:
+                rid = client.request_id()
+                out = approvals_cli(b, "approve", rid, "--reason", "via gateway B")
+                assert out.returncode == 0, out.stdout + out.stderr
+                client.finish()
+                assert client.error is None and client.result == [("launch codes",)]
+            finally:
+                client.close()
