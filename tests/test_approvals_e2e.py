@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from conftest import PgBackend, upstreams_for
 
+from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +39,13 @@ def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
                    "INSERT INTO vault SELECT 1, 'launch codes' WHERE NOT EXISTS "
                    "(SELECT FROM vault)", dbname="payments", user=pg.service.name)
     port, http = free_port(), free_port()
+    d = tmp_path_factory.mktemp("approvals")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
     extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n  http: 127.0.0.1:{http}\n"
-             f"approvals:\n  timeout: {TIMEOUT}s\n")
-    g = GatewayProcess(tmp_path_factory.mktemp("approvals"), upstreams_for(pg),
-                       policy_dir=POLICY, extra_yaml=extra)
+             f"approvals:\n  timeout: {TIMEOUT}s\n"
+             f"audit:\n  dir: {d / 'audit'}\n  signing_key: {{file: {d / 'audit.pem'}}}\n")
+    g = GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY, extra_yaml=extra)
+    g.audit_dir = d / "audit"  # type: ignore[attr-defined]
     g.admin_port = port  # type: ignore[attr-defined]
     g.http_port = http  # type: ignore[attr-defined]
     with g:
@@ -110,6 +114,16 @@ def test_a_held_statement_runs_once_approved(gw: GatewayProcess) -> None:
         client.finish()
         assert client.error is None and client.result == [("launch codes",)]
         assert client.conn.execute("select 1").fetchone() == (1,)  # the session goes on
+        time.sleep(0.3)
+        trail = [json.loads(line) for f in gw.audit_dir.glob("*.jsonl")  # type: ignore[attr-defined]
+                 for line in f.read_text().splitlines()]
+        mine = [r for r in trail if r.get("approval_id") == rid]
+        assert {"approval.requested", "approval.granted"} <= {r["type"] for r in mine}
+        granted = next(r for r in mine if r["type"] == "approval.granted")
+        assert granted["approver"] == "alice" and "INC-42" in granted["reason"]
+        outcomes = [r["outcome"] for r in trail if r["type"] == "decision"
+                    and "vault" in (r.get("sql") or "")]
+        assert "held" in outcomes and "allowed" in outcomes
     finally:
         client.close()
 

@@ -261,6 +261,9 @@ def test_every_type_has_a_builder() -> None:
         *(records.approval_record(e, approval_id="a") for e in records.APPROVAL_EVENTS),
         records.bundle_activated(revision="r", bundle_hash="ab" * 32, source="file"),
         records.bundle_rejected(source="http://b", reason="bad signature"),
+        records.admin_action("session_terminated", by_subject="root", by_issuer="i",
+                             target="s1", reason="stuck"),
+        records.admin_action("bundle_reload", by_subject="root", by_issuer="i"),
     ]
     types = {r["type"] for r in built}
     assert types == set(records.TYPES) - {"checkpoint", "segment"}

@@ -27,6 +27,7 @@ __all__ = [
     "TYPES",
     "AuditContext",
     "SessionTotals",
+    "admin_action",
     "approval_record",
     "auth_failure",
     "bundle_activated",
@@ -45,10 +46,13 @@ __all__ = [
 TYPES = (
     "gateway.start", "gateway.stop", "session.start", "session.end", "auth.failure",
     "decision", "statement", "approval.requested", "approval.granted", "approval.denied",
-    "approval.expired", "bundle.activated", "bundle.rejected", "checkpoint", "segment",
+    "approval.expired", "approval.withdrawn", "approval.vote", "approval.grant_used",
+    "approval.grant_revoked", "admin.session_terminated", "admin.bundle_reload",
+    "bundle.activated", "bundle.rejected", "checkpoint", "segment",
 )
 OUTCOMES = ("allowed", "denied", "masked", "held", "error")
-APPROVAL_EVENTS = ("requested", "granted", "denied", "expired")
+APPROVAL_EVENTS = ("requested", "granted", "denied", "expired", "withdrawn", "vote",
+                   "grant_used", "grant_revoked")
 
 if TYPE_CHECKING:  # the policy package loads regopy: not needed to build records
     from gateway.policy.decision import Decision
@@ -380,6 +384,16 @@ def approval_record(event: str, *, approval_id: str, ctx: AuditContext | None = 
         "decision_seq": decision_seq, "expires_at": expires_at,
     })
     return rec
+
+
+def admin_action(action: str, *, by_subject: str | None, by_issuer: str | None,
+                 target: str | None = None, reason: str | None = None,
+                 status: str | None = None) -> dict[str, Any]:
+    """An administrator's act through the admin API (``session_terminated``,
+    ``bundle_reload``): who did it, to what, and why (scrubbed)."""
+    return {"type": f"admin.{action}", "by": by_subject, "by_issuer": by_issuer,
+            "target": target, "reason": scrub(reason) if reason is not None else None,
+            "status": status}
 
 
 def bundle_activated(*, revision: str | None, bundle_hash: str, source: str,

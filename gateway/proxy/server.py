@@ -107,6 +107,9 @@ class GatewayServer:
 
     def _approval_event(self, kind: str, details: dict[str, Any]) -> None:
         metrics.observe_approval_event(kind, details)
+        if kind in ("session_terminated", "bundle_reload_requested"):
+            self._admin_event(kind, details)
+            return
         event = kind.removeprefix("approval_")
         if self.audit is None or event not in records.APPROVAL_EVENTS:
             return
@@ -118,6 +121,19 @@ class GatewayServer:
                 approvers=req.get("approvers") or (), approver=approver.get("subject"),
                 approver_issuer=approver.get("issuer"), reason=details.get("reason"),
                 sql=req.get("sql")))
+        except AuditUnavailable as e:
+            logs.error("audit.append_failed", kind=kind, error=str(e))
+
+    def _admin_event(self, kind: str, details: dict[str, Any]) -> None:
+        if self.audit is None:
+            return
+        by = details.get("by") or {}
+        action = "session_terminated" if kind == "session_terminated" else "bundle_reload"
+        try:
+            self.audit.append(records.admin_action(
+                action, by_subject=by.get("subject"), by_issuer=by.get("issuer"),
+                target=details.get("session_id"), reason=details.get("reason"),
+                status=details.get("status")))
         except AuditUnavailable as e:
             logs.error("audit.append_failed", kind=kind, error=str(e))
 
@@ -207,7 +223,8 @@ class GatewayServer:
         if admin.grpc is not None:
             self.admin = AdminServer.from_config(
                 admin, verifier=self.verifier, approvals=self.approvals,
-                backend=GatewayAdminBackend(self), health=self.health)
+                backend=GatewayAdminBackend(self), health=self.health,
+                on_event=self._approval_event)
             port = await self.admin.start()
             logs.info("admin.listening", grpc=f"{admin.grpc[0]}:{port}")
         self.admin_http = http_server_from_config(admin, health=self.health)
