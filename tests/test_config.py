@@ -501,3 +501,21 @@ def test_env_defaults_to_process_environment(
     password = load_config(write(workdir, BASE)).connections["cardholder"].password
     assert password is not None
     assert password.reveal() == "from-os-environ"
+
+
+def test_the_compose_example_config_loads(tmp_path: Path) -> None:
+    """examples/compose/gateway.yaml stays valid for the loader (paths moved under tmp)."""
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "examples" / "compose" / "gateway.yaml").read_text()
+    for prefix in ("/state", "/var/lib/pgwarden", "/run/secrets", "/usr/share/pgwarden"):
+        text = text.replace(prefix, str(tmp_path / prefix.strip("/")))
+    for rel in ("state/certs/gateway.pem", "state/certs/gateway.key",
+                "state/issuer/jwks.json", "run/secrets/cardholder_password",
+                "usr/share/pgwarden/policies/pci/policy.rego"):
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+    (tmp_path / "gateway.yaml").write_text(text)
+    cfg = load_config(tmp_path / "gateway.yaml")
+    assert cfg.audit is not None and cfg.audit.dir == tmp_path / "var/lib/pgwarden/audit"
+    assert cfg.approvals.path == tmp_path / "var/lib/pgwarden/approvals.db"
