@@ -317,11 +317,36 @@ class CopyOutMasker:
     def _line_end(self, data: bytes, pos: int) -> int:
         if not self.csv:
             return data.find(b"\n", pos)  # text format escapes newlines inside values
+        return self._csv_scan(data, pos, None)
+
+    def _split(self, line: bytes) -> list[bytes]:
+        cuts: list[int] = []
+        if self.csv:
+            self._csv_scan(line, 0, cuts)
+        else:
+            i, n, d = 0, len(line), self.delim[0]
+            while i < n:
+                c = line[i]
+                if c == 0x5C:  # backslash escapes the next byte (including the delimiter)
+                    i += 2
+                    continue
+                if c == d:
+                    cuts.append(i)
+                i += 1
+        fields, start = [], 0
+        for cut in cuts:
+            fields.append(line[start:cut])
+            start = cut + 1
+        fields.append(line[start:])
+        return fields
+
+    def _csv_scan(self, data: bytes, pos: int, cuts: list[int] | None) -> int:
+        """Walk csv from `pos` honouring quotes and escapes. Without `cuts`: the index of
+        the newline ending the row (-1 if it has not arrived). With `cuts`: collect the
+        positions of delimiters outside quotes in the whole of `data`; returns -1."""
+        q, e, d = self.quote[0], self.escape[0], self.delim[0]
         quoted = False
-        q = self.quote[0]
-        e = self.escape[0]
-        i = pos
-        n = len(data)
+        i, n = pos, len(data)
         while i < n:
             c = data[i]
             if quoted:
@@ -335,54 +360,12 @@ class CopyOutMasker:
                     quoted = False
             elif c == q:
                 quoted = True
-            elif c == 0x0A:
+            elif cuts is not None and c == d:
+                cuts.append(i)
+            elif cuts is None and c == 0x0A:
                 return i
             i += 1
         return -1
-
-    def _split(self, line: bytes) -> list[bytes]:
-        if not self.csv:
-            fields: list[bytes] = []
-            start = 0
-            i = 0
-            n = len(line)
-            d = self.delim[0]
-            while i < n:
-                c = line[i]
-                if c == 0x5C:  # backslash escapes the next byte (including the delimiter)
-                    i += 2
-                    continue
-                if c == d:
-                    fields.append(line[start:i])
-                    start = i + 1
-                i += 1
-            fields.append(line[start:])
-            return fields
-        fields = []
-        start = 0
-        i = 0
-        n = len(line)
-        q, e, d = self.quote[0], self.escape[0], self.delim[0]
-        quoted = False
-        while i < n:
-            c = line[i]
-            if quoted:
-                if c == e and e != q and i + 1 < n and line[i + 1] in (q, e):
-                    i += 2
-                    continue
-                if c == q:
-                    if e == q and i + 1 < n and line[i + 1] == q:
-                        i += 2
-                        continue
-                    quoted = False
-            elif c == q:
-                quoted = True
-            elif c == d:
-                fields.append(line[start:i])
-                start = i + 1
-            i += 1
-        fields.append(line[start:])
-        return fields
 
     def _mask_line(self, line: bytes) -> bytes:
         cr = line.endswith(b"\r")
