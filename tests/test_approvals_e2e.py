@@ -271,3 +271,31 @@ def test_an_approval_through_one_gateway_releases_a_statement_held_by_another(
                 assert client.error is None and client.result == [("launch codes",)]
             finally:
                 client.close()
+
+
+def test_extended_protocol_statements_are_held_the_same_way(gw: GatewayProcess) -> None:
+    result: dict[str, Any] = {}
+    notices: list[str] = []
+    conn = psycopg.connect(gw.dsn("payments"), autocommit=True, password=gw.token())
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+
+    def run() -> None:
+        try:  # parameters: Parse/Bind/Execute, decided (and held) at Parse
+            result["rows"] = conn.execute("select secret from vault where id = %s",
+                                          (1,)).fetchall()
+        except psycopg.Error as e:
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any("held for approval" in n for n in notices):
+            assert time.monotonic() < deadline, result
+            time.sleep(0.05)
+        rid = next(n for n in notices if "held for approval" in n).split("request ")[1].split()[0]
+        assert approvals_cli(gw, "approve", rid, "--reason", "prepared").returncode == 0
+        t.join(15)
+        assert result == {"rows": [("launch codes",)]}
+    finally:
+        conn.close()
