@@ -299,3 +299,19 @@ def test_extended_protocol_statements_are_held_the_same_way(gw: GatewayProcess) 
         assert result == {"rows": [("launch codes",)]}
     finally:
         conn.close()
+
+
+def test_min_approvals_from_the_decision_needs_two_approvers(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, "select secret from vault limit 1")
+    try:
+        rid = client.request_id()
+        first = approvals_cli(gw, "approve", rid, "--reason", "one of two")
+        assert first.returncode == 0, first.stdout + first.stderr
+        time.sleep(0.5)
+        assert client.thread.is_alive()  # one approval is not enough
+        second = approvals_cli(gw, "approve", rid, "--reason", "two of two", subject="erin")
+        assert second.returncode == 0, second.stdout + second.stderr
+        client.finish()
+        assert client.error is None and client.result == [("launch codes",)]
+    finally:
+        client.close()

@@ -411,11 +411,11 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         f"-T {args.duration} (+{args.warmup} s warm-up), scale {args.scale}, "
         f"pgwarden workers {args.workers}",
         "",
-        f"{'target':<14}{'tls':<5}{'protocol':<10}{'TPS':>11}{'avg lat ms':>12}{'failed':>8}",
+        f"{'target':<16}{'tls':<5}{'protocol':<10}{'TPS':>11}{'avg lat ms':>12}{'failed':>8}",
     ]
     for r in results:
         tls = "yes" if targets[r.target].tls else "no"
-        lines.append(f"{r.target:<14}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
+        lines.append(f"{r.target:<16}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
                      f"{r.latency_ms:>12.3f}{r.failed:>8}")
     lines += ["", f"{'protocol':<10}{'gateway':<16}{'/direct':>9}{'/pgbouncer':>12}"
                   f"{'/pgwarden+pol':>15}"]

@@ -96,6 +96,7 @@ class Hold:
     approvers: tuple[str, ...]
     grant_ttl: float | None
     reasons: tuple[str, ...]
+    min_approvals: int = 1
 
 
 def _denial(code: str, message: str, detail: str | None = None,
@@ -269,7 +270,8 @@ class StatementGate:
                 subject=who.subject, issuer=who.issuer, groups=who.groups,
                 connection=self.connection, session_id=self.facts.session["id"],
                 sql_redacted=redact_sql(hold.sql), fingerprint=hold.fingerprint,
-                approvers=hold.approvers, min_approvals=1, grant_ttl=hold.grant_ttl,
+                approvers=hold.approvers, min_approvals=hold.min_approvals,
+                grant_ttl=hold.grant_ttl,
                 timeout=self.approval_timeout)
         except ApprovalError as e:
             return None, _denial("42501", f"{hold.command} needs approval, but the approvals "
@@ -601,7 +603,7 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
                                     f"approvers: {', '.join(d.approvers) or 'none named'}")
             return Verdict(False, denial.error, hold=Hold(
                 info.sql, info.command, info.fingerprint, tuple(d.approvers), d.grant_ttl,
-                tuple(d.reasons)))
+                tuple(d.reasons), d.min_approvals))
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
                            detail=f"policy revision {d.bundle_revision}")

@@ -8,7 +8,8 @@ error yields a *deny* whose ``error`` says why and whose single reason reads
 Required keys: ``allow`` (bool), ``reasons`` (array of strings), ``mask`` (object
 ``"schema.table.column"`` → method), ``require_approval`` (bool), ``approvers`` (array of
 non-empty strings), ``row_limit`` (null or integer ≥ 0), ``db_role`` (null or non-empty
-string). Optional: ``grant_ttl`` (null or seconds > 0: how long an approval granted for a
+string). Optional: ``min_approvals`` (1-10, default 1: how many approvers must agree to
+release a held statement), ``grant_ttl`` (null or seconds > 0: how long an approval granted for a
 hold stays valid). Other keys are ignored.
 
 ``require_approval: true`` is a hold request and is kept as given (with ``allow`` as
@@ -108,6 +109,8 @@ class Decision:
     row_limit: int | None = None
     db_role: str | None = None
     grant_ttl: float | None = None
+    #: approvals needed to release a held statement (optional in the policy; default 1)
+    min_approvals: int = 1
     bundle_revision: str | None = None
     bundle_hash: str | None = None
     error: str | None = None  # why the decision was forced to deny (policy error)
@@ -132,6 +135,7 @@ class Decision:
             "row_limit": self.row_limit,
             "db_role": self.db_role,
             "grant_ttl": self.grant_ttl,
+            "min_approvals": self.min_approvals,
             "bundle_revision": self.bundle_revision,
             "bundle_hash": self.bundle_hash,
             "error": self.error,
@@ -269,6 +273,14 @@ def _grant_ttl(value: Any) -> float | None:
     return float(value)
 
 
+def _min_approvals(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise _Invalid(f"decision.min_approvals is not an integer (got {_type_name(value)})")
+    if not 1 <= value <= 10:
+        raise _Invalid(f"decision.min_approvals must be from 1 to 10 ({value})")
+    return int(value)
+
+
 def validate_decision(
     value: Any,
     *,
@@ -297,6 +309,7 @@ def validate_decision(
         row_limit = _row_limit(value["row_limit"])
         db_role = _db_role(value["db_role"])
         grant_ttl = _grant_ttl(value.get("grant_ttl"))
+        min_approvals = _min_approvals(value.get("min_approvals", 1))
         if require_approval and not approvers:
             raise _Invalid("decision.require_approval is true but decision.approvers is empty")
     except _Invalid as exc:
@@ -312,6 +325,7 @@ def validate_decision(
         row_limit=row_limit,
         db_role=db_role,
         grant_ttl=grant_ttl,
+        min_approvals=min_approvals,
         bundle_revision=bundle_revision,
         bundle_hash=bundle_hash,
         error=None,

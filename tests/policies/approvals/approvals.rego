@@ -22,6 +22,11 @@ allow if not held
 
 reasons := ["reading the vault needs a human's approval"] if held else := []
 
+# Two approvers must agree to release a statement with a LIMIT (a test of min_approvals).
+default approvals_needed := 1
+
+approvals_needed := 2 if input.statement.limit != null
+
 decision := {
 	"allow": allow,
 	"reasons": reasons,
@@ -31,4 +36,5 @@ decision := {
 	"row_limit": null,
 	"db_role": null,
 	"grant_ttl": data.pgwarden.grant_ttl,
+	"min_approvals": approvals_needed,
 }
