@@ -172,3 +172,34 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
         assert out.returncode == 0, out.stdout + out.stderr
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_two_gateways_share_a_postgresql_sink_and_both_chains_verify(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path_factory.mktemp("pgsink")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    dsn = pg.dsn(pg.service)
+    monkeypatch.setenv("PGWARDEN_TEST_AUDIT_DSN", dsn)
+    table = "audit_e2e_shared"
+
+    def gateway(name: str) -> GatewayProcess:
+        extra = audit_yaml(d / name / "audit", d / "audit.pem",
+                           f"  sink: postgres\n  instance_id: {name}\n"
+                           f"  postgres: {{dsn: {{env: PGWARDEN_TEST_AUDIT_DSN}}, "
+                           f"table: {table}}}\n")
+        return GatewayProcess(d / name, upstreams_for(pg), policy_dir=POLICY, extra_yaml=extra)
+
+    with gateway("gw-a") as a, gateway("gw-b") as b:
+        for gw in (a, b, a):
+            with psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                 autocommit=True) as c:
+                c.execute("select holder, pan from cards where id = 2").fetchone()
+    with psycopg.connect(dsn) as c:
+        per_instance = dict(c.execute(
+            f"select instance, count(*) from {table} group by 1").fetchall())  # noqa: S608
+    assert set(per_instance) == {"gw-a", "gw-b"} and min(per_instance.values()) > 5
+    for instance in ("gw-a", "gw-b"):
+        out = pgwarden("audit", "verify", "--pg", dsn, "--table", table, "--instance",
+                       instance, "--key", str(d / "audit.pub"))
+        assert out.returncode == 0, out.stdout + out.stderr
