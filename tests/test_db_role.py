@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 from conftest import PgBackend, upstreams_for
@@ -77,8 +80,37 @@ def test_without_the_role_the_table_is_unreadable(gw: GatewayProcess, pg: PgBack
             direct.execute("select * from reports")
 
 
-def test_extended_protocol_with_a_db_role_is_refused_clearly(gw: GatewayProcess) -> None:
+def test_extended_protocol_statements_run_as_the_role_too(gw: GatewayProcess) -> None:
     with connect(gw) as c:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="db_role"):
-            c.execute("select total from reports where id = %s", (1,))
-        assert c.execute("select 1").fetchone() == (1,)
+        row = c.execute("select current_user, total from reports where id = %s", (1,))
+        assert row.fetchone() == ("report_reader", 10)
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+        for _ in range(3):  # psycopg prepares on the third run: a named statement
+            assert c.execute("select current_user from reports where id = %s", (1,),
+                             prepare=True).fetchone() == ("report_reader",)
+        assert c.execute("select current_user where %s", (True,)).fetchone() == (
+            "pgwarden_svc",)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select total / %s from reports", (0,))
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+
+
+def test_asyncpg_prepared_and_cursor_run_as_the_role(gw: GatewayProcess) -> None:
+    async def main() -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = await asyncpg.connect(host=gw.host, port=gw.port, user="ci-bot",
+                                     database="payments", password=gw.token(), ssl=ctx)
+        try:
+            stmt = await conn.prepare("select current_user, id from reports where id = $1")
+            assert tuple(await stmt.fetchrow(1)) == ("report_reader", 1)
+            async with conn.transaction():
+                got = [tuple(r) async for r in conn.cursor(
+                    "select current_user, id from reports", prefetch=1)]
+            assert got == [("report_reader", 1)]
+            assert await conn.fetchval("select current_user") == "pgwarden_svc"
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

@@ -279,3 +279,30 @@ def test_observer_coalesces_row_runs_at_any_split() -> None:
                     seen_rows += body
         assert forwarded == stream and seen_rows == b"".join(rows)
         assert kinds[0] == ord("T") and kinds[-2:] == [ord("C"), ord("Z")]
+
+
+def test_portal_roles_wrap_binds_and_executes_of_role_statements_only() -> None:
+    from gateway.enforce.roles import PortalRoles
+
+    roles = PortalRoles()
+    roles.parsed("s1", "report_reader")
+    roles.parsed("s2", None)
+    bind = fe.Bind("p1", "s1", (), (), ()).encode()
+    wrapped = roles.wrap(bind[0], bind[5:])
+    assert wrapped is not None and len(wrapped) == 9 and wrapped[4] == (bind[0], bind[5:])
+    set_parse = fe.decode_frontend(*wrapped[0])
+    assert set_parse.sql == 'SET ROLE "report_reader"'
+    assert fe.decode_frontend(*wrapped[5]).sql == "RESET ROLE"
+    assert {type(fe.decode_frontend(*f)).__name__ for f in wrapped} == {
+        "Parse", "Bind", "Execute", "Close"}
+    execute = fe.Execute("p1", 10).encode()
+    assert roles.wrap(execute[0], execute[5:]) is not None
+    other = fe.Bind("", "s2", (), (), ()).encode()
+    assert roles.wrap(other[0], other[5:]) is None  # a statement without a role
+    close = fe.Close("P", "p1").encode()
+    roles.wrap(close[0], close[5:])
+    assert roles.wrap(execute[0], execute[5:]) is None  # the portal is gone
+    tricky = PortalRoles()
+    tricky.parsed("s", 'we"ird')
+    b = fe.Bind("", "s", (), (), ()).encode()
+    assert fe.decode_frontend(*tricky.wrap(b[0], b[5:])[0]).sql == 'SET ROLE "we""ird"'

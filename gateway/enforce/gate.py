@@ -33,6 +33,8 @@ from gateway.wire.frontend import Close, Parse, decode_frontend
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
+from .roles import PortalRoles
+from .roles import encode as role_frames
 from .shapes import restate, reusable, shape_of
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 _Q, _P, _F, _C = (ord(c) for c in "QPFC")
 _DECIDED = frozenset((_Q, _P, _F, _C))
+_ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
 _ANALYSIS_CACHE_MAX = 4096
 
 
@@ -121,6 +124,10 @@ class StatementGate:
         self.approvals = approvals
         self.approval_timeout = approval_timeout
         self.held: str | None = None  # the approval request this session waits for
+        # db_role over the extended protocol: statements/portals that run as a role, and
+        # the Executes of this batch sent wrapped in SET ROLE / RESET ROLE.
+        self.roles = PortalRoles()
+        self._expanded: dict[int, list[Frame]] = {}
         self._background: set[asyncio.Future[Any]] = set()
         # frame index → mask plan(s) of the batch just reviewed (see take_plans)
         self._plans: dict[int, Any] = {}
@@ -137,7 +144,7 @@ class StatementGate:
     # -- the relay's hook -----------------------------------------------------------------
 
     def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
-        if not any(t in _DECIDED for t, _ in frames):
+        if not any(t in _DECIDED for t, _ in frames) and not self.roles:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:
@@ -149,20 +156,39 @@ class StatementGate:
         out = self._review(raw, frames, relay, catalog)
         return out if isinstance(out, bytes) else await out
 
-    def take_tags(self) -> dict[int, Any]:
-        """The statement tags of the batch `review` just decided, by frame index: a list
-        (one per statement) for a Query, a tag for a Parse. Empty when nothing follows
-        the statements to their results (no masks, no audit)."""
+    def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
+        """The batch `review` just decided as forwarded — with the messages the gateway
+        added around db_role Executes — and its statement tags by index in that list: a
+        list (one per statement) for a Query, a tag for a Parse, an internal tag for each
+        added message. No tags when nothing follows the statements to their results."""
         tags, self._plans = self._plans, {}
-        return tags
+        expanded, self._expanded = self._expanded, {}
+        if not expanded:
+            return frames, tags
+        out: list[Frame] = []
+        out_tags: dict[int, Any] = {}
+        for i, f in enumerate(frames):
+            for sub in expanded.get(i, (f,)):
+                if i in expanded and sub is not expanded[i][4]:  # not the client's Execute
+                    out_tags[len(out)] = StatementTag(internal=True)
+                elif i in tags:
+                    out_tags[len(out)] = tags[i]
+                out.append(sub)
+        return out, out_tags
 
     def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
                 ) -> bytes | Awaitable[bytes]:
         replaced: dict[int, bytes] = {}
         holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
-            if mtype not in _DECIDED:
-                continue
+            if mtype not in _DECIDED or mtype == _C:
+                if self.roles and mtype in _ROLE_TRACKED:
+                    expansion = self.roles.wrap(mtype, body)
+                    if expansion is not None:  # an Execute that runs as a db_role
+                        self._expanded[i] = expansion
+                        replaced[i] = role_frames(expansion)
+                if mtype != _C:
+                    continue
             msg = decode_frontend(mtype, body)
             if mtype == _C:
                 assert isinstance(msg, Close)
@@ -195,6 +221,7 @@ class StatementGate:
             return False
         if isinstance(msg, Parse):
             self.state.register_parse(msg.name, sql)
+            self.roles.parsed(msg.name, verdict.role)
         tags: list[StatementTag | None] | None = None
         if any(t is not None for t in verdict.tags):
             tags = list(verdict.tags)
@@ -615,8 +642,4 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         return _denial("42501", "the statements of this query string need different db_role "
                        "grants; send them one at a time")
     role = roles.pop() if roles else None
-    if role is not None and decisions[0][0].protocol != "simple":
-        return _denial("42501", f"the policy grants db_role {role!r} for this statement; "
-                       "db_role is applied to simple-protocol statements only for now",
-                       hint="send it without parameters (simple query protocol)")
     return Verdict(True, role=role, statements=len(decisions))

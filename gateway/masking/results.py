@@ -43,6 +43,7 @@ __all__ = ["ResultMasker", "StatementTag"]
 _Q, _P, _B, _D, _E, _C = (ord(c) for c in "QPBDEC")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
+_INTERNAL_ANSWERS = frozenset(b"123")
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -114,6 +115,9 @@ class ResultMasker:
                     self._statements.pop(name, None)
             elif registry and t in (_B, _D, _E, _C):
                 tag = self._registry(t, body)
+            explicit = tags.get(i)
+            if explicit is not None and t not in (_Q, _P):
+                tag = explicit  # e.g. a message the gateway added (internal)
             self._track(t, tag)
 
     def _registry(self, t: int, body: bytes) -> StatementTag | None:
@@ -156,6 +160,10 @@ class ResultMasker:
             return None
         req = answer.request
         tag = answer.tag
+        if tag is not None and tag.internal and mtype in _INTERNAL_ANSWERS:
+            if answer.done:
+                self._tracked -= 1
+            return b""  # ParseComplete/BindComplete/CloseComplete of the gateway's own
         plan = tag.plan if tag is not None else None
         out: bytes | None = None
         if run or mtype == _DATA:

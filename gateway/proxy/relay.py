@@ -58,7 +58,7 @@ class Gate(Protocol):
     def ready_for_query(self, status: str) -> None:
         ...
 
-    def take_tags(self) -> dict[int, Any]:
+    def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         ...
 
 
@@ -139,8 +139,8 @@ class Relay:
                 terminate = True
         results = self.results
         if results is not None:
-            tags = self.gate.take_tags() if self.gate is not None else {}
-            results.forwarded(frames, tags)
+            sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
+            results.forwarded(sent, tags)
             if results.needs_rows:
                 self.observer.observed = OBSERVED_ROWS
                 self.observer.coalesce = _ROWS
