@@ -315,3 +315,44 @@ def test_min_approvals_from_the_decision_needs_two_approvers(gw: GatewayProcess)
         assert client.error is None and client.result == [("launch codes",)]
     finally:
         client.close()
+
+
+def test_admin_api_lists_and_terminates_sessions_of_every_worker(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import grpc
+
+    from gateway.admin import admin_pb2 as pb
+    from gateway.admin import admin_pb2_grpc
+
+    port = free_port()
+    extra = f"admin:\n  grpc: 127.0.0.1:{port}\n  admin_groups: [platform]\n"
+    with GatewayProcess(tmp_path_factory.mktemp("workers"), upstreams_for(pg), workers=2,
+                        port=free_port(), extra_yaml=extra) as g:
+        # SO_REUSEPORT spreads connections by hash: 16 all landing on one worker would
+        # happen once in 32768 runs.
+        conns = [psycopg.connect(g.dsn("payments"), password=g.token(subject=f"job{i}"),
+                                 autocommit=True) for i in range(16)]
+        try:
+            for c in conns:
+                c.execute("select 1")
+            auth = [("authorization", "Bearer " + g.token(subject="root", groups=("platform",)))]
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = admin_pb2_grpc.AdminStub(channel)
+                sessions = stub.ListSessions(pb.ListSessionsRequest(), metadata=auth).sessions
+                assert {s.subject for s in sessions} >= {f"job{i}" for i in range(16)}
+                assert {s.worker for s in sessions} == {0, 1}  # both workers answered
+                victim = next(s for s in sessions if s.worker == 1)
+                done = stub.TerminateSession(
+                    pb.TerminateSessionRequest(id=victim.id, reason="test"), metadata=auth)
+                assert done.terminated
+            time.sleep(0.3)
+            broken = 0
+            for c in conns:
+                try:
+                    c.execute("select 1")
+                except psycopg.OperationalError:
+                    broken += 1
+            assert broken == 1
+        finally:
+            for c in conns:
+                c.close()

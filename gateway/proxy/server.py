@@ -48,6 +48,8 @@ class GatewayServer:
         # cancel landing on the wrong worker reaches the one holding the session.
         self.peer_dir = peer_dir
         self._peer_server: asyncio.base_events.Server | None = None
+        self._admin_peer: asyncio.base_events.Server | None = None
+        self._admin_backend = GatewayAdminBackend(self)
         self.verifier = verifier
         self.worker_id = worker_id
         self.cancels = CancelRegistry(worker_id)
@@ -194,6 +196,9 @@ class GatewayServer:
             path = str(self._peer_socket(self.worker_id))
             self._peer_server = await loop.create_unix_server(
                 lambda: Endpoint(on_connect=self._accept_peer), path)
+            # The admin API (worker 0) asks its siblings for their sessions through here.
+            self._admin_peer = await asyncio.start_unix_server(
+                self._admin_backend.serve_peer, str(self.peer_dir / f"admin-{self.worker_id}.sock"))
         if self.bundles is not None:
             self.bundles.start()
         await self.approvals.start()
@@ -223,7 +228,7 @@ class GatewayServer:
         if admin.grpc is not None:
             self.admin = AdminServer.from_config(
                 admin, verifier=self.verifier, approvals=self.approvals,
-                backend=GatewayAdminBackend(self), health=self.health,
+                backend=self._admin_backend, health=self.health,
                 on_event=self._approval_event)
             port = await self.admin.start()
             logs.info("admin.listening", grpc=f"{admin.grpc[0]}:{port}")
@@ -320,6 +325,8 @@ class GatewayServer:
             await self.bundles.stop()
         if self._peer_server is not None:
             self._peer_server.close()
+        if self._admin_peer is not None:
+            self._admin_peer.close()
         logs.info("gateway.draining", worker=self.worker_id, sessions=len(self.sessions))
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
