@@ -49,6 +49,11 @@ def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
 async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
                 peer_dir: Path | None) -> int:
     loop = asyncio.get_running_loop()
+    # A SIGHUP that arrives while this worker is still starting (compiling the policy,
+    # opening the audit trail) must not kill it (the default action): remember it and
+    # reload once serving.
+    early_hup: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: early_hup.append(signum))
     try:
         server = GatewayServer(config, verifier, worker_id, peer_dir)
     except BundleStartupError as e:
@@ -79,6 +84,8 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
         loop.add_signal_handler(sig, stop.set)
     # SIGHUP: check the policy bundle now (each worker reloads its own engine).
     loop.add_signal_handler(signal.SIGHUP, server.reload_policy, "sighup")
+    if early_hup:
+        server.reload_policy("sighup")
     await stop.wait()
     await server.stop()
     return 0

@@ -146,6 +146,7 @@ def test_sighup_reaches_every_worker_and_bad_bundles_are_rejected(
     gw = start(pg, tmp_path / "gw", policy_yaml(str(bundle), pub, state, 0),
                workers=2, port=free_port())
     try:
+        wait_for(lambda: len(events(gw, "gateway.listening")) >= 2, 15, "both workers")
         assert serving(gw) == "r1"
         # Tampered: a file changed after signing.
         files = read_tarball(make_bundle(tmp_path, key, "r2"))
