@@ -7,10 +7,12 @@ roles that authenticate over TCP with SCRAM, md5 and trust respectively.
 from __future__ import annotations
 
 import secrets
+import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,20 @@ def gateway(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="session")
 def token(gateway: GatewayProcess) -> str:
     return gateway.token()
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """TLS to the test gateway's self-signed certificate (encrypted, not verified)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def asyncpg_connect(gw: GatewayProcess, **kw: Any) -> Any:
+    """asyncpg through the gateway over TLS, as ci-bot (a fresh token unless given)."""
+    import asyncpg
+
+    kw.setdefault("password", gw.token())
+    return await asyncpg.connect(host=gw.host, port=gw.port, user="ci-bot",
+                                 database="payments", ssl=unverified_tls(), **kw)

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 from gateway.devtools.harness import GatewayProcess
 
@@ -97,11 +95,7 @@ def test_extended_protocol_statements_run_as_the_role_too(gw: GatewayProcess) ->
 
 def test_asyncpg_prepared_and_cursor_run_as_the_role(gw: GatewayProcess) -> None:
     async def main() -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        conn = await asyncpg.connect(host=gw.host, port=gw.port, user="ci-bot",
-                                     database="payments", password=gw.token(), ssl=ctx)
+        conn = await asyncpg_connect(gw)
         try:
             stmt = await conn.prepare("select current_user, id from reports where id = $1")
             assert tuple(await stmt.fetchrow(1)) == ("report_reader", 1)

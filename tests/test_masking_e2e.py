@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 from gateway.devtools.harness import GatewayProcess
 from gateway.masking.methods import hash_token
@@ -244,11 +243,7 @@ def test_psql_select_and_copy(gw: GatewayProcess, pg: PgBackend) -> None:
 
 def test_asyncpg_binary_results_are_masked(gw: GatewayProcess) -> None:
     async def main() -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        conn = await asyncpg.connect(host=gw.host, port=gw.port, user="ci-bot",
-                                     database="payments", password=gw.token(), ssl=ctx)
+        conn = await asyncpg_connect(gw)
         try:
             rows = await conn.fetch("select id, pan from cards order by id")
             assert [r["pan"] for r in rows] == [LAST4[p] for p in PANS]
