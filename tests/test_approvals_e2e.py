@@ -356,3 +356,15 @@ def test_admin_api_lists_and_terminates_sessions_of_every_worker(
         finally:
             for c in conns:
                 c.close()
+
+
+def test_an_unusable_approvals_store_refuses_holds_but_the_gateway_serves(
+        gw: GatewayProcess, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    extra = "approvals:\n  path: /dev/null/approvals.db\n"  # cannot be created
+    with GatewayProcess(tmp_path_factory.mktemp("no-store"), upstreams_for(pg),
+                        policy_dir=POLICY, extra_yaml=extra) as g:
+        with psycopg.connect(g.dsn("payments"), autocommit=True, password=g.token()) as c:
+            assert c.execute("select 1").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs approval"):
+                c.execute("select secret from vault")
+        assert any(r.get("event") == "approvals.unavailable" for r in g.logs)

@@ -79,7 +79,7 @@ class GatewayServer:
         self._started_at = time.monotonic()
         # Just-in-time approvals: every worker runs a service on the shared store; the
         # admin API (gRPC, and HTTP health/metrics) runs in worker 0.
-        self.approvals = ApprovalService.from_config(
+        self.approvals: ApprovalService | None = ApprovalService.from_config(
             config.approvals, base_dir=config.source.parent, on_event=self._approval_event,
             instance=f"w{worker_id}")
         self.health: Any = None  # gateway.admin.health.Health, built in start()
@@ -201,13 +201,22 @@ class GatewayServer:
                 self._admin_backend.serve_peer, str(self.peer_dir / f"admin-{self.worker_id}.sock"))
         if self.bundles is not None:
             self.bundles.start()
-        await self.approvals.start()
         from gateway.admin.health import Health  # imports grpc: only in workers
 
         self.health = Health()
-        self.health.add_check("approvals", self.approvals.healthy)
-        approvals = self.approvals
-        metrics.APPROVALS_PENDING.set_function(lambda: approvals.held_count)
+        try:
+            await self.approvals.start()
+        except Exception as e:  # e.g. a read-only state directory for the SQLite store
+            # The gateway still serves; statements a policy holds are refused (fail
+            # closed) with a message saying approvals are unavailable.
+            logs.error("approvals.unavailable", worker=self.worker_id,
+                       error=f"{type(e).__name__}: {e}"[:300])
+            await self.approvals.close()
+            self.approvals = None
+        if self.approvals is not None:
+            approvals = self.approvals
+            self.health.add_check("approvals", approvals.healthy)
+            metrics.APPROVALS_PENDING.set_function(lambda: approvals.held_count)
         if self.policy_engine is not None:
             metrics.set_bundle_info(self.policy_engine.revision, self.policy_engine.bundle_hash)
         if self.audit is not None:
@@ -225,7 +234,9 @@ class GatewayServer:
         from gateway.admin.server import AdminServer, http_server_from_config
 
         admin = self.config.admin
-        if admin.grpc is not None:
+        if admin.grpc is not None and self.approvals is None:
+            logs.error("admin.unavailable", reason="the approvals store could not be opened")
+        elif admin.grpc is not None:
             self.admin = AdminServer.from_config(
                 admin, verifier=self.verifier, approvals=self.approvals,
                 backend=self._admin_backend, health=self.health,
@@ -338,7 +349,8 @@ class GatewayServer:
             await self.admin.stop()
         if self.admin_http is not None:
             await self.admin_http.stop()
-        await self.approvals.close()
+        if self.approvals is not None:
+            await self.approvals.close()
         if self.audit is not None:
             try:
                 self.audit.append(records.gateway_stop(
