@@ -446,7 +446,11 @@ class StatementGate:
         now = time.perf_counter()
         tags: list[StatementTag | None] = []
         for i, (info, decision, doc, digest) in enumerate(decided):
-            refused = not verdict.allowed and decision.outcome == "allow"
+            # An allowing decision the gateway still refused (mask, role mix...), or a hold
+            # with no approvals service to wait on, is recorded as denied.
+            refused = not verdict.allowed and (
+                decision.outcome == "allow"
+                or (decision.outcome == "hold" and self.approvals is None))
             seq = audit.append(records.decision_record(
                 ctx, decision=decision, input_doc=doc,
                 statement_digest=digest,
