@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
@@ -33,7 +33,7 @@ from gateway.wire.frontend import Close, Parse, decode_frontend
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
-from .roles import PortalRoles
+from .roles import WRAPPED_AT, PortalRoles
 from .roles import encode as role_frames
 from .shapes import restate, reusable, shape_of
 
@@ -169,7 +169,7 @@ class StatementGate:
         out_tags: dict[int, Any] = {}
         for i, f in enumerate(frames):
             for sub in expanded.get(i, (f,)):
-                if i in expanded and sub is not expanded[i][4]:  # not the client's Execute
+                if i in expanded and sub is not expanded[i][WRAPPED_AT]:  # added by the gateway
                     out_tags[len(out)] = StatementTag(internal=True)
                 elif i in tags:
                     out_tags[len(out)] = tags[i]
@@ -461,10 +461,7 @@ class StatementGate:
             self._last_seq = seq
             plan = verdict.plans[i] if i < len(verdict.plans) else None
             tags.append(StatementTag(plan, seq, now, info.command))
-        if not verdict.allowed:
-            return verdict
-        return Verdict(True, plans=verdict.plans, tags=tuple(tags), role=verdict.role,
-                       statements=verdict.statements)
+        return replace(verdict, tags=tuple(tags)) if verdict.allowed else verdict
 
     def _decide(self, sql: str, protocol: str, catalog: Catalog,
                 decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None,
@@ -507,15 +504,11 @@ class StatementGate:
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
-        role = verdict.role
         if verdict.allowed and any(d.mask for _, d in decisions):
-            verdict = self._mask_plans(decisions, catalog)
-        if verdict.allowed and verdict.plans and not verdict.tags:
-            verdict = Verdict(True, plans=verdict.plans, tags=tuple(
-                StatementTag(p) if p is not None else None for p in verdict.plans))
-        if verdict.allowed and role is not None:
-            verdict = Verdict(True, plans=verdict.plans, tags=verdict.tags, role=role,
-                              statements=len(decisions))
+            planned = self._mask_plans(decisions, catalog)
+            verdict = planned if not planned.allowed else replace(
+                verdict, plans=planned.plans,
+                tags=tuple(StatementTag(p) if p is not None else None for p in planned.plans))
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:

@@ -22,9 +22,11 @@ from gateway.wire.codec import cstr, frame, i16, i32
 from gateway.wire.framing import Frame
 from gateway.wire.frontend import Bind, Close, Execute, decode_frontend
 
-__all__ = ["PortalRoles"]
+__all__ = ["WRAPPED_AT", "PortalRoles", "encode"]
 
 _P, _B, _E, _C = (ord(c) for c in "PBEC")
+#: where the client's own message stands in a wrapped sequence (after the SET ROLE's four)
+WRAPPED_AT = 4
 
 
 def _quote(role: str) -> str:
@@ -78,7 +80,7 @@ class PortalRoles:
         return None
 
     def _around(self, role: str, mtype: int, body: bytes) -> list[Frame]:
-        """The message between a SET ROLE and a RESET ROLE (the client's at index 4)."""
+        """The message between a SET ROLE and a RESET ROLE (at index WRAPPED_AT)."""
         n = next(self._names)
         return [*_statement(f"SET ROLE {_quote(role)}", f"pgwarden_role_{n}_set"),
                 (mtype, body),

@@ -135,7 +135,7 @@ class Session:
                     subject=self.identity.subject if self.identity else None,
                     connection=self.connection_name,
                     duration_ms=round((time.time() - self.started_at) * 1000, 1),
-                    **self._totals(),
+                    **totals,
                 )
 
     def _totals(self) -> dict[str, int]:
