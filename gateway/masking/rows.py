@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from gateway.wire.codec import frame
 
-from .methods import _FULLY_MASKED, _LAST4_PAD, _NON_DIGITS, REDACTED
+from .methods import REDACTED
 from .plan import ColumnMask, MaskPlan
 
 __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
@@ -179,8 +179,6 @@ def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
 def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
                         counts: dict[str, int]) -> bytes:
     """`rewrite_data_rows` for the usual case of one masked column (same result)."""
-    if mask.method == "pan_last4":
-        return _rewrite_last4(raw, index, mask, counts)
     masker = mask.masker
     buf = bytearray(raw)
     rebuilt: list[tuple[int, int, bytes]] = []
@@ -218,49 +216,6 @@ def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
                 pos = end
                 continue
         rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
-        pos = end
-    if seen:
-        counts[mask.column] = counts.get(mask.column, 0) + seen
-    return _splice_rows(buf, rebuilt)
-
-
-def _rewrite_last4(raw: bytes, index: int, mask: ColumnMask, counts: dict[str, int]) -> bytes:
-    """`_rewrite_one_column` with ``pan_last4`` inlined: the hot loop of the most common
-    mask (a call per row is a measurable share of it). Same rules as methods.pan_last4."""
-    buf = bytearray(raw)
-    rebuilt: list[tuple[int, int, bytes]] = []
-    unpack_i = _I32.unpack_from
-    unpack_head = _ROW_HEAD.unpack_from
-    skip = range(index)
-    non_digits = _NON_DIGITS
-    pad, fully = _LAST4_PAD, _FULLY_MASKED
-    seen = 0
-    pos = 0
-    n = len(raw)
-    while pos < n:
-        mlen, nfields = unpack_head(raw, pos + 1)
-        end = pos + 1 + mlen
-        if nfields <= index or end > n:
-            raise ValueError("DataRow has fewer fields than its result's masks")
-        p = pos + 7
-        for _ in skip:
-            (flen,) = unpack_i(raw, p)
-            p += 4 + flen if flen > 0 else 4
-        (flen,) = unpack_i(raw, p)
-        if flen < 0:  # NULL stays NULL
-            pos = end
-            continue
-        vstart = p + 4
-        vend = vstart + flen
-        if vend > end:
-            raise ValueError("DataRow field runs past its message")
-        seen += 1
-        d = raw[vstart:vend].translate(None, non_digits)
-        new = pad + d[-4:] if 13 <= len(d) <= 19 else fully
-        if flen == 16:
-            buf[vstart:vend] = new
-        else:
-            rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
         pos = end
     if seen:
         counts[mask.column] = counts.get(mask.column, 0) + seen
