@@ -71,3 +71,37 @@ def test_restated_analysis_equals_a_fresh_one(template: str, i1: int, f1: float,
     (info2,) = analyze(second, CATALOG, session=SessionSqlState())
     assert reusable(info1, first, shape1)
     assert restate(info1, second, shape2).to_input() == info2.to_input()
+    assert restate(info1, second, shape2) == info2  # with_sql copies every other field
+
+
+REDACTION_CASES = [
+    "SELECT holder FROM cards WHERE id = 4111111111111111",
+    "/* lead */ SELECT 'a''b', E'\\\\x', B'101', X'ff', U&'d', 1.5e3, $2 -- tail\n;",
+    "SELECT $$dollar 4111111111111111$$ /* inner */ FROM cards WHERE holder = $tag$x$tag$",
+    "UPDATE cards SET pan = '5500005555555559' WHERE id = $1",
+    "SELECT 1",
+    "  SELECT\n\tholder  FROM cards  ",
+]
+
+
+@pytest.mark.parametrize("sql", REDACTION_CASES)
+def test_the_shape_redacts_like_the_audit_trail(sql: str) -> None:
+    from gateway.audit.redact import redact_sql
+
+    shape = shape_of(sql)
+    assert shape is not None
+    own = sql[shape.span[0] : shape.span[1]]
+    assert shape.redacted == redact_sql(own)
+    assert "4111" not in shape.redacted and "5500" not in shape.redacted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(TEMPLATES), st.integers(-10**9, 10**9), st.floats(0, 1e6),
+       st.text(max_size=20).filter(lambda t: "\0" not in t))
+def test_shape_redaction_matches_redact_sql(template: str, i: int, f: float, s: str) -> None:
+    from gateway.audit.redact import redact_sql
+
+    sql = fill(template, i, f, s)
+    shape = shape_of(sql)
+    assert shape is not None
+    assert shape.redacted == redact_sql(sql[shape.span[0] : shape.span[1]])

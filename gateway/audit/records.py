@@ -123,7 +123,10 @@ class AuditContext:
     def shares_session_input(self, input_doc: Mapping[str, Any]) -> bool:
         """Whether `input_doc` holds this session's own identity/connection/session objects."""
         mine = self.session_input
-        return mine is not None and all(input_doc.get(k) is mine.get(k) for k in _SESSION_PARTS)
+        # three lookups written out: this runs once per statement
+        return mine is not None and input_doc.get("identity") is mine.get("identity") \
+            and input_doc.get("connection") is mine.get("connection") \
+            and input_doc.get("session") is mine.get("session")
 
 
 # -- gateway -------------------------------------------------------------------------------
@@ -263,8 +266,8 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
                     statement_digest: str | None = None, sql: str | None = None,
                     outcome: str | None = None, reasons: Sequence[str] | None = None,
                     sqlstate: str | None = None, duration_us: float | int | None = None,
-                    entrypoint: str | None = None, cached: bool | None = None
-                    ) -> dict[str, Any]:
+                    entrypoint: str | None = None, cached: bool | None = None,
+                    redacted_sql: str | None = None) -> dict[str, Any]:
     """A decision on one statement.
 
     The usual call: ``decision`` and ``input_doc`` (the policy input). Its statement is
@@ -273,7 +276,8 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
     here as ``session_input`` when the input does not share the context's objects.
     ``statement_digest``: a digest that is equal only for equal statement documents apart
     from their ``sql`` (the gate's per-statement digest); equal documents then share one
-    encoding (a cache), which is most of the cost of a record.
+    encoding (a cache), which is most of the cost of a record. ``redacted_sql``: the
+    statement's text already redacted by :func:`redact_sql` (or the same lexer rules).
 
     For a statement refused before the policy ran (unparsable SQL, audit unavailable, no
     policy) pass ``sql`` (the raw text: it is redacted here), ``outcome="denied"``,
@@ -290,7 +294,8 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
         raw_sql, stmt, command = sql, None, None
     rec: dict[str, Any] = {
         "type": "decision", **ctx.fields, "command": command,
-        "sql": redact_sql(raw_sql) if isinstance(raw_sql, str) else None,
+        "sql": redacted_sql if redacted_sql is not None
+        else redact_sql(raw_sql) if isinstance(raw_sql, str) else None,
         "statement": stmt,
         "approval": dict(input_doc.get("approval") or {}) if input_doc is not None else None,
         "sqlstate": sqlstate, "duration_us": _us(duration_us),

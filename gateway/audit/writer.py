@@ -54,6 +54,7 @@ from gateway import logs
 from .canonical import GENESIS
 from .chain import Chain, Sealed
 from .checkpoint import Signer
+from .template import RecordTemplate
 
 __all__ = [
     "AuditError",
@@ -146,6 +147,7 @@ class AuditWriter:
         self._fsync = self.options.durability == "fsync"
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._flushing = 0  # threads in flush(): only they wait on _cond
         # Held while taking the queue and writing it, by the writer thread or by
         # write_through() on an event loop: records reach the sink in seq order.
         self._io_lock = threading.Lock()
@@ -277,13 +279,29 @@ class AuditWriter:
         records nothing waits on, so a busy loop does not hand every one to the thread.
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
+        return self._append(self._chain.seal, (record,), wake)
+
+    def template(self, record: Mapping[str, Any], holes: tuple[str, ...] = ()
+                 ) -> RecordTemplate | None:
+        """A template of `record` for :meth:`append_template` (None: it cannot be one)."""
+        with self._lock:
+            return self._chain.template(record, holes)
+
+    def append_template(self, template: RecordTemplate, values: tuple[Any, ...] = (),
+                        *, wake: bool = True) -> int:
+        """:meth:`append` for a record made from `template` with `values` in its holes
+        (see :mod:`gateway.audit.template`): the same line, a fraction of the work.
+        Raises TemplateMismatch (nothing appended) when a value does not fit a hole."""
+        return self._append(self._chain.seal_template, (template, values), wake)
+
+    def _append(self, seal: Callable[..., Sealed], args: tuple[Any, ...], wake: bool) -> int:
         with self._lock:
             if self._closed or not self._started:
                 raise AuditUnavailable("the audit log is not open")
             backlog = self._chain.seq - self._durable
             if backlog >= self.options.max_backlog:
                 raise AuditUnavailable(self._error or f"{backlog} records wait for the sink")
-            sealed = self._chain.seal(record)
+            sealed = seal(*args)
             self._push_locked(sealed)
             every = self.options.checkpoint_every
             if every and self._since_checkpoint >= every:
@@ -325,13 +343,17 @@ class AuditWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._chain.seq
-            while self._durable < target:
-                if self._error is not None:
-                    raise AuditUnavailable(self._error)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"audit records up to seq {target} not durable yet")
-                self._cond.wait(remaining if remaining is not None else 1.0)
+            self._flushing += 1
+            try:
+                while self._durable < target:
+                    if self._error is not None:
+                        raise AuditUnavailable(self._error)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"audit records up to seq {target} not durable yet")
+                    self._cond.wait(remaining if remaining is not None else 1.0)
+            finally:
+                self._flushing -= 1
 
     def checkpoint(self, reason: str = "manual") -> int:
         """Append a signed checkpoint now; returns its seq."""
@@ -531,7 +553,8 @@ class AuditWriter:
             while waiters and waiters[0][0] <= seq:
                 _, _, fut, loop = heapq.heappop(waiters)
                 ready.append((fut, loop))
-            self._cond.notify_all()
+            if self._flushing:  # notify_all() is not free: once per statement otherwise
+                self._cond.notify_all()
         if ready:
             _dispatch(ready, None)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import logs
 from gateway.admin import metrics
+from gateway.audit.template import TemplateCache
 from gateway.catalog.model import Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
 from gateway.masking.results import StatementTag
@@ -55,7 +56,13 @@ class _Analysis:
     infos: tuple[StatementInfo, ...]
     memo: dict[Any, tuple[dict[str, Any], str]]
     restated: bool  # reused from another text of the same shape: only `sql` differs
+    #: the one statement's text as the audit trail records it, when the lexer pass that
+    #: found the shape already redacted it
+    redacted: str | None = None
 
+
+#: (statement, its decision, its input document, the document's digest, redacted SQL)
+_Decided = tuple[StatementInfo, Decision, dict[str, Any], str, "str | None"]
 
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
 _SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
@@ -89,6 +96,15 @@ class Verdict:
     statements: int = 1
 
 
+def _with_tags(verdict: Verdict, tags: tuple[StatementTag | None, ...]) -> Verdict:
+    """`verdict` with `tags` (``dataclasses.replace`` without re-running ``__init__``:
+    this is once per statement)."""
+    new = object.__new__(Verdict)
+    new.__dict__.update(verdict.__dict__)
+    object.__setattr__(new, "tags", tags)
+    return new
+
+
 @dataclass(frozen=True)
 class Hold:
     """A statement waiting for approval: what an approver is shown and what a grant covers."""
@@ -119,6 +135,7 @@ class StatementGate:
         # Every decision is an audit record, durable before the statement is forwarded.
         self.audit = audit
         self.audit_ctx = audit_ctx
+        self._templates = TemplateCache(audit) if audit is not None else None
         self._last_seq = 0
         # Just-in-time approval: a held statement waits here for a human's decision.
         self.approvals = approvals
@@ -375,9 +392,12 @@ class StatementGate:
             if same_shape is not None:
                 _SHAPES.move_to_end(shape_key)
                 (info,) = same_shape.infos
-                return _Analysis((restate(info, sql, shape),), same_shape.memo, True)
+                return _Analysis((restate(info, sql, shape),), same_shape.memo, True,
+                                 shape.redacted)
         infos = tuple(analyze(sql, catalog, session=self.state, protocol=protocol))
-        result = _Analysis(infos, {}, False)
+        own = shape is not None and len(infos) == 1 \
+            and infos[0].sql == sql[shape.span[0] : shape.span[1]]
+        result = _Analysis(infos, {}, False, shape.redacted if own and shape else None)
         if all(i.cacheable for i in infos):
             _remember(_ANALYSES, key, result)
         if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
@@ -420,7 +440,7 @@ class StatementGate:
         if not audit.healthy:
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
-        decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] = []
+        decided: list[_Decided] = []
         verdict = self._decide(sql, protocol, catalog, decided, approval)
         try:
             return self._record(sql, verdict, decided)
@@ -431,10 +451,10 @@ class StatementGate:
                            "until it recovers")
 
     def _record(self, sql: str, verdict: Verdict,
-                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]]) -> Verdict:
+                decided: list[_Decided]) -> Verdict:
         from gateway.audit import records
 
-        audit, ctx = self.audit, self.audit_ctx
+        audit, ctx, templates = self.audit, self.audit_ctx, self._templates
         assert audit is not None and ctx is not None
         error = verdict.error
         if not decided:  # refused before the policy ran
@@ -445,26 +465,41 @@ class StatementGate:
             return verdict
         now = time.perf_counter()
         tags: list[StatementTag | None] = []
-        for i, (info, decision, doc, digest) in enumerate(decided):
+        for i, (info, decision, doc, digest, redacted) in enumerate(decided):
             # An allowing decision the gateway still refused (mask, role mix...), or a hold
             # with no approvals service to wait on, is recorded as denied.
             refused = not verdict.allowed and (
                 decision.outcome == "allow"
                 or (decision.outcome == "hold" and self.approvals is None))
-            seq = audit.append(records.decision_record(
-                ctx, decision=decision, input_doc=doc,
-                statement_digest=digest,
-                outcome="denied" if refused else None,
-                reasons=[error.message] if refused and error is not None else None,
-                sqlstate=error.code if refused and error is not None else None),
-                wake=False)  # written by write_through() in _review
+
+            def build(decision: Decision = decision, doc: dict[str, Any] = doc,
+                      digest: str = digest, refused: bool = refused,
+                      redacted: str | None = redacted) -> dict[str, Any]:
+                return records.decision_record(
+                    ctx, decision=decision, input_doc=doc, statement_digest=digest,
+                    redacted_sql=redacted,
+                    outcome="denied" if refused else None,
+                    reasons=[error.message] if refused and error is not None else None,
+                    sqlstate=error.code if refused and error is not None else None)
+
+            # written by write_through() in _review
+            if redacted is None or refused or templates is None \
+                    or not ctx.shares_session_input(doc):
+                seq = audit.append(build(), wake=False)
+            else:
+                # the same record but for its envelope: same statement document, decision,
+                # text and approval (the session's part is the same objects)
+                approval = doc.get("approval") or {}
+                seq = templates.append(
+                    (digest, id(decision), redacted, approval.get("granted"),
+                     approval.get("id")), build, pin=decision, wake=False)
             self._last_seq = seq
             plan = verdict.plans[i] if i < len(verdict.plans) else None
             tags.append(StatementTag(plan, seq, now, info.command))
-        return replace(verdict, tags=tuple(tags)) if verdict.allowed else verdict
+        return _with_tags(verdict, tuple(tags)) if verdict.allowed else verdict
 
     def _decide(self, sql: str, protocol: str, catalog: Catalog,
-                decided: list[tuple[StatementInfo, Decision, dict[str, Any], str]] | None,
+                decided: list[_Decided] | None,
                 approval: dict[str, Any] | None = None) -> Verdict:
         if self.poisoned is not None:
             return _denial("42501", self.poisoned)
@@ -500,7 +535,8 @@ class StatementGate:
             decision = engine.decide(doc, cache_key=key)
             decisions.append((info, decision))
             if decided is not None:
-                decided.append((info, decision, doc, digest))
+                decided.append((info, decision, doc, digest,
+                                analysis.redacted if len(infos) == 1 else None))
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)

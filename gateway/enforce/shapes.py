@@ -11,8 +11,6 @@ is analyzed afresh — a miss costs nothing but time.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from pglast import parser as _pg
 
 from gateway.sql import StatementInfo
@@ -21,17 +19,21 @@ from gateway.sql import StatementInfo
 _CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
 _SEMICOLON = "ASCII_59"
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_PARAM = "PARAM"
 _REUSABLE_KINDS = frozenset({"read", "write"})
 
 
 class Shape:
-    """One statement text's skeleton and where its own SQL text lies within it."""
+    """One statement text's skeleton, where its own SQL text lies within it, and that
+    text with its constants and comments redacted as the audit trail records it
+    (:func:`gateway.audit.redact.redact_sql`, from the same tokens: one lexer pass)."""
 
-    __slots__ = ("key", "span")
+    __slots__ = ("key", "redacted", "span")
 
-    def __init__(self, key: tuple[object, ...], span: tuple[int, int]) -> None:
+    def __init__(self, key: tuple[object, ...], span: tuple[int, int], redacted: str) -> None:
         self.key = key
         self.span = span
+        self.redacted = redacted
 
 
 def shape_of(sql: str) -> Shape | None:
@@ -42,20 +44,50 @@ def shape_of(sql: str) -> Shape | None:
         return None
     key: list[object] = []
     first = last = None
+    values: list[tuple[int, int, bool]] = []  # (start, end, is a constant) to redact
+    top = 0  # the highest $n parameter: redacted constants are numbered after it
     for i, tok in enumerate(tokens):
         name = tok.name
         if name == _SEMICOLON:
             if i != len(tokens) - 1:
                 return None
             continue
-        key.append(name if name in _CONSTANTS else (name, sql[tok.start : tok.end + 1]))
-        if name not in _COMMENTS:
-            if first is None:
-                first = tok.start
-            last = tok.end + 1
+        if name in _CONSTANTS:
+            key.append(name)
+            values.append((tok.start, tok.end + 1, True))
+        else:
+            key.append((name, sql[tok.start : tok.end + 1]))
+            if name == _PARAM:
+                digits = sql[tok.start + 1 : tok.end + 1]
+                if digits.isdigit():
+                    top = max(top, int(digits))
+            elif name in _COMMENTS:
+                values.append((tok.start, tok.end + 1, False))
+                continue
+        if first is None:
+            first = tok.start
+        last = tok.end + 1
     if first is None or last is None:
         return None
-    return Shape(tuple(key), (first, last))
+    return Shape(tuple(key), (first, last), _redacted(sql, first, last, values, top))
+
+
+def _redacted(sql: str, first: int, last: int, values: list[tuple[int, int, bool]],
+              top: int) -> str:
+    out: list[str] = []
+    pos = first
+    for start, end, constant in values:
+        if start < first or end > last:
+            continue  # a comment before or after the statement's own text
+        out.append(sql[pos:start])
+        if constant:
+            top += 1
+            out.append(f"${top}")
+        else:
+            out.append("/*?*/")
+        pos = end
+    out.append(sql[pos:last])
+    return "".join(out)
 
 
 def reusable(info: StatementInfo, sql: str, shape: Shape) -> bool:
@@ -72,4 +104,4 @@ def reusable(info: StatementInfo, sql: str, shape: Shape) -> bool:
 
 def restate(info: StatementInfo, sql: str, shape: Shape) -> StatementInfo:
     """`info` for another text of the same shape: only the text itself differs."""
-    return replace(info, sql=sql[shape.span[0] : shape.span[1]])
+    return info.with_sql(sql[shape.span[0] : shape.span[1]])

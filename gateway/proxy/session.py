@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
+from gateway.audit.template import TemplateCache
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 _PASSWORD_PHASE_TYPES = CLIENT_TYPES | frozenset(b"p")
 _MAX_PASSWORD_MESSAGE = 64 * 1024
+# The fields of a statement completion that change between records of one shape.
+_STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
 
 
 class SessionFailure(Exception):
@@ -76,6 +79,7 @@ class Session:
         self.relay: Relay | None = None
         self.connection_name: str | None = None
         self.audit_ctx: AuditContext | None = None
+        self._templates: TemplateCache | None = None  # this session's record shapes
         self.application_name: str | None = None
         metrics.SESSIONS_TOTAL.inc()
         metrics.SESSIONS_ACTIVE.inc()
@@ -300,6 +304,7 @@ class Session:
         audit = self.server.audit
         if audit is not None:
             self.audit_ctx = AuditContext.from_input(facts.input_for({}))
+            self._templates = TemplateCache(audit)
             if not self._audit(records.session_start(self.audit_ctx)):
                 link.endpoint.abort()
                 raise SessionFailure("58030", "the audit trail cannot be written: sessions "
@@ -389,12 +394,26 @@ class Session:
             outcome = "masked" if masked else "allowed"
         values = sum(masked.values())
         self.totals.count(outcome, rows=rows, masked_values=values)
-        self._audit(records.statement_record(
-            self.audit_ctx, decision_seq=tag.decision_seq, outcome=outcome,
-            command=tag.command, sqlstate=sqlstate, rows=rows, masked_values=values,
-            masked_columns=sorted(masked), error=error,
-            duration_us=(time.perf_counter() - tag.started) * 1e6 if tag.started else None),
-            wake=False)  # goes out with the next decision's write (or within a second)
+        ctx, templates = self.audit_ctx, self._templates
+        columns = sorted(masked)
+        duration = round((time.perf_counter() - tag.started) * 1e6) if tag.started else None
+
+        def build() -> dict[str, Any]:
+            return records.statement_record(
+                ctx, decision_seq=tag.decision_seq, outcome=outcome, command=tag.command,
+                sqlstate=sqlstate, rows=rows, masked_values=values, masked_columns=columns,
+                error=error, duration_us=duration)
+
+        # goes out with the next decision's write (or within a second): wake=False
+        if error is not None or templates is None:
+            self._audit(build(), wake=False)
+            return
+        try:
+            templates.append(("statement", tag.command, outcome, sqlstate, tuple(columns)),
+                             build, _STATEMENT_HOLES,
+                             (tag.decision_seq, rows, values, duration), wake=False)
+        except (AuditError, AuditUnavailable) as e:
+            logs.error("audit.append_failed", session=self.id, error=str(e))
 
     def _token_expired(self) -> None:
         logs.info("session.token_expired", session=self.id,
