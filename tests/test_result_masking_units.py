@@ -234,6 +234,8 @@ def _rows_one_by_one(raw: bytes, masks: dict, counts: dict) -> bytes:
 @pytest.mark.parametrize("masks", [
     {2: LAST4},
     {0: LAST4},
+    {1: LAST4},
+    {3: LAST4},
     {1: NULL, 2: LAST4},
     {2: ColumnMask("redact", resolve("redact", key=b""), "x")},
     {1: ColumnMask("hash", resolve("hash", key=b"k" * 16), "h"), 3: LAST4},
@@ -253,6 +255,11 @@ def test_rewrite_data_rows_refuses_rows_shorter_than_the_masks() -> None:
     raw = be.DataRow((b"1",)).encode()
     with pytest.raises(ValueError):
         rewrite_data_rows(raw, {2: LAST4}, {})
+    for index in (0, 1):  # a row of no field at all, last in the buffer or not
+        empty = be.DataRow(()).encode()
+        for raw in (empty, empty + be.DataRow((PAN, PAN)).encode()):
+            with pytest.raises(ValueError):
+                rewrite_data_rows(raw, {index: LAST4}, {})
     lying = bytearray(be.DataRow((b"1", PAN)).encode())
     struct.pack_into("!i", lying, 12, 999)  # the pan field claims 999 bytes
     with pytest.raises(ValueError):

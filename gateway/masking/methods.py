@@ -173,7 +173,7 @@ def resolve(method: str, *, key: bytes) -> Masker:
         def last4(value: bytes | None) -> bytes | None:
             if value is None:
                 return None
-            d = value.translate(None, _NON_DIGITS)
+            d = value if value.isdigit() else value.translate(None, _NON_DIGITS)
             return _LAST4_PAD + d[-4:] if _PAN_MIN <= len(d) <= _PAN_MAX else _FULLY_MASKED
 
         return last4
@@ -181,7 +181,7 @@ def resolve(method: str, *, key: bytes) -> Masker:
         def first6_last4(value: bytes | None) -> bytes | None:
             if value is None:
                 return None
-            d = value.translate(None, _NON_DIGITS)
+            d = value if value.isdigit() else value.translate(None, _NON_DIGITS)
             if _PAN_MIN <= len(d) <= _PAN_MAX:
                 return d[:6] + _MIDDLE + d[-4:]
             return _FULLY_MASKED

@@ -29,7 +29,7 @@ __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row"
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
-_ROW_HEAD = struct.Struct("!ih")  # a DataRow's length and field count
+_ROW_HEAD_FIELD = struct.Struct("!ihi")  # ... and its first field's length
 _FIELD_TAIL = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
 TEXT_OID = 25
 
@@ -178,26 +178,33 @@ def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
 
 def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
                         counts: dict[str, int]) -> bytes:
-    """`rewrite_data_rows` for the usual case of one masked column (same result)."""
+    """`rewrite_data_rows` for the usual case of one masked column (same result).
+
+    Once per row, so every call counts: the row's length, field count and first field's
+    length come from one unpack."""
     masker = mask.masker
     buf = bytearray(raw)
     rebuilt: list[tuple[int, int, bytes]] = []
     unpack_i = _I32.unpack_from
-    unpack_head = _ROW_HEAD.unpack_from
-    skip = range(index)
+    unpack_head = _ROW_HEAD_FIELD.unpack_from
+    skip = range(index - 1) if index else None  # fields between the first and the masked one
     seen = 0
     pos = 0
     n = len(raw)
     while pos < n:
-        mlen, nfields = unpack_head(raw, pos + 1)
+        if n - pos < 11:  # shorter than a row with one field: it has none
+            raise ValueError("DataRow has fewer fields than its result's masks")
+        mlen, nfields, flen = unpack_head(raw, pos + 1)
         end = pos + 1 + mlen
         if nfields <= index or end > n:
             raise ValueError("DataRow has fewer fields than its result's masks")
         p = pos + 7
-        for _ in skip:
-            (flen,) = unpack_i(raw, p)
+        if skip is not None:
             p += 4 + flen if flen > 0 else 4
-        (flen,) = unpack_i(raw, p)
+            for _ in skip:
+                (flen,) = unpack_i(raw, p)
+                p += 4 + flen if flen > 0 else 4
+            (flen,) = unpack_i(raw, p)
         vstart = p + 4
         if flen >= 0:
             vend = vstart + flen
