@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import re
 import struct
 
@@ -425,8 +426,45 @@ def test_framing_guard_over_many_lengths() -> None:
         rows = parse(out)
         assert [len(f) for f in rows[0][1]] == [1, length]  # type: ignore[union-attr]
         assert [len(f) for f in rows[1][1]] == [length]  # type: ignore[union-attr]
-        if not 0x30 <= (length & 0xFF) <= 0x39:
+        framing = length.to_bytes(4, "big")
+        glued = 0x30 <= framing[3] <= 0x39  # the run starts with the length's low byte
+        if not glued:
             assert n == 1 and rows[0][1][1][3:12] == b"*" * 9  # type: ignore[index]
+        elif framing[:3] == b"\0\0\0" or (
+                0x30 <= framing[2] <= 0x39 and framing[:2] == b"\0\0"):
+            # read without the length digits: the PAN is found, the length bytes kept
+            field = rows[0][1][1]
+            assert n == 1 and pan not in out
+            assert field[:1] == pan[:1] and b"*" * 9 in field  # type: ignore[index,operator]
+
+
+def test_a_pan_glued_to_a_length_digit_is_found_whatever_the_chunking() -> None:
+    """A 49-byte free-text field starting with a PAN is framed 00 00 00 31: the run reads
+    1 + PAN, 17 digits. Read without the length digit, it is masked; the length stays."""
+    pan = b"4111111111111111"
+    for length in (49, 57, 0x3031):
+        value = pan + b" exp 12/27 cvv 123 " + b"x" * (length - 35)
+        buf = datarow(b"7", value) + datarow(b"8", None)
+        whole, n = mask_in_place(buf)
+        assert n == 1 and pan not in whole
+        masked_ok(buf, whole)
+        assert [len(f) for f in parse(whole)[0][1]] == [1, length]  # type: ignore[union-attr]
+        for cut in range(1, 40):
+            for size in (1, 5, 17):
+                sc = StreamScanner()
+                out = sc.feed(buf[:cut]) + sc.feed(buf[cut:cut + size])
+                out += sc.feed(buf[cut + size:]) + sc.flush()
+                assert out == whole, (length, cut, size)
+
+
+def test_long_numbers_after_short_lengths_are_not_split() -> None:
+    """The split is for zero bytes only: a 17-19 digit id in a field of its own (framed by
+    a length like 00 00 00 13) is read whole, as before: no more hits than Luhn alone."""
+    rng = random.Random(7)
+    for _ in range(500):
+        number = str(rng.randrange(10**16, 10**19)).encode()
+        _, n = mask_in_place(datarow(number, b"abc"))
+        assert n == (1 if luhn_valid(number) else 0)
 
 
 def test_whole_buffer_of_many_messages() -> None:

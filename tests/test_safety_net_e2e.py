@@ -97,3 +97,33 @@ def test_numbers_that_are_not_pans_pass_untouched(gateway: GatewayProcess,
         assert c.execute("select 12345678901234567890::numeric").fetchone()[0] == (
             12345678901234567890)
         assert c.execute("select '411111111111'").fetchone() == ("411111111111",)
+
+
+def test_a_pan_opening_a_free_text_field_is_masked(gateway: GatewayProcess,
+                                                     token: str) -> None:
+    """A 49-byte note starting with a card number: the field's length (00 00 00 31) puts
+    an ASCII "1" right before the PAN in the stream. It is masked all the same, with
+    psycopg text and binary, and asyncpg."""
+    note = PAN + " exp 12/27 cvv 123 holder JO DOE"
+    note += "." * (49 - len(note))
+    assert len(note) == 49
+    with connect(gateway, token, autocommit=True) as c:
+        for binary in (False, True):
+            with c.cursor(binary=binary) as cur:
+                (value,) = cur.execute("select %s::text", (note,)).fetchone()
+            assert PAN not in value and len(value) == 49 and value.endswith(note[16:])
+            assert value[12:16] == "1111"
+
+    async def main() -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = await asyncpg.connect(host="127.0.0.1", port=gateway.port, user="ci-bot",
+                                     password=token, database="payments", ssl=ctx)
+        try:
+            value = await conn.fetchval("select $1::text", note)
+        finally:
+            await conn.close()
+        assert PAN not in value and len(value) == 49
+
+    asyncio.run(main())

@@ -57,10 +57,17 @@ type letter, a NUL terminator). A hit that starts its run thus shows at most its
 three and last four digits (``411*********1111``), within what PCI DSS 3.4.1 allows to be
 displayed (first six and last four); a hit inside a run keeps only its last four.
 
-The known miss this guard cannot fix: a PAN at the very start of a field whose length
-has a digit as low byte (lengths 48-57, 304-313, ...) is seen glued to that digit
-(``1`` + ``4111111111111111``) and, by the no-split rule, not found. The relay, which
-knows the framing, can close that gap by scanning field values.
+Length bytes
+------------
+A PAN at the very start of a field whose length has digits as low bytes is seen glued
+to them: a 49-byte field ``4111111111111111 exp 12/27 ...`` is framed ``00 00 00 31``
+and the run reads ``14111111111111111``, which by the no-split rule is no PAN. Where a
+run follows three zero bytes (a length of 48-57 bytes) it is also read without its first
+digit, and where it follows two zero bytes (0x3030-0x3939 bytes) without its first two;
+no text can put those bytes there (text values hold no NUL), so this costs no false hits
+on text. The framing guard keeps the length digits. Still missed: lengths whose high
+byte is not zero (304-313, 560-569, ... bytes), where the bytes before the run are those
+of any short field's length, and a grouped PAN glued to such a digit.
 
 Bytes 0x30-0x39 are ASCII digits in every client encoding the gateway accepts (UTF-8,
 the single-byte and EUC encodings; SJIS, BIG5, GBK, UHC, GB18030 and JOHAB are refused at
@@ -147,7 +154,28 @@ def _segment_hits(group: bytes, at: int, hits: list[tuple[int, int]]) -> None:
 
 def _run_hits(buf: bytes, s: int, e: int) -> list[tuple[int, int]]:
     """Hits (start, end) inside the run buf[s:e], possibly overlapping."""
+    hits = _hits_in(buf, s, e)
+    for k in _length_digits(buf, s):
+        if buf[s : s + k + 1].isdigit():
+            hits += _hits_in(buf, s + k, e)
+    return hits
+
+
+def _length_digits(buf: bytes, s: int) -> tuple[int, ...]:
+    """How many leading digits of the run at `s` may be the low bytes of a binary length
+    (see "Length bytes" in the module doc): 1 after three zero bytes (a field of 48-57
+    bytes), 2 after two (0x3030-0x3939 bytes)."""
+    if s < 2 or buf[s - 1] or buf[s - 2]:
+        return ()
+    if s >= 3 and not buf[s - 3]:
+        return (1, 2)
+    return (2,)
+
+
+def _hits_in(buf: bytes, s: int, e: int) -> list[tuple[int, int]]:
     run = buf[s:e]
+    if len(run) < _PAN_MIN:
+        return []
     if run.isdigit():
         return [(s, e)] if _is_pan(run) else []
     groups = run.replace(b"-", b" ").split(b" ")
@@ -312,9 +340,9 @@ class StreamScanner:
         ctx = self._ctx
         if self._held or (ctx and _CLASS[ctx[-1]] != _X):
             data = ctx + self._held + bytes(chunk)
-        else:  # no run crosses into this chunk: the context cannot change a decision
-            ctx = b""
-            data = bytes(chunk)
+        else:  # no run crosses into this chunk; only the zero bytes of a length before a
+            ctx = ctx[-3:]  # run at its very start can change a decision (Length bytes)
+            data = ctx + bytes(chunk)
         base = len(ctx)
         end = len(data)
         cut = end
