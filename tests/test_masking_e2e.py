@@ -262,6 +262,28 @@ def test_asyncpg_binary_results_are_masked(gw: GatewayProcess) -> None:
     asyncio.run(main())
 
 
+def test_large_results_are_masked_across_reads(gw: GatewayProcess) -> None:
+    """25k masked rows span many network reads: rows after the first read are masked as
+    the gateway walks them (one pass), the rest by the per-buffer rewrite; every one is."""
+    sql = "select g, c.pan from cards c, generate_series(1, 5000) g order by g, c.id"
+    expected = [LAST4[p] for p in PANS] * 5000
+    with connect(gw) as c:
+        for binary in (False, True):
+            with c.cursor(binary=binary) as cur:
+                rows = cur.execute(sql).fetchall()
+            assert [r[1] for r in rows] == expected and len(rows) == 25000
+            no_pan(rows)
+
+    async def main() -> None:
+        conn = await asyncpg_connect(gw)
+        try:
+            assert [r["pan"] for r in await conn.fetch(sql)] == expected
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
 # -- safety net in "error" mode ----------------------------------------------------------------
 
 

@@ -313,3 +313,63 @@ def test_portal_roles_wrap_binds_and_executes_of_role_statements_only() -> None:
     tricky.parsed("s", 'we"ird')
     b = fe.Bind("", "s", (), (), ()).encode()
     assert fe.decode_frontend(*tricky.wrap(b[0], b[5:])[0]).sql == 'SET ROLE "we""ird"'
+
+
+def test_rows_walked_and_masked_in_one_pass_at_any_split() -> None:
+    """The relay's upstream loop with `walk_run`: a masked result split anywhere comes out
+    as the per-row rewrite says, every later chunk's rows walked once."""
+    from gateway.proxy.relay import _splice
+    from gateway.wire.framing import RUN, WALKED, BackendObserver
+
+    values = [PAN, b"5555555555554444", None, b"378282246310005", b""]
+    rows = [be.DataRow((str(i).encode(), b"x" * (i % 7), values[i % 5])).encode()
+            for i in range(40)]
+    stream = (be.RowDescription((field("id"), field("note"), field("pan"))).encode()
+              + b"".join(rows) + be.CommandComplete("SELECT 40").encode()
+              + be.ReadyForQuery("I").encode())
+    expected_rows = _rows_one_by_one(b"".join(rows), {2: LAST4}, {})
+    for cut in [*range(1, 120), *range(len(stream) - 40, len(stream))]:
+        for size in (7, 64, 1000):
+            rm = ResultMasker(lambda o, a: None)
+            rm.forwarded(frames(fe.Query("select id, note, pan from cards").encode()),
+                         {0: [StatementTag(plan({2: LAST4}, 3))]})
+            ob = BackendObserver(be.BACKEND_TYPES, frozenset(b"TDCZ"), 1 << 20)
+            ob.coalesce = frozenset(b"D")
+            ob.walk_run = rm.walk_rows
+            out, walked = b"", 0
+            chunks = [stream[:cut]] + [stream[i:i + size] for i in range(cut, len(stream), size)]
+            for chunk in chunks:
+                fwd, events = ob.relay(chunk)
+                swaps = []
+                for t, b, start, end in events:
+                    if t & WALKED:
+                        assert t == RUN | WALKED | ord("D")
+                        walked += 1
+                        swaps.append((start, end, b))
+                    new = rm.message(t, b)
+                    if new is not None:
+                        swaps.append((start, end, new))
+                out += _splice(fwd, swaps) if swaps else fwd
+            assert PAN not in out
+            assert out == stream.replace(b"".join(rows), expected_rows), (cut, size)
+            assert rm.masked_values == 32  # the non-NULL pans
+            if size == 7 and cut < 40:
+                assert walked  # rows after the RowDescription's chunk went the one-pass way
+
+
+def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_fit() -> None:
+    from gateway.masking.rows import walk_one_column
+
+    rows = be.DataRow((b"1", PAN)).encode() + be.DataRow((b"2", PAN)).encode()
+    tail = be.CommandComplete("SELECT 2").encode()
+    counts: dict[str, int] = {}
+    end, out = walk_one_column(rows + tail, 0, 1, LAST4, counts)
+    assert end == len(rows) and PAN not in out and len(out) == len(rows)
+    assert counts == {"public.cards.pan": 2}
+    third = be.DataRow((b"3", PAN)).encode()
+    end, out = walk_one_column(rows + third[:9], 0, 1, LAST4, {})  # an incomplete row
+    assert end == len(rows)
+    with pytest.raises(ValueError):  # fewer fields than the masks
+        walk_one_column(be.DataRow((b"1",)).encode(), 0, 1, LAST4, {})
+    with pytest.raises(ValueError):  # a row over the size limit
+        walk_one_column(rows, 0, 1, LAST4, {}, max_size=8)

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framing import RUN, Frame
+from gateway.wire.framing import RUN, WALKED, Frame
 from gateway.wire.frontend import Bind, Close, Describe, Execute, decode_frontend
 from gateway.wire.pipeline import ResponseTracker
 
@@ -36,6 +36,7 @@ from .rows import (
     rewrite_data_row,
     rewrite_data_rows,
     rewrite_row_description,
+    walk_one_column,
 )
 
 __all__ = ["ResultMasker", "StatementTag"]
@@ -150,7 +151,13 @@ class ResultMasker:
     def message(self, mtype: int, body: bytes) -> bytes | None:
         """Accounts for one backend message (or a run of DataRows, raw, as type
         ``RUN | 'D'``); returns its replacement, or None to keep it.
-        Raises ProtocolViolation when the stream cannot be followed (fail closed)."""
+        Raises ProtocolViolation when the stream cannot be followed (fail closed).
+
+        A run of type ``RUN | WALKED | 'D'`` was rewritten by :meth:`walk_rows` already
+        (the relay sends the event's bytes in its place): only the bookkeeping is left."""
+        if mtype & WALKED:
+            self.tracker.response(_DATA)
+            return None
         if not self._tracked and self._rows is None and self._copy is None:
             self.tracker.response(mtype)  # nothing to mask or record: keep the queue in step
             return None
@@ -210,6 +217,20 @@ class ResultMasker:
             if _has_plan(req.tag):
                 self._planned -= 1
         return out
+
+    def walk_rows(self, data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
+        """`BackendObserver.walk_run`: the current result's DataRows from `pos` on, masked
+        as they are walked (one pass over the rows instead of two), or None to let the
+        observer find the run and `message` rewrite it (no masks known yet, or several
+        masked fields)."""
+        rows, plan = self._rows, self._rows_plan
+        if not rows or len(rows) != 1 or plan is None:
+            return None
+        ((index, mask),) = rows.items()
+        try:
+            return walk_one_column(data, pos, index, mask, plan.counts, max_size)
+        except ValueError as e:
+            raise ProtocolViolation(f"cannot mask this result: {e}") from None
 
     @staticmethod
     def _portal_masks(plan: MaskPlan) -> FieldMasks:

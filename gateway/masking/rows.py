@@ -25,7 +25,7 @@ from .methods import REDACTED
 from .plan import ColumnMask, MaskPlan
 
 __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
-           "rewrite_data_rows", "rewrite_row_description"]
+           "rewrite_data_rows", "rewrite_row_description", "walk_one_column"]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
@@ -178,42 +178,65 @@ def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
 
 def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
                         counts: dict[str, int]) -> bytes:
-    """`rewrite_data_rows` for the usual case of one masked column (same result).
+    """`rewrite_data_rows` for the usual case of one masked column (same result)."""
+    end, out = walk_one_column(raw, 0, index, mask, counts)
+    if end != len(raw):
+        raise ValueError("not a run of whole DataRow messages")
+    return out
 
-    Once per row, so every call counts: the row's length, field count and first field's
-    length come from one unpack."""
+
+_D = ord("D")
+
+
+def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
+                    counts: dict[str, int], max_size: int = 0x7FFFFFFF
+                    ) -> tuple[int, bytes]:
+    """The whole DataRows from `pos` on, with field `index` masked: (where they end, the
+    rewritten rows). Stops at a message of another type or an incomplete one, so it also
+    finds the run's end (`BackendObserver.walk_run`). Once per row, so every call counts:
+    a row's length, field count and first field's length come from one unpack.
+    Raises ValueError for a row the masks do not fit or a length over `max_size`."""
     masker = mask.masker
-    buf = bytearray(raw)
+    buf = bytearray(memoryview(data)[pos:])  # rewritten in place; offsets are p - base
+    base = pos
     rebuilt: list[tuple[int, int, bytes]] = []
     unpack_i = _I32.unpack_from
     unpack_head = _ROW_HEAD_FIELD.unpack_from
     skip = range(index - 1) if index else None  # fields between the first and the masked one
     seen = 0
-    pos = 0
-    n = len(raw)
-    while pos < n:
-        if n - pos < 11:  # shorter than a row with one field: it has none
-            raise ValueError("DataRow has fewer fields than its result's masks")
-        mlen, nfields, flen = unpack_head(raw, pos + 1)
+    n = len(data)
+    row_type = _D
+    while pos < n and data[pos] == row_type:
+        if n - pos >= 11:
+            mlen, nfields, flen = unpack_head(data, pos + 1)
+        elif n - pos >= 5:
+            (mlen,) = unpack_i(data, pos + 1)
+            nfields = flen = 0
+        else:
+            break  # an incomplete header
         end = pos + 1 + mlen
-        if nfields <= index or end > n:
-            raise ValueError("DataRow has fewer fields than its result's masks")
+        if end > n:
+            if mlen > max_size:
+                raise ValueError("DataRow with an invalid length")
+            break  # incomplete: the caller holds it for the next read
+        if mlen < 10 or nfields <= index or mlen > max_size:  # 10: shortest with a field
+            raise ValueError("a DataRow the masks do not fit, or over the size limit")
         p = pos + 7
         if skip is not None:
             p += 4 + flen if flen > 0 else 4
             for _ in skip:
-                (flen,) = unpack_i(raw, p)
+                (flen,) = unpack_i(data, p)
                 p += 4 + flen if flen > 0 else 4
-            (flen,) = unpack_i(raw, p)
+            (flen,) = unpack_i(data, p)
         vstart = p + 4
         if flen >= 0:
             vend = vstart + flen
             if vend > end:
                 raise ValueError("DataRow field runs past its message")
-            new = masker(raw[vstart:vend])
+            new = masker(data[vstart:vend])
             seen += 1
             if new is not None and len(new) == flen:
-                buf[vstart:vend] = new
+                buf[vstart - base : vend - base] = new
                 pos = end
                 continue
         else:
@@ -222,11 +245,13 @@ def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
             if new is None:
                 pos = end
                 continue
-        rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
+        rebuilt.append((pos - base, end - base, _rebuild_row(
+            buf, pos - base, end - base, [(p - base, vend - base, new)])))
         pos = end
     if seen:
         counts[mask.column] = counts.get(mask.column, 0) + seen
-    return _splice_rows(buf, rebuilt)
+    del buf[pos - base :]
+    return pos, _splice_rows(buf, rebuilt)
 
 
 def _splice_rows(buf: bytearray, rebuilt: list[tuple[int, int, bytes]]) -> bytes:

@@ -24,7 +24,7 @@ from gateway.masking.results import ResultMasker
 from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framing import BackendObserver, Frame, MessageFramer
+from gateway.wire.framing import WALKED, BackendObserver, Frame, MessageFramer
 from gateway.wire.pipeline import RESPONSE_TYPES
 
 from .endpoint import Endpoint
@@ -89,6 +89,8 @@ class Relay:
         self._client_at_boundary = True
         # Follows which request each answer belongs to; rewrites masked results.
         self.results = results
+        if results is not None:
+            self.observer.walk_run = results.walk_rows
 
     def start(self, client_leftover: bytes = b"", upstream_leftover: bytes = b"") -> None:
         c, u = self.client, self.upstream
@@ -200,6 +202,8 @@ class Relay:
         swaps: list[tuple[int, int, bytes]] = []
         results = self.results
         for mtype, body, start, end in events:
+            if mtype & WALKED:  # rows the masker rewrote as the observer walked them
+                swaps.append((start, end, body))
             if results is not None:
                 try:
                     replacement = results.message(mtype, body)

@@ -13,6 +13,7 @@ Two shapes, because the two directions have different costs:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from .errors import ProtocolViolation
 
@@ -20,6 +21,10 @@ _LEN = struct.Struct("!i")
 
 Frame = tuple[int, bytes]
 RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
+WALKED = 0x200  # with RUN: the run as `walk_run` rewrote it (see walk_run)
+
+#: walk_run(data, pos, max_size) -> (end of the run, its replacement) or None
+RunWalker = Callable[[bytes, int, int], "tuple[int, bytes] | None"]
 Event = tuple[int, bytes, int, int]  # type, body, start and end offsets
 
 
@@ -88,6 +93,14 @@ class BackendObserver:
         #: ``RUN | type`` with the raw messages (headers included) as its body: a caller
         #: that rewrites every row of a result pays one event per buffer, not per row.
         self.coalesce: frozenset[int] = frozenset()
+        #: Optional, for a caller that rewrites every message of a run anyway: it finds the
+        #: run's end itself while rewriting (one pass over the rows instead of two) and
+        #: the event is ``(RUN | WALKED | type, replacement, start, end)``. It is asked
+        #: only for a run met before any other event of the same `relay` call (the
+        #: caller's state is then the one its previous call left, which is the run's own
+        #: result), and returns None to decline. It must stop at a message of another
+        #: type or an incomplete one, and raise ProtocolViolation where `relay` would.
+        self.walk_run: RunWalker | None = None
         self._max = max_observed_size
         self._skip = 0
         self._partial = b""
@@ -132,6 +145,16 @@ class BackendObserver:
                     forward_end = pos
                     break
                 if mtype in self.coalesce:
+                    walker = self.walk_run
+                    if walker is not None and not events:
+                        walked = walker(data, pos, self._max)
+                        if walked is not None:
+                            run_end, replacement = walked
+                            if not pos < run_end <= n:
+                                raise ProtocolViolation("a run walker went astray")
+                            events.append((RUN | WALKED | mtype, replacement, pos, run_end))
+                            pos = run_end
+                            continue
                     run_end = self._run_end(data, end, mtype)
                     events.append((RUN | mtype, data[pos:run_end], pos, run_end))
                     pos = run_end
