@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 from gateway.devtools.harness import GatewayProcess
 
@@ -185,3 +185,32 @@ def test_catalog_is_refreshed_after_ddl(pci_gateway: GatewayProcess) -> None:
             assert reader.execute("select count(*) from fresh_ledger").fetchone() == (0,)
             assert reader.execute("select note from fresh_ledger").fetchall() == []
         dba.execute("drop table fresh_ledger")
+
+
+def test_asyncpg_introspects_custom_types(pci_gateway: GatewayProcess, pg: PgBackend) -> None:
+    """asyncpg learns an enum's codec with a catalog query it wraps in
+    ``set_config('jit', 'off', false)``; the starter policy lets set_config change the
+    settings SET may change (jit among them), and nothing else."""
+    with psycopg.connect(pg.dsn(pg.service), autocommit=True) as owner:
+        owner.execute("create type card_state as enum ('active', 'blocked')")
+        owner.execute("create table card_states (id int, state card_state)")
+        owner.execute("insert into card_states values (1, 'active'), (2, 'blocked')")
+
+    async def main() -> None:
+        c = await asyncpg_connect(pci_gateway)
+        try:
+            rows = await c.fetch("select id, state from card_states order by id")
+            assert [(r["id"], r["state"]) for r in rows] == [(1, "active"), (2, "blocked")]
+            for sql in ("select set_config('role', 'postgres', false)",
+                        "select set_config('log_statement', 'none', false)"):
+                with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                    await c.fetch(sql)
+        finally:
+            await c.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as owner:
+            owner.execute("drop table card_states")
+            owner.execute("drop type card_state")

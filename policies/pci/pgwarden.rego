@@ -187,6 +187,15 @@ deny contains concat(" ", ["function", f, "is not allowed"]) if {
 
 denied_function(f) if f in cfg.denied_functions
 
+# set_config() is SET written as a function: it may change what SET may, by the names the
+# SQL analysis found (details.set_config; "?" when a name is not a constant). asyncpg calls
+# set_config('jit', 'off', false) before it looks up a type it does not know yet.
+deny contains concat(" ", ["set_config may not change the setting", name]) if {
+	"pg_catalog.set_config" in object.get(stmt, "functions", [])
+	some name in object.get(object.get(stmt, "details", {}), "set_config", ["?"])
+	not name in cfg.session_settings
+}
+
 # A function outside pg_catalog runs code the gateway cannot see into: it can read card
 # data and return it in any encoding. Only the functions the bundle lists may run.
 deny contains concat("", ["function ", f, " is not on the allow-list (data.pgwarden.allowed_functions)"]) if {

@@ -127,12 +127,33 @@ test_vacuum_is_not_an_allowed_utility_command if {
 	d.reasons == ["VACUUM is not an allowed utility command"]
 }
 
-test_set_config_function_is_denied if {
+test_set_config_may_not_change_other_settings if {
+	every name in ["role", "log_statement", "?"] {
+		s := object.union(
+			bare("SELECT set_config('x', 'y', false)", "SELECT", "read"),
+			{"functions": ["pg_catalog.set_config"], "details": {"set_config": [name]}},
+		)
+		d := decision_for(["ci"], s)
+		d.allow == false
+		d.reasons == [concat(" ", ["set_config may not change the setting", name])]
+	}
+}
+
+test_set_config_without_known_targets_is_denied if {
 	s := object.union(
-		bare("SELECT set_config('role', 'payments_owner', false)", "SELECT", "read"),
+		bare("SELECT set_config(name, 'off', false) FROM t", "SELECT", "read"),
 		{"functions": ["pg_catalog.set_config"]},
 	)
 	d := decision_for(["ci"], s)
 	d.allow == false
-	d.reasons == ["function pg_catalog.set_config is not allowed"]
+}
+
+test_set_config_of_an_allowed_setting_is_allowed if {
+	# asyncpg's type introspection: SELECT current_setting('jit'), set_config('jit', 'off', false)
+	s := object.union(
+		bare("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new", "SELECT", "read"),
+		{"functions": ["pg_catalog.current_setting", "pg_catalog.set_config"], "details": {"set_config": ["jit"]}},
+	)
+	d := decision_for(["ci"], s)
+	d.allow == true
 }
