@@ -5,7 +5,10 @@
     decision = engine.decide(input_doc)                  # never raises; fails closed
 
 Evaluation uses regopy's compiled fast path (``Interpreter.build`` +
-``query_bundle_entrypoint``), not ``Interpreter.query`` on source modules.
+``query_bundle_entrypoint``), not ``Interpreter.query`` on source modules, with input
+objects handed over in the order the policy reads them (``runtime.KeyOrder``). A policy
+gives most statements one of a few answers: each distinct answer text is parsed and
+validated once (a bounded memo per engine), not once per statement.
 
 Decision cache
 --------------
@@ -39,7 +42,13 @@ from typing import Any
 from gateway.policy.decision import UNDEFINED, Decision, validate_decision
 from gateway.policy.errors import PolicyCompileError
 from gateway.policy.gaps import PolicyWarning, nondeterministic_calls, policy_gaps
-from gateway.policy.runtime import CompiledPolicy, EvalError, compile_policy, probe_compile
+from gateway.policy.runtime import (
+    CompiledPolicy,
+    EvalError,
+    compile_policy,
+    probe_compile,
+    result_value,
+)
 from gateway.policy.source import DEFAULT_ENTRYPOINT, PolicySource, normalize_entrypoint
 
 __all__ = [
@@ -63,6 +72,12 @@ VOLATILE_FIELDS: tuple[tuple[str, ...], ...] = (
     # The text varies with every literal; policies decide on the analysis, not the text.
     ("statement", "sql"),
 )
+
+
+# Validated decisions by the engine's answer text (the text is all a Decision depends
+# on, besides this engine's bundle names): bounded, cleared when full.
+_TEXT_MEMO_SIZE = 256
+_TEXT_MEMO_MAX_LEN = 4096
 
 
 def _without(doc: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> Mapping[str, Any]:
@@ -92,14 +107,15 @@ def input_digest(
 
     Raises TypeError/ValueError for input that is not plain JSON.
     """
-    canonical = json.dumps(
-        _without(input_doc, volatile),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    canonical = _CANONICAL.encode(_without(input_doc, volatile))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
+# made once (json.dumps builds an encoder per call when given options).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 @dataclass(frozen=True)
@@ -206,6 +222,7 @@ class PolicyEngine:
         self.nondeterministic: tuple[PolicyWarning, ...] = tuple(nondeterministic_calls(modules))
         self.deterministic = not self.nondeterministic
         self.cache = cache if cache is not None else DecisionCache(cache_size)
+        self._by_text: dict[str, Decision] = {}
         self._bypassed = 0
         mentioned: set[str] = set()
         for name in modules:
@@ -256,15 +273,29 @@ class PolicyEngine:
 
     def _evaluate_decision(self, input_doc: Any) -> Decision:
         try:
-            value = self._compiled.evaluate(self.entrypoint, input_doc)
+            text = self._compiled.evaluate_json(self.entrypoint, input_doc)
         except EvalError as exc:
             return self._error(f"evaluation failed: {exc}")
-        return validate_decision(
+        # Most statements get one of a few answers: validate each answer text once.
+        known = self._by_text.get(text) if text is not None else None
+        if known is not None:
+            return known
+        try:
+            value = UNDEFINED if text is None else result_value(text)
+        except EvalError as exc:
+            return self._error(f"evaluation failed: {exc}")
+        decision = validate_decision(
             value,
             entrypoint=self.entrypoint_ref,
             bundle_revision=self.revision,
             bundle_hash=self.bundle_hash,
         )
+        if text is not None and len(text) <= _TEXT_MEMO_MAX_LEN:
+            memo = self._by_text
+            if len(memo) >= _TEXT_MEMO_SIZE:
+                memo.clear()
+            memo[text] = decision
+        return decision
 
     def _error(self, why: str) -> Decision:
         return Decision.policy_error(

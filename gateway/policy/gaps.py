@@ -191,6 +191,8 @@ def policy_gaps(
                         "or compared with an array; sort an array: sort([x | some x in s])",
                     )
                 )  # fmt: skip
+            elif cname == "set" and call.arg0 == ")":
+                continue  # set(): the empty-set literal, not a call
             elif cname == "print":
                 out.append(
                     PolicyWarning(

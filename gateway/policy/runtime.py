@@ -21,6 +21,27 @@ behaviours that matter to a gateway (regopy 1.5.2 / rego-cpp):
   ``LogLevel.NONE`` so the gateway's stdout (JSON logs) stays clean.
 * ``print()`` in a policy writes to the process's stdout (C stdio); :func:`capture_c_stdout`
   redirects it for the CLI and the test runner.
+
+What a decision costs in rego-cpp (regopy 1.5.2, measured): mostly ``rego::to_key``, which
+builds a ``std::ostringstream`` per call. A field lookup (``x.name``) makes about three such
+calls per member it walks past (an object's keys are ``Term(Scalar(String))`` nodes), so
+``input.statement.details`` costs more the later ``details`` comes in the object. Every
+builtin call also copies the evaluation state, whose size grows with the policy. Hence
+:class:`KeyOrder`: input objects (and the data documents, at compile time) are handed to
+rego-cpp with the keys the policy mentions first, in the order it first mentions them
+(:func:`field_order`), then the other keys. Only the order changes: equality,
+``object.keys``, ``json.marshal``, printing and so the decision are unaffected (rego-cpp
+sorts keys whenever it compares or prints an object); the one observable difference is
+the order in which an iteration (``some k; obj[k]``) walks an object, which rego-cpp takes
+as handed over and OPA sorts by key, so no portable policy depends on it.
+
+Likewise the input is handed over without the parts a policy provably never reads
+(:func:`input_paths`): when every ``input`` in the modules is a static reference
+(``input.statement``, ``input.identity.groups``, ``input["approval"].granted``), only
+those subtrees are built, whole; a policy that uses ``input`` any other way
+(``json.marshal(input)``, ``input[k]``, ``x := input``...) gets all of it. Building and
+copying an input term is a large share of a decision, and the session facts
+(``connection``, most of ``identity``) are often never read.
 """
 
 from __future__ import annotations
@@ -42,17 +63,22 @@ from regopy.rego_shared import LogLevel, RegoError, rego
 
 from gateway.policy.decision import UNDEFINED
 from gateway.policy.errors import PolicyCompileError
-from gateway.policy.scan import scan_module
+from gateway.policy.scan import scan_module, tokenize
 
 __all__ = [
     "UNDEFINED",
     "CompiledPolicy",
     "EvalError",
+    "KeyOrder",
     "capture_c_stdout",
     "check_known_crashes",
     "compile_policy",
+    "field_order",
+    "input_paths",
     "new_interpreter",
     "probe_compile",
+    "prune_input",
+    "result_value",
 ]
 
 # -- C entry points (argtypes are declared by regopy.rego_shared) -------------------------
@@ -191,7 +217,14 @@ class CompiledPolicy:
     the C calls release the GIL.
     """
 
-    def __init__(self, interp: Interpreter, bundle: Any, entrypoints: Sequence[str]) -> None:
+    def __init__(
+        self,
+        interp: Interpreter,
+        bundle: Any,
+        entrypoints: Sequence[str],
+        key_order: KeyOrder | None = None,
+        input_shape: InputPaths | None = None,
+    ) -> None:
         self._interp = interp
         self._bundle = bundle
         self._impl = interp._impl
@@ -199,15 +232,24 @@ class CompiledPolicy:
         self.entrypoints = tuple(entrypoints)
         self._ep_bytes = {ep: ctypes.create_string_buffer(ep.encode()) for ep in entrypoints}
         self._lock = threading.Lock()
+        self._out_buf = ctypes.create_string_buffer(4096)
+        self.key_order = key_order
+        self.input_shape = input_shape
 
     def evaluate(self, entrypoint: str, input_value: Any = UNDEFINED) -> Any:
         """Evaluate one entrypoint; return its value or ``UNDEFINED``; raise EvalError."""
+        text = self.evaluate_json(entrypoint, input_value)
+        return UNDEFINED if text is None else _result_value(text)
+
+    def evaluate_json(self, entrypoint: str, input_value: Any = UNDEFINED) -> str | None:
+        """Like :meth:`evaluate`, but the engine's JSON text of the result (read it with
+        :func:`result_value`), or None when the entrypoint is undefined."""
         ep = self._ep_bytes.get(entrypoint)
         if ep is None:
             raise EvalError(f"entrypoint {entrypoint} was not compiled into this policy")
         p_input = None
         if input_value is not UNDEFINED:
-            p_input = build_input(input_value)
+            p_input = build_input(prune_input(input_value, self.input_shape), self.key_order)
         try:
             with self._lock:
                 if p_input is not None and _set_input(self._impl, p_input) != 0:
@@ -217,17 +259,27 @@ class CompiledPolicy:
                     raise EvalError(_last_error(self._impl) or "evaluation failed")
                 try:
                     ok = _output_ok(p_out)
-                    text = _output_text(p_out)
+                    text = self._output_text(p_out)
                     if ok and text[:1] in ("{", "["):
-                        return _result_value(text)
+                        return text
                     if ok and text == "undefined":
-                        return UNDEFINED
+                        return None
                     raise _output_error(p_out, text)
                 finally:
                     _free_output(p_out)
         finally:
             if p_input is not None:
                 _free_input(p_input)
+
+    def _output_text(self, p_out: int) -> str:
+        # Called under the lock: one reusable buffer covers the usual decision.
+        size = _output_json_size(p_out) + 1
+        buf = self._out_buf
+        if size > len(buf):
+            buf = ctypes.create_string_buffer(size)
+        if _output_json(p_out, buf, size) != 0:
+            return "<error>"
+        return buf.value.decode("utf-8", errors="replace")
 
 
 def check_known_crashes(modules: Mapping[str, str]) -> None:
@@ -312,15 +364,24 @@ def compile_policy(
     entrypoints: Sequence[str],
     *,
     strict_builtin_errors: bool = True,
+    order_keys: bool = True,
+    prune: bool = True,
 ) -> CompiledPolicy:
     """Add data + modules to a fresh interpreter and build a bundle for ``entrypoints``.
+
+    ``order_keys``: hand input objects (and the data documents) over with the keys the
+    modules mention first (:class:`KeyOrder`); same values, cheaper lookups. ``prune``:
+    leave out of the input what the modules provably never read (:func:`input_paths`).
 
     Raises PolicyCompileError naming the file (and line/column from the byte offset
     rego-cpp reports).
     """
     check_known_crashes(modules)
     interp = new_interpreter(strict_builtin_errors=strict_builtin_errors)
+    key_order = KeyOrder(field_order(modules)) if order_keys else None
     if data:
+        if key_order is not None:
+            data = key_order.reorder(data)
         try:
             interp.add_data_json(json.dumps(data, ensure_ascii=False, allow_nan=False))
         except RegoError as exc:
@@ -338,7 +399,8 @@ def compile_policy(
         raise compile_error(exc, modules, None) from None
     if not bundle.ok():
         raise PolicyCompileError(None, "regopy could not build the policy")
-    return CompiledPolicy(interp, bundle, entrypoints)
+    shape = input_paths(modules) if prune else None
+    return CompiledPolicy(interp, bundle, entrypoints, key_order, shape)
 
 
 # -- input ------------------------------------------------------------------------------
@@ -363,36 +425,250 @@ def _quote(v: str) -> bytes:
     return json.dumps(v, ensure_ascii=False).encode("utf-8")
 
 
-def build_input(value: Any) -> int:
+# Encoded short strings (object keys, kinds, names...): most of an input document repeats
+# from one statement to the next. Bounded; cleared when full.
+_QUOTED: dict[str, bytes] = {}
+_QUOTED_MAX = 4096
+_QUOTED_MAX_LEN = 48
+
+
+def _quoted(v: str) -> bytes:
+    b = _QUOTED.get(v)
+    if b is None:
+        b = _quote(v)
+        if len(v) <= _QUOTED_MAX_LEN:
+            if len(_QUOTED) >= _QUOTED_MAX:
+                _QUOTED.clear()
+            _QUOTED[v] = b
+    return b
+
+
+def field_order(modules: Mapping[str, str]) -> dict[str, int]:
+    """Every name the modules may read out of a document by name — a ``.name`` or a
+    string literal (``x["name"]``, ``object.get(x, "name", d)``) — ranked by where the
+    modules (in name order) first mention it."""
+    rank: dict[str, int] = {}
+    for name in sorted(modules):
+        prev = None
+        for tok in tokenize(modules[name]):
+            if tok.kind == "string" or (
+                tok.kind == "ident" and prev is not None and prev.kind == "op" and prev.text == "."
+            ):
+                rank.setdefault(tok.text, len(rank))
+            if tok.kind != "newline":
+                prev = tok
+    return rank
+
+
+# The input a policy can read: {key: sub-shape}, where a sub-shape of None means "the
+# whole value". None (no shape at all) means the whole input.
+InputPaths = dict[str, Any]
+
+
+def input_paths(modules: Mapping[str, str]) -> InputPaths | None:
+    """The parts of the input the modules can read, or None for all of it.
+
+    Every ``input`` token must start a static reference: ``.name`` / ``["name"]``
+    segments, as many as are written (``input.identity.groups[_]`` reads ``identity.groups``,
+    whole). Anything else -- ``input`` alone, ``input[x]``, ``input[0]`` -- may read any part,
+    and the answer is None. Module names are irrelevant: the union over all modules.
+    """
+    shape: InputPaths = {}
+    for text in modules.values():
+        tokens = tokenize(text)
+        n = len(tokens)
+        for i, tok in enumerate(tokens):
+            if tok.kind != "ident" or tok.text != "input":
+                continue
+            if i and tokens[i - 1].kind == "op" and tokens[i - 1].text == ".":
+                continue  # a field named "input" (x.input), not the input document
+            path: list[str] = []
+            k = i + 1
+            while k < n:
+                a = tokens[k]
+                if a.kind == "op" and a.text == "." and k + 1 < n and tokens[k + 1].kind == "ident":
+                    path.append(tokens[k + 1].text)
+                    k += 2
+                elif (
+                    a.kind == "op"
+                    and a.text == "["
+                    and k + 2 < n
+                    and tokens[k + 1].kind == "string"
+                    and tokens[k + 2].kind == "op"
+                    and tokens[k + 2].text == "]"
+                ):
+                    path.append(tokens[k + 1].text)
+                    k += 3
+                else:
+                    break
+            if not path:
+                return None
+            node: InputPaths | None = shape
+            for j, part in enumerate(path):
+                assert node is not None
+                if j == len(path) - 1:
+                    node[part] = None  # read whole from here
+                    break
+                if part in node and node[part] is None:
+                    break  # already read whole
+                node = node.setdefault(part, {})
+    return shape
+
+
+def prune_input(value: Any, shape: InputPaths | None) -> Any:
+    """``value`` with only the parts ``shape`` (see :func:`input_paths`) lets a policy read.
+
+    Non-object values on a path are kept whole; nothing is copied that need not be. What
+    is left out is still checked the way :func:`build_input` checks what it builds, so an
+    input that is not JSON fails closed (EvalError) whatever the policy reads.
+    """
+    if shape is None or type(value) is not dict:
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in shape:
+            sub = shape[key]
+            out[key] = item if sub is None else prune_input(item, sub)
+        else:
+            if type(key) is not str:
+                raise EvalError(f"input object key {key!r} is not a string")
+            _check_json(key)
+            _check_json(item)
+    return out
+
+
+def _check_json(v: Any) -> None:
+    """Raise EvalError where :func:`build_input` would (same rules, nothing built)."""
+    t = type(v)
+    if t is str:
+        if "\x00" in v:
+            raise EvalError("input string contains a NUL byte")
+    elif t is dict:
+        for key, item in v.items():
+            if type(key) is not str:
+                raise EvalError(f"input object key {key!r} is not a string")
+            _check_json(key)
+            _check_json(item)
+    elif t is list or t is tuple:
+        for item in v:
+            _check_json(item)
+    elif t is bool or v is None:
+        pass
+    elif t is int:
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise EvalError("input integer out of the 64-bit range")
+    elif t is float:
+        if not math.isfinite(v):
+            raise EvalError("input number is not finite")
+    elif isinstance(v, Mapping):
+        _check_json(dict(v))
+    elif isinstance(v, bool):
+        pass
+    elif isinstance(v, int):
+        _check_json(int(v))
+    elif isinstance(v, float):
+        _check_json(float(v))
+    elif isinstance(v, str):
+        _check_json(str.__str__(v))
+    else:
+        raise EvalError(f"input value of type {t.__name__} is not JSON")
+
+
+class KeyOrder:
+    """The order in which an input object's keys are handed to rego-cpp: the keys the
+    policy mentions first, by ``rank``, then the others as given (no ``rank``: as
+    given). Worked out once per key tuple (bounded), since input objects come in few
+    shapes, together with each key's encoded form."""
+
+    __slots__ = ("_memo", "_rank")
+
+    MAX_SHAPES = 1024
+
+    def __init__(self, rank: Mapping[str, int] | None = None) -> None:
+        self._rank = dict(rank or {})
+        self._memo: dict[tuple[Any, ...], tuple[tuple[str, bytes], ...]] = {}
+
+    def plan(self, obj: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
+        """``(key, encoded key)`` for every key of ``obj``, in hand-over order.
+
+        Raises EvalError for a key that is not a string (or holds a NUL byte).
+        """
+        shape = tuple(obj)
+        plan = self._memo.get(shape)
+        if plan is None:
+            for key in shape:
+                if type(key) is not str:
+                    raise EvalError(f"input object key {key!r} is not a string")
+            rank = self._rank
+            ordered = shape
+            if rank:
+                big = len(rank)
+                places = sorted(range(len(shape)), key=lambda i: (rank.get(shape[i], big), i))
+                ordered = tuple(shape[i] for i in places)
+            plan = tuple((key, _quote(key)) for key in ordered)
+            if len(self._memo) >= self.MAX_SHAPES:
+                self._memo.clear()
+            self._memo[shape] = plan
+        return plan
+
+    def reorder(self, value: Any) -> Any:
+        """A copy of JSON data with every object's keys in hand-over order (for the
+        bundle's data documents, which are looked up the same way)."""
+        if isinstance(value, Mapping):
+            return {k: self.reorder(value[k]) for k, _ in self.plan(value)}
+        if isinstance(value, list | tuple):
+            return [self.reorder(v) for v in value]
+        return value
+
+
+_AS_GIVEN = KeyOrder()
+
+
+def build_input(value: Any, key_order: KeyOrder | None = None) -> int:
     """Build a regopy input term from JSON-like Python data; caller frees it.
 
     Only JSON types are accepted (dict with str keys, list/tuple, str, int, float, bool,
     None); anything else, NUL bytes in strings, non-finite floats or integers outside
-    int64 raise EvalError so that the decision fails closed.
+    int64 raise EvalError so that the decision fails closed. ``key_order`` (a
+    :class:`KeyOrder`) chooses the order in which each object's keys are handed over.
     """
     p = _new_input()
     if not p:
         raise EvalError("could not allocate an input")
+    in_str, in_item, in_object, in_array = _in_str, _in_item, _in_object, _in_array
+    quoted_get, quoted = _QUOTED.get, _quoted
+    order = key_order or _AS_GIVEN
+    plan, known_plan = order.plan, order._memo.get
 
     def add(v: Any) -> None:
         t = type(v)
         if t is str:
-            rc = _in_str(p, _quote(v))
+            rc = in_str(p, quoted_get(v) or quoted(v))
         elif t is dict:
-            for key, item in v.items():
-                if type(key) is not str:
-                    raise EvalError(f"input object key {key!r} is not a string")
-                add(key)
-                add(item)
-                if _in_item(p) != 0:
+            for key, encoded in known_plan(tuple(v)) or plan(v):
+                if in_str(p, encoded):
                     raise EvalError("could not build the input")
-            rc = _in_object(p, len(v))
+                item = v[key]
+                if type(item) is str:  # most values: skip a call
+                    if in_str(p, quoted_get(item) or quoted(item)):
+                        raise EvalError("could not build the input")
+                else:
+                    add(item)
+                if in_item(p):
+                    raise EvalError("could not build the input")
+            rc = in_object(p, len(v))
         elif t is list or t is tuple:
             for item in v:
-                add(item)
-            rc = _in_array(p, len(v))
+                if type(item) is str:
+                    if in_str(p, quoted_get(item) or quoted(item)):
+                        raise EvalError("could not build the input")
+                else:
+                    add(item)
+            rc = in_array(p, len(v))
         elif t is bool:
             rc = _in_bool(p, v)
+        elif v is None:
+            rc = _in_null(p)
         elif t is int:
             if not _INT64_MIN <= v <= _INT64_MAX:
                 raise EvalError("input integer out of the 64-bit range")
@@ -401,8 +677,6 @@ def build_input(value: Any) -> int:
             if not math.isfinite(v):
                 raise EvalError("input number is not finite")
             rc = _in_float(p, v)
-        elif v is None:
-            rc = _in_null(p)
         elif isinstance(v, Mapping):
             add(dict(v))
             return
@@ -420,7 +694,7 @@ def build_input(value: Any) -> int:
             return
         else:
             raise EvalError(f"input value of type {t.__name__} is not JSON")
-        if rc != 0:
+        if rc:
             raise EvalError("could not build the input")
 
     try:
@@ -434,12 +708,9 @@ def build_input(value: Any) -> int:
 # -- output -----------------------------------------------------------------------------
 
 
-def _output_text(p_out: int) -> str:
-    size = _output_json_size(p_out)
-    buf = ctypes.create_string_buffer(size + 1)
-    if _output_json(p_out, buf, size + 1) != 0:
-        return "<error>"
-    return buf.value.decode("utf-8", errors="replace")
+def result_value(text: str) -> Any:
+    """The entrypoint's value in the engine's JSON text of a result."""
+    return _result_value(text)
 
 
 def _result_value(text: str) -> Any:

@@ -3,7 +3,8 @@
 # Entrypoint: data.pgwarden.decision (DESIGN §4). Default deny: a statement runs only
 # when a rule below permits its kind for one of the caller's groups and no deny rule
 # fires. Configuration (groups, column classification, approvers, allow-lists) lives
-# in data.json next to this file, under data.pgwarden.
+# in data.json next to this file, under data.pgwarden (base documents: rules here must
+# not reuse those names).
 #
 #   groups.readers  (ci, ci-readers)  read; card numbers come back masked (pan_last4)
 #   groups.writers  (ci-writers)      read + INSERT/UPDATE/DELETE on writable_tables
@@ -13,33 +14,49 @@
 # Never allowed: CVV columns, SET ROLE / SET SESSION AUTHORIZATION, statements whose
 # reads cannot be verified (SQL run from strings, unresolved columns), kind "other".
 # COPY ... TO of card numbers waits for approval by dba-oncall.
+#
+# Every statement goes through this file, so it is written to be cheap under regopy
+# (rego-cpp), where a decision costs roughly one unit per object member a lookup walks
+# past, per comparison, per builtin call and per rule evaluated, and every rule in the
+# file adds a little to every decision:
+#   - the input is only named by static paths (input.statement, input.identity.groups,
+#     input.approval.granted), so the gateway hands regopy those parts and nothing
+#     else (the connection and session facts are never built);
+#   - each input field is read once, by a rule, and the fields are first mentioned in
+#     the order a plain read needs them: the gateway hands input and data objects to
+#     regopy with the keys a policy mentions first, in that order;
+#   - the common case is checked in one pass (plain_columns), and checks that concern
+#     one kind of statement are guarded by the kind;
+#   - `not x == y` rather than `x != y`, `s == set()` rather than `count(s) == 0`: the
+#     same meaning without a builtin call (regopy also turns a comparison inside a
+#     comprehension into a builtin call: none on the common path);
+#   - a rule body binds a collection to a variable before iterating it (iterating a
+#     rule's value directly makes regopy serialize it first).
 package pgwarden
 
 import rego.v1
 
-# Configuration from data.json, under data.pgwarden (base documents: rules here must
-# not reuse those names).
-cfg := {
-	"groups": data.pgwarden.groups,
-	"classification": data.pgwarden.classification,
-	"masking": data.pgwarden.masking,
-	"writable_tables": data.pgwarden.writable_tables,
-	"session_settings": data.pgwarden.session_settings,
-	"harmless_commands": data.pgwarden.harmless_commands,
-	"denied_functions": data.pgwarden.denied_functions,
-	"allowed_functions": data.pgwarden.allowed_functions,
-	"statistics_relations": data.pgwarden.statistics_relations,
-	"export_approval": data.pgwarden.approvals.pan_export,
-}
+# --- the statement ---------------------------------------------------------------------
 
-stmt := object.get(input, "statement", {})
+default stmt := {}
 
-kind := object.get(stmt, "kind", "")
+stmt := input.statement
 
-command := upper(trim_space(object.get(stmt, "command", "")))
+default kind := ""
 
-# "DISCARD ALL" -> "DISCARD"
-command_word := split(command, " ")[0]
+kind := stmt.kind
+
+default columns := []
+
+columns := stmt.columns
+
+default relations := []
+
+relations := stmt.relations
+
+default functions := []
+
+functions := stmt.functions
 
 # A set as a sorted array. (regopy's sort() of a *set* returns a value that prints as
 # an array but cannot be indexed or compared with one: sort an array instead.)
@@ -47,91 +64,130 @@ sorted(s) := sort([x | some x in s])
 
 # --- who is asking --------------------------------------------------------------------
 
-caller_groups contains g if {
-	some g in input.identity.groups
-}
-
 member_of(names) if {
-	some g in names
-	g in caller_groups
+	groups := input.identity.groups
+	some g in groups
+	some name in names
+	g == name
 }
 
-is_writer if member_of(cfg.groups.writers)
+# Writers may read too.
+default is_reader := false
 
-is_reader if member_of(cfg.groups.readers)
+is_reader if member_of(data.pgwarden.groups.readers)
 
-is_reader if is_writer
+else := is_writer
 
-is_dba if member_of(cfg.groups.dba)
+default is_writer := false
+
+is_writer if member_of(data.pgwarden.groups.writers)
+
+default is_dba := false
+
+is_dba if member_of(data.pgwarden.groups.dba)
+
+default is_known := false
 
 is_known if is_reader
 
-is_known if is_dba
+else := is_dba
 
-reader_groups := sort(array.concat(cfg.groups.readers, cfg.groups.writers))
+reader_groups := sort(array.concat(data.pgwarden.groups.readers, data.pgwarden.groups.writers))
 
 # --- what the statement touches ---------------------------------------------------------
 
-columns := object.get(stmt, "columns", [])
+# Most statements only touch plain columns: named in full (schema, table and name, none
+# empty) and tagged neither by the catalog (the input's tags) nor by this bundle's own
+# classification. One pass checks that; tags and names are looked at column by column
+# (column_tags, the "no schema, table or name" rule) only when it fails.
+default plain_columns := true
 
-relations := object.get(stmt, "relations", [])
+plain_columns := false if {
+	cols := columns
+	some c in cols
+	not plain_column(c)
+}
 
-# [key, tag] for every tag of every column: the catalog's tags (in the input) plus
-# this bundle's own classification. A column without schema/table/name gets no key
-# (and is denied below).
-column_tags contains [key, tag] if {
+plain_column(c) if {
+	schema := c.schema
+	table := c.table
+	name := c.name
+	not schema == ""
+	not table == ""
+	not name == ""
+	c.tags == []
+	not classified[concat(".", [schema, table, name])]
+}
+
+classified := data.pgwarden.classification
+
+# [key, tag] for every tag of every column: the catalog's tags plus this bundle's own
+# classification. A column without schema/table/name gets no key (and is denied below).
+column_tags := set() if {
+	plain_columns
+} else := {[key, tag] |
 	some c in columns
 	key := concat(".", [c.schema, c.table, c.name])
-	some tag in array.concat(object.get(c, "tags", []), object.get(cfg.classification, key, []))
+	some tag in array.concat(object.get(c, "tags", []), object.get(classified, key, []))
 }
 
-tagged(tag) := {p[0] | some p in column_tags; p[1] == tag}
+pan_columns := {p[0] | some p in column_tags; p[1] == "pan"}
 
-pan_columns := tagged("pan")
+cvv_columns := {p[0] | some p in column_tags; p[1] == "cvv"}
 
-cvv_columns := tagged("cvv")
+# "schema.name" (the defaults only matter for input that lacks one of them).
+relation_key(r) := key if {
+	key := concat(".", [r.schema, r.name])
+} else := concat(".", [object.get(r, "schema", ""), object.get(r, "name", "")])
 
-relation_key(r) := concat(".", [object.get(r, "schema", ""), object.get(r, "name", "")])
+# Planner statistics hold raw column values (histogram bounds, most common values):
+# only the dba group may read them.
+statistics_hidden(key) if {
+	key in data.pgwarden.statistics_relations
+	not is_dba
+}
 
-written_tables contains relation_key(r) if {
+written_tables := {relation_key(r) |
 	some r in relations
-	some access in object.get(r, "access", [])
-	access != "read"
+	some access in r.access
+	not_a_read(access)
 }
 
-write_kind if kind in {"write", "copy_in"}
+not_a_read(access) if not access == "read"
+
+default read_kind := false
+
+read_kind if kind == "read"
+
+else := true if kind == "copy_out"
+
+default write_kind := false
+
+write_kind if kind == "write"
+
+else := true if kind == "copy_in"
 
 # --- permission by statement kind -----------------------------------------------------
 
-permitted if {
-	kind in {"read", "copy_out"}
-	is_reader
-}
+default permitted := false
 
-permitted if {
+permitted := is_reader if {
+	read_kind
+} else := is_writer if {
 	write_kind
-	is_writer
-}
-
-permitted if {
+} else := is_dba if {
 	kind == "ddl"
-	is_dba
-}
-
-permitted if {
+} else := is_known if {
 	kind in {"transaction", "session"}
-	is_known
-}
-
-permitted if {
+} else := true if {
 	kind == "utility"
 	is_known
-	command_word in cfg.harmless_commands
+	command_word in data.pgwarden.harmless_commands
 }
 
 refusal := concat("", ["reading needs one of the groups ", concat(", ", reader_groups)]) if {
-	kind in {"read", "copy_out"}
-} else := concat("", ["writing needs one of the groups ", concat(", ", cfg.groups.writers)]) if {
+	read_kind
+} else := concat("", ["writing needs one of the groups ", concat(", ", data.pgwarden.groups.writers)]) if {
 	write_kind
 } else := "schema changes (DDL) are reserved for the dba group" if {
 	kind == "ddl"
@@ -151,19 +207,20 @@ refusal := concat("", ["reading needs one of the groups ", concat(", ", reader_g
 
 deny contains refusal if not permitted
 
-deny contains msg if {
-	count(cvv_columns) > 0
-	msg := concat("", ["card verification codes may never be read or written (", concat(", ", sorted(cvv_columns)), ")"])
+deny contains concat("", ["card verification codes may never be read or written (", concat(", ", sorted(cvv_columns)), ")"]) if {
+	not plain_columns
+	not cvv_columns == set()
 }
 
 deny contains "cannot verify what this statement reads: it runs SQL built from strings" if {
-	object.get(stmt, "sql_string_functions", false) == true
+	stmt.sql_string_functions == true
 }
 
 deny contains "cannot verify what this statement reads: some columns or tables are unresolved" if {
-	unresolved := object.get(stmt, "unresolved", [])
-	unresolved != null
-	unresolved != false
+	unresolved := stmt.unresolved
+	not unresolved == []
+	not unresolved == null
+	not unresolved == false
 	count_or_true(unresolved)
 }
 
@@ -175,91 +232,97 @@ count_or_true(x) if {
 }
 
 deny contains "cannot verify what this statement reads: a column has no schema, table or name" if {
-	some c in columns
-	some part in ["schema", "table", "name"]
-	object.get(c, part, "") == ""
+	not plain_columns
+	cols := columns
+	some c in cols
+	not complete_column(c)
+}
+
+complete_column(c) if {
+	schema := c.schema
+	table := c.table
+	name := c.name
+	not schema == ""
+	not table == ""
+	not name == ""
 }
 
 deny contains concat(" ", ["function", f, "is not allowed"]) if {
-	some f in object.get(stmt, "functions", [])
+	fns := functions
+	some f in fns
 	denied_function(f)
 }
 
-denied_function(f) if f in cfg.denied_functions
+denied_function(f) if f in data.pgwarden.denied_functions
+
+denied_function(f) if concat(".", ["pg_catalog", f]) in data.pgwarden.denied_functions
 
 # set_config() is SET written as a function: it may change what SET may, by the names the
 # SQL analysis found (details.set_config; "?" when a name is not a constant). asyncpg calls
 # set_config('jit', 'off', false) before it looks up a type it does not know yet.
 deny contains concat(" ", ["set_config may not change the setting", name]) if {
-	"pg_catalog.set_config" in object.get(stmt, "functions", [])
-	some name in object.get(object.get(stmt, "details", {}), "set_config", ["?"])
-	not name in cfg.session_settings
+	fns := functions
+	some f in fns
+	some name in set_config_targets(f)
+	not name in data.pgwarden.session_settings
+}
+
+set_config_targets(f) := object.get(object.get(stmt, "details", {}), "set_config", ["?"]) if {
+	f == "pg_catalog.set_config"
 }
 
 # A function outside pg_catalog runs code the gateway cannot see into: it can read card
 # data and return it in any encoding. Only the functions the bundle lists may run.
 deny contains concat("", ["function ", f, " is not on the allow-list (data.pgwarden.allowed_functions)"]) if {
-	some f in object.get(stmt, "functions", [])
+	fns := functions
+	some f in fns
 	not startswith(f, "pg_catalog.")
-	not f in cfg.allowed_functions
+	not f in data.pgwarden.allowed_functions
 }
 
-# Planner statistics hold raw column values (histogram bounds, most common values).
-deny contains concat("", ["planner statistics hold raw column values: ", relation_key(r), " is not readable"]) if {
-	some r in relations
-	relation_key(r) in cfg.statistics_relations
-	not is_dba
-}
-
-denied_function(f) if concat(".", ["pg_catalog", f]) in cfg.denied_functions
-
-# Writes: only writers, only to writable tables, UPDATE/DELETE need a WHERE clause.
-deny contains concat("", ["writes are only allowed to ", concat(", ", cfg.writable_tables), ", not ", t]) if {
-	write_kind
-	some t in written_tables
-	not t in cfg.writable_tables
-}
-
-deny contains "cannot verify which table this statement writes" if {
-	write_kind
-	count(written_tables) == 0
-}
-
-deny contains concat(" ", [command, "is not an allowed write command"]) if {
-	kind == "write"
-	not command in {"INSERT", "UPDATE", "DELETE"}
-}
-
-deny contains concat(" ", [command, "without a WHERE clause would change every row"]) if {
-	kind == "write"
-	command in {"UPDATE", "DELETE"}
-	object.get(stmt, "has_where", false) != true
-}
-
-deny contains "writes may not read or store card numbers" if {
-	write_kind
-	count(pan_columns) > 0
+deny contains concat("", ["planner statistics hold raw column values: ", key, " is not readable"]) if {
+	rels := relations
+	some r in rels
+	key := relation_key(r)
+	statistics_hidden(key)
 }
 
 deny contains "a read statement may not modify tables" if {
-	kind in {"read", "copy_out"}
-	count(written_tables) > 0
+	read_kind
+	rels := relations
+	some r in rels
+	accesses := r.access
+	some access in accesses
+	not access == "read"
 }
 
 # Session statements: never change who you are; other settings from an allow-list.
 # The setting is the one the SQL analysis names (statement.details.name): the policy never
 # re-reads SQL text, so it cannot be fooled by quoting or comments.
-setting := lower(stmt.details.name) if {
+setting := lower(name) if {
+	name := stmt.details.name
+	is_string(name)
 	command_word in {"SET", "RESET"}
-	is_string(stmt.details.name)
 }
+
+command := upper(trim_space(object.get(stmt, "command", "")))
+
+# "DISCARD ALL" -> "DISCARD"
+command_word := split(command, " ")[0]
+
+default role_change := false
 
 role_change if setting in {"role", "session_authorization"}
 
 deny contains "changing the session role or authorization is not allowed" if role_change
 
 deny contains msg if {
+	not read_kind
 	kind == "session"
+	some msg in session_denials
+}
+
+session_denials contains msg if {
 	command_word in {"SET", "RESET"}
 	not role_change
 	msg := setting_refusal
@@ -268,57 +331,87 @@ deny contains msg if {
 setting_refusal := "cannot tell which setting this statement changes" if {
 	not setting
 } else := concat(" ", ["changing the setting", setting, "is not allowed"]) if {
-	not setting in cfg.session_settings
+	not setting in data.pgwarden.session_settings
 }
 
-deny contains concat(" ", [command, "is not an allowed session command"]) if {
-	kind == "session"
+session_denials contains concat(" ", [command, "is not an allowed session command"]) if {
 	not command_word in {"SET", "RESET"}
-	not command_word in cfg.harmless_commands
+	not command_word in data.pgwarden.harmless_commands
+}
+
+# Writes: only writers, only to writable tables, UPDATE/DELETE need a WHERE clause.
+deny contains msg if {
+	not read_kind
+	write_kind
+	some msg in write_denials
+}
+
+write_denials contains concat("", ["writes are only allowed to ", concat(", ", data.pgwarden.writable_tables), ", not ", t]) if {
+	some t in written_tables
+	not t in data.pgwarden.writable_tables
+}
+
+write_denials contains "cannot verify which table this statement writes" if {
+	written_tables == set()
+}
+
+write_denials contains concat(" ", [command, "is not an allowed write command"]) if {
+	kind == "write"
+	not command in {"INSERT", "UPDATE", "DELETE"}
+}
+
+write_denials contains concat(" ", [command, "without a WHERE clause would change every row"]) if {
+	kind == "write"
+	command in {"UPDATE", "DELETE"}
+	not object.get(stmt, "has_where", false) == true
+}
+
+write_denials contains "writes may not read or store card numbers" if {
+	not pan_columns == set()
 }
 
 # --- approval for exporting card numbers -----------------------------------------------
 
-approval_granted if input.approval.granted == true
+default needs_approval := false
 
 needs_approval if {
 	kind == "copy_out"
-	count(pan_columns) > 0
-	not approval_granted
+	not pan_columns == set()
+	not input.approval.granted == true
 }
 
 # --- the decision ---------------------------------------------------------------------
 
 # Masks by tag (data.pgwarden.masking); the first tag in name order that has a method.
 mask[key] := method if {
-	some p in column_tags
-	key := p[0]
-	methods := [m | some t in sorted({q[1] | some q in column_tags; q[0] == key}); m := cfg.masking[t]]
-	count(methods) > 0
-	method := methods[0]
+	not plain_columns
+	some [key, _] in column_tags
+	method := [m | some t in sorted(tags_of(key)); m := data.pgwarden.masking[t]][0]
 }
+
+tags_of(key) := {t | some [k, t] in column_tags; k == key}
 
 default allow := false
 
 allow if {
 	permitted
-	count(deny) == 0
+	deny == set()
 	not needs_approval
 }
 
 default require_approval := false
 
 require_approval if {
-	permitted
-	count(deny) == 0
 	needs_approval
+	permitted
+	deny == set()
 }
 
 hold_reason := concat("", [
 	"exporting card numbers (",
 	concat(", ", sorted(pan_columns)),
 	") needs approval from ",
-	concat(", ", cfg.export_approval.approvers),
+	concat(", ", data.pgwarden.approvals.pan_export.approvers),
 ])
 
 reasons := [] if {
@@ -326,18 +419,31 @@ reasons := [] if {
 } else := [hold_reason] if {
 	require_approval
 } else := sorted(deny) if {
-	count(deny) > 0
+	not deny == set()
 } else := ["no rule allows this statement"]
 
-approvers := cfg.export_approval.approvers if require_approval
+approvers := data.pgwarden.approvals.pan_export.approvers if require_approval
 
 else := []
 
-grant_ttl := cfg.export_approval.grant_ttl_seconds if require_approval
+grant_ttl := data.pgwarden.approvals.pan_export.grant_ttl_seconds if require_approval
 
 else := null
 
+# An allowed statement has no reasons and nothing to approve (see the rules above), so
+# its decision is written out as DESIGN §4 shows it (grant_ttl only matters for a hold)
+# rather than assembled from those rules.
 decision := {
+	"allow": true,
+	"reasons": [],
+	"mask": mask,
+	"require_approval": false,
+	"approvers": [],
+	"row_limit": null,
+	"db_role": null,
+} if {
+	allow
+} else := {
 	"allow": allow,
 	"reasons": reasons,
 	"mask": mask,
