@@ -934,3 +934,28 @@ def test_policy_gaps_find_missing_builtins_and_regex_flags_with_lines() -> None:
     net = next(w for w in policy_gaps({"gappy.rego": GAPPY}) if w.code == "unsupported-builtin")
     assert str(net).startswith("gappy.rego:6:2: warning: unsupported-builtin: net.cidr_contains")
     assert net.to_dict()["col"] == 2
+
+
+UNIFYING = """package p
+import rego.v1
+kind := input.k
+label = "x" if { true }
+allow if { kind = "read" }
+swapped if { "read" = kind }
+local if { k := input.k; k = "read" }
+by_ref if { input.k = "read" }
+compared if { kind == "read" }
+"""
+
+
+def test_unification_with_a_bound_name_is_flagged_because_regopy_makes_it_true() -> None:
+    # What regopy does (and why the warning exists): OPA gives undefined for "write".
+    policy = rt.compile_policy({"u.rego": UNIFYING}, {},
+                               ["p/allow", "p/swapped", "p/local", "p/by_ref", "p/compared"])
+    got = {ep: policy.evaluate(ep, {"k": "write"}) for ep in policy.entrypoints}
+    assert got["p/allow"] is True and got["p/swapped"] is True and got["p/local"] is True
+    assert got["p/by_ref"] is rt.UNDEFINED and got["p/compared"] is rt.UNDEFINED
+    found = [(w.line, w.code, w.severity) for w in policy_gaps({"u.rego": UNIFYING})
+             if w.code == "unification"]
+    assert found == [(5, "unification", "warning"), (6, "unification", "warning"),
+                     (7, "unification", "warning")]  # not the head, the ref or ==

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from gateway.policy.scan import ModuleInfo, scan_module, unbound_variables
+from gateway.policy.scan import ModuleInfo, scan_module, unbound_variables, variable_unifications
 from gateway.policy.source import PolicySource
 
 __all__ = [
@@ -92,7 +92,8 @@ class PolicyWarning:
     col: int
     code: str  # unsupported-builtin | unknown-function | regex-flags | sprintf-verb |
     #            sprintf-string | unsafe-var | divergent-builtin | with-input |
-    #            with-rule-value | sort-set | print | v0-syntax | nondeterministic
+    #            with-rule-value | sort-set | print | v0-syntax | nondeterministic |
+    #            unification
     message: str
     severity: str = "warning"  # "warning" | "info"
 
@@ -265,6 +266,15 @@ def policy_gaps(
                     f"{tok.text} is never assigned: OPA rejects this (var {tok.text} is "
                     "unsafe); regopy evaluates it as undefined, which can silently drop a "
                     "rule or a mask",
+                )
+            )  # fmt: skip
+        for tok in variable_unifications(text):
+            out.append(
+                PolicyWarning(
+                    name, tok.line, tok.col, "unification",
+                    f"`{tok.text} = ...` is a unification: when {tok.text} is already bound (a "
+                    "rule or an assigned variable) regopy evaluates it as true whatever the "
+                    "value, where OPA compares; use == to compare and := to assign",
                 )
             )  # fmt: skip
         local_rules = packages.get(info.package or "", set())

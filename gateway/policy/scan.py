@@ -24,6 +24,7 @@ __all__ = [
     "scan_module",
     "tokenize",
     "unbound_variables",
+    "variable_unifications",
 ]
 
 # Words that can start a top-level line or appear in a head but never name a rule.
@@ -512,3 +513,34 @@ def unbound_variables(text: str, known: set[str]) -> list[Token]:
         seen.add(tok.text)
         out.append(tok)
     return out
+
+
+def variable_unifications(text: str) -> list[Token]:
+    """Each bare name on either side of a unification ``=`` inside a rule body.
+
+    regopy (rego-cpp 1.5.2) evaluates ``x = "read"`` as true whenever ``x`` is already
+    bound -- a rule, or a variable assigned before -- whatever its value, where OPA
+    compares: a deny rule written that way never fires, an allow rule always does.
+    References (``input.k = "read"``) and heads (``x = 1 if ...``) are not affected.
+    """
+    tokens = [t for t in tokenize(text) if t.kind != "newline"]
+    found: list[Token] = []
+    depth = 0
+    n = len(tokens)
+    for k, tok in enumerate(tokens):
+        if tok.kind == "op":
+            if tok.text in _OPENERS:
+                depth += 1
+            elif tok.text in _CLOSERS:
+                depth = max(0, depth - 1)
+            elif tok.text == "=" and depth > 0:
+                left = tokens[k - 1] if k else None
+                right = tokens[k + 1] if k + 1 < n else None
+                if left is not None and left.kind == "ident" and not (
+                        k >= 2 and tokens[k - 2].kind == "op" and tokens[k - 2].text == "."):
+                    found.append(left)
+                elif right is not None and right.kind == "ident" and not (
+                        k + 2 < n and tokens[k + 2].kind == "op"
+                        and tokens[k + 2].text in (".", "[", "(")):
+                    found.append(right)
+    return found
