@@ -22,17 +22,21 @@ from pglast import parser as _pg
 from gateway.masking.safety_net import mask_in_place
 
 __all__ = [
+    "COMMENTS",
+    "CONSTANTS",
+    "PARAM",
     "UNLEXABLE",
+    "redact_spans",
     "redact_sql",
     "redact_statement",
     "scrub",
     "scrub_value",
 ]
 
-# Lexer tokens whose text is a constant's value.
-_CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
-_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
-_PARAM = "PARAM"
+#: pglast lexer tokens whose text is a constant's value, comments, and ``$n``.
+CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+PARAM = "PARAM"
 UNLEXABLE = "/* SQL redacted: it does not lex */"
 _REDACTED_VALUE = "?"
 
@@ -50,28 +54,39 @@ def redact_sql(sql: str) -> str:
     except Exception:  # pglast raises ParseError for text the lexer refuses
         return UNLEXABLE
     top = 0
+    spans: list[tuple[int, int, bool]] = []
     for tok in tokens:
-        if tok.name == _PARAM:
+        name = tok.name
+        if name == PARAM:
             digits = sql[tok.start + 1 : tok.end + 1]
             if digits.isdigit():
                 top = max(top, int(digits))
-    out: list[str] = []
-    pos = 0
-    for tok in tokens:
-        name = tok.name
-        if name in _CONSTANTS:
-            top += 1
-            replacement = f"${top}"
-        elif name in _COMMENTS:
-            replacement = "/*?*/"
-        else:
-            continue
-        out.append(sql[pos : tok.start])
-        out.append(replacement)
-        pos = tok.end + 1
-    if not out:
+        elif name in CONSTANTS or name in COMMENTS:
+            spans.append((tok.start, tok.end + 1, name in CONSTANTS))
+    if not spans:
         return sql
-    out.append(sql[pos:])
+    return redact_spans(sql, 0, len(sql), spans, top)
+
+
+def redact_spans(sql: str, first: int, last: int, spans: list[tuple[int, int, bool]],
+                 top: int) -> str:
+    """``sql[first:last]`` with each lexer token span ``(start, end, is a constant)``
+    inside it replaced: constants by ``$n`` numbered after `top` (the highest ``$n``
+    parameter of the text), comments by ``/*?*/``. For callers that lexed the text
+    already (`redact_sql`, the gate's shape of a statement)."""
+    out: list[str] = []
+    pos = first
+    for start, end, constant in spans:
+        if start < first or end > last:
+            continue  # a comment before or after the statement's own text
+        out.append(sql[pos:start])
+        if constant:
+            top += 1
+            out.append(f"${top}")
+        else:
+            out.append("/*?*/")
+        pos = end
+    out.append(sql[pos:last])
     return "".join(out)
 
 

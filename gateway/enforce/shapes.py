@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from pglast import parser as _pg
 
+from gateway.audit.redact import COMMENTS, CONSTANTS, PARAM, redact_spans
 from gateway.sql import StatementInfo
 
-# Token types whose text is a constant's value; every other token keeps its text.
-_CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "USCONST", "BCONST", "XCONST"})
+# Constants' token types are the shape's holes; every other token keeps its text.
 _SEMICOLON = "ASCII_59"
-_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
-_PARAM = "PARAM"
 _REUSABLE_KINDS = frozenset({"read", "write"})
 
 
@@ -52,16 +50,16 @@ def shape_of(sql: str) -> Shape | None:
             if i != len(tokens) - 1:
                 return None
             continue
-        if name in _CONSTANTS:
+        if name in CONSTANTS:
             key.append(name)
             values.append((tok.start, tok.end + 1, True))
         else:
             key.append((name, sql[tok.start : tok.end + 1]))
-            if name == _PARAM:
+            if name == PARAM:
                 digits = sql[tok.start + 1 : tok.end + 1]
                 if digits.isdigit():
                     top = max(top, int(digits))
-            elif name in _COMMENTS:
+            elif name in COMMENTS:
                 values.append((tok.start, tok.end + 1, False))
                 continue
         if first is None:
@@ -69,25 +67,7 @@ def shape_of(sql: str) -> Shape | None:
         last = tok.end + 1
     if first is None or last is None:
         return None
-    return Shape(tuple(key), (first, last), _redacted(sql, first, last, values, top))
-
-
-def _redacted(sql: str, first: int, last: int, values: list[tuple[int, int, bool]],
-              top: int) -> str:
-    out: list[str] = []
-    pos = first
-    for start, end, constant in values:
-        if start < first or end > last:
-            continue  # a comment before or after the statement's own text
-        out.append(sql[pos:start])
-        if constant:
-            top += 1
-            out.append(f"${top}")
-        else:
-            out.append("/*?*/")
-        pos = end
-    out.append(sql[pos:last])
-    return "".join(out)
+    return Shape(tuple(key), (first, last), redact_spans(sql, first, last, values, top))
 
 
 def reusable(info: StatementInfo, sql: str, shape: Shape) -> bool:
