@@ -113,10 +113,7 @@ class Chain:
         """The next record's line. With ``sign``, a checkpoint: ``key_id`` and
         ``signature`` are added (both null without a signer)."""
         seq = self.seq + 1
-        body = dict(record)
-        body.pop("hash", None)
-        body["v"] = SCHEMA_VERSION
-        body["instance"] = self.instance
+        body = self._envelope(record)
         body["seq"] = seq
         body["prev"] = self.head
         if "ts" not in body:
@@ -137,15 +134,20 @@ class Chain:
         return Sealed(seq, digest, line, body["ts"], str(body.get("type", "")),
                       session if isinstance(session, str) else None)
 
+    def _envelope(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of `record` with this chain's fixed envelope fields (not its hash)."""
+        body = dict(record)
+        body.pop("hash", None)
+        body["v"] = SCHEMA_VERSION
+        body["instance"] = self.instance
+        return body
+
     def template(self, record: Mapping[str, Any], holes: tuple[str, ...] = ()
                  ) -> RecordTemplate | None:
         """`record`'s shape with the envelope and the `holes` fields left open, or None
         when it cannot be one (its text has a PAN shape or needs a ``\\u`` escape, or is
         not plain JSON): such records go through :meth:`seal` every time."""
-        body = dict(record)
-        body.pop("hash", None)
-        body["v"] = SCHEMA_VERSION
-        body["instance"] = self.instance
+        body = self._envelope(record)
         names = (*ENVELOPE_HOLES, *holes)
         markers = {name: hole_marker(i) for i, name in enumerate(names)}
         body.update(markers)
