@@ -44,6 +44,7 @@ __all__ = [
     "format_ts",
     "hashed_body",
     "now_ts",
+    "parse_line",
     "parse_ts",
 ]
 
@@ -169,6 +170,21 @@ def hashed_body(line: bytes) -> tuple[bytes, str] | None:
     if len(text) != 64 or text.strip("0123456789abcdef"):
         return None
     return line[:-HASH_SUFFIX_LEN] + b"}", text
+
+
+def parse_line(line: bytes) -> tuple[dict[str, Any], bytes, str] | None:
+    """One record line (without its newline) as (record, hashed body, stored hash); None
+    when it is not a JSON object ending in its hash member."""
+    split = hashed_body(line)
+    if split is None:
+        return None
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    return rec, split[0], split[1]
 
 
 # -- timestamps ------------------------------------------------------------------------------

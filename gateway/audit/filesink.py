@@ -14,13 +14,12 @@ Resuming after a restart reads the last line of the newest segment. A partial la
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .canonical import GENESIS, chain_hash, hashed_body
+from .canonical import GENESIS, chain_hash, hashed_body, parse_line
 from .chain import Sealed
 from .writer import AuditError, ResumeState
 
@@ -79,15 +78,11 @@ def _tail(path: Path) -> tuple[bytes | None, bytes, int]:
 
 
 def _parse_tail(line: bytes, where: str) -> tuple[int, str]:
-    split = hashed_body(line)
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        rec = None
-    if split is None or not isinstance(rec, dict):
+    parsed = parse_line(line)
+    if parsed is None:
         raise AuditError(f"{where}: the last audit record is damaged (not a record line); "
                          "run `pgwarden audit verify` before starting the gateway")
-    body, stored = split
+    rec, body, stored = parsed
     prev, seq = rec.get("prev"), rec.get("seq")
     if not isinstance(prev, str) or not isinstance(seq, int) or chain_hash(prev, body) != stored:
         raise AuditError(f"{where}: the last audit record does not match its hash; "

@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .canonical import GENESIS, chain_hash, hashed_body
+from .canonical import GENESIS, chain_hash, parse_line
 from .checkpoint import key_id as key_id_of
 from .checkpoint import verify_checkpoint_signature
 from .filesink import list_segments
@@ -124,15 +124,11 @@ class ChainVerifier:
         if not complete:
             return self._p(location, line, expected, "truncated record: the line has no end "
                            "(the file was cut in the middle of a record)")
-        split = hashed_body(raw)
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if split is None or not isinstance(rec, dict):
+        parsed = parse_line(raw)
+        if parsed is None:
             return self._p(location, line, expected, "not an audit record line (no JSON "
                            "object ending in its hash): the record was damaged or edited")
-        body, stored = split
+        rec, body, stored = parsed
         seq, prev = rec.get("seq"), rec.get("prev")
         if not isinstance(prev, str) or len(prev) != 64 or chain_hash(prev, body) != stored:
             return self._p(location, line, seq, "hash mismatch: the record was edited "
