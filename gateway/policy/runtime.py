@@ -239,7 +239,7 @@ class CompiledPolicy:
     def evaluate(self, entrypoint: str, input_value: Any = UNDEFINED) -> Any:
         """Evaluate one entrypoint; return its value or ``UNDEFINED``; raise EvalError."""
         text = self.evaluate_json(entrypoint, input_value)
-        return UNDEFINED if text is None else _result_value(text)
+        return UNDEFINED if text is None else result_value(text)
 
     def evaluate_json(self, entrypoint: str, input_value: Any = UNDEFINED) -> str | None:
         """Like :meth:`evaluate`, but the engine's JSON text of the result (read it with
@@ -710,10 +710,6 @@ def build_input(value: Any, key_order: KeyOrder | None = None) -> int:
 
 def result_value(text: str) -> Any:
     """The entrypoint's value in the engine's JSON text of a result."""
-    return _result_value(text)
-
-
-def _result_value(text: str) -> Any:
     try:
         out = json.loads(text)
     except ValueError as exc:
