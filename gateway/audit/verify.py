@@ -218,6 +218,11 @@ class ChainVerifier:
         self._last_checkpoint_at = (location, line)
         return None
 
+    def unsealed_note(self) -> str:
+        """For a live log: the records after the last checkpoint, not signed yet."""
+        return (f"{self.instance}: {self.summary.unsealed} record(s) after the last "
+                "checkpoint are not signed yet")
+
     def finish(self, *, live: bool = False) -> Problem | None:
         s = self.summary
         location, line = self.last_at
@@ -269,8 +274,7 @@ def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, 
             report.problem = problem
             return report
         if live and v.summary.unsealed:
-            report.notes.append(f"{instance}: {v.summary.unsealed} record(s) after the last "
-                                "checkpoint are not signed yet")
+            report.notes.append(v.unsealed_note())
     return report
 
 
@@ -329,8 +333,7 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
                 report.problem = problem
                 return report
             if live and v.summary.unsealed:
-                report.notes.append(f"{instance}: {v.summary.unsealed} record(s) after the "
-                                    "last checkpoint are not signed yet")
+                report.notes.append(v.unsealed_note())
     return report
 
 
