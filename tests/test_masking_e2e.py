@@ -16,6 +16,7 @@ import pytest
 from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 from gateway.devtools.harness import GatewayProcess
+from gateway.masking import rows as masking_rows
 from gateway.masking.methods import hash_token
 
 POLICY = Path(__file__).resolve().parent / "policies" / "masking"
@@ -262,9 +263,27 @@ def test_asyncpg_binary_results_are_masked(gw: GatewayProcess) -> None:
     asyncio.run(main())
 
 
-def test_large_results_are_masked_across_reads(gw: GatewayProcess) -> None:
+@pytest.fixture(scope="module")
+def gw_pure(pg: PgBackend, gw: GatewayProcess,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The gateway with the compiled row loop switched off, as on a machine without a C
+    compiler."""
+    d = tmp_path_factory.mktemp("masking-pure")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                        extra_yaml=gw.extra_yaml,
+                        extra_env={"PGWARDEN_PURE_PYTHON": "1"}) as g:
+        yield g
+
+
+@pytest.mark.parametrize("loop", ["compiled if built", "python"])
+def test_large_results_are_masked_across_reads(gw: GatewayProcess, gw_pure: GatewayProcess,
+                                               loop: str) -> None:
     """25k masked rows span many network reads: rows after the first read are masked as
     the gateway walks them (one pass), the rest by the per-buffer rewrite; every one is."""
+    gw = gw_pure if loop == "python" else gw
+    started = [r for r in gw.logs if r.get("event") == "gateway.listening"]
+    assert started and started[0]["masked_row_loop"] == (
+        "python" if loop == "python" or not masking_rows.compiled() else "compiled")
     sql = "select g, c.pan from cards c, generate_series(1, 5000) g order by g, c.id"
     expected = [LAST4[p] for p in PANS] * 5000
     with connect(gw) as c:

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
 from gateway.masking.plan import ColumnMask, MaskPlan
 from gateway.masking.results import ResultMasker, StatementTag
@@ -357,8 +358,13 @@ def test_rows_walked_and_masked_in_one_pass_at_any_split() -> None:
                 assert walked  # rows after the RowDescription's chunk went the one-pass way
 
 
-def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_fit() -> None:
-    from gateway.masking.rows import walk_one_column
+WALKERS = ["walk_one_column_py"] + (["walk_one_column_native"] if rows_module._native else [])
+
+
+@pytest.mark.parametrize("walker", WALKERS)
+def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_fit(
+        walker: str) -> None:
+    walk_one_column = getattr(rows_module, walker)
 
     rows = be.DataRow((b"1", PAN)).encode() + be.DataRow((b"2", PAN)).encode()
     tail = be.CommandComplete("SELECT 2").encode()
@@ -373,3 +379,9 @@ def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_f
         walk_one_column(be.DataRow((b"1",)).encode(), 0, 1, LAST4, {})
     with pytest.raises(ValueError):  # a row over the size limit
         walk_one_column(rows, 0, 1, LAST4, {}, max_size=8)
+    with pytest.raises(ValueError):  # a whole row too short to hold any field, at the end
+        walk_one_column(rows + be.DataRow(()).encode(), 0, 1, LAST4, {})
+    prefix = be.RowDescription(()).encode()  # a walk from inside a buffer leaves its start
+    end, out = walk_one_column(prefix + rows + tail, len(prefix), 1, LAST4, {})
+    assert end == len(prefix) + len(rows)
+    assert out == walk_one_column(rows, 0, 1, LAST4, {})[1]

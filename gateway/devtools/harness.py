@@ -58,6 +58,7 @@ class GatewayProcess:
     # A whole `policy:` section (YAML text) replacing the one derived from policy_dir.
     policy_yaml: str | None = None
     extra_yaml: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
     issuer: DevIssuer | None = None
     proc: subprocess.Popen[str] | None = None
     host: str = "127.0.0.1"
@@ -132,6 +133,7 @@ class GatewayProcess:
         for name, up in self.upstreams.items():
             if up.password is not None:
                 env[f"PGWARDEN_PW_{name.upper()}"] = up.password
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:

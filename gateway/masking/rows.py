@@ -16,6 +16,7 @@ Masked values are counted per protected column in the plan's ``counts``.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Mapping
 
@@ -25,13 +26,20 @@ from .methods import REDACTED
 from .plan import ColumnMask, MaskPlan
 
 __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
-           "rewrite_data_rows", "rewrite_row_description", "walk_one_column"]
+           "rewrite_data_rows", "rewrite_row_description", "walk_one_column",
+           "walk_one_column_native", "walk_one_column_py"]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
-_ROW_HEAD_FIELD = struct.Struct("!ihi")  # ... and its first field's length
 _FIELD_TAIL = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
 TEXT_OID = 25
+
+try:  # the compiled row loop, unless it was not built or is switched off
+    if os.environ.get("PGWARDEN_PURE_PYTHON"):
+        raise ImportError("PGWARDEN_PURE_PYTHON is set")
+    from gateway.masking import _rowwalk as _native
+except ImportError:
+    _native = None
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
 FieldMasks = dict[int, ColumnMask]
@@ -173,7 +181,7 @@ def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
     for k, (_index, mask) in enumerate(items):
         if seen[k]:
             counts[mask.column] = counts.get(mask.column, 0) + seen[k]
-    return _splice_rows(buf, rebuilt)
+    return _splice_rows(buf, 0, len(buf), rebuilt)
 
 
 def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
@@ -186,7 +194,15 @@ def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
 
 
 _D = ord("D")
-_TWELVE_STARS = b"*" * 12
+_ROW_HEAD = struct.Struct("!Bihi")  # type, length, field count, first field's length
+# A bytearray, not bytes: assigning bytes into a bytearray slice copies them into a new
+# bytearray first, which cost more than the rest of the row's work.
+_TWELVE_STARS = bytearray(b"*" * 12)
+
+
+def compiled() -> bool:
+    """Whether masked results run the compiled row loop (operators see it at startup)."""
+    return _native is not None
 
 
 def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
@@ -194,41 +210,93 @@ def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
                     ) -> tuple[int, bytes]:
     """The whole DataRows from `pos` on, with field `index` masked: (where they end, the
     rewritten rows). Stops at a message of another type or an incomplete one, so it also
-    finds the run's end (`BackendObserver.walk_run`). Once per row, so every call counts:
-    a row's length, field count and first field's length come from one unpack.
-    Raises ValueError for a row the masks do not fit or a length over `max_size`."""
+    finds the run's end (`BackendObserver.walk_run`).
+    Raises ValueError for a row the masks do not fit or a length over `max_size`.
+
+    Runs the compiled loop (`_rowwalk.c`) when it was built, else `walk_one_column_py`;
+    both give the same answer for every input (tests compare them)."""
+    if _native is None:
+        return walk_one_column_py(data, pos, index, mask, counts, max_size)
+    return walk_one_column_native(data, pos, index, mask, counts, max_size)
+
+
+def walk_one_column_native(data: bytes, pos: int, index: int, mask: ColumnMask,
+                           counts: dict[str, int], max_size: int = 0x7FFFFFFF
+                           ) -> tuple[int, bytes]:
+    """`walk_one_column` with the row loop in C: it copies the run, masks 16-digit PANs
+    under pan_last4 itself and hands back the fields the masker must see."""
+    if _native is None:
+        raise RuntimeError("the compiled row walker is not built")
+    end, buf, seen, pending = _native.walk(data, pos, index, max_size,
+                                           mask.method == "pan_last4")
+    first = pos
+    masker = mask.masker
+    rebuilt: list[tuple[int, int, bytes]] = []
+    for row_start, row_end, p, flen in pending:
+        vstart = p + 4
+        if flen >= 0:
+            vend = vstart + flen
+            new = masker(data[vstart:vend])
+            if new is not None and len(new) == flen:
+                buf[vstart - first : vend - first] = new
+                continue
+        else:
+            vend = vstart
+            new = masker(None)
+            if new is None:
+                continue
+        rebuilt.append((row_start - first, row_end - first, _rebuild_row(
+            buf, row_start - first, row_end - first, [(p - first, vend - first, new)])))
+    if seen:
+        counts[mask.column] = counts.get(mask.column, 0) + seen
+    return end, _splice_rows(buf, 0, len(buf), rebuilt)
+
+
+def walk_one_column_py(data: bytes, pos: int, index: int, mask: ColumnMask,
+                       counts: dict[str, int], max_size: int = 0x7FFFFFFF
+                       ) -> tuple[int, bytes]:
+    """`walk_one_column` in Python, the reference for the compiled loop. Once per row, so
+    every call counts: a row's type, length, field count and first field's length come
+    from one unpack."""
+    try:
+        return _walk_py(data, pos, index, mask, counts, max_size)
+    except struct.error as e:  # a field length pointing past the buffer
+        raise ValueError("DataRow field runs past its message") from e
+
+
+def _walk_py(data: bytes, pos: int, index: int, mask: ColumnMask,
+             counts: dict[str, int], max_size: int) -> tuple[int, bytes]:
     masker = mask.masker
     last4_16 = mask.method == "pan_last4"
-    buf = bytearray(memoryview(data)[pos:])  # rewritten in place; offsets are p - base
-    base = pos
+    stars = _TWELVE_STARS
+    buf = bytearray(data)  # rewritten in place: one copy, offsets shared with `data`
+    first = pos
     rebuilt: list[tuple[int, int, bytes]] = []
     unpack_i = _I32.unpack_from
-    unpack_head = _ROW_HEAD_FIELD.unpack_from
-    skip = range(index - 1) if index else None  # fields between the first and the masked one
+    unpack_head = _ROW_HEAD.unpack_from
+    between = index - 1  # fields between the first and the masked one
     seen = 0
     n = len(data)
     row_type = _D
-    while pos < n and data[pos] == row_type:
-        if n - pos >= 11:
-            mlen, nfields, flen = unpack_head(data, pos + 1)
-        elif n - pos >= 5:
-            (mlen,) = unpack_i(data, pos + 1)
-            nfields = flen = 0
-        else:
-            break  # an incomplete header
+    while n - pos >= 11:  # 11: the shortest DataRow with a field
+        kind, mlen, nfields, flen = unpack_head(data, pos)
+        if kind != row_type:
+            break
         end = pos + 1 + mlen
         if end > n:
             if mlen > max_size:
                 raise ValueError("DataRow with an invalid length")
             break  # incomplete: the caller holds it for the next read
-        if mlen < 10 or nfields <= index or mlen > max_size:  # 10: shortest with a field
+        if mlen < 10 or nfields <= index or mlen > max_size:
             raise ValueError("a DataRow the masks do not fit, or over the size limit")
         p = pos + 7
-        if skip is not None:
+        if index:
             p += 4 + flen if flen > 0 else 4
-            for _ in skip:
+            k = between
+            while k:
                 (flen,) = unpack_i(data, p)
                 p += 4 + flen if flen > 0 else 4
+                k -= 1
             (flen,) = unpack_i(data, p)
         vstart = p + 4
         if flen >= 0:
@@ -240,38 +308,45 @@ def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
             if last4_16 and flen == 16 and value.isdigit():
                 # pan_last4 of the usual 16-digit PAN is 12 stars and its last four: in
                 # place, without calling the masker (the same bytes; tests compare)
-                buf[vstart - base : vend - base - 4] = _TWELVE_STARS
+                buf[vstart : vend - 4] = stars
                 pos = end
                 continue
             new = masker(value)
             if new is not None and len(new) == flen:
-                buf[vstart - base : vend - base] = new
+                buf[vstart:vend] = new
                 pos = end
                 continue
         else:
             vend = vstart
+            if vend > end:
+                raise ValueError("DataRow field runs past its message")
             new = masker(None)
             if new is None:
                 pos = end
                 continue
-        rebuilt.append((pos - base, end - base, _rebuild_row(
-            buf, pos - base, end - base, [(p - base, vend - base, new)])))
+        rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
         pos = end
+    else:
+        if n - pos >= 5 and data[pos] == row_type:
+            (mlen,) = unpack_i(data, pos + 1)
+            if pos + 1 + mlen <= n or mlen > max_size:  # whole, yet too short for a field
+                raise ValueError("a DataRow the masks do not fit, or over the size limit")
     if seen:
         counts[mask.column] = counts.get(mask.column, 0) + seen
-    del buf[pos - base :]
-    return pos, _splice_rows(buf, rebuilt)
+    return pos, _splice_rows(buf, first, pos, rebuilt)
 
 
-def _splice_rows(buf: bytearray, rebuilt: list[tuple[int, int, bytes]]) -> bytes:
+def _splice_rows(buf: bytearray, start: int, stop: int,
+                 rebuilt: list[tuple[int, int, bytes]]) -> bytes:
+    """buf[start:stop] with the rebuilt rows in place of theirs."""
     if not rebuilt:
-        return bytes(buf)
+        return bytes(memoryview(buf)[start:stop])
     out: list[bytes] = []
-    last = 0
-    for start, end, message in rebuilt:
-        out += [buf[last:start], message]
-        last = end
-    out.append(buf[last:])
+    last = start
+    for row_start, row_end, message in rebuilt:
+        out += [buf[last:row_start], message]
+        last = row_end
+    out.append(buf[last:stop])
     return b"".join(out)
 
 

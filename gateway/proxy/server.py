@@ -23,6 +23,7 @@ from gateway.audit import (
 )
 from gateway.bundle.reloader import BundleReloader
 from gateway.enforce.catalog_cache import CatalogCache
+from gateway.masking import rows as masking_rows
 from gateway.policy.engine import PolicyEngine
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.startup import CancelRequest, StartupReader
@@ -226,7 +227,8 @@ class GatewayServer:
             await self._start_admin()
         addrs = [s.getsockname() for s in self._server.sockets]
         logs.info("gateway.listening", worker=self.worker_id,
-                  addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None)
+                  addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None,
+                  masked_row_loop="compiled" if masking_rows.compiled() else "python")
 
     async def _start_admin(self) -> None:
         # grpc is imported here, in the worker that serves the admin API: grpc's threads in
