@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench clean proto
+.PHONY: venv demo test lint bench clean proto check-native
 
 $(STAMP): pyproject.toml gateway/masking/_rowwalk.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pgwarden needs Python 3.11+ (set PYTHON=...)")'
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
 		(apt-get update -q && apt-get install -y -q pgbouncer postgresql-client-15)
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
+
+# The C row walker's tests under AddressSanitizer/UBSan (needs gcc with libasan).
+check-native: $(STAMP)
+	$(BIN)/python tools/check_native.py
 
 # The admin API's gRPC code is generated from the .proto files and committed; this
 # regenerates it byte for byte (grpcio-tools comes with the test extras).

@@ -7,6 +7,7 @@ must return the same rows and counts, or both refuse with ValueError.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -26,6 +27,8 @@ KEY = b"k" * 32
 MASKS = [ColumnMask(m, resolve(m, key=KEY), "public.cards.pan")
          for m in ("pan_last4", "pan_first6_last4", "redact", "null", "hash")]
 PAN = b"4111111111111111"
+# tools/check_native.py raises it for its sanitizer run
+EXAMPLES = int(os.environ.get("PGWARDEN_WALK_EXAMPLES", "300"))
 
 
 def outcome(walker, data: bytes, pos: int, index: int, mask: ColumnMask,
@@ -56,7 +59,7 @@ values = st.one_of(
 row_values = st.lists(values, min_size=1, max_size=5)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(row_values, min_size=1, max_size=8), st.integers(0, 5),
        st.sampled_from(MASKS), st.binary(max_size=12))
 def test_well_formed_runs_and_every_cut_of_them(table: list[list[bytes | None]], index: int,
@@ -74,7 +77,7 @@ def test_well_formed_runs_and_every_cut_of_them(table: list[list[bytes | None]],
         assert result == ("refused",)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES * 4 // 3, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(row_values, min_size=1, max_size=4), st.integers(0, 4),
        st.sampled_from(MASKS), st.data())
 def test_corrupted_lengths(table: list[list[bytes | None]], index: int, mask: ColumnMask,

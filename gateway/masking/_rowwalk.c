@@ -54,6 +54,7 @@ walk(PyObject *module, PyObject *args)
     int star16;
     PyObject *pending = NULL, *rows = NULL, *result = NULL;
 
+    (void)module;
     if (!PyArg_ParseTuple(args, "y*nnnp:walk", &view, &pos, &index, &max_size, &star16))
         return NULL;
     const unsigned char *d = (const unsigned char *)view.buf;
@@ -159,7 +160,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_rowwalk", "The masked-result row loop, compiled.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_rowwalk",
+    .m_doc = "The masked-result row loop, compiled.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
