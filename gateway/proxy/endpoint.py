@@ -26,6 +26,9 @@ class Endpoint(asyncio.Protocol):
         self.closed = False
         self.peer: Endpoint | None = None
         self.on_data: Callable[[bytes], None] | None = None
+        # What a failing on_data means (a bug, or bytes nobody foresaw): the relay ends
+        # that one session. Without it the exception reaches the event loop's handler.
+        self.on_error: Callable[[Exception], None] | None = None
         self.on_close: Callable[[], None] | None = None
         self._on_connect = on_connect
         self._buf = bytearray()
@@ -39,8 +42,14 @@ class Endpoint(asyncio.Protocol):
             self._on_connect(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.on_data is not None:
-            self.on_data(data)
+        on_data = self.on_data
+        if on_data is not None:
+            try:
+                on_data(data)
+            except Exception as e:
+                if self.on_error is None:
+                    raise
+                self.on_error(e)
             return
         self._buf += data
         self._wake()

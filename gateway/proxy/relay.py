@@ -96,6 +96,7 @@ class Relay:
         c, u = self.client, self.upstream
         c.peer, u.peer = u, c
         c.on_data, u.on_data = self.from_client, self.from_upstream
+        c.on_error = u.on_error = self._unexpected
         c.on_close, u.on_close = self._client_gone, self._upstream_gone
         if upstream_leftover:
             self.from_upstream(upstream_leftover)
@@ -304,6 +305,19 @@ class Relay:
             self._last_words("XX000", message)
         self._finish(message)
 
+    def _unexpected(self, exc: Exception) -> None:
+        """An exception nothing expected while relaying: end this session, fail closed
+        (the bytes in hand are dropped), and log where, never what (it may hold data)."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" \
+            if tb is not None else "?"
+        logs.error("session.internal_error", session=self.session_id,
+                   error=type(exc).__name__, where=where)
+        if not self.done.done():
+            self._fail_internal("internal gateway error; the session was ended")
+
     def _fail_upstream(self, message: str) -> None:
         logs.error("upstream.protocol_violation", session=self.session_id, reason=message)
         self.upstream.abort()
@@ -323,6 +337,7 @@ class Relay:
             self.done.set_result(reason)
         for ep in (self.client, self.upstream):
             ep.on_data = _discard
+            ep.on_error = None
             ep.on_close = None
             ep.close()
 

@@ -1,0 +1,88 @@
+"""An exception nobody expected while relaying ends that one session, fail closed.
+
+Real sockets on loopback and a real event loop carry the bytes; the fault is a relay
+stage made to raise, standing for a bug or bytes no stage foresaw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+
+from gateway import logs
+from gateway.proxy.endpoint import Endpoint
+from gateway.proxy.relay import Relay
+from gateway.wire import backend as be
+
+
+async def _pair(loop: asyncio.AbstractEventLoop
+                ) -> tuple[Endpoint, asyncio.StreamReader, asyncio.StreamWriter]:
+    """An Endpoint on the gateway's side of a loopback connection, and the far end."""
+    accepted: asyncio.Future[Endpoint] = loop.create_future()
+
+    def factory() -> Endpoint:
+        ep = Endpoint()
+        loop.call_soon(accepted.set_result, ep)
+        return ep
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ep = await accepted
+    server.close()
+    return ep, reader, writer
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+@pytest.mark.parametrize("side", ["upstream", "client"])
+def test_a_failing_stage_ends_only_its_session_and_forwards_nothing(side: str) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client_ep, client_r, client_w = await _pair(loop)
+        upstream_ep, upstream_r, upstream_w = await _pair(loop)
+        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="off")
+        relay.start()
+        # one good round trip first: the relay works
+        query = b"Q\x00\x00\x00\x0dselect 1\x00"
+        client_w.write(query)
+        assert await asyncio.wait_for(upstream_r.readexactly(len(query)), 5) == query
+        ready = be.ReadyForQuery("I").encode()
+        upstream_w.write(ready)
+        assert await asyncio.wait_for(client_r.readexactly(len(ready)), 5) == ready
+
+        def broken(_data: bytes) -> object:
+            raise RuntimeError("secret 4111111111111111 in a message")
+
+        secret = be.CommandComplete("SELECT 4111111111111111").encode()
+        if side == "upstream":
+            relay.observer.relay = broken  # type: ignore[method-assign]
+            upstream_w.write(secret)
+        else:
+            relay.framer.feed = broken  # type: ignore[method-assign]
+            client_w.write(b"Q\x00\x00\x00\x0esecret 1\x00")
+        assert await asyncio.wait_for(relay.done, 5)
+        to_client = await _read_all(client_r)
+        to_upstream = await _read_all(upstream_r)
+        assert b"4111111111111111" not in to_client and b"secret" not in to_upstream
+        # the client learns why, as an ErrorResponse, when its stream is between messages
+        assert b"XX000" in to_client and b"internal gateway error" in to_client
+        for w in (client_w, upstream_w):
+            w.close()
+        # the loop itself is fine: another task still runs
+        assert await asyncio.sleep(0, "alive") == "alive"
+
+    asyncio.run(main())
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failed = [e for e in events if e.get("event") == "session.internal_error"]
+    assert failed and failed[0]["error"] == "RuntimeError"
+    assert failed[0]["where"].startswith("test_relay_failures.py:")
+    assert "4111111111111111" not in stream.getvalue()  # where, never what
