@@ -37,6 +37,11 @@ def configure(level: str = "info", stream: Any = None) -> None:
     _logger.propagate = False
 
 
+def enabled(level: int) -> bool:
+    """Whether a line at `level` would be written (skip building costly fields if not)."""
+    return _logger.isEnabledFor(level)
+
+
 def log(level: int, event: str, **fields: Any) -> None:
     if _logger.isEnabledFor(level):
         _logger.log(level, event, extra={"fields": fields})

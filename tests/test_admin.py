@@ -599,6 +599,12 @@ def test_metrics_registry_format() -> None:
         c.labels(kind="a").inc(-1)
     with pytest.raises(ValueError):
         c.labels(other="a")
+    two = reg.counter("x_pairs_total", "Pairs.", ("a", "b"))
+    two.labels(b=2, a=1).inc()
+    assert two.value("1", "2") == 1
+    for bad in ({"a": 1}, {"a": 1, "c": 2}, {"a": 1, "b": 2, "c": 3}):
+        with pytest.raises(ValueError):
+            two.labels(**bad)
     with pytest.raises(ValueError):
         reg.counter("x_events_total", "again")
     with pytest.raises(ValueError):

@@ -103,9 +103,12 @@ class _Metric:
         if args and kwargs:
             raise ValueError("pass label values by position or by name, not both")
         if kwargs:
-            if set(kwargs) != set(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {', '.join(self.labelnames)}")
-            return tuple(str(kwargs[n]) for n in self.labelnames)
+            names = self.labelnames
+            if len(kwargs) != len(names) or not all(n in kwargs for n in names):
+                raise ValueError(f"{self.name} takes labels {', '.join(names)}")
+            if len(names) == 1:  # the usual case, once per statement
+                return (str(kwargs[names[0]]),)
+            return tuple([str(kwargs[n]) for n in names])
         if len(args) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {', '.join(self.labelnames)}")
         return tuple(str(a) for a in args)

@@ -550,6 +550,8 @@ class StatementGate:
         for info, decision in decisions:
             metrics.STATEMENTS.labels(outcome=decision.outcome).inc()
             level = logging.DEBUG if decision.outcome == "allow" else logging.INFO
+            if not logs.enabled(level):  # its fields alone cost as much as a cached decision
+                continue
             logs.log(
                 level, "decision", session=self.facts.session["id"],
                 subject=self.facts.identity.subject, connection=self.connection,
@@ -655,6 +657,8 @@ def _classification(engine: PolicyEngine) -> dict[str, Any]:
 def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
     """One answer for a whole query string: the first statement that may not run decides."""
     for info, d in decisions:
+        if d.allow and not d.require_approval and d.row_limit is None:
+            continue
         where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
         reasons = "; ".join(d.reasons) or d.error or "the policy did not allow it"
         if d.require_approval:
