@@ -358,13 +358,19 @@ def test_rows_walked_and_masked_in_one_pass_at_any_split() -> None:
                 assert walked  # rows after the RowDescription's chunk went the one-pass way
 
 
-WALKERS = ["walk_one_column_py"] + (["walk_one_column_native"] if rows_module._native else [])
+WALKERS = ["walk_one_column_py", "walk_columns_py"] + (
+    ["walk_columns_native"] if rows_module._native else [])
 
 
 @pytest.mark.parametrize("walker", WALKERS)
 def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_fit(
         walker: str) -> None:
-    walk_one_column = getattr(rows_module, walker)
+    def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
+                        counts: dict[str, int], max_size: int = 0x7FFFFFFF
+                        ) -> tuple[int, bytes]:
+        if walker == "walk_one_column_py":
+            return rows_module.walk_one_column_py(data, pos, index, mask, counts, max_size)
+        return getattr(rows_module, walker)(data, pos, [(index, mask)], counts, max_size)
 
     rows = be.DataRow((b"1", PAN)).encode() + be.DataRow((b"2", PAN)).encode()
     tail = be.CommandComplete("SELECT 2").encode()

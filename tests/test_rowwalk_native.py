@@ -31,21 +31,33 @@ PAN = b"4111111111111111"
 EXAMPLES = int(os.environ.get("PGWARDEN_WALK_EXAMPLES", "300"))
 
 
-def outcome(walker, data: bytes, pos: int, index: int, mask: ColumnMask,
+def outcome(walker, data: bytes, pos: int, columns: list[tuple[int, ColumnMask]],
             max_size: int) -> tuple[object, ...]:
     counts: dict[str, int] = {}
     try:
-        end, out = walker(data, pos, index, mask, counts, max_size)
+        end, out = walker(data, pos, columns, counts, max_size)
     except ValueError:
         return ("refused",)
     return end, out, counts
 
 
-def same(data: bytes, pos: int, index: int, mask: ColumnMask,
+def one_column_py(data: bytes, pos: int, columns: list[tuple[int, ColumnMask]],
+                  counts: dict[str, int], max_size: int) -> tuple[int, bytes]:
+    ((index, mask),) = columns
+    return rows.walk_one_column_py(data, pos, index, mask, counts, max_size)
+
+
+def same(data: bytes, pos: int, index: int | list[int], mask: ColumnMask | list[ColumnMask],
          max_size: int = 0x7FFFFFFF) -> tuple[object, ...]:
-    py = outcome(rows.walk_one_column_py, data, pos, index, mask, max_size)
-    native = outcome(rows.walk_one_column_native, data, pos, index, mask, max_size)
-    assert native == py, (data, pos, index, mask.method)
+    """Every walker's answer for masking field(s) `index` with `mask`, checked equal."""
+    indexes = [index] if isinstance(index, int) else index
+    masks = [mask] * len(indexes) if isinstance(mask, ColumnMask) else mask
+    columns = list(zip(indexes, masks, strict=True))
+    py = outcome(rows.walk_columns_py, data, pos, columns, max_size)
+    native = outcome(rows.walk_columns_native, data, pos, columns, max_size)
+    assert native == py, (data, pos, indexes, [m.method for m in masks])
+    if len(columns) == 1:
+        assert outcome(one_column_py, data, pos, columns, max_size) == py
     return py
 
 
@@ -90,6 +102,52 @@ def test_corrupted_lengths(table: list[list[bytes | None]], index: int, mask: Co
         struct.pack_into("!i", raw, at, value)
     pos = data.draw(st.integers(0, len(raw)))
     same(bytes(raw), pos, index, mask, data.draw(st.sampled_from([0x7FFFFFFF, 64, 8])))
+
+
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(values, min_size=1, max_size=7), min_size=1, max_size=6),
+       st.lists(st.integers(0, 6), min_size=1, max_size=4, unique=True).map(sorted),
+       st.lists(st.sampled_from(MASKS), min_size=4, max_size=4), st.data())
+def test_several_masked_columns(table: list[list[bytes | None]], indexes: list[int],
+                                masks: list[ColumnMask], data: st.DataObject) -> None:
+    # one counter per column here, so the counts tell the columns apart
+    masks = [ColumnMask(m.method, m.masker, f"public.cards.c{i}") for i, m in enumerate(masks)]
+    raw = b"".join(be.DataRow(tuple(r)).encode() for r in table)
+    raw += be.CommandComplete("SELECT 1").encode()
+    result = same(raw, 0, indexes, masks[: len(indexes)])
+    if all(len(r) > indexes[-1] for r in table):
+        end, out, counts = result
+        assert end == len(raw) - len(be.CommandComplete("SELECT 1").encode())
+        for k, i in enumerate(indexes):
+            assert counts.get(f"public.cards.c{k}", 0) == sum(r[i] is not None for r in table)
+        # what a client decodes: the masked fields hold what each masker makes of them
+        decoded = list(_decode_rows(out))
+        assert len(decoded) == len(table)
+        for got, row in zip(decoded, table, strict=True):
+            expected = list(row)
+            for k, i in enumerate(indexes):
+                expected[i] = masks[k].masker(row[i])
+            assert got == expected
+    else:
+        assert result == ("refused",)
+    cut = data.draw(st.integers(0, len(raw)))
+    same(raw[:cut], 0, indexes, masks[: len(indexes)])
+
+
+def _decode_rows(raw: bytes):
+    pos = 0
+    while pos < len(raw):
+        (length,) = struct.unpack_from("!i", raw, pos + 1)
+        (nfields,) = struct.unpack_from("!h", raw, pos + 5)
+        p, fields = pos + 7, []
+        for _ in range(nfields):
+            (flen,) = struct.unpack_from("!i", raw, p)
+            p += 4
+            fields.append(None if flen < 0 else raw[p : p + flen])
+            p += max(flen, 0)
+        assert p == pos + 1 + length
+        yield fields
+        pos = p
 
 
 def test_hand_made_hostile_rows() -> None:

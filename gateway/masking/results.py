@@ -27,7 +27,7 @@ from gateway.wire.framing import RUN, WALKED, Frame
 from gateway.wire.frontend import Bind, Close, Describe, Execute, decode_frontend
 from gateway.wire.pipeline import ResponseTracker
 
-from .plan import MaskPlan
+from .plan import ColumnMask, MaskPlan
 from .rows import (
     CopyOutMasker,
     FieldMasks,
@@ -36,7 +36,7 @@ from .rows import (
     rewrite_data_row,
     rewrite_data_rows,
     rewrite_row_description,
-    walk_one_column,
+    walk_columns,
 )
 
 __all__ = ["ResultMasker", "StatementTag"]
@@ -85,6 +85,8 @@ class ResultMasker:
         self._tracked = 0  # outstanding requests carrying a tag
         self._planned = 0  # ... of which carry a mask plan
         self._rows: FieldMasks | None = None  # masks for the DataRows of the current result
+        # _rows and its masks sorted by field, for walk_columns (sorted once per result)
+        self._walk_columns: tuple[FieldMasks, list[tuple[int, ColumnMask]]] | None = None
         self._rows_plan: MaskPlan | None = None
         self._copy: CopyOutMasker | None = None
         self.masked_values = 0
@@ -221,14 +223,15 @@ class ResultMasker:
     def walk_rows(self, data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
         """`BackendObserver.walk_run`: the current result's DataRows from `pos` on, masked
         as they are walked (one pass over the rows instead of two), or None to let the
-        observer find the run and `message` rewrite it (no masks known yet, or several
-        masked fields)."""
+        observer find the run and `message` rewrite it (no masks known yet)."""
         rows, plan = self._rows, self._rows_plan
-        if not rows or len(rows) != 1 or plan is None:
+        if not rows or plan is None:
             return None
-        ((index, mask),) = rows.items()
+        columns = self._walk_columns
+        if columns is None or columns[0] is not rows:
+            columns = self._walk_columns = (rows, sorted(rows.items()))
         try:
-            return walk_one_column(data, pos, index, mask, plan.counts, max_size)
+            return walk_columns(data, pos, columns[1], plan.counts, max_size)
         except ValueError as e:
             raise ProtocolViolation(f"cannot mask this result: {e}") from None
 

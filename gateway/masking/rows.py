@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.wire.codec import frame
 
@@ -26,8 +26,8 @@ from .methods import REDACTED
 from .plan import ColumnMask, MaskPlan
 
 __all__ = ["CopyOutMasker", "UnsupportedCopy", "field_masks", "rewrite_data_row",
-           "rewrite_data_rows", "rewrite_row_description", "walk_one_column",
-           "walk_one_column_native", "walk_one_column_py"]
+           "rewrite_data_rows", "rewrite_row_description", "walk_columns",
+           "walk_columns_native", "walk_columns_py", "walk_one_column_py"]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
@@ -123,71 +123,11 @@ def rewrite_data_row(body: bytes, masks: Mapping[int, ColumnMask],
 
 def rewrite_data_rows(raw: bytes, masks: Mapping[int, ColumnMask],
                       counts: dict[str, int]) -> bytes:
-    """Consecutive whole DataRow messages (headers included) with masked fields replaced.
-
-    The hot loop of a masked result. A masked value of the same length as the original
-    (a 16-digit PAN under ``pan_last4``) is overwritten in a copy of the buffer; only rows
-    whose length changes are rebuilt.
-    """
-    items = sorted(masks.items())
-    if not items:
+    """Consecutive whole DataRow messages (headers included) with masked fields replaced
+    (`walk_columns` over all of them)."""
+    if not masks:
         return raw
-    if len(items) == 1:
-        return _rewrite_one_column(raw, items[0][0], items[0][1], counts)
-    need = items[-1][0] + 1
-    seen = [0] * len(items)
-    buf = bytearray(raw)
-    rebuilt: list[tuple[int, int, bytes]] = []  # (start, end, new message) of changed rows
-    unpack_i = _I32.unpack_from
-    unpack_h = _I16.unpack_from
-    pos = 0
-    n = len(raw)
-    while pos < n:
-        (mlen,) = unpack_i(raw, pos + 1)
-        end = pos + 1 + mlen
-        (nfields,) = unpack_h(raw, pos + 5)
-        if nfields < need or end > n:
-            raise ValueError("DataRow has fewer fields than its result's masks")
-        p = pos + 7
-        fi = 0
-        changes: list[tuple[int, int, bytes | None]] | None = None
-        for k, (index, mask) in enumerate(items):
-            while fi < index:
-                (flen,) = unpack_i(raw, p)
-                p += 4 + flen if flen > 0 else 4
-                fi += 1
-            (flen,) = unpack_i(raw, p)
-            vstart = p + 4
-            if flen < 0:
-                new = mask.masker(None)
-                vend = vstart
-            else:
-                vend = vstart + flen
-                if vend > end:
-                    raise ValueError("DataRow field runs past its message")
-                new = mask.masker(raw[vstart:vend])
-                seen[k] += 1
-            if new is not None and flen >= 0 and len(new) == flen:
-                buf[vstart:vend] = new
-            else:
-                if changes is None:
-                    changes = []
-                changes.append((p, vend, new))
-            p = vend
-            fi += 1
-        if changes is not None:
-            rebuilt.append((pos, end, _rebuild_row(buf, pos, end, changes)))
-        pos = end
-    for k, (_index, mask) in enumerate(items):
-        if seen[k]:
-            counts[mask.column] = counts.get(mask.column, 0) + seen[k]
-    return _splice_rows(buf, 0, len(buf), rebuilt)
-
-
-def _rewrite_one_column(raw: bytes, index: int, mask: ColumnMask,
-                        counts: dict[str, int]) -> bytes:
-    """`rewrite_data_rows` for the usual case of one masked column (same result)."""
-    end, out = walk_one_column(raw, 0, index, mask, counts)
+    end, out = walk_columns(raw, 0, sorted(masks.items()), counts)
     if end != len(raw):
         raise ValueError("not a run of whole DataRow messages")
     return out
@@ -205,34 +145,51 @@ def compiled() -> bool:
     return _native is not None
 
 
-def walk_one_column(data: bytes, pos: int, index: int, mask: ColumnMask,
-                    counts: dict[str, int], max_size: int = 0x7FFFFFFF
-                    ) -> tuple[int, bytes]:
-    """The whole DataRows from `pos` on, with field `index` masked: (where they end, the
-    rewritten rows). Stops at a message of another type or an incomplete one, so it also
-    finds the run's end (`BackendObserver.walk_run`).
-    Raises ValueError for a row the masks do not fit or a length over `max_size`.
+Columns = Sequence[tuple[int, ColumnMask]]
 
-    Runs the compiled loop (`_rowwalk.c`) when it was built, else `walk_one_column_py`;
-    both give the same answer for every input (tests compare them)."""
-    if _native is None:
+
+def walk_columns(data: bytes, pos: int, columns: Columns, counts: dict[str, int],
+                 max_size: int = 0x7FFFFFFF) -> tuple[int, bytes]:
+    """The whole DataRows from `pos` on, with the fields `columns` names (index, mask;
+    ascending indexes) masked: (where they end, the rewritten rows). Stops at a message of
+    another type or an incomplete one, so it also finds the run's end
+    (`BackendObserver.walk_run`). Raises ValueError for a row the masks do not fit or a
+    length over `max_size`.
+
+    Runs the compiled loop (`_rowwalk.c`) when it was built, else the Python one
+    (`walk_one_column_py` for one column, `walk_columns_py` for more); they give the same
+    answer for every input (tests compare them)."""
+    if _native is not None and len(columns) <= _NATIVE_MAX_COLUMNS:
+        return walk_columns_native(data, pos, columns, counts, max_size)
+    if len(columns) == 1:
+        ((index, mask),) = columns
         return walk_one_column_py(data, pos, index, mask, counts, max_size)
-    return walk_one_column_native(data, pos, index, mask, counts, max_size)
+    return walk_columns_py(data, pos, columns, counts, max_size)
 
 
-def walk_one_column_native(data: bytes, pos: int, index: int, mask: ColumnMask,
-                           counts: dict[str, int], max_size: int = 0x7FFFFFFF
-                           ) -> tuple[int, bytes]:
-    """`walk_one_column` with the row loop in C: it copies the run, masks 16-digit PANs
-    under pan_last4 itself and hands back the fields the masker must see."""
+_NATIVE_MAX_COLUMNS = 64  # MAX_MASKED in _rowwalk.c
+
+
+def walk_columns_native(data: bytes, pos: int, columns: Columns, counts: dict[str, int],
+                        max_size: int = 0x7FFFFFFF) -> tuple[int, bytes]:
+    """`walk_columns` with the row loop in C: it copies the run, masks 16-digit PANs under
+    pan_last4 itself and hands back the fields the maskers must see."""
     if _native is None:
         raise RuntimeError("the compiled row walker is not built")
-    end, buf, seen, pending = _native.walk(data, pos, index, max_size,
-                                           mask.method == "pan_last4")
+    end, buf, seen, pending = _native.walk(
+        data, pos, tuple(i for i, _ in columns),
+        tuple(m.method == "pan_last4" for _, m in columns), max_size)
     first = pos
-    masker = mask.masker
     rebuilt: list[tuple[int, int, bytes]] = []
-    for row_start, row_end, p, flen in pending:
+    changes: list[tuple[int, int, bytes | None]] = []  # of the row at `row`
+    row = row_end = -1
+    for row_start, end_of_row, k, p, flen in pending:
+        if row_start != row and changes:
+            rebuilt.append((row - first, row_end - first,
+                            _rebuild_row(buf, row - first, row_end - first, changes)))
+            changes = []
+        row, row_end = row_start, end_of_row
+        masker = columns[k][1].masker
         vstart = p + 4
         if flen >= 0:
             vend = vstart + flen
@@ -245,19 +202,96 @@ def walk_one_column_native(data: bytes, pos: int, index: int, mask: ColumnMask,
             new = masker(None)
             if new is None:
                 continue
-        rebuilt.append((row_start - first, row_end - first, _rebuild_row(
-            buf, row_start - first, row_end - first, [(p - first, vend - first, new)])))
-    if seen:
-        counts[mask.column] = counts.get(mask.column, 0) + seen
+        changes.append((p - first, vend - first, new))
+    if changes:
+        rebuilt.append((row - first, row_end - first,
+                        _rebuild_row(buf, row - first, row_end - first, changes)))
+    for (_index, mask), n in zip(columns, seen, strict=True):
+        if n:
+            counts[mask.column] = counts.get(mask.column, 0) + n
     return end, _splice_rows(buf, 0, len(buf), rebuilt)
+
+
+def walk_columns_py(data: bytes, pos: int, columns: Columns, counts: dict[str, int],
+                    max_size: int = 0x7FFFFFFF) -> tuple[int, bytes]:
+    """`walk_columns` in Python for any number of columns: the reference for the
+    compiled loop (``walk_one_column_py`` is the faster one-column case)."""
+    try:
+        return _walk_columns_py(data, pos, columns, counts, max_size)
+    except struct.error as e:  # a field length pointing past the buffer
+        raise ValueError("DataRow field runs past its message") from e
+
+
+def _walk_columns_py(data: bytes, pos: int, columns: Columns, counts: dict[str, int],
+                     max_size: int) -> tuple[int, bytes]:
+    last = columns[-1][0]
+    buf = bytearray(data)
+    first = pos
+    seen = [0] * len(columns)
+    rebuilt: list[tuple[int, int, bytes]] = []
+    unpack_i = _I32.unpack_from
+    n = len(data)
+    while n - pos >= 11:
+        kind, mlen, nfields, _flen = _ROW_HEAD.unpack_from(data, pos)
+        if kind != _D:
+            break
+        end = pos + 1 + mlen
+        if end > n:
+            if mlen > max_size:
+                raise ValueError("DataRow with an invalid length")
+            break
+        if mlen < 10 or nfields <= last or mlen > max_size:
+            raise ValueError("a DataRow the masks do not fit, or over the size limit")
+        p = pos + 7
+        field = 0
+        changes: list[tuple[int, int, bytes | None]] = []
+        for k, (index, mask) in enumerate(columns):
+            while field < index:
+                (flen,) = unpack_i(data, p)
+                p += 4 + flen if flen > 0 else 4
+                field += 1
+            if p + 4 > end:
+                raise ValueError("DataRow field runs past its message")
+            (flen,) = unpack_i(data, p)
+            vstart = p + 4
+            if flen >= 0:
+                vend = vstart + flen
+                if vend > end:
+                    raise ValueError("DataRow field runs past its message")
+                seen[k] += 1
+                new = mask.masker(data[vstart:vend])
+                if new is not None and len(new) == flen:
+                    buf[vstart:vend] = new
+                else:
+                    changes.append((p, vend, new))
+            else:
+                vend = vstart
+                new = mask.masker(None)
+                if new is not None:
+                    changes.append((p, vend, new))
+            p = vend
+            field += 1
+        if changes:
+            rebuilt.append((pos - first, end - first, _rebuild_row(buf, pos, end, changes)))
+        pos = end
+    else:
+        if n - pos >= 5 and data[pos] == _D:
+            (mlen,) = unpack_i(data, pos + 1)
+            if pos + 1 + mlen <= n or mlen > max_size:
+                raise ValueError("a DataRow the masks do not fit, or over the size limit")
+    for (_index, mask), count in zip(columns, seen, strict=True):
+        if count:
+            counts[mask.column] = counts.get(mask.column, 0) + count
+    del buf[pos:]
+    del buf[:first]
+    return pos, _splice_rows(buf, 0, len(buf), rebuilt)
 
 
 def walk_one_column_py(data: bytes, pos: int, index: int, mask: ColumnMask,
                        counts: dict[str, int], max_size: int = 0x7FFFFFFF
                        ) -> tuple[int, bytes]:
-    """`walk_one_column` in Python, the reference for the compiled loop. Once per row, so
-    every call counts: a row's type, length, field count and first field's length come
-    from one unpack."""
+    """`walk_columns` in Python for one column. Once per row, so every call counts: a
+    row's type, length, field count and first field's length come from one unpack."""
     try:
         return _walk_py(data, pos, index, mask, counts, max_size)
     except struct.error as e:  # a field length pointing past the buffer
