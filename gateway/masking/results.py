@@ -27,7 +27,7 @@ from gateway.wire.framing import RUN, WALKED, Frame
 from gateway.wire.frontend import Bind, Close, Describe, Execute, decode_frontend
 from gateway.wire.pipeline import ResponseTracker
 
-from .plan import ColumnMask, MaskPlan
+from .plan import MaskPlan
 from .rows import (
     CopyOutMasker,
     FieldMasks,
@@ -85,8 +85,6 @@ class ResultMasker:
         self._tracked = 0  # outstanding requests carrying a tag
         self._planned = 0  # ... of which carry a mask plan
         self._rows: FieldMasks | None = None  # masks for the DataRows of the current result
-        # _rows and its masks sorted by field, for walk_columns (sorted once per result)
-        self._walk_columns: tuple[FieldMasks, list[tuple[int, ColumnMask]]] | None = None
         self._rows_plan: MaskPlan | None = None
         self._copy: CopyOutMasker | None = None
         self.masked_values = 0
@@ -227,11 +225,8 @@ class ResultMasker:
         rows, plan = self._rows, self._rows_plan
         if not rows or plan is None:
             return None
-        columns = self._walk_columns
-        if columns is None or columns[0] is not rows:
-            columns = self._walk_columns = (rows, sorted(rows.items()))
-        try:
-            return walk_columns(data, pos, columns[1], plan.counts, max_size)
+        try:  # sorted per call (once per read, not per row): nothing cached to go stale
+            return walk_columns(data, pos, sorted(rows.items()), plan.counts, max_size)
         except ValueError as e:
             raise ProtocolViolation(f"cannot mask this result: {e}") from None
 
