@@ -58,8 +58,8 @@ def test_require_refuses_an_upstream_without_tls(pg: PgBackend, tmp_path: Path) 
     with _front(tmp_path, spec) as front:
         with pytest.raises(psycopg.OperationalError, match="could not log in"):
             _ask(front)
-        assert any(d.get("event") == "upstream.login_failed"
-                   and "does not support TLS" in d.get("reason", "") for d in front.logs)
+        front.wait_for_log(lambda d: d.get("event") == "upstream.login_failed"
+                           and "does not support TLS" in d.get("reason", ""))
 
 
 def test_prefer_falls_back_to_plaintext(pg: PgBackend, tmp_path: Path) -> None:
@@ -76,4 +76,4 @@ def test_cleartext_upstream_password_needs_tls(gateway: GatewayProcess, tmp_path
     with _front(tmp_path, spec) as front:
         with pytest.raises(psycopg.OperationalError, match="could not log in"):
             _ask(front)
-        assert any("cleartext password without TLS" in d.get("reason", "") for d in front.logs)
+        front.wait_for_log(lambda d: "cleartext password without TLS" in d.get("reason", ""))

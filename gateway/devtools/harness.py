@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -165,6 +166,20 @@ class GatewayProcess:
             self._lines.put(line)
             doc = _parse(line)
             self.logs.append(doc if doc is not None else {"raw": line.rstrip("\n")})
+
+    def wait_for_log(self, match: Callable[[dict[str, Any]], bool],
+                     timeout: float = 10.0) -> dict[str, Any]:
+        """The first log record `match` accepts, waiting for it: a thread reads the
+        gateway's stderr, so a line written just before a client saw an error may not
+        be in `logs` yet. Raises AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for doc in list(self.logs):
+                if match(doc):
+                    return doc
+            if time.monotonic() >= deadline:
+                raise AssertionError("no such log record within the timeout")
+            time.sleep(0.02)
 
     def token(self, subject: str = "ci-bot", groups: tuple[str, ...] = ("ci",),
               **kwargs: Any) -> str:
