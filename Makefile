@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: venv demo test lint bench clean proto check-native
 
-$(STAMP): pyproject.toml gateway/masking/_rowwalk.c
+$(STAMP): pyproject.toml gateway/masking/_rowwalk.c gateway/wire/_skip.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pgwarden needs Python 3.11+ (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -31,7 +31,7 @@ bench: $(STAMP)
 		(apt-get update -q && apt-get install -y -q pgbouncer postgresql-client-15)
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
-# The C row walker's tests under AddressSanitizer/UBSan (needs gcc with libasan).
+# The C modules' tests under AddressSanitizer/UBSan (needs gcc with libasan).
 check-native: $(STAMP)
 	$(BIN)/python tools/check_native.py
 

@@ -29,7 +29,7 @@ MASKS = [ColumnMask(m, resolve(m, key=KEY), "public.cards.pan")
          for m in ("pan_last4", "pan_first6_last4", "redact", "null", "hash")]
 PAN = b"4111111111111111"
 # tools/check_native.py raises it for its sanitizer run
-EXAMPLES = int(os.environ.get("PGWARDEN_WALK_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("PGWARDEN_NATIVE_EXAMPLES", "300"))
 
 
 def outcome(walker, data: bytes, pos: int, columns: list[tuple[int, ColumnMask]],

@@ -1,12 +1,13 @@
-"""Run the compiled row walker's tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+"""Run the C modules' tests under AddressSanitizer and UndefinedBehaviorSanitizer.
 
     .venv/bin/python tools/check_native.py [--examples N]
 
-`gateway/masking/_rowwalk.c` reads bytes an upstream server chose. This builds it with
-``-fsanitize=address,undefined`` into a temporary directory, loads that build in place of
-the installed one, and runs tests/test_rowwalk_native.py (random, truncated and corrupted
-DataRow runs, compared with the Python walker) with every Python object allocated by
-malloc, so a read past any buffer is caught. Needs gcc with libasan and libubsan.
+`gateway/masking/_rowwalk.c` and `gateway/wire/_skip.c` read bytes an upstream server
+chose. This builds them with ``-fsanitize=address,undefined`` into a temporary
+directory, loads those builds in place of the installed ones, and runs the tests that
+compare them with their Python twins on random, truncated and corrupted streams, with
+every Python object allocated by malloc, so a read past any buffer is caught. Needs gcc
+with libasan and libubsan.
 """
 
 from __future__ import annotations
@@ -20,21 +21,28 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "gateway" / "masking" / "_rowwalk.c"
+MODULES = {  # module name -> its source
+    "gateway.masking._rowwalk": ROOT / "gateway" / "masking" / "_rowwalk.c",
+    "gateway.wire._skip": ROOT / "gateway" / "wire" / "_skip.c",
+}
+TESTS = ["tests/test_rowwalk_native.py", "tests/test_result_masking_units.py",
+         "tests/test_framing_native.py", "tests/test_wire.py"]
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 RUNNER = """
 import importlib.util, sys
-spec = importlib.util.spec_from_file_location("gateway.masking._rowwalk", {so!r})
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-sys.modules["gateway.masking._rowwalk"] = mod
+for name, so in {builds!r}.items():
+    spec = importlib.util.spec_from_file_location(name, so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules[name] = mod
 import gateway.masking.rows as rows
-assert rows._native is mod
+import gateway.wire.framing as framing
+assert rows._native is sys.modules["gateway.masking._rowwalk"]
+assert framing._native is sys.modules["gateway.wire._skip"]
 import pytest
 # -s: pytest must not capture fd 2, where a sanitizer reports before it aborts
-sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", "tests/test_rowwalk_native.py",
-                      "tests/test_result_masking_units.py"]))
+sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", *{tests!r}]))
 """
 
 
@@ -49,17 +57,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="hypothesis examples per property (the suite's default is 300-400)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pgwarden-asan-") as tmp:
-        so = str(Path(tmp) / f"_rowwalk{SUFFIX}")
-        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
-                        "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                        "-fno-omit-frame-pointer", f"-I{sysconfig.get_paths()['include']}",
-                        str(SOURCE), "-o", so], check=True)
+        builds = {}
+        for name, source in MODULES.items():
+            so = str(Path(tmp) / f"{name.rsplit('.', 1)[1]}{SUFFIX}")
+            subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra",
+                            "-Werror", "-fsanitize=address,undefined",
+                            "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+                            f"-I{sysconfig.get_paths()['include']}", str(source), "-o", so],
+                           check=True)
+            builds[name] = so
         env = dict(os.environ, PYTHONMALLOC="malloc", ASAN_OPTIONS="detect_leaks=0",
                    LD_PRELOAD=f"{runtime('libasan.so')}:{runtime('libubsan.so')}",
-                   PGWARDEN_WALK_EXAMPLES=str(args.examples))
+                   PGWARDEN_NATIVE_EXAMPLES=str(args.examples))
         env.pop("PGWARDEN_PURE_PYTHON", None)
-        return subprocess.run([sys.executable, "-c", RUNNER.format(so=so)], cwd=ROOT,
-                              env=env).returncode
+        return subprocess.run([sys.executable, "-c", RUNNER.format(builds=builds, tests=TESTS)],
+                              cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

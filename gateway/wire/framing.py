@@ -12,12 +12,20 @@ Two shapes, because the two directions have different costs:
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 
 from .errors import ProtocolViolation
 
 _LEN = struct.Struct("!i")
+
+try:  # the compiled step over unobserved messages, unless not built or switched off
+    if os.environ.get("PGWARDEN_PURE_PYTHON"):
+        raise ImportError("PGWARDEN_PURE_PYTHON is set")
+    from gateway.wire import _skip as _native
+except ImportError:
+    _native = None
 
 Frame = tuple[int, bytes]
 RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
@@ -81,6 +89,21 @@ class MessageFramer:
         return out
 
 
+_SKIP_TABLES: dict[tuple[frozenset[int], frozenset[int]], bytes] = {}
+
+
+def _skip_table(known: frozenset[int], observed: frozenset[int]) -> bytes:
+    """For the compiled step: 1 for each type that is known and not observed."""
+    key = (known, observed)
+    table = _SKIP_TABLES.get(key)
+    if table is None:
+        if len(_SKIP_TABLES) >= 64:  # a handful of sets in practice; never unbounded
+            _SKIP_TABLES.clear()
+        table = bytes(1 if b in known and b not in observed else 0 for b in range(256))
+        _SKIP_TABLES[key] = table
+    return table
+
+
 class BackendObserver:
     """Tracks message boundaries in a stream the caller forwards untouched."""
 
@@ -104,6 +127,7 @@ class BackendObserver:
         self._max = max_observed_size
         self._skip = 0
         self._partial = b""
+        self._skip_unobserved = _native.skip if _native is not None else None
 
     def relay(self, data: bytes) -> tuple[bytes, list[Event]]:
         """Returns the bytes to forward now and the observed messages within them.
@@ -127,7 +151,13 @@ class BackendObserver:
         events: list[Event] = []
         observed = self.observed
         unpack = _LEN.unpack_from
+        skip = self._skip_unobserved
+        table = _skip_table(self._known, observed) if skip is not None else b""
         while pos < n:
+            if skip is not None:  # whole unobserved messages, in C: no Python per row
+                pos = skip(data, pos, table)
+                if pos == n:
+                    break
             if n - pos < 5:
                 self._partial = data[pos:]
                 forward_end = pos
