@@ -328,6 +328,11 @@ def test_admin_api_lists_and_terminates_sessions_of_every_worker(
     extra = f"admin:\n  grpc: 127.0.0.1:{port}\n  admin_groups: [platform]\n"
     with GatewayProcess(tmp_path_factory.mktemp("workers"), upstreams_for(pg), workers=2,
                         port=free_port(), extra_yaml=extra) as g:
+        # start() returns once one worker listens: wait for both (worker 0 also serves
+        # the admin API), or the connections below could all reach the first one.
+        for worker in (0, 1):
+            g.wait_for_log(lambda d, w=worker: d.get("event") == "gateway.listening"
+                           and d.get("worker") == w)
         # SO_REUSEPORT spreads connections by hash: 16 all landing on one worker would
         # happen once in 32768 runs.
         conns = [psycopg.connect(g.dsn("payments"), password=g.token(subject=f"job{i}"),
@@ -337,6 +342,8 @@ def test_admin_api_lists_and_terminates_sessions_of_every_worker(
                 c.execute("select 1")
             auth = [("authorization", "Bearer " + g.token(subject="root", groups=("platform",)))]
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                # Worker 0 serves the admin API; the other may be taking connections first.
+                grpc.channel_ready_future(channel).result(timeout=15)
                 stub = admin_pb2_grpc.AdminStub(channel)
                 sessions = stub.ListSessions(pb.ListSessionsRequest(), metadata=auth).sessions
                 assert {s.subject for s in sessions} >= {f"job{i}" for i in range(16)}

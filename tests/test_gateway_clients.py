@@ -227,7 +227,9 @@ def test_workers_share_the_port_and_cancel_across_workers(pg: PgBackend, tmp_pat
 
     gw = GatewayProcess(tmp_path, upstreams_for(pg), workers=2, port=_free_port()).start()
     try:
-        time.sleep(1.0)  # the second worker binds its socket a moment after the first
+        for worker in (0, 1):  # start() returns once the first worker listens
+            gw.wait_for_log(lambda d, w=worker: d.get("event") == "gateway.listening"
+                            and d.get("worker") == w)
         token = gw.token()
         conns = [connect(gw, token) for _ in range(8)]
         workers = {c.info.backend_pid >> 24 for c in conns}
