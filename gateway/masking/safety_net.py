@@ -333,7 +333,8 @@ class StreamScanner:
             # A chunk with neither needle and no open tail is returned as is.
             tb = chunk.translate(_CLASS)
             if (tb.find(_NEEDLE_LONG) < 0 and tb.find(_NEEDLE_GROUPED) < 0
-                    and _OPEN_TAIL.search(chunk, max(0, len(chunk) - HOLD_BACK)) is None):
+                    and (tb[-1] not in _OPEN_CLASSES  # an open tail ends in one of them
+                         or _OPEN_TAIL.search(chunk, max(0, len(chunk) - HOLD_BACK)) is None)):
                 ctx = self._ctx + chunk if len(chunk) < _CONTEXT else chunk
                 self._ctx = bytes(ctx[-_CONTEXT:])
                 return chunk
