@@ -342,10 +342,12 @@ class Session:
             catalog = catalogs.current(name)
             return catalog.column_for_attnum(table_oid, attnum) if catalog else None
 
+        # Without a gate (policy.enforce: false) no statement has a plan or a decision
+        # record, so nothing needs its answers followed.
+        results = None if gate is None else ResultMasker(
+            column_for, on_result=self._statement_done if self.audit_ctx is not None else None)
         relay = Relay(self.id, self.client, link.endpoint, max_size, gate,
-                      safety_net=self.server.config.masking.safety_net,
-                      results=ResultMasker(column_for, on_result=self._statement_done
-                                           if self.audit_ctx is not None else None))
+                      safety_net=self.server.config.masking.safety_net, results=results)
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         # Rights end with the token: a session does not outlive the JWT it logged in with.
