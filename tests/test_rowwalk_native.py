@@ -170,3 +170,15 @@ def test_hand_made_hostile_rows() -> None:
     # a NULL masked field whose length word sits past its row: refused by both
     skip_past = b"D" + struct.pack("!ih", 10, 2) + struct.pack("!i", 3) + b"abc"
     assert same(skip_past + struct.pack("!i", -1), 0, 1, mask) == ("refused",)
+
+
+def test_more_masked_columns_than_the_c_loop_takes_run_in_python() -> None:
+    width = rows._NATIVE_MAX_COLUMNS + 1
+    columns = [(i, MASKS[0]) for i in range(width)]
+    raw = be.DataRow((PAN,) * width).encode() * 3
+    counts: dict[str, int] = {}
+    end, out = rows.walk_columns(raw, 0, columns, counts)
+    assert (end, out) == rows.walk_columns_py(raw, 0, columns, {})
+    assert PAN not in out and counts == {"public.cards.pan": 3 * width}
+    with pytest.raises(ValueError):  # the C loop refuses it rather than cut it short
+        rows.walk_columns_native(raw, 0, columns, {})
