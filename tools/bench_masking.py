@@ -1,7 +1,7 @@
 """What inline masking and the PAN safety net cost, through pgwarden, on this machine.
 
-    .venv/bin/python tools/bench_masking.py [--rows 100000] [--repeat 5] [--duration 15]
-        [--clients 8] [--json out.json]
+    .venv/bin/python tools/bench_masking.py [--rows 100000] [--repeat 5] [--duration 10]
+        [--rounds 5] [--clients 8] [--json out.json]
 
 1. Large result: ``SELECT id, holder, pan FROM mask_bench`` (100k rows, every pan a
    Luhn-valid card number) fetched whole with psycopg (text and binary) through pgwarden
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--duration", type=int, default=15, help="pgbench seconds per run")
+    p.add_argument("--duration", type=int, default=10, help="pgbench seconds per run")
+    p.add_argument("--rounds", type=int, default=5, help="pgbench runs per setting")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -160,20 +161,25 @@ def main(argv: list[str] | None = None) -> int:
             large[fmt] = row
         out["large_result_rows_per_s"] = large
 
-        pgbench: dict[str, float] = {}
+        pgbench: dict[str, list[float]] = {}
         if DEBIAN_PGBENCH.exists():
-            relay_on = start_gateway(stack, pg, password, masked=None, safety_net="mask")
-            relay_off = start_gateway(stack, pg, password, masked=None, safety_net="off")
-            for name, gw in (("safety net off", relay_off), ("safety net on", relay_on),
-                             ("safety net off (again)", relay_off)):
-                target = Target(name, DEBIAN_PGBENCH,
-                                client_env(gw.port, "bench", gw.token(groups=("ci",)),
-                                           "require"), True)
-                print(f"pgbench -S through pgwarden: {name}", file=sys.stderr)
-                run_pgbench(target, "simple", args.clients, 2)  # warm-up
-                tps, *_ = parse_pgbench(run_pgbench(target, "simple", args.clients,
-                                                    args.duration))
-                pgbench[name] = tps
+            targets = {}
+            for name, net in (("safety net off", "off"), ("safety net on", "mask")):
+                gw = start_gateway(stack, pg, password, masked=None, safety_net=net)
+                targets[name] = Target(name, DEBIAN_PGBENCH, client_env(
+                    gw.port, "bench", gw.token(groups=("ci",)), "require"), True)
+                run_pgbench(targets[name], "simple", args.clients, 2)  # warm-up
+                pgbench[name] = []
+            # Interleaved rounds, alternating which goes first: the machine's drift over a
+            # minute is of the same size as the difference measured.
+            for r in range(args.rounds):
+                order = list(targets) if r % 2 == 0 else list(targets)[::-1]
+                for name in order:
+                    print(f"pgbench -S through pgwarden: {name} (round {r + 1})",
+                          file=sys.stderr)
+                    tps, *_ = parse_pgbench(run_pgbench(targets[name], "simple",
+                                                        args.clients, args.duration))
+                    pgbench[name].append(tps)
             out["pgbench_simple_tps"] = pgbench
         else:
             print(f"NOTE: {DEBIAN_PGBENCH} not found: skipping the pgbench comparison",
@@ -194,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                        else "unmasked, safety net off"]
             print(f"    {name:<26} {rate:>12,.0f}   {rate / base:5.2f}x of unmasked")
     if pgbench:
-        off = statistics.mean([pgbench["safety net off"], pgbench["safety net off (again)"]])
-        on = pgbench["safety net on"]
-        print(f"\npgbench -S simple, {args.clients} clients, TLS, relay only (TPS):")
+        off = statistics.median(pgbench["safety net off"])
+        on = statistics.median(pgbench["safety net on"])
+        print(f"\npgbench -S simple, {args.clients} clients, TLS, relay only, median TPS of "
+              f"{args.rounds} interleaved runs of {args.duration} s:")
         print(f"  safety net off {off:>10,.0f}\n  safety net on  {on:>10,.0f}   "
               f"{on / off:5.2f}x of off")
         out["safety_net_ratio"] = on / off
