@@ -7,7 +7,9 @@
   text whatever the column's type, so a client decoding binary results gets valid data
   (``************1111`` is not a valid int8), and never the type's binary layout.
 * `rewrite_data_row` masks the fields of one DataRow (text or binary format: a masked
-  value is sent as text bytes, which is the binary form of ``text``).
+  value is sent as text bytes, which is the binary form of ``text``); `walk_columns`
+  masks a run of DataRows, finding where the run ends as it goes (in C when
+  ``_rowwalk.c`` is built, else in Python; `rewrite_data_rows` is it over a whole run).
 * `CopyOutMasker` does the same for COPY TO STDOUT rows in text, csv and binary format,
   streaming across CopyData messages.
 
