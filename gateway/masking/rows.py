@@ -274,19 +274,14 @@ def _walk_columns_py(data: bytes, pos: int, columns: Columns, counts: dict[str, 
             p = vend
             field += 1
         if changes:
-            rebuilt.append((pos - first, end - first, _rebuild_row(buf, pos, end, changes)))
+            rebuilt.append((pos, end, _rebuild_row(buf, pos, end, changes)))
         pos = end
     else:
-        if n - pos >= 5 and data[pos] == _D:
-            (mlen,) = unpack_i(data, pos + 1)
-            if pos + 1 + mlen <= n or mlen > max_size:
-                raise ValueError("a DataRow the masks do not fit, or over the size limit")
+        _refuse_short_row(data, pos, max_size)
     for (_index, mask), count in zip(columns, seen, strict=True):
         if count:
             counts[mask.column] = counts.get(mask.column, 0) + count
-    del buf[pos:]
-    del buf[:first]
-    return pos, _splice_rows(buf, 0, len(buf), rebuilt)
+    return pos, _splice_rows(buf, first, pos, rebuilt)
 
 
 def walk_one_column_py(data: bytes, pos: int, index: int, mask: ColumnMask,
@@ -363,13 +358,21 @@ def _walk_py(data: bytes, pos: int, index: int, mask: ColumnMask,
         rebuilt.append((pos, end, _rebuild_row(buf, pos, end, [(p, vend, new)])))
         pos = end
     else:
-        if n - pos >= 5 and data[pos] == row_type:
-            (mlen,) = unpack_i(data, pos + 1)
-            if pos + 1 + mlen <= n or mlen > max_size:  # whole, yet too short for a field
-                raise ValueError("a DataRow the masks do not fit, or over the size limit")
+        _refuse_short_row(data, pos, max_size)
     if seen:
         counts[mask.column] = counts.get(mask.column, 0) + seen
     return pos, _splice_rows(buf, first, pos, rebuilt)
+
+
+def _refuse_short_row(data: bytes, pos: int, max_size: int) -> None:
+    """Where a row walk stopped with fewer than 11 bytes left: a whole DataRow there is
+    too short to hold any field (or its length is over the limit) — refuse it; anything
+    else is another message or the start of one still arriving."""
+    n = len(data)
+    if n - pos >= 5 and data[pos] == _D:
+        (mlen,) = _I32.unpack_from(data, pos + 1)
+        if pos + 1 + mlen <= n or mlen > max_size:
+            raise ValueError("a DataRow the masks do not fit, or over the size limit")
 
 
 def _splice_rows(buf: bytearray, start: int, stop: int,
