@@ -18,10 +18,10 @@ Masked values are counted per protected column in the plan's ``counts``.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 
+from gateway import native
 from gateway.wire.codec import frame
 
 from .methods import REDACTED
@@ -36,12 +36,7 @@ _I32 = struct.Struct("!i")
 _FIELD_TAIL = struct.Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
 TEXT_OID = 25
 
-try:  # the compiled row loop, unless it was not built or is switched off
-    if os.environ.get("PGWARDEN_PURE_PYTHON"):
-        raise ImportError("PGWARDEN_PURE_PYTHON is set")
-    from gateway.masking import _rowwalk as _native
-except ImportError:
-    _native = None
+_native = native.load("gateway.masking._rowwalk")  # None: the Python loop below
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
 FieldMasks = dict[int, ColumnMask]

@@ -12,20 +12,16 @@ Two shapes, because the two directions have different costs:
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
+
+from gateway import native
 
 from .errors import ProtocolViolation
 
 _LEN = struct.Struct("!i")
 
-try:  # the compiled step over unobserved messages, unless not built or switched off
-    if os.environ.get("PGWARDEN_PURE_PYTHON"):
-        raise ImportError("PGWARDEN_PURE_PYTHON is set")
-    from gateway.wire import _skip as _native
-except ImportError:
-    _native = None
+_native = native.load("gateway.wire._skip")  # None: the Python loop below
 
 Frame = tuple[int, bytes]
 RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
