@@ -3,11 +3,11 @@
     .venv/bin/python tools/check_native.py [--examples N]
 
 `gateway/masking/_rowwalk.c` and `gateway/wire/_skip.c` read bytes an upstream server
-chose. This builds them with ``-fsanitize=address,undefined`` into a temporary
-directory, loads those builds in place of the installed ones, and runs the tests that
-compare them with their Python twins on random, truncated and corrupted streams, with
-every Python object allocated by malloc, so a read past any buffer is caught. Needs gcc
-with libasan and libubsan.
+chose; `gateway/audit/_seal.c` writes the audit trail's lines. This builds them with
+``-fsanitize=address,undefined`` into a temporary directory, loads those builds in place
+of the installed ones, and runs the tests that compare them with their Python twins on
+random, truncated and corrupted input, with every Python object allocated by malloc, so
+a read past any buffer is caught. Needs gcc with libasan and libubsan.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = {  # module name -> its source
     "gateway.masking._rowwalk": ROOT / "gateway" / "masking" / "_rowwalk.c",
     "gateway.wire._skip": ROOT / "gateway" / "wire" / "_skip.c",
+    "gateway.audit._seal": ROOT / "gateway" / "audit" / "_seal.c",
 }
 TESTS = ["tests/test_rowwalk_native.py", "tests/test_result_masking_units.py",
-         "tests/test_framing_native.py", "tests/test_wire.py"]
+         "tests/test_framing_native.py", "tests/test_wire.py", "tests/test_seal_native.py",
+         "tests/test_audit_template.py"]
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 RUNNER = """
@@ -38,8 +40,10 @@ for name, so in {builds!r}.items():
     sys.modules[name] = mod
 import gateway.masking.rows as rows
 import gateway.wire.framing as framing
+import gateway.audit.chain as chain
 assert rows._native is sys.modules["gateway.masking._rowwalk"]
 assert framing._native is sys.modules["gateway.wire._skip"]
+assert chain._native is sys.modules["gateway.audit._seal"]
 import pytest
 # -s: pytest must not capture fd 2, where a sanitizer reports before it aborts
 sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", *{tests!r}]))

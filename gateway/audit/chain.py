@@ -21,9 +21,11 @@ would break the chain or lose the bundle it names).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from gateway import native
 from gateway.masking.safety_net import scan
 
 from .canonical import GENESIS, FragmentEncoder, canonical_bytes, chain_hash, materialize, now_ts
@@ -33,6 +35,10 @@ from .template import ENVELOPE_HOLES, RecordTemplate, hole_marker
 __all__ = ["EXEMPT", "SCHEMA_VERSION", "Chain", "Sealed"]
 
 SCHEMA_VERSION = 1
+
+# Fill, hash and hash member of a templated record in one C call (gateway/audit/_seal.c);
+# None: the Python steps below, which are the reference.
+_native = native.load("gateway.audit._seal")
 
 #: Top-level fields whose values the gateway generates (digests, ids): never scrubbed.
 EXEMPT = frozenset({
@@ -97,6 +103,13 @@ def record_bytes(body: dict[str, Any], encoder: FragmentEncoder | None = None
     return body, canonical_bytes(body)
 
 
+def seal_filled(prev: str, raw: bytes) -> tuple[bytes, str]:
+    """(line, digest) of canonical bytes `raw` chained onto `prev`: the hash member
+    appended, newline-terminated."""
+    digest = chain_hash(prev, raw)
+    return b"".join((raw[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n')), digest
+
+
 class Chain:
     """The head of one instance's chain (``seq`` 0 and :data:`GENESIS` when empty)."""
 
@@ -126,8 +139,7 @@ class Chain:
             raw = canonical_bytes(body)
         else:
             body, raw = record_bytes(body, self._encoder)
-        digest = chain_hash(self.head, raw)
-        line = b"".join((raw[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
+        line, digest = seal_filled(self.head, raw)
         self.seq = seq
         self.head = digest
         session = body.get("session")
@@ -187,9 +199,12 @@ class Chain:
             raise ValueError("a template of another chain instance")
         seq = self.seq + 1
         ts = ts or now_ts()
-        raw = template.fill(seq, self.head, ts, values)
-        digest = chain_hash(self.head, raw)
-        line = b"".join((raw[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
+        sealed = _native.seal(template.chunks, template.picks, seq, self.head, ts, values,
+                              hashlib.sha256) if _native is not None else None
+        if sealed is not None:
+            line, digest = sealed
+        else:  # no C module, or a value it leaves to fill() (which raises TemplateMismatch)
+            line, digest = seal_filled(self.head, template.fill(seq, self.head, ts, values))
         self.seq = seq
         self.head = digest
         return Sealed(seq, digest, line, ts, template.type, template.session)

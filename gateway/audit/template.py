@@ -75,7 +75,8 @@ class RecordTemplate:
     :meth:`gateway.audit.chain.Chain.template`; valid for that chain's instance only.
     """
 
-    __slots__ = ("_order", "format", "holes", "instance", "session", "type")
+    __slots__ = ("_order", "chunks", "format", "holes", "instance", "picks", "session",
+                 "type")
 
     def __init__(self, chunks: tuple[str, ...], order: tuple[str, ...], holes: tuple[str, ...],
                  *, instance: str, type: str, session: str | None) -> None:
@@ -86,10 +87,11 @@ class RecordTemplate:
         names = (*ENVELOPE_HOLES, *holes)
         if sorted(order) != sorted(names):
             raise ValueError("the template's holes do not match its fields")
-        self.format = b"%s".join(c.encode("utf-8").replace(b"%", b"%%") for c in chunks)
+        self.chunks = tuple(c.encode("utf-8") for c in chunks)
+        self.format = b"%s".join(c.replace(b"%", b"%%") for c in self.chunks)
         # fill() gets (seq, prev, ts, *values): this picks them in text order
-        picks = tuple(names.index(name) for name in order)
-        self._order = operator.itemgetter(*picks)  # at least the three envelope holes
+        self.picks = tuple(names.index(name) for name in order)
+        self._order = operator.itemgetter(*self.picks)  # at least the three envelope holes
         self.holes = holes
         self.instance = instance
         self.type = type
