@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import logs
 from gateway.admin import metrics
+from gateway.audit import records
 from gateway.audit.template import TemplateCache
 from gateway.catalog.model import Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
@@ -452,8 +453,6 @@ class StatementGate:
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
-        from gateway.audit import records
-
         audit, ctx, templates = self.audit, self.audit_ctx, self._templates
         assert audit is not None and ctx is not None
         error = verdict.error

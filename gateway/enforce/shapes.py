@@ -13,8 +13,13 @@ from __future__ import annotations
 
 from pglast import parser as _pg
 
+from gateway import native
 from gateway.audit.redact import COMMENTS, CONSTANTS, PARAM, redact_spans
 from gateway.sql import StatementInfo
+
+# Plain texts (ASCII words, numbers, simple strings, no comments) are shaped in C
+# (gateway/enforce/_shape.c): a str key, never equal to the tuple keys made here.
+_native = native.load("gateway.enforce._shape")
 
 # Constants' token types are the shape's holes; every other token keeps its text.
 _SEMICOLON = "ASCII_59"
@@ -28,7 +33,8 @@ class Shape:
 
     __slots__ = ("key", "redacted", "span")
 
-    def __init__(self, key: tuple[object, ...], span: tuple[int, int], redacted: str) -> None:
+    def __init__(self, key: tuple[object, ...] | str, span: tuple[int, int],
+                 redacted: str) -> None:
         self.key = key
         self.span = span
         self.redacted = redacted
@@ -36,6 +42,16 @@ class Shape:
 
 def shape_of(sql: str) -> Shape | None:
     """None when the text has several statements or does not lex."""
+    if _native is not None:
+        plain = _native.shape(sql)
+        if plain is not None:
+            key, first, last, redacted = plain
+            return Shape(key, (first, last), redacted)
+    return lexed_shape_of(sql)
+
+
+def lexed_shape_of(sql: str) -> Shape | None:
+    """:func:`shape_of` through pglast's lexer: the reference, for any text."""
     try:
         tokens = _pg.scan(sql)
     except Exception:  # the full parse reports the error properly
