@@ -90,6 +90,25 @@ FRONTEND_SAMPLES = [
 ]
 
 
+@pytest.mark.parametrize("msg", [m for m in FRONTEND_SAMPLES if isinstance(m, fe.Bind)])
+def test_bind_names_are_the_decoded_ones(msg):
+    assert fe.bind_names(split(msg.encode())[1]) == (msg.portal, msg.statement)
+
+
+@pytest.mark.parametrize("body", [b"", b"portal", b"portal\0stmt", b"\xff\0s\0", b"p\0\xc3\0"])
+def test_bind_names_of_a_broken_bind_raise(body):
+    with pytest.raises(ProtocolViolation):
+        fe.bind_names(body)
+
+
+def test_execute_portal():
+    for msg in (fe.Execute("", 0), fe.Execute("p1", 100)):
+        assert fe.execute_portal(split(msg.encode())[1]) == msg.portal
+    for body in (b"", b"p1", b"\xff\0\0\0\0\0"):
+        with pytest.raises(ProtocolViolation):
+            fe.execute_portal(body)
+
+
 @pytest.mark.parametrize("msg", FRONTEND_SAMPLES, ids=lambda m: type(m).__name__)
 def test_frontend_round_trip(msg):
     raw = msg.encode()

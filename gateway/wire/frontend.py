@@ -240,6 +240,20 @@ _DECODERS: dict[int, Callable[[Reader], FrontendMessage]] = {
 FRONTEND_TYPES = frozenset(_DECODERS)
 
 
+def bind_names(body: bytes) -> tuple[str, str]:
+    """A Bind body's (portal, statement) names, without decoding its parameters (which
+    the server checks): for following portals to their statements, once per Execute.
+    Raises ProtocolViolation when either name is not a terminated UTF-8 string."""
+    r = Reader(body)
+    return r.cstring(), r.cstring()
+
+
+def execute_portal(body: bytes) -> str:
+    """An Execute body's portal name (its row limit is the server's business). Raises
+    ProtocolViolation when the name is not a terminated UTF-8 string."""
+    return Reader(body).cstring()
+
+
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
     """Decode one frontend message body; raises ProtocolViolation on anything malformed."""
     decoder = _DECODERS.get(mtype)
