@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.catalog.model import Catalog, Relation
 from gateway.enforce.shapes import restate, reusable, shape_of
-from gateway.sql import SessionSqlState, analyze
+from gateway.sql import SessionSqlState, StatementInfo, analyze
 
 CATALOG = Catalog(
     relations=(
@@ -105,3 +105,16 @@ def test_shape_redaction_matches_redact_sql(template: str, i: int, f: float, s: 
     shape = shape_of(sql)
     assert shape is not None
     assert shape.redacted == redact_sql(sql[shape.span[0] : shape.span[1]])
+
+
+def test_with_sql_copies_every_field_but_the_text() -> None:
+    from dataclasses import fields
+
+    # a distinct object in every field: a slot left out or crossed would show
+    values = {f.name: object() for f in fields(StatementInfo)}
+    info = StatementInfo(**values)
+    other = info.with_sql("SELECT 2")
+    assert other.sql == "SELECT 2" and info.sql is values["sql"]
+    for f in fields(StatementInfo):
+        if f.name != "sql":
+            assert getattr(other, f.name) is values[f.name], f.name
