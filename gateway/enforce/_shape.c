@@ -60,6 +60,28 @@ is_punct(unsigned char c)
     return c != 0 && strchr(",()[]:+-*/%^<>=~!@#&|`?.;", c) != NULL;
 }
 
+/* From the opening quote `q` at s[i], where its closing quote is (`q` doubled inside
+ * stands for itself); -1 when there is none or a control character comes first. */
+static Py_ssize_t
+closing_quote(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, unsigned char q)
+{
+    Py_ssize_t j = i + 1;
+    while (j < n) {
+        const unsigned char d = s[j];
+        if ((d < 0x20 && !is_blank(d)) || d == 0x7f)
+            return -1;
+        if (d == q) {
+            if (j + 1 < n && s[j + 1] == q) {
+                j += 2;
+                continue;
+            }
+            return j;
+        }
+        j++;
+    }
+    return -1;
+}
+
 /* 'i' when the digits fit int32 as PostgreSQL reads them, else 'f' (it makes them a
  * numeric constant). */
 static char
@@ -164,24 +186,9 @@ shape(PyObject *module, PyObject *arg)
             CONSTANT(i, j, kind);
             i = j;
         } else if (c == '\'') {
-            Py_ssize_t j = i + 1;
-            for (;;) {
-                if (j >= n)
-                    BAIL; /* unterminated */
-                const unsigned char d = s[j];
-                if (d < 0x20 && !is_blank(d))
-                    BAIL;
-                if (d == 0x7f)
-                    BAIL;
-                if (d == '\'') {
-                    if (j + 1 < n && s[j + 1] == '\'') {
-                        j += 2;
-                        continue;
-                    }
-                    break;
-                }
-                j++;
-            }
+            Py_ssize_t j = closing_quote(s, n, i, '\'');
+            if (j < 0)
+                BAIL;
             j++; /* past the closing quote */
             Py_ssize_t k = j;
             while (k < n && is_blank(s[k]))
@@ -191,24 +198,9 @@ shape(PyObject *module, PyObject *arg)
             CONSTANT(i, j, 's');
             i = j;
         } else if (c == '"') {
-            Py_ssize_t j = i + 1;
-            for (;;) {
-                if (j >= n)
-                    BAIL;
-                const unsigned char d = s[j];
-                if ((d < 0x20 && !is_blank(d)) || d == 0x7f)
-                    BAIL;
-                if (d == '"') {
-                    if (j + 1 < n && s[j + 1] == '"') {
-                        j += 2;
-                        continue;
-                    }
-                    break;
-                }
-                j++;
-            }
-            if (j == i + 1)
-                BAIL; /* "" is an error in PostgreSQL */
+            Py_ssize_t j = closing_quote(s, n, i, '"');
+            if (j < 0 || j == i + 1)
+                BAIL; /* unterminated, or "" (an error in PostgreSQL) */
             j++;
             if (j < n && (s[j] == '\'' || s[j] == '"'))
                 BAIL;
