@@ -7,6 +7,11 @@ values of constants parse to the same tree but for those values. An analysis may
 reused across them only when none of its facts comes from a constant's value: reads and
 writes with no LIMIT and no command details, one statement per string. Anything else
 is analyzed afresh — a miss costs nothing but time.
+
+Plain texts (ASCII words, numbers, simple strings, no comments or parameters) are
+shaped by a compiled pass (`_shape.c`) whose key keeps everything but the constants
+verbatim; it declines any other text to pglast, and tests/test_shape_native.py holds
+it to finding exactly the constants pglast finds.
 """
 
 from __future__ import annotations
