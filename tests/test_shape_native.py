@@ -13,6 +13,7 @@ statements with random values.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -142,3 +143,22 @@ def test_a_non_string_argument_raises() -> None:
     assert shapes._native is not None
     with pytest.raises(TypeError):
         shapes._native.shape(b"SELECT 1")
+
+
+def corpus() -> list[str]:
+    """Every statement of the analyzer's table and of the masking bypass corpus."""
+    from test_masking_bypass import TECHNIQUES
+    from test_sql_analysis import CASES
+
+    texts = [c.sql for c in CASES] + [s for t in TECHNIQUES for s in t.steps]
+    return sorted(set(texts))
+
+
+def test_the_test_corpora_agree_with_pglast() -> None:
+    texts = corpus()
+    shaped = 0
+    for sql in texts:
+        for variant in (sql, re.sub(r"\d", "7", sql), re.sub(r"\d+", "12345678901", sql)):
+            check(variant)
+        shaped += shapes._native.shape(sql) is not None  # type: ignore[union-attr]
+    assert len(texts) > 300 and shaped > len(texts) // 2  # the C path is what is tested
