@@ -10,12 +10,22 @@ import importlib
 import os
 from types import ModuleType
 
+_loaded: set[str] = set()
+
 
 def load(name: str) -> ModuleType | None:
     """The compiled module `name`, or None: run the Python twin."""
     if os.environ.get("PGWARDEN_PURE_PYTHON"):
         return None
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError:
         return None
+    _loaded.add(name)
+    return module
+
+
+def loaded() -> list[str]:
+    """The compiled modules this process runs, for the startup log (the others run in
+    Python): e.g. ``["gateway.audit._seal", "gateway.wire._skip"]``."""
+    return sorted(_loaded)

@@ -15,6 +15,10 @@ import psycopg
 import pytest
 from conftest import PgBackend, asyncpg_connect, upstreams_for
 
+import gateway.audit.chain
+import gateway.enforce.shapes
+import gateway.wire.framing  # noqa: F401 -- with the two above: every optional C module
+from gateway import native
 from gateway.devtools.harness import GatewayProcess
 from gateway.masking import rows as masking_rows
 from gateway.masking.methods import hash_token
@@ -284,6 +288,10 @@ def test_large_results_are_masked_across_reads(gw: GatewayProcess, gw_pure: Gate
     started = [r for r in gw.logs if r.get("event") == "gateway.listening"]
     assert started and started[0]["masked_row_loop"] == (
         "python" if loop == "python" or not masking_rows.compiled() else "compiled")
+    # every compiled module this test process runs, or none with PGWARDEN_PURE_PYTHON
+    assert started[0]["compiled"] == ([] if loop == "python" else native.loaded())
+    assert loop == "python" or not masking_rows.compiled() or \
+        "gateway.masking._rowwalk" in started[0]["compiled"]
     sql = "select g, c.pan from cards c, generate_series(1, 5000) g order by g, c.id"
     expected = [LAST4[p] for p in PANS] * 5000
     with connect(gw) as c:

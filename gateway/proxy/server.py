@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import __version__, logs
+from gateway import __version__, logs, native
 from gateway.admin import metrics
 from gateway.approvals import ApprovalService
 from gateway.audit import (
@@ -228,7 +228,8 @@ class GatewayServer:
         addrs = [s.getsockname() for s in self._server.sockets]
         logs.info("gateway.listening", worker=self.worker_id,
                   addresses=[f"{a[0]}:{a[1]}" for a in addrs], tls=self.tls_context is not None,
-                  masked_row_loop="compiled" if masking_rows.compiled() else "python")
+                  masked_row_loop="compiled" if masking_rows.compiled() else "python",
+                  compiled=native.loaded())
 
     async def _start_admin(self) -> None:
         # grpc is imported here, in the worker that serves the admin API: grpc's threads in
