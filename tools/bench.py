@@ -406,6 +406,7 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         f"load {env['loadavg_1min_at_start']} at start",
         f"versions: PostgreSQL {env['postgresql']} | {env['pgbouncer']} | "
         f"pgwarden {env['pgwarden']} (Python {env['python']}, {env['openssl']})",
+        f"C modules: {compiled_names(env.get('pgwarden_compiled'))}",
         f"clients : {env['pgbench_wheel']} (direct-wheel), {env['pgbench_debian']} (others)",
         f"run     : pgbench -S -c {args.clients} -j {min(THREADS, args.clients)} "
         f"-T {args.duration} (+{args.warmup} s warm-up), scale {args.scale}, "
@@ -479,6 +480,18 @@ def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Re
     return results
 
 
+def compiled_modules(gw: GatewayProcess) -> list[str]:
+    """The C modules the measured gateway ran (its startup line): the numbers differ a lot
+    between those and their Python twins."""
+    started = [r for r in gw.logs if r.get("event") == "gateway.listening"]
+    return sorted(started[0].get("compiled") or []) if started else []
+
+
+def compiled_names(compiled: object) -> str:
+    names = [str(m).rsplit(".", 1)[-1] for m in compiled] if isinstance(compiled, list) else []
+    return ", ".join(names) or "none (the Python twins ran)"
+
+
 def report_gateway(gw: GatewayProcess, exit_code: int | None) -> None:
     problems = gateway_problems(gw)
     if exit_code != 0 or problems:
@@ -507,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             # A failed pgwarden run is best explained by what the gateway logged meanwhile.
             report_gateway(gw, gw.stop())
             raise
-        env = environment(pg) | {"loadavg_1min_at_start": load_at_start}
+        env = environment(pg) | {"loadavg_1min_at_start": load_at_start,
+                                  "pgwarden_compiled": compiled_modules(gw)}
         exit_code = gw.stop()
         progress("measuring the decision latency in-process")
         latency = decision_latency(pg, password)
