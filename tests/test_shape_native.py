@@ -162,3 +162,15 @@ def test_the_test_corpora_agree_with_pglast() -> None:
             check(variant)
         shaped += shapes._native.shape(sql) is not None  # type: ignore[union-attr]
     assert len(texts) > 300 and shaped > len(texts) // 2  # the C path is what is tested
+
+
+@pytest.mark.parametrize("n", [63, 64, 65, 200, 4096, 4097, 10_000])
+def test_many_constants(n: int) -> None:
+    # past the first 64 the spans move to the heap; past 4096 the text goes to pglast
+    sql = "SELECT * FROM t WHERE id IN (" + ", ".join(map(str, range(n))) + ")"  # noqa: S608
+    assert shapes._native is not None
+    got = shapes._native.shape(sql)
+    assert (got is None) == (n > 4096)
+    check(sql)
+    if got is not None:
+        assert got[3].endswith(f"${n})") and got[0].count("\x01i") == n
