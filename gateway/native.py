@@ -1,4 +1,4 @@
-"""The optional compiled loops (C extensions built at install when a compiler is there).
+"""The optional compiled modules (C extensions built at install when a compiler is there).
 
 Each has a Python twin that runs when the module was not built, or when
 ``PGWARDEN_PURE_PYTHON`` is set (to compare, or to rule the C code out).
@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
-_loaded: set[str] = set()
+#: Every optional C module; the source of each is its name as a path, plus ``.c``.
+#: (`gateway.wire` loads its own by the same rule: wire/ imports nothing else from gateway.)
+MODULES = ("gateway.audit._seal", "gateway.enforce._shape", "gateway.masking._rowwalk",
+           "gateway.wire._skip")
 
 
 def load(name: str) -> ModuleType | None:
@@ -18,14 +22,12 @@ def load(name: str) -> ModuleType | None:
     if os.environ.get("PGWARDEN_PURE_PYTHON"):
         return None
     try:
-        module = importlib.import_module(name)
+        return importlib.import_module(name)
     except ImportError:
         return None
-    _loaded.add(name)
-    return module
 
 
 def loaded() -> list[str]:
-    """The compiled modules this process runs, for the startup log (the others run in
-    Python): e.g. ``["gateway.audit._seal", "gateway.wire._skip"]``."""
-    return sorted(_loaded)
+    """The compiled modules this process runs (imported by their twins), for the startup
+    log: e.g. ``["gateway.audit._seal", "gateway.wire._skip"]``."""
+    return [name for name in MODULES if name in sys.modules]

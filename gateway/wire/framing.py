@@ -12,16 +12,29 @@ Two shapes, because the two directions have different costs:
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
-
-from gateway import native
+from types import ModuleType
 
 from .errors import ProtocolViolation
 
 _LEN = struct.Struct("!i")
 
-_native = native.load("gateway.wire._skip")  # None: the Python loop below
+
+def _load_skip() -> ModuleType | None:
+    """The compiled step (`_skip.c`), or None: the Python loop below. gateway.native.load's
+    rule written out, as wire/ imports nothing else from gateway (DESIGN §1)."""
+    if os.environ.get("PGWARDEN_PURE_PYTHON"):
+        return None
+    try:
+        from . import _skip  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _skip
+
+
+_native = _load_skip()
 
 Frame = tuple[int, bytes]
 RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
