@@ -92,7 +92,7 @@ def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: s
                   masked: bool | None, safety_net: str, pure_python: bool = False
                   ) -> GatewayProcess:
     """`masked`: None = relay only (no policy); else the policy masks pan or not.
-    `pure_python`: the masked-row loop in Python even where the compiled one is built."""
+    `pure_python`: every C module off (their Python twins run), even where built."""
     d = Path(tempfile.mkdtemp(prefix="bench-masking-"))
     stack.callback(shutil.rmtree, d, ignore_errors=True)
     policy_dir = None
