@@ -172,6 +172,16 @@ class Counter(_Metric):
     def labels(self, *values: object, **kw: object) -> _CounterChild:
         return _CounterChild(self._child(self._key(values, kw)))
 
+    def count(self, value: str) -> None:
+        """``labels(value).inc()`` for a counter with one label, without the checks of
+        either (once per statement)."""
+        child = self._children.get((value,))
+        if child is None:
+            if len(self.labelnames) != 1:
+                raise ValueError(f"{self.name} takes labels {', '.join(self.labelnames)}")
+            child = self._child((value,))
+        child.value += 1
+
     def inc(self, amount: float = 1.0) -> None:
         self.labels().inc(amount)
 

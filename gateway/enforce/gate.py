@@ -31,13 +31,13 @@ from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.framing import Frame
-from gateway.wire.frontend import Close, Parse, decode_frontend
+from gateway.wire.frontend import Close, Parse, Query, decode_frontend, query_text
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
 from .roles import WRAPPED_AT, PortalRoles
 from .roles import encode as role_frames
-from .shapes import restate, reusable, shape_of
+from .shapes import Shape, restate, reusable, shape_of
 
 if TYPE_CHECKING:
     from gateway.approvals import ApprovalService
@@ -67,6 +67,21 @@ _Decided = tuple[StatementInfo, Decision, dict[str, Any], str, "str | None"]
 
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
 _SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
+_REPEATS_MAX = 512  # per session
+
+
+@dataclass(slots=True)
+class _Repeat:
+    """A plain allow this session may give again without analysis or policy: valid while
+    the policy version, the catalog snapshot and the session's name resolution are the
+    ones it was decided under (all three are checked by identity / version on reuse)."""
+
+    engine: PolicyEngine
+    catalog: Catalog
+    version: int  # SessionSqlState._version
+    verdict: Verdict
+    outcomes: tuple[str, ...]
+    decided: tuple[_Decided, ...]  # when auditing: what the records are made of
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
@@ -158,6 +173,11 @@ class StatementGate:
         # Set when the session's parsing settings drifted from the gateway's: fail closed.
         self.poisoned: str | None = None
         self._facts_digest: tuple[str, str] | None = None
+        # Statements decided a plain allow, by text and by shape (other literal values):
+        # clients repeat a handful of statements, and the full path (analysis lookups,
+        # input document, policy cache) costs several times the repeat.
+        self._by_text: dict[tuple[str, str], _Repeat] = {}
+        self._by_shape: dict[tuple[Any, str], _Repeat] = {}
 
     # -- the relay's hook -----------------------------------------------------------------
 
@@ -207,7 +227,7 @@ class StatementGate:
                         replaced[i] = role_frames(expansion)
                 if mtype != _C:
                     continue
-            msg = decode_frontend(mtype, body)
+            msg = Query(query_text(body)) if mtype == _Q else decode_frontend(mtype, body)
             if mtype == _C:
                 assert isinstance(msg, Close)
                 if msg.kind == "S":
@@ -376,7 +396,9 @@ class StatementGate:
 
     # -- deciding ----------------------------------------------------------------------------
 
-    def _analyze(self, sql: str, protocol: str, catalog: Catalog) -> _Analysis:
+    def _analyze(self, sql: str, protocol: str, catalog: Catalog,
+                 shape: Shape | None = None) -> tuple[_Analysis, Shape | None]:
+        """The analysis of `sql`, and its shape when every text of that shape shares it."""
         # Shared by the sessions of a process: the resolution key carries the snapshot's
         # (process-unique) generation, search_path and user. A session with temp tables
         # resolves names differently from every other, so its entries are its own.
@@ -385,8 +407,9 @@ class StatementGate:
         hit = _ANALYSES.get(key)
         if hit is not None:
             _ANALYSES.move_to_end(key)
-            return hit
-        shape = shape_of(sql)
+            return hit, None
+        if shape is None:
+            shape = shape_of(sql)
         shape_key = (shape.key, protocol, scope, key[3]) if shape is not None else None
         if shape is not None:
             same_shape = _SHAPES.get(shape_key)
@@ -394,7 +417,7 @@ class StatementGate:
                 _SHAPES.move_to_end(shape_key)
                 (info,) = same_shape.infos
                 return _Analysis((restate(info, sql, shape),), same_shape.memo, True,
-                                 shape.redacted)
+                                 shape.redacted), shape
         infos = tuple(analyze(sql, catalog, session=self.state, protocol=protocol))
         own = shape is not None and len(infos) == 1 \
             and infos[0].sql == sql[shape.span[0] : shape.span[1]]
@@ -403,7 +426,8 @@ class StatementGate:
             _remember(_ANALYSES, key, result)
         if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
             _remember(_SHAPES, shape_key, _Analysis(infos, {}, False))
-        return result
+            return result, shape
+        return result, None
 
     def _statement_inputs(self, analysis: _Analysis, engine: PolicyEngine
                           ) -> list[tuple[dict[str, Any], str]]:
@@ -505,8 +529,19 @@ class StatementGate:
         engine = self.policy()
         if engine is None:
             return _denial("42501", "no policy is loaded: every statement is refused")
+        shape = None
+        if approval is None:
+            repeat = self._by_text.get((sql, protocol))
+            if repeat is None and self._by_shape:
+                shape = shape_of(sql)
+                if shape is not None:
+                    repeat = self._by_shape.get((shape.key, protocol))
+            if repeat is not None and repeat.engine is engine and repeat.catalog is catalog \
+                    and repeat.version == self.state._version \
+                    and not logs.enabled(logging.DEBUG):
+                return self._repeat(repeat, decided, shape)
         try:
-            analysis = self._analyze(sql, protocol, catalog)
+            analysis, shared = self._analyze(sql, protocol, catalog, shape)
         except SqlParseError as e:
             logs.info("decision.unparsable", session=self.facts.session["id"])
             return _denial("42601", f"the gateway could not parse this SQL: {e}")
@@ -547,7 +582,7 @@ class StatementGate:
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
         for info, decision in decisions:
-            metrics.STATEMENTS.labels(outcome=decision.outcome).inc()
+            metrics.STATEMENTS.count(decision.outcome)
             level = logging.DEBUG if decision.outcome == "allow" else logging.INFO
             if not logs.enabled(level):  # its fields alone cost as much as a cached decision
                 continue
@@ -564,7 +599,55 @@ class StatementGate:
                 self.state.observe(info)
                 if info.catalog_changed:
                     self.catalogs.invalidate(self.connection)
+            if approval is None:
+                self._remember_repeat(sql, protocol, catalog, engine, verdict, decisions,
+                                      decided, shared, analysis)
         return verdict
+
+    def _remember_repeat(self, sql: str, protocol: str, catalog: Catalog,
+                         engine: PolicyEngine, verdict: Verdict,
+                         decisions: list[tuple[StatementInfo, Decision]],
+                         decided: list[_Decided] | None, shared: Shape | None,
+                         analysis: _Analysis) -> None:
+        """Keep a plain allow for :meth:`_repeat`: only what the same input would decide
+        the same way and what leaves nothing behind — no mask plan (plans count per
+        statement), no db_role, no session effect, no catalog change, a policy that
+        caches its decisions (deterministic) and no approval in the input."""
+        if verdict.role is not None or any(p is not None for p in verdict.plans) \
+                or not engine.deterministic or not engine.cache.maxsize:
+            return
+        for info, _ in decisions:
+            if info.effects or info.catalog_changed or not info.cacheable:
+                return
+        repeat = _Repeat(engine, catalog, self.state._version, verdict,
+                         tuple(d.outcome for _, d in decisions),
+                         tuple(decided) if decided is not None else ())
+        # A text of the same shape only when the policy does not read the text itself and
+        # the audit record's redacted text comes from the shape (then it is that text's).
+        if shared is not None and analysis.redacted is not None \
+                and ("statement", "sql") in engine.volatile_fields:
+            if len(self._by_shape) >= _REPEATS_MAX:
+                self._by_shape.clear()
+            self._by_shape[(shared.key, protocol)] = repeat
+        # by text too: the same text again (prepared statements, parameters) then needs
+        # no shape, which for a text with $n parameters means pglast's lexer
+        if len(self._by_text) >= _REPEATS_MAX:
+            self._by_text.clear()
+        self._by_text[(sql, protocol)] = repeat
+
+    def _repeat(self, repeat: _Repeat, decided: list[_Decided] | None,
+                shape: Shape | None) -> Verdict:
+        """What :meth:`_decide` would answer again, with its bookkeeping."""
+        self.decisions += len(repeat.outcomes)
+        for outcome in repeat.outcomes:
+            metrics.STATEMENTS.count(outcome)
+        if decided is not None:
+            if shape is not None:  # by shape: this text's own redaction
+                info, decision, doc, digest, _ = repeat.decided[0]
+                decided.append((info, decision, doc, digest, shape.redacted))
+            else:
+                decided.extend(repeat.decided)
+        return repeat.verdict
 
     def _mask_plans(self, decisions: list[tuple[StatementInfo, Decision]],
                     catalog: Catalog) -> Verdict:

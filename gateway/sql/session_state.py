@@ -165,6 +165,7 @@ class SessionSqlState:
             self._bump()
         elif name == "session_authorization":
             self.session_user = value
+            self._bump()  # "$user" in the search path may now name another schema
 
     def ready_for_query(self, status: str) -> None:
         """ReadyForQuery: ``I`` (idle) ends non-holdable cursors."""

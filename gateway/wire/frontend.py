@@ -254,6 +254,20 @@ def execute_portal(body: bytes) -> str:
     return Reader(body).cstring()
 
 
+def query_text(body: bytes) -> str:
+    """A Query body's text: ``decode_frontend(ord("Q"), body).sql`` without the general
+    decoder (once per simple-protocol statement), with the same errors."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    if end != len(body) - 1:
+        raise ProtocolViolation("message has trailing bytes")
+    try:
+        return body[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation("invalid UTF-8 in message string") from None
+
+
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
     """Decode one frontend message body; raises ProtocolViolation on anything malformed."""
     decoder = _DECODERS.get(mtype)

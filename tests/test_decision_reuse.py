@@ -1,0 +1,171 @@
+"""A session gives a repeated statement (the same text, or the same shape with other
+literal values) its earlier plain allow without asking the policy again. These tests hold
+the reuse to the conditions it depends on: the text when the policy reads it, the session's
+name resolution, the catalog, the policy version, and the audit trail's record of each
+statement. Each runs a real gateway against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import PgBackend, upstreams_for
+
+from gateway.audit import generate_keypair
+from gateway.devtools.harness import GatewayProcess
+
+HEAD = """package pgwarden
+
+import rego.v1
+
+"""
+DECISION = """
+decision := {"allow": count(deny) == 0, "reasons": [r | some r in deny], "mask": {},
+             "require_approval": false, "approvers": [], "row_limit": null, "db_role": null}
+"""
+# Reads the statement's text: two texts of one shape may be decided differently.
+BY_TEXT = HEAD + """
+deny contains "the number of the beast" if contains(input.statement.sql, "666")
+""" + DECISION
+# Reads only the analysis: schema, column names.
+BY_NAME = HEAD + """
+deny contains sprintf("%s is off limits", [r.schema]) if {
+    some r in input.statement.relations
+    r.schema == "reuse_b"
+}
+
+deny contains "secret columns are off limits" if {
+    some c in input.statement.columns
+    c.name == "secret"
+}
+""" + DECISION
+
+
+@pytest.fixture(scope="module")
+def schemas(pg: PgBackend) -> Iterator[None]:
+    pg.server.psql(
+        "create schema reuse_a; create schema reuse_b;"
+        " create table reuse_a.t (id int, note text); insert into reuse_a.t values (1, 'a');"
+        " create table reuse_b.t (id int, note text); insert into reuse_b.t values (1, 'b');"
+        " create table reuse_a.grows (id int);",
+        dbname=pg.dbname, user=pg.service.name)
+    yield
+    pg.server.psql("drop schema reuse_a cascade; drop schema reuse_b cascade;",
+                   dbname=pg.dbname, user=pg.service.name)
+
+
+def gateway(pg: PgBackend, directory: Path, rego: str, extra_yaml: str = "") -> GatewayProcess:
+    policy = directory / "policy"
+    policy.mkdir(parents=True)
+    (policy / "policy.rego").write_text(rego)
+    return GatewayProcess(directory / "gw", upstreams_for(pg), policy_dir=policy,
+                          extra_yaml=extra_yaml)
+
+
+def by_id(i: int) -> str:
+    """One statement shape, a new literal value each time (pgbench -M simple, ORMs)."""
+    return f"select note from reuse_a.t where id = {i}"  # noqa: S608 (an int)
+
+
+def connect(gw: GatewayProcess) -> psycopg.Connection:
+    return psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+
+
+def test_a_policy_that_reads_the_text_decides_every_text(pg: PgBackend, tmp_path: Path,
+                                                         schemas: None) -> None:
+    with gateway(pg, tmp_path, BY_TEXT) as gw, connect(gw) as c:
+        for i in (1, 2, 3):
+            assert c.execute(by_id(i)).fetchall() \
+                in ([("a",)], [])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="the beast"):
+            c.execute("select note from reuse_a.t where id = 666")
+        assert c.execute("select note from reuse_a.t where id = 1").fetchall() == [("a",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="the beast"):
+            c.execute("select note from reuse_a.t where id = 666")
+
+
+def test_the_same_text_follows_the_search_path(pg: PgBackend, tmp_path: Path,
+                                               schemas: None) -> None:
+    with gateway(pg, tmp_path, BY_NAME) as gw, connect(gw) as c:
+        c.execute("set search_path = reuse_a")
+        for _ in range(3):
+            assert c.execute("select note from t where id = 1").fetchall() == [("a",)]
+            assert c.execute("select note from t where id = 2").fetchall() == []
+        c.execute("set search_path = reuse_b")
+        for sql in ("select note from t where id = 1", "select note from t where id = 7"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="off limits"):
+                c.execute(sql)
+        c.execute("set search_path = reuse_a")
+        assert c.execute("select note from t where id = 1").fetchall() == [("a",)]
+
+
+def test_a_repeat_is_decided_again_after_the_catalog_changes(pg: PgBackend, tmp_path: Path,
+                                                             schemas: None) -> None:
+    """`select *` names other columns once the table has changed: the repeat is analyzed
+    against the refreshed catalog, not given the earlier answer."""
+    with gateway(pg, tmp_path, BY_NAME) as gw, connect(gw) as c:
+        for _ in range(3):
+            assert c.execute("select * from reuse_a.grows where id = 1").fetchall() == []
+        c.execute("alter table reuse_a.grows add column secret text")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="secret columns"):
+            c.execute("select * from reuse_a.grows where id = 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="secret columns"):
+            c.execute("select * from reuse_a.grows where id = 2")
+        c.execute("alter table reuse_a.grows drop column secret")
+
+
+def test_a_reloaded_policy_decides_the_repeats(pg: PgBackend, tmp_path: Path,
+                                               schemas: None) -> None:
+    with gateway(pg, tmp_path, BY_NAME) as gw, connect(gw) as c:
+        for i in (1, 2, 3):
+            c.execute(by_id(i))
+        (tmp_path / "policy" / "policy.rego").write_text(
+            BY_NAME.replace('r.schema == "reuse_b"', 'r.schema in {"reuse_a", "reuse_b"}'))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for_log(lambda d: d.get("event") == "bundle.activated"
+                        and d.get("trigger") != "startup", 15)
+        for i in (1, 4):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reuse_a is off"):
+                c.execute(by_id(i))
+
+
+def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
+                                                schemas: None) -> None:
+    audit = tmp_path / "audit"
+    key = tmp_path / "audit.pem"
+    generate_keypair(key, tmp_path / "audit.pub")
+    with gateway(pg, tmp_path, BY_NAME, extra_yaml=(
+            f"audit:\n  dir: {json.dumps(str(audit))}\n"
+            f"  signing_key: {{file: {json.dumps(str(key))}}}\n")) as gw:
+        with connect(gw) as c:
+            for i in range(1, 6):
+                c.execute(by_id(i))
+            c.execute("select note from reuse_a.t where id = 0 or note = 'secret-literal'")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            recs = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
+                    for line in f.read_text().splitlines()]
+            if any(r["type"] == "session.end" for r in recs):
+                break
+            time.sleep(0.05)
+    decisions = [r for r in recs if r["type"] == "decision" and "reuse_a.t" in (r["sql"] or "")]
+    assert [r["sql"] for r in decisions] == \
+        ["select note from reuse_a.t where id = $1"] * 5 + \
+        ["select note from reuse_a.t where id = $1 or note = $2"]
+    assert len({r["seq"] for r in decisions}) == 6
+    done = [r for r in recs if r["type"] == "statement"
+            and r["decision_seq"] in {d["seq"] for d in decisions}]
+    assert len(done) == 6
+    assert "secret-literal" not in "".join(json.dumps(r) for r in recs)
+    verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit),
+                             "--key", str(tmp_path / "audit.pub")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
