@@ -187,6 +187,16 @@ class StatementGate:
         catalog = self.catalogs.current(self.connection)
         if catalog is None:
             return self._review_later(raw, frames, relay)
+        if len(frames) == 1 and frames[0][0] == _Q and not self.roles:
+            # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
+            # an allow needs none of the batch machinery below.
+            verdict = self._decide_sql(query_text(frames[0][1]), "simple", catalog)
+            if not verdict.allowed or verdict.role is not None:
+                return self._review(raw, frames, relay, catalog, verdict)
+            tags = verdict.tags
+            if tags and any(t is not None for t in tags):
+                self._plans[0] = list(tags)
+            return self._finish_batch(raw, frames, {})
         return self._review(raw, frames, relay, catalog)
 
     async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
@@ -214,8 +224,9 @@ class StatementGate:
                 out.append(sub)
         return out, out_tags
 
-    def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
-                ) -> bytes | Awaitable[bytes]:
+    def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog,
+                first: Verdict | None = None) -> bytes | Awaitable[bytes]:
+        """`first`: the verdict on frame 0 (a Query), when the caller decided it already."""
         replaced: dict[int, bytes] = {}
         holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
@@ -240,7 +251,8 @@ class StatementGate:
             else:
                 sql = msg.sql  # type: ignore[union-attr]
                 protocol = "simple" if mtype == _Q else "extended"
-                verdict = self._decide_sql(sql, protocol, catalog)
+                verdict = first if i == 0 and first is not None else \
+                    self._decide_sql(sql, protocol, catalog)
                 if verdict.hold is not None and self.approvals is not None:
                     holds.append((i, msg, sql, protocol, verdict.hold))
                     continue
