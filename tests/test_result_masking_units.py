@@ -106,6 +106,61 @@ def test_an_answer_nothing_explains_raises(requests: str, answers: str) -> None:
         feed(tr, answers)
 
 
+def test_a_barrier_answers_everything_up_to_its_last_ready_for_query() -> None:
+    tr = ResponseTracker()
+    assert tr.idle
+    tr.barrier(1)
+    tr.barrier(2)  # merged: one pending entry for three ReadyForQuery
+    assert tr.idle and len(tr) == 1
+    tr.request(ord("Q"), ["tagged"])
+    assert not tr.idle
+    answers = [tr.response(ord(t)) for t in "TDCZ12EZZ"]
+    assert all(a is not None and a.tag is None for a in answers)
+    assert [a.done for a in answers if a is not None] == [False] * 8 + [True]
+    t = tr.response(ord("T"))  # after the third ReadyForQuery: the tagged Query's
+    assert t is not None and t.tag == "tagged" and chr(t.request.type) == "Q"
+    feed(tr, "CZ")
+    assert len(tr) == 0 and tr.idle
+    tr.barrier(1)
+    done = tr.response(ord("Z"))
+    assert done is not None and done.done and len(tr) == 0
+    with pytest.raises(ProtocolViolation):
+        tr.response(ord("Z"))  # nothing left to explain it
+    tr.barrier(0)
+    assert len(tr) == 0
+
+
+def test_untagged_batches_become_barriers_only_when_they_end_with_a_sync() -> None:
+    rm = ResultMasker(lambda o, a: None)
+    rm.forwarded(frames(fe.Query("select 1").encode()), {})
+    rm.forwarded(frames(fe.Parse("", "select 2", ()).encode(), fe.Bind("", "", (), (), ()).encode(),
+                        fe.Execute("", 0).encode(), fe.Sync().encode()), {})
+    assert rm.idle and len(rm.tracker) == 1
+    # no Sync at the end: its answers come before any ReadyForQuery, so each is followed
+    rm.forwarded(frames(fe.Parse("", "select 3", ()).encode(), fe.Flush().encode()), {})
+    assert not rm.idle and len(rm.tracker) == 2
+
+
+def test_a_masked_result_pipelined_behind_untagged_ones_is_masked() -> None:
+    """Answers to untagged batches are not shown one by one (only ReadyForQuery); the
+    masked statement sent behind them still gets its own result rewritten, and only it."""
+    rm = ResultMasker(lambda o, a: None)
+    raw = body(be.DataRow((PAN,)).encode())
+    rm.forwarded(frames(fe.Query("select pan from t").encode()), {})
+    rm.forwarded(frames(fe.Query("select pan from cards").encode()),
+                 {0: [StatementTag(plan({0: LAST4}, 1))]})
+    assert rm.needs_rows and not rm.idle
+    # the first (untagged) Query's answer: untouched
+    for t, b in [("T", b""), ("D", raw), ("C", b"SELECT 1\0"), ("Z", b"I")]:
+        assert rm.message(ord(t), b) is None
+    desc = body(be.RowDescription((field("pan", 16400, 2),)).encode())
+    assert rm.message(ord("T"), desc) is not None
+    assert rm.message(ord("D"), raw) == be.DataRow((b"************1111",)).encode()
+    rm.message(ord("C"), b"SELECT 1\0")
+    rm.message(ord("Z"), b"I")
+    assert rm.idle and not rm.needs_rows and rm.masked_values == 1
+
+
 # -- rows ---------------------------------------------------------------------------------------
 
 

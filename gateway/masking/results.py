@@ -25,7 +25,7 @@ from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import RUN, WALKED, Frame
 from gateway.wire.frontend import Close, Describe, bind_names, decode_frontend, execute_portal
-from gateway.wire.pipeline import ResponseTracker
+from gateway.wire.pipeline import REQUEST_TYPES, SYNCING, ResponseTracker
 
 from .plan import MaskPlan
 from .rows import (
@@ -90,6 +90,13 @@ class ResultMasker:
         self.masked_values = 0
 
     @property
+    def idle(self) -> bool:
+        """True while only ReadyForQuery, ErrorResponse and the relay's own messages need
+        to be shown to `message`: nothing outstanding is masked or recorded."""
+        return not self._tracked and self._rows is None and self._copy is None \
+            and self.tracker.idle
+
+    @property
     def needs_rows(self) -> bool:
         """True while DataRow / CopyData must be shown to `message`."""
         return bool(self._planned) or self._rows is not None or self._copy is not None
@@ -100,6 +107,18 @@ class ResultMasker:
         """Client messages as forwarded upstream; `tags[i]` is frame i's `StatementTag` (a
         Query: a list with one tag or None per statement)."""
         registry = bool(self._statements)
+        if not tags and not registry:
+            # Nothing to follow (no plan, no audit record, no named statement with one):
+            # the batch is one barrier when it ends with a Sync, as most batches do.
+            syncs, open_tail = 0, False
+            for t, _ in frames:
+                if t in SYNCING:
+                    syncs, open_tail = syncs + 1, False
+                elif t in REQUEST_TYPES:
+                    open_tail = True
+            if not open_tail:
+                self.tracker.barrier(syncs)
+                return
         for i, (t, body) in enumerate(frames):
             tag: Any = None
             if t == _Q:

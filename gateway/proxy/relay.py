@@ -37,6 +37,8 @@ _SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQue
 OBSERVED = frozenset((_Z, _R, _K, _E, _S)) | (RESPONSE_TYPES - frozenset(b"Dd"))
 # ... plus DataRow and CopyData while a result with masked columns may be streaming.
 OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
+# ... only what the relay reacts to, while no answer needs matching to its request.
+OBSERVED_IDLE = frozenset((_Z, _R, _K, _E, _S))
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
@@ -71,7 +73,7 @@ class Relay:
         self.upstream = upstream
         self.gate = gate
         self.framer = MessageFramer(CLIENT_TYPES, max_message_size)
-        self.observer = BackendObserver(be.BACKEND_TYPES, OBSERVED, max_message_size)
+        self.observer = BackendObserver(be.BACKEND_TYPES, OBSERVED_IDLE, max_message_size)
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -147,6 +149,8 @@ class Relay:
             if results.needs_rows:
                 self.observer.observed = OBSERVED_ROWS
                 self.observer.coalesce = _ROWS
+            elif self.observer.observed is OBSERVED_IDLE and not results.idle:
+                self.observer.observed = OBSERVED  # before any answer to what was just sent
         if out:
             self.upstream.write(out)
         if terminate:
@@ -237,7 +241,7 @@ class Relay:
                 self._fail_upstream("upstream sent an unexpected message")
                 return
         if results is not None and not results.needs_rows:
-            self.observer.observed = OBSERVED
+            self.observer.observed = OBSERVED_IDLE if results.idle else OBSERVED
             self.observer.coalesce = _NOTHING
         if swaps:
             forward = _splice(forward, swaps)

@@ -10,7 +10,9 @@ queue: `request()` for every message forwarded upstream, `response()` for every 
 message that answers one.
 
 A backend message the queue cannot explain raises `ProtocolViolation`: a caller that
-rewrites results must not guess.
+rewrites results must not guess. Requests nobody follows (no mask, no audit record) that
+end with a Sync are kept as one `barrier()`, which explains everything up to its last
+ReadyForQuery: while only barriers are pending, only ReadyForQuery needs to be shown.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ RESPONSE_TYPES = frozenset(b"123ntTDCIsHGWdcEZV")
 
 _Q, _P, _B, _D, _E, _C, _S, _F = (ord(c) for c in "QPBDECSF")
 _COMPLETES = {_P: ord("1"), _B: ord("2"), _C: ord("3")}
+SYNCING = frozenset((_Q, _S, _F))  # requests answered last by a ReadyForQuery
+# A pseudo request: untagged requests that end with a Sync, compressed (see barrier()).
+BARRIER = 0
 
 
 @dataclass(slots=True)
@@ -96,6 +101,26 @@ class ResponseTracker:
         self._queue.append(req)
         return req
 
+    def barrier(self, syncs: int) -> None:
+        """Records untagged requests whose answers nobody needs, ending with the last of
+        `syncs` Syncs (or Queries / FunctionCalls): everything the server sends up to that
+        many more ReadyForQuery answers them. A queue of nothing but barriers lets a caller
+        stop showing this tracker any message but ReadyForQuery (see :attr:`idle`)."""
+        if syncs <= 0:
+            return
+        q = self._queue
+        if q and q[-1].type == BARRIER:
+            q[-1].statement += syncs
+        else:
+            q.append(Request(BARRIER, None, syncs))
+
+    @property
+    def idle(self) -> bool:
+        """True when every pending request is untagged and ends at a known ReadyForQuery:
+        only ReadyForQuery (and errors) need to be shown to :meth:`response`."""
+        q = self._queue
+        return not q or (len(q) == 1 and q[0].type == BARRIER)
+
     def response(self, mtype: int) -> Answer | None:
         """Accounts for one backend message; None for asynchronous ones."""
         q = self._queue
@@ -107,6 +132,14 @@ class ResponseTracker:
             raise ProtocolViolation(f"upstream sent {chr(mtype)!r} with no request pending")
         head = q[0]
         t = head.type
+        if t == BARRIER:  # `statement` counts the ReadyForQuery still to come
+            if mtype != 0x5A:
+                return _answer(head)
+            head.statement -= 1
+            if head.statement:
+                return _answer(head)
+            q.popleft()
+            return _answer(head, done=True)
         if mtype == 0x5A:  # Z
             if t not in (_S, _Q, _F):
                 raise ProtocolViolation(f"upstream sent ReadyForQuery while {chr(t)!r} waits")
