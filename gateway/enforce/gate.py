@@ -72,13 +72,9 @@ _REPEATS_MAX = 512  # per session
 
 @dataclass(slots=True)
 class _Repeat:
-    """A plain allow this session may give again without analysis or policy: valid while
-    the policy version, the catalog snapshot and the session's name resolution are the
-    ones it was decided under (all three are checked by identity / version on reuse)."""
+    """A plain allow this session may give again without analysis or policy (see
+    `StatementGate._repeat`)."""
 
-    engine: PolicyEngine
-    catalog: Catalog
-    version: int  # SessionSqlState._version
     verdict: Verdict
     outcomes: tuple[str, ...]
     decided: tuple[_Decided, ...]  # when auditing: what the records are made of
@@ -176,8 +172,12 @@ class StatementGate:
         # Statements decided a plain allow, by text and by shape (other literal values):
         # clients repeat a handful of statements, and the full path (analysis lookups,
         # input document, policy cache) costs several times the repeat.
+        # They hold while the policy engine, the catalog snapshot and the session's name
+        # resolution are the ones they were decided under (identity, identity, version);
+        # any other is a new start, so no stale entry keeps an old engine alive.
         self._by_text: dict[tuple[str, str], _Repeat] = {}
         self._by_shape: dict[tuple[Any, str], _Repeat] = {}
+        self._repeats_under: tuple[PolicyEngine | None, Catalog | None, int] = (None, None, -1)
 
     # -- the relay's hook -----------------------------------------------------------------
 
@@ -542,15 +542,15 @@ class StatementGate:
         if engine is None:
             return _denial("42501", "no policy is loaded: every statement is refused")
         shape = None
-        if approval is None:
+        under = self._repeats_under
+        if approval is None and under[0] is engine and under[1] is catalog \
+                and under[2] == self.state._version:
             repeat = self._by_text.get((sql, protocol))
             if repeat is None and self._by_shape:
                 shape = shape_of(sql)
                 if shape is not None:
                     repeat = self._by_shape.get((shape.key, protocol))
-            if repeat is not None and repeat.engine is engine and repeat.catalog is catalog \
-                    and repeat.version == self.state._version \
-                    and not logs.enabled(logging.DEBUG):
+            if repeat is not None and not logs.enabled(logging.DEBUG):
                 return self._repeat(repeat, decided, shape)
         try:
             analysis, shared = self._analyze(sql, protocol, catalog, shape)
@@ -631,8 +631,13 @@ class StatementGate:
         for info, _ in decisions:
             if info.effects or info.catalog_changed or not info.cacheable:
                 return
-        repeat = _Repeat(engine, catalog, self.state._version, verdict,
-                         tuple(d.outcome for _, d in decisions),
+        under = self._repeats_under
+        if under[0] is not engine or under[1] is not catalog \
+                or under[2] != self.state._version:
+            self._by_text.clear()
+            self._by_shape.clear()
+            self._repeats_under = (engine, catalog, self.state._version)
+        repeat = _Repeat(verdict, tuple(d.outcome for _, d in decisions),
                          tuple(decided) if decided is not None else ())
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
