@@ -255,9 +255,11 @@ def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: s
 def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000) -> dict[str, float]:
     """In-process cost of deciding pgbench's statement: analysis + policy, p50/p99 in µs.
 
-    cached: the same statement text again (analysis and decision caches hit);
-    new_literal: a new literal every time (analysis misses; the decision cache hits, as
-    the policy does not read the SQL text);
+    cached: the same statement text again in one session (its earlier allow is reused);
+    new_literal: a new literal every time in one session (reused by the statement's
+    shape, as the policy does not read the SQL text);
+    new_session: the same text, each time the first statement of a new session (the
+    analysis and decision caches shared by sessions hit);
     uncached: a new LIMIT every time, which is part of the policy input (both miss).
     """
     import psycopg
@@ -279,16 +281,20 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000) -> dict
         Identity("bench", "https://bench", ("ci",), {}, "jwt", None), session_id="bench",
         started_at=time.time(), name=DB, database=DB, user="bench", application_name="bench",
         client_addr="127.0.0.1", tls=True, networks={})
-    gate = StatementGate(facts=facts, connection=DB, catalogs=cache, policy=lambda: engine)
+    def new_gate() -> StatementGate:
+        return StatementGate(facts=facts, connection=DB, catalogs=cache, policy=lambda: engine)
+
+    gate = new_gate()
     import logging
 
     logging.getLogger("pgwarden").setLevel(logging.WARNING)  # no per-decision log lines here
 
-    def timed(sqls: list[str]) -> list[float]:
+    def timed(sqls: list[str], fresh: bool = False) -> list[float]:
         out = []
         for sql in sqls:
+            g = new_gate() if fresh else gate
             t0 = time.perf_counter()
-            verdict = gate._decide_sql(sql, "simple", catalog)
+            verdict = g._decide_sql(sql, "simple", catalog)
             out.append((time.perf_counter() - t0) * 1e6)
             assert verdict.allowed, verdict
         return sorted(out)
@@ -297,6 +303,7 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000) -> dict
     runs = {
         "cached": timed([BENCH_SQL.format(1)] * n),
         "new_literal": timed([BENCH_SQL.format(i + 10) for i in range(n)]),
+        "new_session": timed([BENCH_SQL.format(1)] * n, fresh=True),
         "uncached": timed([BENCH_SQL.format(1).rstrip(";") + f" LIMIT {i + 1};"
                            for i in range(n)]),
     }
@@ -527,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         latency = decision_latency(pg, password)
         print(render(results, targets, env, args))
         print("\ndecision latency, pgbench's statement under policies/pci (µs, p50 / p99):")
-        for name in ("cached", "new_literal", "uncached"):
+        for name in ("cached", "new_literal", "new_session", "uncached"):
             print(f"  {name:<12} {latency[f'{name}_p50_us']:>8} / {latency[f'{name}_p99_us']}")
         report_gateway(gw, exit_code)
         if args.json:
