@@ -542,15 +542,9 @@ class StatementGate:
         if engine is None:
             return _denial("42501", "no policy is loaded: every statement is refused")
         shape = None
-        under = self._repeats_under
-        if approval is None and under[0] is engine and under[1] is catalog \
-                and under[2] == self.state._version:
-            repeat = self._by_text.get((sql, protocol))
-            if repeat is None and self._by_shape:
-                shape = shape_of(sql)
-                if shape is not None:
-                    repeat = self._by_shape.get((shape.key, protocol))
-            if repeat is not None and not logs.enabled(logging.DEBUG):
+        if approval is None:
+            repeat, shape = self._repeat_of(sql, protocol, catalog, engine)
+            if repeat is not None:
                 return self._repeat(repeat, decided, shape)
         try:
             analysis, shared = self._analyze(sql, protocol, catalog, shape)
@@ -651,6 +645,21 @@ class StatementGate:
         if len(self._by_text) >= _REPEATS_MAX:
             self._by_text.clear()
         self._by_text[(sql, protocol)] = repeat
+
+    def _repeat_of(self, sql: str, protocol: str, catalog: Catalog, engine: PolicyEngine
+                   ) -> tuple[_Repeat | None, Shape | None]:
+        """The kept allow for `sql`, if any, and the text's shape when it was needed."""
+        under = self._repeats_under
+        if under[0] is not engine or under[1] is not catalog \
+                or under[2] != self.state._version or logs.enabled(logging.DEBUG):
+            return None, None  # (at debug level every decision is logged: no shortcut)
+        repeat = self._by_text.get((sql, protocol))
+        if repeat is not None or not self._by_shape:
+            return repeat, None
+        shape = shape_of(sql)
+        if shape is None:
+            return None, None
+        return self._by_shape.get((shape.key, protocol)), shape
 
     def _repeat(self, repeat: _Repeat, decided: list[_Decided] | None,
                 shape: Shape | None) -> Verdict:
