@@ -182,19 +182,22 @@ class StatementGate:
     # -- the relay's hook -----------------------------------------------------------------
 
     def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
-        if not any(t in _DECIDED for t, _ in frames) and not self.roles:
+        single_query = len(frames) == 1 and frames[0][0] == _Q
+        if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:
             return self._review_later(raw, frames, relay)
-        if len(frames) == 1 and frames[0][0] == _Q and not self.roles:
+        if single_query and not self.roles:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
             verdict = self._decide_sql(query_text(frames[0][1]), "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
                 return self._review(raw, frames, relay, catalog, verdict)
             tags = verdict.tags
-            if tags and any(t is not None for t in tags):
+            if not tags:
+                return raw if self.audit is None else self._finish_batch(raw, frames, {})
+            if any(t is not None for t in tags):
                 self._plans[0] = list(tags)
             return self._finish_batch(raw, frames, {})
         return self._review(raw, frames, relay, catalog)

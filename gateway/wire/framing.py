@@ -76,16 +76,17 @@ class MessageFramer:
                 break
             frames.append((mtype, bytes(buf[pos + 5 : end])))
             pos = end
-        if pos == n and buf is data:
-            complete = data
-        else:
-            complete = bytes(buf[:pos])
-        rest = buf[pos:]
-        if n - pos in range(1, 5):
+        if pos == n:  # the usual case: whole messages only, nothing left over
+            if buf is data:
+                return data, frames
+            self._buf = bytearray()
+            return bytes(buf), frames
+        if 0 < n - pos < 5:
             # A partial header may already tell a bad type; fail before waiting for more.
             if buf[pos] not in self._allowed:
                 raise ProtocolViolation(f"unexpected message type 0x{buf[pos]:02x}")
-        self._buf = bytearray(rest)
+        complete = bytes(buf[:pos])
+        self._buf = bytearray(buf[pos:])
         return complete, frames
 
     def has_partial(self) -> bool:
