@@ -212,10 +212,13 @@ class StatementGate:
         added around db_role Executes — and its statement tags by index in that list: a
         list (one per statement) for a Query, a tag for a Parse, an internal tag for each
         added message. No tags when nothing follows the statements to their results."""
-        tags, self._plans = self._plans, {}
-        expanded, self._expanded = self._expanded, {}
+        tags = self._plans
+        if tags:
+            self._plans = {}
+        expanded = self._expanded
         if not expanded:
-            return frames, tags
+            return frames, tags  # (an empty one is the gate's own: the caller only reads)
+        self._expanded = {}
         out: list[Frame] = []
         out_tags: dict[int, Any] = {}
         for i, f in enumerate(frames):
