@@ -161,6 +161,11 @@ def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
         ["select note from reuse_a.t where id = $1"] * 5 + \
         ["select note from reuse_a.t where id = $1 or note = $2"]
     assert len({r["seq"] for r in decisions}) == 6
+    # the first was decided in full, the next four were repeats: the same record but for
+    # its place in the chain
+    envelope = ("seq", "ts", "prev", "hash")
+    bodies = [{k: v for k, v in r.items() if k not in envelope} for r in decisions[:5]]
+    assert all(b == bodies[0] for b in bodies[1:]), bodies
     done = [r for r in recs if r["type"] == "statement"
             and r["decision_seq"] in {d["seq"] for d in decisions}]
     assert len(done) == 6

@@ -10,6 +10,7 @@ marker; the relay swaps the server's syntax error for the gateway's 42501.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -78,6 +79,10 @@ class _Repeat:
     verdict: Verdict
     outcomes: tuple[str, ...]
     decided: tuple[_Decided, ...]  # when auditing: what the records are made of
+    #: when auditing one statement by template: what `_record` would append for it —
+    #: (template key, record builder, decision, command, redacted text)
+    record: tuple[tuple[Any, ...], Callable[[], dict[str, Any]], Decision, str, str] | None \
+        = None
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
@@ -178,6 +183,7 @@ class StatementGate:
         self._by_text: dict[tuple[str, str], _Repeat] = {}
         self._by_shape: dict[tuple[Any, str], _Repeat] = {}
         self._repeats_under: tuple[PolicyEngine | None, Catalog | None, int] = (None, None, -1)
+        self._hit: _Repeat | None = None  # the repeat the current decision came from
 
     # -- the relay's hook -----------------------------------------------------------------
 
@@ -484,14 +490,30 @@ class StatementGate:
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
         decided: list[_Decided] = []
+        self._hit = None
         verdict = self._decide(sql, protocol, catalog, decided, approval)
         try:
+            hit = self._hit
+            if hit is not None and hit.record is not None and len(decided) == 1 \
+                    and decided[0][4] == hit.record[4]:  # (the same text as recorded)
+                return self._record_repeat(verdict, hit.record)
             return self._record(sql, verdict, decided)
         except Exception as e:  # AuditUnavailable (backlog full, closed) or a bug: fail closed
             logs.error("audit.append_failed", session=self.facts.session["id"],
                        error=type(e).__name__)
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
+
+    def _record_repeat(self, verdict: Verdict, record: tuple[Any, ...]) -> Verdict:
+        """`_record` for a repeated plain allow of one statement, whose template key and
+        builder were worked out when it was first recorded."""
+        key, build, decision, command, _ = record
+        templates = self._templates
+        assert templates is not None
+        now = time.perf_counter()
+        seq = templates.append(key, build, pin=decision, wake=False)
+        self._last_seq = seq
+        return _with_tags(verdict, (StatementTag(None, seq, now, command),))
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
@@ -639,6 +661,19 @@ class StatementGate:
             self._repeats_under = (engine, catalog, self.state._version)
         repeat = _Repeat(verdict, tuple(d.outcome for _, d in decisions),
                          tuple(decided) if decided is not None else ())
+        ctx = self.audit_ctx
+        if decided is not None and len(decided) == 1 and self._templates is not None \
+                and ctx is not None:
+            info, decision, doc, digest, redacted = decided[0]
+            # the conditions and key of _record's template path, for an allow
+            if redacted is not None and ctx.shares_session_input(doc):
+                approval = doc.get("approval") or {}
+                build = functools.partial(
+                    records.decision_record, ctx, decision=decision, input_doc=doc,
+                    statement_digest=digest, redacted_sql=redacted, outcome=None,
+                    reasons=None, sqlstate=None)
+                repeat.record = ((digest, id(decision), redacted, approval.get("granted"),
+                                  approval.get("id")), build, decision, info.command, redacted)
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
         if shared is not None and analysis.redacted is not None \
@@ -670,6 +705,7 @@ class StatementGate:
     def _repeat(self, repeat: _Repeat, decided: list[_Decided] | None,
                 shape: Shape | None) -> Verdict:
         """What :meth:`_decide` would answer again, with its bookkeeping."""
+        self._hit = repeat
         self.decisions += len(repeat.outcomes)
         for outcome in repeat.outcomes:
             metrics.STATEMENTS.count(outcome)
