@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # Run as a plain script (`python tools/bench.py`): make the checkout importable even when the
@@ -68,12 +68,15 @@ class Target:
 
 @dataclass(frozen=True)
 class Result:
+    """One target and protocol: the median round (by TPS), and every round's TPS."""
+
     target: str
     protocol: str
     tps: float
     latency_ms: float
     transactions: int
     failed: int
+    tps_rounds: tuple[float, ...] = ()
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -82,8 +85,12 @@ class Result:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--duration", type=int, default=20, help="seconds per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before each")
+    p.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="seconds of discarded load before each target's first round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds per protocol, the targets taking turns in each; the report "
+                        "gives the median and the spread")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
     p.add_argument("--workers", type=int, default=1, help="pgwarden listen.workers")
@@ -95,7 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="apt-get install pgbouncer if it is missing")
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.scale, args.warmup = 5, 1, 1
+        args.duration, args.scale, args.warmup, args.rounds = 5, 1, 1, 1
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     args.protocols = [s.strip() for s in args.protocols.split(",") if s.strip()]
     if unknown := set(args.protocols) - set(PROTOCOLS):
         p.error(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
@@ -343,13 +352,21 @@ def run_pgbench(target: Target, protocol: str, clients: int, seconds: int) -> st
     return proc.stdout
 
 
-def measure(target: Target, protocol: str, args: argparse.Namespace) -> Result:
+def measure(target: Target, protocol: str, args: argparse.Namespace, warm: bool) -> Result:
     # Warm-up: fills caches and lets every process reach steady state before we count.
-    if args.warmup > 0:
+    if warm and args.warmup > 0:
         run_pgbench(target, protocol, args.clients, args.warmup)
     tps, latency, transactions, failed = parse_pgbench(
         run_pgbench(target, protocol, args.clients, args.duration))
-    return Result(target.name, protocol, tps, latency, transactions, failed)
+    return Result(target.name, protocol, tps, latency, transactions, failed, (tps,))
+
+
+def median_round(rounds: list[Result]) -> Result:
+    """The round with the median TPS (the lower middle one of an even count), carrying
+    every round's TPS."""
+    ordered = sorted(rounds, key=lambda r: r.tps)
+    mid = ordered[(len(ordered) - 1) // 2]
+    return replace(mid, tps_rounds=tuple(r.tps for r in rounds))
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -390,19 +407,25 @@ def environment(pg: EmbeddedPostgres) -> dict[str, object]:
 
 
 def ratios(results: list[Result]) -> list[dict[str, object]]:
-    """pgwarden's TPS over direct's (same Debian pgbench) and over pgbouncer's, per protocol."""
-    tps = {(r.target, r.protocol): r.tps for r in results}
+    """pgwarden's TPS over direct's (same Debian pgbench) and over pgbouncer's, per protocol:
+    the median of the per-round ratios (the targets of a round ran minutes apart, so the
+    machine's drift cancels out of each), with their range as ``<key> range``."""
+    runs = {(r.target, r.protocol): r.tps_rounds or (r.tps,) for r in results}
     rows: list[dict[str, object]] = []
     for protocol in dict.fromkeys(r.protocol for r in results):
         for gw_name in GATEWAYS:
-            gw = tps.get((gw_name, protocol))
+            gw = runs.get((gw_name, protocol))
             if gw is None:
                 continue
-            rows.append({"protocol": protocol, "gateway": gw_name} | {
-                f"/{base}": round(gw / tps[(base, protocol)], 3)
-                for base in ("direct", "pgbouncer", "pgwarden+pol")
-                if tps.get((base, protocol)) and base != gw_name
-            })
+            row: dict[str, object] = {"protocol": protocol, "gateway": gw_name}
+            for base in ("direct", "pgbouncer", "pgwarden+pol"):
+                other = runs.get((base, protocol))
+                if base == gw_name or not other or len(other) != len(gw) or not all(other):
+                    continue
+                each = sorted(g / o for g, o in zip(gw, other, strict=True))
+                row[f"/{base}"] = round(each[(len(each) - 1) // 2], 3)
+                row[f"/{base} range"] = (round(each[0], 3), round(each[-1], 3))
+            rows.append(row)
     return rows
 
 
@@ -417,21 +440,29 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         f"clients : {env['pgbench_wheel']} (direct-wheel), {env['pgbench_debian']} (others)",
         f"run     : pgbench -S -c {args.clients} -j {min(THREADS, args.clients)} "
         f"-T {args.duration} (+{args.warmup} s warm-up), scale {args.scale}, "
-        f"pgwarden workers {args.workers}",
+        f"pgwarden workers {args.workers}, {args.rounds} round(s) per protocol",
         "",
-        f"{'target':<16}{'tls':<5}{'protocol':<10}{'TPS':>11}{'avg lat ms':>12}{'failed':>8}",
+        f"{'target':<16}{'tls':<5}{'protocol':<10}{'TPS':>11}{'avg lat ms':>12}{'failed':>8}"
+        "  TPS of each round",
     ]
     for r in results:
         tls = "yes" if targets[r.target].tls else "no"
+        each = " ".join(f"{t:.0f}" for t in r.tps_rounds) if len(r.tps_rounds) > 1 else ""
         lines.append(f"{r.target:<16}{tls:<5}{r.protocol:<10}{r.tps:>11.0f}"
-                     f"{r.latency_ms:>12.3f}{r.failed:>8}")
+                     f"{r.latency_ms:>12.3f}{r.failed:>8}  {each}".rstrip())
     lines += ["", f"{'protocol':<10}{'gateway':<16}{'/direct':>9}{'/pgbouncer':>12}"
-                  f"{'/pgwarden+pol':>15}"]
+                  f"{'/pgwarden+pol':>15}  (median of the rounds' ratios; range)"]
     for row in ratios(results):
-        cells = [row.get(k) for k in ("/direct", "/pgbouncer", "/pgwarden+pol")]
+        keys = ("/direct", "/pgbouncer", "/pgwarden+pol")
+        cells = [row.get(k) for k in keys]
+        spread = [row.get(f"{k} range") for k in keys[1:]]
+        note = "  ".join(f"{k[1:]} {r[0]:.2f}-{r[1]:.2f}" for k, r in zip(keys[1:], spread,
+                                                                          strict=True)
+                         if isinstance(r, tuple) and args.rounds > 1)
         lines.append(f"{row['protocol']:<10}{row['gateway']:<16}" + "".join(
             f"{'-' if c is None else f'{c:.2f}':>{w}}" for c, w in zip(cells, (9, 12, 15),
-                                                                        strict=True)))
+                                                                        strict=True))
+            + (f"  {note}" if note else ""))
     lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS;")
     lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci,")
     lines.append(" pgwarden+audit = and every decision and statement in the audit trail)")
@@ -479,11 +510,16 @@ def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
 
 def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Result]:
     results = []
-    # Protocol-major, so each protocol's targets are measured close together in time.
+    # Protocol-major, so each protocol's targets are measured close together in time, and
+    # in rounds where every target takes a turn: a slow minute on a shared machine then
+    # lowers one round of every target's, not all of one target's.
     for protocol in args.protocols:
-        for target in targets.values():
-            progress(f"{target.name:<13} {protocol}")
-            results.append(measure(target, protocol, args))
+        rounds: dict[str, list[Result]] = {name: [] for name in targets}
+        for n in range(args.rounds):
+            for target in targets.values():
+                progress(f"{target.name:<13} {protocol}  round {n + 1}/{args.rounds}")
+                rounds[target.name].append(measure(target, protocol, args, warm=n == 0))
+        results += [median_round(rs) for rs in rounds.values()]
     return results
 
 
@@ -517,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         progress(f"starting PostgreSQL and loading pgbench scale {args.scale}")
         pg = start_postgres(stack, password, args.scale)
-        per_target = len(args.protocols) * (args.duration + args.warmup)
+        per_target = len(args.protocols) * (args.rounds * args.duration + args.warmup)
         # The JWT is checked at connect time only, but each measurement reconnects.
         targets, gw = collect_targets(stack, pg, password, args, 4 * per_target + 600)
         progress(f"measuring; about {len(targets) * per_target} s")
@@ -541,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({
                 "environment": env,
                 "params": {k: getattr(args, k) for k in
-                           ("clients", "duration", "warmup", "scale", "protocols", "workers")},
+                           ("clients", "duration", "warmup", "rounds", "scale", "protocols",
+                            "workers")},
                 "results": [asdict(r) for r in results],
                 "ratios": ratios(results),
                 "decision_latency_us": latency,

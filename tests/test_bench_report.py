@@ -1,0 +1,48 @@
+"""tools/bench.py's arithmetic: the median round and the per-round ratios it reports.
+(The benchmark itself runs by hand or in `make bench`, never in the test suite.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pgwarden_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def rounds(bench: ModuleType, target: str, *tps: float) -> object:
+    return bench.median_round([bench.Result(target, "simple", t, 1000 / t, int(t), 0, (t,))
+                               for t in tps])
+
+
+def test_the_median_round_keeps_every_rounds_tps(bench: ModuleType) -> None:
+    r = rounds(bench, "pgbouncer", 300.0, 100.0, 200.0)
+    assert (r.tps, r.latency_ms, r.tps_rounds) == (200.0, 5.0, (300.0, 100.0, 200.0))
+    assert rounds(bench, "x", 4.0, 1.0, 3.0, 2.0).tps == 2.0  # even count: the lower middle
+
+
+def test_ratios_pair_the_targets_round_by_round(bench: ModuleType) -> None:
+    # The machine slowed in round 2 for everyone: paired ratios stay 0.8, while the ratio
+    # of the medians (160 / 180) would not.
+    results = [rounds(bench, "pgbouncer", 200.0, 100.0, 180.0),
+               rounds(bench, "pgwarden+pol", 160.0, 80.0, 144.0),
+               rounds(bench, "pgwarden+audit", 80.0, 60.0, 72.0)]
+    rows = {row["gateway"]: row for row in bench.ratios(results)}
+    assert rows["pgwarden+pol"]["/pgbouncer"] == pytest.approx(0.8)
+    assert rows["pgwarden+pol"]["/pgbouncer range"] == (0.8, 0.8)
+    assert rows["pgwarden+audit"]["/pgwarden+pol"] == pytest.approx(0.5)
+    assert rows["pgwarden+audit"]["/pgwarden+pol range"] == (0.5, 0.75)
+    assert "/direct" not in rows["pgwarden+pol"]  # no such target measured
