@@ -174,3 +174,41 @@ def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
                              "--key", str(tmp_path / "audit.pub")],
                             capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_long_texts_are_decided_every_time_and_never_kept(pg: PgBackend, tmp_path: Path,
+                                                          schemas: None) -> None:
+    """The kept allows and the shared analysis caches are bounded in entries and, through
+    a cap on the text's length, in bytes: a client sending many distinct huge statements
+    must not make the gateway hold them."""
+    from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
+    from gateway.enforce import gate as gate_module
+    from gateway.enforce.catalog_cache import CatalogCache
+    from gateway.enforce.input_doc import SessionFacts
+    from gateway.identity.model import Identity
+    from gateway.policy.engine import PolicyEngine
+
+    with psycopg.connect(pg.dsn(pg.service)) as conn:
+        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
+    catalog = build_catalog(rows)
+    cache = CatalogCache(fetch=None)  # type: ignore[arg-type]
+    cache.put("payments", catalog)
+    (tmp_path / "policy.rego").write_text(BY_NAME)
+    engine = PolicyEngine.from_path(str(tmp_path))
+    facts = SessionFacts.build(
+        Identity("ci-bot", "https://issuer", ("ci",), {}, "jwt", None), session_id="s1",
+        started_at=time.time(), name="payments", database="payments", user="ci-bot",
+        application_name="test", client_addr="127.0.0.1", tls=True, networks={})
+    gate = gate_module.StatementGate(facts=facts, connection="payments", catalogs=cache,
+                                     policy=lambda: engine)
+    short = by_id(1)
+    ids = ", ".join(str(i) for i in range(4000))  # ~19 KB
+    huge = f"select note from reuse_a.t where id in ({ids})"  # noqa: S608 (ints)
+    assert len(huge) > gate_module._CACHED_TEXT_MAX
+    for _ in range(2):
+        assert gate._decide_sql(short, "simple", catalog).allowed
+        assert gate._decide_sql(huge, "simple", catalog).allowed
+    kept = {sql for sql, _ in gate._by_text}
+    assert short in kept and huge not in kept
+    assert not any(huge in key for key in gate_module._ANALYSES)
+    assert gate.decisions == 4

@@ -29,6 +29,7 @@ from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
+from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.framing import Frame
@@ -49,6 +50,10 @@ _Q, _P, _F, _C = (ord(c) for c in "QPFC")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
 _ANALYSIS_CACHE_MAX = 4096
+# Texts longer than the parser's own cache takes are analyzed afresh each time rather
+# than kept as cache keys: the caches are bounded in entries, and this bounds them in
+# bytes (thousands of distinct megabyte statements must not all stay in memory).
+_CACHED_TEXT_MAX = PARSE_CACHE_MAX_TEXT
 
 
 @dataclass
@@ -68,7 +73,8 @@ _Decided = tuple[StatementInfo, Decision, dict[str, Any], str, "str | None"]
 
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
 _SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
-_REPEATS_MAX = 512  # per session
+_REPEATS_MAX = 256  # per session, and per table
+_REPEAT_TEXT_MAX = 4096  # per session: at most ~2 MB of kept texts
 
 
 @dataclass(slots=True)
@@ -446,9 +452,10 @@ class StatementGate:
         own = shape is not None and len(infos) == 1 \
             and infos[0].sql == sql[shape.span[0] : shape.span[1]]
         result = _Analysis(infos, {}, False, shape.redacted if own and shape else None)
-        if all(i.cacheable for i in infos):
+        if all(i.cacheable for i in infos) and len(sql) <= _CACHED_TEXT_MAX:
             _remember(_ANALYSES, key, result)
-        if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape):
+        if shape is not None and len(infos) == 1 and reusable(infos[0], sql, shape) \
+                and len(sql) <= _CACHED_TEXT_MAX:
             _remember(_SHAPES, shape_key, _Analysis(infos, {}, False))
             return result, shape
         return result, None
@@ -649,6 +656,8 @@ class StatementGate:
         caches its decisions (deterministic) and no approval in the input."""
         if verdict.role is not None or any(p is not None for p in verdict.plans) \
                 or not engine.deterministic or not engine.cache.maxsize:
+            return
+        if len(sql) > _REPEAT_TEXT_MAX:
             return
         for info, _ in decisions:
             if info.effects or info.catalog_changed or not info.cacheable:
