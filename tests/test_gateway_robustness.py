@@ -729,3 +729,32 @@ def test_zz_gateway_survived(gateway: GatewayProcess) -> None:
         assert tok not in text
         assert tok.split(".")[2] not in text
 
+
+
+def test_messages_sent_after_an_extended_protocol_error_are_skipped_like_the_server_does(
+        gateway: GatewayProcess) -> None:
+    """After an error in the extended protocol the server discards every message up to the
+    next Sync, also those the client sends after the error reached it (a pipelining client
+    that reads while it writes). The gateway follows answers by request: it must not wait
+    for answers to messages the server skipped (that ended the session with XX000)."""
+    from gateway.wire.frontend import Bind, Describe, Execute, Parse, Sync
+
+    def run(sql: str) -> bytes:
+        return (Parse("", sql, ()).encode() + Bind("", "", (), (), ()).encode()
+                + Describe("P", "").encode() + Execute("", 0).encode())
+
+    with RawClient(gateway) as c:
+        login(c, gateway)
+        c.send(run("selec 1") + b"H\0\0\0\4")  # Flush: the error comes back before any Sync
+        error = c.read_until(b"E")
+        assert error[-1].type == b"E" and error[-1].fields()["C"] == "42601", error
+        c.send(run("select 2") + b"H\0\0\0\4")  # skipped by the server: no answer
+        time.sleep(0.3)  # (a batch of its own for the gateway)
+        c.send(Sync().encode())  # ... up to here
+        after = c.read_until(b"Z", b"E")
+        assert [m.type for m in after] == [b"Z"], [(m.type, m.fields()) for m in after]
+        c.send(query_message("select 3"))
+        rows = c.read_until(b"Z")
+        assert [m.type for m in rows] == [b"T", b"D", b"C", b"Z"], rows
+        assert rows[1].body.endswith(b"3")
+    assert_gateway_healthy(gateway)

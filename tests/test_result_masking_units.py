@@ -141,6 +141,37 @@ def test_untagged_batches_become_barriers_only_when_they_end_with_a_sync() -> No
     assert not rm.idle and len(rm.tracker) == 2
 
 
+def test_requests_sent_after_an_error_are_skipped_up_to_the_sync() -> None:
+    """The server discards every message after an extended-protocol error up to the next
+    Sync, including those that reach it after the error: they get no answers."""
+    tr = ResponseTracker()
+    for t in "PBDE":
+        tr.request(ord(t))
+    feed(tr, "E")  # the Parse failed; no Sync was sent yet
+    assert len(tr) == 0 and tr.discarding
+    assert tr.request(ord("P")) is None and tr.request(ord("Q")) is None
+    assert tr.request(ord("S")) is not None and not tr.discarding
+    assert feed(tr, "Z") == [("S", False, True)]
+    tr.request(ord("Q"))  # and then everything is answered again
+    assert [x[0] for x in feed(tr, "TDCZ")] == list("QQQQ") and len(tr) == 0
+
+
+def test_no_barrier_behind_open_requests_or_over_a_skippable_query() -> None:
+    rm = ResultMasker(lambda o, a: None)
+    # P B E without a Sync, then the Sync alone: an error in the first would make the
+    # server skip to that Sync, which a barrier behind them would hide from the tracker
+    rm.forwarded(frames(fe.Parse("", "select 1", ()).encode(),
+                        fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode()), {})
+    rm.forwarded(frames(fe.Sync().encode()), {})
+    assert [chr(r.type) for r in rm.tracker._queue] == list("PBES")
+    assert rm.message(ord("E"), b"") is None  # the Parse failed: skip to the Sync
+    assert rm.message(ord("Z"), b"I") is None and len(rm.tracker) == 0
+    # a Query after an extended run, before any Sync, would be skipped after an error
+    rm.forwarded(frames(fe.Parse("", "select 1", ()).encode(), fe.Query("select 2").encode(),
+                        fe.Sync().encode()), {})
+    assert [chr(r.type) for r in rm.tracker._queue] == list("PQS")
+
+
 def test_a_masked_result_pipelined_behind_untagged_ones_is_masked() -> None:
     """Answers to untagged batches are not shown one by one (only ReadyForQuery); the
     masked statement sent behind them still gets its own result rewritten, and only it."""

@@ -41,7 +41,7 @@ from .rows import (
 
 __all__ = ["ResultMasker", "StatementTag"]
 
-_Q, _P, _B, _D, _E, _C = (ord(c) for c in "QPBDEC")
+_Q, _P, _B, _D, _E, _C, _SYNC = (ord(c) for c in "QPBDECS")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
 _INTERNAL_ANSWERS = frozenset(b"123")
@@ -107,18 +107,27 @@ class ResultMasker:
         """Client messages as forwarded upstream; `tags[i]` is frame i's `StatementTag` (a
         Query: a list with one tag or None per statement)."""
         registry = bool(self._statements)
-        if not tags and not registry:
-            # Nothing to follow (no plan, no audit record, no named statement with one):
-            # the batch is one barrier when it ends with a Sync, as most batches do.
-            syncs, open_tail = 0, False
+        tracker = self.tracker
+        if not tags and not registry and tracker.idle and not tracker.discarding:
+            # Nothing to follow (no plan, no audit record, no named statement with one),
+            # and nothing pending but barriers: the batch is one more barrier when each of
+            # its extended-protocol runs ends with a Sync, as most batches do. (After a
+            # run's error the server skips a Query or FunctionCall before the Sync: those
+            # would be counted as answered, so such a batch is followed message by message.)
+            syncs, extended = 0, False
             for t, _ in frames:
-                if t in SYNCING:
-                    syncs, open_tail = syncs + 1, False
+                if t == _SYNC:
+                    syncs, extended = syncs + 1, False
+                elif t in SYNCING:
+                    if extended:
+                        break
+                    syncs += 1
                 elif t in REQUEST_TYPES:
-                    open_tail = True
-            if not open_tail:
-                self.tracker.barrier(syncs)
-                return
+                    extended = True
+            else:
+                if not extended:
+                    tracker.barrier(syncs)
+                    return
         for i, (t, body) in enumerate(frames):
             tag: Any = None
             if t == _Q:

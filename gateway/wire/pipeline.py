@@ -88,6 +88,10 @@ _new_answer = tuple.__new__
 class ResponseTracker:
     def __init__(self) -> None:
         self._queue: deque[Request] = deque()
+        # After an extended-protocol error the server discards every message up to the
+        # next Sync, also those it receives after the error: an error that emptied the
+        # queue leaves the requests forwarded next unanswered until a Sync.
+        self._discarding = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -97,6 +101,10 @@ class ResponseTracker:
         ignored and return None)."""
         if mtype not in REQUEST_TYPES:
             return None
+        if self._discarding:
+            if mtype != _S:
+                return None  # the server skips it: no answer will come
+            self._discarding = False
         req = Request(mtype, tag)
         self._queue.append(req)
         return req
@@ -108,11 +116,19 @@ class ResponseTracker:
         stop showing this tracker any message but ReadyForQuery (see :attr:`idle`)."""
         if syncs <= 0:
             return
+        if self._discarding:
+            raise ValueError("no barrier while the server skips to a Sync")
         q = self._queue
         if q and q[-1].type == BARRIER:
             q[-1].statement += syncs
         else:
             q.append(Request(BARRIER, None, syncs))
+
+    @property
+    def discarding(self) -> bool:
+        """True while requests forwarded now will be skipped by the server (an
+        extended-protocol error, no Sync sent since)."""
+        return self._discarding
 
     @property
     def idle(self) -> bool:
@@ -179,11 +195,15 @@ class ResponseTracker:
         head.failed = True
         if head.type in (_Q, _S, _F):
             return _answer(head, True, False, head.current_tag)  # ReadyForQuery follows
-        # Extended protocol: the server skips every message up to the next Sync.
+        # Extended protocol: the server skips every message up to the next Sync, those
+        # not forwarded yet included. (A barrier holds its own Sync; by construction one
+        # never follows requests that are still open.)
         q = self._queue
         q.popleft()
-        while q and q[0].type != _S:
+        while q and q[0].type != _S and q[0].type != BARRIER:
             q.popleft()
+        if not q:
+            self._discarding = True
         return _answer(head, ends_result=True, done=True)
 
     @staticmethod
