@@ -1170,3 +1170,46 @@ def test_prop_observer_random_chunking(msgs, observed, data):
         prev = cut
         assert obs.at_boundary() == (cut in boundaries)
     assert events == [split(r) for r in raws if r[0] in observed]
+
+
+# -- the hot-path readers agree with the general decoder --------------------------------
+
+
+def _same_as_decoder(mtype: str, body: bytes, fast: object) -> None:
+    try:
+        want: object = fe.decode_frontend(ord(mtype), body)
+    except ProtocolViolation as e:
+        want = ("error", str(e))
+    try:
+        got: object = fast(body)  # type: ignore[operator]
+    except ProtocolViolation as e:
+        got = ("error", str(e))
+    if isinstance(want, fe.Query):
+        want = want.sql
+    elif isinstance(want, fe.Parse):
+        want = (want.name, want.sql)
+    assert got == want, body
+
+
+_PIECES = st.sampled_from([b"\0", b"\xff", b"\xc3\xa9", b"select 1", b"s1", b"\0\0",
+                           b"\0\x01", b"\xff\xff", b"\0\0\0\x17", b"\x80", b""])
+
+
+@given(st.lists(_PIECES, max_size=8).map(b"".join))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_query_text_reads_what_the_decoder_reads(body: bytes) -> None:
+    _same_as_decoder("Q", body, fe.query_text)
+
+
+@given(st.lists(_PIECES, max_size=8).map(b"".join))
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+def test_parse_statement_reads_what_the_decoder_reads(body: bytes) -> None:
+    _same_as_decoder("P", body, fe.parse_statement)
+
+
+@pytest.mark.parametrize("msg", [fe.Parse("", "select $1", (23,)), fe.Parse("s", "x", ()),
+                                 fe.Parse("n", "select $1, $2", (0, 25))])
+def test_parse_statement_of_real_messages(msg: fe.Parse) -> None:
+    assert fe.parse_statement(msg.encode()[5:]) == (msg.name, msg.sql)
+    _same_as_decoder("P", msg.encode()[5:] + b"\0", fe.parse_statement)  # trailing byte
+    _same_as_decoder("P", msg.encode()[5:-1], fe.parse_statement)  # one short

@@ -33,7 +33,14 @@ from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.framing import Frame
-from gateway.wire.frontend import Close, Parse, Query, decode_frontend, query_text
+from gateway.wire.frontend import (
+    Close,
+    Parse,
+    Query,
+    decode_frontend,
+    parse_statement,
+    query_text,
+)
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
@@ -256,7 +263,12 @@ class StatementGate:
                         replaced[i] = role_frames(expansion)
                 if mtype != _C:
                     continue
-            msg = Query(query_text(body)) if mtype == _Q else decode_frontend(mtype, body)
+            if mtype == _Q:
+                msg: Any = Query(query_text(body))
+            elif mtype == _P:  # its parameter types are the server's business
+                msg = Parse(*parse_statement(body), ())
+            else:
+                msg = decode_frontend(mtype, body)
             if mtype == _C:
                 assert isinstance(msg, Close)
                 if msg.kind == "S":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -260,10 +261,43 @@ def query_text(body: bytes) -> str:
     end = body.find(b"\0")
     if end < 0:
         raise ProtocolViolation("unterminated string in message")
+    sql = _utf8(body[:end])
     if end != len(body) - 1:
         raise ProtocolViolation("message has trailing bytes")
+    return sql
+
+
+def parse_statement(body: bytes) -> tuple[str, str]:
+    """A Parse body's (statement name, text): ``decode_frontend(ord("P"), body)`` without
+    building its parameter type list (once per extended-protocol statement), with the same
+    checks and errors."""
+    first = body.find(b"\0")
+    if first < 0:
+        raise ProtocolViolation("unterminated string in message")
+    name = _utf8(body[:first])
+    second = body.find(b"\0", first + 1)
+    if second < 0:
+        raise ProtocolViolation("unterminated string in message")
+    sql = _utf8(body[first + 1 : second])
+    if len(body) < second + 3:
+        raise ProtocolViolation("message is shorter than its contents require")
+    (count,) = _COUNT.unpack_from(body, second + 1)
+    if count < 0:
+        raise ProtocolViolation("negative parameter type count")
+    end = second + 3 + 4 * count
+    if end > len(body):
+        raise ProtocolViolation("message is shorter than its contents require")
+    if end != len(body):
+        raise ProtocolViolation("message has trailing bytes")
+    return name, sql
+
+
+_COUNT = struct.Struct("!h")
+
+
+def _utf8(raw: bytes) -> str:
     try:
-        return body[:end].decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolViolation("invalid UTF-8 in message string") from None
 
