@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway import logs
 from gateway.admin import metrics
@@ -92,10 +92,29 @@ class _Repeat:
     verdict: Verdict
     outcomes: tuple[str, ...]
     decided: tuple[_Decided, ...]  # when auditing: what the records are made of
-    #: when auditing one statement by template: what `_record` would append for it —
-    #: (template key, record builder, decision, command, redacted text)
-    record: tuple[tuple[Any, ...], Callable[[], dict[str, Any]], Decision, str, str] | None \
-        = None
+    #: when auditing one statement by template: what `_record` would append for it
+    record: _RecordPlan | None = None
+
+
+class _RecordPlan(NamedTuple):
+    """A repeat's decision record: `_record`'s template key and builder, worked out once."""
+
+    key: tuple[Any, ...]  # see _template_key: its third member is the redacted text
+    build: Callable[[], dict[str, Any]]
+    decision: Decision
+    command: str
+
+
+def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,
+                  redacted: str | None) -> tuple[Any, ...] | None:
+    """The template key of a decision record the gateway did not refuse, or None when it
+    cannot share a template: records equal but for their envelope have equal keys (same
+    statement document, decision, text and approval; the session's part is the same
+    objects)."""
+    if redacted is None or not ctx.shares_session_input(doc):
+        return None
+    approval = doc.get("approval") or {}
+    return (digest, id(decision), redacted, approval.get("granted"), approval.get("id"))
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
@@ -514,7 +533,7 @@ class StatementGate:
         try:
             hit = self._hit
             if hit is not None and hit.record is not None and len(decided) == 1 \
-                    and decided[0][4] == hit.record[4]:  # (the same text as recorded)
+                    and decided[0][4] == hit.record.key[2]:  # (the same text as recorded)
                 return self._record_repeat(verdict, hit.record)
             return self._record(sql, verdict, decided)
         except Exception as e:  # AuditUnavailable (backlog full, closed) or a bug: fail closed
@@ -523,16 +542,15 @@ class StatementGate:
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
 
-    def _record_repeat(self, verdict: Verdict, record: tuple[Any, ...]) -> Verdict:
+    def _record_repeat(self, verdict: Verdict, record: _RecordPlan) -> Verdict:
         """`_record` for a repeated plain allow of one statement, whose template key and
         builder were worked out when it was first recorded."""
-        key, build, decision, command, _ = record
         templates = self._templates
         assert templates is not None
         now = time.perf_counter()
-        seq = templates.append(key, build, pin=decision, wake=False)
+        seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
-        return _with_tags(verdict, (StatementTag(None, seq, now, command),))
+        return _with_tags(verdict, (StatementTag(None, seq, now, record.command),))
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
@@ -565,16 +583,12 @@ class StatementGate:
                     sqlstate=error.code if refused and error is not None else None)
 
             # written by write_through() in _review
-            if redacted is None or refused or templates is None \
-                    or not ctx.shares_session_input(doc):
+            key = None if refused or templates is None else \
+                _template_key(ctx, decision, doc, digest, redacted)
+            if key is None:
                 seq = audit.append(build(), wake=False)
             else:
-                # the same record but for its envelope: same statement document, decision,
-                # text and approval (the session's part is the same objects)
-                approval = doc.get("approval") or {}
-                seq = templates.append(
-                    (digest, id(decision), redacted, approval.get("granted"),
-                     approval.get("id")), build, pin=decision, wake=False)
+                seq = templates.append(key, build, pin=decision, wake=False)
             self._last_seq = seq
             plan = verdict.plans[i] if i < len(verdict.plans) else None
             tags.append(StatementTag(plan, seq, now, info.command))
@@ -674,9 +688,7 @@ class StatementGate:
         for info, _ in decisions:
             if info.effects or info.catalog_changed or not info.cacheable:
                 return
-        under = self._repeats_under
-        if under[0] is not engine or under[1] is not catalog \
-                or under[2] != self.state._version:
+        if not self._repeats_hold(engine, catalog):
             self._by_text.clear()
             self._by_shape.clear()
             self._repeats_under = (engine, catalog, self.state._version)
@@ -686,15 +698,13 @@ class StatementGate:
         if decided is not None and len(decided) == 1 and self._templates is not None \
                 and ctx is not None:
             info, decision, doc, digest, redacted = decided[0]
-            # the conditions and key of _record's template path, for an allow
-            if redacted is not None and ctx.shares_session_input(doc):
-                approval = doc.get("approval") or {}
+            key = _template_key(ctx, decision, doc, digest, redacted)
+            if key is not None:  # the builder _record gives an allow it did not refuse
                 build = functools.partial(
                     records.decision_record, ctx, decision=decision, input_doc=doc,
                     statement_digest=digest, redacted_sql=redacted, outcome=None,
                     reasons=None, sqlstate=None)
-                repeat.record = ((digest, id(decision), redacted, approval.get("granted"),
-                                  approval.get("id")), build, decision, info.command, redacted)
+                repeat.record = _RecordPlan(key, build, decision, info.command)
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
         if shared is not None and analysis.redacted is not None \
@@ -708,12 +718,16 @@ class StatementGate:
             self._by_text.clear()
         self._by_text[(sql, protocol)] = repeat
 
+    def _repeats_hold(self, engine: PolicyEngine, catalog: Catalog) -> bool:
+        """Whether the kept allows were decided under this engine, this catalog snapshot
+        and the session's current name resolution."""
+        under = self._repeats_under
+        return under[0] is engine and under[1] is catalog and under[2] == self.state._version
+
     def _repeat_of(self, sql: str, protocol: str, catalog: Catalog, engine: PolicyEngine
                    ) -> tuple[_Repeat | None, Shape | None]:
         """The kept allow for `sql`, if any, and the text's shape when it was needed."""
-        under = self._repeats_under
-        if under[0] is not engine or under[1] is not catalog \
-                or under[2] != self.state._version or logs.enabled(logging.DEBUG):
+        if not self._repeats_hold(engine, catalog) or logs.enabled(logging.DEBUG):
             return None, None  # (at debug level every decision is logged: no shortcut)
         repeat = self._by_text.get((sql, protocol))
         if repeat is not None or not self._by_shape:
