@@ -25,20 +25,20 @@ from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import WALKED, BackendObserver, Frame, MessageFramer
-from gateway.wire.pipeline import RESPONSE_TYPES
+from gateway.wire.pipeline import RESPONSE_TYPES, SYNCING
 
 from .endpoint import Endpoint
 
 CLIENT_TYPES = frozenset(b"QPBDECSHXdcfF")
 _X, _Z, _R, _K, _E, _S = (ord(c) for c in "XZRKES")
-_SYNCING = frozenset(b"QSF")  # client messages each answered by one ReadyForQuery
-# Small messages the relay reacts to, and every answer to a request except the rows
-# themselves, so that results can be matched to the requests they answer.
-OBSERVED = frozenset((_Z, _R, _K, _E, _S)) | (RESPONSE_TYPES - frozenset(b"Dd"))
+# The small messages the relay reacts to: all it observes while no answer needs matching
+# to its request.
+OBSERVED_IDLE = frozenset((_Z, _R, _K, _E, _S))
+# ... and every answer to a request except the rows themselves, so that results can be
+# matched to the requests they answer.
+OBSERVED = OBSERVED_IDLE | (RESPONSE_TYPES - frozenset(b"Dd"))
 # ... plus DataRow and CopyData while a result with masked columns may be streaming.
 OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
-# ... only what the relay reacts to, while no answer needs matching to its request.
-OBSERVED_IDLE = frozenset((_Z, _R, _K, _E, _S))
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
@@ -138,7 +138,7 @@ class Relay:
     def _forward(self, out: bytes, frames: list[Frame]) -> None:
         terminate = False
         for t, _ in frames:
-            if t in _SYNCING:
+            if t in SYNCING:  # each answered by one ReadyForQuery
                 self._outstanding += 1
             elif t == _X:
                 terminate = True
