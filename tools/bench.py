@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 # Run as a plain script (`python tools/bench.py`): make the checkout importable even when the
 # project isn't installed into the venv.
@@ -55,6 +56,7 @@ STARTER_POLICY = REPO_ROOT / "policies" / "pci"
 GATEWAYS = ("pgwarden", "pgwarden+pol", "pgwarden+audit")
 # What pgbench -S sends, with the literal it varies.
 BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -373,11 +375,14 @@ def measure(target: Target, protocol: str, args: argparse.Namespace, warm: bool)
     return Result(target.name, protocol, tps, latency, transactions, failed, (tps,))
 
 
+def lower_median(ordered: list[T]) -> T:
+    """The middle item of a sorted list (the lower middle one of an even count)."""
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def median_round(rounds: list[Result]) -> Result:
-    """The round with the median TPS (the lower middle one of an even count), carrying
-    every round's TPS."""
-    ordered = sorted(rounds, key=lambda r: r.tps)
-    mid = ordered[(len(ordered) - 1) // 2]
+    """The round with the median TPS, carrying every round's TPS."""
+    mid = lower_median(sorted(rounds, key=lambda r: r.tps))
     return replace(mid, tps_rounds=tuple(r.tps for r in rounds))
 
 
@@ -435,7 +440,7 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 if base == gw_name or not other or len(other) != len(gw) or not all(other):
                     continue
                 each = sorted(g / o for g, o in zip(gw, other, strict=True))
-                row[f"/{base}"] = round(each[(len(each) - 1) // 2], 3)
+                row[f"/{base}"] = round(lower_median(each), 3)
                 row[f"/{base} range"] = (round(each[0], 3), round(each[-1], 3))
             rows.append(row)
     return rows
