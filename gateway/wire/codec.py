@@ -13,6 +13,14 @@ _U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!ci")
 
 
+def utf8(raw: bytes) -> str:
+    """A message string's text; ProtocolViolation when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation("invalid UTF-8 in message string") from None
+
+
 class Reader:
     """Cursor over one message body; every overrun is a ProtocolViolation, never IndexError."""
 
@@ -59,10 +67,7 @@ class Reader:
             raise ProtocolViolation("unterminated string in message")
         raw = self._data[self._pos : end]
         self._pos = end + 1
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolViolation("invalid UTF-8 in message string") from None
+        return utf8(raw)
 
     def nullable_bytes(self) -> bytes | None:
         n = self.int32()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .codec import Reader, cstr, frame, i16, i32, u32
+from .codec import _I16, Reader, cstr, frame, i16, i32, u32, utf8
 from .errors import ProtocolViolation
 
 
@@ -261,7 +260,7 @@ def query_text(body: bytes) -> str:
     end = body.find(b"\0")
     if end < 0:
         raise ProtocolViolation("unterminated string in message")
-    sql = _utf8(body[:end])
+    sql = utf8(body[:end])
     if end != len(body) - 1:
         raise ProtocolViolation("message has trailing bytes")
     return sql
@@ -274,14 +273,14 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     first = body.find(b"\0")
     if first < 0:
         raise ProtocolViolation("unterminated string in message")
-    name = _utf8(body[:first])
+    name = utf8(body[:first])
     second = body.find(b"\0", first + 1)
     if second < 0:
         raise ProtocolViolation("unterminated string in message")
-    sql = _utf8(body[first + 1 : second])
+    sql = utf8(body[first + 1 : second])
     if len(body) < second + 3:
         raise ProtocolViolation("message is shorter than its contents require")
-    (count,) = _COUNT.unpack_from(body, second + 1)
+    (count,) = _I16.unpack_from(body, second + 1)
     if count < 0:
         raise ProtocolViolation("negative parameter type count")
     end = second + 3 + 4 * count
@@ -292,14 +291,6 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     return name, sql
 
 
-_COUNT = struct.Struct("!h")
-
-
-def _utf8(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolViolation("invalid UTF-8 in message string") from None
 
 
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
