@@ -229,14 +229,13 @@ class StatementGate:
         if single_query and not self.roles:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
-            verdict = self._decide_sql(query_text(frames[0][1]), "simple", catalog)
+            sql = query_text(frames[0][1])
+            verdict = self._decide_sql(sql, "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
                 return self._review(raw, frames, relay, catalog, verdict)
-            tags = verdict.tags
-            if not tags:
-                return raw if self.audit is None else self._finish_batch(raw, frames, {})
-            if any(t is not None for t in tags):
-                self._plans[0] = list(tags)
+            if not verdict.tags and self.audit is None:
+                return raw  # nothing follows it to its results, no record to wait for
+            self._admit(0, _Q, None, sql, verdict, {})
             return self._finish_batch(raw, frames, {})
         return self._review(raw, frames, relay, catalog)
 
