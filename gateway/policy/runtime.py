@@ -61,6 +61,7 @@ from typing import Any
 from regopy import Interpreter
 from regopy.rego_shared import LogLevel, RegoError, rego
 
+from gateway import native
 from gateway.policy.decision import UNDEFINED
 from gateway.policy.errors import PolicyCompileError
 from gateway.policy.scan import scan_module, tokenize
@@ -109,6 +110,12 @@ _get_error_size = rego.regoErrorSize
 _get_error = rego.regoError
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+# The same walk as build_input's, compiled (gateway/policy/_input.c): None when not built.
+_native = native.load("gateway.policy._input")
+if _native is not None:
+    _native.bind(tuple(ctypes.cast(f, ctypes.c_void_p).value for f in (
+        _in_int, _in_float, _in_str, _in_bool, _in_null, _in_item, _in_object, _in_array)))
 
 
 class EvalError(Exception):
@@ -635,9 +642,25 @@ def build_input(value: Any, key_order: KeyOrder | None = None) -> int:
     p = _new_input()
     if not p:
         raise EvalError("could not allocate an input")
+    order = key_order or _AS_GIVEN
+    if _native is not None:
+        try:
+            if _native.build(p, value, order._memo, order.plan, _quoted):
+                return p
+        except BaseException:
+            _free_input(p)
+            raise
+        # Something the compiled walk leaves to this one: start over, and name it.
+        _free_input(p)
+        p = _new_input()
+        if not p:
+            raise EvalError("could not allocate an input")
+    return _build(p, value, order)
+
+
+def _build(p: int, value: Any, order: KeyOrder) -> int:
     in_str, in_item, in_object, in_array = _in_str, _in_item, _in_object, _in_array
     quoted_get, quoted = _QUOTED.get, _quoted
-    order = key_order or _AS_GIVEN
     plan, known_plan = order.plan, order._memo.get
 
     def add(v: Any) -> None:
