@@ -94,6 +94,49 @@ def test_a_session_leaves_a_verifiable_trail_without_any_pan(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_every_allowed_statement_gets_an_outcome_also_when_an_error_skips_it(
+        audited: tuple[GatewayProcess, Path, Path], pg: PgBackend) -> None:
+    """PostgreSQL runs nothing of a query string after its first error, nor anything of
+    an extended-protocol run up to its Sync: those statements were decided (and allowed),
+    so each gets a statement record saying it was skipped, linked to its decision."""
+    gw, audit_dir, pub = audited
+    env = pg.server.env()
+    env["PGPASSWORD"] = gw.token(groups=("ci",))
+    out = subprocess.run(
+        [str(pg.server.bin_dir / "psql"), "-X", "-h", "127.0.0.1", "-p", str(gw.port),
+         "-U", "ci-bot", "-d", "payments", "-c",
+         "select 1 as first_col; select 1/0 as boom_col; select 2 as third_col"],
+        env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode != 0 and "division by zero" in out.stderr, out.stderr
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         autocommit=True) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero), c.pipeline():
+            c.execute("select %s::int / 0 as pipe_boom", (1,))
+            c.execute("select %s::int as pipe_after", (2,))
+        assert c.execute("select 3 as still_usable").fetchone() == (3,)
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+    decisions = {r["seq"]: r for r in records if r["type"] == "decision"}
+    ends: dict[int, list[dict]] = {}
+    for r in records:
+        if r["type"] == "statement":
+            ends.setdefault(r["decision_seq"], []).append(r)
+
+    def outcomes(column: str) -> list[tuple[str, str | None]]:
+        seqs = [s for s, d in decisions.items() if column in (d.get("sql") or "")]
+        assert seqs, column
+        return [(e["outcome"], e["sqlstate"]) for s in seqs for e in ends.get(s, [])]
+
+    assert outcomes("first_col") == [("allowed", None)]
+    assert outcomes("boom_col") == [("error", "22012")]
+    assert outcomes("third_col") == [("skipped", None)]
+    assert outcomes("pipe_boom") == [("error", "22012")]
+    assert outcomes("pipe_after") == [("skipped", None)]
+    assert outcomes("still_usable") == [("allowed", None)]
+    out = pgwarden("audit", "verify", str(audit_dir), "--key", str(pub), "--live")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_the_sealed_log_verifies_and_tampering_is_named(
         pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("sealed")

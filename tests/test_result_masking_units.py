@@ -9,7 +9,7 @@ import pytest
 from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
 from gateway.masking.plan import ColumnMask, MaskPlan
-from gateway.masking.results import ResultMasker, StatementTag
+from gateway.masking.results import SKIPPED, ResultMasker, StatementTag
 from gateway.masking.rows import (
     CopyOutMasker,
     UnsupportedCopy,
@@ -304,6 +304,81 @@ def test_a_prepared_statements_plan_reaches_its_portals_rows() -> None:
     rm.message(ord("s"), b"")
     rm.message(ord("Z"), b"I")
     assert rm.masked_values == 2
+
+
+def recorder() -> tuple[ResultMasker, list[tuple[str | None, int]]]:
+    ended: list[tuple[str | None, int]] = []
+    rm = ResultMasker(lambda o, a: None,
+                      on_result=lambda tag, t, b, counts: ended.append((tag.command, t)))
+    return rm, ended
+
+
+def test_statements_of_a_query_string_after_an_error_end_as_skipped() -> None:
+    """PostgreSQL runs nothing of a query string after its first error: every statement
+    after the failed one ends there (SKIPPED), so each decision gets its outcome."""
+    rm, ended = recorder()
+    tags = [StatementTag(command="A"), None, StatementTag(command="C"),
+            StatementTag(command="X"), StatementTag(command="D", internal=True),
+            StatementTag(command="E")]
+    rm.forwarded(frames(fe.Query("select 1; select 1; select 1/0; select 3; reset role; "
+                                 "select 2").encode()), {0: tags})
+    for t, b in [("T", b""), ("D", b""), ("C", b"SELECT 1\0"), ("C", b"SELECT 1\0"),
+                 ("E", b""), ("Z", b"I")]:
+        rm.message(ord(t), b)
+    # B was not followed (no tag), D is the gateway's own (internal): no record for them
+    assert ended == [("A", ord("C")), ("C", ord("E")), ("X", SKIPPED), ("E", SKIPPED)]
+    assert rm.idle and len(rm.tracker) == 0
+
+
+def test_executes_an_extended_error_skips_end_as_skipped_and_are_not_followed_on() -> None:
+    """An error in an extended-protocol run makes the server skip to the Sync: the
+    Executes it skips end as SKIPPED, and nothing keeps waiting for their rows."""
+    rm, ended = recorder()
+    masked = StatementTag(plan({0: LAST4}, 1), command="B")
+    batch = frames(fe.Parse("s1", "select 1/0", ()).encode(),
+                   fe.Bind("", "s1", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                   fe.Parse("s2", "select pan from cards", ()).encode(),
+                   fe.Bind("", "s2", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                   fe.Sync().encode())
+    rm.forwarded(batch, {0: StatementTag(command="A"), 3: masked})
+    assert rm.needs_rows
+    for t in "12E":
+        rm.message(ord(t), b"")
+    assert ended == [("A", ord("E")), ("B", SKIPPED)]
+    rm.message(ord("Z"), b"I")
+    assert rm.idle and not rm.needs_rows  # the skipped masked Execute is not waited for
+
+
+def test_an_error_before_its_execute_is_that_statements_and_the_rest_are_skipped() -> None:
+    """A Bind can fail (a constant folded with its parameters, say): the statement it
+    binds failed, so its Execute ends with that error; the next statement's is skipped."""
+    rm, ended = recorder()
+    batch = frames(fe.Parse("s1", "select $1::int / 0", ()).encode(),
+                   fe.Bind("", "s1", (), (b"1",), ()).encode(), fe.Execute("", 0).encode(),
+                   fe.Parse("s2", "select 2", ()).encode(),
+                   fe.Bind("", "s2", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                   fe.Sync().encode())
+    rm.forwarded(batch, {0: StatementTag(command="A"), 3: StatementTag(command="B")})
+    rm.message(ord("1"), b"")
+    rm.message(ord("E"), b"22012")  # answers the Bind
+    assert ended == [("A", ord("E")), ("B", SKIPPED)]
+    rm.message(ord("Z"), b"I")
+    assert rm.idle and len(rm.tracker) == 0
+
+
+def test_executes_sent_while_the_server_skips_to_a_sync_end_as_skipped() -> None:
+    rm, ended = recorder()
+    rm.forwarded(frames(fe.Parse("s1", "select 1", ()).encode(),
+                        fe.Bind("", "s1", (), (), ()).encode(), fe.Execute("", 0).encode()),
+                 {0: StatementTag(command="A")})
+    rm.message(ord("E"), b"")  # the Parse failed, no Sync sent yet: skip to the next one
+    assert ended == [("A", ord("E"))] and rm.tracker.discarding  # A failed at its Parse
+    rm.forwarded(frames(fe.Parse("s2", "select 2", ()).encode(),
+                        fe.Bind("", "s2", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Sync().encode()), {0: StatementTag(command="B")})
+    assert ended == [("A", ord("E")), ("B", SKIPPED)]
+    rm.message(ord("Z"), b"I")
+    assert rm.idle and len(rm.tracker) == 0
 
 
 # -- the batched hot path equals the per-row definition -----------------------------------------

@@ -39,11 +39,17 @@ from .rows import (
     walk_columns,
 )
 
-__all__ = ["ResultMasker", "StatementTag"]
+__all__ = ["SKIPPED", "ResultMasker", "StatementTag"]
+
+#: The message type `on_result` gets for a statement the server will not run (an earlier
+#: statement of its Query string, or of its extended-protocol run up to Sync, failed).
+SKIPPED = 0
 
 _Q, _P, _B, _D, _E, _C, _SYNC = (ord(c) for c in "QPBDECS")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
+_ERROR = ord("E")
+_BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _INTERNAL_ANSWERS = frozenset(b"123")
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
@@ -78,7 +84,8 @@ class ResultMasker:
         self.lookup = lookup
         # Called when a statement's result ends (CommandComplete, EmptyQueryResponse,
         # PortalSuspended or ErrorResponse): the tag, that message's type and body, and
-        # the values masked per protected column.
+        # the values masked per protected column; type SKIPPED (body b"") for a statement
+        # an earlier error made the server skip.
         self.on_result = on_result
         self._statements: dict[str, StatementTag] = {}
         self._portals: dict[str, StatementTag] = {}
@@ -170,7 +177,9 @@ class ResultMasker:
 
     def _track(self, t: int, tag: Any) -> None:
         req = self.tracker.request(t, tag)
-        if req is not None and tag is not None:
+        if req is None and tag is not None:  # forwarded while the server skips to a Sync
+            self._skipped_request(t, tag)
+        elif req is not None and tag is not None:
             self._tracked += 1
             if _has_plan(tag):
                 self._planned += 1
@@ -245,7 +254,42 @@ class ResultMasker:
             self._tracked -= 1
             if _has_plan(req.tag):
                 self._planned -= 1
+        if mtype == _ERROR:
+            self._skip_after(req, body)
         return out
+
+    def _skip_after(self, req: Any, error: bytes) -> None:
+        """An error: what the server will not run after it — the rest of a Query string,
+        the extended-protocol requests up to the next Sync — ends here, as skipped. An
+        error answering a Parse, Bind or Describe (a constant folded at Bind, say) is the
+        failure of the statement the next Execute would have run: that one ends with it."""
+        if req.type == _Q and req.tag is not None:
+            for tag in req.tag[req.statement + 1 :]:
+                self._skipped(tag)
+        owner = req.type in _BEFORE_EXECUTE
+        for skipped in self.tracker.take_skipped():
+            tag = skipped.tag
+            self._tracked -= 1
+            if _has_plan(tag):
+                self._planned -= 1
+            if owner and skipped.type == _E:
+                if not tag.internal and self.on_result is not None:
+                    self.on_result(tag, _ERROR, error, {})
+                owner = False
+                continue
+            owner = owner and skipped.type != _Q
+            self._skipped_request(skipped.type, tag)
+
+    def _skipped_request(self, t: int, tag: Any) -> None:
+        if t == _Q:
+            for one in tag:
+                self._skipped(one)
+        elif t == _E:
+            self._skipped(tag)
+
+    def _skipped(self, tag: StatementTag | None) -> None:
+        if tag is not None and not tag.internal and self.on_result is not None:
+            self.on_result(tag, SKIPPED, b"", {})
 
     def walk_rows(self, data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
         """`BackendObserver.walk_run`: the current result's DataRows from `pos` on, masked

@@ -16,7 +16,7 @@ from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
-from gateway.masking.results import ResultMasker, StatementTag
+from gateway.masking.results import SKIPPED, ResultMasker, StatementTag
 from gateway.masking.safety_net import mask_in_place
 from gateway.wire import backend as be
 from gateway.wire.codec import frame
@@ -392,6 +392,8 @@ class Session:
         elif mtype == 0x43:  # CommandComplete
             rows = records.rows_from_tag(body.rstrip(b"\0").decode("ascii", "replace"))
             outcome = "masked" if masked else "allowed"
+        elif mtype == SKIPPED:  # an earlier error: the server never ran it
+            outcome = "skipped"
         else:  # EmptyQueryResponse, PortalSuspended
             outcome = "masked" if masked else "allowed"
         values = sum(masked.values())

@@ -92,6 +92,7 @@ class ResponseTracker:
         # next Sync, also those it receives after the error: an error that emptied the
         # queue leaves the requests forwarded next unanswered until a Sync.
         self._discarding = False
+        self._skipped: list[Request] = []  # tagged requests an error made the server skip
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -123,6 +124,12 @@ class ResponseTracker:
             q[-1].statement += syncs
         else:
             q.append(Request(BARRIER, None, syncs))
+
+    def take_skipped(self) -> list[Request]:
+        """The tagged requests the last extended-protocol error made the server skip (it
+        runs nothing up to the next Sync): they will get no answer. Cleared by the call."""
+        skipped, self._skipped = self._skipped, []
+        return skipped
 
     @property
     def discarding(self) -> bool:
@@ -201,7 +208,9 @@ class ResponseTracker:
         q = self._queue
         q.popleft()
         while q and q[0].type != _S and q[0].type != BARRIER:
-            q.popleft()
+            skipped = q.popleft()
+            if skipped.tag is not None:
+                self._skipped.append(skipped)
         if not q:
             self._discarding = True
         return _answer(head, ends_result=True, done=True)
