@@ -137,6 +137,35 @@ def test_every_allowed_statement_gets_an_outcome_also_when_an_error_skips_it(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    gw, audit_dir, _pub = audited
+    c = psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                        autocommit=True)
+    c.execute("select 1 as before_sleep").fetchone()
+    c.pgconn.send_query(b"select pg_sleep(3) as long_sleep")
+    c.pgconn.flush()
+    time.sleep(0.5)  # decided and forwarded; the server is sleeping
+    c.close()  # the client goes away before the result
+    deadline = time.monotonic() + 10
+    while True:
+        records = read_records(audit_dir)
+        decision = [r for r in records if r["type"] == "decision"
+                    and "long_sleep" in (r.get("sql") or "")]
+        if decision and any(r["type"] == "session.end"
+                            and r["session"] == decision[0]["session"] for r in records):
+            break
+        assert time.monotonic() < deadline, "no session.end for the sleeping session"
+        time.sleep(0.1)
+    ends = [r for r in records if r["type"] == "statement"
+            and r["decision_seq"] == decision[0]["seq"]]
+    assert [(e["outcome"], e["sqlstate"], e["rows"]) for e in ends] == [
+        ("unfinished", None, None)]
+    end = next(r for r in records if r["type"] == "session.end"
+               and r["session"] == decision[0]["session"])
+    assert ends[0]["seq"] < end["seq"] and end["totals"]["statements"] == 2
+
+
 def test_the_sealed_log_verifies_and_tampering_is_named(
         pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("sealed")

@@ -366,6 +366,20 @@ def test_an_error_before_its_execute_is_that_statements_and_the_rest_are_skipped
     assert rm.idle and len(rm.tracker) == 0
 
 
+def test_unfinished_names_every_statement_whose_result_has_not_ended() -> None:
+    rm, _ = recorder()
+    rm.forwarded(frames(fe.Query("select 1; select pg_sleep(9); reset role; select 2")
+                        .encode()),
+                 {0: [StatementTag(command="A"), StatementTag(command="B"),
+                      StatementTag(command="R", internal=True), StatementTag(command="C")]})
+    rm.forwarded(frames(fe.Parse("s1", "select 3", ()).encode(),
+                        fe.Bind("", "s1", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Sync().encode()), {0: StatementTag(command="D")})
+    assert [t.command for t in rm.unfinished()] == ["A", "B", "C", "D"]
+    rm.message(ord("C"), b"SELECT 1\0")  # A is done; B runs
+    assert [t.command for t in rm.unfinished()] == ["B", "C", "D"]
+
+
 def test_executes_sent_while_the_server_skips_to_a_sync_end_as_skipped() -> None:
     rm, ended = recorder()
     rm.forwarded(frames(fe.Parse("s1", "select 1", ()).encode(),

@@ -39,11 +39,14 @@ from .rows import (
     walk_columns,
 )
 
-__all__ = ["SKIPPED", "ResultMasker", "StatementTag"]
+__all__ = ["SKIPPED", "UNFINISHED", "ResultMasker", "StatementTag"]
 
 #: The message type `on_result` gets for a statement the server will not run (an earlier
 #: statement of its Query string, or of its extended-protocol run up to Sync, failed).
 SKIPPED = 0
+#: ... and the one a caller passes for a statement whose result never ended (see
+#: :meth:`ResultMasker.unfinished`): whether the server ran it is not known.
+UNFINISHED = -1
 
 _Q, _P, _B, _D, _E, _C, _SYNC = (ord(c) for c in "QPBDECS")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
@@ -256,6 +259,21 @@ class ResultMasker:
                 self._planned -= 1
         if mtype == _ERROR:
             self._skip_after(req, body)
+        return out
+
+    def unfinished(self) -> list[StatementTag]:
+        """The statements forwarded whose results have not ended (a session ending now
+        leaves them so): the current and later statements of pending Queries, pending
+        Executes; not the gateway's own."""
+        out: list[StatementTag] = []
+        for req in self.tracker.pending():
+            tag = req.tag
+            if tag is None:
+                continue
+            if req.type == _Q:
+                out += [t for t in tag[req.statement :] if t is not None and not t.internal]
+            elif req.type == _E and not tag.internal:
+                out.append(tag)
         return out
 
     def _skip_after(self, req: Any, error: bytes) -> None:

@@ -16,7 +16,7 @@ from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
-from gateway.masking.results import SKIPPED, ResultMasker, StatementTag
+from gateway.masking.results import SKIPPED, UNFINISHED, ResultMasker, StatementTag
 from gateway.masking.safety_net import mask_in_place
 from gateway.wire import backend as be
 from gateway.wire.codec import frame
@@ -130,6 +130,7 @@ class Session:
             metrics.SAFETY_NET_HITS.inc(totals.get("safety_net_hits", 0))
             self.totals.safety_net_hits = totals.get("safety_net_hits", 0)
             if self.audit_ctx is not None:
+                self._close_unfinished()
                 self._audit(records.session_end(
                     self.audit_ctx, reason=outcome, totals=self.totals,
                     duration_us=(time.time() - self.started_at) * 1e6))
@@ -141,6 +142,18 @@ class Session:
                     duration_ms=round((time.time() - self.started_at) * 1000, 1),
                     **totals,
                 )
+
+    def _close_unfinished(self) -> None:
+        """Statements still running upstream as the session ends get their completion
+        record now, as `unfinished`: every decision that let one through has an outcome."""
+        results = self.relay.results if self.relay is not None else None
+        if results is None:
+            return
+        try:
+            for tag in results.unfinished():
+                self._statement_done(tag, UNFINISHED, b"", {})
+        except Exception as e:  # the session's end must be recorded whatever this hits
+            logs.error("audit.unfinished_failed", session=self.id, error=type(e).__name__)
 
     def _totals(self) -> dict[str, int]:
         relay = self.relay
@@ -394,6 +407,8 @@ class Session:
             outcome = "masked" if masked else "allowed"
         elif mtype == SKIPPED:  # an earlier error: the server never ran it
             outcome = "skipped"
+        elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
+            outcome = "unfinished"
         else:  # EmptyQueryResponse, PortalSuspended
             outcome = "masked" if masked else "allowed"
         values = sum(masked.values())

@@ -125,6 +125,10 @@ class ResponseTracker:
         else:
             q.append(Request(BARRIER, None, syncs))
 
+    def pending(self) -> tuple[Request, ...]:
+        """The requests still waiting for (the rest of) their answers, oldest first."""
+        return tuple(self._queue)
+
     def take_skipped(self) -> list[Request]:
         """The tagged requests the last extended-protocol error made the server skip (it
         runs nothing up to the next Sync): they will get no answer. Cleared by the call."""
