@@ -166,6 +166,42 @@ def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
     assert ends[0]["seq"] < end["seq"] and end["totals"]["statements"] == 2
 
 
+def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in(
+        audited: tuple[GatewayProcess, Path, Path], pg: PgBackend) -> None:
+    """Card numbers no column lineage accounts for (literals here) are masked by the
+    safety net on their way out; each statement's record counts the hits in its own
+    result, also when several results share one read, and in an error's text."""
+    gw, audit_dir, _pub = audited
+    env = pg.server.env()
+    env["PGPASSWORD"] = gw.token(groups=("ci",))
+    out = subprocess.run(
+        [str(pg.server.bin_dir / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1",
+         "-p", str(gw.port), "-U", "ci-bot", "-d", "payments", "-c",
+         "select 1 as net_none; "
+         "select '4111111111111111' as net_two, '5555555555554444' as net_two_b; "
+         "select 2 as net_after; select '6011111111111117'::int as net_error"],
+        env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert "*********1111" in out.stdout and "4111111111111111" not in out.stdout
+    # (psql's "LINE 1:" context quotes its own copy of the query, not the server's text)
+    assert 'value "601*********1117" is out of range' in out.stderr, out.stderr
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+    decisions = {r["seq"]: r for r in records if r["type"] == "decision"}
+
+    def hits(column: str) -> list[tuple[str, int]]:
+        seqs = [s for s, d in decisions.items() if column in (d.get("sql") or "")]
+        assert len(seqs) == 1, column
+        return [(r["outcome"], r["safety_net_hits"]) for r in records
+                if r["type"] == "statement" and r["decision_seq"] == seqs[0]]
+
+    assert hits("net_none") == [("allowed", 0)]
+    assert hits("net_two") == [("allowed", 2)]
+    assert hits("net_after") == [("allowed", 0)]
+    assert hits("net_error") == [("error", 1)]
+    raw = "".join(f.read_text() for f in audit_dir.glob("*.jsonl"))
+    assert "4111111111111111" not in raw and "6011111111111117" not in raw
+
+
 def test_the_sealed_log_verifies_and_tampering_is_named(
         pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("sealed")

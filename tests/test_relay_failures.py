@@ -86,3 +86,29 @@ def test_a_failing_stage_ends_only_its_session_and_forwards_nothing(side: str) -
     assert failed and failed[0]["error"] == "RuntimeError"
     assert failed[0]["where"].startswith("test_relay_failures.py:")
     assert "4111111111111111" not in stream.getvalue()  # where, never what
+
+
+def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
+    """The arithmetic behind a statement record's `safety_net_hits`: a hit belongs to the
+    first result ending at or after it, in the bytes the client got — after the masks'
+    splices (which change lengths) and behind bytes the net held back from the read
+    before; hits after the last ended result wait for the next one."""
+    got: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        relay = Relay("s1", Endpoint(), Endpoint(), 1 << 20, safety_net="mask",
+                      on_result=lambda tag, t, b, c, hits: got.append((tag, hits)))
+        # results ending at 100 and 300 of the upstream's buffer; a mask shrank bytes
+        # 40..60 of it to 4 bytes (-16) and 150..250 to nothing (-100); 5 bytes held back
+        relay._ended = [(100, "A", 0, b"", {}), (300, "B", 0, b"", {})]
+        swaps = [(40, 60, b"xxxx"), (150, 250, b"")]
+        # in the client's bytes, A's end is at 5 + 100 - 16 = 89, B's at 89 + 200 - 100
+        relay._report_ended(swaps, 5, [3, 89, 90, 189, 190])
+        assert got == [("A", 2), ("B", 2)]
+        assert relay.take_carried_hits() == 1  # 190: in a result still streaming
+        relay._ended = [(10, "C", 0, b"", {})]
+        relay._carried_hits = 1
+        relay._report_ended([], 0, [])
+        assert got[-1] == ("C", 1)
+
+    asyncio.run(main())

@@ -309,7 +309,9 @@ class StreamScanner:
     bytes, the longest candidate. ``flush`` returns the rest at the end of the stream.
     The concatenated output always equals ``mask_in_place`` of the concatenated input,
     so a PAN split across chunks is masked, and the framing guard sees the same runs.
-    ``hits`` counts the hits found so far, each once.
+    ``hits`` counts the hits found so far, each once; ``ends`` lists where each hit the
+    last ``feed``/``flush`` counted ends, as offsets into the bytes that call returned
+    (so that a caller can tell whose message each hit was in).
 
     To decide the held bytes like the whole stream would, the scanner also keeps the
     last 32 original bytes it already returned: any candidate is at most 23 bytes long,
@@ -317,14 +319,17 @@ class StreamScanner:
     still has to decide.
     """
 
-    __slots__ = ("_ctx", "_held", "hits")
+    __slots__ = ("_ctx", "_held", "ends", "hits")
 
     def __init__(self) -> None:
         self._ctx = b""  # original bytes already returned, for context only
         self._held = b""  # original bytes not returned yet
         self.hits = 0
+        self.ends: list[int] = []
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.ends:
+            self.ends = []
         if not chunk:
             return b""
         if not self._held:
@@ -363,6 +368,8 @@ class StreamScanner:
 
     def flush(self) -> bytes:
         """The held bytes, masked; the scanner is ready for a new stream afterwards."""
+        if self.ends:
+            self.ends = []
         data = self._ctx + self._held
         base = len(self._ctx)
         out, spans = _mask(data) if self._held else (data, [])
@@ -375,3 +382,4 @@ class StreamScanner:
         for _s, e in spans:
             if base < e <= cut:
                 self.hits += 1
+                self.ends.append(e - base)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from gateway import logs
-from gateway.masking.results import ResultMasker
+from gateway.masking.results import ResultMasker, StatementTag
 from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
@@ -42,6 +42,11 @@ OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
+
+
+# A statement's result ended: its tag, the message that ended it (type, body), the values
+# masked per protected column, and the safety-net hits in its bytes.
+OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int], None]
 
 
 class Gate(Protocol):
@@ -67,7 +72,8 @@ class Gate(Protocol):
 class Relay:
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
                  max_message_size: int, gate: Gate | None = None,
-                 safety_net: str = "mask", results: ResultMasker | None = None) -> None:
+                 safety_net: str = "mask", results: ResultMasker | None = None,
+                 on_result: OnResult | None = None) -> None:
         self.session_id = session_id
         self.client = client
         self.upstream = upstream
@@ -93,6 +99,14 @@ class Relay:
         self.results = results
         if results is not None:
             self.observer.walk_run = results.walk_rows
+        # Statements whose results ended in the buffer at hand: reported to `on_result`
+        # once the safety net has scanned that buffer, each with the hits in its result.
+        self._on_result = on_result
+        self._ended: list[tuple[int, StatementTag, int, bytes, dict[str, int]]] = []
+        self._at = 0  # where the backend message being accounted for ends, in its buffer
+        self._carried_hits = 0  # hits after the last result that ended
+        if results is not None and on_result is not None:
+            results.on_result = self._result_ended
 
     def start(self, client_leftover: bytes = b"", upstream_leftover: bytes = b"") -> None:
         c, u = self.client, self.upstream
@@ -206,16 +220,20 @@ class Relay:
             return
         swaps: list[tuple[int, int, bytes]] = []
         results = self.results
+        follow = self._on_result is not None
         for mtype, body, start, end in events:
             if mtype & WALKED:  # rows the masker rewrote as the observer walked them
                 swaps.append((start, end, body))
             if results is not None:
+                if follow:
+                    self._at = end
                 try:
                     replacement = results.message(mtype, body)
                 except (ProtocolViolation, ValueError) as e:
                     # A result the gateway cannot follow or mask must not reach the client.
                     logs.error("session.result_untracked", session=self.session_id,
                                reason=str(e)[:200])
+                    self._report_ended((), 0, ())
                     self._fail_internal("the gateway could not follow this result safely")
                     return
                 if replacement is not None:
@@ -238,6 +256,7 @@ class Relay:
                     if swap is not None:
                         swaps.append((start, end, swap))
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
+                self._report_ended((), 0, ())
                 self._fail_upstream("upstream sent an unexpected message")
                 return
         if results is not None and not results.needs_rows:
@@ -248,11 +267,16 @@ class Relay:
         safety = self.safety
         if safety is not None:
             hits = safety.hits
+            held = len(safety._held)  # returned ahead of this buffer's bytes
             forward = safety.feed(forward)
+            if self._ended:
+                self._report_ended(swaps, held, safety.ends)
             if self.safety_error and safety.hits != hits:
                 logs.warning("session.safety_net_stop", session=self.session_id)
                 self._stop_on_pan()
                 return
+        elif self._ended:
+            self._report_ended(swaps, 0, ())
         if forward:
             self.client.write(forward)
         if self._notices and self.observer.at_boundary() and not (
@@ -262,6 +286,38 @@ class Relay:
         if self.safety_error:
             # Whether what the client has received so far ends between two messages.
             self._client_at_boundary = self.observer.at_boundary() and not self.safety.holding()
+
+    def _result_ended(self, tag: StatementTag, mtype: int, body: bytes,
+                      counts: dict[str, int]) -> None:
+        self._ended.append((self._at, tag, mtype, body, counts))
+
+    def _report_ended(self, swaps: Sequence[tuple[int, int, bytes]], held: int,
+                      hit_ends: Sequence[int]) -> None:
+        """Report the results that ended in this buffer, each with the safety-net hits in
+        its own bytes: a hit belongs to the result during or at whose end message it ends
+        (`hit_ends` are offsets into what the client got: this buffer after the masks'
+        splices, behind `held` bytes of the previous one)."""
+        ended, self._ended = self._ended, []
+        deliver = self._on_result
+        assert deliver is not None
+        i, n = 0, len(hit_ends)
+        for at, tag, mtype, body, counts in ended:
+            shifted = at + held
+            for s, e, replacement in swaps:
+                if e > at:
+                    break
+                shifted += len(replacement) - (e - s)
+            hits, self._carried_hits = self._carried_hits, 0
+            while i < n and hit_ends[i] <= shifted:
+                hits += 1
+                i += 1
+            deliver(tag, mtype, body, counts, hits)
+        self._carried_hits += n - i
+
+    def take_carried_hits(self) -> int:
+        """Safety-net hits after the last result that ended (in one still streaming)."""
+        hits, self._carried_hits = self._carried_hits, 0
+        return hits
 
     def _stop_on_pan(self) -> None:
         if not self.upstream.closed:

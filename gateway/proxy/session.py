@@ -146,12 +146,15 @@ class Session:
     def _close_unfinished(self) -> None:
         """Statements still running upstream as the session ends get their completion
         record now, as `unfinished`: every decision that let one through has an outcome."""
-        results = self.relay.results if self.relay is not None else None
-        if results is None:
+        relay = self.relay
+        results = relay.results if relay is not None else None
+        if relay is None or results is None:
             return
         try:
+            hits = relay.take_carried_hits()  # in the result that was streaming
             for tag in results.unfinished():
-                self._statement_done(tag, UNFINISHED, b"", {})
+                self._statement_done(tag, UNFINISHED, b"", {}, hits)
+                hits = 0
         except Exception as e:  # the session's end must be recorded whatever this hits
             logs.error("audit.unfinished_failed", session=self.id, error=type(e).__name__)
 
@@ -357,10 +360,10 @@ class Session:
 
         # Without a gate (policy.enforce: false) no statement has a plan or a decision
         # record, so nothing needs its answers followed.
-        results = None if gate is None else ResultMasker(
-            column_for, on_result=self._statement_done if self.audit_ctx is not None else None)
+        results = None if gate is None else ResultMasker(column_for)
         relay = Relay(self.id, self.client, link.endpoint, max_size, gate,
-                      safety_net=self.server.config.masking.safety_net, results=results)
+                      safety_net=self.server.config.masking.safety_net, results=results,
+                      on_result=self._statement_done if self.audit_ctx is not None else None)
         self.relay = relay
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         # Rights end with the token: a session does not outlive the JWT it logged in with.
@@ -391,7 +394,7 @@ class Session:
             return False
 
     def _statement_done(self, tag: StatementTag, mtype: int, body: bytes,
-                        masked: dict[str, int]) -> None:
+                        masked: dict[str, int], safety_net_hits: int = 0) -> None:
         """A statement's result ended: its completion record, linked to its decision."""
         if self.audit_ctx is None:
             return
@@ -413,6 +416,7 @@ class Session:
             outcome = "masked" if masked else "allowed"
         values = sum(masked.values())
         self.totals.count(outcome, rows=rows, masked_values=values)
+        hits = safety_net_hits
         ctx, templates = self.audit_ctx, self._templates
         columns = sorted(masked)
         duration = round((time.perf_counter() - tag.started) * 1e6) if tag.started else None
@@ -421,10 +425,10 @@ class Session:
             return records.statement_record(
                 ctx, decision_seq=tag.decision_seq, outcome=outcome, command=tag.command,
                 sqlstate=sqlstate, rows=rows, masked_values=values, masked_columns=columns,
-                error=error, duration_us=duration)
+                safety_net_hits=hits, error=error, duration_us=duration)
 
         # goes out with the next decision's write (or within a second): wake=False
-        if error is not None or templates is None:
+        if error is not None or templates is None or hits:
             self._audit(build(), wake=False)
             return
         try:
