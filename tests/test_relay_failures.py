@@ -88,6 +88,31 @@ def test_a_failing_stage_ends_only_its_session_and_forwards_nothing(side: str) -
     assert "4111111111111111" not in stream.getvalue()  # where, never what
 
 
+@pytest.mark.parametrize("audited", [False, True])
+def test_an_answer_nothing_explains_ends_the_session_with_its_reason(audited: bool) -> None:
+    """Followed results (a ResultMasker), with or without audit records: an upstream
+    answer to no request ends the session as untrackable, not as an internal error."""
+    from gateway.masking.results import ResultMasker
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        client_ep, client_r, client_w = await _pair(loop)
+        upstream_ep, _upstream_r, upstream_w = await _pair(loop)
+        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="mask",
+                      results=ResultMasker(lambda o, a: None),
+                      on_result=(lambda *a: None) if audited else None)
+        relay.start()
+        upstream_w.write(be.ReadyForQuery("I").encode())  # nobody asked
+        await asyncio.wait_for(relay.done, 5)
+        out = await _read_all(client_r)
+        for w in (client_w, upstream_w):
+            w.close()
+        return out
+
+    out = asyncio.run(main())
+    assert b"could not follow this result safely" in out
+
+
 def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
     """The arithmetic behind a statement record's `safety_net_hits`: a hit belongs to the
     first result ending at or after it, in the bytes the client got — after the masks'

@@ -362,6 +362,10 @@ class StreamScanner:
         self._held = data[cut:]
         return out[base:cut]
 
+    def held(self) -> int:
+        """How many bytes are held back (the next output starts with them)."""
+        return len(self._held)
+
     def holding(self) -> bool:
         """True while bytes are held back (the output so far stops short of the input)."""
         return bool(self._held)

@@ -267,7 +267,7 @@ class Relay:
         safety = self.safety
         if safety is not None:
             hits = safety.hits
-            held = len(safety._held)  # returned ahead of this buffer's bytes
+            held = safety.held()  # returned ahead of this buffer's bytes
             forward = safety.feed(forward)
             if self._ended:
                 self._report_ended(swaps, held, safety.ends)
@@ -299,7 +299,8 @@ class Relay:
         splices, behind `held` bytes of the previous one)."""
         ended, self._ended = self._ended, []
         deliver = self._on_result
-        assert deliver is not None
+        if not ended or deliver is None:
+            return
         i, n = 0, len(hit_ends)
         for at, tag, mtype, body, counts in ended:
             shifted = at + held
