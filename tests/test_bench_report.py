@@ -1,5 +1,6 @@
 """tools/bench.py's arithmetic: the median round and the per-round ratios it reports.
-(The benchmark itself runs by hand or in `make bench`, never in the test suite.)"""
+(The benchmark itself runs by hand or in `make bench`, never in the test suite; its
+`--floor` proxy gets a smoke test.)"""
 
 from __future__ import annotations
 
@@ -46,3 +47,23 @@ def test_ratios_pair_the_targets_round_by_round(bench: ModuleType) -> None:
     assert rows["pgwarden+audit"]["/pgwarden+pol"] == pytest.approx(0.5)
     assert rows["pgwarden+audit"]["/pgwarden+pol range"] == (0.5, 0.75)
     assert "/direct" not in rows["pgwarden+pol"]  # no such target measured
+
+
+def test_the_python_floor_carries_a_tls_session_to_postgres(
+        bench: ModuleType, pg: object, tmp_path: Path) -> None:
+    """`--floor`'s proxy: TLS in front, bytes to the server behind, a real client through."""
+    import contextlib
+
+    import psycopg
+
+    server = pg.server  # type: ignore[attr-defined]
+    role = pg.service  # type: ignore[attr-defined]
+    with contextlib.ExitStack() as stack:
+        target = bench.start_floor(stack, server, role.password)
+        port = int(target.env["PGPORT"])
+        assert target.tls and target.env["PGSSLMODE"] == "require"
+        with psycopg.connect(host="127.0.0.1", port=port, user=role.name,
+                             password=role.password, dbname=pg.dbname,  # type: ignore[attr-defined]
+                             sslmode="require") as c:
+            assert c.pgconn.ssl_in_use
+            assert c.execute("select count(*) from cards").fetchone() == (5,)

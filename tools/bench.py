@@ -53,7 +53,7 @@ PGBOUNCER = Path("/usr/sbin/pgbouncer")
 UNPRIVILEGED_USERS = ("postgres", "embedded_postgres")
 THREADS = 2
 STARTER_POLICY = REPO_ROOT / "policies" / "pci"
-GATEWAYS = ("pgwarden", "pgwarden+pol", "pgwarden+audit")
+GATEWAYS = ("python-floor", "pgwarden", "pgwarden+pol", "pgwarden+audit")
 # What pgbench -S sends, with the literal it varies.
 BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 T = TypeVar("T")
@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 5 s, scale 1, 1 s warm-up")
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="skip the pgwarden+audit target (policy and audit trail on)")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure tools/floor_proxy.py (TLS and a byte pump, no work): "
+                        "the floor under any Python proxy here")
     p.add_argument("--install", action="store_true",
                    help="apt-get install pgbouncer if it is missing")
     args = p.parse_args(argv)
@@ -219,6 +222,22 @@ def start_pgbouncer(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
     except (RuntimeError, TimeoutError) as e:
         raise RuntimeError(f"pgbouncer: {e}\n{(d / 'pgbouncer.log').read_text()}") from None
     return Target("pgbouncer", DEBIAN_PGBENCH, client_env(port, ROLE, password, "require"), True)
+
+
+def start_floor(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: str) -> Target:
+    """tools/floor_proxy.py: TLS towards pgbench, a byte pump to the server, nothing else."""
+    d = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    stack.callback(shutil.rmtree, d, ignore_errors=True)
+    write_self_signed(d / "server.pem", d / "server.key")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tools" / "floor_proxy.py"),
+                             "--cert", str(d / "server.pem"), "--key", str(d / "server.key"),
+                             "--port", str(port), "--upstream-port", str(pg.port)],
+                            stdin=subprocess.DEVNULL)
+    stack.callback(stop_process, proc)
+    wait_for_port(port, proc)
+    return Target("python-floor", DEBIAN_PGBENCH, client_env(port, ROLE, password, "require"),
+                  True)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -481,6 +500,8 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
                                                                         strict=True))
             + (f"  {note}" if note else ""))
     lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS;")
+    if "python-floor" in targets:
+        lines.append(" python-floor = TLS and a byte pump in Python: tools/floor_proxy.py;")
     lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci,")
     lines.append(" pgwarden+audit = and every decision and statement in the audit trail)")
     return "\n".join(lines)
@@ -514,6 +535,9 @@ def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
     else:
         progress(f"NOTE: {PGBOUNCER} not found: skipping the pgbouncer target "
                  "(--install tries apt-get install pgbouncer)")
+    if args.floor:
+        progress("starting the python floor (tools/floor_proxy.py)")
+        targets["python-floor"] = start_floor(stack, pg, password)
     progress(f"starting pgwarden, relay only and with the starter policy (workers={args.workers})")
     _, targets["pgwarden"] = start_gateway(stack, pg, password, args.workers,
                                             token_ttl, policy=False)
