@@ -105,6 +105,17 @@ def outcome(policy: runtime.CompiledPolicy, walk: str, value: Any) -> tuple[str,
         runtime._free_input(p)
 
 
+def c_walk(policy: runtime.CompiledPolicy, value: Any) -> bool:
+    """Whether the C walk handed all of `value` over by itself (False: it left it)."""
+    native, order = runtime._native, policy.key_order
+    assert native is not None and order is not None
+    p = runtime._new_input()
+    try:
+        return native.build(p, value, order._memo, order.plan, runtime._quoted)
+    finally:
+        runtime._free_input(p)
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(value=documents(st.one_of(plain_scalars, odd_scalars), odd=True))
 def test_the_c_walk_hands_over_what_the_python_walk_does(echo: runtime.CompiledPolicy,
@@ -116,14 +127,7 @@ def test_the_c_walk_hands_over_what_the_python_walk_does(echo: runtime.CompiledP
 @given(value=documents(plain_scalars, odd=False))
 def test_the_c_walk_builds_plain_json_by_itself(echo: runtime.CompiledPolicy,
                                                 value: Any) -> None:
-    assert runtime._native is not None
-    order = echo.key_order
-    assert order is not None
-    p = runtime._new_input()
-    try:
-        assert runtime._native.build(p, value, order._memo, order.plan, runtime._quoted) is True
-    finally:
-        runtime._free_input(p)
+    assert c_walk(echo, value) is True
     assert outcome(echo, "native", value)[0] == "ok"
 
 
@@ -132,14 +136,7 @@ def test_a_statement_document_is_built_by_the_c_walk(echo: runtime.CompiledPolic
                          "columns": [{"schema": "public", "name": "pan", "tags": ["pan"],
                                       "usage": ["output"]}], "has_where": True, "n": 2.5},
            "identity": {"groups": ("ci",)}}
-    assert runtime._native is not None
-    order = echo.key_order
-    assert order is not None
-    p = runtime._new_input()
-    try:
-        assert runtime._native.build(p, doc, order._memo, order.plan, runtime._quoted) is True
-    finally:
-        runtime._free_input(p)
+    assert c_walk(echo, doc) is True
     kind, text = outcome(echo, "native", doc)
     assert kind == "ok" and '"sql":"select \\"a\\\\b\\"\\nfrom t"' in text
     assert outcome(echo, "native", doc) == outcome(echo, "python", doc)
@@ -147,17 +144,10 @@ def test_a_statement_document_is_built_by_the_c_walk(echo: runtime.CompiledPolic
 
 def test_the_c_walk_leaves_deep_nesting_to_the_python_walk(
         echo: runtime.CompiledPolicy) -> None:
-    assert runtime._native is not None
-    order = echo.key_order
-    assert order is not None
     deep: Any = "leaf"
     for _ in range(100):
         deep = [deep]
-    p = runtime._new_input()
-    try:
-        assert runtime._native.build(p, deep, order._memo, order.plan, runtime._quoted) is False
-    finally:
-        runtime._free_input(p)
+    assert c_walk(echo, deep) is False
     assert outcome(echo, "native", deep) == outcome(echo, "python", deep)
     assert outcome(echo, "native", deep)[0] == "ok"
 
