@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -135,6 +135,37 @@ def test_every_allowed_statement_gets_an_outcome_also_when_an_error_skips_it(
     assert outcomes("still_usable") == [("allowed", None)]
     out = pgwarden("audit", "verify", str(audit_dir), "--key", str(pub), "--live")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_statement_whose_parse_fails_upstream_is_recorded_as_that_error(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    """asyncpg prepares a statement (Parse, Describe, Sync) before executing it: when the
+    server refuses the Parse, the allowed statement's record says so."""
+    import asyncio
+
+    import asyncpg
+
+    gw, audit_dir, _pub = audited
+
+    async def main() -> None:
+        conn = await asyncpg_connect(gw, password=gw.token(groups=("ci",)))
+        try:
+            with pytest.raises(asyncpg.UndefinedFunctionError):
+                await conn.fetch("select 1 + 'x'::text as asy_bad")
+            assert await conn.fetchval("select 7 as asy_good") == 7
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+    for column, expected in (("asy_bad", [("error", "42883")]),
+                             ("asy_good", [("allowed", None)])):
+        seqs = [r["seq"] for r in records if r["type"] == "decision"
+                and column in (r.get("sql") or "")]
+        assert len(seqs) == 1, column
+        assert [(r["outcome"], r["sqlstate"]) for r in records if r["type"] == "statement"
+                and r["decision_seq"] == seqs[0]] == expected, column
 
 
 def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(

@@ -380,6 +380,35 @@ def test_unfinished_names_every_statement_whose_result_has_not_ended() -> None:
     assert [t.command for t in rm.unfinished()] == ["B", "C", "D"]
 
 
+def test_a_decided_parse_that_fails_ends_its_statement_once() -> None:
+    """asyncpg prepares (Parse, Describe, Sync) before it ever executes: an error answering
+    the Parse (an operator that does not exist, say) is that statement's outcome, and
+    its Executes skipped in the same run add nothing; a later statement's are skipped."""
+    rm, ended = recorder()
+    a, b = StatementTag(command="A", decision_seq=1), StatementTag(command="B", decision_seq=2)
+    rm.forwarded(frames(fe.Parse("a", "select 1 + 'x'::text", ()).encode(),
+                        fe.Describe("S", "a").encode(), fe.Sync().encode()), {0: a})
+    rm.message(ord("E"), b"42883")
+    rm.message(ord("Z"), b"I")
+    assert ended == [("A", ord("E"))] and rm.idle
+    ended.clear()
+    rm.forwarded(frames(fe.Parse("", "select 1 + 'x'::text", ()).encode(),
+                        fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Parse("b", "select 2", ()).encode(),
+                        fe.Bind("", "b", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Sync().encode()), {0: a, 3: b})
+    rm.message(ord("E"), b"42883")
+    rm.message(ord("Z"), b"I")
+    assert ended == [("A", ord("E")), ("B", SKIPPED)] and rm.idle
+    ended.clear()
+    rm.forwarded(frames(fe.Parse("", "select 2", ()).encode(),
+                        fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Sync().encode()), {0: b})
+    for t, body_ in [("1", b""), ("2", b""), ("C", b"SELECT 1\0"), ("Z", b"I")]:
+        rm.message(ord(t), body_)
+    assert ended == [("B", ord("C"))] and rm.idle and len(rm.tracker) == 0
+
+
 def test_executes_sent_while_the_server_skips_to_a_sync_end_as_skipped() -> None:
     rm, ended = recorder()
     rm.forwarded(frames(fe.Parse("s1", "select 1", ()).encode(),

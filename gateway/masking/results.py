@@ -150,6 +150,8 @@ class ResultMasker:
                 if ptag is not None:
                     self._statements[name] = ptag
                     registry = True
+                    if ptag.decision_seq is not None:
+                        tag = ptag  # followed: an error answering the Parse is its outcome
                 elif registry:
                     self._statements.pop(name, None)
             elif registry and t in (_B, _D, _E, _C):
@@ -284,12 +286,18 @@ class ResultMasker:
         if req.type == _Q and req.tag is not None:
             for tag in req.tag[req.statement + 1 :]:
                 self._skipped(tag)
-        owner = req.type in _BEFORE_EXECUTE
+        # A followed Parse's error was that statement's outcome already (its Executes in
+        # the run say nothing more); an untagged Parse's, a Bind's or a Describe's is the
+        # next Execute's.
+        failed = req.tag if req.type == _P else None
+        owner = req.type in _BEFORE_EXECUTE and failed is None
         for skipped in self.tracker.take_skipped():
             tag = skipped.tag
             self._tracked -= 1
             if _has_plan(tag):
                 self._planned -= 1
+            if failed is not None and tag is failed:
+                continue
             if owner and skipped.type == _E:
                 if not tag.internal and self.on_result is not None:
                     self.on_result(tag, _ERROR, error, {})
