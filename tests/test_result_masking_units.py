@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
@@ -595,3 +598,111 @@ def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_f
     end, out = walk_one_column(prefix + rows + tail, len(prefix), 1, LAST4, {})
     assert end == len(prefix) + len(rows)
     assert out == walk_one_column(rows, 0, 1, LAST4, {})[1]
+
+
+# -- every followed statement ends exactly once, whatever fails ---------------------------------
+
+
+def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple[str, int]]:
+    """What PostgreSQL answers to `requests` (in order) when the ones marked in `fails`
+    fail: (message type, index of the request it answers). An extended-protocol error
+    skips everything up to the next Sync; an error in a query string ends that string."""
+    out: list[tuple[str, int]] = []
+    skipping = False
+    for i, ((kind, req), fail) in enumerate(zip(requests, fails, strict=True)):
+        if skipping and kind != "S":
+            continue
+        if kind == "S":
+            out.append(("Z", i))
+            skipping = False
+        elif kind == "Q":
+            for n in range(len(req.tags)):  # type: ignore[attr-defined]
+                if fail and n == req.fails_at:  # type: ignore[attr-defined]
+                    out.append(("E", i))
+                    break
+                out.append(("C", i))
+            out.append(("Z", i))
+        elif fail:
+            out.append(("E", i))
+            skipping = True
+        else:
+            out.append(({"P": "1", "B": "2", "D": "n", "E": "C"}[kind], i))
+    return out
+
+
+class _Unit:
+    """One statement sent by the extended protocol (Parse, Bind, [Describe], Execute)."""
+
+    def __init__(self, n: int, tag: StatementTag | None, describe: bool) -> None:
+        self.name = f"s{n}"
+        self.tag = tag
+        self.describe = describe
+
+
+class _Query:
+    def __init__(self, tags: list[StatementTag | None], fails_at: int) -> None:
+        self.tags = tags
+        self.fails_at = fails_at
+
+
+@given(st.data())
+@settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
+def test_every_followed_statement_ends_once_and_nothing_stays_counted(
+        data: st.DataObject) -> None:
+    rm, _ = recorder()
+    ends: dict[int, list[int]] = {}
+    rm.on_result = lambda tag, t, b, c: ends.setdefault(id(tag), []).append(t)
+    tags: list[StatementTag] = []
+
+    def new_tag(n: int) -> StatementTag | None:
+        if not data.draw(st.booleans(), "followed"):
+            return None
+        masked = data.draw(st.booleans(), "masked")
+        tag = StatementTag(plan({0: LAST4}, 1) if masked else None, decision_seq=n,
+                           command=f"c{n}")
+        tags.append(tag)
+        return tag
+
+    requests: list[tuple[str, object]] = []
+    batches: list[tuple[list[bytes], dict[int, object]]] = []
+    for n in range(data.draw(st.integers(1, 6), "units")):
+        frames_: list[bytes] = []
+        batch_tags: dict[int, object] = {}
+        if data.draw(st.booleans(), "query"):
+            q = _Query([new_tag(100 * n + i) for i in range(data.draw(st.integers(1, 3)))],
+                       data.draw(st.integers(0, 2)))
+            batch_tags[0] = q.tags
+            frames_.append(fe.Query("select 1").encode())
+            requests.append(("Q", q))
+        else:
+            u = _Unit(n, new_tag(n), data.draw(st.booleans(), "describe"))
+            batch_tags[0] = u.tag
+            frames_ += [fe.Parse(u.name, "select 1", ()).encode(),
+                        fe.Bind("", u.name, (), (), ()).encode()]
+            requests += [("P", u), ("B", u)]
+            if u.describe:
+                frames_.append(fe.Describe("P", "").encode())
+                requests.append(("D", u))
+            frames_.append(fe.Execute("", 0).encode())
+            requests.append(("E", u))
+        if data.draw(st.booleans(), "sync"):
+            frames_.append(fe.Sync().encode())
+            requests.append(("S", None))
+        batches.append((frames_, {k: v for k, v in batch_tags.items() if v is not None}))
+    batches.append(([fe.Sync().encode()], {}))
+    requests.append(("S", None))
+    fails = [data.draw(st.booleans(), "fails") if k != "S" else False for k, _ in requests]
+    answers = _server(requests, fails)
+    sent = 0
+    for frames_, batch_tags in batches:
+        rm.forwarded(frames(*frames_), batch_tags)
+        sent += len(frames_)
+        if data.draw(st.booleans(), "answer now"):  # what the server answered so far
+            while answers and answers[0][1] < sent:
+                rm.message(ord(answers.pop(0)[0]), b"")
+    for mtype, _i in answers:
+        rm.message(ord(mtype), b"")
+    assert len(rm.tracker) == 0 and rm.idle and not rm.needs_rows
+    assert rm._tracked == 0 and rm._planned == 0
+    for tag in tags:  # each followed statement: one end (an error, a result or a skip)
+        assert len(ends.get(id(tag), [])) == 1, (tag.command, ends.get(id(tag)))

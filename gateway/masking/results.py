@@ -53,6 +53,7 @@ _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
 _ERROR = ord("E")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
+_FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
@@ -286,10 +287,10 @@ class ResultMasker:
         if req.type == _Q and req.tag is not None:
             for tag in req.tag[req.statement + 1 :]:
                 self._skipped(tag)
-        # A followed Parse's error was that statement's outcome already (its Executes in
-        # the run say nothing more); an untagged Parse's, a Bind's or a Describe's is the
+        # A followed Parse's or Describe's error was that statement's outcome already (its
+        # Executes in the run say nothing more); an unfollowed one's, or a Bind's, is the
         # next Execute's.
-        failed = req.tag if req.type == _P else None
+        failed = req.tag if req.type in _FOLLOWED_BEFORE_EXECUTE else None
         owner = req.type in _BEFORE_EXECUTE and failed is None
         for skipped in self.tracker.take_skipped():
             tag = skipped.tag
