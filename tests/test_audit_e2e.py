@@ -195,6 +195,10 @@ def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
     end = next(r for r in records if r["type"] == "session.end"
                and r["session"] == decision[0]["session"])
     assert ends[0]["seq"] < end["seq"] and end["totals"]["statements"] == 2
+    assert end["totals"]["unfinished"] == 1 and end["totals"]["allowed"] == 1
+    show = pgwarden("audit", "show", str(audit_dir), "--session", end["session"])
+    assert show.returncode == 0 and "UNFINISHED SELECT" in show.stdout, show.stdout
+    assert "1 unfinished)" in show.stdout, show.stdout
 
 
 def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in(

@@ -242,8 +242,11 @@ def test_session_totals_and_rows_from_tag() -> None:
     t.count("masked", rows=2, masked_values=2)
     t.count("denied")
     t.count("error", safety_net_hits=1)
-    assert t.to_dict() == {"statements": 4, "allowed": 1, "denied": 1, "masked": 1, "held": 0,
-                           "errors": 1, "rows": 7, "masked_values": 2, "safety_net_hits": 1}
+    t.count("skipped")
+    t.count("unfinished")
+    assert t.to_dict() == {"statements": 6, "allowed": 1, "denied": 1, "masked": 1, "held": 0,
+                           "errors": 1, "skipped": 1, "unfinished": 1, "rows": 7,
+                           "masked_values": 2, "safety_net_hits": 1}
     assert records.rows_from_tag("SELECT 5") == 5
     assert records.rows_from_tag("INSERT 0 3") == 3
     assert records.rows_from_tag("BEGIN") is None

@@ -175,6 +175,8 @@ class SessionTotals:
     masked: int = 0
     held: int = 0
     errors: int = 0
+    skipped: int = 0
+    unfinished: int = 0
     rows: int = 0
     masked_values: int = 0
     safety_net_hits: int = 0
@@ -183,7 +185,7 @@ class SessionTotals:
               safety_net_hits: int = 0) -> None:
         self.statements += 1
         attr = {"error": "errors"}.get(outcome, outcome)
-        if attr in ("allowed", "denied", "masked", "held", "errors"):
+        if attr in ("allowed", "denied", "masked", "held", "errors", "skipped", "unfinished"):
             setattr(self, attr, getattr(self, attr) + 1)
         self.rows += rows or 0
         self.masked_values += masked_values
@@ -192,8 +194,8 @@ class SessionTotals:
     def to_dict(self) -> dict[str, int]:
         return {"statements": self.statements, "allowed": self.allowed, "denied": self.denied,
                 "masked": self.masked, "held": self.held, "errors": self.errors,
-                "rows": self.rows, "masked_values": self.masked_values,
-                "safety_net_hits": self.safety_net_hits}
+                "skipped": self.skipped, "unfinished": self.unfinished, "rows": self.rows,
+                "masked_values": self.masked_values, "safety_net_hits": self.safety_net_hits}
 
 
 def session_end(ctx: AuditContext, *, reason: str, totals: SessionTotals | Mapping[str, int],
