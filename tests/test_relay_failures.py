@@ -14,7 +14,7 @@ import pytest
 
 from gateway import logs
 from gateway.proxy.endpoint import Endpoint
-from gateway.proxy.relay import Relay
+from gateway.proxy.relay import OBSERVED, Relay
 from gateway.wire import backend as be
 
 
@@ -137,3 +137,45 @@ def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
         assert got[-1] == ("C", 1)
 
     asyncio.run(main())
+
+
+def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
+    """A stage fails after the buffer's accounting: the session ends (fail closed), but
+    the statement whose result ended in that buffer is still reported, once."""
+    from gateway.masking.results import ResultMasker, StatementTag
+    from gateway.masking.safety_net import StreamScanner
+    from gateway.wire import frontend as fe
+
+    got: list[tuple[str | None, int]] = []
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        client_ep, client_r, client_w = await _pair(loop)
+        upstream_ep, _upstream_r, upstream_w = await _pair(loop)
+        results = ResultMasker(lambda o, a: None)
+        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="mask",
+                      results=results,
+                      on_result=lambda tag, t, b, c, hits: got.append((tag.command, t)))
+        relay.start()
+        query = fe.Query("select 1").encode()
+        # as Relay._forward does for a tagged Query
+        results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
+        relay._outstanding = 1
+        relay.observer.observed = OBSERVED
+
+        class Broken(StreamScanner):
+            def feed(self, chunk: bytes) -> bytes:
+                raise RuntimeError("a stage after the accounting")
+
+        relay.safety = Broken()
+        upstream_w.write(be.CommandComplete("SELECT 1").encode()
+                         + be.ReadyForQuery("I").encode())
+        await asyncio.wait_for(relay.done, 5)
+        out = await _read_all(client_r)
+        for w in (client_w, upstream_w):
+            w.close()
+        return out
+
+    out = asyncio.run(main())
+    assert got == [("A", ord("C"))]
+    assert b"internal gateway error" in out

@@ -376,6 +376,11 @@ class Relay:
             if tb is not None else "?"
         logs.error("session.internal_error", session=self.session_id,
                    error=type(exc).__name__, where=where)
+        try:  # results that ended before the failure still get their records
+            self._report_ended((), 0, ())
+        except Exception as e:
+            logs.error("session.result_report_failed", session=self.session_id,
+                       error=type(e).__name__)
         if not self.done.done():
             self._fail_internal("internal gateway error; the session was ended")
 
