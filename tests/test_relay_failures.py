@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -38,6 +39,23 @@ async def _pair(loop: asyncio.AbstractEventLoop
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), 10)
+
+
+async def _ended_by(make_relay: Callable[[Endpoint, Endpoint], Relay], upstream: bytes
+                    ) -> bytes:
+    """What the client got from a relay (made by `make_relay` over loopback) when the
+    server sent `upstream` and that ended the session."""
+    loop = asyncio.get_running_loop()
+    client_ep, client_r, client_w = await _pair(loop)
+    upstream_ep, _upstream_r, upstream_w = await _pair(loop)
+    relay = make_relay(client_ep, upstream_ep)
+    relay.start()
+    upstream_w.write(upstream)
+    await asyncio.wait_for(relay.done, 5)
+    out = await _read_all(client_r)
+    for w in (client_w, upstream_w):
+        w.close()
+    return out
 
 
 @pytest.mark.parametrize("side", ["upstream", "client"])
@@ -94,22 +112,12 @@ def test_an_answer_nothing_explains_ends_the_session_with_its_reason(audited: bo
     answer to no request ends the session as untrackable, not as an internal error."""
     from gateway.masking.results import ResultMasker
 
-    async def main() -> bytes:
-        loop = asyncio.get_running_loop()
-        client_ep, client_r, client_w = await _pair(loop)
-        upstream_ep, _upstream_r, upstream_w = await _pair(loop)
-        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="mask",
-                      results=ResultMasker(lambda o, a: None),
-                      on_result=(lambda *a: None) if audited else None)
-        relay.start()
-        upstream_w.write(be.ReadyForQuery("I").encode())  # nobody asked
-        await asyncio.wait_for(relay.done, 5)
-        out = await _read_all(client_r)
-        for w in (client_w, upstream_w):
-            w.close()
-        return out
+    def make(client: Endpoint, upstream: Endpoint) -> Relay:
+        return Relay("s1", client, upstream, 1 << 20, safety_net="mask",
+                     results=ResultMasker(lambda o, a: None),
+                     on_result=(lambda *a: None) if audited else None)
 
-    out = asyncio.run(main())
+    out = asyncio.run(_ended_by(make, be.ReadyForQuery("I").encode()))  # nobody asked
     assert b"could not follow this result safely" in out
 
 
@@ -148,34 +156,23 @@ def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
 
     got: list[tuple[str | None, int]] = []
 
-    async def main() -> bytes:
-        loop = asyncio.get_running_loop()
-        client_ep, client_r, client_w = await _pair(loop)
-        upstream_ep, _upstream_r, upstream_w = await _pair(loop)
+    class Broken(StreamScanner):
+        def feed(self, chunk: bytes) -> bytes:
+            raise RuntimeError("a stage after the accounting")
+
+    def make(client: Endpoint, upstream: Endpoint) -> Relay:
         results = ResultMasker(lambda o, a: None)
-        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="mask",
-                      results=results,
+        relay = Relay("s1", client, upstream, 1 << 20, safety_net="mask", results=results,
                       on_result=lambda tag, t, b, c, hits: got.append((tag.command, t)))
-        relay.start()
         query = fe.Query("select 1").encode()
         # as Relay._forward does for a tagged Query
         results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
         relay._outstanding = 1
         relay.observer.observed = OBSERVED
-
-        class Broken(StreamScanner):
-            def feed(self, chunk: bytes) -> bytes:
-                raise RuntimeError("a stage after the accounting")
-
         relay.safety = Broken()
-        upstream_w.write(be.CommandComplete("SELECT 1").encode()
-                         + be.ReadyForQuery("I").encode())
-        await asyncio.wait_for(relay.done, 5)
-        out = await _read_all(client_r)
-        for w in (client_w, upstream_w):
-            w.close()
-        return out
+        return relay
 
-    out = asyncio.run(main())
+    out = asyncio.run(_ended_by(make, be.CommandComplete("SELECT 1").encode()
+                                + be.ReadyForQuery("I").encode()))
     assert got == [("A", ord("C"))]
     assert b"internal gateway error" in out
