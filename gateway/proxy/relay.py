@@ -233,7 +233,6 @@ class Relay:
                     # A result the gateway cannot follow or mask must not reach the client.
                     logs.error("session.result_untracked", session=self.session_id,
                                reason=str(e)[:200])
-                    self._report_ended((), 0, ())
                     self._fail_internal("the gateway could not follow this result safely")
                     return
                 if replacement is not None:
@@ -256,7 +255,6 @@ class Relay:
                     if swap is not None:
                         swaps.append((start, end, swap))
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
-                self._report_ended((), 0, ())
                 self._fail_upstream("upstream sent an unexpected message")
                 return
         if results is not None and not results.needs_rows:
@@ -376,11 +374,6 @@ class Relay:
             if tb is not None else "?"
         logs.error("session.internal_error", session=self.session_id,
                    error=type(exc).__name__, where=where)
-        try:  # results that ended before the failure still get their records
-            self._report_ended((), 0, ())
-        except Exception as e:
-            logs.error("session.result_report_failed", session=self.session_id,
-                       error=type(e).__name__)
         if not self.done.done():
             self._fail_internal("internal gateway error; the session was ended")
 
@@ -399,6 +392,11 @@ class Relay:
         self._finish("upstream disconnected")
 
     def _finish(self, reason: str) -> None:
+        try:  # results that ended in the buffer at hand still get their records
+            self._report_ended((), 0, ())
+        except Exception as e:
+            logs.error("session.result_report_failed", session=self.session_id,
+                       error=type(e).__name__)
         if not self.done.done():
             self.done.set_result(reason)
         for ep in (self.client, self.upstream):
