@@ -117,6 +117,19 @@ def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], di
     return (digest, id(decision), redacted, approval.get("granted"), approval.get("id"))
 
 
+def _record_builder(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,
+                    redacted: str | None, refused: bool = False,
+                    error: be.ErrorResponse | None = None) -> Callable[[], dict[str, Any]]:
+    """What builds a decision record (called only when no template can seal it): the
+    policy's decision, recorded as denied (with `error`) when the gateway refused it."""
+    return functools.partial(
+        records.decision_record, ctx, decision=decision, input_doc=doc,
+        statement_digest=digest, redacted_sql=redacted,
+        outcome="denied" if refused else None,
+        reasons=[error.message] if refused and error is not None else None,
+        sqlstate=error.code if refused and error is not None else None)
+
+
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
     cache[key] = value
     if len(cache) > _ANALYSIS_CACHE_MAX:
@@ -571,16 +584,7 @@ class StatementGate:
                 decision.outcome == "allow"
                 or (decision.outcome == "hold" and self.approvals is None))
 
-            def build(decision: Decision = decision, doc: dict[str, Any] = doc,
-                      digest: str = digest, refused: bool = refused,
-                      redacted: str | None = redacted) -> dict[str, Any]:
-                return records.decision_record(
-                    ctx, decision=decision, input_doc=doc, statement_digest=digest,
-                    redacted_sql=redacted,
-                    outcome="denied" if refused else None,
-                    reasons=[error.message] if refused and error is not None else None,
-                    sqlstate=error.code if refused and error is not None else None)
-
+            build = _record_builder(ctx, decision, doc, digest, redacted, refused, error)
             # written by write_through() in _review
             key = None if refused or templates is None else \
                 _template_key(ctx, decision, doc, digest, redacted)
@@ -699,11 +703,9 @@ class StatementGate:
             info, decision, doc, digest, redacted = decided[0]
             key = _template_key(ctx, decision, doc, digest, redacted)
             if key is not None:  # the builder _record gives an allow it did not refuse
-                build = functools.partial(
-                    records.decision_record, ctx, decision=decision, input_doc=doc,
-                    statement_digest=digest, redacted_sql=redacted, outcome=None,
-                    reasons=None, sqlstate=None)
-                repeat.record = _RecordPlan(key, build, decision, info.command)
+                repeat.record = _RecordPlan(
+                    key, _record_builder(ctx, decision, doc, digest, redacted),
+                    decision, info.command)
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
         if shared is not None and analysis.redacted is not None \
