@@ -300,8 +300,7 @@ class ResultMasker:
             if failed is not None and tag is failed:
                 continue
             if owner and skipped.type == _E:
-                if not tag.internal and self.on_result is not None:
-                    self.on_result(tag, _ERROR, error, {})
+                self._skipped(tag, _ERROR, error)
                 owner = False
                 continue
             owner = owner and skipped.type != _Q
@@ -314,9 +313,12 @@ class ResultMasker:
         elif t == _E:
             self._skipped(tag)
 
-    def _skipped(self, tag: StatementTag | None) -> None:
+    def _skipped(self, tag: StatementTag | None, mtype: int = SKIPPED,
+                 body: bytes = b"") -> None:
+        """A statement that never ran ends here: skipped, or with the error (`mtype`,
+        `body`) that stopped it before its Execute; not the gateway's own statements."""
         if tag is not None and not tag.internal and self.on_result is not None:
-            self.on_result(tag, SKIPPED, b"", {})
+            self.on_result(tag, mtype, body, {})
 
     def walk_rows(self, data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
         """`BackendObserver.walk_run`: the current result's DataRows from `pos` on, masked

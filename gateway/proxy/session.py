@@ -416,7 +416,6 @@ class Session:
             outcome = "masked" if masked else "allowed"
         values = sum(masked.values())
         self.totals.count(outcome, rows=rows, masked_values=values)
-        hits = safety_net_hits
         ctx, templates = self.audit_ctx, self._templates
         columns = sorted(masked)
         duration = round((time.perf_counter() - tag.started) * 1e6) if tag.started else None
@@ -425,10 +424,10 @@ class Session:
             return records.statement_record(
                 ctx, decision_seq=tag.decision_seq, outcome=outcome, command=tag.command,
                 sqlstate=sqlstate, rows=rows, masked_values=values, masked_columns=columns,
-                safety_net_hits=hits, error=error, duration_us=duration)
+                safety_net_hits=safety_net_hits, error=error, duration_us=duration)
 
         # goes out with the next decision's write (or within a second): wake=False
-        if error is not None or templates is None or hits:
+        if error is not None or templates is None or safety_net_hits:
             self._audit(build(), wake=False)
             return
         try:

@@ -291,8 +291,6 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     return name, sql
 
 
-
-
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
     """Decode one frontend message body; raises ProtocolViolation on anything malformed."""
     decoder = _DECODERS.get(mtype)
