@@ -14,7 +14,7 @@ from types import ModuleType
 #: Every optional C module; the source of each is its name as a path, plus ``.c``.
 #: (`gateway.wire` loads its own by the same rule: wire/ imports nothing else from gateway.)
 MODULES = ("gateway.audit._seal", "gateway.enforce._shape", "gateway.masking._rowwalk",
-           "gateway.policy._input", "gateway.wire._skip")
+           "gateway.policy._input", "gateway.wire._framing")
 
 
 def load(name: str) -> ModuleType | None:
@@ -29,5 +29,5 @@ def load(name: str) -> ModuleType | None:
 
 def loaded() -> list[str]:
     """The compiled modules this process runs (imported by their twins), for the startup
-    log: e.g. ``["gateway.audit._seal", "gateway.wire._skip"]``."""
+    log: e.g. ``["gateway.audit._seal", "gateway.wire._framing"]``."""
     return [name for name in MODULES if name in sys.modules]

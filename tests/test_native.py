@@ -21,7 +21,7 @@ def test_every_built_extension_is_listed_once() -> None:
 
 
 def test_wire_imports_nothing_else_from_gateway() -> None:
-    # DESIGN §1: wire/ depends on nothing else in the package (so it loads _skip itself)
+    # DESIGN §1: wire/ depends on nothing else in the package (so it loads _framing itself)
     for path in sorted((ROOT / "gateway" / "wire").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -2,8 +2,8 @@
 
     .venv/bin/python tools/check_native.py [--examples N]
 
-`gateway/masking/_rowwalk.c` and `gateway/wire/_skip.c` read bytes an upstream server
-chose, `gateway/enforce/_shape.c` lexes a client's SQL, `gateway/audit/_seal.c` writes
+`gateway/masking/_rowwalk.c` and `gateway/wire/_framing.c` read bytes an upstream server
+and a client sent, `gateway/enforce/_shape.c` lexes a client's SQL, `gateway/audit/_seal.c` writes
 the audit trail's lines, and `gateway/policy/_input.c` hands the policy input to
 rego-cpp. This builds them with
 ``-fsanitize=address,undefined`` into a temporary directory, loads those builds in place
@@ -48,7 +48,7 @@ import gateway.audit.chain as chain
 import gateway.enforce.shapes as shapes
 import gateway.policy.runtime as runtime
 assert rows._native is sys.modules["gateway.masking._rowwalk"]
-assert framing._native is sys.modules["gateway.wire._skip"]
+assert framing._native is sys.modules["gateway.wire._framing"]
 assert chain._native is sys.modules["gateway.audit._seal"]
 assert shapes._native is sys.modules["gateway.enforce._shape"]
 assert runtime._native is sys.modules["gateway.policy._input"]

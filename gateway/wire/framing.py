@@ -22,19 +22,20 @@ from .errors import ProtocolViolation
 _LEN = struct.Struct("!i")
 
 
-def _load_skip() -> ModuleType | None:
-    """The compiled step (`_skip.c`), or None: the Python loop below. gateway.native.load's
-    rule written out, as wire/ imports nothing else from gateway (DESIGN §1)."""
+def _load_native() -> ModuleType | None:
+    """The compiled loops (`_framing.c`), or None: the Python loops below.
+    gateway.native.load's rule written out, as wire/ imports nothing else from gateway
+    (DESIGN §1)."""
     if os.environ.get("PGWARDEN_PURE_PYTHON"):
         return None
     try:
-        from . import _skip  # type: ignore[attr-defined]
+        from . import _framing  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _skip
+    return _framing
 
 
-_native = _load_skip()
+_native = _load_native()
 
 Frame = tuple[int, bytes]
 RUN = 0x100  # event type flag: a run of whole messages of one type, raw (see coalesce)
@@ -50,6 +51,8 @@ class MessageFramer:
         self._allowed = allowed_types
         self._max = max_size
         self._buf: bytearray = bytearray()
+        self._frames = _native.frames if _native is not None else None
+        self._table = bytes(1 if b in allowed_types else 0 for b in range(256))
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Returns the bytes of every message completed by `data`, and those messages."""
@@ -61,6 +64,9 @@ class MessageFramer:
         n = len(buf)
         pos = 0
         frames: list[Frame] = []
+        if self._frames is not None and type(buf) is bytes:
+            # whole messages in C; it stops where the loop below raises or waits for more
+            pos = self._frames(buf, 0, self._table, self._max, frames)
         unpack = _LEN.unpack_from
         while n - pos >= 5:
             mtype = buf[pos]
@@ -99,18 +105,21 @@ class MessageFramer:
         return out
 
 
-_SKIP_TABLES: dict[tuple[frozenset[int], frozenset[int]], bytes] = {}
+_SCAN_TABLES: dict[tuple[frozenset[int], frozenset[int], frozenset[int]], bytes] = {}
 
 
-def _skip_table(known: frozenset[int], observed: frozenset[int]) -> bytes:
-    """For the compiled step: 1 for each type that is known and not observed."""
-    key = (known, observed)
-    table = _SKIP_TABLES.get(key)
+def _scan_table(known: frozenset[int], observed: frozenset[int],
+                coalesce: frozenset[int]) -> bytes:
+    """For the compiled step, per type byte: 0 unknown, 1 known and not observed,
+    2 observed, 3 observed and coalesced (left to the Python loop)."""
+    key = (known, observed, coalesce)
+    table = _SCAN_TABLES.get(key)
     if table is None:
-        if len(_SKIP_TABLES) >= 64:  # a handful of sets in practice; never unbounded
-            _SKIP_TABLES.clear()
-        table = bytes(1 if b in known and b not in observed else 0 for b in range(256))
-        _SKIP_TABLES[key] = table
+        if len(_SCAN_TABLES) >= 64:  # a handful of sets in practice; never unbounded
+            _SCAN_TABLES.clear()
+        table = bytes(0 if b not in known else 1 if b not in observed else
+                      3 if b in coalesce else 2 for b in range(256))
+        _SCAN_TABLES[key] = table
     return table
 
 
@@ -137,7 +146,9 @@ class BackendObserver:
         self._max = max_observed_size
         self._skip = 0
         self._partial = b""
-        self._skip_unobserved = _native.skip if _native is not None else None
+        self._scan = _native.scan if _native is not None else None
+        self._table = b""  # the scan's table for the sets in _table_for
+        self._table_for: tuple[frozenset[int] | None, frozenset[int] | None] = (None, None)
 
     def relay(self, data: bytes) -> tuple[bytes, list[Event]]:
         """Returns the bytes to forward now and the observed messages within them.
@@ -161,11 +172,14 @@ class BackendObserver:
         events: list[Event] = []
         observed = self.observed
         unpack = _LEN.unpack_from
-        skip = self._skip_unobserved
-        table = _skip_table(self._known, observed) if skip is not None else b""
+        scan = self._scan if type(data) is bytes else None
+        table = self._table
+        if observed is not self._table_for[0] or self.coalesce is not self._table_for[1]:
+            table = self._table = _scan_table(self._known, observed, self.coalesce)
+            self._table_for = (observed, self.coalesce)
         while pos < n:
-            if skip is not None:  # whole unobserved messages, in C: no Python per row
-                pos = skip(data, pos, table)
+            if scan is not None:  # whole messages in C: no Python per row, one call per answer
+                pos = scan(data, pos, table, self._max, events)
                 if pos == n:
                     break
             if n - pos < 5:
