@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
 from gateway.masking.plan import ColumnMask, MaskPlan
-from gateway.masking.results import SKIPPED, ResultMasker, StatementTag
+from gateway.masking.results import (
+    SKIPPED,
+    WATCH_ANSWERS,
+    WATCH_IDLE,
+    WATCH_ROWS,
+    ResultMasker,
+    StatementTag,
+)
 from gateway.masking.rows import (
     CopyOutMasker,
     UnsupportedCopy,
@@ -138,10 +145,25 @@ def test_untagged_batches_become_barriers_only_when_they_end_with_a_sync() -> No
     rm.forwarded(frames(fe.Query("select 1").encode()), {})
     rm.forwarded(frames(fe.Parse("", "select 2", ()).encode(), fe.Bind("", "", (), (), ()).encode(),
                         fe.Execute("", 0).encode(), fe.Sync().encode()), {})
-    assert rm.idle and len(rm.tracker) == 1
+    assert rm.idle and len(rm.tracker) == 1 and rm.watch() == WATCH_IDLE
     # no Sync at the end: its answers come before any ReadyForQuery, so each is followed
     rm.forwarded(frames(fe.Parse("", "select 3", ()).encode(), fe.Flush().encode()), {})
-    assert not rm.idle and len(rm.tracker) == 2
+    assert not rm.idle and len(rm.tracker) == 2 and rm.watch() == WATCH_ANSWERS
+
+
+def test_a_barrier_is_added_only_to_an_idle_tracker_that_is_not_skipping() -> None:
+    tr = ResponseTracker()
+    assert tr.barrier_if_idle(1) and tr.barrier_if_idle(2)
+    assert len(tr) == 1 and tr._queue[0].statement == 3  # merged, as barrier() does
+    tr.request(ord("P"))
+    assert not tr.barrier_if_idle(1) and len(tr) == 2  # behind an open request: no
+    feed(tr, "ZZZ")
+    assert len(tr) == 1
+    feed(tr, "E")  # the Parse failed: the server skips to a Sync not sent yet
+    assert tr.discarding and not tr.barrier_if_idle(1) and len(tr) == 0
+    tr.request(ord("S"))
+    feed(tr, "Z")
+    assert tr.barrier_if_idle(0) and len(tr) == 0
 
 
 def test_requests_sent_after_an_error_are_skipped_up_to_the_sync() -> None:
@@ -183,7 +205,7 @@ def test_a_masked_result_pipelined_behind_untagged_ones_is_masked() -> None:
     rm.forwarded(frames(fe.Query("select pan from t").encode()), {})
     rm.forwarded(frames(fe.Query("select pan from cards").encode()),
                  {0: [StatementTag(plan({0: LAST4}, 1))]})
-    assert rm.needs_rows and not rm.idle
+    assert rm.needs_rows and not rm.idle and rm.watch() == WATCH_ROWS
     # the first (untagged) Query's answer: untouched
     for t, b in [("T", b""), ("D", raw), ("C", b"SELECT 1\0"), ("Z", b"I")]:
         assert rm.message(ord(t), b) is None
@@ -193,6 +215,7 @@ def test_a_masked_result_pipelined_behind_untagged_ones_is_masked() -> None:
     rm.message(ord("C"), b"SELECT 1\0")
     rm.message(ord("Z"), b"I")
     assert rm.idle and not rm.needs_rows and rm.masked_values == 1
+    assert rm.watch() == WATCH_IDLE
 
 
 # -- rows ---------------------------------------------------------------------------------------

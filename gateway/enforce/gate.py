@@ -243,7 +243,8 @@ class StatementGate:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
             sql = query_text(frames[0][1])
-            verdict = self._decide_sql(sql, "simple", catalog)
+            verdict = self._decide(sql, "simple", catalog, None) if self.audit is None \
+                else self._decide_sql(sql, "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
                 return self._review(raw, frames, relay, catalog, verdict)
             if not verdict.tags and self.audit is None:
@@ -607,9 +608,9 @@ class StatementGate:
             return _denial("42501", "no policy is loaded: every statement is refused")
         shape = None
         if approval is None:
-            repeat, shape = self._repeat_of(sql, protocol, catalog, engine)
-            if repeat is not None:
-                return self._repeat(repeat, decided, shape)
+            again, shape = self._repeat(sql, protocol, catalog, engine, decided)
+            if again is not None:
+                return again
         try:
             analysis, shared = self._analyze(sql, protocol, catalog, shape)
         except SqlParseError as e:
@@ -725,22 +726,23 @@ class StatementGate:
         under = self._repeats_under
         return under[0] is engine and under[1] is catalog and under[2] == self.state._version
 
-    def _repeat_of(self, sql: str, protocol: str, catalog: Catalog, engine: PolicyEngine
-                   ) -> tuple[_Repeat | None, Shape | None]:
-        """The kept allow for `sql`, if any, and the text's shape when it was needed."""
+    def _repeat(self, sql: str, protocol: str, catalog: Catalog, engine: PolicyEngine,
+                decided: list[_Decided] | None) -> tuple[Verdict | None, Shape | None]:
+        """What :meth:`_decide` would answer again for a kept allow of `sql`, with its
+        bookkeeping; else None. And the text's shape when it was needed."""
         if not self._repeats_hold(engine, catalog) or logs.enabled(logging.DEBUG):
             return None, None  # (at debug level every decision is logged: no shortcut)
+        shape = None
         repeat = self._by_text.get((sql, protocol))
-        if repeat is not None or not self._by_shape:
-            return repeat, None
-        shape = shape_of(sql)
-        if shape is None:
-            return None, None
-        return self._by_shape.get((shape.key, protocol)), shape
-
-    def _repeat(self, repeat: _Repeat, decided: list[_Decided] | None,
-                shape: Shape | None) -> Verdict:
-        """What :meth:`_decide` would answer again, with its bookkeeping."""
+        if repeat is None:
+            if not self._by_shape:
+                return None, None
+            shape = shape_of(sql)
+            if shape is None:
+                return None, None
+            repeat = self._by_shape.get((shape.key, protocol))
+            if repeat is None:
+                return None, shape
         self._hit = repeat
         self.decisions += len(repeat.outcomes)
         for outcome in repeat.outcomes:
@@ -751,7 +753,7 @@ class StatementGate:
                 decided.append((info, decision, doc, digest, shape.redacted))
             else:
                 decided.extend(repeat.decided)
-        return repeat.verdict
+        return repeat.verdict, shape
 
     def _mask_plans(self, decisions: list[tuple[StatementInfo, Decision]],
                     catalog: Catalog) -> Verdict:

@@ -16,6 +16,8 @@ it to finding exactly the constants pglast finds.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pglast import parser as _pg
 
 from gateway import native
@@ -31,18 +33,19 @@ _SEMICOLON = "ASCII_59"
 _REUSABLE_KINDS = frozenset({"read", "write"})
 
 
-class Shape:
+class Shape(NamedTuple):
     """One statement text's skeleton, where its own SQL text lies within it, and that
     text with its constants and comments redacted as the audit trail records it
     (:func:`gateway.audit.redact.redact_sql`, from the same tokens: one lexer pass)."""
 
-    __slots__ = ("key", "redacted", "span")
+    key: tuple[object, ...] | str
+    span: tuple[int, int]
+    redacted: str
 
-    def __init__(self, key: tuple[object, ...] | str, span: tuple[int, int],
-                 redacted: str) -> None:
-        self.key = key
-        self.span = span
-        self.redacted = redacted
+
+# Made once per simple-protocol statement: tuple.__new__ skips the Python-level
+# constructor a NamedTuple adds.
+_new_shape = tuple.__new__
 
 
 def shape_of(sql: str) -> Shape | None:
@@ -51,7 +54,7 @@ def shape_of(sql: str) -> Shape | None:
         plain = _native.shape(sql)
         if plain is not None:
             key, first, last, redacted = plain
-            return Shape(key, (first, last), redacted)
+            return _new_shape(Shape, (key, (first, last), redacted))
     return lexed_shape_of(sql)
 
 

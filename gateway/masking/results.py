@@ -39,7 +39,12 @@ from .rows import (
     walk_columns,
 )
 
-__all__ = ["SKIPPED", "UNFINISHED", "ResultMasker", "StatementTag"]
+__all__ = ["SKIPPED", "UNFINISHED", "WATCH_ANSWERS", "WATCH_IDLE", "WATCH_ROWS", "ResultMasker",
+           "StatementTag"]
+
+# What `ResultMasker.message` must be shown (`watch`): ReadyForQuery and errors only,
+# every answer but rows, or rows too.
+WATCH_IDLE, WATCH_ANSWERS, WATCH_ROWS = 0, 1, 2
 
 #: The message type `on_result` gets for a statement the server will not run (an earlier
 #: statement of its Query string, or of its extended-protocol run up to Sync, failed).
@@ -112,6 +117,14 @@ class ResultMasker:
         """True while DataRow / CopyData must be shown to `message`."""
         return bool(self._planned) or self._rows is not None or self._copy is not None
 
+    def watch(self) -> int:
+        """What `message` must be shown now, as one answer (asked twice per statement):
+        WATCH_ROWS when :attr:`needs_rows`, WATCH_IDLE when :attr:`idle`, else
+        WATCH_ANSWERS (every answer but rows)."""
+        if self._planned or self._rows is not None or self._copy is not None:
+            return WATCH_ROWS
+        return WATCH_IDLE if not self._tracked and self.tracker.idle else WATCH_ANSWERS
+
     # -- client side -------------------------------------------------------------------------
 
     def forwarded(self, frames: list[Frame], tags: Mapping[int, Any]) -> None:
@@ -119,12 +132,13 @@ class ResultMasker:
         Query: a list with one tag or None per statement)."""
         registry = bool(self._statements)
         tracker = self.tracker
-        if not tags and not registry and tracker.idle and not tracker.discarding:
-            # Nothing to follow (no plan, no audit record, no named statement with one),
-            # and nothing pending but barriers: the batch is one more barrier when each of
-            # its extended-protocol runs ends with a Sync, as most batches do. (After a
-            # run's error the server skips a Query or FunctionCall before the Sync: those
-            # would be counted as answered, so such a batch is followed message by message.)
+        if not tags and not registry:
+            # Nothing to follow (no plan, no audit record, no named statement with one):
+            # while nothing is pending but barriers, the batch is one more barrier when
+            # each of its extended-protocol runs ends with a Sync, as most batches do.
+            # (After a run's error the server skips a Query or FunctionCall before the
+            # Sync: those would be counted as answered, so such a batch is followed
+            # message by message.)
             syncs, extended = 0, False
             for t, _ in frames:
                 if t == _SYNC:
@@ -136,8 +150,7 @@ class ResultMasker:
                 elif t in REQUEST_TYPES:
                     extended = True
             else:
-                if not extended:
-                    tracker.barrier(syncs)
+                if not extended and tracker.barrier_if_idle(syncs):
                     return
         for i, (t, body) in enumerate(frames):
             tag: Any = None

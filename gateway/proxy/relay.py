@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from gateway import logs
-from gateway.masking.results import ResultMasker, StatementTag
+from gateway.masking.results import WATCH_ROWS, ResultMasker, StatementTag
 from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
@@ -160,10 +160,11 @@ class Relay:
         if results is not None:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
             results.forwarded(sent, tags)
-            if results.needs_rows:
+            watch = results.watch()
+            if watch == WATCH_ROWS:
                 self.observer.observed = OBSERVED_ROWS
                 self.observer.coalesce = _ROWS
-            elif self.observer.observed is OBSERVED_IDLE and not results.idle:
+            elif watch and self.observer.observed is OBSERVED_IDLE:
                 self.observer.observed = OBSERVED  # before any answer to what was just sent
         if out:
             self.upstream.write(out)
@@ -257,15 +258,17 @@ class Relay:
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
-        if results is not None and not results.needs_rows:
-            self.observer.observed = OBSERVED_IDLE if results.idle else OBSERVED
-            self.observer.coalesce = _NOTHING
+        if results is not None:
+            watch = results.watch()
+            if watch != WATCH_ROWS:
+                self.observer.observed = OBSERVED if watch else OBSERVED_IDLE
+                self.observer.coalesce = _NOTHING
         if swaps:
             forward = _splice(forward, swaps)
         safety = self.safety
         if safety is not None:
             hits = safety.hits
-            held = safety.held()  # returned ahead of this buffer's bytes
+            held = safety.held() if self._ended else 0  # returned ahead of this buffer's bytes
             forward = safety.feed(forward)
             if self._ended:
                 self._report_ended(swaps, held, safety.ends)

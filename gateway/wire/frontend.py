@@ -260,7 +260,10 @@ def query_text(body: bytes) -> str:
     end = body.find(b"\0")
     if end < 0:
         raise ProtocolViolation("unterminated string in message")
-    sql = utf8(body[:end])
+    try:  # utf8(), inline: once per statement
+        sql = body[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation("invalid UTF-8 in message string") from None
     if end != len(body) - 1:
         raise ProtocolViolation("message has trailing bytes")
     return sql

@@ -125,6 +125,19 @@ class ResponseTracker:
         else:
             q.append(Request(BARRIER, None, syncs))
 
+    def barrier_if_idle(self, syncs: int) -> bool:
+        """:meth:`barrier` when :attr:`idle` and not :attr:`discarding` (True), else
+        nothing (False): one call per statement instead of three."""
+        q = self._queue
+        if self._discarding or (q and (len(q) > 1 or q[0].type != BARRIER)):
+            return False
+        if syncs > 0:
+            if q:
+                q[0].statement += syncs
+            else:
+                q.append(Request(BARRIER, None, syncs))
+        return True
+
     def pending(self) -> tuple[Request, ...]:
         """The requests still waiting for (the rest of) their answers, oldest first."""
         return tuple(self._queue)
