@@ -137,3 +137,33 @@ def test_a_log_of_templated_records_verifies(tmp_path: Path) -> None:
     stmts = [x for x in lines if x["type"] == "statement"]
     assert [x["rows"] for x in stmts] == [i * 2 for i in range(30)] + [-5]
     assert [x["duration_us"] for x in stmts[:30]] == [10 + i for i in range(30)]
+
+
+def test_fill_appends_only_what_a_template_it_holds_can_take(tmp_path: Path) -> None:
+    w = AuditWriter(FileSink(tmp_path / "audit", "gw1"), instance="gw1")
+    w.start()
+    cache = TemplateCache(w)
+    c = ctx()
+    pin, other = object(), object()
+    key = ("s", id(pin))
+    assert cache.fill(key, (1, 2, 0, 3), pin=pin) is None  # no template yet
+    first = cache.append(key, lambda: statement(c, 1, 2, 0, 3), STATEMENT_HOLES,
+                         (1, 2, 0, 3), pin=pin)
+    seq = w.status()["seq"]
+    assert cache.fill(key, (1, 2, 0, 3), pin=other) is None  # another object's entry
+    assert cache.fill(key, (1, -1, 0, 3), pin=pin) is None  # a value no hole can hold
+    assert cache.fill(key, (1, 2, 0), pin=pin) is None  # not one value per hole
+    assert w.status()["seq"] == seq  # none of those appended anything
+    assert cache.fill(key, (4, 5, 0, 6), pin=pin) == first + 1
+    # a shape with no template (its text needs a \u escape): never filled
+    odd = ("o", id(pin))
+    cache.append(odd, lambda: statement(c, 1, 1, 0, 1, error="bell \x07"),
+                 STATEMENT_HOLES, (1, 1, 0, 1), pin=pin)
+    assert cache._templates[odd][1] is None
+    assert cache.fill(odd, (1, 1, 0, 1), pin=pin) is None
+    w.close()
+    lines = [json.loads(x) for x in (tmp_path / "audit").glob("*.jsonl").__next__()
+             .read_text().splitlines()]
+    stmts = [x for x in lines if x["type"] == "statement"]
+    assert [(x["decision_seq"], x["rows"], x["duration_us"]) for x in stmts[:2]] == \
+        [(1, 2, 3), (4, 5, 6)]

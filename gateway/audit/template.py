@@ -134,22 +134,35 @@ class TemplateCache:
         `pin`: an object the key names by ``id()`` (hashing it would cost more than the
         template saves); the cache holds it, so no other object can take its id, and an
         entry is only used for that very object."""
+        seq = self.fill(key, values, pin=pin, wake=wake)
+        if seq is not None:
+            return seq
         templates = self._templates
         entry = templates.get(key)
         writer = self.writer
-        if entry is None or entry[0] is not pin:
-            if len(templates) >= self._max:
-                templates.clear()
-            record = build()
-            tpl = writer.template(record, holes)
-            templates[key] = (pin, tpl)
-            if tpl is None:
-                return writer.append(record, wake=wake)
-        else:
-            tpl = entry[1]
-            if tpl is None:
-                return writer.append(build(), wake=wake)
+        record = build()
+        if entry is not None and entry[0] is pin:  # no template for that shape, or the
+            return writer.append(record, wake=wake)  # values did not fit it
+        if len(templates) >= self._max:
+            templates.clear()
+        tpl = writer.template(record, holes)
+        templates[key] = (pin, tpl)
+        if tpl is None:
+            return writer.append(record, wake=wake)
         try:
             return writer.append_template(tpl, values, wake=wake)
         except TemplateMismatch:
-            return writer.append(build(), wake=wake)
+            return writer.append(record, wake=wake)
+
+    def fill(self, key: Hashable, values: tuple[Any, ...] = (), *, pin: object = None,
+             wake: bool = True) -> int | None:
+        """:meth:`append` when `key` has a template and `values` fit it; else None, with
+        nothing appended: the caller that has not built its record yet (the usual case
+        is a hit) builds it only then."""
+        entry = self._templates.get(key)
+        if entry is None or entry[0] is not pin or entry[1] is None:
+            return None
+        try:
+            return self.writer.append_template(entry[1], values, wake=wake)
+        except TemplateMismatch:
+            return None

@@ -561,7 +561,9 @@ class StatementGate:
         templates = self._templates
         assert templates is not None
         now = time.perf_counter()
-        seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
+        seq = templates.fill(record.key, pin=record.decision, wake=False)
+        if seq is None:
+            seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
         return _with_tags(verdict, (StatementTag(None, seq, now, record.command),))
 

@@ -414,28 +414,35 @@ class Session:
             outcome = "unfinished"
         else:  # EmptyQueryResponse, PortalSuspended
             outcome = "masked" if masked else "allowed"
-        values = sum(masked.values())
+        values = sum(masked.values()) if masked else 0
         self.totals.count(outcome, rows=rows, masked_values=values)
-        ctx, templates = self.audit_ctx, self._templates
-        columns = sorted(masked)
+        templates = self._templates
         duration = round((time.perf_counter() - tag.started) * 1e6) if tag.started else None
-
-        def build() -> dict[str, Any]:
-            return records.statement_record(
-                ctx, decision_seq=tag.decision_seq, outcome=outcome, command=tag.command,
-                sqlstate=sqlstate, rows=rows, masked_values=values, masked_columns=columns,
-                safety_net_hits=safety_net_hits, error=error, duration_us=duration)
-
         # goes out with the next decision's write (or within a second): wake=False
-        if error is not None or templates is None or safety_net_hits:
-            self._audit(build(), wake=False)
-            return
         try:
-            templates.append(("statement", tag.command, outcome, sqlstate, tuple(columns)),
-                             build, _STATEMENT_HOLES,
-                             (tag.decision_seq, rows, values, duration), wake=False)
+            if error is None and templates is not None and not safety_net_hits:
+                key = ("statement", tag.command, outcome, sqlstate, tuple(sorted(masked)))
+                holes = (tag.decision_seq, rows, values, duration)
+                if templates.fill(key, holes, wake=False) is None:  # a new shape: built once
+                    templates.append(key, lambda: self._statement_record(
+                        tag, outcome, sqlstate, rows, masked, 0, error, duration),
+                        _STATEMENT_HOLES, holes, wake=False)
+                return
         except (AuditError, AuditUnavailable) as e:
             logs.error("audit.append_failed", session=self.id, error=str(e))
+            return
+        self._audit(self._statement_record(tag, outcome, sqlstate, rows, masked,
+                                           safety_net_hits, error, duration), wake=False)
+
+    def _statement_record(self, tag: StatementTag, outcome: str, sqlstate: str | None,
+                          rows: int | None, masked: dict[str, int], safety_net_hits: int,
+                          error: str | None, duration: int | None) -> dict[str, Any]:
+        assert self.audit_ctx is not None
+        return records.statement_record(
+            self.audit_ctx, decision_seq=tag.decision_seq, outcome=outcome,
+            command=tag.command, sqlstate=sqlstate, rows=rows,
+            masked_values=sum(masked.values()), masked_columns=sorted(masked),
+            safety_net_hits=safety_net_hits, error=error, duration_us=duration)
 
     def _token_expired(self) -> None:
         logs.info("session.token_expired", session=self.id,
