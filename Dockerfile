@@ -1,7 +1,8 @@
 # pgwarden gateway image: `docker build -t pgwarden .`
 FROM python:3.11-slim AS build
-# A C compiler for the optional C modules (gateway/*/_*.c: row walk, message framing, SQL
-# shape, audit seal, policy input); only this stage has it, the image gets the built wheel.
+# A C compiler for the optional C modules (gateway/*/_*.c: row walk, safety-net prefilter,
+# message framing, SQL shape, audit seal, policy input); only this stage has it, the
+# image gets the built wheel.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: venv demo test lint bench clean proto check-native
 
-$(STAMP): pyproject.toml gateway/masking/_rowwalk.c gateway/wire/_framing.c gateway/audit/_seal.c \
+$(STAMP): pyproject.toml gateway/masking/_rowwalk.c gateway/masking/_prefilter.c gateway/wire/_framing.c gateway/audit/_seal.c \
 		gateway/enforce/_shape.c gateway/policy/_input.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pgwarden needs Python 3.11+ (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)

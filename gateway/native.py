@@ -13,8 +13,8 @@ from types import ModuleType
 
 #: Every optional C module; the source of each is its name as a path, plus ``.c``.
 #: (`gateway.wire` loads its own by the same rule: wire/ imports nothing else from gateway.)
-MODULES = ("gateway.audit._seal", "gateway.enforce._shape", "gateway.masking._rowwalk",
-           "gateway.policy._input", "gateway.wire._framing")
+MODULES = ("gateway.audit._seal", "gateway.enforce._shape", "gateway.masking._prefilter",
+           "gateway.masking._rowwalk", "gateway.policy._input", "gateway.wire._framing")
 
 
 def load(name: str) -> ModuleType | None:

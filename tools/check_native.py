@@ -2,10 +2,10 @@
 
     .venv/bin/python tools/check_native.py [--examples N]
 
-`gateway/masking/_rowwalk.c` and `gateway/wire/_framing.c` read bytes an upstream server
-and a client sent, `gateway/enforce/_shape.c` lexes a client's SQL, `gateway/audit/_seal.c` writes
-the audit trail's lines, and `gateway/policy/_input.c` hands the policy input to
-rego-cpp. This builds them with
+`gateway/masking/_rowwalk.c`, `gateway/masking/_prefilter.c` and `gateway/wire/_framing.c`
+read bytes an upstream server and a client sent, `gateway/enforce/_shape.c` lexes a
+client's SQL, `gateway/audit/_seal.c` writes the audit trail's lines, and
+`gateway/policy/_input.c` hands the policy input to rego-cpp. This builds them with
 ``-fsanitize=address,undefined`` into a temporary directory, loads those builds in place
 of the installed ones, and runs the tests that compare them with their Python twins on
 random, truncated and corrupted input, with every Python object allocated by malloc, so
@@ -32,7 +32,7 @@ MODULES = {name: ROOT / (name.replace(".", "/") + ".c") for name in NATIVE}  # -
 TESTS = ["tests/test_rowwalk_native.py", "tests/test_result_masking_units.py",
          "tests/test_framing_native.py", "tests/test_wire.py", "tests/test_seal_native.py",
          "tests/test_audit_template.py", "tests/test_shape_native.py",
-         "tests/test_policy_input_native.py"]
+         "tests/test_policy_input_native.py", "tests/test_safety_net_native.py"]
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 RUNNER = """
@@ -47,11 +47,13 @@ import gateway.wire.framing as framing
 import gateway.audit.chain as chain
 import gateway.enforce.shapes as shapes
 import gateway.policy.runtime as runtime
+import gateway.masking.safety_net as safety_net
 assert rows._native is sys.modules["gateway.masking._rowwalk"]
 assert framing._native is sys.modules["gateway.wire._framing"]
 assert chain._native is sys.modules["gateway.audit._seal"]
 assert shapes._native is sys.modules["gateway.enforce._shape"]
 assert runtime._native is sys.modules["gateway.policy._input"]
+assert safety_net._native is sys.modules["gateway.masking._prefilter"]
 import pytest
 # -s: pytest must not capture fd 2, where a sanitizer reports before it aborts
 sys.exit(pytest.main(["-q", "-s", "-p", "no:cacheprovider", *{tests!r}]))

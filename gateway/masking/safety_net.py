@@ -80,6 +80,8 @@ from __future__ import annotations
 
 import re
 
+from gateway import native
+
 __all__ = [
     "GROUPINGS",
     "HOLD_BACK",
@@ -129,6 +131,8 @@ _S, _X = 0x73, 0x78
 _OPEN_CLASSES = frozenset(b"ds")
 _NEEDLE_LONG = b"d" * _PAN_MIN
 _NEEDLE_GROUPED = b"dddds" + b"dddd"
+# The prefilter in one pass (gateway/masking/_prefilter.c); None: `quiet` below.
+_native = native.load("gateway.masking._prefilter")
 
 
 def luhn_valid(digits: bytes) -> bool:
@@ -301,6 +305,15 @@ def mask_in_place(buf: bytes) -> tuple[bytes, int]:
     return out, len(spans)
 
 
+def quiet(chunk: bytes) -> bool:
+    """Whether `chunk` holds neither needle and does not end in an open run: no hit can
+    start in it (`_prefilter.c` answers the same in one pass when built)."""
+    tb = chunk.translate(_CLASS)
+    return (tb.find(_NEEDLE_LONG) < 0 and tb.find(_NEEDLE_GROUPED) < 0
+            and (not tb or tb[-1] not in _OPEN_CLASSES  # an open tail ends in one of them
+                 or _OPEN_TAIL.search(chunk, max(0, len(chunk) - HOLD_BACK)) is None))
+
+
 class StreamScanner:
     """`mask_in_place` over a stream cut into arbitrary chunks.
 
@@ -336,10 +349,7 @@ class StreamScanner:
             # Fast path, the usual case: nothing held, so no PAN shape can straddle the
             # previous chunk (its output never ends in digits or a separator after one).
             # A chunk with neither needle and no open tail is returned as is.
-            tb = chunk.translate(_CLASS)
-            if (tb.find(_NEEDLE_LONG) < 0 and tb.find(_NEEDLE_GROUPED) < 0
-                    and (tb[-1] not in _OPEN_CLASSES  # an open tail ends in one of them
-                         or _OPEN_TAIL.search(chunk, max(0, len(chunk) - HOLD_BACK)) is None)):
+            if _native.quiet(chunk) if _native is not None else quiet(chunk):
                 ctx = self._ctx + chunk if len(chunk) < _CONTEXT else chunk
                 self._ctx = bytes(ctx[-_CONTEXT:])
                 return chunk
