@@ -39,32 +39,54 @@ length_at(const unsigned char *d, Py_ssize_t pos)
                      ((uint32_t)d[pos + 3] << 8) | (uint32_t)d[pos + 4]);
 }
 
+/* Both loops take (data: bytes, pos, table: 256 bytes, max_size, out: list). */
+typedef struct {
+    const unsigned char *data, *table;
+    Py_ssize_t n, pos, max_size;
+    PyObject *out;
+} Args;
+
+static int
+parse(const char *name, PyObject *const *args, Py_ssize_t nargs, Args *a)
+{
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "%s(data, pos, table, max_size, out) takes 5 arguments",
+                     name);
+        return -1;
+    }
+    if (!PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2]) ||
+        !PyList_CheckExact(args[4])) {
+        PyErr_Format(PyExc_TypeError, "%s: data and table are bytes, out a list", name);
+        return -1;
+    }
+    a->pos = PyLong_AsSsize_t(args[1]);
+    if (a->pos == -1 && PyErr_Occurred())
+        return -1;
+    a->max_size = PyLong_AsSsize_t(args[3]);
+    if (a->max_size == -1 && PyErr_Occurred())
+        return -1;
+    a->n = PyBytes_GET_SIZE(args[0]);
+    if (PyBytes_GET_SIZE(args[2]) != 256 || a->pos < 0 || a->pos > a->n) {
+        PyErr_Format(PyExc_ValueError, "%s: a 256-byte table and 0 <= pos <= len(data)", name);
+        return -1;
+    }
+    a->data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    a->table = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    a->out = args[4];
+    return 0;
+}
+
 static PyObject *
 scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "scan(data, pos, table, max_size, events)");
+    Args a;
+    if (parse("scan", args, nargs, &a) < 0)
         return NULL;
-    }
-    PyObject *data = args[0], *table = args[2], *events = args[4];
-    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(table) || !PyList_CheckExact(events)) {
-        PyErr_SetString(PyExc_TypeError, "scan: data and table are bytes, events a list");
-        return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t max_size = PyLong_AsSsize_t(args[3]);
-    if (max_size == -1 && PyErr_Occurred())
-        return NULL;
-    const Py_ssize_t n = PyBytes_GET_SIZE(data);
-    if (PyBytes_GET_SIZE(table) != 256 || pos < 0 || pos > n) {
-        PyErr_SetString(PyExc_ValueError, "scan: a 256-byte table and 0 <= pos <= len(data)");
-        return NULL;
-    }
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(table);
+    const unsigned char *d = a.data, *t = a.table;
+    const Py_ssize_t n = a.n, max_size = a.max_size;
+    PyObject *events = a.out;
+    Py_ssize_t pos = a.pos;
     while (n - pos >= 5) {
         const unsigned char kind = t[d[pos]];
         if (kind != SKIPPED && kind != OBSERVED)
@@ -95,28 +117,13 @@ static PyObject *
 frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "frames(data, pos, allowed, max_size, frames)");
+    Args p;
+    if (parse("frames", args, nargs, &p) < 0)
         return NULL;
-    }
-    PyObject *data = args[0], *allowed = args[2], *out = args[4];
-    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(allowed) || !PyList_CheckExact(out)) {
-        PyErr_SetString(PyExc_TypeError, "frames: data and allowed are bytes, frames a list");
-        return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t max_size = PyLong_AsSsize_t(args[3]);
-    if (max_size == -1 && PyErr_Occurred())
-        return NULL;
-    const Py_ssize_t n = PyBytes_GET_SIZE(data);
-    if (PyBytes_GET_SIZE(allowed) != 256 || pos < 0 || pos > n) {
-        PyErr_SetString(PyExc_ValueError, "frames: a 256-byte table and 0 <= pos <= len(data)");
-        return NULL;
-    }
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    const unsigned char *a = (const unsigned char *)PyBytes_AS_STRING(allowed);
+    const unsigned char *d = p.data, *a = p.table;
+    const Py_ssize_t n = p.n, max_size = p.max_size;
+    PyObject *out = p.out;
+    Py_ssize_t pos = p.pos;
     while (n - pos >= 5 && a[d[pos]] == 1) {
         const int32_t length = length_at(d, pos);
         if (length < 4 || (Py_ssize_t)length > max_size || (Py_ssize_t)length > n - pos - 1)
