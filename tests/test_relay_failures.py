@@ -15,7 +15,7 @@ import pytest
 
 from gateway import logs
 from gateway.proxy.endpoint import Endpoint
-from gateway.proxy.relay import OBSERVED, Relay
+from gateway.proxy.relay import Relay
 from gateway.wire import backend as be
 
 
@@ -168,7 +168,7 @@ def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
         # as Relay._forward does for a tagged Query
         results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
         relay._outstanding = 1
-        relay.observer.observed = OBSERVED
+        relay._observe(results.watch())
         relay.safety = Broken()
         return relay
 

@@ -15,6 +15,7 @@ from gateway.masking.plan import ColumnMask, MaskPlan
 from gateway.masking.results import (
     SKIPPED,
     WATCH_ANSWERS,
+    WATCH_ENDS,
     WATCH_IDLE,
     WATCH_ROWS,
     ResultMasker,
@@ -28,6 +29,7 @@ from gateway.masking.rows import (
     rewrite_data_rows,
     rewrite_row_description,
 )
+from gateway.proxy.relay import OBSERVE
 from gateway.wire import backend as be
 from gateway.wire import frontend as fe
 from gateway.wire.errors import ProtocolViolation
@@ -138,6 +140,28 @@ def test_a_barrier_answers_everything_up_to_its_last_ready_for_query() -> None:
         tr.response(ord("Z"))  # nothing left to explain it
     tr.barrier(0)
     assert len(tr) == 0
+
+
+def test_only_queries_pending_lets_a_query_be_followed_by_its_ends() -> None:
+    tr = ResponseTracker()
+    assert tr.only_queries()
+    tr.barrier(1)
+    tr.request(ord("Q"), ["tagged"])
+    assert tr.only_queries()
+    tr.request(ord("D"))  # a Describe alone: its RowDescription completes it
+    assert not tr.only_queries()
+    feed(tr, "ZCZ")  # the barrier's ReadyForQuery, then the Query's answer
+    assert not tr.only_queries() and len(tr) == 1
+    feed(tr, "T")
+    assert tr.only_queries() and len(tr) == 0
+    tr.request(ord("P"))
+    feed(tr, "E")  # the server now skips to a Sync: whatever comes, follow it all
+    assert tr.discarding and not tr.only_queries()
+    rm = ResultMasker(lambda o, a: None)
+    rm.forwarded(frames(fe.Query("select 1").encode()), {0: [StatementTag(command="A")]})
+    assert rm.watch() == WATCH_ENDS
+    rm.forwarded(frames(fe.Describe("S", "x").encode(), fe.Flush().encode()), {})
+    assert rm.watch() == WATCH_ANSWERS
 
 
 def test_untagged_batches_become_barriers_only_when_they_end_with_a_sync() -> None:
@@ -626,10 +650,16 @@ def test_walked_rows_stop_where_the_run_stops_and_refuse_what_the_masks_do_not_f
 # -- every followed statement ends exactly once, whatever fails ---------------------------------
 
 
+def _unmasked(tag: object) -> bool:
+    return tag is None or getattr(tag, "plan", None) is None
+
+
 def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple[str, int]]:
     """What PostgreSQL answers to `requests` (in order) when the ones marked in `fails`
     fail: (message type, index of the request it answers). An extended-protocol error
-    skips everything up to the next Sync; an error in a query string ends that string."""
+    skips everything up to the next Sync; an error in a query string ends that string.
+    A statement with nothing to mask returns a row (its description, for a Query or a
+    Describe, first); masked ones return none here (rows need real bodies)."""
     out: list[tuple[str, int]] = []
     skipping = False
     for i, ((kind, req), fail) in enumerate(zip(requests, fails, strict=True)):
@@ -639,17 +669,25 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
             out.append(("Z", i))
             skipping = False
         elif kind == "Q":
-            for n in range(len(req.tags)):  # type: ignore[attr-defined]
+            for n, tag in enumerate(req.tags):  # type: ignore[attr-defined]
                 if fail and n == req.fails_at:  # type: ignore[attr-defined]
                     out.append(("E", i))
                     break
+                if _unmasked(tag):
+                    out += [("T", i), ("D", i)]
                 out.append(("C", i))
             out.append(("Z", i))
         elif fail:
             out.append(("E", i))
             skipping = True
+        elif kind == "D":
+            out.append(("T" if _unmasked(req.tag) else "n", i))  # type: ignore[attr-defined]
+        elif kind == "E":
+            if _unmasked(req.tag):  # type: ignore[attr-defined]
+                out.append(("D", i))
+            out.append(("C", i))
         else:
-            out.append(({"P": "1", "B": "2", "D": "n", "E": "C"}[kind], i))
+            out.append(({"P": "1", "B": "2"}[kind], i))
     return out
 
 
@@ -672,9 +710,9 @@ class _Query:
 @settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
 def test_every_followed_statement_ends_once_and_nothing_stays_counted(
         data: st.DataObject) -> None:
-    rm, _ = recorder()
-    ends: dict[int, list[int]] = {}
-    rm.on_result = lambda tag, t, b, c: ends.setdefault(id(tag), []).append(t)
+    """Also when, as in the relay, the masker is shown only what its `watch()` asked for
+    before each upstream buffer: every statement ends the same way as when it is shown
+    every message."""
     tags: list[StatementTag] = []
 
     def new_tag(n: int) -> StatementTag | None:
@@ -716,16 +754,43 @@ def test_every_followed_statement_ends_once_and_nothing_stays_counted(
     requests.append(("S", None))
     fails = [data.draw(st.booleans(), "fails") if k != "S" else False for k, _ in requests]
     answers = _server(requests, fails)
-    sent = 0
-    for frames_, batch_tags in batches:
-        rm.forwarded(frames(*frames_), batch_tags)
-        sent += len(frames_)
-        if data.draw(st.booleans(), "answer now"):  # what the server answered so far
-            while answers and answers[0][1] < sent:
-                rm.message(ord(answers.pop(0)[0]), b"")
-    for mtype, _i in answers:
-        rm.message(ord(mtype), b"")
-    assert len(rm.tracker) == 0 and rm.idle and not rm.needs_rows
-    assert rm._tracked == 0 and rm._planned == 0
-    for tag in tags:  # each followed statement: one end (an error, a result or a skip)
-        assert len(ends.get(id(tag), [])) == 1, (tag.command, ends.get(id(tag)))
+    # after each batch: how many of the answers sent so far arrive now, in how many buffers
+    arrivals = [(data.draw(st.booleans(), "answer now"), data.draw(st.integers(1, 3), "cuts"))
+                for _ in batches]
+
+    def run(observed: bool) -> dict[int, list[int]]:
+        rm, _ = recorder()
+        ends: dict[int, list[int]] = {}
+        rm.on_result = lambda tag, t, b, c: ends.setdefault(id(tag), []).append(t)
+        watching = WATCH_IDLE
+        pending = list(answers)
+
+        def buffer(msgs: list[tuple[str, int]]) -> None:
+            nonlocal watching
+            for mtype, _i in msgs:
+                if not observed or ord(mtype) in OBSERVE[watching]:
+                    rm.message(ord(mtype), PAN_ROW if mtype == "D" else b"")
+            watching = rm.watch()  # as the relay does after each buffer
+
+        sent = 0
+        for (frames_, batch_tags), (now, cuts) in zip(batches, arrivals, strict=True):
+            rm.forwarded(frames(*frames_), batch_tags)
+            watching = max(watching, rm.watch())  # before any answer to what was sent
+            sent += len(frames_)
+            if now:  # what the server answered so far, in `cuts` buffers
+                ready = [a for a in pending if a[1] < sent]
+                del pending[:len(ready)]
+                step = -(-len(ready) // cuts) or 1
+                for k in range(0, len(ready), step):
+                    buffer(ready[k : k + step])
+        buffer(pending)
+        assert len(rm.tracker) == 0 and rm.idle and not rm.needs_rows
+        assert rm._tracked == 0 and rm._planned == 0
+        for tag in tags:  # each followed statement: one end (an error, a result or a skip)
+            assert len(ends.get(id(tag), [])) == 1, (tag.command, ends.get(id(tag)))
+        return ends
+
+    assert run(observed=True) == run(observed=False)
+
+
+PAN_ROW = body(be.DataRow((b"1",)).encode())  # a row of an unmasked result

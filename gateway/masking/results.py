@@ -39,12 +39,13 @@ from .rows import (
     walk_columns,
 )
 
-__all__ = ["SKIPPED", "UNFINISHED", "WATCH_ANSWERS", "WATCH_IDLE", "WATCH_ROWS", "ResultMasker",
-           "StatementTag"]
+__all__ = ["SKIPPED", "UNFINISHED", "WATCH_ANSWERS", "WATCH_ENDS", "WATCH_IDLE", "WATCH_ROWS",
+           "ResultMasker", "StatementTag"]
 
-# What `ResultMasker.message` must be shown (`watch`): ReadyForQuery and errors only,
-# every answer but rows, or rows too.
-WATCH_IDLE, WATCH_ANSWERS, WATCH_ROWS = 0, 1, 2
+# What `ResultMasker.message` must be shown (`watch`), from least to most: ReadyForQuery
+# and errors only; also the ends of a Query's statements (QUERY_ENDS); every answer but
+# rows; rows too.
+WATCH_IDLE, WATCH_ENDS, WATCH_ANSWERS, WATCH_ROWS = 0, 1, 2, 3
 
 #: The message type `on_result` gets for a statement the server will not run (an earlier
 #: statement of its Query string, or of its extended-protocol run up to Sync, failed).
@@ -119,11 +120,16 @@ class ResultMasker:
 
     def watch(self) -> int:
         """What `message` must be shown now, as one answer (asked twice per statement):
-        WATCH_ROWS when :attr:`needs_rows`, WATCH_IDLE when :attr:`idle`, else
-        WATCH_ANSWERS (every answer but rows)."""
+        WATCH_ROWS when :attr:`needs_rows`, WATCH_IDLE when :attr:`idle`, WATCH_ENDS
+        when nothing but Queries is pending (with no plan, their other answers change
+        nothing: an audited simple-protocol statement is followed by its end alone),
+        else WATCH_ANSWERS (every answer but rows)."""
         if self._planned or self._rows is not None or self._copy is not None:
             return WATCH_ROWS
-        return WATCH_IDLE if not self._tracked and self.tracker.idle else WATCH_ANSWERS
+        tracker = self.tracker
+        if not self._tracked and tracker.idle:
+            return WATCH_IDLE
+        return WATCH_ENDS if tracker.only_queries() else WATCH_ANSWERS
 
     # -- client side -------------------------------------------------------------------------
 

@@ -20,12 +20,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from gateway import logs
-from gateway.masking.results import WATCH_ROWS, ResultMasker, StatementTag
+from gateway.masking.results import (
+    WATCH_ANSWERS,
+    WATCH_ENDS,
+    WATCH_IDLE,
+    WATCH_ROWS,
+    ResultMasker,
+    StatementTag,
+)
 from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import WALKED, BackendObserver, Frame, MessageFramer
-from gateway.wire.pipeline import RESPONSE_TYPES, SYNCING
+from gateway.wire.pipeline import QUERY_ENDS, RESPONSE_TYPES, SYNCING
 
 from .endpoint import Endpoint
 
@@ -34,11 +41,16 @@ _X, _Z, _R, _K, _E, _S = (ord(c) for c in "XZRKES")
 # The small messages the relay reacts to: all it observes while no answer needs matching
 # to its request.
 OBSERVED_IDLE = frozenset((_Z, _R, _K, _E, _S))
+# ... and the ends of statements, while only Queries with nothing to mask are pending.
+OBSERVED_ENDS = OBSERVED_IDLE | QUERY_ENDS
 # ... and every answer to a request except the rows themselves, so that results can be
 # matched to the requests they answer.
 OBSERVED = OBSERVED_IDLE | (RESPONSE_TYPES - frozenset(b"Dd"))
 # ... plus DataRow and CopyData while a result with masked columns may be streaming.
 OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
+# What the observer shows for each of ResultMasker.watch()'s answers.
+OBSERVE = {WATCH_IDLE: OBSERVED_IDLE, WATCH_ENDS: OBSERVED_ENDS, WATCH_ANSWERS: OBSERVED,
+           WATCH_ROWS: OBSERVED_ROWS}
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
@@ -80,6 +92,7 @@ class Relay:
         self.gate = gate
         self.framer = MessageFramer(CLIENT_TYPES, max_message_size)
         self.observer = BackendObserver(be.BACKEND_TYPES, OBSERVED_IDLE, max_message_size)
+        self._watching = WATCH_IDLE  # what the observer shows `results` (see _observe)
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -161,15 +174,19 @@ class Relay:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
             results.forwarded(sent, tags)
             watch = results.watch()
-            if watch == WATCH_ROWS:
-                self.observer.observed = OBSERVED_ROWS
-                self.observer.coalesce = _ROWS
-            elif watch and self.observer.observed is OBSERVED_IDLE:
-                self.observer.observed = OBSERVED  # before any answer to what was just sent
+            if watch > self._watching:  # before any answer to what was just sent
+                self._observe(watch)
         if out:
             self.upstream.write(out)
         if terminate:
             self._finish("client terminated")
+
+    def _observe(self, watch: int) -> None:
+        """Show `results` what its `watch()` asks for from the next upstream byte on (more
+        before answers to what was just forwarded, less once answers were accounted for)."""
+        self._watching = watch
+        self.observer.observed = OBSERVE[watch]
+        self.observer.coalesce = _ROWS if watch == WATCH_ROWS else _NOTHING
 
     def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
         self._blocked = True
@@ -260,9 +277,8 @@ class Relay:
                 return
         if results is not None:
             watch = results.watch()
-            if watch != WATCH_ROWS:
-                self.observer.observed = OBSERVED if watch else OBSERVED_IDLE
-                self.observer.coalesce = _NOTHING
+            if watch != self._watching:
+                self._observe(watch)
         if swaps:
             forward = _splice(forward, swaps)
         safety = self.safety

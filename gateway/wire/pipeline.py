@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 from .errors import ProtocolViolation
 
-__all__ = ["REQUEST_TYPES", "RESPONSE_TYPES", "Answer", "Request", "ResponseTracker"]
+__all__ = ["QUERY_ENDS", "REQUEST_TYPES", "RESPONSE_TYPES", "Answer", "Request",
+           "ResponseTracker"]
 
 # Client messages that the server answers (others — Flush, CopyData/Done/Fail, Terminate —
 # get no response of their own).
@@ -31,6 +32,10 @@ REQUEST_TYPES = frozenset(b"QPBDECSF")
 # Backend messages that answer a request. NoticeResponse, NotificationResponse and
 # ParameterStatus are asynchronous and answer nothing.
 RESPONSE_TYPES = frozenset(b"123ntTDCIsHGWdcEZV")
+# The answers that move a Query along: a statement's end (CommandComplete,
+# EmptyQueryResponse), an error, and ReadyForQuery. Its other answers (descriptions, rows,
+# COPY) belong to the statement running and change nothing here (see only_queries()).
+QUERY_ENDS = frozenset(b"CIEZ")
 
 _Q, _P, _B, _D, _E, _C, _S, _F = (ord(c) for c in "QPBDECSF")
 _COMPLETES = {_P: ord("1"), _B: ord("2"), _C: ord("3")}
@@ -136,6 +141,17 @@ class ResponseTracker:
                 q[0].statement += syncs
             else:
                 q.append(Request(BARRIER, None, syncs))
+        return True
+
+    def only_queries(self) -> bool:
+        """True when nothing but Queries (and barriers) is pending and the server is not
+        skipping to a Sync: then only QUERY_ENDS move this tracker, and a caller with
+        nothing to mask or rewrite may show it only those."""
+        if self._discarding:
+            return False
+        for r in self._queue:
+            if r.type != _Q and r.type != BARRIER:
+                return False
         return True
 
     def pending(self) -> tuple[Request, ...]:
