@@ -184,6 +184,15 @@ class FileSink:
         data = b"".join([s.line for s in batch])
         first = batch[0].seq
         done = self._partial[1] if self._partial and self._partial[0] == first else 0
+        if not done:
+            try:
+                done = os.write(self._fd, data)  # the usual case: all of it at once
+            except BaseException:
+                self._partial = (first, 0)
+                raise
+            if done == len(data):
+                self._partial = None
+                return
         view = memoryview(data)
         try:
             while done < len(data):

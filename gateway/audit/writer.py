@@ -547,7 +547,7 @@ class AuditWriter:
 
     def _advance(self, seq: int) -> None:
         ready: list[tuple[asyncio.Future[None], asyncio.AbstractEventLoop]] = []
-        with self._cond:
+        with self._lock:  # _cond's own lock, without Condition's Python-level enter/exit
             self._durable = seq
             waiters = self._waiters
             while waiters and waiters[0][0] <= seq:
