@@ -335,7 +335,7 @@ class StatementGate:
             self.state.register_parse(msg.name, sql)
             self.roles.parsed(msg.name, verdict.role)
         tags: list[StatementTag | None] | None = None
-        if any(t is not None for t in verdict.tags):
+        if verdict.tags.count(None) != len(verdict.tags):  # any tag (no generator per call)
             tags = list(verdict.tags)
         if verdict.role is not None and mtype == _Q:
             # Least privilege for this statement only: the role is set before it and reset

@@ -81,8 +81,11 @@ class StatementTag:
 
 
 def _has_plan(tag: Any) -> bool:
-    if type(tag) is list:
-        return any(t is not None and t.plan is not None for t in tag)
+    if type(tag) is list:  # a Query's: once per statement, so a loop, not a generator
+        for t in tag:
+            if t is not None and t.plan is not None:
+                return True
+        return False
     return tag is not None and tag.plan is not None
 
 
@@ -162,7 +165,7 @@ class ResultMasker:
             tag: Any = None
             if t == _Q:
                 qtags = tags.get(i)
-                if qtags is not None and any(x is not None for x in qtags):
+                if qtags is not None and qtags.count(None) != len(qtags):  # any tag
                     tag = qtags
             elif t == _P:
                 ptag = tags.get(i)
