@@ -270,3 +270,14 @@ def test_every_type_has_a_builder() -> None:
     ]
     types = {r["type"] for r in built}
     assert types == set(records.TYPES) - {"checkpoint", "segment"}
+
+
+def test_session_totals_count_each_outcome_once() -> None:
+    totals = records.SessionTotals()
+    for outcome in ("allowed", "masked", "denied", "held", "error", "skipped", "unfinished",
+                    "allowed"):
+        totals.count(outcome, rows=2 if outcome == "allowed" else None, masked_values=1)
+    totals.count("something else")  # counted as a statement, in no outcome
+    assert totals.to_dict() == {
+        "statements": 9, "allowed": 2, "denied": 1, "masked": 1, "held": 1, "errors": 1,
+        "skipped": 1, "unfinished": 1, "rows": 4, "masked_values": 8, "safety_net_hits": 0}

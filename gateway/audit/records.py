@@ -165,6 +165,12 @@ def session_start(ctx: AuditContext, *, networks: Sequence[str] | None = None,
             "input": {k: si.get(k) for k in _SESSION_PARTS} if si else None}
 
 
+# outcome -> the SessionTotals counter it adds to
+_COUNTED = {"allowed": "allowed", "denied": "denied", "masked": "masked", "held": "held",
+            "error": "errors", "errors": "errors", "skipped": "skipped",
+            "unfinished": "unfinished"}
+
+
 @dataclass
 class SessionTotals:
     """Running totals for ``session.end``; :meth:`count` once per statement record."""
@@ -184,8 +190,8 @@ class SessionTotals:
     def count(self, outcome: str, *, rows: int | None = None, masked_values: int = 0,
               safety_net_hits: int = 0) -> None:
         self.statements += 1
-        attr = {"error": "errors"}.get(outcome, outcome)
-        if attr in ("allowed", "denied", "masked", "held", "errors", "skipped", "unfinished"):
+        attr = _COUNTED.get(outcome)
+        if attr is not None:
             setattr(self, attr, getattr(self, attr) + 1)
         self.rows += rows or 0
         self.masked_values += masked_values
