@@ -113,13 +113,12 @@ class ResultMasker:
     def idle(self) -> bool:
         """True while only ReadyForQuery, ErrorResponse and the relay's own messages need
         to be shown to `message`: nothing outstanding is masked or recorded."""
-        return not self._tracked and self._rows is None and self._copy is None \
-            and self.tracker.idle
+        return self.watch() == WATCH_IDLE
 
     @property
     def needs_rows(self) -> bool:
         """True while DataRow / CopyData must be shown to `message`."""
-        return bool(self._planned) or self._rows is not None or self._copy is not None
+        return self.watch() == WATCH_ROWS
 
     def watch(self) -> int:
         """What `message` must be shown now, as one answer (asked twice per statement):
@@ -212,6 +211,12 @@ class ResultMasker:
             if _has_plan(tag):
                 self._planned += 1
 
+    def _untrack(self, tag: Any) -> None:
+        """A request `_track` counted will get no more answers."""
+        self._tracked -= 1
+        if _has_plan(tag):
+            self._planned -= 1
+
     # -- upstream side -----------------------------------------------------------------------
 
     def message(self, mtype: int, body: bytes) -> bytes | None:
@@ -279,9 +284,7 @@ class ResultMasker:
             else:
                 self._end_result(tag, mtype, body)
         if answer.done and req.tag is not None:
-            self._tracked -= 1
-            if _has_plan(req.tag):
-                self._planned -= 1
+            self._untrack(req.tag)
         if mtype == _ERROR:
             self._skip_after(req, body)
         return out
@@ -316,9 +319,7 @@ class ResultMasker:
         owner = req.type in _BEFORE_EXECUTE and failed is None
         for skipped in self.tracker.take_skipped():
             tag = skipped.tag
-            self._tracked -= 1
-            if _has_plan(tag):
-                self._planned -= 1
+            self._untrack(tag)
             if failed is not None and tag is failed:
                 continue
             if owner and skipped.type == _E:

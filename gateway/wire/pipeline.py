@@ -132,15 +132,11 @@ class ResponseTracker:
 
     def barrier_if_idle(self, syncs: int) -> bool:
         """:meth:`barrier` when :attr:`idle` and not :attr:`discarding` (True), else
-        nothing (False): one call per statement instead of three."""
+        nothing (False)."""
         q = self._queue
         if self._discarding or (q and (len(q) > 1 or q[0].type != BARRIER)):
             return False
-        if syncs > 0:
-            if q:
-                q[0].statement += syncs
-            else:
-                q.append(Request(BARRIER, None, syncs))
+        self.barrier(syncs)
         return True
 
     def only_queries(self) -> bool:
