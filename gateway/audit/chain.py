@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from time import time_ns
 from typing import Any, NamedTuple
 
 from gateway import native
@@ -34,7 +33,6 @@ from .canonical import (
     FragmentEncoder,
     canonical_bytes,
     chain_hash,
-    format_ts,
     materialize,
     now_ts,
 )
@@ -210,7 +208,7 @@ class Chain:
         if template.instance != self.instance:
             raise ValueError("a template of another chain instance")
         seq = self.seq + 1
-        ts = ts or format_ts(time_ns())
+        ts = ts or now_ts()
         sealed = _native.seal(template.chunks, template.picks, seq, self.head, ts, values,
                               hashlib.sha256) if _native is not None else None
         if sealed is not None:
