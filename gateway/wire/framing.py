@@ -12,6 +12,7 @@ Two shapes, because the two directions have different costs:
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -46,13 +47,19 @@ RunWalker = Callable[[bytes, int, int], "tuple[int, bytes] | None"]
 Event = tuple[int, bytes, int, int]  # type, body, start and end offsets
 
 
+@functools.lru_cache(maxsize=8)  # one set per kind of framer: built once, not per session
+def _allowed_table(allowed: frozenset[int]) -> bytes:
+    """For the compiled framer, per type byte: 1 allowed, 0 not."""
+    return bytes(1 if b in allowed else 0 for b in range(256))
+
+
 class MessageFramer:
     def __init__(self, allowed_types: frozenset[int], max_size: int) -> None:
         self._allowed = allowed_types
         self._max = max_size
         self._buf: bytearray = bytearray()
         self._frames = _native.frames if _native is not None else None
-        self._table = bytes(1 if b in allowed_types else 0 for b in range(256))
+        self._table = _allowed_table(allowed_types)
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Returns the bytes of every message completed by `data`, and those messages."""
@@ -105,22 +112,13 @@ class MessageFramer:
         return out
 
 
-_SCAN_TABLES: dict[tuple[frozenset[int], frozenset[int], frozenset[int]], bytes] = {}
-
-
+@functools.lru_cache(maxsize=64)  # a handful of sets in practice; never unbounded
 def _scan_table(known: frozenset[int], observed: frozenset[int],
                 coalesce: frozenset[int]) -> bytes:
     """For the compiled step, per type byte: 0 unknown, 1 known and not observed,
     2 observed, 3 observed and coalesced (left to the Python loop)."""
-    key = (known, observed, coalesce)
-    table = _SCAN_TABLES.get(key)
-    if table is None:
-        if len(_SCAN_TABLES) >= 64:  # a handful of sets in practice; never unbounded
-            _SCAN_TABLES.clear()
-        table = bytes(0 if b not in known else 1 if b not in observed else
-                      3 if b in coalesce else 2 for b in range(256))
-        _SCAN_TABLES[key] = table
-    return table
+    return bytes(0 if b not in known else 1 if b not in observed else
+                 3 if b in coalesce else 2 for b in range(256))
 
 
 class BackendObserver:
