@@ -243,8 +243,7 @@ class StatementGate:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
             sql = query_text(frames[0][1])
-            verdict = self._decide(sql, "simple", catalog, None) if self.audit is None \
-                else self._decide_sql(sql, "simple", catalog)
+            verdict = self._decide_sql(sql, "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
                 return self._review(raw, frames, relay, catalog, verdict)
             if not verdict.tags and self.audit is None:
