@@ -6,6 +6,7 @@ statement. Each runs a real gateway against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -176,11 +178,9 @@ def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_long_texts_are_decided_every_time_and_never_kept(pg: PgBackend, tmp_path: Path,
-                                                          schemas: None) -> None:
-    """The kept allows and the shared analysis caches are bounded in entries and, through
-    a cap on the text's length, in bytes: a client sending many distinct huge statements
-    must not make the gateway hold them."""
+def direct_gate(pg: PgBackend, directory: Path) -> tuple[Any, Any, Any]:
+    """A session's StatementGate over the database's catalog and the BY_NAME policy, with
+    no relay around it: (gate, catalog, catalog cache)."""
     from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
     from gateway.enforce import gate as gate_module
     from gateway.enforce.catalog_cache import CatalogCache
@@ -193,14 +193,25 @@ def test_long_texts_are_decided_every_time_and_never_kept(pg: PgBackend, tmp_pat
     catalog = build_catalog(rows)
     cache = CatalogCache(fetch=None)  # type: ignore[arg-type]
     cache.put("payments", catalog)
-    (tmp_path / "policy.rego").write_text(BY_NAME)
-    engine = PolicyEngine.from_path(str(tmp_path))
+    (directory / "policy.rego").write_text(BY_NAME)
+    engine = PolicyEngine.from_path(str(directory))
     facts = SessionFacts.build(
         Identity("ci-bot", "https://issuer", ("ci",), {}, "jwt", None), session_id="s1",
         started_at=time.time(), name="payments", database="payments", user="ci-bot",
         application_name="test", client_addr="127.0.0.1", tls=True, networks={})
     gate = gate_module.StatementGate(facts=facts, connection="payments", catalogs=cache,
                                      policy=lambda: engine)
+    return gate, catalog, cache
+
+
+def test_long_texts_are_decided_every_time_and_never_kept(pg: PgBackend, tmp_path: Path,
+                                                          schemas: None) -> None:
+    """The kept allows and the shared analysis caches are bounded in entries and, through
+    a cap on the text's length, in bytes: a client sending many distinct huge statements
+    must not make the gateway hold them."""
+    from gateway.enforce import gate as gate_module
+
+    gate, catalog, _ = direct_gate(pg, tmp_path)
     short = by_id(1)
     ids = ", ".join(str(i) for i in range(4000))  # ~19 KB
     huge = f"select note from reuse_a.t where id in ({ids})"  # noqa: S608 (ints)
@@ -212,3 +223,78 @@ def test_long_texts_are_decided_every_time_and_never_kept(pg: PgBackend, tmp_pat
     assert short in kept and huge not in kept
     assert not any(huge in key for key in gate_module._ANALYSES)
     assert gate.decisions == 4
+
+
+class MarkerRelay:
+    """What the gate asks of its relay when it refuses a statement (the marker swap)."""
+
+    def __init__(self) -> None:
+        self.markers: list[bytes] = []
+
+    def deny_with_marker(self, marker: bytes, error: object) -> None:
+        self.markers.append(marker)
+
+
+def test_the_compiled_repeat_keeps_every_condition_of_reuse(pg: PgBackend, tmp_path: Path,
+                                                            schemas: None) -> None:
+    """A one-Query batch whose text has a kept allow's shape is answered from the
+    message's bytes (`StatementGate._plain_repeat`) without the full path, and only under
+    the conditions `_repeat` keeps: the same policy engine, catalog snapshot and name
+    resolution, no debug logging, parsing settings intact."""
+    import logging
+
+    from gateway.admin import metrics
+    from gateway.enforce import shapes
+    from gateway.policy.engine import PolicyEngine
+    from gateway.wire.frontend import Query
+
+    gate, catalog, cache = direct_gate(pg, tmp_path)
+    relay = MarkerRelay()
+
+    def review(i: int) -> bytes:
+        raw = Query(by_id(i)).encode()
+        out = gate.review(raw, [(raw[0], raw[5:])], relay)
+        assert isinstance(out, bytes)
+        return out
+
+    full_path = gate._decide_sql
+
+    def no_full_path(*args: object) -> object:
+        raise AssertionError("decided in full")
+
+    assert review(1) == Query(by_id(1)).encode()  # decided in full, then kept
+    allows = metrics.STATEMENTS.labels("allow")._c.value
+    gate._decide_sql = no_full_path  # type: ignore[method-assign]
+    if shapes.kept_by_shape is not None:
+        for i in (2, 3):
+            assert review(i) == Query(by_id(i)).encode()
+        assert gate.decisions == 3
+        assert metrics.STATEMENTS.labels("allow")._c.value == allows + 2
+
+    def must_decide_again(change: Any, undo: Any) -> None:
+        change()
+        with pytest.raises(AssertionError, match="decided in full"):
+            review(4)
+        undo()
+        gate._decide_sql = full_path  # type: ignore[method-assign]
+        assert review(5) == Query(by_id(5)).encode()  # kept again under what holds now
+        gate._decide_sql = no_full_path  # type: ignore[method-assign]
+
+    engine = gate.policy()
+    other = PolicyEngine.from_path(str(tmp_path))  # the same policy, another version
+    must_decide_again(lambda: setattr(gate, "policy", lambda: other),
+                      lambda: setattr(gate, "policy", lambda: engine))
+    snapshot = copy.copy(catalog)  # the same tables, another snapshot
+    must_decide_again(lambda: cache.put("payments", snapshot),
+                      lambda: cache.put("payments", catalog))
+    must_decide_again(lambda: gate.state.parameter_status("search_path", "reuse_a"),
+                      lambda: None)
+    logger = logging.getLogger("pgwarden")
+    level = logger.level
+    must_decide_again(lambda: logger.setLevel(logging.DEBUG), lambda: logger.setLevel(level))
+
+    gate.parameter_status("client_encoding", "SJIS")  # the server would read bytes otherwise
+    gate._decide_sql = full_path  # type: ignore[method-assign]
+    out = review(6)
+    assert out != Query(by_id(6)).encode() and relay.markers
+    assert relay.markers[-1] in out  # refused: the server gets the marker, not the text

@@ -174,3 +174,56 @@ def test_many_constants(n: int) -> None:
     check(sql)
     if got is not None:
         assert got[3].endswith(f"${n})") and got[0].count("\x01i") == n
+
+
+def query_body(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass") + b"\0"
+
+
+def check_kept(text: str, body: bytes) -> None:
+    """`kept` finds what the Python path would find for the body's text by its shape,
+    and declines (None) whatever that path must read itself."""
+    assert shapes._native is not None
+    plain = text.isascii() and "\0" not in text and body == query_body(text)
+    got = shapes._native.shape(text) if plain else None
+    decoy = ("SELECT \x01i", "simple")
+    table: dict[object, object] = {decoy: "decoy"}
+    if got is not None:
+        table[(got[0], "simple")] = "hit"
+        table[(got[0], "extended")] = "other protocol"
+    expected = "hit" if got is not None else None
+    assert shapes._native.kept(body, table, "simple") == expected, (text, body)
+    assert shapes._native.kept(body, {decoy: "decoy"}, "simple") is None, (text, body)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(fragment_texts, spaced_texts, char_texts, statements))
+def test_kept_looks_a_query_body_up_by_its_shape(sql: str) -> None:
+    check_kept(sql, query_body(sql))
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\0", b"SELECT 1", b"SELECT ", b"SELECT 1\0\0", b"SELECT\0 1\0",
+    b"SELECT 'caf\xc3\xa9'\0", b"SELECT '\xff'\0", b"SELECT 1;\0", b"SELECT 'x'\0",
+    b"SELECT 1; SELECT 2\0",
+])
+def test_kept_declines_what_the_python_path_reads(body: bytes) -> None:
+    """No final NUL, a NUL inside, bytes outside ASCII (valid UTF-8 or not), or a text
+    the compiled lexer declines: None, so query_text gives its error or the full path
+    looks, even when the table holds the key such a body might be mistaken for."""
+    assert shapes._native is not None
+    table = {(key, "simple"): "hit" for key in ("SELECT", "SELECT \x01i", "SELECT \x01s")}
+    plain = body.endswith(b"\0") and b"\0" not in body[:-1] and body.isascii() \
+        and shapes._native.shape(body[:-1].decode()) is not None
+    assert shapes._native.kept(body, table, "simple") == ("hit" if plain else None)
+    assert plain == (body in (b"SELECT 1;\0", b"SELECT 'x'\0"))
+
+
+def test_kept_raises_on_wrong_arguments() -> None:
+    assert shapes._native is not None
+    with pytest.raises(TypeError):
+        shapes._native.kept("SELECT 1\0", {}, "simple")
+    with pytest.raises(TypeError):
+        shapes._native.kept(b"SELECT 1\0", [], "simple")
+    with pytest.raises(TypeError):  # the protocol is a str
+        shapes._native.kept(b"SELECT 1\0", {}, ["simple"])

@@ -20,6 +20,12 @@
  * returns a shape, pglast finds exactly these constants (same spans and kinds) and
  * shape_of gives the same span and redacted text.
  *
+ * kept(body, table, protocol) -> table.get((key, protocol)) | None
+ *   the same key made from a Query message's body (the text and its final NUL), looked
+ *   up in one call: the gate's kept allows by shape, for a statement repeated with other
+ *   values (pgbench, ORMs). None too for any body the Python path must read itself (no
+ *   final NUL, a NUL inside, a byte outside ASCII), so every error stays there.
+ *
  * Assumes standard_conforming_strings = on (a backslash in '...' is a character), as the
  * gateway does: a session that turns it off is refused before any statement is read.
  */
@@ -96,27 +102,39 @@ integer_kind(const unsigned char *s, Py_ssize_t n)
     return 'i';
 }
 
-static PyObject *
-shape(PyObject *module, PyObject *arg)
-{
-    (void)module;
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "shape: sql must be str");
-        return NULL;
-    }
-    if (!PyUnicode_IS_ASCII(arg))
-        Py_RETURN_NONE;
-    const unsigned char *s = (const unsigned char *)PyUnicode_DATA(arg);
-    const Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+/* The spans of a text's constants, in a caller's buffer that grows on the heap. */
+typedef struct {
+    span_t *spans;
+    Py_ssize_t n, cap;
+    span_t stack[64];
+} spans_t;
 
-    span_t stack_spans[64];
-    span_t *spans = stack_spans;
-    Py_ssize_t nspans = 0, cap = 64;
+static void
+spans_init(spans_t *sp)
+{
+    sp->spans = sp->stack;
+    sp->n = 0;
+    sp->cap = 64;
+}
+
+static void
+spans_free(spans_t *sp)
+{
+    if (sp->spans != sp->stack)
+        PyMem_Free(sp->spans);
+}
+
+/* Lexes s[0:n] (plain ASCII) into its constants' spans and the statement's own extent
+ * [first, last): 1, or 0 to decline (anything outside the plain subset), or -1 with a
+ * Python error set. */
+static int
+lex(const unsigned char *s, Py_ssize_t n, spans_t *sp, Py_ssize_t *first_p,
+    Py_ssize_t *last_p)
+{
     Py_ssize_t first = -1, last = -1, i = 0;
     int after_semicolon = 0;
-    PyObject *result = NULL;
 
-#define BAIL goto decline
+#define BAIL return 0
 #define TOKEN(a, b)          \
     do {                     \
         if (first < 0)       \
@@ -125,24 +143,24 @@ shape(PyObject *module, PyObject *arg)
     } while (0)
 #define CONSTANT(a, b, k)                                                          \
     do {                                                                           \
-        if (nspans == cap) {                                                       \
-            if (cap >= MAX_CONSTANTS)                                              \
+        if (sp->n == sp->cap) {                                                    \
+            if (sp->cap >= MAX_CONSTANTS)                                          \
                 BAIL;                                                              \
-            span_t *grown = PyMem_Malloc(sizeof(span_t) * (size_t)cap * 2);        \
+            span_t *grown = PyMem_Malloc(sizeof(span_t) * (size_t)sp->cap * 2);    \
             if (grown == NULL) {                                                   \
                 PyErr_NoMemory();                                                  \
-                goto fail;                                                         \
+                return -1;                                                         \
             }                                                                      \
-            memcpy(grown, spans, sizeof(span_t) * (size_t)nspans);                 \
-            if (spans != stack_spans)                                              \
-                PyMem_Free(spans);                                                 \
-            spans = grown;                                                         \
-            cap *= 2;                                                              \
+            memcpy(grown, sp->spans, sizeof(span_t) * (size_t)sp->n);              \
+            if (sp->spans != sp->stack)                                            \
+                PyMem_Free(sp->spans);                                             \
+            sp->spans = grown;                                                     \
+            sp->cap *= 2;                                                          \
         }                                                                          \
-        spans[nspans].start = (a);                                                 \
-        spans[nspans].end = (b);                                                   \
-        spans[nspans].kind = (k);                                                  \
-        nspans++;                                                                  \
+        sp->spans[sp->n].start = (a);                                              \
+        sp->spans[sp->n].end = (b);                                                \
+        sp->spans[sp->n].kind = (k);                                               \
+        sp->n++;                                                                   \
         TOKEN(a, b);                                                               \
     } while (0)
 
@@ -226,59 +244,145 @@ shape(PyObject *module, PyObject *arg)
     }
     if (first < 0)
         BAIL;
-
-    /* key: the statement's own text with constants as \x01 + kind */
-    Py_ssize_t key_len = last - first, red_len = last - first;
-    for (Py_ssize_t k = 0; k < nspans; k++) {
-        key_len -= spans[k].end - spans[k].start - 2;
-        char digits[24];
-        red_len -= spans[k].end - spans[k].start;
-        red_len += snprintf(digits, sizeof digits, "$%zd", k + 1);
-    }
-    PyObject *key = PyUnicode_New(key_len, 127);
-    PyObject *redacted = key ? PyUnicode_New(red_len, 127) : NULL;
-    if (redacted == NULL) {
-        Py_XDECREF(key);
-        goto fail;
-    }
-    char *kw = (char *)PyUnicode_DATA(key);
-    char *rw = (char *)PyUnicode_DATA(redacted);
-    Py_ssize_t pos = first, rpos = first;
-    for (Py_ssize_t k = 0; k < nspans; k++) {
-        memcpy(kw, s + pos, (size_t)(spans[k].start - pos));
-        kw += spans[k].start - pos;
-        *kw++ = '\x01';
-        *kw++ = spans[k].kind;
-        pos = spans[k].end;
-        memcpy(rw, s + rpos, (size_t)(spans[k].start - rpos));
-        rw += spans[k].start - rpos;
-        char digits[24];
-        const int nd = snprintf(digits, sizeof digits, "$%zd", k + 1);
-        memcpy(rw, digits, (size_t)nd);
-        rw += nd;
-        rpos = spans[k].end;
-    }
-    memcpy(kw, s + pos, (size_t)(last - pos));
-    memcpy(rw, s + rpos, (size_t)(last - rpos));
-    result = Py_BuildValue("(NnnN)", key, first, last, redacted);
-    goto done;
-
-decline:
-    result = Py_NewRef(Py_None);
-    goto done;
-fail:
-    result = NULL;
-done:
-    if (spans != stack_spans)
-        PyMem_Free(spans);
-    return result;
+    *first_p = first;
+    *last_p = last;
+    return 1;
 #undef BAIL
 #undef TOKEN
 #undef CONSTANT
 }
 
+/* The key of s[first:last] with constants `sp`: the text with each constant as
+ * "\x01" + its kind. */
+static PyObject *
+make_key(const unsigned char *s, const spans_t *sp, Py_ssize_t first, Py_ssize_t last)
+{
+    Py_ssize_t key_len = last - first;
+    for (Py_ssize_t k = 0; k < sp->n; k++)
+        key_len -= sp->spans[k].end - sp->spans[k].start - 2;
+    PyObject *key = PyUnicode_New(key_len, 127);
+    if (key == NULL)
+        return NULL;
+    char *kw = (char *)PyUnicode_DATA(key);
+    Py_ssize_t pos = first;
+    for (Py_ssize_t k = 0; k < sp->n; k++) {
+        memcpy(kw, s + pos, (size_t)(sp->spans[k].start - pos));
+        kw += sp->spans[k].start - pos;
+        *kw++ = '\x01';
+        *kw++ = sp->spans[k].kind;
+        pos = sp->spans[k].end;
+    }
+    memcpy(kw, s + pos, (size_t)(last - pos));
+    return key;
+}
+
+static PyObject *
+shape(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "shape: sql must be str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(arg))
+        Py_RETURN_NONE;
+    const unsigned char *s = (const unsigned char *)PyUnicode_DATA(arg);
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+
+    spans_t sp;
+    spans_init(&sp);
+    Py_ssize_t first, last;
+    PyObject *result = NULL;
+    const int lexed = lex(s, n, &sp, &first, &last);
+    if (lexed <= 0) {
+        result = lexed == 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
+    }
+
+    /* redacted: the statement's own text with the constants as $1, $2, ... */
+    Py_ssize_t red_len = last - first;
+    for (Py_ssize_t k = 0; k < sp.n; k++) {
+        char digits[24];
+        red_len -= sp.spans[k].end - sp.spans[k].start;
+        red_len += snprintf(digits, sizeof digits, "$%zd", k + 1);
+    }
+    PyObject *key = make_key(s, &sp, first, last);
+    PyObject *redacted = key ? PyUnicode_New(red_len, 127) : NULL;
+    if (redacted == NULL) {
+        Py_XDECREF(key);
+        goto done;
+    }
+    char *rw = (char *)PyUnicode_DATA(redacted);
+    Py_ssize_t rpos = first;
+    for (Py_ssize_t k = 0; k < sp.n; k++) {
+        memcpy(rw, s + rpos, (size_t)(sp.spans[k].start - rpos));
+        rw += sp.spans[k].start - rpos;
+        char digits[24];
+        const int nd = snprintf(digits, sizeof digits, "$%zd", k + 1);
+        memcpy(rw, digits, (size_t)nd);
+        rw += nd;
+        rpos = sp.spans[k].end;
+    }
+    memcpy(rw, s + rpos, (size_t)(last - rpos));
+    result = Py_BuildValue("(NnnN)", key, first, last, redacted);
+done:
+    spans_free(&sp);
+    return result;
+}
+
+/* kept(body, table, protocol) -> table[(key, protocol)] | None
+ *
+ * A Query message's body (its text and the terminating NUL, nothing after it) looked
+ * up by the text's shape key, as `table.get((shape(text)[0], protocol))` would for the
+ * text `body[:-1]`; None as well for any body the Python path must read itself: no
+ * final NUL, a NUL inside, a byte outside ASCII, or a text shape() declines. */
+static PyObject *
+kept(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *table, *protocol;
+    const unsigned char *s;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y#O!U:kept", &s, &size, &PyDict_Type, &table, &protocol))
+        return NULL;
+    if (size < 1 || s[size - 1] != 0)
+        Py_RETURN_NONE;
+    const Py_ssize_t n = size - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == 0 || s[i] >= 0x80) /* the Python path reads those (and errs) */
+            Py_RETURN_NONE;
+    }
+    spans_t sp;
+    spans_init(&sp);
+    Py_ssize_t first, last;
+    PyObject *result = NULL;
+    const int lexed = lex(s, n, &sp, &first, &last);
+    if (lexed <= 0) {
+        result = lexed == 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
+    }
+    PyObject *key = make_key(s, &sp, first, last);
+    if (key == NULL)
+        goto done;
+    PyObject *pair = PyTuple_Pack(2, key, protocol);
+    Py_DECREF(key);
+    if (pair == NULL)
+        goto done;
+    PyObject *found = PyDict_GetItemWithError(table, pair);
+    Py_DECREF(pair);
+    if (found != NULL)
+        result = Py_NewRef(found);
+    else if (!PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+done:
+    spans_free(&sp);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"shape", shape, METH_O, "shape(sql) -> (key, first, last, redacted) | None"},
+    {"kept", kept, METH_VARARGS,
+     "kept(body, table, protocol) -> table.get((shape(body[:-1])[0], protocol))"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -46,7 +46,7 @@ from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts
 from .roles import WRAPPED_AT, PortalRoles
 from .roles import encode as role_frames
-from .shapes import Shape, restate, reusable, shape_of
+from .shapes import Shape, kept_by_shape, restate, reusable, shape_of
 
 if TYPE_CHECKING:
     from gateway.approvals import ApprovalService
@@ -242,7 +242,10 @@ class StatementGate:
         if single_query and not self.roles:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
-            sql = query_text(frames[0][1])
+            body = frames[0][1]
+            if self.audit is None and self._by_shape and self._plain_repeat(body, catalog):
+                return raw  # nothing to decide, follow or record: a repeat's hot path
+            sql = query_text(body)
             verdict = self._decide_sql(sql, "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
                 return self._review(raw, frames, relay, catalog, verdict)
@@ -721,6 +724,34 @@ class StatementGate:
             self._by_text.clear()
         self._by_text[(sql, protocol)] = repeat
 
+    def _plain_repeat(self, body: bytes, catalog: Catalog) -> bool:
+        """True (its bookkeeping done) when `_decide` would answer this Query body's text
+        with a plain allow kept for its shape, found by one compiled call from the
+        message's bytes; False when the full path has to look (no C module, a text the
+        compiled lexer declines, a miss, anything `_repeat` would not reuse)."""
+        if kept_by_shape is None or self.poisoned is not None:
+            return False
+        engine = self.policy()
+        if engine is None or not self._may_repeat(engine, catalog):
+            return False
+        # (kept without an audit trail, an allow has no tags: it has no mask plan)
+        repeat = kept_by_shape(body, self._by_shape, "simple")
+        if repeat is None:
+            return False
+        self._reuse(repeat)
+        return True
+
+    def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
+        # (at debug level every decision is logged: no shortcut)
+        return self._repeats_hold(engine, catalog) and not logs.enabled(logging.DEBUG)
+
+    def _reuse(self, repeat: _Repeat) -> None:
+        """The bookkeeping of a decision answered by a kept allow."""
+        self._hit = repeat
+        self.decisions += len(repeat.outcomes)
+        for outcome in repeat.outcomes:
+            metrics.STATEMENTS.count(outcome)
+
     def _repeats_hold(self, engine: PolicyEngine, catalog: Catalog) -> bool:
         """Whether the kept allows were decided under this engine, this catalog snapshot
         and the session's current name resolution."""
@@ -731,8 +762,8 @@ class StatementGate:
                 decided: list[_Decided] | None) -> tuple[Verdict | None, Shape | None]:
         """What :meth:`_decide` would answer again for a kept allow of `sql`, with its
         bookkeeping; else None. And the text's shape when it was needed."""
-        if not self._repeats_hold(engine, catalog) or logs.enabled(logging.DEBUG):
-            return None, None  # (at debug level every decision is logged: no shortcut)
+        if not self._may_repeat(engine, catalog):
+            return None, None
         shape = None
         repeat = self._by_text.get((sql, protocol))
         if repeat is None:
@@ -744,10 +775,7 @@ class StatementGate:
             repeat = self._by_shape.get((shape.key, protocol))
             if repeat is None:
                 return None, shape
-        self._hit = repeat
-        self.decisions += len(repeat.outcomes)
-        for outcome in repeat.outcomes:
-            metrics.STATEMENTS.count(outcome)
+        self._reuse(repeat)
         if decided is not None:
             if shape is not None:  # by shape: this text's own redaction
                 info, decision, doc, digest, _ = repeat.decided[0]

@@ -27,6 +27,10 @@ from gateway.sql import StatementInfo
 # Plain texts (ASCII words, numbers, simple strings, no comments) are shaped in C
 # (gateway/enforce/_shape.c): a str key, never equal to the tuple keys made here.
 _native = native.load("gateway.enforce._shape")
+# kept_by_shape(body, table, protocol): table.get((shape_of(text).key, protocol)) for a
+# Query body (its text and final NUL) in one compiled call; None for any body the Python
+# path must read (see _shape.c). None itself without the C module.
+kept_by_shape = _native.kept if _native is not None else None
 
 # Constants' token types are the shape's holes; every other token keeps its text.
 _SEMICOLON = "ASCII_59"
