@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit import chain as chain_mod
+from gateway.audit.canonical import now_ts, parse_ts
 from gateway.audit.chain import Chain, seal_filled
 from gateway.audit.template import RecordTemplate, TemplateMismatch
 
@@ -50,8 +53,13 @@ def python_seal(tpl: RecordTemplate, seq: int, prev: str, ts: str,
 def c_seal(tpl: RecordTemplate, seq: int, prev: str, ts: str,
            values: tuple[Any, ...]) -> tuple[bytes, str] | None:
     assert chain_mod._native is not None
-    return chain_mod._native.seal(tpl.chunks, tpl.picks, seq, prev, ts, values,
-                                  hashlib.sha256)
+    sealed = chain_mod._native.seal(tpl.chunks, tpl.picks, seq, prev, ts, values,
+                                    hashlib.sha256)
+    if sealed is None:
+        return None
+    line, digest, used = sealed
+    assert used is ts  # the timestamp given is the one written
+    return line, digest
 
 
 def template(fields: dict[str, Any], holes: tuple[str, ...]) -> RecordTemplate | None:
@@ -90,6 +98,21 @@ def test_seal_template_is_the_same_record_either_way(monkeypatch: pytest.MonkeyP
     sealed.append(Chain("gw1", 6, HEAD).seal_template(tpl, (5, True), ts=TS))
     assert sealed[0] == sealed[1]
     assert sealed[0].line.endswith(b',"hash":"' + sealed[0].hash.encode() + b'"}\n')
+
+
+def test_with_no_timestamp_the_c_seal_writes_now_as_now_ts_does() -> None:
+    tpl = template({"sql": "SELECT 1"}, ("rows",))
+    assert tpl is not None and chain_mod._native is not None
+    before = now_ts()
+    line, digest, ts = chain_mod._native.seal(tpl.chunks, tpl.picks, 7, HEAD, None, (3,),
+                                              hashlib.sha256)
+    after = now_ts()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ts), ts
+    assert before <= ts <= after  # one format: text order is time order
+    assert (line, digest) == python_seal(tpl, 7, HEAD, ts, (3,))
+    assert abs(parse_ts(ts) - time.time()) < 5
+    sealed = Chain("gw1", 6, HEAD).seal_template(tpl, (3,))  # what the writer calls
+    assert before <= sealed.ts <= now_ts() and b'"ts":"' + sealed.ts.encode() in sealed.line
 
 
 def test_a_value_the_c_seal_declines_still_raises_template_mismatch() -> None:

@@ -208,12 +208,12 @@ class Chain:
         if template.instance != self.instance:
             raise ValueError("a template of another chain instance")
         seq = self.seq + 1
-        ts = ts or now_ts()
         sealed = _native.seal(template.chunks, template.picks, seq, self.head, ts, values,
-                              hashlib.sha256) if _native is not None else None
+                              hashlib.sha256) if _native is not None else None  # ts None: now
         if sealed is not None:
-            line, digest = sealed
+            line, digest, ts = sealed
         else:  # no C module, or a value it leaves to fill() (which raises TemplateMismatch)
+            ts = ts or now_ts()
             line, digest = seal_filled(self.head, template.fill(seq, self.head, ts, values))
         self.seq = seq
         self.head = digest
