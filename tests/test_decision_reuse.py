@@ -6,6 +6,7 @@ statement. Each runs a real gateway against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import signal
@@ -178,9 +179,11 @@ def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def direct_gate(pg: PgBackend, directory: Path) -> tuple[Any, Any, Any]:
+def direct_gate(pg: PgBackend, directory: Path, audit: Any = None) -> tuple[Any, Any, Any]:
     """A session's StatementGate over the database's catalog and the BY_NAME policy, with
-    no relay around it: (gate, catalog, catalog cache)."""
+    no relay around it (and `audit`, an AuditWriter, if given): (gate, catalog, catalog
+    cache)."""
+    from gateway.audit import AuditContext
     from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
     from gateway.enforce import gate as gate_module
     from gateway.enforce.catalog_cache import CatalogCache
@@ -199,8 +202,9 @@ def direct_gate(pg: PgBackend, directory: Path) -> tuple[Any, Any, Any]:
         Identity("ci-bot", "https://issuer", ("ci",), {}, "jwt", None), session_id="s1",
         started_at=time.time(), name="payments", database="payments", user="ci-bot",
         application_name="test", client_addr="127.0.0.1", tls=True, networks={})
+    ctx = AuditContext.from_input(facts.input_for({})) if audit is not None else None
     gate = gate_module.StatementGate(facts=facts, connection="payments", catalogs=cache,
-                                     policy=lambda: engine)
+                                     policy=lambda: engine, audit=audit, audit_ctx=ctx)
     return gate, catalog, cache
 
 
@@ -230,9 +234,11 @@ class MarkerRelay:
 
     def __init__(self) -> None:
         self.markers: list[bytes] = []
+        self.errors: list[Any] = []
 
-    def deny_with_marker(self, marker: bytes, error: object) -> None:
+    def deny_with_marker(self, marker: bytes, error: Any) -> None:
         self.markers.append(marker)
+        self.errors.append(error)
 
 
 def test_the_compiled_repeat_keeps_every_condition_of_reuse(pg: PgBackend, tmp_path: Path,
@@ -298,3 +304,74 @@ def test_the_compiled_repeat_keeps_every_condition_of_reuse(pg: PgBackend, tmp_p
     out = review(6)
     assert out != Query(by_id(6)).encode() and relay.markers
     assert relay.markers[-1] in out  # refused: the server gets the marker, not the text
+
+
+async def wait_for(pending: Any) -> Any:
+    return await pending
+
+
+def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp_path: Path,
+                                                              schemas: None) -> None:
+    """With an audit trail, the compiled repeat path appends the statement's own decision
+    record (the kept record's shape, a new seq) and writes it before the batch is given
+    back to be forwarded; when the record cannot be appended, or the trail is failing,
+    the statement is refused with 58030 instead."""
+    from gateway.audit import AuditUnavailable, AuditWriter
+    from gateway.audit.filesink import FileSink
+    from gateway.enforce import shapes
+    from gateway.wire.frontend import Query
+
+    if shapes.kept_by_shape is None:
+        pytest.skip("the compiled shape is not built (PGWARDEN_PURE_PYTHON)")
+    writer = AuditWriter(FileSink(str(tmp_path / "audit"), "gw1"), instance="gw1")
+    writer.start()
+    gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
+    relay = MarkerRelay()
+
+    def review(i: int) -> Any:
+        raw = Query(by_id(i)).encode()
+        return gate.review(raw, [(raw[0], raw[5:])], relay)
+
+    def decisions() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for f in sorted((tmp_path / "audit").glob("*.jsonl"))
+                 for line in f.read_text().splitlines()]
+        return [r for r in lines if r["type"] == "decision"]
+
+    assert review(1) == Query(by_id(1)).encode()  # decided in full, recorded, then kept
+    assert writer.durable_seq == writer.head[0]
+    full_path = gate._decide_sql
+    gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
+    try:
+        for i in (2, 3):
+            before = writer.head[0]
+            assert review(i) == Query(by_id(i)).encode()
+            assert writer.durable_seq == writer.head[0] == before + 1  # written first
+        recs = decisions()
+        assert [r["sql"] for r in recs] == ["select note from reuse_a.t where id = $1"] * 3
+        assert len({r["seq"] for r in recs}) == 3 and gate.decisions == 3
+        tags = gate.take_tags([(0x51, b"")])[1]
+        assert tags[0][0].decision_seq == recs[-1]["seq"]  # its results follow its record
+
+        sink_write = writer.sink.write
+
+        def full_disk(batch: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        writer.sink.write = full_disk  # type: ignore[method-assign]
+        out = review(4)  # its record is not written: the batch waits, and the wait fails
+        assert not isinstance(out, bytes) and not writer.healthy
+        with pytest.raises(AuditUnavailable):
+            asyncio.run(wait_for(out))
+        gate._decide_sql = full_path  # type: ignore[method-assign]
+        refused = len(relay.markers)
+        out = review(5)  # a failing trail: the full path refuses it (once what came
+        assert len(relay.markers) == refused + 1 and relay.errors[-1].code == "58030"
+        with pytest.raises(AuditUnavailable):  # before is written: never, here)
+            asyncio.run(wait_for(out))
+        writer.sink.write = sink_write  # type: ignore[method-assign]
+    finally:
+        writer.close()
+    gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
+    out = review(6)  # closed: appending raises, and the compiled path refuses it itself
+    assert isinstance(out, bytes) and relay.markers[-1] in out
+    assert relay.errors[-1].code == "58030"

@@ -243,8 +243,10 @@ class StatementGate:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
             body = frames[0][1]
-            if self.audit is None and self._by_shape and self._plain_repeat(body, catalog):
-                return raw  # nothing to decide, follow or record: a repeat's hot path
+            if self._by_shape:
+                out = self._kept_query(raw, frames, relay, catalog)
+                if out is not None:
+                    return out
             sql = query_text(body)
             verdict = self._decide_sql(sql, "simple", catalog)
             if not verdict.allowed or verdict.role is not None:
@@ -551,11 +553,16 @@ class StatementGate:
                     and decided[0][4] == hit.record.key[2]:  # (the same text as recorded)
                 return self._record_repeat(verdict, hit.record)
             return self._record(sql, verdict, decided)
-        except Exception as e:  # AuditUnavailable (backlog full, closed) or a bug: fail closed
-            logs.error("audit.append_failed", session=self.facts.session["id"],
-                       error=type(e).__name__)
-            return _denial("58030", "the audit trail cannot be written: statements are refused "
-                           "until it recovers")
+        except Exception as e:
+            return self._unrecorded(e)
+
+    def _unrecorded(self, e: Exception) -> Verdict:
+        """The refusal of a statement whose decision record could not be appended:
+        AuditUnavailable (backlog full, closed) or a bug. Fail closed."""
+        logs.error("audit.append_failed", session=self.facts.session["id"],
+                   error=type(e).__name__)
+        return _denial("58030", "the audit trail cannot be written: statements are refused "
+                       "until it recovers")
 
     def _record_repeat(self, verdict: Verdict, record: _RecordPlan) -> Verdict:
         """`_record` for a repeated plain allow of one statement, whose template key and
@@ -724,22 +731,34 @@ class StatementGate:
             self._by_text.clear()
         self._by_text[(sql, protocol)] = repeat
 
-    def _plain_repeat(self, body: bytes, catalog: Catalog) -> bool:
-        """True (its bookkeeping done) when `_decide` would answer this Query body's text
-        with a plain allow kept for its shape, found by one compiled call from the
-        message's bytes; False when the full path has to look (no C module, a text the
-        compiled lexer declines, a miss, anything `_repeat` would not reuse)."""
+    def _kept_query(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
+                    ) -> bytes | Awaitable[bytes] | None:
+        """`review` of a one-Query batch whose text has the shape of a plain allow kept
+        by this session, found by one compiled call from the message's bytes: what the
+        full path would answer, without it. None when the full path has to look (no C
+        module, a text the compiled lexer declines, a miss, anything `_repeat` would not
+        reuse, a repeat with no single decision record, an audit trail that is failing)."""
         if kept_by_shape is None or self.poisoned is not None:
-            return False
+            return None
         engine = self.policy()
         if engine is None or not self._may_repeat(engine, catalog):
-            return False
-        # (kept without an audit trail, an allow has no tags: it has no mask plan)
-        repeat = kept_by_shape(body, self._by_shape, "simple")
+            return None
+        repeat = kept_by_shape(frames[0][1], self._by_shape, "simple")
         if repeat is None:
-            return False
+            return None
+        if self.audit is None:
+            self._reuse(repeat)  # (kept with no audit trail, an allow has no tags: no plan)
+            return raw
+        record = repeat.record
+        if record is None or not self.audit.healthy:
+            return None
         self._reuse(repeat)
-        return True
+        try:  # by shape: the record's redacted text is this text's (the same key)
+            verdict = self._record_repeat(repeat.verdict, record)
+        except Exception as e:
+            return self._review(raw, frames, relay, catalog, self._unrecorded(e))
+        self._plans[0] = list(verdict.tags)
+        return self._finish_batch(raw, frames, {})
 
     def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
         # (at debug level every decision is logged: no shortcut)
