@@ -244,7 +244,7 @@ class MarkerRelay:
 def test_the_compiled_repeat_keeps_every_condition_of_reuse(pg: PgBackend, tmp_path: Path,
                                                             schemas: None) -> None:
     """A one-Query batch whose text has a kept allow's shape is answered from the
-    message's bytes (`StatementGate._plain_repeat`) without the full path, and only under
+    message's bytes (`StatementGate._kept_query`) without the full path, and only under
     the conditions `_repeat` keeps: the same policy engine, catalog snapshot and name
     resolution, no debug logging, parsing settings intact."""
     import logging
