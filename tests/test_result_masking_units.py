@@ -706,13 +706,14 @@ class _Query:
         self.fails_at = fails_at
 
 
-@given(st.data())
-@settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
-def test_every_followed_statement_ends_once_and_nothing_stays_counted(
-        data: st.DataObject) -> None:
-    """Also when, as in the relay, the masker is shown only what its `watch()` asked for
-    before each upstream buffer: every statement ends the same way as when it is shown
-    every message."""
+_Batch = tuple[list[bytes], dict[int, object]]
+
+
+def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
+                                        list[tuple[str, int]], list[tuple[bool, int]]]:
+    """A random session: the tags of its followed statements, its batches (frames and
+    tags), the server's answers, and after each batch whether the answers sent so far
+    arrive then and in how many buffers. Batches of one untagged Query are among them."""
     tags: list[StatementTag] = []
 
     def new_tag(n: int) -> StatementTag | None:
@@ -729,8 +730,10 @@ def test_every_followed_statement_ends_once_and_nothing_stays_counted(
     for n in range(data.draw(st.integers(1, 6), "units")):
         frames_: list[bytes] = []
         batch_tags: dict[int, object] = {}
-        if data.draw(st.booleans(), "query"):
-            q = _Query([new_tag(100 * n + i) for i in range(data.draw(st.integers(1, 3)))],
+        kind = data.draw(st.sampled_from(["query", "plain query", "extended"]), "kind")
+        if kind != "extended":  # a plain one: nothing follows its statements (pgbench)
+            q = _Query([new_tag(100 * n + i) if kind == "query" else None
+                        for i in range(data.draw(st.integers(1, 3)))],
                        data.draw(st.integers(0, 2)))
             batch_tags[0] = q.tags
             frames_.append(fe.Query("select 1").encode())
@@ -757,6 +760,17 @@ def test_every_followed_statement_ends_once_and_nothing_stays_counted(
     # after each batch: how many of the answers sent so far arrive now, in how many buffers
     arrivals = [(data.draw(st.booleans(), "answer now"), data.draw(st.integers(1, 3), "cuts"))
                 for _ in batches]
+    return tags, batches, answers, arrivals
+
+
+@given(st.data())
+@settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
+def test_every_followed_statement_ends_once_and_nothing_stays_counted(
+        data: st.DataObject) -> None:
+    """Also when, as in the relay, the masker is shown only what its `watch()` asked for
+    before each upstream buffer: every statement ends the same way as when it is shown
+    every message."""
+    tags, batches, answers, arrivals = _case(data)
 
     def run(observed: bool) -> dict[int, list[int]]:
         rm, _ = recorder()
@@ -794,3 +808,142 @@ def test_every_followed_statement_ends_once_and_nothing_stays_counted(
 
 
 PAN_ROW = body(be.DataRow((b"1",)).encode())  # a row of an unmasked result
+
+
+# -- the relay follows the same statements, counting what nothing follows itself -------------
+
+
+def _schedule(batches: list[_Batch], answers: list[tuple[str, int]],
+              arrivals: list[tuple[bool, int]]
+              ) -> list[tuple[_Batch | None, list[tuple[str, int]]]]:
+    """The order in which a case's batches are forwarded and its answers arrive: each
+    batch with the buffers that arrive after it (a buffer list per step, a batch or None)."""
+    steps: list[tuple[_Batch | None, list[tuple[str, int]]]] = []
+    pending = list(answers)
+    sent = 0
+    for batch, (now, cuts) in zip(batches, arrivals, strict=True):
+        steps.append((batch, []))
+        sent += len(batch[0])
+        if now:  # what the server answered so far, in `cuts` buffers
+            ready = [a for a in pending if a[1] < sent]
+            del pending[:len(ready)]
+            step = -(-len(ready) // cuts) or 1
+            steps += [(None, ready[k : k + step]) for k in range(0, len(ready), step)]
+    steps.append((None, pending))
+    return steps
+
+
+class _Wire:
+    """A transport that keeps what the relay writes."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        raise AssertionError("the relay gave up on a session it should follow")
+
+    close = abort
+
+
+class _TaggingGate:
+    """Forwards every batch as it is, with the tags the case gave it (as StatementGate
+    does, none for a Query none of whose statements is followed)."""
+
+    def __init__(self) -> None:
+        self._tags: dict[int, object] = {}
+
+    @property
+    def tags(self) -> dict[int, object]:
+        return self._tags
+
+    @tags.setter
+    def tags(self, tags: dict[int, object]) -> None:
+        self._tags = {i: t for i, t in tags.items()
+                      if not (type(t) is list and t.count(None) == len(t))}
+
+    def review(self, raw: bytes, frames_: list[tuple[int, bytes]], relay: object) -> bytes:
+        return raw
+
+    def take_tags(self, frames_: list[tuple[int, bytes]]
+                  ) -> tuple[list[tuple[int, bytes]], dict[int, object]]:
+        tags, self._tags = self._tags, {}
+        return frames_, tags
+
+    def parameter_status(self, name: str, value: str) -> None:
+        pass
+
+    def ready_for_query(self, status: str) -> None:
+        pass
+
+
+_ANSWER_BYTES = {
+    "T": be.RowDescription((field("a"),)).encode(), "D": be.DataRow((b"1",)).encode(),
+    "C": be.CommandComplete("SELECT 1").encode(), "Z": be.ReadyForQuery("I").encode(),
+    "E": be.ErrorResponse.build("42000", "failed").encode(),
+    "1": be.Simple(b"1").encode(), "2": be.Simple(b"2").encode(), "n": be.Simple(b"n").encode(),
+}
+
+
+@given(st.data())
+@settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
+def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
+        data: st.DataObject) -> None:
+    """The relay shows its masker only what `watch()` asks for, and does not show it a
+    batch of one untagged Query at all while it has nothing pending (it counts that
+    Query's ReadyForQuery itself): every followed statement still ends as when the masker
+    is shown every message, the client gets the server's bytes, and nothing stays owed."""
+    import asyncio
+
+    from gateway.proxy.endpoint import Endpoint
+    from gateway.proxy.relay import Relay
+
+    _, batches, answers, arrivals = _case(data)
+    reference: dict[int, list[int]] = {}
+    rm, _ = recorder()
+    rm.on_result = lambda tag, t, b, c: reference.setdefault(id(tag), []).append(t)
+    for batch, buffers in _schedule(batches, answers, arrivals):
+        if batch is not None:
+            rm.forwarded(frames(*batch[0]), batch[1])
+        for mtype, _i in buffers:
+            rm.message(ord(mtype), PAN_ROW if mtype == "D" else b"")
+
+    async def run() -> tuple[dict[int, list[int]], bytes, bytes, int]:
+        ends: dict[int, list[int]] = {}
+        gate = _TaggingGate()
+        client, upstream = Endpoint(), Endpoint()
+        client.transport, upstream.transport = _Wire(), _Wire()  # type: ignore[assignment]
+        results = ResultMasker(lambda o, a: None)
+        relay = Relay("s1", client, upstream, 1 << 20, gate,  # type: ignore[arg-type]
+                      safety_net="off", results=results,
+                      on_result=lambda tag, t, b, c, h: ends.setdefault(id(tag), []).append(t))
+        relay.start()
+        server = bytearray()
+        for batch, buffer in _schedule(batches, answers, arrivals):
+            if batch is not None:
+                gate.tags = batch[1]
+                relay.from_client(b"".join(batch[0]))
+            chunk = b"".join(_ANSWER_BYTES[m] for m, _ in buffer)
+            if chunk:
+                server += chunk
+                relay.from_upstream(chunk)
+        assert not relay.done.done()
+        assert results.empty() and relay._quiet == 0
+        return ends, bytes(client.transport.out), bytes(server), \
+            len(upstream.transport.out)  # type: ignore[union-attr]
+
+    ends, to_client, from_server, forwarded = asyncio.run(run())
+    assert ends == reference
+    assert to_client == from_server  # nothing masked here: the bytes pass as they came
+    assert forwarded == sum(len(f) for frames_, _ in batches for f in frames_)

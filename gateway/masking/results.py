@@ -133,6 +133,19 @@ class ResultMasker:
             return WATCH_IDLE
         return WATCH_ENDS if tracker.only_queries() else WATCH_ANSWERS
 
+    def empty(self) -> bool:
+        """True when nothing is pending or being masked, and what is forwarded now will be
+        answered: the answers to an untagged Query forwarded now come before any other,
+        so a caller may count them itself (ReadyForQuery by ReadyForQuery) instead of
+        showing them here, as long as it calls :meth:`owe` before forwarding anything else."""
+        return not self._tracked and self._rows is None and self._copy is None \
+            and self.tracker.empty()
+
+    def owe(self, syncs: int) -> None:
+        """Untagged Queries forwarded since :meth:`empty` whose `syncs` ReadyForQuery answers
+        are still to come: they answer first (a barrier ahead of what is forwarded next)."""
+        self.tracker.barrier(syncs)
+
     # -- client side -------------------------------------------------------------------------
 
     def forwarded(self, frames: list[Frame], tags: Mapping[int, Any]) -> None:

@@ -37,7 +37,7 @@ from gateway.wire.pipeline import QUERY_ENDS, RESPONSE_TYPES, SYNCING
 from .endpoint import Endpoint
 
 CLIENT_TYPES = frozenset(b"QPBDECSHXdcfF")
-_X, _Z, _R, _K, _E, _S = (ord(c) for c in "XZRKES")
+_Q, _X, _Z, _R, _K, _E, _S = (ord(c) for c in "QXZRKES")
 # The small messages the relay reacts to: all it observes while no answer needs matching
 # to its request.
 OBSERVED_IDLE = frozenset((_Z, _R, _K, _E, _S))
@@ -93,6 +93,10 @@ class Relay:
         self.framer = MessageFramer(CLIENT_TYPES, max_message_size)
         self.observer = BackendObserver(be.BACKEND_TYPES, OBSERVED_IDLE, max_message_size)
         self._watching = WATCH_IDLE  # what the observer shows `results` (see _observe)
+        # ReadyForQuery answers owed to untagged one-Query batches forwarded while `results`
+        # was empty: counted here, not shown to it, until something else is forwarded (the
+        # steady state of a session whose statements nothing follows: see _forward)
+        self._quiet = 0
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -172,10 +176,17 @@ class Relay:
         results = self.results
         if results is not None:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
-            results.forwarded(sent, tags)
-            watch = results.watch()
-            if watch > self._watching:  # before any answer to what was just sent
-                self._observe(watch)
+            if not tags and len(sent) == 1 and sent[0][0] == _Q \
+                    and (self._quiet or results.empty()):
+                self._quiet += 1  # answered by one ReadyForQuery, ahead of anything else
+            else:
+                if self._quiet:  # their answers come first
+                    results.owe(self._quiet)
+                    self._quiet = 0
+                results.forwarded(sent, tags)
+                watch = results.watch()
+                if watch > self._watching:  # before any answer to what was just sent
+                    self._observe(watch)
         if out:
             self.upstream.write(out)
         if terminate:
@@ -238,11 +249,16 @@ class Relay:
             return
         swaps: list[tuple[int, int, bytes]] = []
         results = self.results
+        shown = False  # whether `results` was shown a message of this buffer
         follow = self._on_result is not None
         for mtype, body, start, end in events:
             if mtype & WALKED:  # rows the masker rewrote as the observer walked them
                 swaps.append((start, end, body))
-            if results is not None:
+            if self._quiet:  # an answer to a batch `results` was not shown (see _forward)
+                if mtype == _Z:
+                    self._quiet -= 1
+            elif results is not None:
+                shown = True
                 if follow:
                     self._at = end
                 try:
@@ -275,8 +291,8 @@ class Relay:
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
-        if results is not None:
-            watch = results.watch()
+        if shown:
+            watch = results.watch()  # type: ignore[union-attr]
             if watch != self._watching:
                 self._observe(watch)
         if swaps:

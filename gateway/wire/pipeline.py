@@ -139,6 +139,11 @@ class ResponseTracker:
         self.barrier(syncs)
         return True
 
+    def empty(self) -> bool:
+        """True when no request is pending and requests forwarded now will be answered
+        (the server is not skipping to a Sync)."""
+        return not self._queue and not self._discarding
+
     def only_queries(self) -> bool:
         """True when nothing but Queries (and barriers) is pending and the server is not
         skipping to a Sync: then only QUERY_ENDS move this tracker, and a caller with
