@@ -82,9 +82,10 @@ text_arg(PyObject *v, arg_t *a)
 }
 
 #define TS_LEN 27 /* 2025-01-15T09:30:00.123456Z */
+#define TS_ROOM 64 /* what snprintf may write for any int fields: checked to be TS_LEN */
 
-/* The time now as canonical.now_ts() writes it, into buf (TS_LEN + 1 bytes): 1, or 0
- * with a Python error set. */
+/* The time now as canonical.now_ts() writes it, into buf (TS_ROOM bytes): 1, or 0 with
+ * a Python error set. */
 static int
 now_ts(char *buf)
 {
@@ -99,9 +100,13 @@ now_ts(char *buf)
         PyErr_SetString(PyExc_OverflowError, "seal: the clock is outside years 1000-9999");
         return 0;
     }
-    snprintf(buf, TS_LEN + 1, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (long)(t.tv_nsec / 1000));
+    const int n = snprintf(buf, TS_ROOM, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ",
+                           tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                           tm.tm_min, tm.tm_sec, (long)(t.tv_nsec / 1000));
+    if (n != TS_LEN) {
+        PyErr_SetString(PyExc_OverflowError, "seal: the clock gave an unwritable time");
+        return 0;
+    }
     return 1;
 }
 
@@ -126,7 +131,7 @@ seal(PyObject *module, PyObject *args)
     }
     if (!PyLong_CheckExact(seq) || !int_arg(seq, 1, &vals[0]))
         Py_RETURN_NONE; /* seq must be in (0, 10**12) */
-    char stamp[TS_LEN + 1];
+    char stamp[TS_ROOM];
     if (ts == Py_None) {
         if (!now_ts(stamp))
             return NULL;
