@@ -186,7 +186,7 @@ def check_kept(text: str, body: bytes) -> None:
     assert shapes._native is not None
     plain = text.isascii() and "\0" not in text and body == query_body(text)
     got = shapes._native.shape(text) if plain else None
-    decoy = ("SELECT \x01i", "simple")
+    decoy = ("\0 never a key: the lexer declines a NUL", "simple")
     table: dict[object, object] = {decoy: "decoy"}
     if got is not None:
         table[(got[0], "simple")] = "hit"

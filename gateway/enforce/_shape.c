@@ -252,6 +252,20 @@ lex(const unsigned char *s, Py_ssize_t n, spans_t *sp, Py_ssize_t *first_p,
 #undef CONSTANT
 }
 
+/* lex() into `sp` (initialised here; the caller frees it with spans_free): 1 to go on,
+ * or 0 with *result set to what the caller returns (None when the text is declined,
+ * NULL with a Python error set). */
+static int
+lex_into(const unsigned char *s, Py_ssize_t n, spans_t *sp, Py_ssize_t *first,
+         Py_ssize_t *last, PyObject **result)
+{
+    spans_init(sp);
+    const int lexed = lex(s, n, sp, first, last);
+    if (lexed <= 0)
+        *result = lexed == 0 ? Py_NewRef(Py_None) : NULL;
+    return lexed > 0;
+}
+
 /* The key of s[first:last] with constants `sp`: the text with each constant as
  * "\x01" + its kind. */
 static PyObject *
@@ -290,14 +304,10 @@ shape(PyObject *module, PyObject *arg)
     const Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
 
     spans_t sp;
-    spans_init(&sp);
     Py_ssize_t first, last;
     PyObject *result = NULL;
-    const int lexed = lex(s, n, &sp, &first, &last);
-    if (lexed <= 0) {
-        result = lexed == 0 ? Py_NewRef(Py_None) : NULL;
+    if (!lex_into(s, n, &sp, &first, &last, &result))
         goto done;
-    }
 
     /* redacted: the statement's own text with the constants as $1, $2, ... */
     Py_ssize_t red_len = last - first;
@@ -353,14 +363,10 @@ kept(PyObject *module, PyObject *args)
             Py_RETURN_NONE;
     }
     spans_t sp;
-    spans_init(&sp);
     Py_ssize_t first, last;
     PyObject *result = NULL;
-    const int lexed = lex(s, n, &sp, &first, &last);
-    if (lexed <= 0) {
-        result = lexed == 0 ? Py_NewRef(Py_None) : NULL;
+    if (!lex_into(s, n, &sp, &first, &last, &result))
         goto done;
-    }
     PyObject *key = make_key(s, &sp, first, last);
     if (key == NULL)
         goto done;
