@@ -51,10 +51,11 @@ def python_seal(tpl: RecordTemplate, seq: int, prev: str, ts: str,
 
 
 def c_seal(tpl: RecordTemplate, seq: int, prev: str, ts: str,
-           values: tuple[Any, ...]) -> tuple[bytes, str] | None:
+           values: tuple[Any, ...], direct: bool = False) -> tuple[bytes, str] | None:
+    """`direct`: with OpenSSL's SHA-256 called by the C module itself (sha256=None)."""
     assert chain_mod._native is not None
     sealed = chain_mod._native.seal(tpl.chunks, tpl.picks, seq, prev, ts, values,
-                                    hashlib.sha256)
+                                    None if direct else hashlib.sha256)
     if sealed is None:
         return None
     line, digest, used = sealed
@@ -73,17 +74,17 @@ def template(fields: dict[str, Any], holes: tuple[str, ...]) -> RecordTemplate |
        nholes=st.integers(0, 6), data=st.data(),
        seq=st.one_of(st.integers(1, 10**12 - 1), st.sampled_from([0, -1, 10**12, 2**64])),
        prev=st.one_of(st.just(HEAD), st.text(max_size=70)),
-       ts=st.one_of(st.just(TS), st.text(max_size=30)))
+       ts=st.one_of(st.just(TS), st.text(max_size=30)), direct=st.booleans())
 def test_the_c_seal_writes_the_python_bytes(fields: dict[str, Any], nholes: int,
                                             data: st.DataObject, seq: int, prev: str,
-                                            ts: str) -> None:
+                                            ts: str, direct: bool) -> None:
     holes = tuple(f"h{i}" for i in range(nholes))
     tpl = template(fields, holes)
     assume(tpl is not None)  # text a template refuses (a PAN shape, a \\u escape)
     assert tpl is not None
     values = tuple(data.draw(hole_values) for _ in holes)
     expected = python_seal(tpl, seq, prev, ts, values)
-    got = c_seal(tpl, seq, prev, ts, values)
+    got = c_seal(tpl, seq, prev, ts, values, direct and chain_mod._SHA256 is None)
     if got is None:  # declined: only where fill refuses, or for text fill would encode
         assert expected is None or not (prev.isascii() and ts.isascii())
     else:
@@ -113,6 +114,43 @@ def test_with_no_timestamp_the_c_seal_writes_now_as_now_ts_does() -> None:
     assert abs(parse_ts(ts) - time.time()) < 5
     sealed = Chain("gw1", 6, HEAD).seal_template(tpl, (3,))  # what the writer calls
     assert before <= sealed.ts <= now_ts() and b'"ts":"' + sealed.ts.encode() in sealed.line
+
+
+def libcrypto_mapped() -> bool:
+    with open("/proc/self/maps") as maps:
+        return any(re.search(r"/libcrypto\.so\.(3|1\.1)$", line.rstrip()) for line in maps)
+
+
+def test_the_c_seal_hashes_with_the_openssl_hashlib_loaded() -> None:
+    assert chain_mod._native is not None
+    import _hashlib  # noqa: F401  (what loads libcrypto, if anything does)
+
+    assert chain_mod._native.openssl_sha256 is libcrypto_mapped()
+    assert chain_mod._SHA256 is (None if libcrypto_mapped() else hashlib.sha256)
+    if chain_mod._SHA256 is None:  # the same digest as hashlib's, every length
+        for n in (0, 1, 55, 56, 63, 64, 65, 1000, 100_000):
+            data = os.urandom(n)
+            line, digest, _ = chain_mod._native.seal((data + b"}",), (), 1, "", TS, (), None)
+            assert digest == hashlib.sha256(data + b"}").hexdigest()
+            assert line == data + b',"hash":"' + digest.encode() + b'"}\n'
+
+
+def test_the_c_seal_writes_each_second_it_passes_through() -> None:
+    """The date and time of day are formatted once per second: every stamp across a
+    second's turn is still the time it was made."""
+    assert chain_mod._native is not None
+    tpl = template({}, ())
+    assert tpl is not None
+    seconds = set()
+    deadline = time.monotonic() + 1.5
+    while len(seconds) < 2 and time.monotonic() < deadline:
+        before = now_ts()
+        _, _, ts = chain_mod._native.seal(tpl.chunks, tpl.picks, 1, HEAD, None, (), None
+                                          if chain_mod._SHA256 is None else hashlib.sha256)
+        assert before <= ts <= now_ts()
+        seconds.add(ts[:19])
+        time.sleep(0.01)
+    assert len(seconds) == 2
 
 
 def test_a_value_the_c_seal_declines_still_raises_template_mismatch() -> None:

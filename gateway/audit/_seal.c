@@ -11,7 +11,10 @@
  *   prev, ts: ASCII str, written quoted; seq and values: see hole_value() in template.py
  *   ts None: now, as canonical.now_ts() writes it (RFC 3339, UTC, microseconds): its
  *   two Python calls and a strftime cache cost a third of the rest of the seal
- *   sha256: hashlib.sha256 (the chain's hash stays OpenSSL's, through hashlib)
+ *   sha256: hashlib.sha256, or None: OpenSSL's one-shot SHA256() from the libcrypto
+ *   that hashlib already loaded (the module's `openssl_sha256` is True when it was
+ *   found). Both are the same OpenSSL digest; the one-shot skips a hash object, its
+ *   method call and a copy of its state, a third of a cold seal.
  * Returns None, before anything is hashed, when a value is not one a hole can hold, a
  * pick has no value (too few values), or prev/ts is not ASCII: the caller takes the
  * Python path, which names the problem.
@@ -19,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -81,32 +85,97 @@ text_arg(PyObject *v, arg_t *a)
     return 1;
 }
 
+/* OpenSSL's SHA-256 block functions (SHA256_Init/Update/Final, whose ABI has not changed
+ * since 0.9.8), from a libcrypto the process has loaded already, never a new one: unset
+ * when hashlib's OpenSSL is linked statically or named otherwise. Not SHA256(): since
+ * 3.0 it looks the algorithm up by name on every call. */
+typedef int (*sha_init_fn)(void *);
+typedef int (*sha_update_fn)(void *, const void *, size_t);
+typedef int (*sha_final_fn)(unsigned char *, void *);
+static sha_init_fn sha_init = NULL;
+static sha_update_fn sha_update = NULL;
+static sha_final_fn sha_final = NULL;
+#define SHA_CTX_ROOM 256 /* SHA256_CTX is 112 bytes */
+
+static int
+openssl_sha256(const char *data, size_t len, unsigned char md[32])
+{
+    _Alignas(16) unsigned char ctx[SHA_CTX_ROOM];
+    return sha_init(ctx) == 1 && sha_update(ctx, data, len) == 1 && sha_final(md, ctx) == 1;
+}
+
+static void *
+symbol(void *lib, const char *name)
+{
+    return dlsym(lib, name);
+}
+
+static void
+find_openssl_sha256(void)
+{
+    static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", NULL};
+    for (int i = 0; names[i] != NULL; i++) {
+        void *lib = dlopen(names[i], RTLD_NOW | RTLD_NOLOAD);
+        if (lib == NULL)
+            continue;
+        void *init = symbol(lib, "SHA256_Init"), *update = symbol(lib, "SHA256_Update"),
+             *final = symbol(lib, "SHA256_Final");
+        if (init != NULL && update != NULL && final != NULL) {
+            /* (memcpy: ISO C has no cast between object and function pointers) */
+            memcpy(&sha_init, &init, sizeof init);
+            memcpy(&sha_update, &update, sizeof update);
+            memcpy(&sha_final, &final, sizeof final);
+            return; /* the library stays open: the pointers must outlive this call */
+        }
+        dlclose(lib);
+    }
+}
+
 #define TS_LEN 27 /* 2025-01-15T09:30:00.123456Z */
 #define TS_ROOM 64 /* what snprintf may write for any int fields: checked to be TS_LEN */
 
 /* The time now as canonical.now_ts() writes it, into buf (TS_ROOM bytes): 1, or 0 with
  * a Python error set. */
+#define TS_SECONDS 19 /* 2025-01-15T09:30:00: the part that changes once a second */
+
+/* The time now as canonical.now_ts() writes it, into buf (TS_ROOM bytes): 1, or 0 with
+ * a Python error set. The date and time of day are formatted once per second (the GIL
+ * guards the cache); only the microseconds are written every call. */
 static int
 now_ts(char *buf)
 {
+    static time_t cached_sec = -1;
+    static char cached[TS_ROOM];
     struct timespec t;
-    struct tm tm;
     if (clock_gettime(CLOCK_REALTIME, &t) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return 0;
     }
     const time_t sec = t.tv_sec;
-    if (gmtime_r(&sec, &tm) == NULL || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 1000) {
-        PyErr_SetString(PyExc_OverflowError, "seal: the clock is outside years 1000-9999");
-        return 0;
+    if (sec != cached_sec) {
+        struct tm tm;
+        if (gmtime_r(&sec, &tm) == NULL || tm.tm_year + 1900 > 9999 ||
+                tm.tm_year + 1900 < 1000) {
+            PyErr_SetString(PyExc_OverflowError, "seal: the clock is outside years 1000-9999");
+            return 0;
+        }
+        const int n = snprintf(cached, TS_ROOM, "%04d-%02d-%02dT%02d:%02d:%02d",
+                               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                               tm.tm_min, tm.tm_sec);
+        if (n != TS_SECONDS) {
+            PyErr_SetString(PyExc_OverflowError, "seal: the clock gave an unwritable time");
+            return 0;
+        }
+        cached_sec = sec;
     }
-    const int n = snprintf(buf, TS_ROOM, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ",
-                           tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                           tm.tm_min, tm.tm_sec, (long)(t.tv_nsec / 1000));
-    if (n != TS_LEN) {
-        PyErr_SetString(PyExc_OverflowError, "seal: the clock gave an unwritable time");
-        return 0;
+    memcpy(buf, cached, TS_SECONDS);
+    long us = (long)(t.tv_nsec / 1000); /* 0..999999 */
+    buf[TS_SECONDS] = '.';
+    for (int i = TS_LEN - 2; i > TS_SECONDS; i--) {
+        buf[i] = (char)('0' + us % 10);
+        us /= 10;
     }
+    buf[TS_LEN - 1] = 'Z';
     return 1;
 }
 
@@ -203,12 +272,33 @@ seal(PyObject *module, PyObject *args)
     }
 
     PyObject *result = NULL, *hasher = NULL, *digest = NULL, *line = NULL;
-    hasher = PyObject_CallOneArg(sha256, input);
-    if (hasher == NULL)
-        goto done;
-    digest = PyObject_CallMethod(hasher, "hexdigest", NULL);
-    if (digest == NULL)
-        goto done;
+    if (sha256 == Py_None) {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char md[32];
+        char text[64];
+        if (sha_init == NULL) {
+            PyErr_SetString(PyExc_ValueError, "seal: no OpenSSL SHA-256 in this process");
+            goto done;
+        }
+        if (!openssl_sha256(PyBytes_AS_STRING(input), (size_t)(plen + size), md)) {
+            PyErr_SetString(PyExc_ValueError, "seal: OpenSSL's SHA-256 failed");
+            goto done;
+        }
+        for (int i = 0; i < 32; i++) {
+            text[2 * i] = hex[md[i] >> 4];
+            text[2 * i + 1] = hex[md[i] & 15];
+        }
+        digest = PyUnicode_FromStringAndSize(text, 64);
+        if (digest == NULL)
+            goto done;
+    } else {
+        hasher = PyObject_CallOneArg(sha256, input);
+        if (hasher == NULL)
+            goto done;
+        digest = PyObject_CallMethod(hasher, "hexdigest", NULL);
+        if (digest == NULL)
+            goto done;
+    }
     if (!PyUnicode_Check(digest) || !PyUnicode_IS_ASCII(digest)) {
         PyErr_SetString(PyExc_TypeError, "seal: sha256 gave no ASCII hex digest");
         goto done;
@@ -261,5 +351,18 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__seal(void)
 {
-    return PyModule_Create(&module);
+    /* hashlib's OpenSSL, loaded if it is not yet: the only libcrypto this module uses */
+    PyObject *hashlib = PyImport_ImportModule("_hashlib");
+    if (hashlib == NULL)
+        PyErr_Clear();
+    Py_XDECREF(hashlib);
+    if (sha_init == NULL)
+        find_openssl_sha256();
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "openssl_sha256",
+                                           sha_init != NULL ? Py_True : Py_False) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

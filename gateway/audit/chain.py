@@ -46,6 +46,9 @@ SCHEMA_VERSION = 1
 # Fill, hash and hash member of a templated record in one C call (gateway/audit/_seal.c);
 # None: the Python steps below, which are the reference.
 _native = native.load("gateway.audit._seal")
+# What the C seal hashes with: OpenSSL's SHA-256 called directly when it found the
+# library hashlib uses (None), else hashlib's constructor. The same digest either way.
+_SHA256 = None if getattr(_native, "openssl_sha256", False) else hashlib.sha256
 
 #: Top-level fields whose values the gateway generates (digests, ids): never scrubbed.
 EXEMPT = frozenset({
@@ -209,7 +212,7 @@ class Chain:
             raise ValueError("a template of another chain instance")
         seq = self.seq + 1
         sealed = _native.seal(template.chunks, template.picks, seq, self.head, ts, values,
-                              hashlib.sha256) if _native is not None else None  # ts None: now
+                              _SHA256) if _native is not None else None  # ts None: now
         if sealed is not None:
             line, digest, ts = sealed
         else:  # no C module, or a value it leaves to fill() (which raises TemplateMismatch)
