@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -168,21 +169,27 @@ def test_a_statement_whose_parse_fails_upstream_is_recorded_as_that_error(
                 and r["decision_seq"] == seqs[0]] == expected, column
 
 
+@pytest.mark.parametrize("leaving", ["terminate", "vanish"])
 def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
-        audited: tuple[GatewayProcess, Path, Path]) -> None:
+        audited: tuple[GatewayProcess, Path, Path], leaving: str) -> None:
+    """The client goes away before the result: saying goodbye (Terminate), or not at all
+    (its connection shut down with the statement the only thing forwarded)."""
     gw, audit_dir, _pub = audited
     c = psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
                         autocommit=True)
     c.execute("select 1 as before_sleep").fetchone()
-    c.pgconn.send_query(b"select pg_sleep(3) as long_sleep")
+    c.pgconn.send_query(f"select pg_sleep(3) as long_sleep_{leaving}".encode())
     c.pgconn.flush()
     time.sleep(0.5)  # decided and forwarded; the server is sleeping
+    if leaving == "vanish":
+        with socket.socket(fileno=os.dup(c.fileno())) as raw:
+            raw.shutdown(socket.SHUT_RDWR)
     c.close()  # the client goes away before the result
     deadline = time.monotonic() + 10
     while True:
         records = read_records(audit_dir)
         decision = [r for r in records if r["type"] == "decision"
-                    and "long_sleep" in (r.get("sql") or "")]
+                    and f"long_sleep_{leaving}" in (r.get("sql") or "")]
         if decision and any(r["type"] == "session.end"
                             and r["session"] == decision[0]["session"] for r in records):
             break

@@ -428,6 +428,8 @@ def test_unfinished_names_every_statement_whose_result_has_not_ended() -> None:
     assert [t.command for t in rm.unfinished()] == ["A", "B", "C", "D"]
     rm.message(ord("C"), b"SELECT 1\0")  # A is done; B runs
     assert [t.command for t in rm.unfinished()] == ["B", "C", "D"]
+    rm.message(ord("E"), b"57014")  # B fails: it ended, and C will not run (skipped)
+    assert [t.command for t in rm.unfinished()] == ["D"]
 
 
 def test_a_decided_parse_that_fails_ends_its_statement_once() -> None:
@@ -659,7 +661,9 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
     fail: (message type, index of the request it answers). An extended-protocol error
     skips everything up to the next Sync; an error in a query string ends that string.
     A statement with nothing to mask returns a row (its description, for a Query or a
-    Describe, first); masked ones return none here (rows need real bodies)."""
+    Describe, first); masked ones return none here (rows need real bodies). A query
+    string failing past its last statement fails as its implicit transaction commits (a
+    deferred constraint): an error after every statement's CommandComplete."""
     out: list[tuple[str, int]] = []
     skipping = False
     for i, ((kind, req), fail) in enumerate(zip(requests, fails, strict=True)):
@@ -676,6 +680,9 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
                 if _unmasked(tag):
                     out += [("T", i), ("D", i)]
                 out.append(("C", i))
+            else:
+                if fail and req.fails_at == len(req.tags):  # type: ignore[attr-defined]
+                    out.append(("E", i))
             out.append(("Z", i))
         elif fail:
             out.append(("E", i))
@@ -732,9 +739,10 @@ def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
         batch_tags: dict[int, object] = {}
         kind = data.draw(st.sampled_from(["query", "plain query", "extended"]), "kind")
         if kind != "extended":  # a plain one: nothing follows its statements (pgbench)
+            statements = data.draw(st.integers(1, 3))
             q = _Query([new_tag(100 * n + i) if kind == "query" else None
-                        for i in range(data.draw(st.integers(1, 3)))],
-                       data.draw(st.integers(0, 2)))
+                        for i in range(statements)],
+                       data.draw(st.integers(0, statements)))  # (the last: at commit)
             batch_tags[0] = q.tags
             frames_.append(fe.Query("select 1").encode())
             requests.append(("Q", q))
@@ -902,8 +910,10 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
         data: st.DataObject) -> None:
     """The relay shows its masker only what `watch()` asks for, and does not show it a
     batch of one untagged Query at all while it has nothing pending (it counts that
-    Query's ReadyForQuery itself): every followed statement still ends as when the masker
-    is shown every message, the client gets the server's bytes, and nothing stays owed."""
+    Query's ReadyForQuery itself), nor one of a single statement with nothing to mask
+    (it also reports that statement's end): every followed statement still ends as when
+    the masker is shown every message, at every step the statements left unfinished are
+    the same, the client gets the server's bytes, and nothing stays owed."""
     import asyncio
 
     from gateway.proxy.endpoint import Endpoint
@@ -913,11 +923,13 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
     reference: dict[int, list[int]] = {}
     rm, _ = recorder()
     rm.on_result = lambda tag, t, b, c: reference.setdefault(id(tag), []).append(t)
+    unfinished: list[list[int]] = []  # after each step, what a session ending would close
     for batch, buffers in _schedule(batches, answers, arrivals):
         if batch is not None:
             rm.forwarded(frames(*batch[0]), batch[1])
         for mtype, _i in buffers:
             rm.message(ord(mtype), PAN_ROW if mtype == "D" else b"")
+        unfinished.append([id(t) for t in rm.unfinished()])
 
     async def run() -> tuple[dict[int, list[int]], bytes, bytes, int]:
         ends: dict[int, list[int]] = {}
@@ -930,7 +942,7 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
                       on_result=lambda tag, t, b, c, h: ends.setdefault(id(tag), []).append(t))
         relay.start()
         server = bytearray()
-        for batch, buffer in _schedule(batches, answers, arrivals):
+        for step, (batch, buffer) in enumerate(_schedule(batches, answers, arrivals)):
             if batch is not None:
                 gate.tags = batch[1]
                 relay.from_client(b"".join(batch[0]))
@@ -938,8 +950,9 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
             if chunk:
                 server += chunk
                 relay.from_upstream(chunk)
+            assert [id(t) for t in relay.unfinished()] == unfinished[step]
         assert not relay.done.done()
-        assert results.empty() and relay._quiet == 0
+        assert results.empty() and relay._quiet == 0 and relay._quiet_tag is None
         return ends, bytes(client.transport.out), bytes(server), \
             len(upstream.transport.out)  # type: ignore[union-attr]
 

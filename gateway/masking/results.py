@@ -312,6 +312,8 @@ class ResultMasker:
             if tag is None:
                 continue
             if req.type == _Q:
+                if req.failed:  # its error ended the statement running, skipped the rest
+                    continue
                 out += [t for t in tag[req.statement :] if t is not None and not t.internal]
             elif req.type == _E and not tag.internal:
                 out.append(tag)

@@ -51,6 +51,7 @@ OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
 # What the observer shows for each of ResultMasker.watch()'s answers.
 OBSERVE = {WATCH_IDLE: OBSERVED_IDLE, WATCH_ENDS: OBSERVED_ENDS, WATCH_ANSWERS: OBSERVED,
            WATCH_ROWS: OBSERVED_ROWS}
+_ENDS = frozenset(b"CIE")  # what ends the one statement of a Query the relay follows itself
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
@@ -97,6 +98,10 @@ class Relay:
         # was empty: counted here, not shown to it, until something else is forwarded (the
         # steady state of a session whose statements nothing follows: see _forward)
         self._quiet = 0
+        # The tag of the first of those batches when it is one statement with an audit
+        # record and nothing to mask, until its result ends: the relay reports that end
+        # itself (the steady state of a session of audited repeats)
+        self._quiet_tag: StatementTag | None = None
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -176,13 +181,18 @@ class Relay:
         results = self.results
         if results is not None:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
-            if not tags and len(sent) == 1 and sent[0][0] == _Q \
-                    and (self._quiet or results.empty()):
+            one_query = len(sent) == 1 and sent[0][0] == _Q
+            if one_query and not tags and (self._quiet or results.empty()):
                 self._quiet += 1  # answered by one ReadyForQuery, ahead of anything else
+            elif one_query and not self._quiet and self._followed_alone(tags) \
+                    and results.empty():
+                self._quiet = 1
+                self._quiet_tag = tags[0][0]
+                if self._watching < WATCH_ENDS:  # its end: CommandComplete, EmptyQuery, Error
+                    self._observe(WATCH_ENDS)
             else:
                 if self._quiet:  # their answers come first
-                    results.owe(self._quiet)
-                    self._quiet = 0
+                    self._hand_over(results)
                 results.forwarded(sent, tags)
                 watch = results.watch()
                 if watch > self._watching:  # before any answer to what was just sent
@@ -191,6 +201,34 @@ class Relay:
             self.upstream.write(out)
         if terminate:
             self._finish("client terminated")
+
+    def _followed_alone(self, tags: dict[int, Any]) -> bool:
+        """Whether the tags of a one-Query batch are one statement's with an audit record
+        to complete and nothing to mask: the relay can follow it to its end itself."""
+        if self._on_result is None or len(tags) != 1:
+            return False
+        statements = tags.get(0)
+        if statements is None or len(statements) != 1:
+            return False
+        tag = statements[0]
+        return tag is not None and tag.plan is None and not tag.internal
+
+    def _hand_over(self, results: ResultMasker) -> None:
+        """Give `results` the counted batches, ahead of what is forwarded next: the first
+        one's statement to follow if it has not ended yet, the rest as one barrier."""
+        owed, tag = self._quiet, self._quiet_tag
+        self._quiet, self._quiet_tag = 0, None
+        if tag is not None:  # answers to it may have passed already; none was an end
+            results.forwarded([(_Q, b"")], {0: [tag]})
+            owed -= 1
+        results.owe(owed)
+
+    def unfinished(self) -> list[StatementTag]:
+        """The statements forwarded whose results have not ended, in order (a session
+        ending now leaves them so): see :meth:`ResultMasker.unfinished`."""
+        results = self.results
+        rest = results.unfinished() if results is not None else []
+        return [self._quiet_tag, *rest] if self._quiet_tag is not None else rest
 
     def _observe(self, watch: int) -> None:
         """Show `results` what its `watch()` asks for from the next upstream byte on (more
@@ -257,6 +295,12 @@ class Relay:
             if self._quiet:  # an answer to a batch `results` was not shown (see _forward)
                 if mtype == _Z:
                     self._quiet -= 1
+                    self._quiet_tag = None
+                elif self._quiet_tag is not None and mtype in _ENDS:
+                    # as ResultMasker ends it: nothing masked; after its end, an error
+                    # (at commit) is the string's, not the statement's
+                    self._ended.append((end, self._quiet_tag, mtype, body, {}))
+                    self._quiet_tag = None
             elif results is not None:
                 shown = True
                 if follow:

@@ -152,7 +152,7 @@ class Session:
             return
         try:
             hits = relay.take_carried_hits()  # in the result that was streaming
-            for tag in results.unfinished():
+            for tag in relay.unfinished():
                 self._statement_done(tag, UNFINISHED, b"", {}, hits)
                 hits = 0
         except Exception as e:  # the session's end must be recorded whatever this hits
