@@ -279,7 +279,7 @@ class AuditWriter:
         records nothing waits on, so a busy loop does not hand every one to the thread.
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
-        return self._append(self._chain.seal, (record,), wake)
+        return self._append(None, (), record, wake)
 
     def template(self, record: Mapping[str, Any], holes: tuple[str, ...] = ()
                  ) -> RecordTemplate | None:
@@ -292,16 +292,20 @@ class AuditWriter:
         """:meth:`append` for a record made from `template` with `values` in its holes
         (see :mod:`gateway.audit.template`): the same line, a fraction of the work.
         Raises TemplateMismatch (nothing appended) when a value does not fit a hole."""
-        return self._append(self._chain.seal_template, (template, values), wake)
+        return self._append(template, values, None, wake)
 
-    def _append(self, seal: Callable[..., Sealed], args: tuple[Any, ...], wake: bool) -> int:
+    def _append(self, template: RecordTemplate | None, values: tuple[Any, ...],
+                record: Mapping[str, Any] | None, wake: bool) -> int:
+        """`template` filled with `values`, else `record`: chained and queued."""
         with self._lock:
             if self._closed or not self._started:
                 raise AuditUnavailable("the audit log is not open")
-            backlog = self._chain.seq - self._durable
+            chain = self._chain
+            backlog = chain.seq - self._durable
             if backlog >= self.options.max_backlog:
                 raise AuditUnavailable(self._error or f"{backlog} records wait for the sink")
-            sealed = seal(*args)
+            sealed = chain.seal_template(template, values) if template is not None \
+                else chain.seal(record)  # type: ignore[arg-type]
             self._push_locked(sealed)
             every = self.options.checkpoint_every
             if every and self._since_checkpoint >= every:

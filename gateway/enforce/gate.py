@@ -551,7 +551,7 @@ class StatementGate:
             hit = self._hit
             if hit is not None and hit.record is not None and len(decided) == 1 \
                     and decided[0][4] == hit.record.key[2]:  # (the same text as recorded)
-                return self._record_repeat(verdict, hit.record)
+                return _with_tags(verdict, (self._record_repeat(hit.record),))
             return self._record(sql, verdict, decided)
         except Exception as e:
             return self._unrecorded(e)
@@ -564,9 +564,9 @@ class StatementGate:
         return _denial("58030", "the audit trail cannot be written: statements are refused "
                        "until it recovers")
 
-    def _record_repeat(self, verdict: Verdict, record: _RecordPlan) -> Verdict:
+    def _record_repeat(self, record: _RecordPlan) -> StatementTag:
         """`_record` for a repeated plain allow of one statement, whose template key and
-        builder were worked out when it was first recorded."""
+        builder were worked out when it was first recorded: the statement's tag."""
         templates = self._templates
         assert templates is not None
         now = time.perf_counter()
@@ -574,7 +574,7 @@ class StatementGate:
         if seq is None:
             seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
-        return _with_tags(verdict, (StatementTag(None, seq, now, record.command),))
+        return StatementTag(None, seq, now, record.command)
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
@@ -754,10 +754,10 @@ class StatementGate:
             return None
         self._reuse(repeat)
         try:  # by shape: the record's redacted text is this text's (the same key)
-            verdict = self._record_repeat(repeat.verdict, record)
+            tag = self._record_repeat(record)
         except Exception as e:
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
-        self._plans[0] = list(verdict.tags)
+        self._plans[0] = [tag]
         return self._finish_batch(raw, frames, {})
 
     def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
