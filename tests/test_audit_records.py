@@ -252,6 +252,20 @@ def test_session_totals_and_rows_from_tag() -> None:
     assert records.rows_from_tag("BEGIN") is None
 
 
+@pytest.mark.parametrize("body", [b"SELECT 5\0", b"INSERT 0 3\0", b"BEGIN\0", b"\0", b"",
+                                  b"COPY 7", b"SELECT \xff1\0", b"UPDATE\x1c2\0",
+                                  b"SELECT 1\0\0", b"FETCH 12345678901234567890\0"])
+def test_rows_from_a_commandcomplete_body_are_rows_from_its_tag(body: bytes) -> None:
+    """Asked twice (the second answer is the memo's) and after the memo was refilled."""
+    expected = records.rows_from_tag(body.rstrip(b"\0").decode("ascii", "replace"))
+    assert records.rows_from_complete(body) == expected
+    assert records.rows_from_complete(body) == expected
+    for i in range(records._ROWS_SEEN_MAX + 1):  # more tags than it keeps: it starts afresh
+        records.rows_from_complete(b"SELECT %d\0" % i)
+    assert len(records._ROWS_SEEN) <= records._ROWS_SEEN_MAX
+    assert records.rows_from_complete(body) == expected
+
+
 def test_every_type_has_a_builder() -> None:
     ctx = AuditContext.from_input(facts())
     built = [

@@ -37,6 +37,7 @@ __all__ = [
     "gateway_start",
     "gateway_stop",
     "replay_input",
+    "rows_from_complete",
     "rows_from_tag",
     "session_end",
     "session_start",
@@ -371,6 +372,25 @@ def rows_from_tag(tag: str) -> int | None:
     if len(parts) >= 2 and parts[-1].isdigit():
         return int(parts[-1])
     return None
+
+
+_ROWS_SEEN: dict[bytes, int | None] = {}
+_ROWS_SEEN_MAX = 1024
+
+
+def rows_from_complete(body: bytes) -> int | None:
+    """:func:`rows_from_tag` of a CommandComplete message's body (NUL-terminated): a
+    session's statements end with a handful of tags (``SELECT 1`` again and again), so
+    each is read once."""
+    try:
+        return _ROWS_SEEN[body]
+    except KeyError:
+        pass
+    rows = rows_from_tag(body.rstrip(b"\0").decode("ascii", "replace"))
+    if len(_ROWS_SEEN) >= _ROWS_SEEN_MAX:
+        _ROWS_SEEN.clear()
+    _ROWS_SEEN[body] = rows
+    return rows
 
 
 # -- approvals and bundles ----------------------------------------------------------------

@@ -406,7 +406,7 @@ class Session:
             error = getattr(err, "message", None)
             outcome = "error"
         elif mtype == 0x43:  # CommandComplete
-            rows = records.rows_from_tag(body.rstrip(b"\0").decode("ascii", "replace"))
+            rows = records.rows_from_complete(body)
             outcome = "masked" if masked else "allowed"
         elif mtype == SKIPPED:  # an earlier error: the server never ran it
             outcome = "skipped"
@@ -421,7 +421,8 @@ class Session:
         # goes out with the next decision's write (or within a second): wake=False
         try:
             if error is None and templates is not None and not safety_net_hits:
-                key = ("statement", tag.command, outcome, sqlstate, tuple(sorted(masked)))
+                key = ("statement", tag.command, outcome, sqlstate,
+                       tuple(sorted(masked)) if masked else ())
                 holes = (tag.decision_seq, rows, values, duration)
                 if templates.fill(key, holes, wake=False) is None:  # a new shape: built once
                     templates.append(key, lambda: self._statement_record(
