@@ -202,6 +202,27 @@ def test_a_full_disk_makes_the_writer_unavailable_until_it_recovers(tmp_path: Pa
     assert len(statements) == out["appended"]  # every record once, none lost
 
 
+def test_it_writes_through_only_with_os_durability_and_a_healthy_sink(tmp_path: Path,
+                                                                     key: Path) -> None:
+    """`writes_through`: whether a record appended now can be written later at once on the
+    caller's thread (what lets a read be forwarded before its record is written)."""
+    synced = writer(tmp_path / "fsync", key, durability="fsync")
+    try:
+        assert not synced.writes_through
+    finally:
+        synced.close()
+    w = writer(tmp_path / "os", key, retry_seconds=60)
+    try:
+        assert w.writes_through
+        w.append(stmt(1))
+        w.sink.write = lambda batch: (_ for _ in ()).throw(  # type: ignore[method-assign]
+            OSError(28, "No space left on device"))
+        assert not w.write_through()
+        assert not w.writes_through
+    finally:
+        w.close(timeout=0)
+
+
 def test_an_unwritable_directory_makes_it_unavailable_until_fixed(tmp_path: Path,
                                                                   key: Path) -> None:
     """The next segment cannot be created (a read-only directory; as root, whom

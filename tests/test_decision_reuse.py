@@ -235,6 +235,7 @@ class MarkerRelay:
     def __init__(self) -> None:
         self.markers: list[bytes] = []
         self.errors: list[Any] = []
+        self.before_release: Any = None  # what the gate leaves to do before answers go on
 
     def deny_with_marker(self, marker: bytes, error: Any) -> None:
         self.markers.append(marker)
@@ -310,12 +311,21 @@ async def wait_for(pending: Any) -> Any:
     return await pending
 
 
-def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp_path: Path,
-                                                              schemas: None) -> None:
+def with_function(i: int) -> str:
+    """A repeat that may change something: a function call (any could write)."""
+    return f"select upper(note) from reuse_a.t where id = {i}"  # noqa: S608 (an int)
+
+
+def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
+                                                                 tmp_path: Path,
+                                                                 schemas: None) -> None:
     """With an audit trail, the compiled repeat path appends the statement's own decision
-    record (the kept record's shape, a new seq) and writes it before the batch is given
-    back to be forwarded; when the record cannot be appended, or the trail is failing,
-    the statement is refused with 58030 instead."""
+    record (the kept record's shape, a new seq). A read that changes nothing is forwarded
+    at once and its record written by the relay's `before_release` call, before any
+    answer goes on to the client; a statement that may change something (a function
+    call) is written before it is forwarded. When the record cannot be appended or
+    written, or the trail is failing, the statement is refused with 58030 or its answer
+    withheld instead."""
     from gateway.audit import AuditUnavailable, AuditWriter
     from gateway.audit.filesink import FileSink
     from gateway.enforce import shapes
@@ -328,8 +338,8 @@ def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp
     gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
     relay = MarkerRelay()
 
-    def review(i: int) -> Any:
-        raw = Query(by_id(i)).encode()
+    def review(sql: str) -> Any:
+        raw = Query(sql).encode()
         return gate.review(raw, [(raw[0], raw[5:])], relay)
 
     def decisions() -> list[dict[str, Any]]:
@@ -337,18 +347,27 @@ def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp
                  for line in f.read_text().splitlines()]
         return [r for r in lines if r["type"] == "decision"]
 
-    assert review(1) == Query(by_id(1)).encode()  # decided in full, recorded, then kept
-    assert writer.durable_seq == writer.head[0]
+    for first in (by_id(1), with_function(1)):  # decided in full, written, then kept
+        assert review(first) == Query(first).encode()
+        assert writer.durable_seq == writer.head[0] and relay.before_release is None
     full_path = gate._decide_sql
     gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
     try:
         for i in (2, 3):
             before = writer.head[0]
-            assert review(i) == Query(by_id(i)).encode()
-            assert writer.durable_seq == writer.head[0] == before + 1  # written first
+            assert review(by_id(i)) == Query(by_id(i)).encode()
+            assert writer.head[0] == before + 1 and writer.durable_seq == before  # not yet
+            due, relay.before_release = relay.before_release, None
+            assert due is not None and due() is True
+            assert writer.durable_seq == before + 1  # written before its answers go on
+            assert review(with_function(i)) == Query(with_function(i)).encode()
+            assert writer.durable_seq == writer.head[0] == before + 2  # written first
+            assert relay.before_release is None
         recs = decisions()
-        assert [r["sql"] for r in recs] == ["select note from reuse_a.t where id = $1"] * 3
-        assert len({r["seq"] for r in recs}) == 3 and gate.decisions == 3
+        assert [r["sql"] for r in recs] == [
+            "select note from reuse_a.t where id = $1",
+            "select upper(note) from reuse_a.t where id = $1"] * 3
+        assert len({r["seq"] for r in recs}) == 6 and gate.decisions == 6
         tags = gate.take_tags([(0x51, b"")])[1]
         assert tags[0][0].decision_seq == recs[-1]["seq"]  # its results follow its record
 
@@ -358,13 +377,22 @@ def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp
             raise OSError(28, "No space left on device")
 
         writer.sink.write = full_disk  # type: ignore[method-assign]
-        out = review(4)  # its record is not written: the batch waits, and the wait fails
+        out = review(with_function(4))  # not forwarded before it is written, which fails
         assert not isinstance(out, bytes) and not writer.healthy
         with pytest.raises(AuditUnavailable):
             asyncio.run(wait_for(out))
+        writer.sink.write = sink_write  # type: ignore[method-assign]
+        deadline = time.monotonic() + 10
+        while not writer.healthy:  # the writer thread retries, writes the backlog
+            assert time.monotonic() < deadline, "the audit writer did not recover"
+            time.sleep(0.05)
+        writer.sink.write = full_disk  # type: ignore[method-assign]
+        assert isinstance(review(by_id(4)), bytes)  # a read goes; its answers will not:
+        due, relay.before_release = relay.before_release, None
+        assert due is not None and due() is False and not writer.healthy
         gate._decide_sql = full_path  # type: ignore[method-assign]
         refused = len(relay.markers)
-        out = review(5)  # a failing trail: the full path refuses it (once what came
+        out = review(by_id(5))  # a failing trail: the full path refuses it (once what came
         assert len(relay.markers) == refused + 1 and relay.errors[-1].code == "58030"
         with pytest.raises(AuditUnavailable):  # before is written: never, here)
             asyncio.run(wait_for(out))
@@ -372,6 +400,113 @@ def test_an_audited_repeat_is_recorded_before_it_is_forwarded(pg: PgBackend, tmp
     finally:
         writer.close()
     gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
-    out = review(6)  # closed: appending raises, and the compiled path refuses it itself
+    out = review(by_id(6))  # closed: appending raises, and the compiled path refuses it
     assert isinstance(out, bytes) and relay.markers[-1] in out
     assert relay.errors[-1].code == "58030"
+
+
+def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
+    """`durability: fsync`: the writer thread syncs, so nothing is left for the relay to
+    write when answers come: a kept read is forwarded once its record is on disk."""
+    from gateway.audit import AuditWriter, WriterOptions
+    from gateway.audit.filesink import FileSink
+    from gateway.wire.frontend import Query
+
+    writer = AuditWriter(FileSink(str(tmp_path / "audit"), "gw1", fsync=True), instance="gw1",
+                         options=WriterOptions(durability="fsync"))
+    writer.start()
+    gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
+    relay = MarkerRelay()
+    try:
+        for i in (1, 2, 3):  # decided in full, then kept
+            raw = Query(by_id(i)).encode()
+            out = gate.review(raw, [(raw[0], raw[5:])], relay)
+            assert not isinstance(out, bytes) and relay.before_release is None
+            assert asyncio.run(wait_for(out)) == raw
+            assert writer.durable_seq == writer.head[0]
+    finally:
+        writer.close()
+
+
+class RecordingWire:
+    """A client transport that notes, at each write, the decision seqs already written."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.out = bytearray()
+        self.written_before: list[set[int]] = []
+
+    def write(self, data: bytes) -> None:
+        seqs = {json.loads(line)["seq"] for f in self.directory.glob("*.jsonl")
+                for line in f.read_text().splitlines() if '"type":"decision"' in line}
+        self.written_before.append(seqs)
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
+    """The relay around a real gate and audit trail: the answer to a read forwarded before
+    its record was written reaches the client only after the record is in the file; when
+    the record cannot be written, the client gets 58030 and none of the answer."""
+    from gateway.audit import AuditWriter
+    from gateway.audit.filesink import FileSink
+    from gateway.enforce import shapes
+    from gateway.masking.results import ResultMasker
+    from gateway.proxy.endpoint import Endpoint
+    from gateway.proxy.relay import Relay
+    from gateway.wire import backend as be
+    from gateway.wire.frontend import Query
+
+    if shapes.kept_by_shape is None:
+        pytest.skip("the compiled shape is not built (PGWARDEN_PURE_PYTHON)")
+    audit_dir = tmp_path / "audit"
+    writer = AuditWriter(FileSink(str(audit_dir), "gw1"), instance="gw1")
+    writer.start()
+    gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
+    answer = be.CommandComplete("SELECT 0").encode() + be.ReadyForQuery("I").encode()
+    ended: list[tuple[int | None, int]] = []
+
+    async def run() -> tuple[RecordingWire, Relay]:
+        client, upstream = Endpoint(), Endpoint()
+        wire = RecordingWire(audit_dir)
+        client.transport, upstream.transport = wire, RecordingWire(audit_dir)  # type: ignore
+        relay = Relay("s1", client, upstream, 1 << 20, gate, safety_net="off",
+                      results=ResultMasker(lambda o, a: None),
+                      on_result=lambda tag, t, b, c, h: ended.append((tag.decision_seq, t)))
+        relay.start()
+        for i in (1, 2, 3):
+            relay.from_client(Query(by_id(i)).encode())
+            seq = writer.head[0]
+            assert (writer.durable_seq == seq) is (i == 1)  # kept from the second on
+            relay.from_upstream(answer)
+            assert seq in wire.written_before[-1]  # in the file before the answer went
+        assert bytes(wire.out) == answer * 3 and len(ended) == 3
+        writer.sink.write = lambda batch: (_ for _ in ()).throw(  # type: ignore[method-assign]
+            OSError(28, "No space left on device"))
+        relay.from_client(Query(by_id(4)).encode())  # forwarded: a read
+        relay.from_upstream(answer)
+        return wire, relay
+
+    try:
+        wire, relay = asyncio.run(run())
+    finally:
+        writer.close(timeout=0)
+    tail = bytes(wire.out)[len(answer) * 3:]
+    assert answer not in tail  # withheld
+    error = be.decode_backend(tail[0], tail[5:])
+    assert getattr(error, "code", None) == "58030" and relay.done.done()

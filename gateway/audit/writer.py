@@ -423,6 +423,13 @@ class AuditWriter:
 
     # -- the writer thread ---------------------------------------------------------------
 
+    @property
+    def writes_through(self) -> bool:
+        """Whether :meth:`write_through` writes on the caller's thread now (``durability:
+        os`` and a healthy sink): a record appended now can be made durable later, at
+        once, without waiting."""
+        return not self._fsync and self._error is None
+
     def write_through(self) -> bool:
         """Write what is queued now on the caller's thread (an event loop), instead of
         handing it to the writer thread: with ``durability: os`` a record is durable once

@@ -103,6 +103,9 @@ class _RecordPlan(NamedTuple):
     build: Callable[[], dict[str, Any]]
     decision: Decision
     command: str
+    #: a read that changes nothing (no function call, no row lock): its record may be
+    #: written once its result is due, not before it runs (see _kept_query)
+    deferrable: bool = False
 
 
 def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,
@@ -115,6 +118,14 @@ def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], di
         return None
     approval = doc.get("approval") or {}
     return (digest, id(decision), redacted, approval.get("granted"), approval.get("id"))
+
+
+def _changes_nothing(info: StatementInfo) -> bool:
+    """Whether running the statement changes nothing anywhere: a read with no function
+    call (any function may write, take a lock, advance a sequence) and no row lock. Its
+    only effect is its result."""
+    return info.kind == "read" and not info.functions and not info.details.get("locking") \
+        and not info.effects
 
 
 def _record_builder(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,
@@ -717,7 +728,7 @@ class StatementGate:
             if key is not None:  # the builder _record gives an allow it did not refuse
                 repeat.record = _RecordPlan(
                     key, _record_builder(ctx, decision, doc, digest, redacted),
-                    decision, info.command)
+                    decision, info.command, _changes_nothing(info))
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
         if shared is not None and analysis.redacted is not None \
@@ -758,7 +769,20 @@ class StatementGate:
         except Exception as e:
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
         self._plans[0] = [tag]
+        if record.deferrable and self.audit.writes_through:
+            # A read changes nothing but its result: its record (with whatever else is
+            # queued by then, every session's) is written when the first answer comes
+            # back, before the relay passes any of it on: one write() for the statements
+            # of every session answered meanwhile, not one each.
+            relay.before_release = self._write_due
+            return raw
         return self._finish_batch(raw, frames, {})
+
+    def _write_due(self) -> bool:
+        """Write the decision records appended so far, before answers go to the client:
+        False when they cannot be written now (the relay then fails closed)."""
+        audit = self.audit
+        return audit is None or audit.is_durable(self._last_seq) or audit.write_through()
 
     def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
         # (at debug level every decision is logged: no shortcut)

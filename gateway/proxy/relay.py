@@ -102,6 +102,10 @@ class Relay:
         # record and nothing to mask, until its result ends: the relay reports that end
         # itself (the steady state of a session of audited repeats)
         self._quiet_tag: StatementTag | None = None
+        # Set by the gate when it forwarded a statement before its decision record was
+        # written (a read: see StatementGate._kept_query): called before any upstream
+        # byte goes on to the client; False, the record cannot be written: fail closed.
+        self.before_release: Callable[[], bool] | None = None
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -280,6 +284,15 @@ class Relay:
     # -- upstream → client ---------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
+        due = self.before_release
+        if due is not None:
+            self.before_release = None
+            if not due():
+                logs.error("session.result_withheld", session=self.session_id,
+                           reason="audit trail unavailable")
+                self._fail_internal("the audit trail cannot be written: the result of a "
+                                    "statement without its record is withheld", "58030")
+                return
         try:
             forward, events = self.observer.relay(data)
         except ProtocolViolation:
@@ -435,12 +448,12 @@ class Relay:
         self._last_words(code, message)
         self._finish("protocol violation")
 
-    def _fail_internal(self, message: str) -> None:
+    def _fail_internal(self, message: str, code: str = "XX000") -> None:
         """End the session: the bytes in hand must not be forwarded (fail closed)."""
         if not self.upstream.closed:
             self.upstream.abort()
         if self.observer.forwarded_at_boundary():
-            self._last_words("XX000", message)
+            self._last_words(code, message)
         self._finish(message)
 
     def _unexpected(self, exc: Exception) -> None:
