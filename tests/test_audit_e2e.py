@@ -286,6 +286,12 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
             with psycopg.connect(gw.dsn("payments"), password=gw.token(),
                                  autocommit=True) as c:
                 assert c.execute("select 1").fetchone() == (1,)
+            # A session repeating a plain read: forwarded before its record is written
+            # (with the next answer); on a full disk that answer is withheld.
+            reader = psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                     autocommit=True)
+            for i in range(3):  # (no parameters: psycopg sends one Query message)
+                assert reader.execute(f"select {i}").fetchone() == (i,)
             filler = disk / "filler"
             with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
                 for size in (65536, 4096, 64, 1):
@@ -294,6 +300,28 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
                             f.write(b"\0" * size)
                     except OSError:
                         pass
+            # the first write that finds no room (the audit file's last page had some): the
+            # reader's answer, withheld
+            withheld, answered = None, 3
+            for i in range(3, 200):
+                try:
+                    reader.execute(f"select {i}").fetchone()
+                    answered += 1
+                except psycopg.Error as e:
+                    withheld = e
+                    break
+            assert withheld is not None and withheld.sqlstate == "58030", withheld
+            assert reader.broken
+            # nothing is written while the disk is full: every answer the reader got has
+            # its decision in the file already (the withheld one has not)
+            sessions: dict[str, int] = {}
+            whole = [json.loads(line) for f in sorted((disk / "audit").glob("*.jsonl"))
+                     for line in f.read_bytes().split(b"\n")[:-1]]  # (the last: cut short)
+            for r in whole:
+                if r["type"] == "decision" and r["sql"] == "select $1":
+                    sessions[r["session"]] = sessions.get(r["session"], 0) + 1
+            assert max(sessions.values()) == answered, (sessions, answered)
+            reader.close()
             refused = None
             for _ in range(20):
                 try:
