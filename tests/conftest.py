@@ -36,6 +36,31 @@ from gateway.devtools.sample_data import PAYMENTS_SCHEMA  # noqa: E402
 PAYMENTS_DB = "payments"
 
 
+class MemoryTransport:
+    """A transport that keeps what is written to it: a Relay's endpoints with no sockets."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Role:
     name: str

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import MemoryTransport, PgBackend, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -429,33 +429,19 @@ def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         writer.close()
 
 
-class RecordingWire:
+class RecordingWire(MemoryTransport):
     """A client transport that notes, at each write, the decision seqs already written."""
 
     def __init__(self, directory: Path) -> None:
+        super().__init__()
         self.directory = directory
-        self.out = bytearray()
         self.written_before: list[set[int]] = []
 
     def write(self, data: bytes) -> None:
         seqs = {json.loads(line)["seq"] for f in self.directory.glob("*.jsonl")
                 for line in f.read_text().splitlines() if '"type":"decision"' in line}
         self.written_before.append(seqs)
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    abort = close
+        super().write(data)
 
 
 def test_the_relay_releases_no_answer_before_its_decision_record_is_written(

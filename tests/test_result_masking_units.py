@@ -6,6 +6,7 @@ import os
 import struct
 
 import pytest
+from conftest import MemoryTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -841,23 +842,8 @@ def _schedule(batches: list[_Batch], answers: list[tuple[str, int]],
     return steps
 
 
-class _Wire:
-    """A transport that keeps what the relay writes."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+class _Wire(MemoryTransport):
+    """A transport that keeps what the relay writes, and must never be closed."""
 
     def abort(self) -> None:
         raise AssertionError("the relay gave up on a session it should follow")
