@@ -347,8 +347,12 @@ def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
                  for line in f.read_text().splitlines()]
         return [r for r in lines if r["type"] == "decision"]
 
-    for first in (by_id(1), with_function(1)):  # decided in full, written, then kept
+    for first in (by_id(1), with_function(1)):  # decided in full, then kept
         assert review(first) == Query(first).encode()
+        if first == by_id(1):  # a read: written before its answers go on (below)
+            assert writer.durable_seq < writer.head[0]
+            due, relay.before_release = relay.before_release, None
+            assert due is not None and due() is True
         assert writer.durable_seq == writer.head[0] and relay.before_release is None
     full_path = gate._decide_sql
     gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
@@ -429,6 +433,42 @@ def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         writer.close()
 
 
+def test_an_extended_batch_of_reads_is_written_before_its_answers_go_on(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
+    """Parse/Bind/Execute/Sync: a batch whose decided statements are all reads that change
+    nothing is forwarded before its records are written (the relay's before_release
+    writes them); one with a write, or a read calling a function, is written first."""
+    from gateway.audit import AuditWriter
+    from gateway.audit.filesink import FileSink
+    from gateway.wire.frontend import Bind, Execute, Parse, Sync
+
+    writer = AuditWriter(FileSink(str(tmp_path / "audit"), "gw1"), instance="gw1")
+    writer.start()
+    gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
+    relay = MarkerRelay()
+
+    def review(sql: str) -> Any:
+        msgs = [Parse("", sql, ()).encode(), Bind("", "", (), (), ()).encode(),
+                Execute("", 0).encode(), Sync().encode()]
+        out = gate.review(b"".join(msgs), [(m[0], m[5:]) for m in msgs], relay)
+        assert out == b"".join(msgs)
+        gate.take_tags([(m[0], m[5:]) for m in msgs])
+
+    try:
+        for i in (1, 2):
+            before = writer.head[0]
+            review(by_id(i))
+            assert writer.head[0] == before + 1 and writer.durable_seq == before
+            due, relay.before_release = relay.before_release, None
+            assert due is not None and due() is True and writer.durable_seq == before + 1
+            for changes in (f"insert into reuse_a.grows values ({i})",  # noqa: S608 (an int)
+                            with_function(i)):
+                review(changes)
+                assert writer.durable_seq == writer.head[0] and relay.before_release is None
+    finally:
+        writer.close()
+
+
 class RecordingWire(MemoryTransport):
     """A client transport that notes, at each write, the decision seqs already written."""
 
@@ -478,7 +518,7 @@ def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
         for i in (1, 2, 3):
             relay.from_client(Query(by_id(i)).encode())
             seq = writer.head[0]
-            assert (writer.durable_seq == seq) is (i == 1)  # kept from the second on
+            assert writer.durable_seq < seq  # decided in full (1), then kept: not yet
             relay.from_upstream(answer)
             assert seq in wire.written_before[-1]  # in the file before the answer went
         assert bytes(wire.out) == answer * 3 and len(ended) == 3

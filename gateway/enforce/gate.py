@@ -205,11 +205,16 @@ class StatementGate:
                  approval_timeout: float = 300.0) -> None:
         self.facts = facts
         self.hash_key = hash_key
-        # Every decision is an audit record, durable before the statement is forwarded.
+        # Every decision is an audit record, durable before the statement is forwarded (a
+        # read that changes nothing: before its answers go on, see _finish_batch).
         self.audit = audit
         self.audit_ctx = audit_ctx
         self._templates = TemplateCache(audit) if audit is not None else None
         self._last_seq = 0
+        # Whether every statement the batch at hand decided is an allowed read that changes
+        # nothing (_changes_nothing): then its records may be written once its answers come
+        # back, before the relay passes them on (see _finish_batch)
+        self._reads_only = True
         # Just-in-time approval: a held statement waits here for a human's decision.
         self.approvals = approvals
         self.approval_timeout = approval_timeout
@@ -245,6 +250,7 @@ class StatementGate:
 
     def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
         single_query = len(frames) == 1 and frames[0][0] == _Q
+        self._reads_only = True
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles:
             return raw
         catalog = self.catalogs.current(self.connection)
@@ -265,7 +271,7 @@ class StatementGate:
             if not verdict.tags and self.audit is None:
                 return raw  # nothing follows it to its results, no record to wait for
             self._admit(0, _Q, None, sql, verdict, {})
-            return self._finish_batch(raw, frames, {})
+            return self._finish_batch(raw, frames, {}, relay)
         return self._review(raw, frames, relay, catalog)
 
     async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
@@ -300,6 +306,8 @@ class StatementGate:
                 first: Verdict | None = None) -> bytes | Awaitable[bytes]:
         """`first`: the verdict on frame 0 (a Query), when the caller decided it already."""
         replaced: dict[int, bytes] = {}
+        if first is not None and (not first.allowed or first.role is not None):
+            self._reads_only = False
         holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED or mtype == _C:
@@ -339,7 +347,7 @@ class StatementGate:
             replaced[i] = replacement
         if holds:
             return self._after_holds(raw, frames, replaced, holds, relay, catalog)
-        return self._finish_batch(raw, frames, replaced)
+        return self._finish_batch(raw, frames, replaced, relay)
 
     def _admit(self, i: int, mtype: int, msg: Any, sql: str, verdict: Verdict,
                replaced: dict[int, bytes]) -> bool:
@@ -372,12 +380,19 @@ class StatementGate:
             return Parse(msg.name, marker, ()).encode()
         return frame(b"Q", cstr(marker))
 
-    def _finish_batch(self, raw: bytes, frames: list[Frame], replaced: dict[int, bytes]
-                      ) -> bytes | Awaitable[bytes]:
+    def _finish_batch(self, raw: bytes, frames: list[Frame], replaced: dict[int, bytes],
+                      relay: Relay) -> bytes | Awaitable[bytes]:
         out = raw if not replaced else b"".join(
             replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
         audit = self.audit
         if audit is not None and self._last_seq and not audit.is_durable(self._last_seq):
+            if self._reads_only and audit.writes_through:
+                # Reads change nothing but their results: their records (with whatever
+                # else is queued by then, every session's) are written when the first
+                # answer comes back, before the relay passes any of it on: one write()
+                # for the statements of every session answered meanwhile, not one each.
+                relay.before_release = self._write_due
+                return out
             if not audit.write_through():  # fsync, or the sink is failing: wait for it
                 return self._when_durable(out, self._last_seq)
         return out
@@ -402,7 +417,8 @@ class StatementGate:
                                   "its approval; the policy must allow approved statements")
             if not self._admit(i, msg.TYPE[0], msg, sql, verdict, replaced):
                 replaced[i] = self._refuse(relay, msg, verdict)
-        out = self._finish_batch(raw, frames, replaced)
+        self._reads_only = False  # (held statements are written before they go)
+        out = self._finish_batch(raw, frames, replaced, relay)
         return out if isinstance(out, bytes) else await out
 
     async def _approval(self, hold: Hold, relay: Relay
@@ -553,6 +569,7 @@ class StatementGate:
         if audit is None:
             return self._decide(sql, protocol, catalog, None, approval)
         if not audit.healthy:
+            self._reads_only = False
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
         decided: list[_Decided] = []
@@ -562,9 +579,15 @@ class StatementGate:
             hit = self._hit
             if hit is not None and hit.record is not None and len(decided) == 1 \
                     and decided[0][4] == hit.record.key[2]:  # (the same text as recorded)
+                if not hit.record.deferrable:
+                    self._reads_only = False
                 return _with_tags(verdict, (self._record_repeat(hit.record),))
+            if not decided or not verdict.allowed or verdict.role is not None \
+                    or not all(_changes_nothing(d[0]) for d in decided):
+                self._reads_only = False
             return self._record(sql, verdict, decided)
         except Exception as e:
+            self._reads_only = False
             return self._unrecorded(e)
 
     def _unrecorded(self, e: Exception) -> Verdict:
@@ -769,14 +792,8 @@ class StatementGate:
         except Exception as e:
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
         self._plans[0] = [tag]
-        if record.deferrable and self.audit.writes_through:
-            # A read changes nothing but its result: its record (with whatever else is
-            # queued by then, every session's) is written when the first answer comes
-            # back, before the relay passes any of it on: one write() for the statements
-            # of every session answered meanwhile, not one each.
-            relay.before_release = self._write_due
-            return raw
-        return self._finish_batch(raw, frames, {})
+        self._reads_only = record.deferrable
+        return self._finish_batch(raw, frames, {}, relay)
 
     def _write_due(self) -> bool:
         """Write the decision records appended so far, before answers go to the client:
