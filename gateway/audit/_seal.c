@@ -11,9 +11,9 @@
  *   prev, ts: ASCII str, written quoted; seq and values: see hole_value() in template.py
  *   ts None: now, as canonical.now_ts() writes it (RFC 3339, UTC, microseconds): its
  *   two Python calls and a strftime cache cost a third of the rest of the seal
- *   sha256: hashlib.sha256, or None: OpenSSL's one-shot SHA256() from the libcrypto
+ *   sha256: hashlib.sha256, or None: OpenSSL's SHA-256 called here, from the libcrypto
  *   that hashlib already loaded (the module's `openssl_sha256` is True when it was
- *   found). Both are the same OpenSSL digest; the one-shot skips a hash object, its
+ *   found). Both are the same OpenSSL digest; the direct call skips a hash object, its
  *   method call and a copy of its state, a third of a cold seal.
  * Returns None, before anything is hashed, when a value is not one a hole can hold, a
  * pick has no value (too few values), or prev/ts is not ASCII: the caller takes the
@@ -104,12 +104,6 @@ openssl_sha256(const char *data, size_t len, unsigned char md[32])
     return sha_init(ctx) == 1 && sha_update(ctx, data, len) == 1 && sha_final(md, ctx) == 1;
 }
 
-static void *
-symbol(void *lib, const char *name)
-{
-    return dlsym(lib, name);
-}
-
 static void
 find_openssl_sha256(void)
 {
@@ -118,8 +112,8 @@ find_openssl_sha256(void)
         void *lib = dlopen(names[i], RTLD_NOW | RTLD_NOLOAD);
         if (lib == NULL)
             continue;
-        void *init = symbol(lib, "SHA256_Init"), *update = symbol(lib, "SHA256_Update"),
-             *final = symbol(lib, "SHA256_Final");
+        void *init = dlsym(lib, "SHA256_Init"), *update = dlsym(lib, "SHA256_Update"),
+             *final = dlsym(lib, "SHA256_Final");
         if (init != NULL && update != NULL && final != NULL) {
             /* (memcpy: ISO C has no cast between object and function pointers) */
             memcpy(&sha_init, &init, sizeof init);
@@ -132,10 +126,7 @@ find_openssl_sha256(void)
 }
 
 #define TS_LEN 27 /* 2025-01-15T09:30:00.123456Z */
-#define TS_ROOM 64 /* what snprintf may write for any int fields: checked to be TS_LEN */
-
-/* The time now as canonical.now_ts() writes it, into buf (TS_ROOM bytes): 1, or 0 with
- * a Python error set. */
+#define TS_ROOM 64 /* what snprintf may write for any int fields */
 #define TS_SECONDS 19 /* 2025-01-15T09:30:00: the part that changes once a second */
 
 /* The time now as canonical.now_ts() writes it, into buf (TS_ROOM bytes): 1, or 0 with

@@ -103,8 +103,8 @@ class _RecordPlan(NamedTuple):
     build: Callable[[], dict[str, Any]]
     decision: Decision
     command: str
-    #: a read that changes nothing (no function call, no row lock): its record may be
-    #: written once its result is due, not before it runs (see _kept_query)
+    #: a read that changes nothing (_changes_nothing): its record may be written once its
+    #: result is due, not before it runs (see _finish_batch)
     deferrable: bool = False
 
 
@@ -306,8 +306,6 @@ class StatementGate:
                 first: Verdict | None = None) -> bytes | Awaitable[bytes]:
         """`first`: the verdict on frame 0 (a Query), when the caller decided it already."""
         replaced: dict[int, bytes] = {}
-        if first is not None and (not first.allowed or first.role is not None):
-            self._reads_only = False
         holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED or mtype == _C:
@@ -790,6 +788,7 @@ class StatementGate:
         try:  # by shape: the record's redacted text is this text's (the same key)
             tag = self._record_repeat(record)
         except Exception as e:
+            self._reads_only = False  # (as _decide_sql's own failure)
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
         self._plans[0] = [tag]
         self._reads_only = record.deferrable

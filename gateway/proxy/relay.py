@@ -51,7 +51,6 @@ OBSERVED_ROWS = OBSERVED | frozenset(b"Dd")
 # What the observer shows for each of ResultMasker.watch()'s answers.
 OBSERVE = {WATCH_IDLE: OBSERVED_IDLE, WATCH_ENDS: OBSERVED_ENDS, WATCH_ANSWERS: OBSERVED,
            WATCH_ROWS: OBSERVED_ROWS}
-_ENDS = frozenset(b"CIE")  # what ends the one statement of a Query the relay follows itself
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
@@ -103,7 +102,7 @@ class Relay:
         # itself (the steady state of a session of audited repeats)
         self._quiet_tag: StatementTag | None = None
         # Set by the gate when it forwarded a statement before its decision record was
-        # written (a read: see StatementGate._kept_query): called before any upstream
+        # written (reads: see StatementGate._finish_batch): called before any upstream
         # byte goes on to the client; False, the record cannot be written: fail closed.
         self.before_release: Callable[[], bool] | None = None
         self.transaction_status = "I"
@@ -309,7 +308,7 @@ class Relay:
                 if mtype == _Z:
                     self._quiet -= 1
                     self._quiet_tag = None
-                elif self._quiet_tag is not None and mtype in _ENDS:
+                elif self._quiet_tag is not None and mtype in QUERY_ENDS:  # (not Z: above)
                     # as ResultMasker ends it: nothing masked; after its end, an error
                     # (at commit) is the string's, not the statement's
                     self._ended.append((end, self._quiet_tag, mtype, body, {}))
