@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
@@ -97,13 +98,6 @@ static sha_update_fn sha_update = NULL;
 static sha_final_fn sha_final = NULL;
 #define SHA_CTX_ROOM 256 /* SHA256_CTX is 112 bytes */
 
-static int
-openssl_sha256(const char *data, size_t len, unsigned char md[32])
-{
-    _Alignas(16) unsigned char ctx[SHA_CTX_ROOM];
-    return sha_init(ctx) == 1 && sha_update(ctx, data, len) == 1 && sha_final(md, ctx) == 1;
-}
-
 static void
 find_openssl_sha256(void)
 {
@@ -170,43 +164,46 @@ now_ts(char *buf)
     return 1;
 }
 
-static PyObject *
-seal(PyObject *module, PyObject *args)
+/* The sealing itself, shared by seal() and Ledger.append(): `chunks`, `picks` and
+ * `values` tuples as seal() takes them, `seq` already a valid seq. Returns 1 with new
+ * references in *line, *digest and *stamp_out (`ts`, or the time now), 0 when a value
+ * does not fit (nothing hashed, no error set), -1 with an error set. */
+static int
+seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyObject *ts,
+           PyObject *values, PyObject *sha256, PyObject **line_out, PyObject **digest_out,
+           PyObject **ts_out)
 {
-    PyObject *chunks, *picks, *seq, *prev, *ts, *values, *sha256;
     arg_t vals[MAX_ARGS];
     int quoted[MAX_ARGS];
     Py_ssize_t ks[MAX_ARGS];
 
-    (void)module;
-    if (!PyArg_ParseTuple(args, "O!O!OOOO!O:seal", &PyTuple_Type, &chunks, &PyTuple_Type,
-                          &picks, &seq, &prev, &ts, &PyTuple_Type, &values, &sha256))
-        return NULL;
     const Py_ssize_t nholes = PyTuple_GET_SIZE(picks);
     const Py_ssize_t nvalues = PyTuple_GET_SIZE(values);
     if (PyTuple_GET_SIZE(chunks) != nholes + 1 || nholes > MAX_ARGS ||
             3 + nvalues > MAX_ARGS) {
         PyErr_SetString(PyExc_ValueError, "seal: one chunk more than holes, at most 64 holes");
-        return NULL;
+        return -1;
     }
-    if (!PyLong_CheckExact(seq) || !int_arg(seq, 1, &vals[0]))
-        Py_RETURN_NONE; /* seq must be in (0, 10**12) */
+    if (seq < 1 || seq >= INT_LIMIT)
+        return 0;
+    vals[0].len = snprintf(vals[0].num, NUM_MAX, "%lld", seq);
+    vals[0].data = vals[0].num;
     char stamp[TS_ROOM];
     if (ts == Py_None) {
         if (!now_ts(stamp))
-            return NULL;
+            return -1;
         vals[2].data = stamp;
         vals[2].len = TS_LEN;
     } else if (!text_arg(ts, &vals[2])) {
-        Py_RETURN_NONE;
+        return 0;
     }
     if (!text_arg(prev, &vals[1]))
-        Py_RETURN_NONE;
+        return 0;
     quoted[0] = 0;
     quoted[1] = quoted[2] = 1;
     for (Py_ssize_t i = 0; i < nvalues; i++) {
         if (!value_arg(PyTuple_GET_ITEM(values, i), &vals[3 + i]))
-            Py_RETURN_NONE;
+            return 0;
         quoted[3 + i] = 0;
     }
 
@@ -216,7 +213,7 @@ seal(PyObject *module, PyObject *args)
         PyObject *c = PyTuple_GET_ITEM(chunks, i);
         if (!PyBytes_Check(c)) {
             PyErr_SetString(PyExc_TypeError, "seal: chunks must be bytes");
-            return NULL;
+            return -1;
         }
         size += PyBytes_GET_SIZE(c);
         if (i == nholes)
@@ -224,29 +221,31 @@ seal(PyObject *module, PyObject *args)
         PyObject *p = PyTuple_GET_ITEM(picks, i);
         if (!PyLong_Check(p)) {
             PyErr_SetString(PyExc_TypeError, "seal: picks must be integers");
-            return NULL;
+            return -1;
         }
         const Py_ssize_t k = PyLong_AsSsize_t(p);
         if (k < 0 || k >= 3 + nvalues) { /* e.g. fewer values than the template has holes */
             PyErr_Clear();
-            Py_RETURN_NONE;
+            return 0;
         }
         ks[i] = k;
         size += vals[k].len + 2 * quoted[k];
     }
     if (size < 1) {
         PyErr_SetString(PyExc_ValueError, "seal: an empty record");
-        return NULL;
+        return -1;
     }
 
-    /* prev + body, contiguous: the hash input. */
-    const Py_ssize_t plen = vals[1].len;
-    PyObject *input = PyBytes_FromStringAndSize(NULL, plen + size);
-    if (input == NULL)
-        return NULL;
-    char *w = PyBytes_AS_STRING(input);
-    memcpy(w, vals[1].data, (size_t)plen);
-    w += plen;
+    /* The line is written in place: the body, then its hash member over the body's '}'.
+     * The hash input is prev + body: with the direct digest, two updates (prev is one
+     * 64-byte block when it is a digest); with hashlib, one contiguous copy. */
+    static const char head[] = ",\"hash\":\"";
+    static const char tail[] = "\"}\n";
+    const Py_ssize_t hl = (Py_ssize_t)sizeof head - 1, tl = (Py_ssize_t)sizeof tail - 1;
+    PyObject *line = PyBytes_FromStringAndSize(NULL, size - 1 + hl + 64 + tl);
+    if (line == NULL)
+        return -1;
+    char *body = PyBytes_AS_STRING(line), *w = body;
     for (Py_ssize_t i = 0; i <= nholes; i++) {
         PyObject *c = PyTuple_GET_ITEM(chunks, i);
         memcpy(w, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
@@ -262,18 +261,20 @@ seal(PyObject *module, PyObject *args)
             *w++ = '"';
     }
 
-    PyObject *result = NULL, *hasher = NULL, *digest = NULL, *line = NULL;
+    static const char hex[] = "0123456789abcdef";
+    char text[64];
+    PyObject *digest = NULL;
     if (sha256 == Py_None) {
-        static const char hex[] = "0123456789abcdef";
         unsigned char md[32];
-        char text[64];
+        _Alignas(16) unsigned char ctx[SHA_CTX_ROOM];
         if (sha_init == NULL) {
             PyErr_SetString(PyExc_ValueError, "seal: no OpenSSL SHA-256 in this process");
-            goto done;
+            goto fail;
         }
-        if (!openssl_sha256(PyBytes_AS_STRING(input), (size_t)(plen + size), md)) {
+        if (sha_init(ctx) != 1 || sha_update(ctx, vals[1].data, (size_t)vals[1].len) != 1 ||
+                sha_update(ctx, body, (size_t)size) != 1 || sha_final(md, ctx) != 1) {
             PyErr_SetString(PyExc_ValueError, "seal: OpenSSL's SHA-256 failed");
-            goto done;
+            goto fail;
         }
         for (int i = 0; i < 32; i++) {
             text[2 * i] = hex[md[i] >> 4];
@@ -281,49 +282,435 @@ seal(PyObject *module, PyObject *args)
         }
         digest = PyUnicode_FromStringAndSize(text, 64);
         if (digest == NULL)
-            goto done;
+            goto fail;
     } else {
-        hasher = PyObject_CallOneArg(sha256, input);
+        PyObject *input = PyBytes_FromStringAndSize(NULL, vals[1].len + size);
+        if (input == NULL)
+            goto fail;
+        memcpy(PyBytes_AS_STRING(input), vals[1].data, (size_t)vals[1].len);
+        memcpy(PyBytes_AS_STRING(input) + vals[1].len, body, (size_t)size);
+        PyObject *hasher = PyObject_CallOneArg(sha256, input);
+        Py_DECREF(input);
         if (hasher == NULL)
-            goto done;
+            goto fail;
         digest = PyObject_CallMethod(hasher, "hexdigest", NULL);
+        Py_DECREF(hasher);
         if (digest == NULL)
-            goto done;
+            goto fail;
+        if (!PyUnicode_Check(digest) || !PyUnicode_IS_ASCII(digest) ||
+                PyUnicode_GET_LENGTH(digest) != 64) {
+            PyErr_SetString(PyExc_TypeError, "seal: sha256 gave no 64-digit hex digest");
+            goto fail;
+        }
     }
-    if (!PyUnicode_Check(digest) || !PyUnicode_IS_ASCII(digest)) {
-        PyErr_SetString(PyExc_TypeError, "seal: sha256 gave no ASCII hex digest");
-        goto done;
-    }
-    static const char head[] = ",\"hash\":\"";
-    static const char tail[] = "\"}\n";
-    const Py_ssize_t dlen = PyUnicode_GET_LENGTH(digest);
-    const Py_ssize_t hl = (Py_ssize_t)sizeof head - 1, tl = (Py_ssize_t)sizeof tail - 1;
-    line = PyBytes_FromStringAndSize(NULL, size - 1 + hl + dlen + tl);
-    if (line == NULL)
-        goto done;
-    w = PyBytes_AS_STRING(line);
-    memcpy(w, PyBytes_AS_STRING(input) + plen, (size_t)(size - 1)); /* the body but its '}' */
-    w += size - 1;
+    w = body + size - 1; /* over the body's closing '}' */
     memcpy(w, head, (size_t)hl);
     w += hl;
-    memcpy(w, PyUnicode_DATA(digest), (size_t)dlen);
-    w += dlen;
+    memcpy(w, PyUnicode_DATA(digest), 64);
+    w += 64;
     memcpy(w, tail, (size_t)tl);
+    PyObject *stamp_obj;
     if (ts == Py_None) {
-        PyObject *now = PyUnicode_FromStringAndSize(stamp, TS_LEN);
-        if (now != NULL)
-            result = PyTuple_Pack(3, line, digest, now);
-        Py_XDECREF(now);
+        stamp_obj = PyUnicode_FromStringAndSize(stamp, TS_LEN);
+        if (stamp_obj == NULL)
+            goto fail;
     } else {
-        result = PyTuple_Pack(3, line, digest, ts);
+        stamp_obj = Py_NewRef(ts);
     }
-done:
-    Py_DECREF(input);
-    Py_XDECREF(hasher);
+    *line_out = line;
+    *digest_out = digest;
+    *ts_out = stamp_obj;
+    return 1;
+fail:
+    Py_DECREF(line);
     Py_XDECREF(digest);
-    Py_XDECREF(line);
+    return -1;
+}
+
+static PyObject *
+seal(PyObject *module, PyObject *args)
+{
+    PyObject *chunks, *picks, *seq, *prev, *ts, *values, *sha256;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!OOOO!O:seal", &PyTuple_Type, &chunks, &PyTuple_Type,
+                          &picks, &seq, &prev, &ts, &PyTuple_Type, &values, &sha256))
+        return NULL;
+    arg_t n;
+    if (!PyLong_CheckExact(seq) || !int_arg(seq, 1, &n))
+        Py_RETURN_NONE; /* seq must be in (0, 10**12) */
+    PyObject *line, *digest, *stamp;
+    const int r = seal_parts(chunks, picks, PyLong_AsLongLong(seq), prev, ts, values, sha256,
+                             &line, &digest, &stamp);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    PyObject *result = PyTuple_Pack(3, line, digest, stamp);
+    Py_DECREF(line);
+    Py_DECREF(digest);
+    Py_DECREF(stamp);
     return result;
 }
+
+/* Ledger: gateway.audit.ledger.Ledger compiled (that class is the reference and says
+ * what each member means). append() is the writer's hot path: the writer's lock taken,
+ * the record sealed onto the chain, queued as a Sealed, counted, in one call. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *chain;  /* Chain: its seq and head attributes hold the chain's state */
+    PyObject *queue;  /* list of Sealed no write has taken yet */
+    PyObject *sealed; /* the Sealed class */
+    PyObject *sha256; /* hashlib.sha256, or None: OpenSSL's called here */
+    PyObject *acquire, *release, *on_due;
+    PyObject *instance; /* the chain's: a template of another chain is refused */
+    long long durable, max_backlog, checkpoint_every, segment_limit;
+    long long segment_bytes, segment_records, since_checkpoint;
+    int open;
+} Ledger;
+
+static PyObject *str_seq, *str_head, *str_parts, *str_instance;
+
+static int
+ledger_traverse(Ledger *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->chain);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->sealed);
+    Py_VISIT(self->sha256);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->on_due);
+    Py_VISIT(self->instance);
+    return 0;
+}
+
+static int
+ledger_clear(Ledger *self)
+{
+    Py_CLEAR(self->chain);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->sealed);
+    Py_CLEAR(self->sha256);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->on_due);
+    Py_CLEAR(self->instance);
+    return 0;
+}
+
+static void
+ledger_dealloc(Ledger *self)
+{
+    PyObject_GC_UnTrack(self);
+    ledger_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+ledger_init(Ledger *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"chain", "lock", "on_due", "sealed", "sha256", "max_backlog",
+                             "checkpoint_every", "segment_limit", NULL};
+    PyObject *chain, *lock, *on_due, *sealed, *sha256;
+    long long max_backlog, every, limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O$LLL:Ledger", kwlist, &chain, &lock,
+                                     &on_due, &PyType_Type, &sealed, &sha256, &max_backlog,
+                                     &every, &limit))
+        return -1;
+    if (!PyType_IsSubtype((PyTypeObject *)sealed, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Ledger: sealed must be a tuple class");
+        return -1;
+    }
+    if (sha256 == Py_None && sha_init == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ledger: no OpenSSL SHA-256 in this process");
+        return -1;
+    }
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    PyObject *release = acquire ? PyObject_GetAttrString(lock, "release") : NULL;
+    PyObject *queue = release ? PyList_New(0) : NULL;
+    PyObject *instance = queue ? PyObject_GetAttr(chain, str_instance) : NULL;
+    PyObject *durable = instance ? PyObject_GetAttr(chain, str_seq) : NULL;
+    if (durable == NULL) {
+        Py_XDECREF(instance);
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
+        Py_XDECREF(queue);
+        return -1;
+    }
+    self->durable = PyLong_AsLongLong(durable);
+    Py_DECREF(durable);
+    if (self->durable == -1 && PyErr_Occurred()) {
+        Py_DECREF(instance);
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+        Py_DECREF(queue);
+        return -1;
+    }
+    ledger_clear(self);
+    self->chain = Py_NewRef(chain);
+    self->queue = queue;
+    self->sealed = Py_NewRef(sealed);
+    self->sha256 = Py_NewRef(sha256);
+    self->acquire = acquire;
+    self->release = release;
+    self->on_due = Py_NewRef(on_due);
+    self->instance = instance;
+    self->max_backlog = max_backlog;
+    self->checkpoint_every = every;
+    self->segment_limit = limit;
+    self->segment_bytes = self->segment_records = self->since_checkpoint = 0;
+    self->open = 0;
+    return 0;
+}
+
+static int
+ledger_due(Ledger *self)
+{
+    return (self->checkpoint_every > 0 && self->since_checkpoint >= self->checkpoint_every) ||
+           (self->segment_limit > 0 && self->segment_bytes >= self->segment_limit);
+}
+
+/* Queue `item` (a Sealed) and count it. */
+static int
+ledger_count(Ledger *self, PyObject *item, Py_ssize_t nbytes)
+{
+    if (PyList_Append(self->queue, item) < 0)
+        return -1;
+    self->segment_bytes += nbytes;
+    self->segment_records += 1;
+    self->since_checkpoint += 1;
+    return 0;
+}
+
+/* Under the lock: 1 with *seq_out set, 2 a value did not fit, 0 refused (closed, or the
+ * backlog is full), -1 an error. */
+static int
+ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long *seq_out)
+{
+    if (!self->open)
+        return 0;
+    PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
+    if (seq_obj == NULL)
+        return -1;
+    const long long seq = PyLong_AsLongLong(seq_obj) + 1;
+    Py_DECREF(seq_obj);
+    if (seq == 0 && PyErr_Occurred())
+        return -1;
+    if (seq - 1 - self->durable >= self->max_backlog)
+        return 0;
+    PyObject *prev = PyObject_GetAttr(self->chain, str_head);
+    if (prev == NULL)
+        return -1;
+    PyObject *line, *digest, *stamp;
+    const int r = seal_parts(PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), seq, prev,
+                             Py_None, values, self->sha256, &line, &digest, &stamp);
+    if (r <= 0) {
+        Py_DECREF(prev);
+        return r < 0 ? -1 : 2;
+    }
+    /* Every allocation before the chain moves: a failure leaves it as it was. */
+    PyObject *item = NULL, *num = PyLong_FromLongLong(seq);
+    const Py_ssize_t nbytes = PyBytes_GET_SIZE(line);
+    if (num != NULL)
+        item = ((PyTypeObject *)self->sealed)->tp_alloc((PyTypeObject *)self->sealed, 6);
+    if (item == NULL) {
+        Py_DECREF(prev);
+        Py_XDECREF(num);
+        Py_DECREF(line);
+        Py_DECREF(digest);
+        Py_DECREF(stamp);
+        return -1;
+    }
+    PyTuple_SET_ITEM(item, 0, num);
+    PyTuple_SET_ITEM(item, 1, Py_NewRef(digest));
+    PyTuple_SET_ITEM(item, 2, line);
+    PyTuple_SET_ITEM(item, 3, stamp);
+    PyTuple_SET_ITEM(item, 4, Py_NewRef(PyTuple_GET_ITEM(parts, 2)));
+    PyTuple_SET_ITEM(item, 5, Py_NewRef(PyTuple_GET_ITEM(parts, 3)));
+    /* Queued first, then the chain moves: if either fails, neither happened. */
+    int ok = PyList_Append(self->queue, item) == 0;
+    if (ok && (PyObject_SetAttr(self->chain, str_head, digest) < 0 ||
+               PyObject_SetAttr(self->chain, str_seq, PyTuple_GET_ITEM(item, 0)) < 0)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyObject_SetAttr(self->chain, str_head, prev) < 0)
+            PyErr_Clear();
+        const Py_ssize_t n = PyList_GET_SIZE(self->queue);
+        if (PyList_SetSlice(self->queue, n - 1, n, NULL) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        ok = 0;
+    }
+    Py_DECREF(digest);
+    Py_DECREF(prev);
+    Py_DECREF(item);
+    if (!ok)
+        return -1;
+    self->segment_bytes += nbytes;
+    self->segment_records += 1;
+    self->since_checkpoint += 1;
+    *seq_out = seq;
+    return 1;
+}
+
+static PyObject *
+ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "append(template, values: tuple)");
+        return NULL;
+    }
+    if (self->chain == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+        return NULL;
+    }
+    PyObject *parts = PyObject_GetAttr(args[0], str_parts);
+    if (parts == NULL)
+        return NULL;
+    if (!PyTuple_Check(parts) || PyTuple_GET_SIZE(parts) != 5 ||
+            !PyTuple_Check(PyTuple_GET_ITEM(parts, 0)) ||
+            !PyTuple_Check(PyTuple_GET_ITEM(parts, 1))) {
+        Py_DECREF(parts);
+        PyErr_SetString(PyExc_TypeError,
+                        "append: template.parts is (chunks, picks, type, session, instance)");
+        return NULL;
+    }
+    PyObject *of = PyTuple_GET_ITEM(parts, 4);
+    const int same = of == self->instance ? 1 : PyObject_RichCompareBool(of, self->instance, Py_EQ);
+    if (same != 1) {
+        Py_DECREF(parts);
+        if (same == 0)
+            PyErr_SetString(PyExc_ValueError, "a template of another chain instance");
+        return NULL;
+    }
+    PyObject *got = PyObject_CallNoArgs(self->acquire);
+    if (got == NULL) {
+        Py_DECREF(parts);
+        return NULL;
+    }
+    Py_DECREF(got);
+    long long seq = 0;
+    const int r = ledger_append_locked(self, parts, args[1], &seq);
+    Py_DECREF(parts);
+    int failed = r < 0;
+    if (r == 1 && ledger_due(self)) {
+        PyObject *done = PyObject_CallNoArgs(self->on_due);
+        failed = done == NULL;
+        Py_XDECREF(done);
+    }
+    /* release even with an error set: keep it aside while the lock's method runs */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *released = PyObject_CallNoArgs(self->release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, value, tb);
+    if (failed)
+        return NULL;
+    return PyLong_FromLongLong(r == 1 ? seq : r == 2 ? 0 : -1);
+}
+
+static PyObject *
+ledger_push(Ledger *self, PyObject *item)
+{
+    if (self->queue == NULL || !PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 3 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 2))) {
+        PyErr_SetString(PyExc_TypeError, "push(sealed): a Sealed record");
+        return NULL;
+    }
+    if (ledger_count(self, item, PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2))) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ledger_take(Ledger *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->queue == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+        return NULL;
+    }
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *taken = self->queue;
+    self->queue = fresh;
+    return taken;
+}
+
+static PyObject *
+ledger_get_due(Ledger *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(ledger_due(self));
+}
+
+static PyObject *
+ledger_get_queue(Ledger *self, void *closure)
+{
+    (void)closure;
+    if (self->queue == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef(self->queue);
+}
+
+static PyObject *
+ledger_get_chain(Ledger *self, void *closure)
+{
+    (void)closure;
+    if (self->chain == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef(self->chain);
+}
+
+static PyMethodDef ledger_methods[] = {
+    {"append", (PyCFunction)(void (*)(void))ledger_append, METH_FASTCALL,
+     "append(template, values) -> seq, 0 (a value does not fit) or -1 (refused)"},
+    {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
+    {"take", (PyCFunction)ledger_take, METH_NOARGS, "take() -> the queue, left empty"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef ledger_members[] = {
+    {"durable", T_LONGLONG, offsetof(Ledger, durable), 0, NULL},
+    {"max_backlog", T_LONGLONG, offsetof(Ledger, max_backlog), 0, NULL},
+    {"checkpoint_every", T_LONGLONG, offsetof(Ledger, checkpoint_every), 0, NULL},
+    {"segment_limit", T_LONGLONG, offsetof(Ledger, segment_limit), 0, NULL},
+    {"segment_bytes", T_LONGLONG, offsetof(Ledger, segment_bytes), 0, NULL},
+    {"segment_records", T_LONGLONG, offsetof(Ledger, segment_records), 0, NULL},
+    {"since_checkpoint", T_LONGLONG, offsetof(Ledger, since_checkpoint), 0, NULL},
+    {"open", T_BOOL, offsetof(Ledger, open), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef ledger_getset[] = {
+    {"due", (getter)ledger_get_due, NULL, NULL, NULL},
+    {"queue", (getter)ledger_get_queue, NULL, NULL, NULL},
+    {"chain", (getter)ledger_get_chain, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LedgerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.audit._seal.Ledger",
+    .tp_basicsize = sizeof(Ledger),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "gateway.audit.ledger.Ledger, compiled.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ledger_init,
+    .tp_dealloc = (destructor)ledger_dealloc,
+    .tp_traverse = (traverseproc)ledger_traverse,
+    .tp_clear = (inquiry)ledger_clear,
+    .tp_methods = ledger_methods,
+    .tp_members = ledger_members,
+    .tp_getset = ledger_getset,
+};
 
 static PyMethodDef methods[] = {
     {"seal", seal, METH_VARARGS,
@@ -349,9 +736,20 @@ PyInit__seal(void)
     Py_XDECREF(hashlib);
     if (sha_init == NULL)
         find_openssl_sha256();
+    if (str_seq == NULL) {
+        str_seq = PyUnicode_InternFromString("seq");
+        str_head = PyUnicode_InternFromString("head");
+        str_parts = PyUnicode_InternFromString("parts");
+        str_instance = PyUnicode_InternFromString("instance");
+        if (str_seq == NULL || str_head == NULL || str_parts == NULL || str_instance == NULL)
+            return NULL;
+    }
+    if (PyType_Ready(&LedgerType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddObjectRef(m, "openssl_sha256",
-                                           sha_init != NULL ? Py_True : Py_False) < 0) {
+    if (m != NULL && (PyModule_AddObjectRef(m, "openssl_sha256",
+                                            sha_init != NULL ? Py_True : Py_False) < 0 ||
+                      PyModule_AddObjectRef(m, "Ledger", (PyObject *)&LedgerType) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

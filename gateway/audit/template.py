@@ -75,8 +75,8 @@ class RecordTemplate:
     :meth:`gateway.audit.chain.Chain.template`; valid for that chain's instance only.
     """
 
-    __slots__ = ("_order", "chunks", "format", "holes", "instance", "picks", "session",
-                 "type")
+    __slots__ = ("_order", "chunks", "format", "holes", "instance", "parts", "picks",
+                 "session", "type")
 
     def __init__(self, chunks: tuple[str, ...], order: tuple[str, ...], holes: tuple[str, ...],
                  *, instance: str, type: str, session: str | None) -> None:
@@ -96,6 +96,8 @@ class RecordTemplate:
         self.instance = instance
         self.type = type
         self.session = session
+        # what the compiled ledger reads, in one attribute (see gateway.audit.ledger)
+        self.parts = (self.chunks, self.picks, type, session, instance)
 
     def fill(self, seq: int, prev: str, ts: str, values: tuple[Any, ...] = ()) -> bytes:
         """The canonical bytes with every hole filled (`values` in :attr:`holes` order).
@@ -118,10 +120,11 @@ class TemplateCache:
     session the same shape (e.g. a statement digest and its decision). Bounded: it
     starts afresh when full, which costs one ordinary encoding per shape."""
 
-    __slots__ = ("_max", "_templates", "writer")
+    __slots__ = ("_append", "_max", "_templates", "writer")
 
     def __init__(self, writer: AuditWriter, max_size: int = 256) -> None:
         self.writer = writer
+        self._append = writer.append_compiled  # a hit is this one call
         self._max = max_size
         self._templates: dict[Hashable, tuple[object, RecordTemplate | None]] = {}
 
@@ -162,7 +165,11 @@ class TemplateCache:
         entry = self._templates.get(key)
         if entry is None or entry[0] is not pin or entry[1] is None:
             return None
-        try:
-            return self.writer.append_template(entry[1], values, wake=wake)
-        except TemplateMismatch:
+        seq = self._append(entry[1], values)
+        if seq > 0:
+            if wake:
+                self.writer.wake()
+            return seq
+        if seq == 0:  # a value that does not fit
             return None
+        return self.writer.append_template(entry[1], values, wake=wake)  # raises: why refused

@@ -54,7 +54,8 @@ from gateway import logs
 from .canonical import GENESIS
 from .chain import Chain, Sealed
 from .checkpoint import Signer
-from .template import RecordTemplate
+from .ledger import new_ledger
+from .template import RecordTemplate, TemplateMismatch
 
 __all__ = [
     "AuditError",
@@ -155,19 +156,19 @@ class AuditWriter:
         self._io_rotations: dict[int, int] = {}
         self._wake = threading.Event()
         self._chain = Chain(instance)
-        self._queue: list[Sealed] = []
+        # the chain's head, the queue, the durable seq and the counts: see ledger.py
+        self._ledger = new_ledger(
+            self._chain, self._lock, self._due_locked, max_backlog=self.options.max_backlog,
+            checkpoint_every=self.options.checkpoint_every,
+            segment_limit=self.options.segment_bytes if sink.segments else 0)
         # seq of a segment's header record -> the segment it opens (before it is written)
         self._rotations: dict[int, int] = {}
-        self._durable = 0
         self._error: str | None = None
         self._retry_at = 0.0
         self._waiters: list[tuple[int, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         self._tiebreak = itertools.count()
-        self._since_checkpoint = 0
         self._last_checkpoint = 0.0
         self._segment = 0
-        self._segment_bytes = 0
-        self._segment_records = 0
         self._segment_opened = 0.0
         self._started = False
         self._closed = False
@@ -199,13 +200,14 @@ class AuditWriter:
         now = self._clock()
         with self._lock:
             if state is not None:
-                self._chain = Chain(self.instance, state.seq, state.hash)
-                self._durable = state.seq
+                self._chain.seq, self._chain.head = state.seq, state.hash
+                self._ledger.durable = state.seq
             n = state.next_segment if state is not None else 1
             self._last_checkpoint = now
             self._open_segment_locked(n, "start", previous=state.previous_segment if state
                                       else None, torn=state.torn_bytes if state else 0)
             self._started = True
+            self._ledger.open = True
         self._thread = threading.Thread(target=self._run, name=f"audit-{self.instance}",
                                         daemon=True)
         self._thread.start()
@@ -222,6 +224,7 @@ class AuditWriter:
                 return True
             self._checkpoint_locked("shutdown", final=True)
             self._closed = True
+            self._ledger.open = False
             self._stopping = True
             target = self._chain.seq
             deadline = self._clock() + (self.options.close_timeout if timeout is None
@@ -235,7 +238,7 @@ class AuditWriter:
                 self.sink.close()
             except Exception as exc:  # closing never raises into shutdown
                 logs.error("audit.close_failed", instance=self.instance, error=str(exc))
-        lost = target - self._durable
+        lost = target - self._ledger.durable
         if lost > 0:
             logs.error("audit.records_lost", instance=self.instance, records=lost,
                        error=self._error)
@@ -258,7 +261,7 @@ class AuditWriter:
 
     @property
     def durable_seq(self) -> int:
-        return self._durable
+        return self._ledger.durable
 
     @property
     def head(self) -> tuple[int, str]:
@@ -279,7 +282,17 @@ class AuditWriter:
         records nothing waits on, so a busy loop does not hand every one to the thread.
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
-        return self._append(None, (), record, wake)
+        ledger = self._ledger
+        with self._lock:
+            if not ledger.open or self._chain.seq - ledger.durable >= ledger.max_backlog:
+                raise self._refusal()
+            sealed = self._chain.seal(record)
+            ledger.push(sealed)
+            if ledger.due:
+                self._due_locked()
+        if wake and not self._wake.is_set():
+            self._wake.set()
+        return sealed.seq
 
     def template(self, record: Mapping[str, Any], holes: tuple[str, ...] = ()
                  ) -> RecordTemplate | None:
@@ -292,32 +305,37 @@ class AuditWriter:
         """:meth:`append` for a record made from `template` with `values` in its holes
         (see :mod:`gateway.audit.template`): the same line, a fraction of the work.
         Raises TemplateMismatch (nothing appended) when a value does not fit a hole."""
-        return self._append(template, values, None, wake)
-
-    def _append(self, template: RecordTemplate | None, values: tuple[Any, ...],
-                record: Mapping[str, Any] | None, wake: bool) -> int:
-        """`template` filled with `values`, else `record`: chained and queued."""
-        with self._lock:
-            if self._closed or not self._started:
-                raise AuditUnavailable("the audit log is not open")
-            chain = self._chain
-            backlog = chain.seq - self._durable
-            if backlog >= self.options.max_backlog:
-                raise AuditUnavailable(self._error or f"{backlog} records wait for the sink")
-            sealed = chain.seal_template(template, values) if template is not None \
-                else chain.seal(record)  # type: ignore[arg-type]
-            self._push_locked(sealed)
-            every = self.options.checkpoint_every
-            if every and self._since_checkpoint >= every:
-                self._checkpoint_locked("count")
-            if self.sink.segments and self._segment_bytes >= self.options.segment_bytes:
-                self._rotate_locked("size")
+        seq = self._ledger.append(template, values)
+        if seq <= 0:
+            if seq == 0:
+                raise TemplateMismatch("a value does not fit the template's holes")
+            raise self._refusal()
         if wake and not self._wake.is_set():
             self._wake.set()
-        return sealed.seq
+        return seq
+
+    @property
+    def append_compiled(self) -> Callable[[RecordTemplate, tuple[Any, ...]], int]:
+        """The ledger's own append, for callers that take its ``0`` and ``-1`` answers
+        themselves (:class:`~gateway.audit.template.TemplateCache`): the writer thread is
+        not woken."""
+        return self._ledger.append
+
+    def wake(self) -> None:
+        """Have the writer thread write what is queued."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _refusal(self) -> AuditUnavailable:
+        """Why an append was refused: the log is not open, or the backlog is full."""
+        ledger = self._ledger
+        if not ledger.open:
+            return AuditUnavailable("the audit log is not open")
+        backlog = self._chain.seq - ledger.durable
+        return AuditUnavailable(self._error or f"{backlog} records wait for the sink")
 
     def is_durable(self, seq: int) -> bool:
-        return seq <= self._durable
+        return seq <= self._ledger.durable
 
     def wait_durable(self, seq: int) -> asyncio.Future[None]:
         """A future of the running loop, done when record `seq` is durable; it fails with
@@ -325,7 +343,7 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if seq <= self._durable:
+            if seq <= self._ledger.durable:
                 fut.set_result(None)
             elif self._error is not None:
                 fut.set_exception(AuditUnavailable(self._error))
@@ -335,7 +353,7 @@ class AuditWriter:
 
     async def append_durable(self, record: Mapping[str, Any]) -> int:
         seq = self.append(record)
-        if seq > self._durable:
+        if seq > self._ledger.durable:
             await self.wait_durable(seq)
         return seq
 
@@ -349,7 +367,7 @@ class AuditWriter:
             target = self._chain.seq
             self._flushing += 1
             try:
-                while self._durable < target:
+                while self._ledger.durable < target:
                     if self._error is not None:
                         raise AuditUnavailable(self._error)
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -362,9 +380,9 @@ class AuditWriter:
     def checkpoint(self, reason: str = "manual") -> int:
         """Append a signed checkpoint now; returns its seq."""
         with self._lock:
-            if self._closed or not self._started:
+            if not self._ledger.open:
                 raise AuditUnavailable("the audit log is not open")
-            wake = not self._queue
+            wake = not self._ledger.queue
             seq = self._checkpoint_locked(reason)
         if wake:
             self._wake.set()
@@ -374,27 +392,30 @@ class AuditWriter:
         with self._lock:
             return {
                 "instance": self.instance, "sink": self.sink.kind, "healthy": self._error is None,
-                "error": self._error, "seq": self._chain.seq, "durable_seq": self._durable,
-                "backlog": self._chain.seq - self._durable, "segment": self._segment,
+                "error": self._error, "seq": self._chain.seq,
+                "durable_seq": self._ledger.durable,
+                "backlog": self._chain.seq - self._ledger.durable, "segment": self._segment,
                 "durability": self.options.durability,
                 "signing_key_id": self.signer.key_id if self.signer else None,
             }
 
     # -- under the lock ---------------------------------------------------------------------
 
-    def _push_locked(self, sealed: Sealed) -> None:
-        self._queue.append(sealed)
-        self._segment_bytes += len(sealed.line)
-        self._segment_records += 1
-        self._since_checkpoint += 1
+    def _due_locked(self) -> None:
+        """A checkpoint by count or a rotation by size is due (the ledger calls it)."""
+        ledger = self._ledger
+        if 0 < ledger.checkpoint_every <= ledger.since_checkpoint:
+            self._checkpoint_locked("count")
+        if 0 < ledger.segment_limit <= ledger.segment_bytes:
+            self._rotate_locked("size")
 
     def _checkpoint_locked(self, reason: str, *, final: bool = False) -> int:
         chain = self._chain
         sealed = chain.seal({"type": "checkpoint", "head_seq": chain.seq,
                              "head_hash": chain.head, "final": final, "reason": reason},
                             signer=self.signer, sign=True)
-        self._push_locked(sealed)
-        self._since_checkpoint = 0
+        self._ledger.push(sealed)
+        self._ledger.since_checkpoint = 0
         self._last_checkpoint = self._clock()
         return sealed.seq
 
@@ -402,8 +423,7 @@ class AuditWriter:
                              torn: int = 0) -> None:
         chain = self._chain
         self._segment = n
-        self._segment_bytes = 0
-        self._segment_records = 0
+        self._ledger.segment_bytes = self._ledger.segment_records = 0
         self._segment_opened = self._clock()
         header: dict[str, Any] = {
             "type": "segment", "segment": n, "reason": reason, "sink": self.sink.kind,
@@ -414,7 +434,7 @@ class AuditWriter:
             header["torn_bytes"] = torn
         sealed = chain.seal(header)
         self._rotations[sealed.seq] = n
-        self._push_locked(sealed)
+        self._ledger.push(sealed)
 
     def _rotate_locked(self, reason: str) -> None:
         self._checkpoint_locked("rotation")
@@ -439,13 +459,13 @@ class AuditWriter:
         target = self._chain.seq
         if self._fsync or self._error is not None:
             self._wake.set()  # the thread syncs (or retries); the caller waits for it
-            return self._durable >= target
+            return self._ledger.durable >= target
         with self._io_lock:
             if self._error is not None or self._carry:
                 self._wake.set()
-                return self._durable >= target
+                return self._ledger.durable >= target
             with self._lock:
-                work, self._queue = self._queue, []
+                work = self._ledger.take()
                 if self._rotations:
                     self._io_rotations.update(self._rotations)
                     self._rotations = {}
@@ -454,7 +474,7 @@ class AuditWriter:
                 if done < len(work):
                     self._carry.extend(work[done:])  # the thread retries them
                     self._wake.set()
-        return self._durable >= target
+        return self._ledger.durable >= target
 
     def _run(self) -> None:
         carry = self._carry
@@ -478,9 +498,8 @@ class AuditWriter:
             self._io_lock.acquire()
         self._wake.clear()
         with self._lock:
-            if self._queue:
-                carry.extend(self._queue)
-                self._queue = []
+            if self._ledger.queue:
+                carry.extend(self._ledger.take())
             if self._rotations:
                 rotations.update(self._rotations)
                 self._rotations = {}
@@ -496,7 +515,7 @@ class AuditWriter:
             return False
         if not carry:
             with self._lock:
-                return not self._queue
+                return not self._ledger.queue
         return False
 
     def _next_timer(self, backlog: bool) -> float:
@@ -505,9 +524,10 @@ class AuditWriter:
         if self._error is not None and backlog:
             due.append(self._retry_at)
         # Only timers that would do something: an idle writer sleeps (an append wakes it).
-        if self.options.checkpoint_seconds and self._since_checkpoint:
+        if self.options.checkpoint_seconds and self._ledger.since_checkpoint:
             due.append(self._last_checkpoint + self.options.checkpoint_seconds)
-        if self.sink.segments and self.options.segment_seconds and self._segment_records > 1:
+        if (self.sink.segments and self.options.segment_seconds
+                and self._ledger.segment_records > 1):
             due.append(self._segment_opened + self.options.segment_seconds)
         return max(0.0, min(due) - now)
 
@@ -517,11 +537,12 @@ class AuditWriter:
             if self._closed:
                 return
             added = False
-            if (opts.checkpoint_seconds and self._since_checkpoint
+            if (opts.checkpoint_seconds and self._ledger.since_checkpoint
                     and now - self._last_checkpoint >= opts.checkpoint_seconds):
                 self._checkpoint_locked("interval")
                 added = True
-            if (self.sink.segments and opts.segment_seconds and self._segment_records > 1
+            if (self.sink.segments and opts.segment_seconds
+                    and self._ledger.segment_records > 1
                     and now - self._segment_opened >= opts.segment_seconds):
                 self._rotate_locked("time")
                 added = True
@@ -559,7 +580,7 @@ class AuditWriter:
     def _advance(self, seq: int) -> None:
         ready: list[tuple[asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         with self._lock:  # _cond's own lock, without Condition's Python-level enter/exit
-            self._durable = seq
+            self._ledger.durable = seq
             waiters = self._waiters
             while waiters and waiters[0][0] <= seq:
                 _, _, fut, loop = heapq.heappop(waiters)
@@ -590,7 +611,7 @@ class AuditWriter:
             self._error = None
             self._cond.notify_all()
         logs.warning("audit.recovered", instance=self.instance, sink=self.sink.kind,
-                     durable_seq=self._durable)
+                     durable_seq=self._ledger.durable)
         self._notify(True, None)
 
     def _notify(self, healthy: bool, error: str | None) -> None:

@@ -1,0 +1,268 @@
+"""The audit writer's ledger: its compiled class (`gateway/audit/_seal.c`) against the
+reference (`gateway.audit.ledger.Ledger`), and the writer built on it.
+
+Both must give the same answers (seq, 0 for a value no hole holds, -1 when refused), move
+the chain and the counts the same way, queue lines that are the template's canonical
+bytes chained onto the previous record, call ``on_due`` under the lock exactly when a
+checkpoint or rotation is due, and leave everything as it was when they refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.audit import AuditUnavailable, AuditWriter, WriterOptions, generate_keypair
+from gateway.audit import ledger as ledger_mod
+from gateway.audit.canonical import GENESIS
+from gateway.audit.chain import Chain, Sealed, seal_filled
+from gateway.audit.checkpoint import Signer, load_public_key
+from gateway.audit.filesink import FileSink
+from gateway.audit.template import RecordTemplate, TemplateCache, TemplateMismatch
+from gateway.audit.verify import verify_dir
+
+KINDS = ["python"] + (["compiled"] if ledger_mod._native is not None else [])
+
+
+def statement(rows: Any = 0) -> dict[str, Any]:
+    return {"type": "statement", "session": "s1", "outcome": "allowed", "rows": rows,
+            "decision_seq": 1, "note": "100% of \"it\" — ünïcode"}
+
+
+def make(kind: str, *, chain: Chain | None = None, every: int = 0, limit: int = 0,
+         backlog: int = 1000, on_due: Any = None) -> tuple[Any, Chain, threading.Lock]:
+    chain = chain or Chain("gw1")
+    lock = threading.Lock()
+    ledger = ledger_mod.new_ledger(chain, lock, on_due or (lambda: None), max_backlog=backlog,
+                                   checkpoint_every=every, segment_limit=limit,
+                                   compiled=kind == "compiled")
+    assert (type(ledger) is ledger_mod.Ledger) == (kind == "python")
+    ledger.open = True
+    return ledger, chain, lock
+
+
+def template(chain: Chain, **fields: Any) -> RecordTemplate:
+    tpl = chain.template({**statement(), **fields}, ("rows", "decision_seq"))
+    assert tpl is not None
+    return tpl
+
+
+def assert_chained(queue: list[Sealed], values: list[tuple[Any, ...]], tpl: RecordTemplate,
+                   prev: str = GENESIS) -> None:
+    """Each line is the template's bytes with its values, chained onto the one before."""
+    for sealed, vals in zip(queue, values, strict=True):
+        line, digest = seal_filled(prev, tpl.fill(sealed.seq, prev, sealed.ts, vals))
+        assert sealed.line == line and sealed.hash == digest
+        assert (sealed.type, sealed.session) == ("statement", "s1")
+        prev = digest
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_append_seals_queues_and_counts(kind: str) -> None:
+    ledger, chain, _ = make(kind)
+    tpl = template(chain)
+    assert [ledger.append(tpl, (i, 7)) for i in range(3)] == [1, 2, 3]
+    queue = ledger.take()
+    assert ledger.queue == [] and isinstance(queue[0], Sealed)
+    assert_chained(queue, [(i, 7) for i in range(3)], tpl)
+    assert (chain.seq, chain.head) == (3, queue[-1].hash)
+    assert ledger.segment_records == ledger.since_checkpoint == 3
+    assert ledger.segment_bytes == sum(len(s.line) for s in queue)
+    json.loads(queue[0].line)  # a JSON line
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [-1, 10**12, 4111111111111111, 1.5, "7", b"7", [1]])
+def test_a_value_no_hole_holds_appends_nothing(kind: str, bad: Any) -> None:
+    ledger, chain, lock = make(kind)
+    tpl = template(chain)
+    ledger.append(tpl, (1, 1))
+    before = (chain.seq, chain.head, len(ledger.queue), ledger.segment_bytes)
+    assert ledger.append(tpl, (bad, 1)) == 0
+    assert ledger.append(tpl, (1,)) == 0  # too few values
+    assert (chain.seq, chain.head, len(ledger.queue), ledger.segment_bytes) == before
+    assert not lock.locked()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_it_refuses_when_closed_or_the_backlog_is_full(kind: str) -> None:
+    ledger, chain, lock = make(kind, backlog=2)
+    tpl = template(chain)
+    assert ledger.append(tpl, (0, 0)) == 1 and ledger.append(tpl, (0, 0)) == 2
+    assert ledger.append(tpl, (0, 0)) == -1  # two records are not durable
+    assert chain.seq == 2 and len(ledger.queue) == 2
+    ledger.durable = 1
+    assert ledger.append(tpl, (0, 0)) == 3
+    ledger.open = False
+    ledger.durable = 3
+    assert ledger.append(tpl, (0, 0)) == -1 and chain.seq == 3
+    assert not lock.locked()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_due_runs_under_the_lock_when_a_checkpoint_or_rotation_is_due(kind: str) -> None:
+    calls: list[tuple[int, bool]] = []
+    holder: dict[str, Any] = {}
+
+    def on_due() -> None:
+        led, lock = holder["ledger"], holder["lock"]
+        calls.append((led.since_checkpoint, lock.locked()))
+        if led.since_checkpoint >= 3:
+            led.since_checkpoint = 0  # what the writer's checkpoint does
+
+    ledger, chain, lock = make(kind, every=3, on_due=on_due)
+    holder.update(ledger=ledger, lock=lock)
+    tpl = template(chain)
+    for i in range(7):
+        ledger.append(tpl, (i, 0))
+    assert calls == [(3, True), (3, True)]
+    assert ledger.since_checkpoint == 1
+
+    calls.clear()
+    ledger, chain, lock = make(kind, limit=1, on_due=on_due)  # any record fills a segment
+    holder.update(ledger=ledger, lock=lock)
+    ledger.append(template(chain), (0, 0))
+    assert calls == [(1, True)] and ledger.due
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_error_in_on_due_propagates_with_the_lock_released(kind: str) -> None:
+    def on_due() -> None:
+        raise RuntimeError("boom")
+
+    ledger, chain, lock = make(kind, every=1, on_due=on_due)
+    with pytest.raises(RuntimeError, match="boom"):
+        ledger.append(template(chain), (0, 0))
+    assert not lock.locked()
+    assert chain.seq == 1 and len(ledger.queue) == 1  # the record itself was appended
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_template_of_another_chain_is_refused(kind: str) -> None:
+    ledger, _, lock = make(kind)
+    other = template(Chain("gw2"))
+    with pytest.raises(ValueError, match="another chain"):
+        ledger.append(other, (0, 0))
+    assert not lock.locked() and ledger.queue == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_push_queues_a_record_sealed_elsewhere(kind: str) -> None:
+    ledger, chain, _ = make(kind)
+    sealed = chain.seal(statement())
+    ledger.push(sealed)
+    assert ledger.queue == [sealed]
+    assert (ledger.segment_bytes, ledger.segment_records) == (len(sealed.line), 1)
+    with pytest.raises((TypeError, AttributeError)):
+        ledger.push(("not", "sealed"))
+    assert ledger.queue == [sealed]
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.one_of(st.integers(0, 10**12 + 5), st.none(),
+                                           st.booleans(), st.just(-3), st.just(2.5))),
+    st.tuples(st.just("durable"), st.integers(0, 40)),
+    st.tuples(st.just("open"), st.booleans()),
+    st.tuples(st.just("take"), st.none()),
+), max_size=40)
+
+
+@pytest.mark.skipif(len(KINDS) < 2, reason="the compiled ledger is not built")
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, every=st.integers(0, 4), limit=st.sampled_from([0, 500, 2000]),
+       backlog=st.integers(1, 12))
+def test_the_compiled_ledger_answers_as_the_reference(ops: list[tuple[str, Any]], every: int,
+                                                      limit: int, backlog: int) -> None:
+    sides = []
+    for kind in KINDS:
+        due: list[int] = []
+        holder: dict[str, Any] = {}
+
+        def on_due(due: list[int] = due, holder: dict[str, Any] = holder) -> None:
+            led = holder["ledger"]
+            due.append(led.chain.seq)
+            if 0 < led.checkpoint_every <= led.since_checkpoint:
+                led.since_checkpoint = 0
+            if 0 < led.segment_limit <= led.segment_bytes:
+                led.segment_bytes = led.segment_records = 0
+
+        ledger, chain, _ = make(kind, every=every, limit=limit, backlog=backlog,
+                                on_due=on_due)
+        holder["ledger"] = ledger
+        tpl = template(chain)
+        answers: list[Any] = []
+        appended: list[Sealed] = []
+        values: list[tuple[Any, ...]] = []
+        for op, arg in ops:
+            if op == "append":
+                got = ledger.append(tpl, (arg, 3))
+                answers.append(got)
+                if got > 0:
+                    values.append((arg, 3))
+            elif op == "durable":
+                ledger.durable = min(arg, chain.seq)
+            elif op == "open":
+                ledger.open = arg
+            else:
+                appended.extend(ledger.take())
+        appended.extend(ledger.take())
+        assert_chained(appended, values, tpl)
+        sides.append((answers, due, [s.seq for s in appended], chain.seq,
+                      ledger.segment_records, ledger.since_checkpoint, ledger.durable))
+    assert sides[0] == sides[1]
+
+
+# -- the writer on it --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_templated_records_cross_checkpoints_and_segments_and_verify(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kind == "python":
+        monkeypatch.setattr(ledger_mod, "_native", None)
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    logs = tmp_path / "log"
+    w = AuditWriter(FileSink(logs, "gw1"), instance="gw1",
+                    signer=Signer.from_pem_file(tmp_path / "k.pem"),
+                    options=WriterOptions(checkpoint_every=7, checkpoint_seconds=0,
+                                          segment_bytes=4096))
+    w.start()
+    cache = TemplateCache(w)
+    for i in range(60):
+        seq = cache.append("statement", lambda i=i: statement(i), ("rows",), (i,), wake=False)
+        assert seq == w.head[0] or w.head[0] > seq  # a checkpoint may follow it
+        if i % 9 == 0:
+            assert w.write_through()
+    assert w.close()
+    lines = [json.loads(x) for f in sorted(logs.glob("audit-gw1-*.jsonl"))
+             for x in f.read_text().splitlines()]
+    assert [r["rows"] for r in lines if r["type"] == "statement"] == list(range(60))
+    reasons = [r["reason"] for r in lines if r["type"] == "checkpoint"]
+    assert reasons.count("count") >= 3 and reasons.count("rotation") >= 3
+    assert len(list(logs.glob("audit-gw1-*.jsonl"))) >= 5
+    report = verify_dir(logs, load_public_key(tmp_path / "k.pub"))
+    assert report.ok, report.problem
+
+
+def test_a_refused_fill_says_why(tmp_path: Path) -> None:
+    w = AuditWriter(FileSink(tmp_path, "gw1"), instance="gw1",
+                    options=WriterOptions(max_backlog=3, checkpoint_every=0,
+                                          checkpoint_seconds=0))
+    w.start()  # its segment header is one record not yet durable
+    cache = TemplateCache(w)
+    cache.append("k", statement, ("rows",), (1,), wake=False)
+    assert cache.fill("k", (2,), wake=False) == 3
+    with pytest.raises(AuditUnavailable, match="3 records wait for the sink"):
+        cache.fill("k", (3,), wake=False)
+    assert w.write_through()
+    assert cache.fill("k", (3,), wake=False) == 4
+    with pytest.raises(TemplateMismatch):
+        w.append_template(cache._templates["k"][1], (-1,))
+    assert w.close()
+    with pytest.raises(AuditUnavailable, match="not open"):
+        cache.fill("k", (4,), wake=False)
