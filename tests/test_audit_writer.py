@@ -339,3 +339,45 @@ def test_settings_open_a_writer_per_worker(tmp_path: Path, key: Path) -> None:
         AuditSettings(dir=tmp_path, sink="postgres")
     with pytest.raises(AuditError, match="durability"):
         open_audit(AuditSettings(dir=tmp_path, durability="never"))
+
+
+_PARTIAL_BATCH = textwrap.dedent("""
+    import json, os, resource, signal, sys
+    from pathlib import Path
+    from gateway.audit.chain import Chain
+    from gateway.audit.filesink import FileSink
+
+    d = Path(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit stops short
+    sink = FileSink(d, "gw1")
+    sink.acquire()
+    sink.open_segment(1)
+    chain = Chain("gw1")
+    batch = [chain.seal({"type": "statement", "rows": i, "note": "x" * 300}) for i in range(6)]
+    want = b"".join(s.line for s in batch)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(want) // 2 + 7, hard))  # mid-record
+    out = {}
+    try:
+        sink.write(batch)
+    except OSError as exc:
+        out["error"] = exc.strerror
+    out["written"] = (d / "audit-gw1-000001.jsonl").stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    sink.write(batch)  # the same batch again: from the first unwritten byte on
+    sink.close()
+    out["whole"] = (d / "audit-gw1-000001.jsonl").read_bytes() == want
+    print(json.dumps(out))
+""")
+
+
+def test_a_batch_cut_short_resumes_at_the_first_unwritten_byte(tmp_path: Path) -> None:
+    """Several records in one gathered write that the disk stops part-way: the retry of
+    the same batch writes the rest once, so the file holds every line exactly once."""
+    proc = subprocess.run([sys.executable, "-c", _PARTIAL_BATCH, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 < out["written"] < 6 * 300
+    assert out["whole"]

@@ -28,6 +28,7 @@ __all__ = ["SEGMENT_RE", "FileSink", "list_segments", "segment_name"]
 SEGMENT_RE = re.compile(r"^audit-(?P<instance>[A-Za-z0-9._-]+)-(?P<n>\d{6,})\.jsonl$")
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TAIL_CHUNK = 64 * 1024
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 def segment_name(instance: str, n: int) -> str:
@@ -181,18 +182,21 @@ class FileSink:
     def write(self, batch: Sequence[Sealed]) -> None:
         if self._fd is None:
             raise AuditError("no open audit segment")
-        data = b"".join([s.line for s in batch])
+        lines = [s.line for s in batch]
         first = batch[0].seq
         done = self._partial[1] if self._partial and self._partial[0] == first else 0
         if not done:
-            try:
-                done = os.write(self._fd, data)  # the usual case: all of it at once
+            try:  # the usual case: all of it at once, gathered from the lines themselves
+                # (joining them first would copy every record once more, at 25 MB/s)
+                done = os.writev(self._fd, lines) if len(lines) <= _IOV_MAX else \
+                    os.write(self._fd, b"".join(lines))
             except BaseException:
                 self._partial = (first, 0)
                 raise
-            if done == len(data):
+            if done == sum(map(len, lines)):
                 self._partial = None
                 return
+        data = b"".join(lines)
         view = memoryview(data)
         try:
             while done < len(data):

@@ -157,13 +157,19 @@ class AuditWriter:
         self._wake = threading.Event()
         self._chain = Chain(instance)
         # the chain's head, the queue, the durable seq and the counts: see ledger.py
-        self._ledger = new_ledger(
+        self.ledger = new_ledger(
             self._chain, self._lock, self._due_locked, max_backlog=self.options.max_backlog,
             checkpoint_every=self.options.checkpoint_every,
             segment_limit=self.options.segment_bytes if sink.segments else 0)
         # seq of a segment's header record -> the segment it opens (before it is written)
         self._rotations: dict[int, int] = {}
         self._error: str | None = None
+        # Plain attributes, not properties: the gate reads them once per statement.
+        # Whether the sink writes now (no error); and whether write_through() writes on
+        # the caller's thread now (durability: os and healthy): a record appended now
+        # can be made durable later, at once, without waiting. (_set_error keeps them.)
+        self.healthy = True
+        self.writes_through = not self._fsync
         self._retry_at = 0.0
         self._waiters: list[tuple[int, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         self._tiebreak = itertools.count()
@@ -201,13 +207,13 @@ class AuditWriter:
         with self._lock:
             if state is not None:
                 self._chain.seq, self._chain.head = state.seq, state.hash
-                self._ledger.durable = state.seq
+                self.ledger.durable = state.seq
             n = state.next_segment if state is not None else 1
             self._last_checkpoint = now
             self._open_segment_locked(n, "start", previous=state.previous_segment if state
                                       else None, torn=state.torn_bytes if state else 0)
             self._started = True
-            self._ledger.open = True
+            self.ledger.open = True
         self._thread = threading.Thread(target=self._run, name=f"audit-{self.instance}",
                                         daemon=True)
         self._thread.start()
@@ -224,7 +230,7 @@ class AuditWriter:
                 return True
             self._checkpoint_locked("shutdown", final=True)
             self._closed = True
-            self._ledger.open = False
+            self.ledger.open = False
             self._stopping = True
             target = self._chain.seq
             deadline = self._clock() + (self.options.close_timeout if timeout is None
@@ -238,7 +244,7 @@ class AuditWriter:
                 self.sink.close()
             except Exception as exc:  # closing never raises into shutdown
                 logs.error("audit.close_failed", instance=self.instance, error=str(exc))
-        lost = target - self._ledger.durable
+        lost = target - self.ledger.durable
         if lost > 0:
             logs.error("audit.records_lost", instance=self.instance, records=lost,
                        error=self._error)
@@ -252,16 +258,12 @@ class AuditWriter:
     # -- the hot path --------------------------------------------------------------------
 
     @property
-    def healthy(self) -> bool:
-        return self._error is None
-
-    @property
     def error(self) -> str | None:
         return self._error
 
     @property
     def durable_seq(self) -> int:
-        return self._ledger.durable
+        return self.ledger.durable
 
     @property
     def head(self) -> tuple[int, str]:
@@ -282,7 +284,7 @@ class AuditWriter:
         records nothing waits on, so a busy loop does not hand every one to the thread.
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
-        ledger = self._ledger
+        ledger = self.ledger
         with self._lock:
             if not ledger.open or self._chain.seq - ledger.durable >= ledger.max_backlog:
                 raise self._refusal()
@@ -305,7 +307,7 @@ class AuditWriter:
         """:meth:`append` for a record made from `template` with `values` in its holes
         (see :mod:`gateway.audit.template`): the same line, a fraction of the work.
         Raises TemplateMismatch (nothing appended) when a value does not fit a hole."""
-        seq = self._ledger.append(template, values)
+        seq = self.ledger.append(template, values)
         if seq <= 0:
             if seq == 0:
                 raise TemplateMismatch("a value does not fit the template's holes")
@@ -319,7 +321,7 @@ class AuditWriter:
         """The ledger's own append, for callers that take its ``0`` and ``-1`` answers
         themselves (:class:`~gateway.audit.template.TemplateCache`): the writer thread is
         not woken."""
-        return self._ledger.append
+        return self.ledger.append
 
     def wake(self) -> None:
         """Have the writer thread write what is queued."""
@@ -328,14 +330,14 @@ class AuditWriter:
 
     def _refusal(self) -> AuditUnavailable:
         """Why an append was refused: the log is not open, or the backlog is full."""
-        ledger = self._ledger
+        ledger = self.ledger
         if not ledger.open:
             return AuditUnavailable("the audit log is not open")
         backlog = self._chain.seq - ledger.durable
         return AuditUnavailable(self._error or f"{backlog} records wait for the sink")
 
     def is_durable(self, seq: int) -> bool:
-        return seq <= self._ledger.durable
+        return seq <= self.ledger.durable
 
     def wait_durable(self, seq: int) -> asyncio.Future[None]:
         """A future of the running loop, done when record `seq` is durable; it fails with
@@ -343,7 +345,7 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if seq <= self._ledger.durable:
+            if seq <= self.ledger.durable:
                 fut.set_result(None)
             elif self._error is not None:
                 fut.set_exception(AuditUnavailable(self._error))
@@ -353,7 +355,7 @@ class AuditWriter:
 
     async def append_durable(self, record: Mapping[str, Any]) -> int:
         seq = self.append(record)
-        if seq > self._ledger.durable:
+        if seq > self.ledger.durable:
             await self.wait_durable(seq)
         return seq
 
@@ -367,7 +369,7 @@ class AuditWriter:
             target = self._chain.seq
             self._flushing += 1
             try:
-                while self._ledger.durable < target:
+                while self.ledger.durable < target:
                     if self._error is not None:
                         raise AuditUnavailable(self._error)
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -380,9 +382,9 @@ class AuditWriter:
     def checkpoint(self, reason: str = "manual") -> int:
         """Append a signed checkpoint now; returns its seq."""
         with self._lock:
-            if not self._ledger.open:
+            if not self.ledger.open:
                 raise AuditUnavailable("the audit log is not open")
-            wake = not self._ledger.queue
+            wake = not self.ledger.queue
             seq = self._checkpoint_locked(reason)
         if wake:
             self._wake.set()
@@ -393,8 +395,8 @@ class AuditWriter:
             return {
                 "instance": self.instance, "sink": self.sink.kind, "healthy": self._error is None,
                 "error": self._error, "seq": self._chain.seq,
-                "durable_seq": self._ledger.durable,
-                "backlog": self._chain.seq - self._ledger.durable, "segment": self._segment,
+                "durable_seq": self.ledger.durable,
+                "backlog": self._chain.seq - self.ledger.durable, "segment": self._segment,
                 "durability": self.options.durability,
                 "signing_key_id": self.signer.key_id if self.signer else None,
             }
@@ -403,7 +405,7 @@ class AuditWriter:
 
     def _due_locked(self) -> None:
         """A checkpoint by count or a rotation by size is due (the ledger calls it)."""
-        ledger = self._ledger
+        ledger = self.ledger
         if 0 < ledger.checkpoint_every <= ledger.since_checkpoint:
             self._checkpoint_locked("count")
         if 0 < ledger.segment_limit <= ledger.segment_bytes:
@@ -414,8 +416,8 @@ class AuditWriter:
         sealed = chain.seal({"type": "checkpoint", "head_seq": chain.seq,
                              "head_hash": chain.head, "final": final, "reason": reason},
                             signer=self.signer, sign=True)
-        self._ledger.push(sealed)
-        self._ledger.since_checkpoint = 0
+        self.ledger.push(sealed)
+        self.ledger.since_checkpoint = 0
         self._last_checkpoint = self._clock()
         return sealed.seq
 
@@ -423,7 +425,7 @@ class AuditWriter:
                              torn: int = 0) -> None:
         chain = self._chain
         self._segment = n
-        self._ledger.segment_bytes = self._ledger.segment_records = 0
+        self.ledger.segment_bytes = self.ledger.segment_records = 0
         self._segment_opened = self._clock()
         header: dict[str, Any] = {
             "type": "segment", "segment": n, "reason": reason, "sink": self.sink.kind,
@@ -434,7 +436,7 @@ class AuditWriter:
             header["torn_bytes"] = torn
         sealed = chain.seal(header)
         self._rotations[sealed.seq] = n
-        self._ledger.push(sealed)
+        self.ledger.push(sealed)
 
     def _rotate_locked(self, reason: str) -> None:
         self._checkpoint_locked("rotation")
@@ -442,13 +444,6 @@ class AuditWriter:
         self._open_segment_locked(self._segment + 1, reason, previous=previous)
 
     # -- the writer thread ---------------------------------------------------------------
-
-    @property
-    def writes_through(self) -> bool:
-        """Whether :meth:`write_through` writes on the caller's thread now (``durability:
-        os`` and a healthy sink): a record appended now can be made durable later, at
-        once, without waiting."""
-        return not self._fsync and self._error is None
 
     def write_through(self) -> bool:
         """Write what is queued now on the caller's thread (an event loop), instead of
@@ -459,13 +454,13 @@ class AuditWriter:
         target = self._chain.seq
         if self._fsync or self._error is not None:
             self._wake.set()  # the thread syncs (or retries); the caller waits for it
-            return self._ledger.durable >= target
+            return self.ledger.durable >= target
         with self._io_lock:
             if self._error is not None or self._carry:
                 self._wake.set()
-                return self._ledger.durable >= target
+                return self.ledger.durable >= target
             with self._lock:
-                work = self._ledger.take()
+                work = self.ledger.take()
                 if self._rotations:
                     self._io_rotations.update(self._rotations)
                     self._rotations = {}
@@ -474,7 +469,7 @@ class AuditWriter:
                 if done < len(work):
                     self._carry.extend(work[done:])  # the thread retries them
                     self._wake.set()
-        return self._ledger.durable >= target
+        return self.ledger.durable >= target
 
     def _run(self) -> None:
         carry = self._carry
@@ -498,8 +493,8 @@ class AuditWriter:
             self._io_lock.acquire()
         self._wake.clear()
         with self._lock:
-            if self._ledger.queue:
-                carry.extend(self._ledger.take())
+            if self.ledger.queue:
+                carry.extend(self.ledger.take())
             if self._rotations:
                 rotations.update(self._rotations)
                 self._rotations = {}
@@ -515,7 +510,7 @@ class AuditWriter:
             return False
         if not carry:
             with self._lock:
-                return not self._ledger.queue
+                return not self.ledger.queue
         return False
 
     def _next_timer(self, backlog: bool) -> float:
@@ -524,10 +519,10 @@ class AuditWriter:
         if self._error is not None and backlog:
             due.append(self._retry_at)
         # Only timers that would do something: an idle writer sleeps (an append wakes it).
-        if self.options.checkpoint_seconds and self._ledger.since_checkpoint:
+        if self.options.checkpoint_seconds and self.ledger.since_checkpoint:
             due.append(self._last_checkpoint + self.options.checkpoint_seconds)
         if (self.sink.segments and self.options.segment_seconds
-                and self._ledger.segment_records > 1):
+                and self.ledger.segment_records > 1):
             due.append(self._segment_opened + self.options.segment_seconds)
         return max(0.0, min(due) - now)
 
@@ -537,12 +532,12 @@ class AuditWriter:
             if self._closed:
                 return
             added = False
-            if (opts.checkpoint_seconds and self._ledger.since_checkpoint
+            if (opts.checkpoint_seconds and self.ledger.since_checkpoint
                     and now - self._last_checkpoint >= opts.checkpoint_seconds):
                 self._checkpoint_locked("interval")
                 added = True
             if (self.sink.segments and opts.segment_seconds
-                    and self._ledger.segment_records > 1
+                    and self.ledger.segment_records > 1
                     and now - self._segment_opened >= opts.segment_seconds):
                 self._rotate_locked("time")
                 added = True
@@ -580,7 +575,7 @@ class AuditWriter:
     def _advance(self, seq: int) -> None:
         ready: list[tuple[asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         with self._lock:  # _cond's own lock, without Condition's Python-level enter/exit
-            self._ledger.durable = seq
+            self.ledger.durable = seq
             waiters = self._waiters
             while waiters and waiters[0][0] <= seq:
                 _, _, fut, loop = heapq.heappop(waiters)
@@ -594,7 +589,7 @@ class AuditWriter:
         reason = _describe(exc)
         with self._cond:
             first = self._error is None
-            self._error = reason
+            self._set_error(reason)
             self._retry_at = self._clock() + self.options.retry_seconds
             failed = [(fut, loop) for _, _, fut, loop in self._waiters]
             self._waiters = []
@@ -608,11 +603,16 @@ class AuditWriter:
 
     def _recover(self) -> None:
         with self._cond:
-            self._error = None
+            self._set_error(None)
             self._cond.notify_all()
         logs.warning("audit.recovered", instance=self.instance, sink=self.sink.kind,
-                     durable_seq=self._ledger.durable)
+                     durable_seq=self.ledger.durable)
         self._notify(True, None)
+
+    def _set_error(self, reason: str | None) -> None:
+        self._error = reason
+        self.healthy = reason is None
+        self.writes_through = reason is None and not self._fsync
 
     def _notify(self, healthy: bool, error: str | None) -> None:
         if self.on_health is not None:

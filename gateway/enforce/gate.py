@@ -81,6 +81,10 @@ _Decided = tuple[StatementInfo, Decision, dict[str, Any], str, "str | None"]
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
 _SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
 _REPEATS_MAX = 256  # per session, and per table
+# a tag in one C call, not through the NamedTuple's Python constructor: once per statement
+_new_tag = tuple.__new__
+# `replaced` of a batch forwarded as it came (read only: one shared dict, not one per batch)
+_NONE_REPLACED: dict[int, bytes] = {}
 _REPEAT_TEXT_MAX = 4096  # per session: at most ~2 MB of kept texts
 
 
@@ -210,6 +214,8 @@ class StatementGate:
         self.audit = audit
         self.audit_ctx = audit_ctx
         self._templates = TemplateCache(audit) if audit is not None else None
+        # where the writer says how far records are durable (read once per statement)
+        self._ledger = audit.ledger if audit is not None else None
         self._last_seq = 0
         # Whether every statement the batch at hand decided is an allowed read that changes
         # nothing (_changes_nothing): then its records may be written once its answers come
@@ -271,7 +277,7 @@ class StatementGate:
             if not verdict.tags and self.audit is None:
                 return raw  # nothing follows it to its results, no record to wait for
             self._admit(0, _Q, None, sql, verdict, {})
-            return self._finish_batch(raw, frames, {}, relay)
+            return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
         return self._review(raw, frames, relay, catalog)
 
     async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
@@ -383,7 +389,7 @@ class StatementGate:
         out = raw if not replaced else b"".join(
             replaced.get(i) or frame(bytes([t]), b) for i, (t, b) in enumerate(frames))
         audit = self.audit
-        if audit is not None and self._last_seq and not audit.is_durable(self._last_seq):
+        if audit is not None and self._last_seq > self._ledger.durable:  # type: ignore[union-attr]
             if self._reads_only and audit.writes_through:
                 # Reads change nothing but their results: their records (with whatever
                 # else is queued by then, every session's) are written when the first
@@ -606,7 +612,7 @@ class StatementGate:
         if seq is None:
             seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
-        return StatementTag(None, seq, now, record.command)
+        return _new_tag(StatementTag, (None, seq, now, record.command, False))
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
@@ -778,11 +784,12 @@ class StatementGate:
         repeat = kept_by_shape(frames[0][1], self._by_shape, "simple")
         if repeat is None:
             return None
-        if self.audit is None:
+        audit = self.audit
+        if audit is None:
             self._reuse(repeat)  # (kept with no audit trail, an allow has no tags: no plan)
             return raw
         record = repeat.record
-        if record is None or not self.audit.healthy:
+        if record is None or not audit.healthy:
             return None
         self._reuse(repeat)
         try:  # by shape: the record's redacted text is this text's (the same key)
@@ -791,14 +798,18 @@ class StatementGate:
             self._reads_only = False  # (as _decide_sql's own failure)
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
         self._plans[0] = [tag]
-        self._reads_only = record.deferrable
-        return self._finish_batch(raw, frames, {}, relay)
+        self._reads_only = deferrable = record.deferrable
+        if deferrable and audit.writes_through:  # _finish_batch's answer, in fewer steps
+            relay.before_release = self._write_due
+            return raw
+        return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
 
     def _write_due(self) -> bool:
         """Write the decision records appended so far, before answers go to the client:
         False when they cannot be written now (the relay then fails closed)."""
         audit = self.audit
-        return audit is None or audit.is_durable(self._last_seq) or audit.write_through()
+        return audit is None or self._last_seq <= self._ledger.durable or \
+            audit.write_through()  # type: ignore[union-attr]
 
     def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
         # (at debug level every decision is logged: no shortcut)

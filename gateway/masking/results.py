@@ -18,8 +18,7 @@ at all (`needs_rows` is False): unmasked results cost no per-row work.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
@@ -66,10 +65,10 @@ _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.co
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
 
 
-@dataclass(slots=True)
-class StatementTag:
+class StatementTag(NamedTuple):
     """What the gateway knows about one decided statement while its results stream: how
-    to mask them, and which audit record decided it."""
+    to mask them, and which audit record decided it. (A tuple: one is made per statement,
+    and the gate makes it with ``tuple.__new__``, without a Python-level constructor.)"""
 
     plan: MaskPlan | None = None
     decision_seq: int | None = None

@@ -332,17 +332,20 @@ class StreamScanner:
     still has to decide.
     """
 
-    __slots__ = ("_ctx", "_held", "ends", "hits")
+    __slots__ = ("_ctx", "_held", "ends", "hits", "returned_held")
 
     def __init__(self) -> None:
         self._ctx = b""  # original bytes already returned, for context only
         self._held = b""  # original bytes not returned yet
         self.hits = 0
         self.ends: list[int] = []
+        #: how many bytes the last feed() returned ahead of its chunk's (held from before)
+        self.returned_held = 0
 
     def feed(self, chunk: bytes) -> bytes:
         if self.ends:
             self.ends = []
+        self.returned_held = len(self._held)
         if not chunk:
             return b""
         if not self._held:
@@ -371,10 +374,6 @@ class StreamScanner:
         self._ctx = data[max(0, cut - _CONTEXT):cut]
         self._held = data[cut:]
         return out[base:cut]
-
-    def held(self) -> int:
-        """How many bytes are held back (the next output starts with them)."""
-        return len(self._held)
 
     def holding(self) -> bool:
         """True while bytes are held back (the output so far stops short of the input)."""

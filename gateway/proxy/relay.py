@@ -59,6 +59,8 @@ _TERMINATE = b"X\0\0\0\4"
 # A statement's result ended: its tag, the message that ended it (type, body), the values
 # masked per protected column, and the safety-net hits in its bytes.
 OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int], None]
+# the masked-value counts of a statement the relay followed itself: none (read only)
+_NONE_MASKED: dict[str, int] = {}
 
 
 class Gate(Protocol):
@@ -311,7 +313,7 @@ class Relay:
                 elif self._quiet_tag is not None and mtype in QUERY_ENDS:  # (not Z: above)
                     # as ResultMasker ends it: nothing masked; after its end, an error
                     # (at commit) is the string's, not the statement's
-                    self._ended.append((end, self._quiet_tag, mtype, body, {}))
+                    self._ended.append((end, self._quiet_tag, mtype, body, _NONE_MASKED))
                     self._quiet_tag = None
             elif results is not None:
                 shown = True
@@ -356,10 +358,17 @@ class Relay:
         safety = self.safety
         if safety is not None:
             hits = safety.hits
-            held = safety.held() if self._ended else 0  # returned ahead of this buffer's bytes
             forward = safety.feed(forward)
-            if self._ended:
-                self._report_ended(swaps, held, safety.ends)
+            ended = self._ended
+            if ended and not safety.ends and not self._carried_hits:
+                # the usual case (no safety-net hit to place): _report_ended, in fewer steps
+                self._ended = []
+                deliver = self._on_result
+                if deliver is not None:
+                    for _, tag, mtype, body, counts in ended:
+                        deliver(tag, mtype, body, counts, 0)
+            elif ended:
+                self._report_ended(swaps, safety.returned_held, safety.ends)
             if self.safety_error and safety.hits != hits:
                 logs.warning("session.safety_net_stop", session=self.session_id)
                 self._stop_on_pan()
@@ -389,6 +398,10 @@ class Relay:
         ended, self._ended = self._ended, []
         deliver = self._on_result
         if not ended or deliver is None:
+            return
+        if not hit_ends and not self._carried_hits:  # the usual case: no hit to place
+            for _, tag, mtype, body, counts in ended:
+                deliver(tag, mtype, body, counts, 0)
             return
         i, n = 0, len(hit_ends)
         for at, tag, mtype, body, counts in ended:

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
@@ -400,22 +401,28 @@ class Session:
             return
         sqlstate = error = None
         rows = None
-        if mtype == 0x45:  # ErrorResponse
-            err = be.decode_backend(mtype, body)
-            sqlstate = getattr(err, "code", None)
-            error = getattr(err, "message", None)
-            outcome = "error"
-        elif mtype == 0x43:  # CommandComplete
+        if mtype == 0x43 and not masked:  # CommandComplete, nothing masked: the usual end
             rows = records.rows_from_complete(body)
-            outcome = "masked" if masked else "allowed"
-        elif mtype == SKIPPED:  # an earlier error: the server never ran it
-            outcome = "skipped"
-        elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
-            outcome = "unfinished"
-        else:  # EmptyQueryResponse, PortalSuspended
-            outcome = "masked" if masked else "allowed"
-        values = sum(masked.values()) if masked else 0
-        self.totals.count(outcome, rows=rows, masked_values=values)
+            outcome = "allowed"
+            values = 0
+            self.totals.count_allowed(rows)
+        else:
+            if mtype == 0x45:  # ErrorResponse
+                err = be.decode_backend(mtype, body)
+                sqlstate = getattr(err, "code", None)
+                error = getattr(err, "message", None)
+                outcome = "error"
+            elif mtype == 0x43:  # CommandComplete
+                rows = records.rows_from_complete(body)
+                outcome = "masked"
+            elif mtype == SKIPPED:  # an earlier error: the server never ran it
+                outcome = "skipped"
+            elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
+                outcome = "unfinished"
+            else:  # EmptyQueryResponse, PortalSuspended
+                outcome = "masked" if masked else "allowed"
+            values = sum(masked.values()) if masked else 0
+            self.totals.count(outcome, rows=rows, masked_values=values)
         templates = self._templates
         duration = round((time.perf_counter() - tag.started) * 1e6) if tag.started else None
         # goes out with the next decision's write (or within a second): wake=False
@@ -425,9 +432,11 @@ class Session:
                        tuple(sorted(masked)) if masked else ())
                 holes = (tag.decision_seq, rows, values, duration)
                 if templates.fill(key, holes, wake=False) is None:  # a new shape: built once
-                    templates.append(key, lambda: self._statement_record(
-                        tag, outcome, sqlstate, rows, masked, 0, error, duration),
-                        _STATEMENT_HOLES, holes, wake=False)
+                    # (partial, not a lambda: a closure would make cells of these
+                    # variables on every call, hit or miss)
+                    build = partial(self._statement_record, tag, outcome, sqlstate, rows,
+                                    masked, 0, error, duration)
+                    templates.append(key, build, _STATEMENT_HOLES, holes, wake=False)
                 return
         except (AuditError, AuditUnavailable) as e:
             logs.error("audit.append_failed", session=self.id, error=str(e))
