@@ -266,3 +266,21 @@ def test_a_refused_fill_says_why(tmp_path: Path) -> None:
     assert w.close()
     with pytest.raises(AuditUnavailable, match="not open"):
         cache.fill("k", (4,), wake=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fill_appends_only_the_template_held_for_that_key_and_pin(kind: str) -> None:
+    ledger, chain, lock = make(kind, backlog=3)
+    tpl, pin, other = template(chain), object(), object()
+    templates: dict[Any, tuple[object, RecordTemplate | None]] = {
+        "k": (pin, tpl), "none": (pin, None)}
+    assert ledger.fill(templates, "missing", (1, 1), pin) == 0
+    assert ledger.fill(templates, "k", (1, 1), other) == 0  # another object's entry
+    assert ledger.fill(templates, "none", (1, 1), pin) == 0  # a shape with no template
+    assert ledger.fill(templates, "k", (-1, 1), pin) == 0  # a value no hole holds
+    assert chain.seq == 0 and ledger.queue == []
+    assert [ledger.fill(templates, "k", (i, 2), pin) for i in range(4)] == [1, 2, 3, -1]
+    assert_chained(ledger.take(), [(i, 2) for i in range(3)], tpl)
+    with pytest.raises((TypeError, AttributeError)):
+        ledger.fill([], "k", (1, 1), pin)
+    assert not lock.locked()

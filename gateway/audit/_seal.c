@@ -627,6 +627,33 @@ ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(r == 1 ? seq : r == 2 ? 0 : -1);
 }
 
+/* fill(templates, key, values, pin): TemplateCache.fill's hit, in one call. `templates`
+ * maps key -> (pin, template or None). Returns the seq, 0 when there is no template of
+ * `key` for `pin` or a value does not fit (nothing appended: the caller takes the
+ * Python path, which builds the record), -1 when refused. */
+static PyObject *
+ledger_fill(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fill(templates: dict, key, values: tuple, pin)");
+        return NULL;
+    }
+    PyObject *entry = PyDict_GetItemWithError(args[0], args[1]); /* borrowed */
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyLong_FromLong(0);
+    }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            PyTuple_GET_ITEM(entry, 0) != args[3] || PyTuple_GET_ITEM(entry, 1) == Py_None)
+        return PyLong_FromLong(0);
+    PyObject *call[2] = {PyTuple_GET_ITEM(entry, 1), args[2]};
+    Py_INCREF(entry); /* the template must outlive a dict change made meanwhile */
+    PyObject *seq = ledger_append(self, call, 2);
+    Py_DECREF(entry);
+    return seq;
+}
+
 static PyObject *
 ledger_push(Ledger *self, PyObject *item)
 {
@@ -684,6 +711,9 @@ ledger_get_chain(Ledger *self, void *closure)
 static PyMethodDef ledger_methods[] = {
     {"append", (PyCFunction)(void (*)(void))ledger_append, METH_FASTCALL,
      "append(template, values) -> seq, 0 (a value does not fit) or -1 (refused)"},
+    {"fill", (PyCFunction)(void (*)(void))ledger_fill, METH_FASTCALL,
+     "fill(templates, key, values, pin) -> seq, 0 (no template, or a value does not fit) "
+     "or -1 (refused)"},
     {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
     {"take", (PyCFunction)ledger_take, METH_NOARGS, "take() -> the queue, left empty"},
     {NULL, NULL, 0, NULL},

@@ -44,6 +44,8 @@ class LedgerLike(Protocol):
     @property
     def due(self) -> bool: ...
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int: ...
+    def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
+             values: tuple[Any, ...], pin: object) -> int: ...
     def push(self, sealed: Sealed) -> None: ...
     def take(self) -> list[Sealed]: ...
 
@@ -89,6 +91,16 @@ class Ledger:
             if self.due:
                 self._on_due()
             return sealed.seq
+
+    def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
+             values: tuple[Any, ...], pin: object) -> int:
+        """:meth:`append` of the template `templates` holds for `key` and `pin` (see
+        :meth:`TemplateCache.fill <gateway.audit.template.TemplateCache.fill>`); ``0`` also
+        when it holds none."""
+        entry = templates.get(key)
+        if entry is None or entry[0] is not pin or entry[1] is None:
+            return 0
+        return self.append(entry[1], values)
 
     def push(self, sealed: Sealed) -> None:
         """Queue and count a record sealed by the caller (under the lock)."""

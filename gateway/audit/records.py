@@ -198,12 +198,6 @@ class SessionTotals:
         self.masked_values += masked_values
         self.safety_net_hits += safety_net_hits
 
-    def count_allowed(self, rows: int | None) -> None:
-        """:meth:`count` of an ``allowed`` statement with nothing masked."""
-        self.statements += 1
-        self.allowed += 1
-        self.rows += rows or 0
-
     def to_dict(self) -> dict[str, int]:
         return {"statements": self.statements, "allowed": self.allowed, "denied": self.denied,
                 "masked": self.masked, "held": self.held, "errors": self.errors,

@@ -26,6 +26,7 @@ import operator
 import secrets
 import string
 from collections.abc import Callable, Hashable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -120,13 +121,19 @@ class TemplateCache:
     session the same shape (e.g. a statement digest and its decision). Bounded: it
     starts afresh when full, which costs one ordinary encoding per shape."""
 
-    __slots__ = ("_append", "_max", "_templates", "writer")
+    __slots__ = ("_max", "_templates", "quick", "writer")
 
     def __init__(self, writer: AuditWriter, max_size: int = 256) -> None:
         self.writer = writer
-        self._append = writer.append_compiled  # a hit is this one call
         self._max = max_size
         self._templates: dict[Hashable, tuple[object, RecordTemplate | None]] = {}
+        #: ``quick(key, values, pin)``: :meth:`fill` in one call (the writer's ledger's
+        #: ``fill`` on this cache's dict): the seq, else ``0`` (no template of `key` for
+        #: `pin`, or a value that does not fit) or ``-1`` (refused); the writer thread is
+        #: not woken. The callers of a statement's records take it first, :meth:`append`
+        #: when it gives no seq (which builds the record, or raises why it was refused).
+        self.quick: Callable[[Hashable, tuple[Any, ...], object], int] = partial(
+            writer.ledger.fill, self._templates)
 
     def append(self, key: Hashable, build: Callable[[], Mapping[str, Any]],
                holes: tuple[str, ...] = (), values: tuple[Any, ...] = (),
@@ -162,14 +169,11 @@ class TemplateCache:
         """:meth:`append` when `key` has a template and `values` fit it; else None, with
         nothing appended: the caller that has not built its record yet (the usual case
         is a hit) builds it only then."""
-        entry = self._templates.get(key)
-        if entry is None or entry[0] is not pin or entry[1] is None:
-            return None
-        seq = self._append(entry[1], values)
+        seq = self.quick(key, values, pin)
         if seq > 0:
             if wake:
                 self.writer.wake()
             return seq
-        if seq == 0:  # a value that does not fit
+        if seq == 0:  # no template, or a value that does not fit
             return None
-        return self.writer.append_template(entry[1], values, wake=wake)  # raises: why refused
+        raise self.writer.refusal()

@@ -287,7 +287,7 @@ class AuditWriter:
         ledger = self.ledger
         with self._lock:
             if not ledger.open or self._chain.seq - ledger.durable >= ledger.max_backlog:
-                raise self._refusal()
+                raise self.refusal()
             sealed = self._chain.seal(record)
             ledger.push(sealed)
             if ledger.due:
@@ -311,24 +311,17 @@ class AuditWriter:
         if seq <= 0:
             if seq == 0:
                 raise TemplateMismatch("a value does not fit the template's holes")
-            raise self._refusal()
+            raise self.refusal()
         if wake and not self._wake.is_set():
             self._wake.set()
         return seq
-
-    @property
-    def append_compiled(self) -> Callable[[RecordTemplate, tuple[Any, ...]], int]:
-        """The ledger's own append, for callers that take its ``0`` and ``-1`` answers
-        themselves (:class:`~gateway.audit.template.TemplateCache`): the writer thread is
-        not woken."""
-        return self.ledger.append
 
     def wake(self) -> None:
         """Have the writer thread write what is queued."""
         if not self._wake.is_set():
             self._wake.set()
 
-    def _refusal(self) -> AuditUnavailable:
+    def refusal(self) -> AuditUnavailable:
         """Why an append was refused: the log is not open, or the backlog is full."""
         ledger = self.ledger
         if not ledger.open:

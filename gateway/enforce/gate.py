@@ -608,8 +608,8 @@ class StatementGate:
         templates = self._templates
         assert templates is not None
         now = time.perf_counter()
-        seq = templates.fill(record.key, pin=record.decision, wake=False)
-        if seq is None:
+        seq = templates.quick(record.key, (), record.decision)
+        if seq <= 0:  # no template yet, or refused: append builds it, or raises why
             seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
         return _new_tag(StatementTag, (None, seq, now, record.command, False))

@@ -187,12 +187,20 @@ class Relay:
         if results is not None:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
             one_query = len(sent) == 1 and sent[0][0] == _Q
+            # One statement with an audit record to complete and nothing to mask, sent
+            # while nothing is pending: the relay can follow it to its end itself.
+            alone = None
+            if one_query and len(tags) == 1 and not self._quiet and self._on_result is not None:
+                statements = tags.get(0)
+                if statements is not None and len(statements) == 1:
+                    alone = statements[0]
+                    if alone is not None and (alone.plan is not None or alone.internal):
+                        alone = None
             if one_query and not tags and (self._quiet or results.empty()):
                 self._quiet += 1  # answered by one ReadyForQuery, ahead of anything else
-            elif one_query and not self._quiet and self._followed_alone(tags) \
-                    and results.empty():
+            elif alone is not None and results.empty():
                 self._quiet = 1
-                self._quiet_tag = tags[0][0]
+                self._quiet_tag = alone
                 if self._watching < WATCH_ENDS:  # its end: CommandComplete, EmptyQuery, Error
                     self._observe(WATCH_ENDS)
             else:
@@ -206,17 +214,6 @@ class Relay:
             self.upstream.write(out)
         if terminate:
             self._finish("client terminated")
-
-    def _followed_alone(self, tags: dict[int, Any]) -> bool:
-        """Whether the tags of a one-Query batch are one statement's with an audit record
-        to complete and nothing to mask: the relay can follow it to its end itself."""
-        if self._on_result is None or len(tags) != 1:
-            return False
-        statements = tags.get(0)
-        if statements is None or len(statements) != 1:
-            return False
-        tag = statements[0]
-        return tag is not None and tag.plan is None and not tag.internal
 
     def _hand_over(self, results: ResultMasker) -> None:
         """Give `results` the counted batches, ahead of what is forwarded next: the first

@@ -405,7 +405,10 @@ class Session:
             rows = records.rows_from_complete(body)
             outcome = "allowed"
             values = 0
-            self.totals.count_allowed(rows)
+            totals = self.totals  # (SessionTotals.count of this outcome, in fewer steps)
+            totals.statements += 1
+            totals.allowed += 1
+            totals.rows += rows or 0
         else:
             if mtype == 0x45:  # ErrorResponse
                 err = be.decode_backend(mtype, body)
@@ -431,7 +434,8 @@ class Session:
                 key = ("statement", tag.command, outcome, sqlstate,
                        tuple(sorted(masked)) if masked else ())
                 holes = (tag.decision_seq, rows, values, duration)
-                if templates.fill(key, holes, wake=False) is None:  # a new shape: built once
+                if templates.quick(key, holes, None) <= 0:  # a new shape (built once), or
+                    # refused: append builds it, or raises why
                     # (partial, not a lambda: a closure would make cells of these
                     # variables on every call, hit or miss)
                     build = partial(self._statement_record, tag, outcome, sqlstate, rows,
