@@ -19,6 +19,12 @@
  * pick has no value (too few values), or prev/ts is not ASCII: the caller takes the
  * Python path, which names the problem.
  * The line is body[:-1] + ',"hash":"' + digest + '"}\n' with digest = sha256(prev+body).
+ *
+ * Ledger: gateway.audit.ledger.Ledger compiled, the audit writer's hot state. Its
+ * append(template, values) takes the writer's lock, seals as above with the time now,
+ * moves the chain, queues a Sealed and counts it; fill(templates, key, values, pin) is
+ * TemplateCache.fill's hit (the dict lookup and pin check first). A statement's two
+ * records are two such calls. tests/test_audit_ledger.py holds it to the Python class.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
