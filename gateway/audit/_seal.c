@@ -388,31 +388,25 @@ typedef struct {
 
 static PyObject *str_seq, *str_head, *str_parts, *str_instance;
 
+/* Every object a Ledger holds, listed once for traverse and clear. */
+#define LEDGER_OBJECTS(X) \
+    X(chain) X(queue) X(sealed) X(sha256) X(acquire) X(release) X(on_due) X(instance)
+
 static int
 ledger_traverse(Ledger *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->chain);
-    Py_VISIT(self->queue);
-    Py_VISIT(self->sealed);
-    Py_VISIT(self->sha256);
-    Py_VISIT(self->acquire);
-    Py_VISIT(self->release);
-    Py_VISIT(self->on_due);
-    Py_VISIT(self->instance);
+#define VISIT_ONE(member) Py_VISIT(self->member);
+    LEDGER_OBJECTS(VISIT_ONE)
+#undef VISIT_ONE
     return 0;
 }
 
 static int
 ledger_clear(Ledger *self)
 {
-    Py_CLEAR(self->chain);
-    Py_CLEAR(self->queue);
-    Py_CLEAR(self->sealed);
-    Py_CLEAR(self->sha256);
-    Py_CLEAR(self->acquire);
-    Py_CLEAR(self->release);
-    Py_CLEAR(self->on_due);
-    Py_CLEAR(self->instance);
+#define CLEAR_ONE(member) Py_CLEAR(self->member);
+    LEDGER_OBJECTS(CLEAR_ONE)
+#undef CLEAR_ONE
     return 0;
 }
 
@@ -696,24 +690,6 @@ ledger_get_due(Ledger *self, void *closure)
     return PyBool_FromLong(ledger_due(self));
 }
 
-static PyObject *
-ledger_get_queue(Ledger *self, void *closure)
-{
-    (void)closure;
-    if (self->queue == NULL)
-        Py_RETURN_NONE;
-    return Py_NewRef(self->queue);
-}
-
-static PyObject *
-ledger_get_chain(Ledger *self, void *closure)
-{
-    (void)closure;
-    if (self->chain == NULL)
-        Py_RETURN_NONE;
-    return Py_NewRef(self->chain);
-}
-
 static PyMethodDef ledger_methods[] = {
     {"append", (PyCFunction)(void (*)(void))ledger_append, METH_FASTCALL,
      "append(template, values) -> seq, 0 (a value does not fit) or -1 (refused)"},
@@ -734,13 +710,14 @@ static PyMemberDef ledger_members[] = {
     {"segment_records", T_LONGLONG, offsetof(Ledger, segment_records), 0, NULL},
     {"since_checkpoint", T_LONGLONG, offsetof(Ledger, since_checkpoint), 0, NULL},
     {"open", T_BOOL, offsetof(Ledger, open), 0, NULL},
+    /* (T_OBJECT: None before __init__) */
+    {"queue", T_OBJECT, offsetof(Ledger, queue), READONLY, NULL},
+    {"chain", T_OBJECT, offsetof(Ledger, chain), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef ledger_getset[] = {
     {"due", (getter)ledger_get_due, NULL, NULL, NULL},
-    {"queue", (getter)ledger_get_queue, NULL, NULL, NULL},
-    {"chain", (getter)ledger_get_chain, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
