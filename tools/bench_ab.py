@@ -1,0 +1,146 @@
+"""Two builds of pgwarden under the same pgbench load, taking turns: gateway CPU per
+transaction.
+
+    python tools/bench_ab.py 8c44bbe                  # that commit against the working tree
+    python tools/bench_ab.py A B --mode pol --protocol extended --runs 3
+
+`bench.py`'s ratios move between runs of one build by as much as a change moves them:
+the machine's other work lands on whichever target runs at the time. Comparing two
+builds per transaction is steadier. One PostgreSQL serves both; each build's gateway
+(one worker, TLS, the starter policy; `--mode audit` also records every statement) gets
+`--rounds` pgbench runs, the builds alternating `--runs` times. What is reported is the
+gateway's CPU time (utime + stime of its processes, /proc) per transaction, and TPS.
+
+A ref other than ``.`` (the working tree) is checked out into a temporary `git worktree`
+and its C modules are built in place; each gateway is checked to run that build's code.
+Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
+
+REPO = bench.REPO_ROOT
+
+
+def checkout(stack: contextlib.ExitStack, ref: str) -> Path:
+    """The source tree of `ref`, with its C modules built (``.``: the working tree)."""
+    if ref == ".":
+        return REPO
+    where = Path(tempfile.mkdtemp(prefix="bench-ab-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(where),
+                    ref], check=True)
+    stack.callback(subprocess.run, ["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                    str(where)], check=False)
+    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()",
+                    "build_ext", "--inplace", "-q"], cwd=where, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return where
+
+
+def tree_cpu(pid: int) -> int:
+    """Clock ticks of CPU used by `pid` and its children (every thread)."""
+    total, pids = 0, [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    for p in pids:
+        for task in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def runs_tree(pid: int, tree: Path) -> bool:
+    """Whether the gateway `pid` (or its workers) imported its code from `tree`."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = [pid] + [int(p) for p in f.read().split()]
+    for p in pids:
+        with open(f"/proc/{p}/maps") as f:
+            if str(tree / "gateway") in f.read():
+                return True
+    return False
+
+
+def measure(pg: bench.EmbeddedPostgres, password: str, tree: Path,
+            args: argparse.Namespace) -> list[tuple[float, float]]:
+    """(TPS, gateway µs of CPU per transaction) of each round on `tree`'s gateway."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)  # the gateway subprocess imports this tree
+    try:
+        with contextlib.ExitStack() as stack:
+            gw, target = bench.start_gateway(stack, pg, password, 1, 3600,
+                                             args.mode != "relay", args.mode == "audit")
+            assert gw.proc is not None
+            if tree != REPO and not os.environ.get("PGWARDEN_PURE_PYTHON") \
+                    and not runs_tree(gw.proc.pid, tree):
+                raise SystemExit(f"the gateway did not load its C modules from {tree}")
+            bench.run_pgbench(target, args.protocol, args.clients, 2)  # warm-up
+            out = []
+            for _ in range(args.rounds):
+                before = tree_cpu(gw.proc.pid)
+                done = subprocess.run(bench.pgbench_cmd(target, args.protocol, args.clients,
+                                                        args.duration),
+                                      env=target.env, capture_output=True, text=True)
+                used = tree_cpu(gw.proc.pid) - before
+                tps = bench.parse_pgbench(done.stdout)[0]
+                out.append((tps, used / os.sysconf("SC_CLK_TCK") / (tps * args.duration) * 1e6))
+            return out
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", help="a git ref, or . for the working tree")
+    p.add_argument("head", nargs="?", default=".", help="default: the working tree")
+    p.add_argument("--mode", choices=("relay", "pol", "audit"), default="audit")
+    p.add_argument("--protocol", choices=("simple", "extended", "prepared"), default="simple")
+    p.add_argument("--runs", type=int, default=2, help="turns per build")
+    p.add_argument("--rounds", type=int, default=3, help="pgbench runs per turn")
+    p.add_argument("--duration", type=int, default=8, help="seconds per pgbench run")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--scale", type=int, default=10)
+    args = p.parse_args()
+    password = secrets.token_urlsafe(18)
+    with contextlib.ExitStack() as stack:
+        trees = {ref: checkout(stack, ref) for ref in (args.base, args.head)}
+        print(f"[ab] starting PostgreSQL (scale {args.scale})", file=sys.stderr)
+        pg = bench.start_postgres(stack, password, args.scale)
+        results: dict[str, list[tuple[float, float]]] = {ref: [] for ref in trees}
+        for turn in range(args.runs):
+            for ref, tree in trees.items():
+                print(f"[ab] {ref}: turn {turn + 1}/{args.runs}", file=sys.stderr)
+                results[ref] += measure(pg, password, tree, args)
+    print(f"pgbench -S -M {args.protocol} -c {args.clients}, gateway mode {args.mode}, "
+          f"{args.runs} turn(s) x {args.rounds} round(s) of {args.duration} s per build")
+    medians = {}
+    for ref, rounds in results.items():
+        medians[ref] = statistics.median(us for _, us in rounds)
+        tps = statistics.median(t for t, _ in rounds)
+        each = " ".join(f"{us:.1f}" for _, us in rounds)
+        print(f"  {ref:12s} {medians[ref]:6.1f} µs/txn (median; rounds: {each})  "
+              f"TPS {tps:,.0f}")
+    base, head = medians[args.base], medians[args.head]
+    print(f"  {args.head} - {args.base}: {head - base:+.1f} µs per transaction "
+          f"({(head - base) / base:+.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
