@@ -6,12 +6,14 @@ roles that authenticate over TCP with SCRAM, md5 and trust respectively.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -34,6 +36,17 @@ from gateway.devtools.sample_data import PAYMENTS_SCHEMA  # noqa: E402
 # ---------------------------------------------------------------------------------------------
 
 PAYMENTS_DB = "payments"
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module (tools/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"pgwarden_tool_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 class MemoryTransport:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_ab.py"
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def ab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pgwarden_bench_ab", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_ab")
 
 
 def test_tree_cpu_counts_this_process_and_its_threads(ab: ModuleType) -> None:
