@@ -58,9 +58,9 @@ write_decimal(long long x, arg_t *a)
     a->data = p;
 }
 
-/* An integer in [low, 10**12) written as decimal digits. 1 on success, 0 when it is not. */
+/* An integer in [0, 10**12) written as decimal digits. 1 on success, 0 when it is not. */
 static int
-int_arg(PyObject *v, long long low, arg_t *a)
+int_arg(PyObject *v, arg_t *a)
 {
     int overflow = 0;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
@@ -68,7 +68,7 @@ int_arg(PyObject *v, long long low, arg_t *a)
         PyErr_Clear();
         return 0;
     }
-    if (overflow || x < low || x >= INT_LIMIT)
+    if (overflow || x < 0 || x >= INT_LIMIT)
         return 0;
     write_decimal(x, a);
     return 1;
@@ -78,7 +78,7 @@ static int
 value_arg(PyObject *v, arg_t *a)
 {
     if (PyLong_CheckExact(v))
-        return int_arg(v, 0, a);
+        return int_arg(v, a);
     if (v == Py_None) {
         a->data = "null";
         a->len = 4;
@@ -353,12 +353,15 @@ seal(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!OOOO!O:seal", &PyTuple_Type, &chunks, &PyTuple_Type,
                           &picks, &seq, &prev, &ts, &PyTuple_Type, &values, &sha256))
         return NULL;
-    arg_t n;
-    if (!PyLong_CheckExact(seq) || !int_arg(seq, 1, &n))
+    if (!PyLong_CheckExact(seq))
+        Py_RETURN_NONE;
+    int overflow = 0;
+    const long long n = PyLong_AsLongLongAndOverflow(seq, &overflow);
+    if (overflow || n < 1 || n >= INT_LIMIT)
         Py_RETURN_NONE; /* seq must be in (0, 10**12) */
     PyObject *line, *digest, *stamp;
-    const int r = seal_parts(chunks, picks, PyLong_AsLongLong(seq), prev, ts, values, sha256,
-                             &line, &digest, &stamp);
+    const int r = seal_parts(chunks, picks, n, prev, ts, values, sha256, &line, &digest,
+                             &stamp);
     if (r < 0)
         return NULL;
     if (r == 0)

@@ -292,8 +292,8 @@ class AuditWriter:
             ledger.push(sealed)
             if ledger.due:
                 self._due_locked()
-        if wake and not self._wake.is_set():
-            self._wake.set()
+        if wake:
+            self.wake()
         return sealed.seq
 
     def template(self, record: Mapping[str, Any], holes: tuple[str, ...] = ()
@@ -312,8 +312,8 @@ class AuditWriter:
             if seq == 0:
                 raise TemplateMismatch("a value does not fit the template's holes")
             raise self.refusal()
-        if wake and not self._wake.is_set():
-            self._wake.set()
+        if wake:
+            self.wake()
         return seq
 
     def wake(self) -> None:

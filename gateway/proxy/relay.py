@@ -396,10 +396,6 @@ class Relay:
         deliver = self._on_result
         if not ended or deliver is None:
             return
-        if not hit_ends and not self._carried_hits:  # the usual case: no hit to place
-            for _, tag, mtype, body, counts in ended:
-                deliver(tag, mtype, body, counts, 0)
-            return
         i, n = 0, len(hit_ends)
         for at, tag, mtype, body, counts in ended:
             shifted = at + held
