@@ -26,6 +26,16 @@ def test_tree_cpu_counts_this_process_and_its_threads(ab: ModuleType) -> None:
     assert 0.2 <= used <= 2.0
 
 
+def test_machine_cpu_counts_busy_time_not_idle_time(ab: ModuleType) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    assert ab.machine_cpu("cpu  1 20 300 4000 50000 600000 7000000 8 9 10\n") == 7600321
+    start = ab.machine_cpu()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert (ab.machine_cpu() - start) / os.sysconf("SC_CLK_TCK") >= 0.2
+
+
 def test_the_working_tree_needs_no_checkout_and_is_told_apart(ab: ModuleType,
                                                              tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:

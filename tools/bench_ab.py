@@ -63,6 +63,16 @@ def tree_cpu(pid: int) -> int:
     return total
 
 
+def machine_cpu(stat: str | None = None) -> int:
+    """Clock ticks the whole machine spent busy (all CPUs, /proc/stat's first line, or
+    `stat`): also what the gateway makes others do, such as the writeback of its log."""
+    if stat is None:
+        with open("/proc/stat") as f:
+            stat = f.readline()
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.split()[1:8])
+    return user + nice + system + irq + softirq
+
+
 def runs_tree(pid: int, tree: Path) -> bool:
     """Whether the gateway `pid` (or its workers) imported its code from `tree`."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -75,8 +85,9 @@ def runs_tree(pid: int, tree: Path) -> bool:
 
 
 def measure(pg: bench.EmbeddedPostgres, password: str, tree: Path,
-            args: argparse.Namespace) -> list[tuple[float, float]]:
-    """(TPS, gateway µs of CPU per transaction) of each round on `tree`'s gateway."""
+            args: argparse.Namespace) -> list[tuple[float, float, float]]:
+    """(TPS, gateway µs of CPU per transaction, the machine's) of each round on `tree`'s
+    gateway."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree)  # the gateway subprocess imports this tree
     try:
@@ -90,13 +101,14 @@ def measure(pg: bench.EmbeddedPostgres, password: str, tree: Path,
             bench.run_pgbench(target, args.protocol, args.clients, 2)  # warm-up
             out = []
             for _ in range(args.rounds):
-                before = tree_cpu(gw.proc.pid)
+                before, machine = tree_cpu(gw.proc.pid), machine_cpu()
                 done = subprocess.run(bench.pgbench_cmd(target, args.protocol, args.clients,
                                                         args.duration),
                                       env=target.env, capture_output=True, text=True)
-                used = tree_cpu(gw.proc.pid) - before
+                used, busy = tree_cpu(gw.proc.pid) - before, machine_cpu() - machine
                 tps = bench.parse_pgbench(done.stdout)[0]
-                out.append((tps, used / os.sysconf("SC_CLK_TCK") / (tps * args.duration) * 1e6))
+                per_txn = 1e6 / os.sysconf("SC_CLK_TCK") / (tps * args.duration)
+                out.append((tps, used * per_txn, busy * per_txn))
             return out
     finally:
         if saved is None:
@@ -122,23 +134,26 @@ def main() -> int:
         trees = {ref: checkout(stack, ref) for ref in (args.base, args.head)}
         print(f"[ab] starting PostgreSQL (scale {args.scale})", file=sys.stderr)
         pg = bench.start_postgres(stack, password, args.scale)
-        results: dict[str, list[tuple[float, float]]] = {ref: [] for ref in trees}
+        results: dict[str, list[tuple[float, float, float]]] = {ref: [] for ref in trees}
         for turn in range(args.runs):
             for ref, tree in trees.items():
                 print(f"[ab] {ref}: turn {turn + 1}/{args.runs}", file=sys.stderr)
                 results[ref] += measure(pg, password, tree, args)
     print(f"pgbench -S -M {args.protocol} -c {args.clients}, gateway mode {args.mode}, "
           f"{args.runs} turn(s) x {args.rounds} round(s) of {args.duration} s per build")
+    print("  CPU µs per transaction, the median of the rounds (each round's in brackets)")
     medians = {}
     for ref, rounds in results.items():
-        medians[ref] = statistics.median(us for _, us in rounds)
-        tps = statistics.median(t for t, _ in rounds)
-        each = " ".join(f"{us:.1f}" for _, us in rounds)
-        print(f"  {ref:12s} {medians[ref]:6.1f} µs/txn (median; rounds: {each})  "
-              f"TPS {tps:,.0f}")
-    base, head = medians[args.base], medians[args.head]
-    print(f"  {args.head} - {args.base}: {head - base:+.1f} µs per transaction "
-          f"({(head - base) / base:+.1%})")
+        medians[ref] = statistics.median(us for _, us, _ in rounds), \
+            statistics.median(m for _, _, m in rounds)
+        tps = statistics.median(t for t, _, _ in rounds)
+        each = " ".join(f"{us:.1f}" for _, us, _ in rounds)
+        print(f"  {ref:12s} gateway {medians[ref][0]:6.1f} ({each})  "
+              f"machine {medians[ref][1]:6.1f}  TPS {tps:,.0f}")
+    for i, what in enumerate(("gateway", "machine")):
+        base, head = medians[args.base][i], medians[args.head][i]
+        print(f"  {args.head} - {args.base}, {what}: {head - base:+.1f} µs per transaction "
+              f"({(head - base) / base:+.1%})")
     return 0
 
 
