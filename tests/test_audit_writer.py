@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import io
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import logs
 from gateway.audit import (
     AuditContext,
     AuditError,
@@ -24,6 +28,7 @@ from gateway.audit import (
     load_public_key,
     records,
 )
+from gateway.audit.chain import Sealed
 from gateway.audit.filesink import FileSink
 from gateway.audit.verify import verify_dir
 
@@ -294,6 +299,103 @@ def test_checkpoints_and_rotation_by_time(tmp_path: Path, key: Path) -> None:
     assert "interval" in reasons and "rotation" in reasons and reasons[-1] == "shutdown"
     assert lines[-1]["final"] is True
     assert_verifies(tmp_path, key)
+
+
+def open_paths() -> set[str]:
+    """What this process's file descriptors point to."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def resident_pages(path: Path) -> int:
+    """Pages of `path` in the OS's page cache: mincore(2) on a mapping of it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            libc.munmap(addr, size)
+
+
+def drops_synced_pages(d: Path) -> bool:
+    """Whether `d`'s file system lets a synced file's pages go (not tmpfs, say)."""
+    probe = d / "probe"
+    probe.write_bytes(b"x" * 65536)
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    gone = resident_pages(probe) == 0
+    probe.unlink()
+    return gone
+
+
+def test_a_closed_segment_is_synced_dropped_from_the_page_cache_and_closed(
+        tmp_path: Path, key: Path) -> None:
+    logdir = tmp_path / "log"
+    w = writer(logdir, key, segment_bytes=64 * 1024, checkpoint_every=0, checkpoint_seconds=0)
+    while w.status()["segment"] < 3:
+        w.append(stmt(1), wake=False)
+        assert w.write_through()  # rotates on this thread; the writer thread retires
+    closed = [str(logdir / f"audit-gw1-{n:06d}.jsonl") for n in (1, 2)]
+    current = logdir / "audit-gw1-000003.jsonl"
+    wait_until(lambda: not set(closed) & open_paths())
+    assert str(current) in open_paths()
+    assert resident_pages(current) > 0  # what was just written is cached...
+    if drops_synced_pages(tmp_path):  # ... and what was closed is on disk, not in memory
+        assert [resident_pages(Path(p)) for p in closed] == [0, 0]
+    assert w.close()
+    assert not {str(p) for p in logdir.iterdir()} & open_paths()
+    assert_verifies(logdir, key)
+
+
+def test_closing_the_sink_retires_the_segments_it_closed(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "gw1")
+    sink.acquire()
+    sink.open_segment(1)
+    sink.write([Sealed(1, "0" * 64, b"{}\n", "", "segment", None)])
+    sink.open_segment(2)  # no writer thread here to retire segment 1 yet
+    first = str(tmp_path / "audit-gw1-000001.jsonl")
+    assert first in open_paths()
+    sink.close()
+    assert not {str(p) for p in tmp_path.iterdir()} & open_paths()
+
+
+def test_a_segment_that_cannot_be_synced_is_reported_and_closed(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "gw1")
+    r, w = os.pipe()  # fdatasync(2) of a pipe fails (EINVAL): a real error, of a real fd
+    os.close(w)
+    sink._closed.append((r, "audit-gw1-000007.jsonl"))
+    stream, saved = io.StringIO(), (logs._logger.handlers[:], logs._logger.level)
+    logs.configure("info", stream)
+    try:
+        sink.retire()
+    finally:
+        logs._logger.handlers[:], _ = saved
+        logs._logger.setLevel(saved[1])
+    line = json.loads(stream.getvalue())
+    assert line["event"] == "audit.segment_sync_failed"
+    assert line["segment"] == "audit-gw1-000007.jsonl" and line["error"]
+    with pytest.raises(OSError):
+        os.fstat(r)  # closed all the same
+    assert not sink._closed
 
 
 def test_an_idle_writer_sleeps(tmp_path: Path, key: Path) -> None:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+
+from gateway import logs
 
 from .canonical import GENESIS, chain_hash, hashed_body, parse_line
 from .chain import Sealed
@@ -108,6 +111,9 @@ class FileSink:
         self._lock_fd: int | None = None
         self._name: str | None = None
         self._partial: tuple[int, int] | None = None  # (first seq of a batch, bytes written)
+        # Segments closed by a rotation, for retire() on the writer thread. (A deque: the
+        # thread that rotates appends while the writer thread pops, without a lock.)
+        self._closed: deque[tuple[int, str]] = deque()
 
     # -- start ---------------------------------------------------------------------------
 
@@ -163,12 +169,8 @@ class FileSink:
             if path.stat().st_size != 0:
                 raise AuditError(f"{path}: segment exists already") from None
             fd = os.open(path, flags, self.file_mode)
-        if self._fd is not None:
-            try:
-                if self.fsync:
-                    os.fsync(self._fd)
-            finally:
-                os.close(self._fd)
+        if self._fd is not None:  # retire() syncs and closes it, off the caller's thread
+            self._closed.append((self._fd, self._name or "?"))
         self._fd = fd
         self._name = name
         self._partial = None
@@ -208,7 +210,25 @@ class FileSink:
         if self._fd is not None:
             os.fdatasync(self._fd)
 
+    def retire(self) -> None:
+        """Sync the segments closed since the last call and drop their pages from the OS's
+        cache, as PostgreSQL does with a finished WAL segment: a log nobody reads back
+        must not fill memory and evict what the database on the same host caches, and a
+        closed segment reaches the disk now rather than up to ~30 s later. A page is only
+        dropped once written, so nothing of the log can be lost by it. It may block for
+        as long as the disk takes: the writer thread calls it, outside the write lock."""
+        while self._closed:
+            fd, name = self._closed.popleft()
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError as e:  # the records were written (durability: os); say so loudly
+                logs.error("audit.segment_sync_failed", segment=name, error=str(e))
+            finally:
+                os.close(fd)
+
     def close(self) -> None:
+        self.retire()
         if self._fd is not None:
             try:
                 os.fsync(self._fd)

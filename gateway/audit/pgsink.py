@@ -172,6 +172,9 @@ class PgSink:
                 self._conn = None
             raise
 
+    def retire(self) -> None:
+        pass  # no segments: nothing closes before close()
+
     def sync(self) -> None:
         return None
 

@@ -96,7 +96,8 @@ class ResumeState(NamedTuple):
 
 
 class Sink(Protocol):
-    """Where lines go. Methods are called from the writer thread only (after acquire)."""
+    """Where lines go. After acquire(), by whoever holds the writer's write lock (its
+    thread, or write_through() on an event loop); retire() by the writer thread alone."""
 
     kind: str
     segments: bool  # rotate into segments (files) or not (a table)
@@ -106,6 +107,7 @@ class Sink(Protocol):
     def open_segment(self, n: int) -> None: ...
     def write(self, batch: Sequence[Sealed]) -> None: ...
     def sync(self) -> None: ...
+    def retire(self) -> None: ...  # finish with what open_segment() closed; may block
     def close(self) -> None: ...
 
 
@@ -471,6 +473,9 @@ class AuditWriter:
             try:
                 with self._io_lock:
                     stop = self._step(carry, rotations)
+                # the segments a rotation closed (here or in write_through), within a
+                # second: outside the lock, as syncing one must not hold up writes
+                self.sink.retire()
                 if stop:
                     return
             except Exception as exc:  # a bug must not end the thread silently: fail closed
