@@ -138,6 +138,41 @@ def test_every_allowed_statement_gets_an_outcome_also_when_an_error_skips_it(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_each_run_of_a_drivers_statements_ends_in_its_own_record(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    """What a driver sends for one statement (Parse, Bind, Describe, Execute, Sync; for a
+    prepared one Bind, Describe, Execute, Sync) the relay follows to its end itself: each
+    execution still gets its record, with its rows, or the error at its Bind or Execute."""
+    gw, audit_dir, pub = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         autocommit=True) as c:
+        assert c.execute("select g as run_rows from generate_series(1, %s) g",
+                         (3,)).fetchall() == [(1,), (2,), (3,)]
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            c.execute("select %s::int as run_bind_bad", ("x",))  # fails at the Bind
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select %s::int / 0 as run_exec_bad", (1,))  # ... at the Execute
+        for n in (1, 2, 3):  # prepared by the 2nd (prepare=True): then Bind, Execute
+            assert c.execute("select %s::int as run_prepared", (n,),
+                             prepare=True).fetchone() == (n,)
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+
+    def ends(column: str) -> list[tuple[str, str | None, int | None]]:
+        seqs = {r["seq"] for r in records if r["type"] == "decision"
+                and column in (r.get("sql") or "")}
+        assert seqs, column
+        return [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
+                if r["type"] == "statement" and r["decision_seq"] in seqs]
+
+    assert ends("run_rows") == [("allowed", None, 3)]
+    assert ends("run_bind_bad") == [("error", "22P02", None)]
+    assert ends("run_exec_bad") == [("error", "22012", None)]
+    assert ends("run_prepared") == [("allowed", None, 1)] * 3
+    out = pgwarden("audit", "verify", str(audit_dir), "--key", str(pub), "--live")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_a_statement_whose_parse_fails_upstream_is_recorded_as_that_error(
         audited: tuple[GatewayProcess, Path, Path]) -> None:
     """asyncpg prepares a statement (Parse, Describe, Sync) before executing it: when the

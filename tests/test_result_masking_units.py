@@ -34,7 +34,7 @@ from gateway.proxy.relay import OBSERVE
 from gateway.wire import backend as be
 from gateway.wire import frontend as fe
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.pipeline import ResponseTracker
+from gateway.wire.pipeline import RUN_REST, ResponseTracker
 
 LAST4 = ColumnMask("pan_last4", resolve("pan_last4", key=b""), "public.cards.pan")
 NULL = ColumnMask("null", resolve("null", key=b""), "public.cards.cvv")
@@ -355,6 +355,96 @@ def test_a_prepared_statements_plan_reaches_its_portals_rows() -> None:
     rm.message(ord("s"), b"")
     rm.message(ord("Z"), b"I")
     assert rm.masked_values == 2
+
+
+def run_of(*msgs: bytes) -> list[tuple[int, bytes]]:
+    return frames(*msgs, fe.Sync().encode())
+
+
+AUDITED = StatementTag(None, decision_seq=7, command="SELECT")
+
+
+def test_a_lone_extended_run_of_an_audited_statement_may_be_followed_by_its_caller() -> None:
+    rm = ResultMasker(lambda o, a: None)
+    parse, bind = fe.Parse("s1", "select 1", ()).encode(), fe.Bind("p", "s1", (), (), ())
+    assert rm.follow_alone(run_of(parse, bind.encode(), fe.Describe("P", "p").encode(),
+                                  fe.Execute("p", 0).encode()), {0: AUDITED}) is AUDITED
+    assert rm.empty()  # the caller follows it: nothing pending here
+    # registered as forwarded() would: later runs of s1 (no Parse) are its executions
+    for describe in ([], [fe.Describe("S", "s1").encode()], [fe.Describe("P", "q").encode()]):
+        assert rm.follow_alone(run_of(fe.Bind("q", "s1", (), (), ()).encode(), *describe,
+                                      fe.Execute("q", 0).encode()), {}) is AUDITED
+    rm.forwarded(run_of(fe.Execute("q", 0).encode()), {})  # and so are its portals
+    assert rm.tracker.pending()[0].tag is AUDITED
+
+
+@pytest.mark.parametrize("case", [
+    "row limit", "other portal described", "other portal executed", "other statement bound",
+    "two executes", "flush", "no sync", "masked", "internal", "no record", "unknown statement",
+    "pending", "untagged parse", "a message of the gateway's own", "malformed bind"])
+def test_anything_else_is_left_to_the_masker_and_changes_nothing(case: str) -> None:
+    rm = ResultMasker(lambda o, a: None)
+    parse = fe.Parse("s1", "select 1", ()).encode()
+    bind = fe.Bind("p", "s1", (), (), ()).encode()
+    execute = fe.Execute("p", 0).encode()
+    msgs, tag = [parse, bind, execute], AUDITED
+    if case == "row limit":
+        msgs[2] = fe.Execute("p", 10).encode()
+    elif case == "other portal described":
+        msgs.insert(2, fe.Describe("P", "other").encode())
+    elif case == "other portal executed":
+        msgs[2] = fe.Execute("other", 0).encode()
+    elif case == "other statement bound":
+        msgs[1] = fe.Bind("p", "s2", (), (), ()).encode()
+    elif case == "two executes":
+        msgs.append(execute)
+    elif case == "flush":
+        msgs.append(fe.Flush().encode())
+    elif case == "masked":
+        tag = StatementTag(plan({0: LAST4}, 1), decision_seq=7)
+    elif case == "internal":
+        tag = StatementTag(decision_seq=7, internal=True)
+    elif case == "no record":
+        tag = StatementTag(None, decision_seq=None)
+    elif case == "unknown statement":
+        msgs = msgs[1:]
+    elif case == "pending":
+        rm.forwarded(frames(fe.Query("select 1").encode()), {0: [AUDITED]})
+    elif case == "malformed bind":  # forwarded() says so, as it did before follow_alone
+        msgs[1] = b"B\0\0\0\x05p"  # an unterminated portal name
+    tags: dict[int, object] = {} if case in ("unknown statement", "untagged parse") \
+        else {0: tag}
+    if case == "a message of the gateway's own":  # (its answers are not the client's)
+        tags[2] = StatementTag(internal=True)
+    batch = frames(*msgs) if case == "no sync" else run_of(*msgs)
+    pending = rm.tracker.pending()
+    assert rm.follow_alone(batch, tags) is None
+    assert rm.tracker.pending() == pending and not rm._statements and not rm._portals
+
+
+def test_the_rest_of_a_run_takes_its_answers_and_ends_its_statement_once() -> None:
+    """What the relay hands over when it stops following a run itself: whatever answers
+    the rest of the run may come; the first end is the statement's, a later error (at
+    commit) the run's."""
+    t = ResponseTracker()
+    t.request(RUN_REST, [AUDITED])
+    answers = [t.response(ord(m)) for m in "12tTDDC"]
+    assert [(a.ends_result, a.done, a.tag) for a in answers][-1] == (True, False, AUDITED)
+    assert all(not a.ends_result and a.tag is AUDITED for a in answers[:-1])
+    late = t.response(ord("E"))
+    assert late is not None and late.ends_result and late.tag is None
+    assert t.response(ord("Z")).done and t.empty()
+    t.request(RUN_REST, [AUDITED])
+    error = t.response(ord("E"))  # the Bind failed, say: that ends the statement
+    assert error is not None and error.ends_result and error.tag is AUDITED
+    assert not t.discarding  # its Sync is part of it: ReadyForQuery follows
+    assert t.response(ord("Z")).done
+    t.request(RUN_REST, [AUDITED])  # an INSERT's: its Describe answered by NoData
+    assert [t.response(ord(m)).ends_result for m in "2nC"] == [False, False, True]
+    assert t.response(ord("Z")).done
+    t.request(RUN_REST, [AUDITED])
+    with pytest.raises(ProtocolViolation):
+        t.response(ord("s"))  # PortalSuspended: it had no row limit
 
 
 def recorder() -> tuple[ResultMasker, list[tuple[str | None, int]]]:
@@ -689,6 +779,8 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
             out.append(("E", i))
             skipping = True
         elif kind == "D":
+            if req.describe == "S":  # type: ignore[attr-defined]
+                out.append(("t", i))  # the statement's parameters first
             out.append(("T" if _unmasked(req.tag) else "n", i))  # type: ignore[attr-defined]
         elif kind == "E":
             if _unmasked(req.tag):  # type: ignore[attr-defined]
@@ -700,12 +792,13 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
 
 
 class _Unit:
-    """One statement sent by the extended protocol (Parse, Bind, [Describe], Execute)."""
+    """One statement sent by the extended protocol (Parse, Bind, [Describe], Execute), or
+    one more execution of an earlier one (Bind, [Describe], Execute)."""
 
-    def __init__(self, n: int, tag: StatementTag | None, describe: bool) -> None:
-        self.name = f"s{n}"
+    def __init__(self, name: str, tag: StatementTag | None, describe: str) -> None:
+        self.name = name
         self.tag = tag
-        self.describe = describe
+        self.describe = describe  # "", or what it describes: "P" (the portal) or "S"
 
 
 class _Query:
@@ -719,10 +812,13 @@ _Batch = tuple[list[bytes], dict[int, object]]
 
 def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
                                         list[tuple[str, int]], list[tuple[bool, int]]]:
-    """A random session: the tags of its followed statements, its batches (frames and
-    tags), the server's answers, and after each batch whether the answers sent so far
-    arrive then and in how many buffers. Batches of one untagged Query are among them."""
+    """A random session: the tags of its followed statements (once per execution), its
+    batches (frames and tags), the server's answers, and after each batch whether the
+    answers sent so far arrive then and in how many buffers. Batches of one untagged
+    Query are among them, and executions of statements parsed in earlier batches."""
     tags: list[StatementTag] = []
+    parsed: list[_Unit] = []
+    synced = True  # whether the batch before ended with a Sync
 
     def new_tag(n: int) -> StatementTag | None:
         if not data.draw(st.booleans(), "followed"):
@@ -738,8 +834,26 @@ def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
     for n in range(data.draw(st.integers(1, 6), "units")):
         frames_: list[bytes] = []
         batch_tags: dict[int, object] = {}
-        kind = data.draw(st.sampled_from(["query", "plain query", "extended"]), "kind")
-        if kind != "extended":  # a plain one: nothing follows its statements (pgbench)
+        kind = data.draw(st.sampled_from(["query", "plain query", "extended", "execute"]),
+                         "kind")
+        # A statement parsed before, in a run of its own (Bind, Execute, Sync): an error
+        # answering a Parse or Describe ends the statement and absorbs its Executes in
+        # the same run (ResultMasker._skip_after), so the run is one execution.
+        executes = kind == "execute" and bool(parsed) and synced
+        if executes:
+            earlier = data.draw(st.sampled_from(parsed), "statement")
+            u = _Unit(earlier.name, earlier.tag, data.draw(st.sampled_from(["", "P", "S"])))
+            if u.tag is not None:
+                tags.append(u.tag)
+            frames_.append(fe.Bind("", u.name, (), (), ()).encode())
+            requests.append(("B", u))
+            if u.describe:
+                frames_.append(fe.Describe(u.describe, "" if u.describe == "P" else u.name
+                                           ).encode())
+                requests.append(("D", u))
+            frames_.append(fe.Execute("", 0).encode())
+            requests.append(("E", u))
+        elif kind not in ("extended", "execute"):  # plain: nothing follows its statements
             statements = data.draw(st.integers(1, 3))
             q = _Query([new_tag(100 * n + i) if kind == "query" else None
                         for i in range(statements)],
@@ -748,17 +862,20 @@ def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
             frames_.append(fe.Query("select 1").encode())
             requests.append(("Q", q))
         else:
-            u = _Unit(n, new_tag(n), data.draw(st.booleans(), "describe"))
+            u = _Unit(f"s{n}", new_tag(n), data.draw(st.sampled_from(["", "P", "S"])))
+            parsed.append(u)
             batch_tags[0] = u.tag
             frames_ += [fe.Parse(u.name, "select 1", ()).encode(),
                         fe.Bind("", u.name, (), (), ()).encode()]
             requests += [("P", u), ("B", u)]
             if u.describe:
-                frames_.append(fe.Describe("P", "").encode())
+                frames_.append(fe.Describe(u.describe, "" if u.describe == "P" else u.name
+                                           ).encode())
                 requests.append(("D", u))
             frames_.append(fe.Execute("", 0).encode())
             requests.append(("E", u))
-        if data.draw(st.booleans(), "sync"):
+        synced = executes or data.draw(st.booleans(), "sync")
+        if synced:
             frames_.append(fe.Sync().encode())
             requests.append(("S", None))
         batches.append((frames_, {k: v for k, v in batch_tags.items() if v is not None}))
@@ -809,8 +926,10 @@ def test_every_followed_statement_ends_once_and_nothing_stays_counted(
         buffer(pending)
         assert len(rm.tracker) == 0 and rm.idle and not rm.needs_rows
         assert rm._tracked == 0 and rm._planned == 0
-        for tag in tags:  # each followed statement: one end (an error, a result or a skip)
-            assert len(ends.get(id(tag), [])) == 1, (tag.command, ends.get(id(tag)))
+        for tag in tags:  # each execution of a followed statement: one end (an error, a
+            # result or a skip)
+            runs = sum(t is tag for t in tags)
+            assert len(ends.get(id(tag), [])) == runs, (tag.command, ends.get(id(tag)))
         return ends
 
     assert run(observed=True) == run(observed=False)
@@ -887,6 +1006,7 @@ _ANSWER_BYTES = {
     "C": be.CommandComplete("SELECT 1").encode(), "Z": be.ReadyForQuery("I").encode(),
     "E": be.ErrorResponse.build("42000", "failed").encode(),
     "1": be.Simple(b"1").encode(), "2": be.Simple(b"2").encode(), "n": be.Simple(b"n").encode(),
+    "t": be.ParameterDescription(()).encode(),
 }
 
 
@@ -946,3 +1066,43 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
     assert ends == reference
     assert to_client == from_server  # nothing masked here: the bytes pass as they came
     assert forwarded == sum(len(f) for frames_, _ in batches for f in frames_)
+
+
+def test_the_relay_follows_a_lone_extended_run_itself_and_reports_its_end() -> None:
+    """A driver's one-statement run (Parse, Bind, Describe, Execute, Sync) of an audited
+    statement with nothing to mask: the relay reports its end without showing the masker
+    its answers; the next run, pipelined behind it, is handed to the masker in step."""
+    import asyncio
+
+    from gateway.proxy.endpoint import Endpoint
+    from gateway.proxy.relay import Relay
+
+    async def run() -> None:
+        ends: list[tuple[object, int, bytes]] = []
+        gate = _TaggingGate()
+        client, upstream = Endpoint(), Endpoint()
+        client.transport, upstream.transport = _Wire(), _Wire()  # type: ignore[assignment]
+        results = ResultMasker(lambda o, a: None)
+        relay = Relay("s1", client, upstream, 1 << 20, gate,  # type: ignore[arg-type]
+                      safety_net="off", results=results,
+                      on_result=lambda tag, t, b, c, h: ends.append((tag, t, b)))
+        relay.start()
+        one = b"".join((fe.Parse("", "select 1", ()).encode(),
+                        fe.Bind("", "", (), (), ()).encode(), fe.Describe("P", "").encode(),
+                        fe.Execute("", 0).encode(), fe.Sync().encode()))
+        first, second = StatementTag(None, 1, command="SELECT"), \
+            StatementTag(None, 2, command="SELECT")
+        gate.tags = {0: first}
+        relay.from_client(one)
+        assert relay._quiet_tag is first and results.empty()
+        answers = [_ANSWER_BYTES[m] for m in "12TD"]
+        relay.from_upstream(b"".join(answers))
+        gate.tags = {0: second}
+        relay.from_client(one)  # pipelined: the masker takes the rest of the first run
+        assert relay._quiet_tag is None and not results.empty()
+        relay.from_upstream(b"".join(_ANSWER_BYTES[m] for m in "CZ12TDCZ"))
+        assert [(tag, chr(t), b) for tag, t, b in ends] == [
+            (first, "C", b"SELECT 1\0"), (second, "C", b"SELECT 1\0")]
+        assert results.empty() and not relay.done.done()
+
+    asyncio.run(run())

@@ -24,7 +24,7 @@ from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import RUN, WALKED, Frame
 from gateway.wire.frontend import Close, Describe, bind_names, decode_frontend, execute_portal
-from gateway.wire.pipeline import REQUEST_TYPES, SYNCING, ResponseTracker
+from gateway.wire.pipeline import REQUEST_TYPES, RUN_REST, SYNCING, ResponseTracker
 
 from .plan import MaskPlan
 from .rows import (
@@ -60,6 +60,7 @@ _ERROR = ord("E")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
+_NO_ROW_LIMIT = b"\0\0\0\0"  # an Execute's row limit 0: all of them
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -174,7 +175,7 @@ class ResultMasker:
                     return
         for i, (t, body) in enumerate(frames):
             tag: Any = None
-            if t == _Q:
+            if t == _Q or t == RUN_REST:
                 qtags = tags.get(i)
                 if qtags is not None and qtags.count(None) != len(qtags):  # any tag
                     tag = qtags
@@ -191,9 +192,68 @@ class ResultMasker:
             elif registry and t in (_B, _D, _E, _C):
                 tag = self._registry(t, body)
             explicit = tags.get(i)
-            if explicit is not None and t not in (_Q, _P):
+            if explicit is not None and t not in (_Q, _P, RUN_REST):
                 tag = explicit  # e.g. a message the gateway added (internal)
             self._track(t, tag)
+
+    def follow_alone(self, frames: list[Frame], tags: Mapping[int, Any]) -> StatementTag | None:
+        """The tag of the one statement `frames` run, when its caller may follow that
+        statement to its end itself instead of showing this masker the answers: an
+        extended-protocol run ``[Parse,] Bind, [Describe,] Execute, Sync`` of one statement
+        with an audit record and nothing to mask (drivers send one per statement), the
+        Bind naming the statement just parsed or a registered one, the Execute its portal
+        with no row limit. Every answer up to the run's ReadyForQuery is then that
+        statement's, and its first CommandComplete, EmptyQueryResponse or error ends it,
+        as here (an error answering the Parse, Bind or Describe included).
+
+        Registers the statement and portal as :meth:`forwarded` would, and returns the
+        tag; else None, and nothing changed. Only while :meth:`empty`: the caller owes
+        this masker the rest of the run (``RUN_REST``) if it forwards anything before
+        the run's ReadyForQuery."""
+        n = len(frames)
+        if not 3 <= n <= 5 or frames[-1][0] != _SYNC or not self.empty():
+            return None
+        try:  # (a malformed message is left to forwarded(), as it was before this)
+            found = self._alone(frames, tags)
+        except ProtocolViolation:
+            return None
+        if found is None:
+            return None
+        name, portal, tag = found
+        if name is not None:
+            self._statements[name] = tag
+        self._portals[portal] = tag
+        return tag
+
+    def _alone(self, frames: list[Frame], tags: Mapping[int, Any]
+               ) -> tuple[str | None, str, StatementTag] | None:
+        """follow_alone's check: (the Parse's name or None, the portal, the tag)."""
+        n = len(frames)
+        name = _parse_name(frames[0][1]) if frames[0][0] == _P else None
+        i = 0 if name is None else 1  # the Bind
+        if frames[i][0] != _B or len(tags) != (name is not None):
+            return None
+        portal, statement = bind_names(frames[i][1])
+        if name is None:
+            tag = self._statements.get(statement)
+        elif statement == name:
+            tag = tags.get(0)
+        else:
+            return None
+        if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
+            return None
+        t, body = frames[i + 1]
+        if t == _D:
+            msg = decode_frontend(t, body)
+            assert isinstance(msg, Describe)
+            if msg.name != (portal if msg.kind == "P" else statement):
+                return None
+            i += 1
+        t, body = frames[i + 1]
+        if i + 1 != n - 2 or t != _E or execute_portal(body) != portal \
+                or body.find(b"\0") != len(body) - 5 or body[-4:] != _NO_ROW_LIMIT:
+            return None
+        return name, portal, tag
 
     def _registry(self, t: int, body: bytes) -> StatementTag | None:
         if t == _B:  # the names only: decoding the parameters cost ~5 us per Bind
@@ -310,7 +370,7 @@ class ResultMasker:
             tag = req.tag
             if tag is None:
                 continue
-            if req.type == _Q:
+            if req.type == _Q or req.type == RUN_REST:
                 if req.failed:  # its error ended the statement running, skipped the rest
                     continue
                 out += [t for t in tag[req.statement :] if t is not None and not t.internal]
@@ -323,7 +383,7 @@ class ResultMasker:
         the extended-protocol requests up to the next Sync — ends here, as skipped. An
         error answering a Parse, Bind or Describe (a constant folded at Bind, say) is the
         failure of the statement the next Execute would have run: that one ends with it."""
-        if req.type == _Q and req.tag is not None:
+        if (req.type == _Q or req.type == RUN_REST) and req.tag is not None:
             for tag in req.tag[req.statement + 1 :]:
                 self._skipped(tag)
         # A followed Parse's or Describe's error was that statement's outcome already (its
@@ -344,7 +404,7 @@ class ResultMasker:
             self._skipped_request(skipped.type, tag)
 
     def _skipped_request(self, t: int, tag: Any) -> None:
-        if t == _Q:
+        if t == _Q or t == RUN_REST:
             for one in tag:
                 self._skipped(one)
         elif t == _E:

@@ -32,7 +32,7 @@ from gateway.masking.safety_net import StreamScanner
 from gateway.wire import backend as be
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import WALKED, BackendObserver, Frame, MessageFramer
-from gateway.wire.pipeline import QUERY_ENDS, RESPONSE_TYPES, SYNCING
+from gateway.wire.pipeline import QUERY_ENDS, RESPONSE_TYPES, RUN_REST, SYNCING
 
 from .endpoint import Endpoint
 
@@ -103,6 +103,9 @@ class Relay:
         # record and nothing to mask, until its result ends: the relay reports that end
         # itself (the steady state of a session of audited repeats)
         self._quiet_tag: StatementTag | None = None
+        # ... and what is left of its batch while it has not ended: a Query (_Q), or an
+        # extended-protocol run (RUN_REST): what the masker is given if that is handed over
+        self._quiet_rest = _Q
         # Set by the gate when it forwarded a statement before its decision record was
         # written (reads: see StatementGate._finish_batch): called before any upstream
         # byte goes on to the client; False, the record cannot be written: fail closed.
@@ -188,19 +191,25 @@ class Relay:
             sent, tags = self.gate.take_tags(frames) if self.gate is not None else (frames, {})
             one_query = len(sent) == 1 and sent[0][0] == _Q
             # One statement with an audit record to complete and nothing to mask, sent
-            # while nothing is pending: the relay can follow it to its end itself.
+            # while nothing is pending: the relay can follow it to its end itself. (A
+            # Query, or an extended-protocol run of one statement: see follow_alone.)
             alone = None
-            if one_query and len(tags) == 1 and not self._quiet and self._on_result is not None:
-                statements = tags.get(0)
-                if statements is not None and len(statements) == 1:
-                    alone = statements[0]
-                    if alone is not None and (alone.plan is not None or alone.internal):
-                        alone = None
+            if not self._quiet and self._on_result is not None:
+                if one_query:
+                    statements = tags.get(0)
+                    if len(tags) == 1 and statements is not None and len(statements) == 1:
+                        alone = statements[0]
+                        if alone is not None and (alone.plan is not None or alone.internal
+                                                  or not results.empty()):
+                            alone = None
+                elif sent[-1][0] == _S:
+                    alone = results.follow_alone(sent, tags)
             if one_query and not tags and (self._quiet or results.empty()):
                 self._quiet += 1  # answered by one ReadyForQuery, ahead of anything else
-            elif alone is not None and results.empty():
+            elif alone is not None:
                 self._quiet = 1
                 self._quiet_tag = alone
+                self._quiet_rest = _Q if one_query else RUN_REST
                 if self._watching < WATCH_ENDS:  # its end: CommandComplete, EmptyQuery, Error
                     self._observe(WATCH_ENDS)
             else:
@@ -221,7 +230,7 @@ class Relay:
         owed, tag = self._quiet, self._quiet_tag
         self._quiet, self._quiet_tag = 0, None
         if tag is not None:  # answers to it may have passed already; none was an end
-            results.forwarded([(_Q, b"")], {0: [tag]})
+            results.forwarded([(self._quiet_rest, b"")], {0: [tag]})
             owed -= 1
         results.owe(owed)
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from .errors import ProtocolViolation
 
-__all__ = ["QUERY_ENDS", "REQUEST_TYPES", "RESPONSE_TYPES", "Answer", "Request",
+__all__ = ["QUERY_ENDS", "REQUEST_TYPES", "RESPONSE_TYPES", "RUN_REST", "Answer", "Request",
            "ResponseTracker"]
 
 # Client messages that the server answers (others — Flush, CopyData/Done/Fail, Terminate —
@@ -42,6 +42,16 @@ _COMPLETES = {_P: ord("1"), _B: ord("2"), _C: ord("3")}
 SYNCING = frozenset((_Q, _S, _F))  # requests answered last by a ReadyForQuery
 # A pseudo request: untagged requests that end with a Sync, compressed (see barrier()).
 BARRIER = 0
+# A pseudo request: what is left of an extended-protocol run of one statement ([Parse,]
+# Bind, [Describe,] Execute, Sync) whose answers a caller followed itself so far (the
+# relay does, for an audited statement with nothing to mask). Its tag is a Query's (a
+# list, of that one statement); any answer of those requests may come, up to the run's
+# ReadyForQuery; the first CommandComplete, EmptyQueryResponse or error ends the statement.
+RUN_REST = 1
+_QUERY_LIKE = (_Q, RUN_REST)
+# what else may answer a Query (a RowDescription, rows, COPY) or, also, the rest of a run
+_QUERY_ANSWERS = frozenset(b"TDHGWdc")
+_RUN_ANSWERS = _QUERY_ANSWERS | frozenset(b"12tn")
 
 
 @dataclass(slots=True)
@@ -58,7 +68,7 @@ class Request:
     @property
     def current_tag(self) -> Any:
         """The tag of what is running now: the statement's for a Query."""
-        if self.type == _Q:
+        if self.type == _Q or self.type == RUN_REST:
             tags = self.tag
             if tags is not None and self.statement < len(tags):
                 return tags[self.statement]
@@ -84,7 +94,7 @@ def _answer(request: Request, ends_result: bool = False, done: bool = False,
             tag: Any = None) -> Answer:
     # Once per backend message: a bare tuple.__new__ costs a fraction of a constructor.
     return _new_answer(Answer, (request, ends_result, done,
-                                request.tag if request.type != _Q else tag))
+                                request.tag if request.type not in _QUERY_LIKE else tag))
 
 
 _new_answer = tuple.__new__
@@ -104,8 +114,8 @@ class ResponseTracker:
 
     def request(self, mtype: int, tag: Any = None) -> Request | None:
         """Records a client message forwarded upstream (types outside REQUEST_TYPES are
-        ignored and return None)."""
-        if mtype not in REQUEST_TYPES:
+        ignored and return None), or RUN_REST."""
+        if mtype not in REQUEST_TYPES and mtype != RUN_REST:
             return None
         if self._discarding:
             if mtype != _S:
@@ -198,18 +208,18 @@ class ResponseTracker:
             q.popleft()
             return _answer(head, done=True)
         if mtype == 0x5A:  # Z
-            if t not in (_S, _Q, _F):
+            if t not in (_S, _Q, _F, RUN_REST):
                 raise ProtocolViolation(f"upstream sent ReadyForQuery while {chr(t)!r} waits")
             q.popleft()
             return _answer(head, done=True)
         if mtype == 0x45:  # E
             return self._error(head)
-        if t == _Q:
+        if t == _Q or t == RUN_REST:
             tag = head.current_tag
             if mtype in (0x43, 0x49):  # C, I: one statement done
                 head.statement += 1
                 return _answer(head, True, False, tag)
-            if mtype in (0x54, 0x44, 0x48, 0x47, 0x57, 0x64, 0x63):  # T D H G W d c
+            if mtype in (_QUERY_ANSWERS if t == _Q else _RUN_ANSWERS):
                 return _answer(head, False, False, tag)
             raise self._unexpected(mtype, head)
         if t == _E:
@@ -234,7 +244,7 @@ class ResponseTracker:
 
     def _error(self, head: Request) -> Answer:
         head.failed = True
-        if head.type in (_Q, _S, _F):
+        if head.type in (_Q, _S, _F, RUN_REST):
             return _answer(head, True, False, head.current_tag)  # ReadyForQuery follows
         # Extended protocol: the server skips every message up to the next Sync, those
         # not forwarded yet included. (A barrier holds its own Sync; by construction one
