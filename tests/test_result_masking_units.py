@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Any
 
 import pytest
 from conftest import MemoryTransport
@@ -810,6 +811,17 @@ class _Query:
 _Batch = tuple[list[bytes], dict[int, object]]
 
 
+def _execution(u: _Unit, frames_: list[bytes], requests: list[tuple[str, object]]) -> None:
+    """A unit's Bind, [Describe] and Execute: the messages, and the server's requests."""
+    frames_.append(fe.Bind("", u.name, (), (), ()).encode())
+    requests.append(("B", u))
+    if u.describe:
+        frames_.append(fe.Describe(u.describe, "" if u.describe == "P" else u.name).encode())
+        requests.append(("D", u))
+    frames_.append(fe.Execute("", 0).encode())
+    requests.append(("E", u))
+
+
 def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
                                         list[tuple[str, int]], list[tuple[bool, int]]]:
     """A random session: the tags of its followed statements (once per execution), its
@@ -845,14 +857,7 @@ def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
             u = _Unit(earlier.name, earlier.tag, data.draw(st.sampled_from(["", "P", "S"])))
             if u.tag is not None:
                 tags.append(u.tag)
-            frames_.append(fe.Bind("", u.name, (), (), ()).encode())
-            requests.append(("B", u))
-            if u.describe:
-                frames_.append(fe.Describe(u.describe, "" if u.describe == "P" else u.name
-                                           ).encode())
-                requests.append(("D", u))
-            frames_.append(fe.Execute("", 0).encode())
-            requests.append(("E", u))
+            _execution(u, frames_, requests)
         elif kind not in ("extended", "execute"):  # plain: nothing follows its statements
             statements = data.draw(st.integers(1, 3))
             q = _Query([new_tag(100 * n + i) if kind == "query" else None
@@ -865,15 +870,9 @@ def _case(data: st.DataObject) -> tuple[list[StatementTag], list[_Batch],
             u = _Unit(f"s{n}", new_tag(n), data.draw(st.sampled_from(["", "P", "S"])))
             parsed.append(u)
             batch_tags[0] = u.tag
-            frames_ += [fe.Parse(u.name, "select 1", ()).encode(),
-                        fe.Bind("", u.name, (), (), ()).encode()]
-            requests += [("P", u), ("B", u)]
-            if u.describe:
-                frames_.append(fe.Describe(u.describe, "" if u.describe == "P" else u.name
-                                           ).encode())
-                requests.append(("D", u))
-            frames_.append(fe.Execute("", 0).encode())
-            requests.append(("E", u))
+            frames_.append(fe.Parse(u.name, "select 1", ()).encode())
+            requests.append(("P", u))
+            _execution(u, frames_, requests)
         synced = executes or data.draw(st.booleans(), "sync")
         if synced:
             frames_.append(fe.Sync().encode())
@@ -1001,6 +1000,22 @@ class _TaggingGate:
         pass
 
 
+def _relay_on_wires(on_result: object) -> tuple[Any, _TaggingGate, ResultMasker, Any, Any]:
+    """A started relay between two memory transports, with a _TaggingGate and a masker,
+    reporting ends to `on_result` (call it on a running event loop): (relay, gate,
+    masker, client endpoint, upstream endpoint)."""
+    from gateway.proxy.endpoint import Endpoint
+    from gateway.proxy.relay import Relay
+
+    client, upstream = Endpoint(), Endpoint()
+    client.transport, upstream.transport = _Wire(), _Wire()  # type: ignore[assignment]
+    gate, results = _TaggingGate(), ResultMasker(lambda o, a: None)
+    relay = Relay("s1", client, upstream, 1 << 20, gate,  # type: ignore[arg-type]
+                  safety_net="off", results=results, on_result=on_result)  # type: ignore[arg-type]
+    relay.start()
+    return relay, gate, results, client, upstream
+
+
 _ANSWER_BYTES = {
     "T": be.RowDescription((field("a"),)).encode(), "D": be.DataRow((b"1",)).encode(),
     "C": be.CommandComplete("SELECT 1").encode(), "Z": be.ReadyForQuery("I").encode(),
@@ -1022,9 +1037,6 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
     the same, the client gets the server's bytes, and nothing stays owed."""
     import asyncio
 
-    from gateway.proxy.endpoint import Endpoint
-    from gateway.proxy.relay import Relay
-
     _, batches, answers, arrivals = _case(data)
     reference: dict[int, list[int]] = {}
     rm, _ = recorder()
@@ -1039,14 +1051,8 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
 
     async def run() -> tuple[dict[int, list[int]], bytes, bytes, int]:
         ends: dict[int, list[int]] = {}
-        gate = _TaggingGate()
-        client, upstream = Endpoint(), Endpoint()
-        client.transport, upstream.transport = _Wire(), _Wire()  # type: ignore[assignment]
-        results = ResultMasker(lambda o, a: None)
-        relay = Relay("s1", client, upstream, 1 << 20, gate,  # type: ignore[arg-type]
-                      safety_net="off", results=results,
-                      on_result=lambda tag, t, b, c, h: ends.setdefault(id(tag), []).append(t))
-        relay.start()
+        relay, gate, results, client, upstream = _relay_on_wires(
+            lambda tag, t, b, c, h: ends.setdefault(id(tag), []).append(t))
         server = bytearray()
         for step, (batch, buffer) in enumerate(_schedule(batches, answers, arrivals)):
             if batch is not None:
@@ -1074,19 +1080,10 @@ def test_the_relay_follows_a_lone_extended_run_itself_and_reports_its_end() -> N
     its answers; the next run, pipelined behind it, is handed to the masker in step."""
     import asyncio
 
-    from gateway.proxy.endpoint import Endpoint
-    from gateway.proxy.relay import Relay
-
     async def run() -> None:
         ends: list[tuple[object, int, bytes]] = []
-        gate = _TaggingGate()
-        client, upstream = Endpoint(), Endpoint()
-        client.transport, upstream.transport = _Wire(), _Wire()  # type: ignore[assignment]
-        results = ResultMasker(lambda o, a: None)
-        relay = Relay("s1", client, upstream, 1 << 20, gate,  # type: ignore[arg-type]
-                      safety_net="off", results=results,
-                      on_result=lambda tag, t, b, c, h: ends.append((tag, t, b)))
-        relay.start()
+        relay, gate, results, _, _ = _relay_on_wires(
+            lambda tag, t, b, c, h: ends.append((tag, t, b)))
         one = b"".join((fe.Parse("", "select 1", ()).encode(),
                         fe.Bind("", "", (), (), ()).encode(), fe.Describe("P", "").encode(),
                         fe.Execute("", 0).encode(), fe.Sync().encode()))
