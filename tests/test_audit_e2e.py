@@ -173,6 +173,39 @@ def test_each_run_of_a_drivers_statements_ends_in_its_own_record(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_runs_pipelined_behind_one_the_relay_follows_keep_their_own_records(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    """psycopg's pipeline mode with a Sync after each statement sends the next runs before
+    the first one's answers are back: the relay hands what is left of the run it follows
+    to the masker, and every statement still ends in its own record."""
+    gw, audit_dir, _pub = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         autocommit=True) as c:
+        with c.pipeline() as p:
+            first = c.execute("select g as pipe_one from generate_series(1, %s) g", (2,))
+            p.sync()
+            second = c.execute("select %s::int as pipe_two", (5,))
+            p.sync()
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                c.execute("select %s::int / 0 as pipe_three", (1,))
+                p.sync()
+            third = c.execute("select %s::int as pipe_four", (4,))
+            p.sync()
+        assert first.fetchall() == [(1,), (2,)] and second.fetchone() == (5,)
+        assert third.fetchone() == (4,)
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+    for column, expected in (("pipe_one", [("allowed", None, 2)]),
+                             ("pipe_two", [("allowed", None, 1)]),
+                             ("pipe_three", [("error", "22012", None)]),
+                             ("pipe_four", [("allowed", None, 1)])):
+        seqs = {r["seq"] for r in records if r["type"] == "decision"
+                and column in (r.get("sql") or "")}
+        assert len(seqs) == 1, column
+        assert [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
+                if r["type"] == "statement" and r["decision_seq"] in seqs] == expected, column
+
+
 def test_a_statement_whose_parse_fails_upstream_is_recorded_as_that_error(
         audited: tuple[GatewayProcess, Path, Path]) -> None:
     """asyncpg prepares a statement (Parse, Describe, Sync) before executing it: when the
