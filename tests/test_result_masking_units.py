@@ -380,7 +380,8 @@ def test_a_lone_extended_run_of_an_audited_statement_may_be_followed_by_its_call
 
 
 @pytest.mark.parametrize("case", [
-    "row limit", "other portal described", "other portal executed", "other statement bound",
+    "row limit", "other portal described", "other statement described",
+    "other portal executed", "other statement bound",
     "two executes", "flush", "no sync", "masked", "internal", "no record", "unknown statement",
     "pending", "untagged parse", "a message of the gateway's own", "malformed bind"])
 def test_anything_else_is_left_to_the_masker_and_changes_nothing(case: str) -> None:
@@ -393,6 +394,8 @@ def test_anything_else_is_left_to_the_masker_and_changes_nothing(case: str) -> N
         msgs[2] = fe.Execute("p", 10).encode()
     elif case == "other portal described":
         msgs.insert(2, fe.Describe("P", "other").encode())
+    elif case == "other statement described":
+        msgs.insert(2, fe.Describe("S", "s2").encode())
     elif case == "other portal executed":
         msgs[2] = fe.Execute("other", 0).encode()
     elif case == "other statement bound":

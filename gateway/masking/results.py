@@ -60,7 +60,8 @@ _ERROR = ord("E")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
-_NO_ROW_LIMIT = b"\0\0\0\0"  # an Execute's row limit 0: all of them
+# an Execute's body after its portal's name: the name's end, and a row limit of 0 (all)
+_NO_ROW_LIMIT = b"\0\0\0\0\0"
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -233,7 +234,8 @@ class ResultMasker:
         i = 0 if name is None else 1  # the Bind
         if frames[i][0] != _B or len(tags) != (name is not None):
             return None
-        portal, statement = bind_names(frames[i][1])
+        bind = frames[i][1]
+        portal, statement = bind_names(bind)
         if name is None:
             tag = self._statements.get(statement)
         elif statement == name:
@@ -242,16 +244,16 @@ class ResultMasker:
             return None
         if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
             return None
+        # The Describe and the Execute name the Bind's portal (or statement) byte for byte.
+        end = bind.find(b"\0")
         t, body = frames[i + 1]
         if t == _D:
-            msg = decode_frontend(t, body)
-            assert isinstance(msg, Describe)
-            if msg.name != (portal if msg.kind == "P" else statement):
+            if body != b"P" + bind[: end + 1] and \
+                    body != b"S" + bind[end + 1 : bind.find(b"\0", end + 1) + 1]:
                 return None
             i += 1
         t, body = frames[i + 1]
-        if i + 1 != n - 2 or t != _E or execute_portal(body) != portal \
-                or body.find(b"\0") != len(body) - 5 or body[-4:] != _NO_ROW_LIMIT:
+        if i + 1 != n - 2 or t != _E or body != bind[:end] + _NO_ROW_LIMIT:
             return None
         return name, portal, tag
 
