@@ -447,24 +447,30 @@ _PARTIAL_BATCH = textwrap.dedent("""
     import json, os, resource, signal, sys
     from pathlib import Path
     from gateway.audit.chain import Chain
-    from gateway.audit.filesink import FileSink
+    from gateway.audit.filesink import _IOV_MAX, FileSink
 
-    d = Path(sys.argv[1])
+    d, records, cut = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit stops short
     sink = FileSink(d, "gw1")
     sink.acquire()
     sink.open_segment(1)
     chain = Chain("gw1")
-    batch = [chain.seal({"type": "statement", "rows": i, "note": "x" * 300}) for i in range(6)]
+    batch = [chain.seal({"type": "statement", "rows": i, "note": "x" * 300})
+             for i in range(records)]
     want = b"".join(s.line for s in batch)
+    # mid-record: in the only writev, or a later one; or where one writev ended, so that
+    # the next fails outright
+    limit = len(want) * 3 // 5 + 7 if cut == "mid" else \
+        sum(len(s.line) for s in batch[:_IOV_MAX])
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (len(want) // 2 + 7, hard))  # mid-record
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     out = {}
     try:
         sink.write(batch)
     except OSError as exc:
         out["error"] = exc.strerror
     out["written"] = (d / "audit-gw1-000001.jsonl").stat().st_size
+    out["limit"], out["size"] = limit, len(want)
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
     sink.write(batch)  # the same batch again: from the first unwritten byte on
     sink.close()
@@ -473,13 +479,17 @@ _PARTIAL_BATCH = textwrap.dedent("""
 """)
 
 
-def test_a_batch_cut_short_resumes_at_the_first_unwritten_byte(tmp_path: Path) -> None:
-    """Several records in one gathered write that the disk stops part-way: the retry of
-    the same batch writes the rest once, so the file holds every line exactly once."""
-    proc = subprocess.run([sys.executable, "-c", _PARTIAL_BATCH, str(tmp_path)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO,
+@pytest.mark.parametrize(("records", "cut"), [(6, "mid"), (3000, "mid"), (3000, "between")])
+def test_a_batch_cut_short_resumes_at_the_first_unwritten_byte(tmp_path: Path, records: int,
+                                                               cut: str) -> None:
+    """Records in gathered writes (IOV_MAX lines each) that the disk stops part-way, in a
+    write or between two: the retry of the same batch writes the rest once, so the file
+    holds every line exactly once."""
+    proc = subprocess.run([sys.executable, "-c", _PARTIAL_BATCH, str(tmp_path), str(records),
+                           cut], capture_output=True, text=True, timeout=60, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0 < out["written"] < 6 * 300
+    assert out["written"] == out["limit"] < out["size"]  # as far as the disk let it
+    assert out["error"]  # and then said why
     assert out["whole"]
