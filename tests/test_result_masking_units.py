@@ -447,7 +447,7 @@ def test_the_rest_of_a_run_takes_its_answers_and_ends_its_statement_once() -> No
     assert [t.response(ord(m)).ends_result for m in "2nC"] == [False, False, True]
     assert t.response(ord("Z")).done
     t.request(RUN_REST, [AUDITED])
-    with pytest.raises(ProtocolViolation):
+    with pytest.raises(ProtocolViolation, match="'s' while the rest of an extended-protocol"):
         t.response(ord("s"))  # PortalSuspended: it had no row limit
 
 

@@ -209,7 +209,7 @@ class ResponseTracker:
             return _answer(head, done=True)
         if mtype == 0x5A:  # Z
             if t not in (_S, _Q, _F, RUN_REST):
-                raise ProtocolViolation(f"upstream sent ReadyForQuery while {chr(t)!r} waits")
+                raise ProtocolViolation(f"upstream sent ReadyForQuery while {_waiting(t)} waits")
             q.popleft()
             return _answer(head, done=True)
         if mtype == 0x45:  # E
@@ -262,4 +262,9 @@ class ResponseTracker:
     @staticmethod
     def _unexpected(mtype: int, head: Request) -> ProtocolViolation:
         return ProtocolViolation(
-            f"upstream sent {chr(mtype)!r} while {chr(head.type)!r} waits for its answer")
+            f"upstream sent {chr(mtype)!r} while {_waiting(head.type)} waits for its answer")
+
+
+def _waiting(t: int) -> str:
+    """A pending request, for an error message: its type, or what a pseudo request is."""
+    return "the rest of an extended-protocol run" if t == RUN_REST else repr(chr(t))
