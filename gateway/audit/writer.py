@@ -388,7 +388,7 @@ class AuditWriter:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "instance": self.instance, "sink": self.sink.kind, "healthy": self._error is None,
+                "instance": self.instance, "sink": self.sink.kind, "healthy": self.healthy,
                 "error": self._error, "seq": self._chain.seq,
                 "durable_seq": self.ledger.durable,
                 "backlog": self._chain.seq - self.ledger.durable, "segment": self._segment,
@@ -447,7 +447,7 @@ class AuditWriter:
         write. Returns True when every record appended so far is durable. With ``fsync``,
         or while the sink is failing, it only reports (the thread owns syncs and retries)."""
         target = self._chain.seq
-        if self._fsync or self._error is not None:
+        if not self.writes_through:
             self._wake.set()  # the thread syncs (or retries); the caller waits for it
             return self.ledger.durable >= target
         with self._io_lock:

@@ -211,9 +211,6 @@ class ResultMasker:
         tag; else None, and nothing changed. Only while :meth:`empty`: the caller owes
         this masker the rest of the run (``RUN_REST``) if it forwards anything before
         the run's ReadyForQuery."""
-        n = len(frames)
-        if not 3 <= n <= 5 or frames[-1][0] != _SYNC or not self.empty():
-            return None
         try:  # (a malformed message is left to forwarded(), as it was before this)
             found = self._alone(frames, tags)
         except ProtocolViolation:
@@ -230,6 +227,8 @@ class ResultMasker:
                ) -> tuple[str | None, str, StatementTag] | None:
         """follow_alone's check: (the Parse's name or None, the portal, the tag)."""
         n = len(frames)
+        if not 3 <= n <= 5 or frames[-1][0] != _SYNC or not self.empty():
+            return None
         name = _parse_name(frames[0][1]) if frames[0][0] == _P else None
         i = 0 if name is None else 1  # the Bind
         if frames[i][0] != _B or len(tags) != (name is not None):
