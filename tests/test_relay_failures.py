@@ -176,3 +176,79 @@ def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
                                 + be.ReadyForQuery("I").encode()))
     assert got == [("A", ord("C"))]
     assert b"internal gateway error" in out
+
+
+def _tagged_relay(client: Endpoint, upstream: Endpoint, safety_net: str,
+                  on_result: Callable[..., None]) -> Relay:
+    """A relay following one forwarded Query with a statement tag ("A"), as
+    Relay._forward leaves it for a tagged Query."""
+    from gateway.masking.results import ResultMasker, StatementTag
+    from gateway.wire import frontend as fe
+
+    results = ResultMasker(lambda o, a: None)
+    relay = Relay("s1", client, upstream, 1 << 20, safety_net=safety_net, results=results,
+                  on_result=on_result)
+    query = fe.Query("select 1").encode()
+    results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
+    relay._outstanding = 1
+    relay._observe(results.watch())
+    return relay
+
+
+_ANSWER = be.CommandComplete("SELECT 1").encode() + be.ReadyForQuery("I").encode()
+
+
+@pytest.mark.parametrize("safety_net", ["mask", "off"])
+def test_a_statement_is_reported_once_its_answer_is_passed_on(safety_net: str) -> None:
+    """The completion record is not what the client waits for: the answer goes out
+    first, then the relay reports the statement's end."""
+    order: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client_ep, client_r, client_w = await _pair(loop)
+        upstream_ep, _upstream_r, upstream_w = await _pair(loop)
+        reported = loop.create_future()
+
+        def on_result(tag: object, t: int, b: bytes, c: object, hits: int) -> None:
+            order.append("reported")
+            reported.set_result(t)
+
+        relay = _tagged_relay(client_ep, upstream_ep, safety_net, on_result)
+        write = client_ep.write
+        client_ep.write = lambda data: (order.append("to client"), write(data))[1]  # type: ignore[method-assign]
+        relay.start()
+        upstream_w.write(_ANSWER)
+        assert await asyncio.wait_for(reported, 5) == ord("C")
+        assert await asyncio.wait_for(client_r.readexactly(len(_ANSWER)), 5) == _ANSWER
+        for w in (client_w, upstream_w):
+            w.close()
+
+    asyncio.run(main())
+    assert order == ["to client", "reported"]
+
+
+@pytest.mark.parametrize("safety_net", ["mask", "off"])
+def test_an_answer_that_cannot_be_passed_on_still_leaves_its_record(safety_net: str) -> None:
+    """Writing to the client fails after the statement ended: the session ends, and the
+    statement is still reported, once."""
+    got: list[tuple[str | None, int]] = []
+
+    def make(client: Endpoint, upstream: Endpoint) -> Relay:
+        relay = _tagged_relay(client, upstream, safety_net,
+                              lambda tag, t, b, c, hits: got.append((tag.command, t)))
+
+        write, calls = client.write, []
+
+        def broken(data: bytes) -> None:  # the answer fails; the session's error goes out
+            calls.append(data)
+            if len(calls) == 1:
+                raise RuntimeError("the client's transport failed")
+            write(data)
+
+        client.write = broken  # type: ignore[method-assign]
+        return relay
+
+    out = asyncio.run(_ended_by(make, _ANSWER))
+    assert got == [("A", ord("C"))]
+    assert b"internal gateway error" in out

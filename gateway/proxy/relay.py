@@ -362,17 +362,16 @@ class Relay:
         if swaps:
             forward = _splice(forward, swaps)
         safety = self.safety
+        later = None
         if safety is not None:
             hits = safety.hits
             forward = safety.feed(forward)
             ended = self._ended
             if ended and not safety.ends and not self._carried_hits:
-                # the usual case (no safety-net hit to place): _report_ended, in fewer steps
+                # the usual case (no safety-net hit to place): _report_ended, in fewer
+                # steps, once the answer is on its way (below)
                 self._ended = []
-                deliver = self._on_result
-                if deliver is not None:
-                    for _, tag, mtype, body, counts in ended:
-                        deliver(tag, mtype, body, counts, 0)
+                later = ended
             elif ended:
                 self._report_ended(swaps, safety.returned_held, safety.ends)
             if self.safety_error and safety.hits != hits:
@@ -380,9 +379,13 @@ class Relay:
                 self._stop_on_pan()
                 return
         elif self._ended:
-            self._report_ended(swaps, 0, ())
-        if forward:
-            self.client.write(forward)
+            later, self._ended = self._ended, []  # (no net: no hit to place)
+        try:
+            if forward:
+                self.client.write(forward)
+        finally:  # a write that fails still leaves the ended statements their records
+            if later:
+                self._deliver(later)
         if self._notices and self.observer.at_boundary() and not (
                 self.safety and self.safety.holding()):
             notices, self._notices = self._notices, []
@@ -394,6 +397,16 @@ class Relay:
     def _result_ended(self, tag: StatementTag, mtype: int, body: bytes,
                       counts: dict[str, int]) -> None:
         self._ended.append((self._at, tag, mtype, body, counts))
+
+    def _deliver(self, ended: list[tuple[int, StatementTag, int, bytes, dict[str, int]]]
+                 ) -> None:
+        """Report results that ended with no safety-net hit to place (`_report_ended`'s
+        usual case). The relay calls it once the answer is passed on: the records are
+        written later anyway, and the client's next statement need not wait for them."""
+        deliver = self._on_result
+        if deliver is not None:
+            for _, tag, mtype, body, counts in ended:
+                deliver(tag, mtype, body, counts, 0)
 
     def _report_ended(self, swaps: Sequence[tuple[int, int, bytes]], held: int,
                       hit_ends: Sequence[int]) -> None:
