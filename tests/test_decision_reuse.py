@@ -409,47 +409,6 @@ def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
     assert relay.errors[-1].code == "58030"
 
 
-def test_reads_records_are_written_once_the_loop_has_handled_the_events_at_hand(
-        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
-    """On an event loop, the records of reads forwarded before their records are written
-    go out in one write once the loop has run the callbacks at hand (while the server
-    works on the reads): the relay's release then finds them written, and writes nothing."""
-    from gateway.audit import AuditWriter
-    from gateway.audit.filesink import FileSink
-    from gateway.wire.frontend import Query
-
-    writer = AuditWriter(FileSink(str(tmp_path / "audit"), "gw1"), instance="gw1")
-    writer.start()
-    gates = [direct_gate(pg, tmp_path, audit=writer)[0] for _ in range(2)]  # two sessions
-    relays = [MarkerRelay() for _ in gates]
-    writes: list[int] = []
-    sink_write = writer.sink.write
-
-    def counted(batch: Any) -> None:
-        writes.append(len(batch))
-        sink_write(batch)
-
-    async def main() -> None:
-        for i in (1, 2):  # decided in full, then (where built) kept
-            before, writes[:] = writer.head[0], []
-            for gate, relay in zip(gates, relays, strict=True):
-                raw = Query(by_id(i)).encode()
-                assert gate.review(raw, [(raw[0], raw[5:])], relay) == raw
-            assert writer.head[0] == before + 2 and writer.durable_seq == before
-            await asyncio.sleep(0)
-            assert writer.durable_seq == before + 2 and writes == [2]  # both, one write
-            for relay in relays:
-                due, relay.before_release = relay.before_release, None
-                assert due is not None and due() is True
-            assert writes == [2]
-
-    writer.sink.write = counted  # type: ignore[method-assign]
-    try:
-        asyncio.run(main())
-    finally:
-        writer.close()
-
-
 def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     """`durability: fsync`: the writer thread syncs, so nothing is left for the relay to

@@ -155,7 +155,6 @@ class AuditWriter:
         # write_through() on an event loop: records reach the sink in seq order.
         self._io_lock = threading.Lock()
         self._carry: list[Sealed] = []  # taken from the queue, not written (sink failing)
-        self._soon = False  # a write_through() is scheduled on the event loop
         self._io_rotations: dict[int, int] = {}
         self._wake = threading.Event()
         self._chain = Chain(instance)
@@ -466,23 +465,6 @@ class AuditWriter:
                     self._carry.extend(work[done:])  # the thread retries them
                     self._wake.set()
         return self.ledger.durable >= target
-
-    def write_soon(self) -> None:
-        """Have :meth:`write_through` run on the calling event loop once it has handled
-        the events at hand: one write for what every session appended meanwhile, made
-        while the server works on what was just forwarded, and before the loop polls for
-        the answers (a release still checks, and writes what this did not)."""
-        if not self._soon:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a test driving the gate): the release writes
-                return
-            self._soon = True
-            loop.call_soon(self._write_soon)
-
-    def _write_soon(self) -> None:
-        self._soon = False
-        self.write_through()
 
     def _run(self) -> None:
         carry = self._carry

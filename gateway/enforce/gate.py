@@ -396,7 +396,6 @@ class StatementGate:
                 # answer comes back, before the relay passes any of it on: one write()
                 # for the statements of every session answered meanwhile, not one each.
                 relay.before_release = self._write_due
-                audit.write_soon()
                 return out
             if not audit.write_through():  # fsync, or the sink is failing: wait for it
                 return self._when_durable(out, self._last_seq)
@@ -802,7 +801,6 @@ class StatementGate:
         self._reads_only = deferrable = record.deferrable
         if deferrable and audit.writes_through:  # _finish_batch's answer, in fewer steps
             relay.before_release = self._write_due
-            audit.write_soon()
             return raw
         return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
 
