@@ -354,6 +354,19 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000,
             for q, v in (("p50", 0.5), ("p99", 0.99))}
 
 
+def statement_path(pg: EmbeddedPostgres, password: str, rounds: int = 3) -> dict[str, float]:
+    """tools/statement_path.py's comparison on this run's database: the gateway's own CPU
+    per pgbench statement with policy alone and with the audit trail too, without the
+    sockets and the machine's other processes that make pgbench's ratios move."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    try:
+        import statement_path as sp
+    finally:
+        sys.path.remove(str(REPO_ROOT / "tools"))
+    catalog = sp.load_catalog(pg.dsn(user=ROLE, password=password, dbname=DB))
+    return sp.compare(catalog, STARTER_POLICY, rounds=rounds)
+
+
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
     return [str(target.pgbench), "-S", "-M", protocol, "-c", str(clients),
             "-j", str(min(THREADS, clients)), "-T", str(seconds), "-n"]
@@ -609,11 +622,17 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = gw.stop()
         progress("measuring the decision latency in-process")
         latency = decision_latency(pg, password, rounds=args.rounds)
+        progress("measuring the statement's whole path in-process")
+        path = statement_path(pg, password, rounds=args.rounds)
         print(render(results, targets, env, args))
         print("\ndecision latency, pgbench's statement under policies/pci (µs, p50 / p99; "
               f"the quietest of {args.rounds} round(s)):")
         for name in ("cached", "new_literal", "new_session", "uncached"):
             print(f"  {name:<12} {latency[f'{name}_p50_us']:>8} / {latency[f'{name}_p99_us']}")
+        print("\nthe statement's whole path in-process, 6 sessions on memory transports "
+              "(tools/statement_path.py; µs of CPU per statement):\n"
+              f"  policy {path['policy_us']}, policy + audit {path['audit_us']} "
+              f"(+{path['audit_adds_us']})")
         report_gateway(gw, exit_code)
         if args.json:
             args.json.write_text(json.dumps({
@@ -624,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [asdict(r) for r in results],
                 "ratios": ratios(results),
                 "decision_latency_us": latency,
+                "statement_path_us": path,
             }, indent=2) + "\n")
     return 0
 
