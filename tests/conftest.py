@@ -30,6 +30,7 @@ pytest.register_assert_rewrite("rawclient")
 from gateway.devtools.embedded_pg import EmbeddedPostgres  # noqa: E402
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec  # noqa: E402
 from gateway.devtools.sample_data import PAYMENTS_SCHEMA  # noqa: E402
+from gateway.devtools.transports import MemoryTransport  # noqa: E402,F401 (tests import it here)
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL backend
@@ -47,31 +48,6 @@ def load_tool(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
-
-
-class MemoryTransport:
-    """A transport that keeps what is written to it: a Relay's endpoints with no sockets."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from gateway.audit.checkpoint import Signer  # noqa: E402
 from gateway.audit.filesink import FileSink  # noqa: E402
 from gateway.audit.template import TemplateCache  # noqa: E402
 from gateway.catalog.model import Catalog  # noqa: E402
+from gateway.devtools.transports import MemoryTransport  # noqa: E402
 from gateway.enforce.catalog_cache import CatalogCache  # noqa: E402
 from gateway.enforce.gate import StatementGate  # noqa: E402
 from gateway.enforce.input_doc import SessionFacts  # noqa: E402
@@ -51,32 +52,6 @@ STATEMENT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 CONNECTION = "bench"
 
 
-class _Sink:
-    """A transport that drops what is written to it (a relay endpoint with no socket)."""
-
-    written = 0
-    last = b""
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-        self.last = data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 def answer() -> bytes:
     """What PostgreSQL answers pgbench's statement: one int4 column, one row."""
     column = be.RowDescriptionField("abalance", 0, 0, 23, 4, -1, 0)
@@ -85,7 +60,7 @@ def answer() -> bytes:
 
 
 def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
-             writer: AuditWriter | None) -> tuple[Relay, _Sink, _Sink]:
+             writer: AuditWriter | None) -> tuple[Relay, MemoryTransport, MemoryTransport]:
     """A relay as `Session._relay` builds one, for a session of group ci."""
     facts = SessionFacts.build(
         Identity("bench", "https://bench", ("ci",), {}, "jwt", None), session_id=f"s{k}",
@@ -106,7 +81,7 @@ def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
         session._audit(records.session_start(ctx))
         on_result = session._statement_done
     client, upstream = Endpoint(), Endpoint()
-    to_client, to_server = _Sink(), _Sink()
+    to_client, to_server = MemoryTransport(keep=False), MemoryTransport(keep=False)
     client.transport, upstream.transport = to_client, to_server  # type: ignore[assignment]
     relay = Relay(f"s{k}", client, upstream, 1 << 20, gate, safety_net="mask",
                   results=ResultMasker(lambda oid, attnum: None), on_result=on_result)
