@@ -354,7 +354,8 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000,
             for q, v in (("p50", 0.5), ("p99", 0.99))}
 
 
-def statement_path(pg: EmbeddedPostgres, password: str, rounds: int = 3) -> dict[str, float]:
+def statement_path(pg: EmbeddedPostgres, password: str, protocol: str,
+                   rounds: int = 3) -> dict[str, float]:
     """tools/statement_path.py's comparison on this run's database: the gateway's own CPU
     per pgbench statement with policy alone and with the audit trail too, without the
     sockets and the machine's other processes that make pgbench's ratios move."""
@@ -364,7 +365,7 @@ def statement_path(pg: EmbeddedPostgres, password: str, rounds: int = 3) -> dict
     finally:
         sys.path.remove(str(REPO_ROOT / "tools"))
     catalog = sp.load_catalog(pg.dsn(user=ROLE, password=password, dbname=DB))
-    return sp.compare(catalog, STARTER_POLICY, rounds=rounds)
+    return sp.compare(catalog, STARTER_POLICY, rounds=rounds, protocol=protocol)
 
 
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
@@ -623,16 +624,18 @@ def main(argv: list[str] | None = None) -> int:
         progress("measuring the decision latency in-process")
         latency = decision_latency(pg, password, rounds=args.rounds)
         progress("measuring the statement's whole path in-process")
-        path = statement_path(pg, password, rounds=args.rounds)
+        path = {protocol: statement_path(pg, password, protocol, rounds=args.rounds)
+                for protocol in args.protocols}
         print(render(results, targets, env, args))
         print("\ndecision latency, pgbench's statement under policies/pci (µs, p50 / p99; "
               f"the quietest of {args.rounds} round(s)):")
         for name in ("cached", "new_literal", "new_session", "uncached"):
             print(f"  {name:<12} {latency[f'{name}_p50_us']:>8} / {latency[f'{name}_p99_us']}")
         print("\nthe statement's whole path in-process, 6 sessions on memory transports "
-              "(tools/statement_path.py; µs of CPU per statement):\n"
-              f"  policy {path['policy_us']}, policy + audit {path['audit_us']} "
-              f"(+{path['audit_adds_us']})")
+              "(tools/statement_path.py; µs of CPU per statement):")
+        for protocol, us in path.items():
+            print(f"  {protocol:<9} policy {us['policy_us']}, policy + audit "
+                  f"{us['audit_us']} (+{us['audit_adds_us']})")
         report_gateway(gw, exit_code)
         if args.json:
             args.json.write_text(json.dumps({

@@ -46,17 +46,47 @@ from gateway.proxy.endpoint import Endpoint  # noqa: E402
 from gateway.proxy.relay import Relay  # noqa: E402
 from gateway.proxy.session import Session  # noqa: E402
 from gateway.wire import backend as be  # noqa: E402
-from gateway.wire.frontend import Query  # noqa: E402
+from gateway.wire.frontend import Bind, Describe, Execute, Parse, Query, Sync  # noqa: E402
 
 STATEMENT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+PARAMETRIZED = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+PREPARED = "P_1"  # a name like the ones pgbench -M prepared gives
+PROTOCOLS = ("simple", "extended", "prepared")
 CONNECTION = "bench"
 
 
-def answer() -> bytes:
-    """What PostgreSQL answers pgbench's statement: one int4 column, one row."""
+def _rows() -> bytes:
+    """The result: one int4 column, one row."""
     column = be.RowDescriptionField("abalance", 0, 0, 23, 4, -1, 0)
     return (be.RowDescription((column,)).encode() + be.DataRow((b"0",)).encode()
             + be.CommandComplete("SELECT 1").encode() + be.ReadyForQuery("I").encode())
+
+
+def answer(protocol: str = "simple") -> bytes:
+    """What PostgreSQL answers one of pgbench's statements (`message`) in `protocol`."""
+    bound = be.Simple(b"2").encode() + _rows()  # BindComplete first
+    return {"simple": _rows(), "extended": be.Simple(b"1").encode() + bound,
+            "prepared": bound}[protocol]
+
+
+def message(protocol: str, aid: int) -> bytes:
+    """pgbench -S's statement as its client library sends it in `protocol`: a Query; a
+    Parse/Bind/Describe/Execute/Sync run; or a Bind of the statement prepared once
+    (`prepare`) with its Describe/Execute/Sync."""
+    if protocol == "simple":
+        return Query(STATEMENT.format(aid)).encode()
+    run = (Bind("", "" if protocol == "extended" else PREPARED, (), (str(aid).encode(),), ())
+           .encode() + Describe("P", "").encode() + Execute("", 0).encode() + Sync().encode())
+    return Parse("", PARAMETRIZED, ()).encode() + run if protocol == "extended" else run
+
+
+def prepare(protocol: str) -> tuple[bytes, bytes]:
+    """What a session sends once before its first statement in `protocol`, and the
+    answer (the prepared protocol's Parse/Sync; nothing for the others)."""
+    if protocol != "prepared":
+        return b"", b""
+    return (Parse(PREPARED, PARAMETRIZED, ()).encode() + Sync().encode(),
+            be.Simple(b"1").encode() + be.ReadyForQuery("I").encode())
 
 
 def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
@@ -90,7 +120,7 @@ def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
 
 
 def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None,
-            sessions: int = 6, n: int = 5000, rounds: int = 3,
+            protocol: str = "simple", sessions: int = 6, n: int = 5000, rounds: int = 3,
             warmup: int = 500) -> dict[str, Any]:
     """µs of this process's CPU per statement, the quietest of `rounds` rounds: each
     round sends `n` statements (new literals) on each of `sessions` sessions in turn, then
@@ -109,11 +139,16 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # no per-decision log lines
     rng = random.Random(1)
-    queries = [Query(STATEMENT.format(rng.randint(1, 100_000))).encode() for _ in range(997)]
-    reply = answer()
+    queries = [message(protocol, rng.randint(1, 100_000)) for _ in range(997)]
+    reply = answer(protocol)
+    setup, setup_reply = prepare(protocol)
 
     async def run() -> dict[str, Any]:
         relays = [_session(k, catalogs, engine, writer) for k in range(sessions)]
+        for relay, _, _ in relays:
+            if setup:
+                relay.from_client(setup)
+                relay.from_upstream(setup_reply)
 
         def turns(count: int) -> int:
             sent = 0
@@ -126,7 +161,7 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
                     relay.from_upstream(reply)
             return sent
 
-        sent = turns(warmup)
+        sent = len(setup) * sessions + turns(warmup)
         best = float("inf")
         for _ in range(rounds):
             start = time.process_time()
@@ -140,7 +175,7 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
             raise RuntimeError("the gateway did not forward every statement as sent "
                                "(is it allowed by this policy?)")
         got = sum(to_client.written for _, to_client, _ in relays)
-        if got != (warmup + rounds * n) * sessions * len(reply):
+        if got != (warmup + rounds * n) * sessions * len(reply) + len(setup_reply) * sessions:
             raise RuntimeError("the relay did not pass every answer on")
         return {"us_per_statement": round(best, 2),
                 "statements": (warmup + rounds * n) * sessions}
@@ -181,11 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dsn", help="a database with pgbench's tables (pgbench -i)")
     p.add_argument("--policy", type=Path, default=REPO / "policies" / "pci")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="simple")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("-n", type=int, default=5000, help="statements per session per round")
     args = p.parse_args(argv)
-    out = compare(load_catalog(args.dsn), args.policy, n=args.n, rounds=args.rounds)
-    print(f"pgbench's statement in-process, µs of CPU: policy {out['policy_us']}, "
+    out = compare(load_catalog(args.dsn), args.policy, n=args.n, rounds=args.rounds,
+                  protocol=args.protocol)
+    print(f"pgbench's statement ({args.protocol}) in-process, µs of CPU: "
+          f"policy {out['policy_us']}, "
           f"policy + audit {out['audit_us']} (+{out['audit_adds_us']})")
     return 0
 
