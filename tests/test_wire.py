@@ -95,18 +95,33 @@ def test_bind_names_are_the_decoded_ones(msg):
     assert fe.bind_names(split(msg.encode())[1]) == (msg.portal, msg.statement)
 
 
-@pytest.mark.parametrize("body", [b"", b"portal", b"portal\0stmt", b"\xff\0s\0", b"p\0\xc3\0"])
+def _reader_error(body, strings):
+    """The error reading `strings` C strings from `body` with the general Reader gives."""
+    from gateway.wire.codec import Reader
+
+    r = Reader(body)
+    with pytest.raises(ProtocolViolation) as e:
+        for _ in range(strings):
+            r.cstring()
+    return str(e.value)
+
+
+@pytest.mark.parametrize("body", [b"", b"portal", b"portal\0stmt", b"\xff\0s\0", b"p\0\xc3\0",
+                                  b"\xff\0stmt"])
 def test_bind_names_of_a_broken_bind_raise(body):
-    with pytest.raises(ProtocolViolation):
+    """As the general decoder reads the two names: the same error, the first name first."""
+    with pytest.raises(ProtocolViolation) as e:
         fe.bind_names(body)
+    assert str(e.value) == _reader_error(body, 2)
 
 
 def test_execute_portal():
     for msg in (fe.Execute("", 0), fe.Execute("p1", 100)):
         assert fe.execute_portal(split(msg.encode())[1]) == msg.portal
     for body in (b"", b"p1", b"\xff\0\0\0\0\0"):
-        with pytest.raises(ProtocolViolation):
+        with pytest.raises(ProtocolViolation) as e:
             fe.execute_portal(body)
+        assert str(e.value) == _reader_error(body, 1)
 
 
 @pytest.mark.parametrize("msg", FRONTEND_SAMPLES, ids=lambda m: type(m).__name__)

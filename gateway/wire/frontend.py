@@ -243,15 +243,25 @@ FRONTEND_TYPES = frozenset(_DECODERS)
 def bind_names(body: bytes) -> tuple[str, str]:
     """A Bind body's (portal, statement) names, without decoding its parameters (which
     the server checks): for following portals to their statements, once per Execute.
-    Raises ProtocolViolation when either name is not a terminated UTF-8 string."""
-    r = Reader(body)
-    return r.cstring(), r.cstring()
+    Raises ProtocolViolation when either name is not a terminated UTF-8 string. (Reader's
+    two cstring() steps, inline: this is once per extended-protocol statement.)"""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    portal = utf8(body[:end])
+    stop = body.find(b"\0", end + 1)
+    if stop < 0:
+        raise ProtocolViolation("unterminated string in message")
+    return portal, utf8(body[end + 1 : stop])
 
 
 def execute_portal(body: bytes) -> str:
     """An Execute body's portal name (its row limit is the server's business). Raises
     ProtocolViolation when the name is not a terminated UTF-8 string."""
-    return Reader(body).cstring()
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    return utf8(body[:end])
 
 
 def query_text(body: bytes) -> str:
