@@ -240,19 +240,26 @@ _DECODERS: dict[int, Callable[[Reader], FrontendMessage]] = {
 FRONTEND_TYPES = frozenset(_DECODERS)
 
 
+def _two_strings(body: bytes) -> tuple[str, str, int]:
+    """The first two C strings of a message body and the offset of the second's NUL, as
+    two of Reader's cstring() steps read them (the same errors, in the same order)
+    without a Reader: once per extended-protocol statement."""
+    first = body.find(b"\0")
+    if first < 0:
+        raise ProtocolViolation("unterminated string in message")
+    a = utf8(body[:first])
+    second = body.find(b"\0", first + 1)
+    if second < 0:
+        raise ProtocolViolation("unterminated string in message")
+    return a, utf8(body[first + 1 : second]), second
+
+
 def bind_names(body: bytes) -> tuple[str, str]:
     """A Bind body's (portal, statement) names, without decoding its parameters (which
     the server checks): for following portals to their statements, once per Execute.
-    Raises ProtocolViolation when either name is not a terminated UTF-8 string. (Reader's
-    two cstring() steps, inline: this is once per extended-protocol statement.)"""
-    end = body.find(b"\0")
-    if end < 0:
-        raise ProtocolViolation("unterminated string in message")
-    portal = utf8(body[:end])
-    stop = body.find(b"\0", end + 1)
-    if stop < 0:
-        raise ProtocolViolation("unterminated string in message")
-    return portal, utf8(body[end + 1 : stop])
+    Raises ProtocolViolation when either name is not a terminated UTF-8 string."""
+    portal, statement, _ = _two_strings(body)
+    return portal, statement
 
 
 def execute_portal(body: bytes) -> str:
@@ -283,14 +290,7 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     """A Parse body's (statement name, text): ``decode_frontend(ord("P"), body)`` without
     building its parameter type list (once per extended-protocol statement), with the same
     checks and errors."""
-    first = body.find(b"\0")
-    if first < 0:
-        raise ProtocolViolation("unterminated string in message")
-    name = utf8(body[:first])
-    second = body.find(b"\0", first + 1)
-    if second < 0:
-        raise ProtocolViolation("unterminated string in message")
-    sql = utf8(body[first + 1 : second])
+    name, sql, second = _two_strings(body)
     if len(body) < second + 3:
         raise ProtocolViolation("message is shorter than its contents require")
     (count,) = _I16.unpack_from(body, second + 1)
