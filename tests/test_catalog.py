@@ -19,6 +19,7 @@ from gateway.catalog import (
     build_catalog,
     format_search_path,
     parse_search_path,
+    read_catalog,
 )
 
 if TYPE_CHECKING:
@@ -54,8 +55,7 @@ def conn(db: PgBackend) -> Iterator[psycopg.Connection]:
 
 
 def load(conn: psycopg.Connection) -> Catalog:
-    rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
-    return build_catalog(rows)
+    return read_catalog(conn)
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def direct_gate(pg: PgBackend, directory: Path, audit: Any = None) -> tuple[Any,
     no relay around it (and `audit`, an AuditWriter, if given): (gate, catalog, catalog
     cache)."""
     from gateway.audit import AuditContext
-    from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
+    from gateway.catalog import read_catalog
     from gateway.enforce import gate as gate_module
     from gateway.enforce.catalog_cache import CatalogCache
     from gateway.enforce.input_doc import SessionFacts
@@ -192,8 +192,7 @@ def direct_gate(pg: PgBackend, directory: Path, audit: Any = None) -> tuple[Any,
     from gateway.policy.engine import PolicyEngine
 
     with psycopg.connect(pg.dsn(pg.service)) as conn:
-        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
-    catalog = build_catalog(rows)
+        catalog = read_catalog(conn)
     cache = CatalogCache(fetch=None)  # type: ignore[arg-type]
     cache.put("payments", catalog)
     (directory / "policy.rego").write_text(BY_NAME)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from pglast import parser as pg_parser
 
-from gateway.catalog import CATALOG_QUERIES, Catalog, Relation, build_catalog
+from gateway.catalog import Catalog, Relation, read_catalog
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ CLASSIFICATION = {
 def catalog(pg: PgBackend) -> Catalog:
     pg.server.psql(SETUP, dbname="payments", user=pg.service.name)
     with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
-        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
-    return build_catalog(rows)
+        return read_catalog(conn)
 
 
 # ---------------------------------------------------------------------------------------------

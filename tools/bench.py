@@ -297,7 +297,7 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000,
     """
     import psycopg
 
-    from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
+    from gateway.catalog import read_catalog
     from gateway.enforce.catalog_cache import CatalogCache
     from gateway.enforce.gate import StatementGate
     from gateway.enforce.input_doc import SessionFacts
@@ -305,8 +305,7 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000,
     from gateway.policy.engine import PolicyEngine
 
     with psycopg.connect(pg.dsn(user=ROLE, password=password, dbname=DB)) as conn:
-        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
-    catalog = build_catalog(rows)
+        catalog = read_catalog(conn)
     engine = PolicyEngine.from_path(str(STARTER_POLICY))
     cache = CatalogCache(fetch=None)  # type: ignore[arg-type]
     cache.put(DB, catalog)

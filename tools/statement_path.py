@@ -205,11 +205,10 @@ def compare(catalog: Catalog, policy_dir: Path, *, turns: int = 2,
 def load_catalog(dsn: str) -> Catalog:
     import psycopg
 
-    from gateway.catalog.loader import CATALOG_QUERIES, build_catalog
+    from gateway.catalog import read_catalog
 
     with psycopg.connect(dsn) as conn:
-        rows = {name: conn.execute(sql).fetchall() for name, sql in CATALOG_QUERIES.items()}
-    return build_catalog(rows)
+        return read_catalog(conn)
 
 
 def main(argv: list[str] | None = None) -> int:

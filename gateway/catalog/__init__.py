@@ -2,7 +2,7 @@
 resolution; classification tags from the policy bundle's data."""
 
 from .classification import apply_tags, column_key, tags_for
-from .loader import CATALOG_QUERIES, CATALOG_SQL, CatalogLoadError, build_catalog
+from .loader import CATALOG_QUERIES, CATALOG_SQL, CatalogLoadError, build_catalog, read_catalog
 from .model import (
     RELKINDS,
     TEMP_SCHEMA,
@@ -25,5 +25,6 @@ __all__ = [
     "column_key",
     "format_search_path",
     "parse_search_path",
+    "read_catalog",
     "tags_for",
 ]

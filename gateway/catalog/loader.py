@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from .model import RELKINDS, SYSTEM_SCHEMAS, Catalog, Relation, parse_search_path
 
@@ -69,6 +70,18 @@ Row = Sequence[str | None]
 
 class CatalogLoadError(ValueError):
     """The rows don't look like the answer to CATALOG_QUERIES."""
+
+
+class _Executes(Protocol):
+    def execute(self, query: Any) -> Any: ...  # a cursor with fetchall()
+
+
+def read_catalog(conn: _Executes) -> Catalog:
+    """The snapshot read over a connection whose ``execute(sql).fetchall()`` gives text
+    rows (psycopg's): for tools and tests. The gateway reads it over its own upstream
+    link, in one round trip (:data:`CATALOG_SQL`)."""
+    return build_catalog({name: conn.execute(sql).fetchall()
+                          for name, sql in CATALOG_QUERIES.items()})
 
 
 def build_catalog(rows_by_query: Mapping[str, Sequence[Row]]) -> Catalog:
