@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import RUN, WALKED, Frame
-from gateway.wire.frontend import Close, Describe, bind_names, decode_frontend, execute_portal
+from gateway.wire.frontend import (
+    Close,
+    Describe,
+    bind_names,
+    decode_frontend,
+    execute_portal,
+    single_run,
+)
 from gateway.wire.pipeline import REQUEST_TYPES, RUN_REST, SYNCING, ResponseTracker
 
 from .plan import MaskPlan
@@ -60,8 +67,6 @@ _ERROR = ord("E")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
-# an Execute's body after its portal's name: the name's end, and a row limit of 0 (all)
-_NO_ROW_LIMIT = b"\0\0\0\0\0"
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -211,10 +216,7 @@ class ResultMasker:
         tag; else None, and nothing changed. Only while :meth:`empty`: the caller owes
         this masker the rest of the run (``RUN_REST``) if it forwards anything before
         the run's ReadyForQuery."""
-        try:  # (a malformed message is left to forwarded(), as it was before this)
-            found = self._alone(frames, tags)
-        except ProtocolViolation:
-            return None
+        found = self._alone(frames, tags)
         if found is None:
             return None
         name, portal, tag = found
@@ -225,34 +227,18 @@ class ResultMasker:
 
     def _alone(self, frames: list[Frame], tags: Mapping[int, Any]
                ) -> tuple[str | None, str, StatementTag] | None:
-        """follow_alone's check: (the Parse's name or None, the portal, the tag)."""
-        n = len(frames)
-        if not 3 <= n <= 5 or frames[-1][0] != _SYNC or not self.empty():
+        """follow_alone's check: (the Parse's name or None, the portal, the tag). (A
+        malformed message is left to forwarded(), as it was before this.)"""
+        if not self.empty():
             return None
-        name = _parse_name(frames[0][1]) if frames[0][0] == _P else None
-        i = 0 if name is None else 1  # the Bind
-        if frames[i][0] != _B or len(tags) != (name is not None):
+        found = single_run(frames)
+        if found is None:
             return None
-        bind = frames[i][1]
-        portal, statement = bind_names(bind)
-        if name is None:
-            tag = self._statements.get(statement)
-        elif statement == name:
-            tag = tags.get(0)
-        else:
+        name, portal, statement = found
+        if len(tags) != (name is not None):
             return None
+        tag = tags.get(0) if name is not None else self._statements.get(statement)
         if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
-            return None
-        # The Describe and the Execute name the Bind's portal (or statement) byte for byte.
-        end = bind.find(b"\0")
-        t, body = frames[i + 1]
-        if t == _D:
-            if body != b"P" + bind[: end + 1] and \
-                    body != b"S" + bind[end + 1 : bind.find(b"\0", end + 1) + 1]:
-                return None
-            i += 1
-        t, body = frames[i + 1]
-        if i + 1 != n - 2 or t != _E or body != bind[:end] + _NO_ROW_LIMIT:
             return None
         return name, portal, tag
 

@@ -25,10 +25,18 @@
  * appends (t, body) to the list `frames` and steps over it; returns where the first
  * other one starts (a type not allowed, a bad or oversized length, a message not
  * complete in `data`, or fewer than 5 bytes left).
+ *
+ * `gateway.wire.frontend.single_run`: whether a batch of client messages is a driver's
+ * extended-protocol run of one statement, and its names.
+ *
+ * single_run(frames) -> (name or None, portal, statement) or None, `frames` a list of
+ * (type, body) as `frames` cuts them: the Python `_single_run` is its reference, and
+ * says what it checks.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { UNKNOWN = 0, SKIPPED = 1, OBSERVED = 2 };
 
@@ -142,11 +150,105 @@ frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
+/* frames[k] as (type, body, length); a type beyond a byte is -1, like no type. */
+static int
+frame_at(PyObject *frames, Py_ssize_t k, int *type, const char **body, Py_ssize_t *len)
+{
+    PyObject *item = PyList_GET_ITEM(frames, k);
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1))) {
+        PyErr_SetString(PyExc_TypeError, "single_run: frames are (type: int, body: bytes)");
+        return -1;
+    }
+    int overflow;
+    const long t = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(item, 0), &overflow);
+    *type = overflow || t < 0 || t > 255 ? -1 : (int)t;
+    *body = PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 1));
+    *len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1));
+    return 0;
+}
+
+static PyObject *
+single_run(PyObject *module, PyObject *frames)
+{
+    (void)module;
+    if (!PyList_CheckExact(frames)) {
+        PyErr_SetString(PyExc_TypeError, "single_run(frames: list)");
+        return NULL;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(frames);
+    if (n < 3 || n > 5)
+        Py_RETURN_NONE;
+    int type[5];
+    const char *body[5];
+    Py_ssize_t len[5];
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (frame_at(frames, k, &type[k], &body[k], &len[k]) < 0)
+            return NULL;
+    if (type[n - 1] != 'S')
+        Py_RETURN_NONE;
+    const int parsed = type[0] == 'P';
+    Py_ssize_t name_len = 0, i = parsed ? 1 : 0; /* i: the Bind */
+    if (parsed) {
+        const char *z = memchr(body[0], 0, (size_t)len[0]);
+        if (z == NULL)
+            Py_RETURN_NONE;
+        name_len = z - body[0];
+    }
+    if (type[i] != 'B')
+        Py_RETURN_NONE;
+    const char *b = body[i];
+    const Py_ssize_t bl = len[i];
+    const char *pz = memchr(b, 0, (size_t)bl);
+    if (pz == NULL)
+        Py_RETURN_NONE;
+    const Py_ssize_t p = pz - b; /* the portal's end; the statement is b[p + 1, s) */
+    const char *sz = memchr(b + p + 1, 0, (size_t)(bl - p - 1));
+    if (sz == NULL)
+        Py_RETURN_NONE;
+    const Py_ssize_t s = sz - b;
+    if (parsed && (s - p - 1 != name_len || memcmp(b + p + 1, body[0], (size_t)name_len) != 0))
+        Py_RETURN_NONE;
+    if (type[i + 1] == 'D') { /* of the portal or of the statement, byte for byte */
+        const char *d = body[i + 1];
+        const Py_ssize_t dl = len[i + 1];
+        const int portal = dl == p + 2 && d[0] == 'P' && memcmp(d + 1, b, (size_t)p + 1) == 0;
+        const int statement = dl == s - p + 1 && d[0] == 'S' &&
+                              memcmp(d + 1, b + p + 1, (size_t)(s - p)) == 0;
+        if (!portal && !statement)
+            Py_RETURN_NONE;
+        i++;
+    }
+    /* the Execute, last before the Sync: of the portal, with no row limit */
+    if (i + 2 != n - 1 || type[i + 1] != 'E' || len[i + 1] != p + 5 ||
+        memcmp(body[i + 1], b, (size_t)p) != 0 || memcmp(body[i + 1] + p, "\0\0\0\0\0", 5) != 0)
+        Py_RETURN_NONE;
+    PyObject *names = PyTuple_New(3);
+    if (names == NULL)
+        return NULL;
+    PyObject *portal = PyUnicode_DecodeUTF8(b, p, NULL);
+    PyTuple_SET_ITEM(names, 1, portal);
+    PyObject *statement = portal == NULL ? NULL : PyUnicode_DecodeUTF8(b + p + 1, s - p - 1, NULL);
+    PyTuple_SET_ITEM(names, 2, statement);
+    if (statement == NULL) {
+        Py_DECREF(names);
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyTuple_SET_ITEM(names, 0, Py_NewRef(parsed ? statement : Py_None));
+    return names;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, pos, table, max_size, events) -> pos"},
     {"frames", (PyCFunction)(void (*)(void))frames, METH_FASTCALL,
      "frames(data, pos, allowed, max_size, frames) -> pos"},
+    {"single_run", (PyCFunction)single_run, METH_O,
+     "single_run(frames) -> (name or None, portal, statement) or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .codec import _I16, Reader, cstr, frame, i16, i32, u32, utf8
 from .errors import ProtocolViolation
+from .framing import Frame, _native
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +303,56 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     if end != len(body):
         raise ProtocolViolation("message has trailing bytes")
     return name, sql
+
+
+_P, _B, _D, _E, _S = (ord(c) for c in "PBDES")
+
+
+def _single_run(frames: Sequence[Frame]) -> tuple[str | None, str, str] | None:
+    """:func:`single_run` in Python: the reference the compiled one is held to
+    (tests/test_single_run_native.py), and the one in use without it."""
+    n = len(frames)
+    if not 3 <= n <= 5 or frames[-1][0] != _S:
+        return None
+    t, bind = frames[0]
+    parsed = t == _P
+    if parsed:
+        name_end = bind.find(b"\0")
+        if name_end < 0:
+            return None
+        name = bind[:name_end]
+        t, bind = frames[1]
+    if t != _B:
+        return None
+    i = 1 if parsed else 0  # the Bind
+    p = bind.find(b"\0")  # the portal's end, then the statement's
+    s = bind.find(b"\0", p + 1) if p >= 0 else -1
+    if s < 0 or (parsed and bind[p + 1 : s] != name):
+        return None
+    t, body = frames[i + 1]
+    if t == _D:
+        if body != b"P" + bind[: p + 1] and body != b"S" + bind[p + 1 : s + 1]:
+            return None
+        i += 1
+        t, body = frames[i + 1]
+    if i + 2 != n - 1 or t != _E or body != bind[:p] + b"\0\0\0\0\0":  # row limit 0
+        return None
+    try:
+        portal, statement = bind[:p].decode("utf-8"), bind[p + 1 : s].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return statement if parsed else None, portal, statement
+
+
+#: single_run(frames) -> (the Parse's name or None, the Bind's portal, its statement), or
+#: None: the names in `frames` when they are an extended-protocol run of one statement as
+#: drivers send one, ``[Parse,] Bind, [Describe,] Execute, Sync`` — the Bind binding the
+#: statement the Parse names, the Describe naming the Bind's portal or statement, the
+#: Execute its portal with no row limit —, names that are terminated UTF-8 strings; None
+#: for any other batch. (Once per such statement when it is followed for its audit
+#: record: compiled in `_framing.c` when built.)
+single_run: Callable[[Sequence[Frame]], tuple[str | None, str, str] | None] = (
+    _native.single_run if _native is not None else _single_run)
 
 
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
