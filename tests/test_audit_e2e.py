@@ -280,7 +280,8 @@ def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in
         audited: tuple[GatewayProcess, Path, Path], pg: PgBackend) -> None:
     """Card numbers no column lineage accounts for (literals here) are masked by the
     safety net on their way out; each statement's record counts the hits in its own
-    result, also when several results share one read, and in an error's text."""
+    result, also when several results share one read, when a result spans many reads,
+    and in an error's text."""
     gw, audit_dir, _pub = audited
     env = pg.server.env()
     env["PGPASSWORD"] = gw.token(groups=("ci",))
@@ -289,7 +290,10 @@ def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in
          "-p", str(gw.port), "-U", "ci-bot", "-d", "payments", "-c",
          "select 1 as net_none; "
          "select '4111111111111111' as net_two, '5555555555554444' as net_two_b; "
-         "select 2 as net_after; select '6011111111111117'::int as net_error"],
+         "select 2 as net_after; "
+         "select case when g % 100 = 0 then '4111111111111111' else 'no card' end "
+         "as net_stream from generate_series(1, 20000) g; "
+         "select '6011111111111117'::int as net_error"],
         env=env, capture_output=True, text=True, timeout=30, check=False)
     assert "*********1111" in out.stdout and "4111111111111111" not in out.stdout
     # (psql's "LINE 1:" context quotes its own copy of the query, not the server's text)
@@ -308,6 +312,7 @@ def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in
     assert hits("net_two") == [("allowed", 2)]
     assert hits("net_after") == [("allowed", 0)]
     assert hits("net_error") == [("error", 1)]
+    assert hits("net_stream") == [("allowed", 200)]  # ~220 KB: many reads
     raw = "".join(f.read_text() for f in audit_dir.glob("*.jsonl"))
     assert "4111111111111111" not in raw and "6011111111111117" not in raw
 

@@ -147,6 +147,30 @@ def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("reads", [2, 3])
+def test_hits_in_reads_before_a_result_ends_count_for_that_result(reads: int) -> None:
+    """A result streamed over several reads: the card numbers the net masked in a read
+    where no result ended are in the result still streaming, and its record counts them
+    with those of the read it ends in."""
+    got: list[tuple[str | None, int]] = []
+
+    async def main() -> None:
+        relay = _tagged_relay(Endpoint(), Endpoint(), "mask",
+                              lambda tag, t, b, c, hits: got.append((tag.command, hits)))
+        field = be.RowDescriptionField("pan", 0, 0, 25, -1, -1, 0)
+        # (a row after each card number's, so that the net holds no digits back)
+        other = be.DataRow((b"n/a",)).encode()
+        relay.from_upstream(be.RowDescription((field,)).encode()
+                            + be.DataRow((b"4111111111111111",)).encode() + other)
+        for _ in range(reads - 2):
+            relay.from_upstream(be.DataRow((b"4012888888881881",)).encode() + other)
+        relay.from_upstream(be.DataRow((b"5500000000000004",)).encode() + _ANSWER)
+        assert relay.take_carried_hits() == 0
+
+    asyncio.run(main())
+    assert got == [("A", reads)]
+
+
 def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
     """A stage fails after the buffer's accounting: the session ends (fail closed), but
     the statement whose result ended in that buffer is still reported, once."""

@@ -374,6 +374,8 @@ class Relay:
                 later = ended
             elif ended:
                 self._report_ended(swaps, safety.returned_held, safety.ends)
+            elif safety.ends:  # in a result still streaming: counted when it ends
+                self._carried_hits += len(safety.ends)
             if self.safety_error and safety.hits != hits:
                 logs.warning("session.safety_net_stop", session=self.session_id)
                 self._stop_on_pan()
