@@ -133,15 +133,15 @@ def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
                       on_result=lambda tag, t, b, c, hits: got.append((tag, hits)))
         # results ending at 100 and 300 of the upstream's buffer; a mask shrank bytes
         # 40..60 of it to 4 bytes (-16) and 150..250 to nothing (-100); 5 bytes held back
-        relay._ended = [(100, "A", 0, b"", {}), (300, "B", 0, b"", {})]
+        ended = [(100, "A", 0, b"", {}), (300, "B", 0, b"", {})]
         swaps = [(40, 60, b"xxxx"), (150, 250, b"")]
         # in the client's bytes, A's end is at 5 + 100 - 16 = 89, B's at 89 + 200 - 100
-        relay._report_ended(swaps, 5, [3, 89, 90, 189, 190])
+        relay._deliver(ended, relay._place_hits(ended, swaps, 5, [3, 89, 90, 189, 190]))
         assert got == [("A", 2), ("B", 2)]
         assert relay.take_carried_hits() == 1  # 190: in a result still streaming
-        relay._ended = [(10, "C", 0, b"", {})]
         relay._carried_hits = 1
-        relay._report_ended([], 0, [])
+        ended = [(10, "C", 0, b"", {})]
+        relay._deliver(ended, relay._place_hits(ended, [], 0, []))
         assert got[-1] == ("C", 1)
 
     asyncio.run(main())
@@ -173,12 +173,13 @@ def test_hits_in_reads_before_a_result_ends_count_for_that_result(reads: int) ->
 
 def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
     """A stage fails after the buffer's accounting: the session ends (fail closed), but
-    the statement whose result ended in that buffer is still reported, once."""
+    the statement whose result ended in that buffer is still reported, once, with the
+    safety-net hits of its earlier reads."""
     from gateway.masking.results import ResultMasker, StatementTag
     from gateway.masking.safety_net import StreamScanner
     from gateway.wire import frontend as fe
 
-    got: list[tuple[str | None, int]] = []
+    got: list[tuple[str | None, int, int]] = []
 
     class Broken(StreamScanner):
         def feed(self, chunk: bytes) -> bytes:
@@ -187,18 +188,19 @@ def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
     def make(client: Endpoint, upstream: Endpoint) -> Relay:
         results = ResultMasker(lambda o, a: None)
         relay = Relay("s1", client, upstream, 1 << 20, safety_net="mask", results=results,
-                      on_result=lambda tag, t, b, c, hits: got.append((tag.command, t)))
+                      on_result=lambda tag, t, b, c, hits: got.append((tag.command, t, hits)))
         query = fe.Query("select 1").encode()
         # as Relay._forward does for a tagged Query
         results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
         relay._outstanding = 1
         relay._observe(results.watch())
         relay.safety = Broken()
+        relay._carried_hits = 1  # a card number masked in an earlier read of its result
         return relay
 
     out = asyncio.run(_ended_by(make, be.CommandComplete("SELECT 1").encode()
                                 + be.ReadyForQuery("I").encode()))
-    assert got == [("A", ord("C"))]
+    assert got == [("A", ord("C"), 1)]
     assert b"internal gateway error" in out
 
 
@@ -222,10 +224,18 @@ def _tagged_relay(client: Endpoint, upstream: Endpoint, safety_net: str,
 _ANSWER = be.CommandComplete("SELECT 1").encode() + be.ReadyForQuery("I").encode()
 
 
-@pytest.mark.parametrize("safety_net", ["mask", "off"])
-def test_a_statement_is_reported_once_its_answer_is_passed_on(safety_net: str) -> None:
+_CARD_ROW = be.DataRow((b"4111111111111111",)).encode()
+
+
+@pytest.mark.parametrize(("safety_net", "answer", "hits"),
+                         [("mask", _ANSWER, 0), ("off", _ANSWER, 0),
+                          ("mask", _CARD_ROW + _ANSWER, 1)],
+                         ids=["net", "no net", "net with a hit to place"])
+def test_a_statement_is_reported_once_its_answer_is_passed_on(safety_net: str, answer: bytes,
+                                                              hits: int) -> None:
     """The completion record is not what the client waits for: the answer goes out
-    first, then the relay reports the statement's end."""
+    first, then the relay reports the statement's end (with a hit the net masked in
+    its result placed too)."""
     order: list[str] = []
 
     async def main() -> None:
@@ -234,22 +244,37 @@ def test_a_statement_is_reported_once_its_answer_is_passed_on(safety_net: str) -
         upstream_ep, _upstream_r, upstream_w = await _pair(loop)
         reported = loop.create_future()
 
-        def on_result(tag: object, t: int, b: bytes, c: object, hits: int) -> None:
-            order.append("reported")
+        def on_result(tag: object, t: int, b: bytes, c: object, placed: int) -> None:
+            order.append(f"reported with {placed} hit(s)")
             reported.set_result(t)
 
         relay = _tagged_relay(client_ep, upstream_ep, safety_net, on_result)
         write = client_ep.write
         client_ep.write = lambda data: (order.append("to client"), write(data))[1]  # type: ignore[method-assign]
         relay.start()
-        upstream_w.write(_ANSWER)
+        upstream_w.write(answer)
         assert await asyncio.wait_for(reported, 5) == ord("C")
-        assert await asyncio.wait_for(client_r.readexactly(len(_ANSWER)), 5) == _ANSWER
+        got = await asyncio.wait_for(client_r.readexactly(len(answer)), 5)
+        assert len(got) == len(answer) and b"4111111111111111" not in got  # (masked)
         for w in (client_w, upstream_w):
             w.close()
 
     asyncio.run(main())
-    assert order == ["to client", "reported"]
+    assert order == ["to client", f"reported with {hits} hit(s)"]
+
+
+def test_a_session_the_net_stops_still_reports_the_statement_with_its_hit() -> None:
+    """safety_net: error ends the session on a card number in a result: the client gets
+    none of it, only the FATAL error, and the statement is reported once, with its hit."""
+    got: list[tuple[str | None, int, int]] = []
+
+    def make(client: Endpoint, upstream: Endpoint) -> Relay:
+        return _tagged_relay(client, upstream, "error",
+                             lambda tag, t, b, c, hits: got.append((tag.command, t, hits)))
+
+    out = asyncio.run(_ended_by(make, _CARD_ROW + _ANSWER))
+    assert got == [("A", ord("C"), 1)]
+    assert b"4111111111111111" not in out and b"safety_net: error" in out
 
 
 @pytest.mark.parametrize("safety_net", ["mask", "off"])

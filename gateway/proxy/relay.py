@@ -61,6 +61,9 @@ _TERMINATE = b"X\0\0\0\4"
 OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int], None]
 # the masked-value counts of a statement the relay followed itself: none (read only)
 _NONE_MASKED: dict[str, int] = {}
+# A result that ended in the buffer at hand, to report: where its end message ends in
+# that buffer, and OnResult's arguments but the hits.
+_Ended = tuple[int, StatementTag, int, bytes, dict[str, int]]
 
 
 class Gate(Protocol):
@@ -132,7 +135,7 @@ class Relay:
         # Statements whose results ended in the buffer at hand: reported to `on_result`
         # once the safety net has scanned that buffer, each with the hits in its result.
         self._on_result = on_result
-        self._ended: list[tuple[int, StatementTag, int, bytes, dict[str, int]]] = []
+        self._ended: list[_Ended] = []
         self._at = 0  # where the backend message being accounted for ends, in its buffer
         self._carried_hits = 0  # hits after the last result that ended
         if results is not None and on_result is not None:
@@ -362,21 +365,22 @@ class Relay:
         if swaps:
             forward = _splice(forward, swaps)
         safety = self.safety
-        later = None
+        later = placed = None
         if safety is not None:
             hits = safety.hits
             forward = safety.feed(forward)
             ended = self._ended
-            if ended and not safety.ends and not self._carried_hits:
-                # the usual case (no safety-net hit to place): _report_ended, in fewer
-                # steps, once the answer is on its way (below)
+            if ended:  # reported once the answer is on its way (below)
                 self._ended = []
                 later = ended
-            elif ended:
-                self._report_ended(swaps, safety.returned_held, safety.ends)
+                if safety.ends or self._carried_hits:  # hits to place: rare
+                    placed = self._place_hits(ended, swaps, safety.returned_held,
+                                              safety.ends)
             elif safety.ends:  # in a result still streaming: counted when it ends
                 self._carried_hits += len(safety.ends)
             if self.safety_error and safety.hits != hits:
+                if later:  # (the client gets none of this buffer)
+                    self._deliver(later, placed)
                 logs.warning("session.safety_net_stop", session=self.session_id)
                 self._stop_on_pan()
                 return
@@ -387,7 +391,7 @@ class Relay:
                 self.client.write(forward)
         finally:  # a write that fails still leaves the ended statements their records
             if later:
-                self._deliver(later)
+                self._deliver(later, placed)
         if self._notices and self.observer.at_boundary() and not (
                 self.safety and self.safety.holding()):
             notices, self._notices = self._notices, []
@@ -400,28 +404,30 @@ class Relay:
                       counts: dict[str, int]) -> None:
         self._ended.append((self._at, tag, mtype, body, counts))
 
-    def _deliver(self, ended: list[tuple[int, StatementTag, int, bytes, dict[str, int]]]
-                 ) -> None:
-        """Report results that ended with no safety-net hit to place (`_report_ended`'s
-        usual case). The relay calls it once the answer is passed on: the records are
+    def _deliver(self, ended: Sequence[_Ended], hits: list[int] | None = None) -> None:
+        """Report results that ended, each with its safety-net hits (`hits`, in order;
+        None: none). The relay calls it once the answer is passed on: the records are
         written later anyway, and the client's next statement need not wait for them."""
         deliver = self._on_result
-        if deliver is not None:
+        if deliver is None:
+            return
+        if hits is None:
             for _, tag, mtype, body, counts in ended:
                 deliver(tag, mtype, body, counts, 0)
+        else:
+            for (_, tag, mtype, body, counts), k in zip(ended, hits, strict=True):
+                deliver(tag, mtype, body, counts, k)
 
-    def _report_ended(self, swaps: Sequence[tuple[int, int, bytes]], held: int,
-                      hit_ends: Sequence[int]) -> None:
-        """Report the results that ended in this buffer, each with the safety-net hits in
-        its own bytes: a hit belongs to the result during or at whose end message it ends
+    def _place_hits(self, ended: Sequence[_Ended], swaps: Sequence[tuple[int, int, bytes]],
+                    held: int, hit_ends: Sequence[int]) -> list[int]:
+        """The safety-net hits in each result that ended in this buffer, in its own
+        bytes: a hit belongs to the result during or at whose end message it ends
         (`hit_ends` are offsets into what the client got: this buffer after the masks'
-        splices, behind `held` bytes of the previous one)."""
-        ended, self._ended = self._ended, []
-        deliver = self._on_result
-        if not ended or deliver is None:
-            return
+        splices, behind `held` bytes of the previous one); hits carried from earlier
+        buffers go to the first, hits after the last are carried to the next."""
+        placed: list[int] = []
         i, n = 0, len(hit_ends)
-        for at, tag, mtype, body, counts in ended:
+        for at, *_ in ended:
             shifted = at + held
             for s, e, replacement in swaps:
                 if e > at:
@@ -431,8 +437,9 @@ class Relay:
             while i < n and hit_ends[i] <= shifted:
                 hits += 1
                 i += 1
-            deliver(tag, mtype, body, counts, hits)
+            placed.append(hits)
         self._carried_hits += n - i
+        return placed
 
     def take_carried_hits(self) -> int:
         """Safety-net hits after the last result that ended (in one still streaming)."""
@@ -514,7 +521,9 @@ class Relay:
 
     def _finish(self, reason: str) -> None:
         try:  # results that ended in the buffer at hand still get their records
-            self._report_ended((), 0, ())
+            ended, self._ended = self._ended, []
+            if ended:
+                self._deliver(ended, self._place_hits(ended, (), 0, ()))
         except Exception as e:
             logs.error("session.result_report_failed", session=self.session_id,
                        error=type(e).__name__)
