@@ -610,6 +610,38 @@ def hook_server() -> Iterator[tuple[str, type[_Hook]]]:
     srv.server_close()
 
 
+def _open_store_at(path: str, go: Any, results: Any) -> None:
+    go.wait()
+    try:
+        SqliteStore(path).open()
+        results.put("opened")
+    except Exception as e:  # what the worker would log as approvals.unavailable
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_workers_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """Every worker process opens the store as it starts; on a new file they race to
+    switch it to WAL, and SQLite answers all but one "database is locked" at once
+    instead of waiting (its busy handler would deadlock). The store must wait instead:
+    a worker that failed here served no approvals and no admin API."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    outcomes: list[str] = []
+    for attempt in range(20):
+        path = str(tmp_path / f"approvals-{attempt}.db")
+        go, results = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_open_store_at, args=(path, go, results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(30)
+        outcomes += [results.get(timeout=5) for _ in procs]
+    assert outcomes == ["opened"] * len(outcomes)
+
+
 def test_webhook_signed_and_retried(tmp_path: Path, hook_server: tuple[str, Any]) -> None:
     url, handler = hook_server
     handler.fail_first = 1

@@ -31,6 +31,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -472,13 +473,32 @@ class SqliteStore(ApprovalStore):
                 os.close(fd)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
                                    isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            try:
+                self._to_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
             with self._write():
                 for stmt in self._schema():
                     conn.execute(stmt)
+
+    def _to_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL, waiting up to the busy timeout for the lock: worker
+        processes starting together race to switch a new file, and SQLite answers all
+        but one "database is locked" at once instead of calling the busy handler (two
+        waiting for each other would deadlock)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def _schema(self) -> list[str]:
         text = _SCHEMA.format(requests=self.requests_table, grants=self.grants_table)
