@@ -8,6 +8,8 @@ import hmac
 import http.server
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -610,13 +612,18 @@ def hook_server() -> Iterator[tuple[str, type[_Hook]]]:
     srv.server_close()
 
 
-def _open_store_at(path: str, go: Any, results: Any) -> None:
-    go.wait()
-    try:
-        SqliteStore(path).open()
-        results.put("opened")
-    except Exception as e:  # what the worker would log as approvals.unavailable
-        results.put(f"{type(e).__name__}: {e}")
+# A worker's start, as far as the store goes: open it once told to, and say how it went.
+_OPEN_STORE = """
+import sys
+from gateway.approvals import SqliteStore
+print("ready", flush=True)
+sys.stdin.read(1)
+try:
+    SqliteStore(sys.argv[1]).open()
+    print("opened")
+except Exception as e:  # what the worker would log as approvals.unavailable
+    print(f"{type(e).__name__}: {e}")
+"""
 
 
 def test_workers_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
@@ -624,21 +631,19 @@ def test_workers_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -
     switch it to WAL, and SQLite answers all but one "database is locked" at once
     instead of waiting (its busy handler would deadlock). The store must wait instead:
     a worker that failed here served no approvals and no admin API."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
     outcomes: list[str] = []
-    for attempt in range(20):
+    for attempt in range(16):
         path = str(tmp_path / f"approvals-{attempt}.db")
-        go, results = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_open_store_at, args=(path, go, results))
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, path], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                  for _ in range(4)]
+        for p in procs:  # all of them at the door, then all at once
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
         for p in procs:
-            p.start()
-        go.set()
-        for p in procs:
-            p.join(30)
-        outcomes += [results.get(timeout=5) for _ in procs]
+            assert p.stdin is not None
+            p.stdin.write("g")
+            p.stdin.flush()
+        outcomes += [p.communicate(timeout=30)[0].strip() for p in procs]
     assert outcomes == ["opened"] * len(outcomes)
 
 
