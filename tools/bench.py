@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -353,18 +353,20 @@ def decision_latency(pg: EmbeddedPostgres, password: str, n: int = 3000,
             for q, v in (("p50", 0.5), ("p99", 0.99))}
 
 
-def statement_path(pg: EmbeddedPostgres, password: str, protocol: str,
-                   rounds: int = 3) -> dict[str, float]:
-    """tools/statement_path.py's comparison on this run's database: the gateway's own CPU
-    per pgbench statement with policy alone and with the audit trail too, without the
-    sockets and the machine's other processes that make pgbench's ratios move."""
+def statement_path(pg: EmbeddedPostgres, password: str, protocols: Sequence[str],
+                   rounds: int = 3) -> dict[str, dict[str, float]]:
+    """tools/statement_path.py's comparison on this run's database, per protocol: the
+    gateway's own CPU per pgbench statement with policy alone and with the audit trail
+    too, without the sockets and the machine's other processes that make pgbench's
+    ratios move."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     try:
         import statement_path as sp
     finally:
         sys.path.remove(str(REPO_ROOT / "tools"))
     catalog = sp.load_catalog(pg.dsn(user=ROLE, password=password, dbname=DB))
-    return sp.compare(catalog, STARTER_POLICY, rounds=rounds, protocol=protocol)
+    return {protocol: sp.compare(catalog, STARTER_POLICY, rounds=rounds, protocol=protocol)
+            for protocol in protocols}
 
 
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
@@ -623,8 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("measuring the decision latency in-process")
         latency = decision_latency(pg, password, rounds=args.rounds)
         progress("measuring the statement's whole path in-process")
-        path = {protocol: statement_path(pg, password, protocol, rounds=args.rounds)
-                for protocol in args.protocols}
+        path = statement_path(pg, password, args.protocols, rounds=args.rounds)
         print(render(results, targets, env, args))
         print("\ndecision latency, pgbench's statement under policies/pci (µs, p50 / p99; "
               f"the quietest of {args.rounds} round(s)):")
