@@ -4,6 +4,7 @@ sends, and a sink that cannot write makes the gateway refuse statements with 580
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -166,8 +167,8 @@ def test_each_run_of_a_drivers_statements_ends_in_its_own_record(
                 if r["type"] == "statement" and r["decision_seq"] in seqs]
 
     assert ends("run_rows") == [("allowed", None, 3)]
-    assert ends("run_bind_bad") == [("error", "22P02", None)]
-    assert ends("run_exec_bad") == [("error", "22012", None)]
+    assert ends("run_bind_bad") == [("error", "22P02", 0)]
+    assert ends("run_exec_bad") == [("error", "22012", 0)]
     assert ends("run_prepared") == [("allowed", None, 1)] * 3
     out = pgwarden("audit", "verify", str(audit_dir), "--key", str(pub), "--live")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -197,7 +198,7 @@ def test_runs_pipelined_behind_one_the_relay_follows_keep_their_own_records(
     records = read_records(audit_dir)
     for column, expected in (("pipe_one", [("allowed", None, 2)]),
                              ("pipe_two", [("allowed", None, 1)]),
-                             ("pipe_three", [("error", "22012", None)]),
+                             ("pipe_three", [("error", "22012", 0)]),
                              ("pipe_four", [("allowed", None, 1)])):
         seqs = {r["seq"] for r in records if r["type"] == "decision"
                 and column in (r.get("sql") or "")}
@@ -210,8 +211,6 @@ def test_a_statement_whose_parse_fails_upstream_is_recorded_as_that_error(
         audited: tuple[GatewayProcess, Path, Path]) -> None:
     """asyncpg prepares a statement (Parse, Describe, Sync) before executing it: when the
     server refuses the Parse, the allowed statement's record says so."""
-    import asyncio
-
     import asyncpg
 
     gw, audit_dir, _pub = audited
@@ -266,7 +265,7 @@ def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
     ends = [r for r in records if r["type"] == "statement"
             and r["decision_seq"] == decision[0]["seq"]]
     assert [(e["outcome"], e["sqlstate"], e["rows"]) for e in ends] == [
-        ("unfinished", None, None)]
+        ("unfinished", None, 0)]
     end = next(r for r in records if r["type"] == "session.end"
                and r["session"] == decision[0]["session"])
     assert ends[0]["seq"] < end["seq"] and end["totals"]["statements"] == 2
@@ -274,6 +273,41 @@ def test_a_statement_still_running_when_the_session_ends_is_recorded_unfinished(
     show = pgwarden("audit", "show", str(audit_dir), "--session", end["session"])
     assert show.returncode == 0 and "UNFINISHED SELECT" in show.stdout, show.stdout
     assert "1 unfinished)" in show.stdout, show.stdout
+
+
+def test_a_result_cut_short_by_the_client_leaving_records_the_rows_it_had_sent(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    """The server sends a result in pieces of its output buffer: a client that goes away
+    between two leaves a statement `unfinished` with some rows sent, and its record says
+    how many."""
+    gw, audit_dir, _pub = audited
+    c = psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                        autocommit=True)
+    # ~100 KB of rows, then a pause: most of them are flushed to the gateway before it
+    c.pgconn.send_query(b"select repeat('x', 1000) as cut_short, "
+                        b"case when g = 100 then pg_sleep(3) end from generate_series(1, 200) g;"
+                        b"select 1 as cut_never")
+    c.pgconn.flush()
+    time.sleep(1.0)
+    with socket.socket(fileno=os.dup(c.fileno())) as raw:
+        raw.shutdown(socket.SHUT_RDWR)
+    c.close()
+    deadline = time.monotonic() + 10
+    while True:
+        records = read_records(audit_dir)
+        decision = [r for r in records if r["type"] == "decision"
+                    and "cut_short" in (r.get("sql") or "")]
+        if decision and any(r["type"] == "session.end"
+                            and r["session"] == decision[0]["session"] for r in records):
+            break
+        assert time.monotonic() < deadline, "no session.end for the cut-short session"
+        time.sleep(0.1)
+    (later,) = [r["seq"] for r in records if r["type"] == "decision"
+                and "cut_never" in (r.get("sql") or "")]
+    ends = {r["decision_seq"]: r for r in records if r["type"] == "statement"}
+    cut, never = ends[decision[0]["seq"]], ends[later]
+    assert cut["outcome"] == "unfinished" and 50 < cut["rows"] < 100, cut
+    assert (never["outcome"], never["rows"]) == ("unfinished", 0)
 
 
 def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in(
@@ -315,6 +349,72 @@ def test_safety_net_hits_are_counted_in_the_record_of_the_statement_they_were_in
     assert hits("net_stream") == [("allowed", 200)]  # ~220 KB: many reads
     raw = "".join(f.read_text() for f in audit_dir.glob("*.jsonl"))
     assert "4111111111111111" not in raw and "6011111111111117" not in raw
+
+
+def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
+        audited: tuple[GatewayProcess, Path, Path], pg: PgBackend) -> None:
+    """PostgreSQL streams a result as it computes it: rows can reach the client before an
+    error ends the statement. Its record counts them, whichever way the relay followed it
+    (a lone Query, a statement of a longer string, an extended-protocol run, a masked
+    result), and the session's totals include them."""
+    gw, audit_dir, _pub = audited
+    env = pg.server.env()
+    env["PGPASSWORD"] = gw.token(groups=("ci",))
+    for sql in ("select 1/(g - 5000) as late_lone from generate_series(1, 10000) g",
+                "select 1 as late_first; "
+                "select 1/(g - 3) as late_second from generate_series(1, 5) g; "
+                "select 2 as late_skipped",
+                # COPY's rows travel as CopyData: how many went out is not counted
+                "copy (select 1/(g - 3) as late_copy from generate_series(1, 5) g) "
+                "to stdout"):
+        out = subprocess.run(
+            [str(pg.server.bin_dir / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1",
+             "-p", str(gw.port), "-U", "ci-bot", "-d", "payments", "-c", sql],
+            env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode != 0 and "division by zero" in out.stderr, out.stderr
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="late-rows", autocommit=True) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select 1/(g - %s) as late_run from generate_series(1, 10) g", (4,))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("select pan, 1/(g - 3) as late_masked from cards, "
+                      "generate_series(1, 5) g where cards.id = 1")
+        assert c.execute("select 5 as late_after").fetchone() == (5,)
+
+    async def fetch_in_pieces() -> list[int]:  # Executes with a row limit: PortalSuspended
+        conn = await asyncpg_connect(gw, password=gw.token(groups=("ci",)))
+        try:
+            async with conn.transaction():
+                return [r[0] async for r in conn.cursor(
+                    "select g as late_pieces from generate_series(1, 5) g", prefetch=2)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(fetch_in_pieces()) == [1, 2, 3, 4, 5]
+    time.sleep(0.3)
+    records = read_records(audit_dir)
+
+    def ends(column: str) -> list[tuple[str, str | None, int | None]]:
+        seqs = {r["seq"] for r in records if r["type"] == "decision"
+                and column in (r.get("sql") or "")}
+        assert seqs, column
+        return [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
+                if r["type"] == "statement" and r["decision_seq"] in seqs]
+
+    assert ends("late_lone") == [("error", "22012", 4999)]
+    assert ends("late_first") == [("allowed", None, 1)]
+    assert ends("late_second") == [("error", "22012", 2)]
+    assert ends("late_skipped") == [("skipped", None, None)]
+    assert ends("late_run") == [("error", "22012", 3)]
+    assert ends("late_masked") == [("error", "22012", 2)]
+    assert ends("late_after") == [("allowed", None, 1)]
+    assert ends("late_copy") == [("error", "22012", None)]
+    assert ends("late_pieces") == [("allowed", None, 2), ("allowed", None, 2),
+                                   ("allowed", None, 1)]
+    session = next(r["session"] for r in records if r["type"] == "session.start"
+                   and r["where"]["application_name"] == "late-rows")
+    end = next(r for r in records if r["type"] == "session.end" and r["session"] == session)
+    assert end["totals"]["rows"] == 3 + 2 + 1 and end["totals"]["errors"] == 2
 
 
 def test_the_sealed_log_verifies_and_tampering_is_named(

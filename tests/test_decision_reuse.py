@@ -512,7 +512,7 @@ def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
         client.transport, upstream.transport = wire, RecordingWire(audit_dir)  # type: ignore
         relay = Relay("s1", client, upstream, 1 << 20, gate, safety_net="off",
                       results=ResultMasker(lambda o, a: None),
-                      on_result=lambda tag, t, b, c, h: ended.append((tag.decision_seq, t)))
+                      on_result=lambda tag, t, b, c, h, s: ended.append((tag.decision_seq, t)))
         relay.start()
         for i in (1, 2, 3):
             relay.from_client(Query(by_id(i)).encode())

@@ -58,7 +58,7 @@ def run(stream: bytes, cuts: list[int], observed: frozenset[int], native: bool,
         except ProtocolViolation as e:
             out.append(("violation", str(e)))
             break
-        out.append((ob._skip, ob._partial, ob.at_boundary()))
+        out.append((ob._skip, ob._partial, ob._rows, ob.at_boundary()))
         prev = cut
     return out
 
@@ -81,9 +81,10 @@ def test_rows_of_an_unmasked_result_are_one_step() -> None:
     stream = rows + tail
     events: list[object] = []
     table = framing._scan_table(be.BACKEND_TYPES, OBSERVED, frozenset())
-    assert framing._native.scan(stream, 0, table, 64, events) == len(stream)
-    assert events == [(ord("C"), b"SELECT 1000\0", len(rows), len(rows) + 17),
-                      (ord("Z"), b"I", len(rows) + 17, len(stream))]
+    assert framing._native.scan(stream, 0, table, 64, events, 2) == (len(stream), 0)
+    assert events == [(ord("C"), b"SELECT 1000\0", len(rows), len(rows) + 17, 1002),
+                      (ord("Z"), b"I", len(rows) + 17, len(stream), 0)]
+    assert framing._native.scan(rows, 0, table, 64, [], 0) == (len(rows), 1000)
     forward, events = framing.BackendObserver(be.BACKEND_TYPES, OBSERVED, 64).relay(stream)
     assert forward == stream and [chr(t) for t, *_ in events] == ["C", "Z"]
 
@@ -94,23 +95,25 @@ def test_the_python_loop_gets_what_the_step_leaves() -> None:
     table = framing._scan_table(be.BACKEND_TYPES, OBSERVED_ROWS, frozenset(b"D"))
     events: list[object] = []
     # a coalesced type, an oversized observed message, an unknown type, a partial one
-    assert framing._native.scan(done + row, 0, table, 64, events) == len(done)
-    assert framing._native.scan(done, 0, table, 8, []) == 0
-    assert framing._native.scan(b"\x01\0\0\0\x04", 0, table, 64, []) == 0
-    assert framing._native.scan(done + done[:-1], 0, table, 64, events) == len(done)
+    assert framing._native.scan(done + row, 0, table, 64, events, 0) == (len(done), 0)
+    assert framing._native.scan(done, 0, table, 8, [], 3) == (0, 3)
+    assert framing._native.scan(b"\x01\0\0\0\x04", 0, table, 64, [], 0) == (0, 0)
+    assert framing._native.scan(done + done[:-1], 0, table, 64, events, 0) == (len(done), 0)
     assert [t for t, *_ in events] == [ord("C"), ord("C")]
 
 
 def test_bad_arguments_are_refused() -> None:
     table = b"\x01" * 256
     with pytest.raises(ValueError):
-        framing._native.scan(b"", 0, b"\x01" * 255, 64, [])
+        framing._native.scan(b"", 0, b"\x01" * 255, 64, [], 0)
     with pytest.raises(ValueError):
-        framing._native.scan(b"abc", 4, table, 64, [])
+        framing._native.scan(b"abc", 4, table, 64, [], 0)
+    with pytest.raises(ValueError):
+        framing._native.scan(b"abc", 0, table, 64, [], -1)
     with pytest.raises(TypeError):
-        framing._native.scan(bytearray(b"abc"), 0, table, 64, [])
+        framing._native.scan(bytearray(b"abc"), 0, table, 64, [], 0)
     with pytest.raises(TypeError):
-        framing._native.scan(b"abc", 0, table, 64)
+        framing._native.scan(b"abc", 0, table, 64, [])
 
 
 client_messages = st.one_of(

@@ -130,17 +130,17 @@ def test_safety_net_hits_go_to_the_result_whose_bytes_held_them() -> None:
 
     async def main() -> None:
         relay = Relay("s1", Endpoint(), Endpoint(), 1 << 20, safety_net="mask",
-                      on_result=lambda tag, t, b, c, hits: got.append((tag, hits)))
+                      on_result=lambda tag, t, b, c, hits, sent: got.append((tag, hits)))
         # results ending at 100 and 300 of the upstream's buffer; a mask shrank bytes
         # 40..60 of it to 4 bytes (-16) and 150..250 to nothing (-100); 5 bytes held back
-        ended = [(100, "A", 0, b"", {}), (300, "B", 0, b"", {})]
+        ended = [(100, "A", 0, b"", {}, 0), (300, "B", 0, b"", {}, 0)]
         swaps = [(40, 60, b"xxxx"), (150, 250, b"")]
         # in the client's bytes, A's end is at 5 + 100 - 16 = 89, B's at 89 + 200 - 100
         relay._deliver(ended, relay._place_hits(ended, swaps, 5, [3, 89, 90, 189, 190]))
         assert got == [("A", 2), ("B", 2)]
         assert relay.take_carried_hits() == 1  # 190: in a result still streaming
         relay._carried_hits = 1
-        ended = [(10, "C", 0, b"", {})]
+        ended = [(10, "C", 0, b"", {}, 0)]
         relay._deliver(ended, relay._place_hits(ended, [], 0, []))
         assert got[-1] == ("C", 1)
 
@@ -156,7 +156,7 @@ def test_hits_in_reads_before_a_result_ends_count_for_that_result(reads: int) ->
 
     async def main() -> None:
         relay = _tagged_relay(Endpoint(), Endpoint(), "mask",
-                              lambda tag, t, b, c, hits: got.append((tag.command, hits)))
+                              lambda tag, t, b, c, hits, sent: got.append((tag.command, hits)))
         field = be.RowDescriptionField("pan", 0, 0, 25, -1, -1, 0)
         # (a row after each card number's, so that the net holds no digits back)
         other = be.DataRow((b"n/a",)).encode()
@@ -169,6 +169,37 @@ def test_hits_in_reads_before_a_result_ends_count_for_that_result(reads: int) ->
 
     asyncio.run(main())
     assert got == [("A", reads)]
+
+
+@pytest.mark.parametrize("followed_by", ["masker", "relay"])
+def test_rows_of_a_result_still_streaming_are_there_for_its_unfinished_record(
+        followed_by: str) -> None:
+    """A session can end in the middle of a result: the rows sent so far (a row whose
+    header has gone out included) are what its `unfinished` record reports, whether the
+    masker follows the statement or the relay itself (rows stepped over in C)."""
+    from gateway.masking.results import WATCH_ENDS, ResultMasker, StatementTag
+
+    got: list[object] = []
+
+    async def main() -> None:
+        if followed_by == "masker":
+            relay = _tagged_relay(Endpoint(), Endpoint(), "mask", lambda *a: got.append(a))
+        else:  # as Relay._forward leaves a lone Query it follows itself
+            relay = Relay("s1", Endpoint(), Endpoint(), 1 << 20, safety_net="mask",
+                          results=ResultMasker(lambda o, a: None),
+                          on_result=lambda *a: got.append(a))
+            relay._outstanding = relay._quiet = 1
+            relay._quiet_tag = StatementTag(command="A")
+            relay._observe(WATCH_ENDS)
+        field = be.RowDescriptionField("n", 0, 0, 25, -1, -1, 0)
+        row = be.DataRow((b"x" * 50,)).encode()
+        relay.from_upstream(be.RowDescription((field,)).encode() + row * 2)
+        relay.from_upstream(row + row[:20])
+        assert [t.command for t in relay.unfinished()] == ["A"]
+        assert relay.take_sent() == 4 and relay.take_sent() == 0
+
+    asyncio.run(main())
+    assert got == []
 
 
 def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
@@ -188,7 +219,7 @@ def test_a_result_that_ended_before_a_failure_still_gets_its_record() -> None:
     def make(client: Endpoint, upstream: Endpoint) -> Relay:
         results = ResultMasker(lambda o, a: None)
         relay = Relay("s1", client, upstream, 1 << 20, safety_net="mask", results=results,
-                      on_result=lambda tag, t, b, c, hits: got.append((tag.command, t, hits)))
+                      on_result=lambda tag, t, b, c, hits, sent: got.append((tag.command, t, hits)))
         query = fe.Query("select 1").encode()
         # as Relay._forward does for a tagged Query
         results.forwarded([(query[0], query[5:])], {0: [StatementTag(command="A")]})
@@ -244,7 +275,7 @@ def test_a_statement_is_reported_once_its_answer_is_passed_on(safety_net: str, a
         upstream_ep, _upstream_r, upstream_w = await _pair(loop)
         reported = loop.create_future()
 
-        def on_result(tag: object, t: int, b: bytes, c: object, placed: int) -> None:
+        def on_result(tag: object, t: int, b: bytes, c: object, placed: int, sent: int) -> None:
             order.append(f"reported with {placed} hit(s)")
             reported.set_result(t)
 
@@ -270,7 +301,7 @@ def test_a_session_the_net_stops_still_reports_the_statement_with_its_hit() -> N
 
     def make(client: Endpoint, upstream: Endpoint) -> Relay:
         return _tagged_relay(client, upstream, "error",
-                             lambda tag, t, b, c, hits: got.append((tag.command, t, hits)))
+                             lambda tag, t, b, c, hits, sent: got.append((tag.command, t, hits)))
 
     out = asyncio.run(_ended_by(make, _CARD_ROW + _ANSWER))
     assert got == [("A", ord("C"), 1)]
@@ -285,7 +316,7 @@ def test_an_answer_that_cannot_be_passed_on_still_leaves_its_record(safety_net: 
 
     def make(client: Endpoint, upstream: Endpoint) -> Relay:
         relay = _tagged_relay(client, upstream, safety_net,
-                              lambda tag, t, b, c, hits: got.append((tag.command, t)))
+                              lambda tag, t, b, c, hits, sent: got.append((tag.command, t)))
 
         write, calls = client.write, []
 

@@ -627,16 +627,17 @@ def test_observer_coalesces_row_runs_at_any_split() -> None:
     for cut in range(1, len(stream)):
         ob = BackendObserver(be.BACKEND_TYPES, frozenset(b"TDCZ"), 1 << 20)
         ob.coalesce = frozenset(b"D")
-        forwarded, seen_rows, kinds = b"", b"", []
+        forwarded, seen_rows, kinds, counted = b"", b"", [], 0
         for part in (stream[:cut], stream[cut:]):
             fwd, events = ob.relay(part)
             forwarded += fwd
-            for t, body, start, end in events:
+            for t, body, start, end, n in events:
                 kinds.append(t)
+                counted += n
                 if t == RUN | ord("D"):
                     assert fwd[start:end] == body
                     seen_rows += body
-        assert forwarded == stream and seen_rows == b"".join(rows)
+        assert forwarded == stream and seen_rows == b"".join(rows) and counted == len(rows)
         assert kinds[0] == ord("T") and kinds[-2:] == [ord("C"), ord("Z")]
 
 
@@ -688,12 +689,13 @@ def test_rows_walked_and_masked_in_one_pass_at_any_split() -> None:
             ob = BackendObserver(be.BACKEND_TYPES, frozenset(b"TDCZ"), 1 << 20)
             ob.coalesce = frozenset(b"D")
             ob.walk_run = rm.walk_rows
-            out, walked = b"", 0
+            out, walked, counted = b"", 0, 0
             chunks = [stream[:cut]] + [stream[i:i + size] for i in range(cut, len(stream), size)]
             for chunk in chunks:
                 fwd, events = ob.relay(chunk)
                 swaps = []
-                for t, b, start, end in events:
+                for t, b, start, end, n in events:
+                    counted += n
                     if t & WALKED:
                         assert t == RUN | WALKED | ord("D")
                         walked += 1
@@ -705,6 +707,7 @@ def test_rows_walked_and_masked_in_one_pass_at_any_split() -> None:
             assert PAN not in out
             assert out == stream.replace(b"".join(rows), expected_rows), (cut, size)
             assert rm.masked_values == 32  # the non-NULL pans
+            assert counted == 40  # walked or not, every row once
             if size == 7 and cut < 40:
                 assert walked  # rows after the RowDescription's chunk went the one-pass way
 
@@ -756,7 +759,8 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
     fail: (message type, index of the request it answers). An extended-protocol error
     skips everything up to the next Sync; an error in a query string ends that string.
     A statement with nothing to mask returns a row (its description, for a Query or a
-    Describe, first); masked ones return none here (rows need real bodies). A query
+    Describe, first), also before an error in its Execute or in its statement of a query
+    string; masked ones return none here (rows need real bodies). A query
     string failing past its last statement fails as its implicit transaction commits (a
     deferred constraint): an error after every statement's CommandComplete."""
     out: list[tuple[str, int]] = []
@@ -769,17 +773,19 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
             skipping = False
         elif kind == "Q":
             for n, tag in enumerate(req.tags):  # type: ignore[attr-defined]
+                if _unmasked(tag):
+                    out += [("T", i), ("D", i)]
                 if fail and n == req.fails_at:  # type: ignore[attr-defined]
                     out.append(("E", i))
                     break
-                if _unmasked(tag):
-                    out += [("T", i), ("D", i)]
                 out.append(("C", i))
             else:
                 if fail and req.fails_at == len(req.tags):  # type: ignore[attr-defined]
                     out.append(("E", i))
             out.append(("Z", i))
         elif fail:
+            if kind == "E" and _unmasked(req.tag):  # type: ignore[attr-defined]
+                out.append(("D", i))
             out.append(("E", i))
             skipping = True
         elif kind == "D":
@@ -1037,25 +1043,35 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
     Query's ReadyForQuery itself), nor one of a single statement with nothing to mask
     (it also reports that statement's end): every followed statement still ends as when
     the masker is shown every message, at every step the statements left unfinished are
-    the same, the client gets the server's bytes, and nothing stays owed."""
+    the same, each reports the DataRows sent since the result before it ended, the client
+    gets the server's bytes, and nothing stays owed."""
     import asyncio
 
     _, batches, answers, arrivals = _case(data)
     reference: dict[int, list[int]] = {}
     rm, _ = recorder()
-    rm.on_result = lambda tag, t, b, c: reference.setdefault(id(tag), []).append(t)
+    rows = [0]  # DataRows since the last end: the next result to end sent them
+
+    def ended(tag: Any, t: int, b: bytes, c: object) -> None:
+        reference.setdefault(id(tag), []).append((t, rows[0]))
+        rows[0] = 0
+
+    rm.on_result = ended
     unfinished: list[list[int]] = []  # after each step, what a session ending would close
     for batch, buffers in _schedule(batches, answers, arrivals):
         if batch is not None:
             rm.forwarded(frames(*batch[0]), batch[1])
         for mtype, _i in buffers:
+            rows[0] += mtype == "D"
             rm.message(ord(mtype), PAN_ROW if mtype == "D" else b"")
+            if mtype in "CIEsZ":
+                rows[0] = 0
         unfinished.append([id(t) for t in rm.unfinished()])
 
     async def run() -> tuple[dict[int, list[int]], bytes, bytes, int]:
         ends: dict[int, list[int]] = {}
         relay, gate, results, client, upstream = _relay_on_wires(
-            lambda tag, t, b, c, h: ends.setdefault(id(tag), []).append(t))
+            lambda tag, t, b, c, h, sent: ends.setdefault(id(tag), []).append((t, sent)))
         server = bytearray()
         for step, (batch, buffer) in enumerate(_schedule(batches, answers, arrivals)):
             if batch is not None:
@@ -1077,6 +1093,29 @@ def test_the_relay_ends_every_statement_as_the_masker_shown_everything_does(
     assert forwarded == sum(len(f) for frames_, _ in batches for f in frames_)
 
 
+def test_executes_with_a_row_limit_each_report_their_own_rows() -> None:
+    """Two Executes of one portal with a row limit, in one run: each ends with
+    PortalSuspended and reports the DataRows of its own piece."""
+    import asyncio
+
+    async def run() -> list[tuple[object, str, int]]:
+        ends: list[tuple[object, str, int]] = []
+        relay, gate, _, _, _ = _relay_on_wires(
+            lambda tag, t, b, c, h, sent: ends.append((tag, chr(t), sent)))
+        tag = StatementTag(None, 1, command="SELECT")
+        gate.tags = {0: tag}
+        relay.from_client(b"".join((fe.Parse("", "select g", ()).encode(),
+                                    fe.Bind("p", "", (), (), ()).encode(),
+                                    fe.Execute("p", 2).encode(), fe.Execute("p", 2).encode(),
+                                    fe.Sync().encode())))
+        suspended = be.Simple(b"s").encode()
+        relay.from_upstream(b"".join(_ANSWER_BYTES[m] for m in "12DD") + suspended
+                            + _ANSWER_BYTES["D"] + suspended + _ANSWER_BYTES["Z"])
+        return [(t is tag, kind, sent) for t, kind, sent in ends]
+
+    assert asyncio.run(run()) == [(True, "s", 2), (True, "s", 1)]
+
+
 def test_the_relay_follows_a_lone_extended_run_itself_and_reports_its_end() -> None:
     """A driver's one-statement run (Parse, Bind, Describe, Execute, Sync) of an audited
     statement with nothing to mask: the relay reports its end without showing the masker
@@ -1086,7 +1125,7 @@ def test_the_relay_follows_a_lone_extended_run_itself_and_reports_its_end() -> N
     async def run() -> None:
         ends: list[tuple[object, int, bytes]] = []
         relay, gate, results, _, _ = _relay_on_wires(
-            lambda tag, t, b, c, h: ends.append((tag, t, b)))
+            lambda tag, t, b, c, h, sent: ends.append((tag, t, b)))
         one = b"".join((fe.Parse("", "select 1", ()).encode(),
                         fe.Bind("", "", (), (), ()).encode(), fe.Describe("P", "").encode(),
                         fe.Execute("", 0).encode(), fe.Sync().encode()))

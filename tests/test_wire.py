@@ -911,6 +911,95 @@ def test_observer_skips_10mb_datarow_without_buffering():
     assert obs.at_boundary()
 
 
+D = ord("D")
+_ROW_STREAM_MESSAGES = st.lists(st.one_of(
+    st.builds(lambda vals: be.DataRow(tuple(vals)).encode(),
+              st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=3)),
+    st.just(be.CommandComplete("SELECT 1").encode()),
+    st.just(be.ErrorResponse.build("22012", "division by zero").encode()),
+    st.just(be.ReadyForQuery("I").encode()),
+    st.builds(lambda b: be.CopyData(b).encode(), st.binary(max_size=20)),
+), max_size=14)
+
+
+def _walk_rows(data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
+    """A walker like the masker's: the whole DataRows from `pos` on, returned as they are."""
+    end = pos
+    while len(data) - end >= 5 and data[end] == D:
+        (length,) = struct.unpack_from("!i", data, end + 1)
+        if end + 1 + length > len(data):
+            break
+        end += 1 + length
+    return (end, data[pos:end]) if end > pos else None
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_ROW_STREAM_MESSAGES,
+       st.sampled_from(["ends", "rows", "coalesced", "walked", "copy runs"]),
+       st.booleans(), st.data())
+def test_each_event_counts_the_rows_since_the_one_before(msgs, watch, native, data):
+    """However the stream is cut, every event's count sums, up to any end message, to the
+    DataRows before it in the stream; once whole, to all of them. With the C step or not,
+    with rows observed, coalesced into runs or walked, or stepped over between runs of
+    another type."""
+    stream = b"".join(msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+    observed = OBSERVED | {ord("C")} | ({D} if watch in ("rows", "coalesced", "walked")
+                                       else {ord("d")} if watch == "copy runs" else set())
+    obs = BackendObserver(be.BACKEND_TYPES, frozenset(observed), 1 << 10)
+    if watch in ("coalesced", "walked"):
+        obs.coalesce = frozenset({D})
+    elif watch == "copy runs":
+        obs.coalesce = frozenset(b"d")
+    if watch == "walked":
+        obs.walk_run = _walk_rows
+    if not native:
+        obs._scan = None
+    seen, prev = [], 0
+    for cut in [*cuts, len(stream)]:
+        seen += obs.relay(stream[prev:cut])[1]
+        prev = cut
+    before = 0
+    expected = []  # (type, DataRows before it) for each end message
+    for m in msgs:
+        if m[0] == D:
+            before += 1
+        elif m[0] != ord("d"):
+            expected.append((m[0], before))
+    counted, got = 0, []
+    for t, _, _, _, rows in seen:
+        counted += rows
+        if t in observed and t not in (D, ord("d")):
+            got.append((t, counted))
+    assert got == [e for e in expected if e[0] in observed]
+    assert counted + obs._rows == before
+
+
+def test_rows_are_counted_at_their_header():
+    """A DataRow still arriving counts once its header has passed (its bytes go out)."""
+    row = be.DataRow((b"x" * 100,)).encode()
+    err = be.ErrorResponse.build("22012", "division by zero").encode()
+    obs = BackendObserver(be.BACKEND_TYPES, OBSERVED, 1 << 10)
+    assert obs.relay(row[:4])[1] == [] and obs._rows == 0
+    assert obs.relay(row[4:50])[1] == [] and obs._rows == 1
+    events = obs.relay(row[50:] + row + err)[1]
+    assert [(t, rows) for t, _, _, _, rows in events] == [(E, 2)] and obs._rows == 0
+
+
+@pytest.mark.parametrize("stop", ["inside a row", "before the last row"])
+def test_a_walker_must_stop_where_the_run_ends(stop):
+    row = be.DataRow((b"a",)).encode()
+    stop = 4 if stop == "inside a row" else len(row)
+    for native in (True, False):
+        obs = BackendObserver(be.BACKEND_TYPES, OBSERVED | {D}, 1 << 10)
+        obs.coalesce = frozenset({D})
+        obs.walk_run = lambda data, pos, _m: (pos + stop, data[pos : pos + stop])
+        if not native:
+            obs._scan = None
+        with pytest.raises(ProtocolViolation):
+            obs.relay(row * 3 + be.ReadyForQuery("I").encode())
+
+
 def test_observer_split_header_of_big_message():
     row = be.DataRow((b"q" * 100_000,)).encode()
     obs = BackendObserver(be.BACKEND_TYPES, OBSERVED, 1 << 10)

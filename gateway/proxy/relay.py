@@ -57,13 +57,16 @@ _TERMINATE = b"X\0\0\0\4"
 
 
 # A statement's result ended: its tag, the message that ended it (type, body), the values
-# masked per protected column, and the safety-net hits in its bytes.
-OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int], None]
+# masked per protected column, the safety-net hits in its bytes, and the DataRows the
+# client was sent for it.
+OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int, int], None]
 # the masked-value counts of a statement the relay followed itself: none (read only)
 _NONE_MASKED: dict[str, int] = {}
 # A result that ended in the buffer at hand, to report: where its end message ends in
-# that buffer, and OnResult's arguments but the hits.
-_Ended = tuple[int, StatementTag, int, bytes, dict[str, int]]
+# that buffer, and OnResult's arguments but the hits (the DataRows last).
+_Ended = tuple[int, StatementTag, int, bytes, dict[str, int], int]
+# The messages after which a DataRow belongs to another statement's result.
+_RESULT_ENDS = QUERY_ENDS | frozenset(b"s")
 
 
 class Gate(Protocol):
@@ -137,6 +140,9 @@ class Relay:
         self._on_result = on_result
         self._ended: list[_Ended] = []
         self._at = 0  # where the backend message being accounted for ends, in its buffer
+        # DataRows since the last result ended: the current result's, told to on_result
+        # with its end (a statement that fails partway sent some)
+        self._sent = 0
         self._carried_hits = 0  # hits after the last result that ended
         if results is not None and on_result is not None:
             results.on_result = self._result_ended
@@ -312,22 +318,28 @@ class Relay:
         results = self.results
         shown = False  # whether `results` was shown a message of this buffer
         follow = self._on_result is not None
-        for mtype, body, start, end in events:
+        sent = self._sent
+        for mtype, body, start, end, rows in events:
             if mtype & WALKED:  # rows the masker rewrote as the observer walked them
                 swaps.append((start, end, body))
             if self._quiet:  # an answer to a batch `results` was not shown (see _forward)
+                sent += rows
                 if mtype == _Z:
                     self._quiet -= 1
                     self._quiet_tag = None
+                    sent = 0
                 elif self._quiet_tag is not None and mtype in QUERY_ENDS:  # (not Z: above)
                     # as ResultMasker ends it: nothing masked; after its end, an error
                     # (at commit) is the string's, not the statement's
-                    self._ended.append((end, self._quiet_tag, mtype, body, _NONE_MASKED))
+                    self._ended.append((end, self._quiet_tag, mtype, body, _NONE_MASKED,
+                                        sent))
                     self._quiet_tag = None
             elif results is not None:
                 shown = True
+                sent += rows
                 if follow:
                     self._at = end
+                    self._sent = sent  # the result that ends now takes them
                 try:
                     replacement = results.message(mtype, body)
                 except (ProtocolViolation, ValueError) as e:
@@ -338,6 +350,8 @@ class Relay:
                     return
                 if replacement is not None:
                     swaps.append((start, end, replacement))
+                if mtype in _RESULT_ENDS:
+                    sent = 0
             if mtype == _Z:
                 self.transaction_status = chr(body[0]) if body else "?"
                 self._outstanding = max(0, self._outstanding - 1)
@@ -358,6 +372,7 @@ class Relay:
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
+        self._sent = sent
         if shown:
             watch = results.watch()  # type: ignore[union-attr]
             if watch != self._watching:
@@ -402,7 +417,8 @@ class Relay:
 
     def _result_ended(self, tag: StatementTag, mtype: int, body: bytes,
                       counts: dict[str, int]) -> None:
-        self._ended.append((self._at, tag, mtype, body, counts))
+        sent, self._sent = self._sent, 0  # (a statement its error skips sent none)
+        self._ended.append((self._at, tag, mtype, body, counts, sent))
 
     def _deliver(self, ended: Sequence[_Ended], hits: list[int] | None = None) -> None:
         """Report results that ended, each with its safety-net hits (`hits`, in order;
@@ -412,11 +428,11 @@ class Relay:
         if deliver is None:
             return
         if hits is None:
-            for _, tag, mtype, body, counts in ended:
-                deliver(tag, mtype, body, counts, 0)
+            for _, tag, mtype, body, counts, sent in ended:
+                deliver(tag, mtype, body, counts, 0, sent)
         else:
-            for (_, tag, mtype, body, counts), k in zip(ended, hits, strict=True):
-                deliver(tag, mtype, body, counts, k)
+            for (_, tag, mtype, body, counts, sent), k in zip(ended, hits, strict=True):
+                deliver(tag, mtype, body, counts, k, sent)
 
     def _place_hits(self, ended: Sequence[_Ended], swaps: Sequence[tuple[int, int, bytes]],
                     held: int, hit_ends: Sequence[int]) -> list[int]:
@@ -445,6 +461,12 @@ class Relay:
         """Safety-net hits after the last result that ended (in one still streaming)."""
         hits, self._carried_hits = self._carried_hits, 0
         return hits
+
+    def take_sent(self) -> int:
+        """DataRows sent since the last result ended (of one still streaming), also those
+        no event has counted yet (rows of a followed result are stepped over in C)."""
+        sent, self._sent = self._sent, 0
+        return sent + self.observer.take_rows()
 
     def _stop_on_pan(self) -> None:
         if not self.upstream.closed:

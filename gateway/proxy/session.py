@@ -62,6 +62,12 @@ class ClientHello:
     leftover: bytes
 
 
+def _sent_rows(tag: StatementTag, sent: int) -> int | None:
+    """The `rows` of a statement that did not complete: the DataRows it sent; None for a
+    COPY, whose rows travel as CopyData (not counted)."""
+    return None if tag.command == "COPY" else sent
+
+
 def _printable(value: str, limit: int = 63) -> str:
     """Client-chosen names are echoed in errors and logs: bound and defang them."""
     clean = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
@@ -152,10 +158,11 @@ class Session:
         if relay is None or results is None:
             return
         try:
-            hits = relay.take_carried_hits()  # in the result that was streaming
+            # in the result that was streaming: its hits and rows
+            hits, sent = relay.take_carried_hits(), relay.take_sent()
             for tag in relay.unfinished():
-                self._statement_done(tag, UNFINISHED, b"", {}, hits)
-                hits = 0
+                self._statement_done(tag, UNFINISHED, b"", {}, hits, sent)
+                hits = sent = 0
         except Exception as e:  # the session's end must be recorded whatever this hits
             logs.error("audit.unfinished_failed", session=self.id, error=type(e).__name__)
 
@@ -395,8 +402,11 @@ class Session:
             return False
 
     def _statement_done(self, tag: StatementTag, mtype: int, body: bytes,
-                        masked: dict[str, int], safety_net_hits: int = 0) -> None:
-        """A statement's result ended: its completion record, linked to its decision."""
+                        masked: dict[str, int], safety_net_hits: int = 0,
+                        sent: int = 0) -> None:
+        """A statement's result ended: its completion record, linked to its decision.
+        `sent`: the DataRows the client was sent for it, its `rows` when no command tag
+        says (an error partway, an Execute's row limit, a session that ended first)."""
         if self.audit_ctx is None:
             return
         sqlstate = error = None
@@ -415,6 +425,7 @@ class Session:
                 sqlstate = getattr(err, "code", None)
                 error = getattr(err, "message", None)
                 outcome = "error"
+                rows = _sent_rows(tag, sent)
             elif mtype == 0x43:  # CommandComplete
                 rows = records.rows_from_complete(body)
                 outcome = "masked"
@@ -422,8 +433,10 @@ class Session:
                 outcome = "skipped"
             elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
                 outcome = "unfinished"
-            else:  # EmptyQueryResponse, PortalSuspended
+                rows = _sent_rows(tag, sent)
+            else:  # EmptyQueryResponse (no rows), PortalSuspended (an Execute's row limit)
                 outcome = "masked" if masked else "allowed"
+                rows = sent
             values = sum(masked.values()) if masked else 0
             self.totals.count(outcome, rows=rows, masked_values=values)
         templates = self._templates

@@ -9,14 +9,16 @@
  * row, and cutting out the small ones it does look at (ReadyForQuery, CommandComplete,
  * ...), so that an ordinary answer costs one call.
  *
- * scan(data, pos, table, max_size, events) -> pos: from `pos`, for each whole message
- * whose type byte `t` has
- *   table[t] == 1 (known to the protocol, not observed): steps over it;
+ * scan(data, pos, table, max_size, events, rows) -> (pos, rows): from `pos`, for each
+ * whole message whose type byte `t` has
+ *   table[t] == 1 (known to the protocol, not observed): steps over it, adding 1 to
+ *       `rows` if it is a DataRow ('D');
  *   table[t] == 2 (observed, not coalesced), length <= max_size: appends the event
- *       (t, body, start, end) to the list `events` and steps over it;
- * and returns where the first other one starts: an unknown or coalesced type
+ *       (t, body, start, end, rows + 1 if it is a DataRow else rows) to the list
+ *       `events`, steps over it and starts `rows` from 0 again;
+ * and returns where the first other one starts (an unknown or coalesced type
  * (table[t] 0 or 3), an invalid or oversized length, a message not complete in `data`,
- * or fewer than 5 bytes left.
+ * or fewer than 5 bytes left) and the DataRows stepped over after the last event.
  *
  * `MessageFramer.feed`: cutting a client's whole messages out of a buffer.
  *
@@ -39,6 +41,7 @@
 #include <string.h>
 
 enum { UNKNOWN = 0, SKIPPED = 1, OBSERVED = 2 };
+#define DATA_ROW 'D'
 
 static inline int32_t
 length_at(const unsigned char *d, Py_ssize_t pos)
@@ -47,7 +50,8 @@ length_at(const unsigned char *d, Py_ssize_t pos)
                      ((uint32_t)d[pos + 3] << 8) | (uint32_t)d[pos + 4]);
 }
 
-/* Both loops take (data: bytes, pos, table: 256 bytes, max_size, out: list). */
+/* Both loops take (data: bytes, pos, table: 256 bytes, max_size, out: list), and
+ * scan a count besides. */
 typedef struct {
     const unsigned char *data, *table;
     Py_ssize_t n, pos, max_size;
@@ -55,11 +59,11 @@ typedef struct {
 } Args;
 
 static int
-parse(const char *name, PyObject *const *args, Py_ssize_t nargs, Args *a)
+parse(const char *name, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
+      Args *a)
 {
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "%s(data, pos, table, max_size, out) takes 5 arguments",
-                     name);
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
         return -1;
     }
     if (!PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2]) ||
@@ -89,8 +93,15 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
     Args a;
-    if (parse("scan", args, nargs, &a) < 0)
+    if (parse("scan", args, nargs, 6, &a) < 0)
         return NULL;
+    Py_ssize_t rows = PyLong_AsSsize_t(args[5]);
+    if (rows == -1 && PyErr_Occurred())
+        return NULL;
+    if (rows < 0) {
+        PyErr_SetString(PyExc_ValueError, "scan: rows >= 0");
+        return NULL;
+    }
     const unsigned char *d = a.data, *t = a.table;
     const Py_ssize_t n = a.n, max_size = a.max_size;
     PyObject *events = a.out;
@@ -106,19 +117,22 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (kind == OBSERVED) {
             if ((Py_ssize_t)length > max_size)
                 break;
-            PyObject *event = Py_BuildValue("(iy#nn)", (int)d[pos],
+            PyObject *event = Py_BuildValue("(iy#nnn)", (int)d[pos],
                                             (const char *)d + pos + 5, end - pos - 5,
-                                            pos, end);
+                                            pos, end, rows + (d[pos] == DATA_ROW));
             if (event == NULL)
                 return NULL;
             int failed = PyList_Append(events, event);
             Py_DECREF(event);
             if (failed)
                 return NULL;
+            rows = 0;
+        } else if (d[pos] == DATA_ROW) {
+            rows++;
         }
         pos = end;
     }
-    return PyLong_FromSsize_t(pos);
+    return Py_BuildValue("(nn)", pos, rows);
 }
 
 static PyObject *
@@ -126,7 +140,7 @@ frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
     Args p;
-    if (parse("frames", args, nargs, &p) < 0)
+    if (parse("frames", args, nargs, 5, &p) < 0)
         return NULL;
     const unsigned char *d = p.data, *a = p.table;
     const Py_ssize_t n = p.n, max_size = p.max_size;

@@ -44,7 +44,10 @@ WALKED = 0x200  # with RUN: the run as `walk_run` rewrote it (see walk_run)
 
 #: walk_run(data, pos, max_size) -> (end of the run, its replacement) or None
 RunWalker = Callable[[bytes, int, int], "tuple[int, bytes] | None"]
-Event = tuple[int, bytes, int, int]  # type, body, start and end offsets
+#: type, body, start and end offsets, and the DataRows passed since the previous event
+#: (stepped over, or in this event's run)
+Event = tuple[int, bytes, int, int, int]
+DATA_ROW = 0x44  # 'D': the messages counted in an event's last member
 
 
 @functools.lru_cache(maxsize=8)  # one set per kind of framer: built once, not per session
@@ -121,6 +124,12 @@ def _scan_table(known: frozenset[int], observed: frozenset[int],
                  3 if b in coalesce else 2 for b in range(256))
 
 
+@functools.lru_cache(maxsize=4)
+def _run_table(mtype: int) -> bytes:
+    """The compiled step's table that steps over messages of `mtype` only."""
+    return bytes(1 if b == mtype else 0 for b in range(256))
+
+
 class BackendObserver:
     """Tracks message boundaries in a stream the caller forwards untouched."""
 
@@ -143,6 +152,9 @@ class BackendObserver:
         self.walk_run: RunWalker | None = None
         self._max = max_observed_size
         self._skip = 0
+        #: DataRows passed since the last event (the next event carries them): what an
+        #: error's statement sent before it, with no Python per row
+        self._rows = 0
         self._partial = b""
         self._scan = _native.scan if _native is not None else None
         self._table = b""  # the scan's table for the sets in _table_for
@@ -153,7 +165,9 @@ class BackendObserver:
 
         Observed messages are forwarded only once whole (they are small: the caller may
         need to replace one), so each event's (start, end) lies inside the returned bytes.
-        Unobserved messages stream through as they arrive.
+        Unobserved messages stream through as they arrive. Each event also counts the
+        DataRows since the one before it, its own included (a DataRow is counted once its
+        header has passed: the rest of it goes out as it arrives).
         """
         pos = 0
         if self._skip:
@@ -175,9 +189,10 @@ class BackendObserver:
         if observed is not self._table_for[0] or self.coalesce is not self._table_for[1]:
             table = self._table = _scan_table(self._known, observed, self.coalesce)
             self._table_for = (observed, self.coalesce)
+        rows = self._rows
         while pos < n:
             if scan is not None:  # whole messages in C: no Python per row, one call per answer
-                pos = scan(data, pos, table, self._max, events)
+                pos, rows = scan(data, pos, table, self._max, events, rows)
                 if pos == n:
                     break
             if n - pos < 5:
@@ -204,25 +219,50 @@ class BackendObserver:
                             run_end, replacement = walked
                             if not pos < run_end <= n:
                                 raise ProtocolViolation("a run walker went astray")
-                            events.append((RUN | WALKED | mtype, replacement, pos, run_end))
+                            if mtype == DATA_ROW:
+                                rows += self._count_run(data, pos, run_end, mtype)
+                            events.append((RUN | WALKED | mtype, replacement, pos, run_end,
+                                           rows))
+                            rows = 0
                             pos = run_end
                             continue
-                    run_end = self._run_end(data, end, mtype)
-                    events.append((RUN | mtype, data[pos:run_end], pos, run_end))
+                    run_end, count = self._run_end(data, pos, mtype)
+                    events.append((RUN | mtype, data[pos:run_end], pos, run_end,
+                                   rows + count if mtype == DATA_ROW else rows))
+                    rows = 0
                     pos = run_end
                     continue
-                events.append((mtype, data[pos + 5 : end], pos, end))
-            elif end > n:
+                events.append((mtype, data[pos + 5 : end], pos, end,
+                               rows + 1 if mtype == DATA_ROW else rows))
+                rows = 0
+                pos = end
+                continue
+            if mtype == DATA_ROW:
+                rows += 1
+            if end > n:
                 self._skip = end - n
                 break
             pos = end
+        self._rows = rows
         return (data if forward_end == n else data[:forward_end]), events
 
-    def _run_end(self, data: bytes, pos: int, mtype: int) -> int:
-        """End of the whole messages of type `mtype` that follow at `pos`."""
+    def _count_run(self, data: bytes, pos: int, run_end: int, mtype: int) -> int:
+        """How many messages a walker's run holds: one step in C (a walked run is a
+        masked result's rows, which the walker did not count)."""
+        if self._scan is not None and type(data) is bytes:
+            end, count = self._scan(data, pos, _run_table(mtype), self._max, [], 0)
+        else:
+            end, count = self._run_end(data, pos, mtype)
+        if end != run_end:
+            raise ProtocolViolation("a run walker went astray")
+        return count
+
+    def _run_end(self, data: bytes, pos: int, mtype: int) -> tuple[int, int]:
+        """End of the whole messages of type `mtype` that start at `pos`, and how many."""
         n = len(data)
         unpack = _LEN.unpack_from
         limit = self._max
+        count = 0
         while n - pos >= 5 and data[pos] == mtype:
             (length,) = unpack(data, pos + 1)
             if length < 4:
@@ -233,11 +273,17 @@ class BackendObserver:
             if end > n:
                 break
             pos = end
-        return pos
+            count += 1
+        return pos, count
+
+    def take_rows(self) -> int:
+        """The DataRows passed since the last event (no event has counted them yet)."""
+        rows, self._rows = self._rows, 0
+        return rows
 
     def feed(self, data: bytes) -> list[Frame]:
         """The observed messages completed by `data` (for callers that forward nothing)."""
-        return [(t, body) for t, body, _, _ in self.relay(data)[1]]
+        return [(t, body) for t, body, *_ in self.relay(data)[1]]
 
     def forwarded_at_boundary(self) -> bool:
         """True when no message is half-forwarded, so another may be injected now."""
