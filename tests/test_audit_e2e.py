@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -42,6 +43,17 @@ def read_records(directory: Path) -> list[dict]:
     for f in sorted(directory.glob("*.jsonl")):
         out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return out
+
+
+def statement_ends(records: list[dict], column: str
+                   ) -> list[tuple[str, str | None, int | None]]:
+    """(outcome, sqlstate, rows) of the statement records of the decisions whose SQL
+    names `column`."""
+    seqs = {r["seq"] for r in records if r["type"] == "decision"
+            and column in (r.get("sql") or "")}
+    assert seqs, column
+    return [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
+            if r["type"] == "statement" and r["decision_seq"] in seqs]
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +169,7 @@ def test_each_run_of_a_drivers_statements_ends_in_its_own_record(
             assert c.execute("select %s::int as run_prepared", (n,),
                              prepare=True).fetchone() == (n,)
     time.sleep(0.3)
-    records = read_records(audit_dir)
-
-    def ends(column: str) -> list[tuple[str, str | None, int | None]]:
-        seqs = {r["seq"] for r in records if r["type"] == "decision"
-                and column in (r.get("sql") or "")}
-        assert seqs, column
-        return [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
-                if r["type"] == "statement" and r["decision_seq"] in seqs]
-
+    ends = partial(statement_ends, read_records(audit_dir))
     assert ends("run_rows") == [("allowed", None, 3)]
     assert ends("run_bind_bad") == [("error", "22P02", 0)]
     assert ends("run_exec_bad") == [("error", "22012", 0)]
@@ -393,14 +397,7 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
     assert asyncio.run(fetch_in_pieces()) == [1, 2, 3, 4, 5]
     time.sleep(0.3)
     records = read_records(audit_dir)
-
-    def ends(column: str) -> list[tuple[str, str | None, int | None]]:
-        seqs = {r["seq"] for r in records if r["type"] == "decision"
-                and column in (r.get("sql") or "")}
-        assert seqs, column
-        return [(r["outcome"], r["sqlstate"], r["rows"]) for r in records
-                if r["type"] == "statement" and r["decision_seq"] in seqs]
-
+    ends = partial(statement_ends, records)
     assert ends("late_lone") == [("error", "22012", 4999)]
     assert ends("late_first") == [("allowed", None, 1)]
     assert ends("late_second") == [("error", "22012", 2)]
