@@ -258,7 +258,7 @@ single_run(PyObject *module, PyObject *frames)
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(data, pos, table, max_size, events) -> pos"},
+     "scan(data, pos, table, max_size, events, rows) -> (pos, rows)"},
     {"frames", (PyCFunction)(void (*)(void))frames, METH_FASTCALL,
      "frames(data, pos, allowed, max_size, frames) -> pos"},
     {"single_run", (PyCFunction)single_run, METH_O,
