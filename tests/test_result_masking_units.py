@@ -11,9 +11,10 @@ from conftest import MemoryTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.masking import results as results_module
 from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
-from gateway.masking.plan import ColumnMask, MaskPlan
+from gateway.masking.plan import ColumnMask, MaskPlan, with_row_limit
 from gateway.masking.results import (
     SKIPPED,
     WATCH_ANSWERS,
@@ -35,6 +36,7 @@ from gateway.proxy.relay import OBSERVE
 from gateway.wire import backend as be
 from gateway.wire import frontend as fe
 from gateway.wire.errors import ProtocolViolation
+from gateway.wire.framing import RUN
 from gateway.wire.pipeline import RUN_REST, ResponseTracker
 
 LAST4 = ColumnMask("pan_last4", resolve("pan_last4", key=b""), "public.cards.pan")
@@ -1145,3 +1147,188 @@ def test_the_relay_follows_a_lone_extended_run_itself_and_reports_its_end() -> N
         assert results.empty() and not relay.done.done()
 
     asyncio.run(run())
+
+
+# -- row limits ---------------------------------------------------------------------------------
+
+
+def limited(limit: int, masks: dict[int, ColumnMask] | None = None, width: int = 1) -> MaskPlan:
+    by_column = {("public", "cards", "pan"): LAST4} if masks else {}
+    return with_row_limit(plan(masks or {}, width, by_column) if masks else None,
+                          _Info(width), limit)
+
+
+class _Info:
+    """What `with_row_limit` reads of a StatementInfo: the outputs' count."""
+
+    def __init__(self, width: int) -> None:
+        self.outputs = (None,) * width
+
+
+def rows_of(*values: bytes) -> list[bytes]:
+    return [be.DataRow((v,)).encode() for v in values]
+
+
+def decoded(stream: bytes) -> list[tuple[str, object]]:
+    """(type, message) of each backend message in `stream`."""
+    out, pos = [], 0
+    while pos < len(stream):
+        (length,) = struct.unpack_from("!i", stream, pos + 1)
+        t = stream[pos]
+        out.append((chr(t), be.decode_backend(t, stream[pos + 5 : pos + 1 + length])))
+        pos += 1 + length
+    return out
+
+
+def test_a_query_under_a_row_limit_returns_that_many_rows_and_says_so() -> None:
+    """DataRows one by one: the first `row_limit` pass, the rest are withheld; the command
+    tag gives the rows the client got, a warning says why, and the result's end reports
+    those rows."""
+    ends: list[tuple[object, ...]] = []
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: ends.append(a))
+    tag = StatementTag(limited(2), 7, command="SELECT")
+    rm.forwarded(frames(fe.Query("select id from t").encode()), {0: [tag]})
+    assert rm.watch() == WATCH_ROWS
+    desc = body(be.RowDescription((field("id", 16400, 1),)).encode())
+    assert rm.message(ord("T"), desc) is None  # a limit alone masks nothing
+    out = [rm.message(ord("D"), body(r)) for r in rows_of(b"1", b"2", b"3", b"4")]
+    assert out == [None, None, b"", b""]
+    end = rm.message(ord("C"), b"SELECT 4\0")
+    assert end is not None
+    (nt, notice), (ct, complete) = decoded(end)
+    assert (nt, ct) == ("N", "C") and complete == be.CommandComplete("SELECT 2")
+    assert notice.code == "01000" and "cut at 2 rows" in notice.message
+    assert ends == [(tag, ord("C"), b"SELECT 2\0", {}, 2)]
+    assert rm.message(ord("Z"), b"I") is None and rm.watch() == WATCH_IDLE
+
+
+def test_a_run_of_rows_is_cut_where_the_budget_ends_and_masked() -> None:
+    """Rows in runs (as the relay coalesces them): the run the budget ends in is cut at a
+    row's end and its rows masked; later runs are withheld whole; a limit the result
+    stays under changes nothing, and tells nothing."""
+    ends: list[tuple[object, ...]] = []
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: ends.append(a))
+    tag = StatementTag(limited(3, {0: LAST4}), 1, command="SELECT")
+    under = StatementTag(limited(5), 2, command="SELECT")
+    rm.forwarded(frames(fe.Query("select pan from cards; select 1").encode()),
+                 {0: [tag, under]})
+    desc = body(be.RowDescription((field("pan", 16400, 2),)).encode())
+    assert rm.message(ord("T"), desc) is not None
+    assert rm.walk_rows(b"".join(rows_of(PAN)), 0, 1 << 20) is None  # message cuts first
+    run = RUN | ord("D")
+    assert rm.message(run, b"".join(rows_of(PAN, PAN))) == \
+        b"".join(rows_of(b"************1111") * 2)
+    assert rm.message(run, b"".join(rows_of(PAN, b"4444333322221111", PAN))) == \
+        rows_of(b"************1111")[0]
+    assert rm.message(run, b"".join(rows_of(PAN, PAN))) == b""
+    assert [t for t, _ in decoded(rm.message(ord("C"), b"SELECT 7\0") or b"")] == ["N", "C"]
+    assert rm.message(ord("T"), body(be.RowDescription((field("x"),)).encode())) is None
+    assert rm.message(run, b"".join(rows_of(b"1", b"2"))) is None
+    assert rm.message(ord("C"), b"SELECT 2\0") is None
+    assert [(e[0], e[2], e[4]) for e in ends] == [(tag, b"SELECT 3\0", 3),
+                                                  (under, b"SELECT 2\0", 2)]
+    assert ends[0][3] == {"public.cards.pan": 3}  # only the rows sent were masked
+
+
+def test_a_portal_has_one_budget_across_its_executes_and_each_portal_its_own() -> None:
+    """Executes with a row count (a driver's cursor): the budget spans the portal's
+    pieces, the client is told once; a second portal of the same prepared statement
+    starts afresh; the statement's own plan is never spent."""
+    ends: list[tuple[object, ...]] = []
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: ends.append(a))
+    stmt = StatementTag(limited(3), 1, command="SELECT")
+    rm.forwarded(frames(fe.Parse("s", "select g", ()).encode(),
+                        fe.Bind("p", "s", (), (), ()).encode(), fe.Execute("p", 2).encode(),
+                        fe.Execute("p", 2).encode(), fe.Execute("p", 2).encode(),
+                        fe.Bind("q", "s", (), (), ()).encode(), fe.Execute("q", 0).encode(),
+                        fe.Sync().encode()), {0: stmt})
+    for t in "12":
+        assert rm.message(ord(t), b"") is None
+    got: list[bytes | None] = []
+    for _ in range(3):  # three pieces of two rows: 2 pass, then 1, then none
+        got += [rm.message(ord("D"), body(r)) for r in rows_of(b"1", b"2")]
+        got.append(rm.message(ord("s"), b""))
+    assert got[:4] == [None, None, None, None] and got[4] == b""
+    told = got[5]
+    assert told is not None and [t for t, _ in decoded(told)] == ["N", "s"]
+    assert got[6:] == [b"", b"", None]  # told once
+    assert rm.message(ord("2"), b"") is None
+    assert [rm.message(ord("D"), body(r)) for r in rows_of(b"1", b"2", b"3", b"4")] == \
+        [None, None, None, b""]
+    assert [t for t, _ in decoded(rm.message(ord("C"), b"SELECT 4\0") or b"")] == ["N", "C"]
+    assert [e[4] for e in ends] == [2, 1, 0, 3]
+    assert [e[0].plan.of for e in ends] == [stmt.plan] * 4 and stmt.plan.left == 3
+
+
+def test_a_limited_statement_whose_parse_failed_ends_once() -> None:
+    """The portal's copy of the plan is still that statement's: an error answering the
+    Parse ends it, and its Execute is not reported again as skipped."""
+    ends: list[tuple[object, ...]] = []
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: ends.append(a))
+    stmt = StatementTag(limited(1), 1, command="SELECT")
+    rm.forwarded(frames(fe.Parse("", "select g", ()).encode(),
+                        fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode(),
+                        fe.Sync().encode()), {0: stmt})
+    error = body(be.ErrorResponse.build("42601", "syntax error").encode())
+    rm.message(ord("E"), error)
+    assert rm.message(ord("Z"), b"I") is None
+    assert [(e[0], chr(e[1])) for e in ends] == [(stmt, "E")]
+
+
+def test_a_row_limit_of_zero_withholds_every_row() -> None:
+    ends: list[tuple[object, ...]] = []
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: ends.append(a))
+    tag = StatementTag(limited(0), 1, command="FETCH")
+    rm.forwarded(frames(fe.Query("fetch 2 from k").encode()), {0: [tag]})
+    rm.message(ord("T"), body(be.RowDescription((field("id"),)).encode()))
+    assert rm.message(RUN | ord("D"), b"".join(rows_of(b"1", b"2"))) == b""
+    end = rm.message(ord("C"), b"FETCH 2\0")
+    assert decoded(end or b"")[-1] == ("C", be.CommandComplete("FETCH 0"))
+    assert ends[0][4] == 0
+
+
+@pytest.mark.parametrize(("tag", "rows", "expected"), [
+    (b"SELECT 20\0", 3, b"SELECT 3\0"), (b"FETCH 9\0", 0, b"FETCH 0\0"),
+    (b"MOVE\0", 1, b"MOVE\0"), (b"\0", 1, b"\0"), (b"SELECT x\0", 1, b"SELECT x\0"),
+])
+def test_a_command_tag_gets_the_rows_sent(tag: bytes, rows: int, expected: bytes) -> None:
+    assert results_module._with_count(tag, rows) == expected
+
+
+def test_the_relay_records_the_rows_a_limit_let_through() -> None:
+    """Through the relay: the client gets the rows within the limit, and the statement's
+    end reports those, not every row the server sent."""
+    import asyncio
+
+    async def run() -> tuple[list[tuple[object, str, int]], bytes]:
+        ends: list[tuple[object, str, int]] = []
+        relay, gate, _, client, _ = _relay_on_wires(
+            lambda tag, t, b, c, h, sent: ends.append((tag, chr(t), sent)))
+        tag = StatementTag(limited(2), 1, command="SELECT")
+        gate.tags = {0: [tag]}
+        relay.from_client(fe.Query("select g").encode())
+        relay.from_upstream(b"".join([_ANSWER_BYTES["T"], *rows_of(b"1", b"2", b"3")]))
+        relay.from_upstream(b"".join([*rows_of(b"4"), _ANSWER_BYTES["E"], _ANSWER_BYTES["Z"]]))
+        return [(t is tag, kind, sent) for t, kind, sent in ends], bytes(client.transport.out)
+
+    ends, out = asyncio.run(run())
+    assert ends == [(True, "E", 2)]
+    assert [t for t, _ in decoded(out)] == ["T", "D", "D", "E", "Z"]  # the error says why
+
+
+def test_a_limited_result_cut_short_by_the_sessions_end_reports_the_rows_sent() -> None:
+    import asyncio
+
+    async def run() -> tuple[int, int]:
+        relay, gate, _, _, _ = _relay_on_wires(lambda *a: None)
+        gate.tags = {0: [StatementTag(limited(2), 1, command="SELECT")]}
+        relay.from_client(fe.Query("select g").encode())
+        relay.from_upstream(b"".join([_ANSWER_BYTES["T"], *rows_of(b"1", b"2", b"3", b"4")]))
+        cut = relay.take_sent()
+        gate.tags = {0: [StatementTag(limited(9), 2, command="SELECT")]}
+        relay.from_upstream(_ANSWER_BYTES["C"] + _ANSWER_BYTES["Z"])
+        relay.from_client(fe.Query("select g").encode())
+        relay.from_upstream(b"".join([_ANSWER_BYTES["T"], *rows_of(b"1", b"2", b"3")]))
+        return cut, relay.take_sent()
+
+    assert asyncio.run(run()) == (2, 3)  # cut: the rows sent; under its limit: every row

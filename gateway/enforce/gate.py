@@ -24,7 +24,7 @@ from gateway.admin import metrics
 from gateway.audit import records
 from gateway.audit.template import TemplateCache
 from gateway.catalog.model import Catalog
-from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks
+from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_limit
 from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
@@ -694,7 +694,7 @@ class StatementGate:
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         verdict = _verdict(decisions)
-        if verdict.allowed and any(d.mask for _, d in decisions):
+        if verdict.allowed and any(d.mask or d.row_limit is not None for _, d in decisions):
             planned = self._mask_plans(decisions, catalog)
             verdict = planned if not planned.allowed else replace(
                 verdict, plans=planned.plans,
@@ -865,8 +865,10 @@ class StatementGate:
         plans: list[MaskPlan | None] = []
         for info, d in decisions:
             try:
-                plans.append(plan_masks(info, d.mask, hash_key=self.hash_key,
-                                        column_type=column_type) if d.mask else None)
+                plan = plan_masks(info, d.mask, hash_key=self.hash_key,
+                                  column_type=column_type) if d.mask else None
+                plans.append(plan if d.row_limit is None else
+                             with_row_limit(plan, info, d.row_limit))
             except MaskRefused as e:
                 logs.info("decision.mask_refused", session=self.facts.session["id"],
                           command=info.command, fingerprint=info.fingerprint,
@@ -944,7 +946,7 @@ def _classification(engine: PolicyEngine) -> dict[str, Any]:
 def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
     """One answer for a whole query string: the first statement that may not run decides."""
     for info, d in decisions:
-        if d.allow and not d.require_approval and d.row_limit is None:
+        if d.allow and not d.require_approval and (d.row_limit is None or info.kind == "read"):
             continue
         where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
         reasons = "; ".join(d.reasons) or d.error or "the policy did not allow it"
@@ -958,9 +960,9 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
                            detail=f"policy revision {d.bundle_revision}")
-        if d.row_limit is not None:
-            return _denial("42501", f"{info.command}: the policy asks for row_limit, "
-                           f"which this gateway does not enforce yet{where}")
+        return _denial("42501", f"{info.command} refused: the policy's row_limit applies to "
+                       f"queries that return rows, not to a {info.kind} statement{where}",
+                       hint="a limited read is a SELECT (or FETCH, EXECUTE, TABLE, VALUES)")
     roles = {d.db_role for _, d in decisions}
     if len(roles) > 1:
         return _denial("42501", "the statements of this query string need different db_role "

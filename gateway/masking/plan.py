@@ -1,4 +1,5 @@
-"""From a decision's ``mask`` map and a statement's lineage to a plan for its results.
+"""From a decision's ``mask`` map and a statement's lineage to a plan for its results
+(and `with_row_limit`: the decision's ``row_limit``, with or without masks).
 
 `plan_masks` either returns a `MaskPlan` (which output positions to rewrite, and how) or
 raises `MaskRefused` — the statement must not run — when masking cannot be faithful:
@@ -27,13 +28,13 @@ policy's call (an oracle, not a copy): the input document lists them as column u
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.sql import StatementInfo
 
 from .methods import Masker, MaskError, binary_safe, resolve
 
-__all__ = ["ColumnMask", "MaskPlan", "MaskRefused", "plan_masks"]
+__all__ = ["ColumnMask", "MaskPlan", "MaskRefused", "plan_masks", "with_row_limit"]
 
 ColKey = tuple[str, str, str]
 _READ_KINDS = frozenset({"read", "copy_out"})
@@ -66,6 +67,29 @@ class MaskPlan:
     counts: dict[str, int] = field(default_factory=dict)
     #: masks per field once the server described the result (cross-checked)
     field_masks: dict[int, ColumnMask] | None = None
+    #: the decision's row_limit: at most this many rows reach the client, else None
+    row_limit: int | None = None
+    #: rows the client may still be sent (of a Query's statement, or of one portal
+    #: across its Executes: see :meth:`bound`)
+    left: int | None = None
+    #: whether the client was told its result was cut
+    told: bool = False
+    #: a portal's plan: the prepared statement's plan it was bound from
+    of: MaskPlan | None = None
+
+    def bound(self) -> MaskPlan:
+        """The plan of one portal of this prepared statement: the same masks, and a row
+        budget of its own (a Bind starts the statement's rows afresh, as the server does)."""
+        return replace(self, counts={}, left=self.row_limit, told=False, of=self)
+
+
+def with_row_limit(plan: MaskPlan | None, info: StatementInfo, row_limit: int) -> MaskPlan:
+    """`plan` (None: nothing to mask) that also lets at most `row_limit` rows of the
+    statement's result reach the client."""
+    if plan is None:
+        plan = MaskPlan({}, {}, len(info.outputs))
+    plan.row_limit = plan.left = row_limit
+    return plan
 
 
 def _column_key(name: str) -> ColKey:

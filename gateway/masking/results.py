@@ -17,9 +17,11 @@ at all (`needs_rows` is False): unmasked results cost no per-row work.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from gateway.wire.backend import NoticeResponse
 from gateway.wire.codec import frame
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import RUN, WALKED, Frame
@@ -67,6 +69,7 @@ _ERROR = ord("E")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
+_I32 = struct.Struct("!i")
 _DATA_RUN = RUN | _DATA  # consecutive DataRows as one event (BackendObserver.coalesce)
 
 Lookup = Callable[[int, int], "tuple[str, str, str] | None"]
@@ -97,14 +100,14 @@ def _has_plan(tag: Any) -> bool:
 
 class ResultMasker:
     def __init__(self, lookup: Lookup,
-                 on_result: Callable[[StatementTag, int, bytes, dict[str, int]], None]
-                 | None = None) -> None:
+                 on_result: Callable[..., None] | None = None) -> None:
         self.tracker = ResponseTracker()
         self.lookup = lookup
         # Called when a statement's result ends (CommandComplete, EmptyQueryResponse,
         # PortalSuspended or ErrorResponse): the tag, that message's type and body, and
         # the values masked per protected column; type SKIPPED (body b"") for a statement
-        # an earlier error made the server skip.
+        # an earlier error made the server skip. A result under a row limit adds the rows
+        # the client got (the others were withheld).
         self.on_result = on_result
         self._statements: dict[str, StatementTag] = {}
         self._portals: dict[str, StatementTag] = {}
@@ -114,6 +117,10 @@ class ResultMasker:
         self._rows_plan: MaskPlan | None = None
         self._copy: CopyOutMasker | None = None
         self.masked_values = 0
+        # the current result's, under a row limit: rows let through, and whether any
+        # were withheld
+        self._returned = 0
+        self._withheld = False
 
     @property
     def idle(self) -> bool:
@@ -247,6 +254,9 @@ class ResultMasker:
             portal, statement = bind_names(body)
             tag = self._statements.get(statement)
             if tag is not None:
+                plan = tag.plan
+                if plan is not None and plan.row_limit is not None:
+                    tag = tag._replace(plan=plan.bound())
                 self._portals[portal] = tag
             else:
                 self._portals.pop(portal, None)
@@ -306,6 +316,12 @@ class ResultMasker:
         if run or mtype == _DATA:
             if self._rows is None and plan is not None and req.type == _E:
                 self._rows, self._rows_plan = self._portal_masks(plan), plan
+            if plan is not None and plan.left is not None:
+                kept = self._within_limit(plan, body, run)
+                if kept is not body:  # rows withheld: what is left of them is the answer
+                    if not kept:
+                        return b""
+                    body = out = kept  # (a run the budget ends in: its first rows)
             if self._rows:
                 rows_plan = self._rows_plan
                 assert rows_plan is not None
@@ -314,7 +330,8 @@ class ResultMasker:
                 else:
                     out = rewrite_data_row(body, self._rows, rows_plan.counts)
         elif mtype == _T:
-            if plan is not None:
+            if plan is not None and (plan.by_column or plan.positions):  # (not a row
+                # limit alone: it masks nothing)
                 masks = field_masks(plan, body, self.lookup)
                 plan.field_masks = masks
                 if req.type == _Q:
@@ -340,6 +357,8 @@ class ResultMasker:
             if tag is not None and tag.internal:
                 if mtype == _COMMAND_COMPLETE:
                     out = b""  # the gateway's own SET/RESET ROLE: not the client's result
+            elif plan is not None and plan.row_limit is not None:
+                out = self._end_limited(tag, plan, mtype, body)
             else:
                 self._end_result(tag, mtype, body)
         if answer.done and req.tag is not None:
@@ -381,7 +400,7 @@ class ResultMasker:
         for skipped in self.tracker.take_skipped():
             tag = skipped.tag
             self._untrack(tag)
-            if failed is not None and tag is failed:
+            if failed is not None and (tag is failed or _bound_from(tag, failed)):
                 continue
             if owner and skipped.type == _E:
                 self._skipped(tag, _ERROR, error)
@@ -407,14 +426,70 @@ class ResultMasker:
     def walk_rows(self, data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None:
         """`BackendObserver.walk_run`: the current result's DataRows from `pos` on, masked
         as they are walked (one pass over the rows instead of two), or None to let the
-        observer find the run and `message` rewrite it (no masks known yet)."""
+        observer find the run and `message` rewrite it (no masks known yet, or a row
+        limit: `message` cuts the run first)."""
         rows, plan = self._rows, self._rows_plan
-        if not rows or plan is None:
+        if not rows or plan is None or plan.row_limit is not None:
             return None
         try:  # sorted per call (once per read, not per row): nothing cached to go stale
             return walk_columns(data, pos, sorted(rows.items()), plan.counts, max_size)
         except ValueError as e:
             raise ProtocolViolation(f"cannot mask this result: {e}") from None
+
+    def _within_limit(self, plan: MaskPlan, body: bytes, run: bool) -> bytes:
+        """What of these rows (a DataRow's body, or a run of whole DataRows) the plan's
+        row budget lets through: `body` itself when all of it; the budget and this
+        result's counts are updated."""
+        left = plan.left
+        assert left is not None
+        if not run:
+            if left:
+                plan.left = left - 1
+                self._returned += 1
+                return body
+            self._withheld = True
+            return b""
+        pos, n, kept = 0, len(body), 0
+        while kept < left and pos < n:
+            (length,) = _I32.unpack_from(body, pos + 1)
+            pos += 1 + length
+            kept += 1
+        plan.left = left - kept
+        self._returned += kept
+        if pos >= n:
+            return body
+        self._withheld = True
+        return body[:pos]
+
+    def take_returned(self) -> int | None:
+        """The rows a row limit let through of the result still streaming, when it
+        withheld some (the relay counted those too); else None."""
+        returned, withheld = self._returned, self._withheld
+        self._returned, self._withheld = 0, False
+        return returned if withheld else None
+
+    def _end_limited(self, tag: StatementTag | None, plan: MaskPlan, mtype: int,
+                     body: bytes) -> bytes | None:
+        """`_end_result` for a result under a row limit: the rows it returned are the
+        statement's (its command tag says so when rows were withheld, and the client is
+        told once why). Returns the end message's replacement, or None."""
+        returned, withheld = self._returned, self._withheld
+        self._returned, self._withheld = 0, False
+        out = None
+        if withheld and mtype == _COMMAND_COMPLETE:
+            body = _with_count(body, returned)
+            out = frame(b"C", body)
+        if withheld and not plan.told and mtype != _ERROR:  # (an error says enough, and
+            # the relay may swap it for a denial's)
+            plan.told = True
+            notice = NoticeResponse.build(
+                "01000", f"the result was cut at {plan.row_limit} rows: the policy's "
+                "row_limit; the gateway withheld the rest", "WARNING",
+                hint="add LIMIT to the query to spare the server the rows it computes "
+                     "for nothing").encode()
+            out = notice + (out if out is not None else frame(bytes((mtype,)), body))
+        self._end_result(tag, mtype, body, returned)
+        return out
 
     @staticmethod
     def _portal_masks(plan: MaskPlan) -> FieldMasks:
@@ -422,7 +497,8 @@ class ResultMasker:
         # masks) or none at all (the analysis's positions).
         return plan.field_masks if plan.field_masks is not None else dict(plan.positions)
 
-    def _end_result(self, tag: StatementTag | None, mtype: int, body: bytes) -> None:
+    def _end_result(self, tag: StatementTag | None, mtype: int, body: bytes,
+                    returned: int | None = None) -> None:
         plan = self._rows_plan
         self._rows = None
         self._rows_plan = None
@@ -432,7 +508,26 @@ class ResultMasker:
             counts, plan.counts = plan.counts, {}
             self.masked_values += sum(counts.values())
         if tag is not None and self.on_result is not None:
-            self.on_result(tag, mtype, body, counts)
+            if returned is None:
+                self.on_result(tag, mtype, body, counts)
+            else:  # (the rows the client got: the relay counted those withheld too)
+                self.on_result(tag, mtype, body, counts, returned)
+
+
+def _bound_from(tag: Any, statement: StatementTag) -> bool:
+    """Whether `tag` (an Execute's, or a Query's list) is a portal's own copy of
+    `statement`'s (a row-limited plan's)."""
+    plan = statement.plan
+    return plan is not None and isinstance(tag, StatementTag) and tag.plan is not None \
+        and tag.plan.of is plan
+
+
+def _with_count(complete: bytes, rows: int) -> bytes:
+    """A CommandComplete body ("SELECT 20\0", "FETCH 20\0") giving `rows` instead."""
+    head, _, count = complete.rstrip(b"\0").rpartition(b" ")
+    if not head or not count.isdigit():
+        return complete
+    return b"%s %d\0" % (head, rows)
 
 
 def _parse_name(body: bytes) -> str:

@@ -416,8 +416,10 @@ class Relay:
             self._client_at_boundary = self.observer.at_boundary() and not self.safety.holding()
 
     def _result_ended(self, tag: StatementTag, mtype: int, body: bytes,
-                      counts: dict[str, int]) -> None:
+                      counts: dict[str, int], returned: int | None = None) -> None:
         sent, self._sent = self._sent, 0  # (a statement its error skips sent none)
+        if returned is not None:  # a row limit's: the rows it withheld were counted too
+            sent = returned
         self._ended.append((self._at, tag, mtype, body, counts, sent))
 
     def _deliver(self, ended: Sequence[_Ended], hits: list[int] | None = None) -> None:
@@ -464,9 +466,12 @@ class Relay:
 
     def take_sent(self) -> int:
         """DataRows sent since the last result ended (of one still streaming), also those
-        no event has counted yet (rows of a followed result are stepped over in C)."""
+        no event has counted yet (rows of a followed result are stepped over in C); under
+        a row limit that withheld rows, those the client got."""
         sent, self._sent = self._sent, 0
-        return sent + self.observer.take_rows()
+        sent += self.observer.take_rows()
+        returned = self.results.take_returned() if self.results is not None else None
+        return sent if returned is None else returned  # (a row limit's: not those withheld)
 
     def _stop_on_pan(self) -> None:
         if not self.upstream.closed:
