@@ -1332,3 +1332,70 @@ def test_a_limited_result_cut_short_by_the_sessions_end_reports_the_rows_sent() 
         return cut, relay.take_sent()
 
     assert asyncio.run(run()) == (2, 3)  # cut: the rows sent; under its limit: every row
+
+
+@given(st.data())
+@settings(max_examples=int(os.environ.get("PGWARDEN_PIPELINE_EXAMPLES", "300")), deadline=None)
+def test_a_row_limit_holds_wherever_the_reads_split_the_result(data: st.DataObject) -> None:
+    """A Query, or a portal executed a few rows at a time, under a row limit, masked or
+    not, its answer cut into reads anywhere: the client gets exactly the first
+    min(limit, rows) rows (masked when masked), each end gives the rows the client got
+    (the command tag too), and one warning comes when rows were withheld."""
+    import asyncio
+
+    limit, total = data.draw(st.integers(0, 5), "limit"), data.draw(st.integers(0, 8), "rows")
+    masked = data.draw(st.booleans(), "masked")
+    per_execute = data.draw(st.sampled_from([0, 1, 2, 3]), "rows per Execute (0: a Query)")
+    values = [PAN if masked else b"%d" % i for i in range(total)]
+    tag = StatementTag(limited(limit, {0: LAST4} if masked else None), 1, command="SELECT")
+    if per_execute:
+        executes = total // per_execute + 1  # the last one completes the portal
+        request = b"".join([fe.Parse("s", "select", ()).encode(),
+                            fe.Bind("p", "s", (), (), ()).encode(),
+                            *[fe.Execute("p", per_execute).encode()] * executes,
+                            fe.Sync().encode()])
+        answer = [_ANSWER_BYTES["1"], _ANSWER_BYTES["2"]]
+        for k in range(executes):
+            answer += rows_of(*values[k * per_execute : (k + 1) * per_execute])
+            answer.append(be.Simple(b"s").encode() if k < executes - 1 else
+                          be.CommandComplete(f"SELECT {total % per_execute}").encode())
+        tags: dict[int, object] = {0: tag}
+        expected_ends = []
+        left = limit
+        for k in range(executes):
+            got = min(left, len(values[k * per_execute : (k + 1) * per_execute]))
+            left -= got
+            expected_ends.append(("s" if k < executes - 1 else "C", got))
+    else:
+        request = fe.Query("select").encode()
+        answer = [_ANSWER_BYTES["T"], *rows_of(*values),
+                  be.CommandComplete(f"SELECT {total}").encode()]
+        tags = {0: [tag]}
+        expected_ends = [("C", min(limit, total))]
+    stream = b"".join([*answer, _ANSWER_BYTES["Z"]])
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=4), "cuts"))
+
+    async def run() -> tuple[list[tuple[str, int]], bytes]:
+        ends: list[tuple[str, int]] = []
+        relay, gate, _, client, _ = _relay_on_wires(
+            lambda t, m, b, c, h, sent: ends.append((chr(m), sent)))
+        gate.tags = tags
+        relay.from_client(request)
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            if end > start:
+                relay.from_upstream(stream[start:end])
+        return ends, bytes(client.transport.out)
+
+    ends, out = asyncio.run(run())
+    got = decoded(out)
+    sent_rows = [m.values[0] for t, m in got if t == "D"]
+    kept = min(limit, total)
+    assert sent_rows == ([b"************1111"] * kept if masked else values[:kept])
+    assert ends == expected_ends
+    assert [m.message for t, m in got if t == "N"] == \
+        ([f"the result was cut at {limit} rows: the policy's row_limit; the gateway "
+          "withheld the rest"] if total > limit else [])
+    last = [m for t, m in got if t == "C"]
+    assert last == [be.CommandComplete(f"SELECT {expected_ends[-1][1]}")
+                    if total > limit else be.CommandComplete(
+                        f"SELECT {total % per_execute if per_execute else total}")]
