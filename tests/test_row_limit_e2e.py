@@ -74,8 +74,8 @@ def test_masked_and_limited_rows_through_psql(limited: tuple[GatewayProcess, Pat
     out = subprocess.run(
         [str(pg.server.bin_dir / "psql"), "-X", "-A", "-t", "-h", gw.host, "-p", str(gw.port),
          "-U", "ci-bot", "-d", "payments", "-v", "ON_ERROR_STOP=1",
-         "-c", "select pan from cards order by id; select id from limited order by id"]
-        + ["-c", "select id from limited order by id", "-c", r"\echo :ROW_COUNT"],
+         "-c", "select pan from cards order by id; select id from limited order by id",
+         "-c", "select id from limited order by id", "-c", r"\echo :ROW_COUNT"],
         env=env, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
