@@ -244,9 +244,10 @@ def test_session_totals_and_rows_from_tag() -> None:
     t.count("error", safety_net_hits=1)
     t.count("skipped")
     t.count("unfinished")
-    assert t.to_dict() == {"statements": 6, "allowed": 1, "denied": 1, "masked": 1, "held": 0,
-                           "errors": 1, "skipped": 1, "unfinished": 1, "rows": 7,
-                           "masked_values": 2, "safety_net_hits": 1}
+    t.count("limited", rows=3)
+    assert t.to_dict() == {"statements": 7, "allowed": 1, "denied": 1, "masked": 1, "held": 0,
+                           "errors": 1, "skipped": 1, "unfinished": 1, "limited": 1,
+                           "rows": 10, "masked_values": 2, "safety_net_hits": 1}
     assert records.rows_from_tag("SELECT 5") == 5
     assert records.rows_from_tag("INSERT 0 3") == 3
     assert records.rows_from_tag("BEGIN") is None
@@ -289,9 +290,10 @@ def test_every_type_has_a_builder() -> None:
 def test_session_totals_count_each_outcome_once() -> None:
     totals = records.SessionTotals()
     for outcome in ("allowed", "masked", "denied", "held", "error", "skipped", "unfinished",
-                    "allowed"):
+                    "limited", "allowed"):
         totals.count(outcome, rows=2 if outcome == "allowed" else None, masked_values=1)
     totals.count("something else")  # counted as a statement, in no outcome
     assert totals.to_dict() == {
-        "statements": 9, "allowed": 2, "denied": 1, "masked": 1, "held": 1, "errors": 1,
-        "skipped": 1, "unfinished": 1, "rows": 4, "masked_values": 8, "safety_net_hits": 0}
+        "statements": 10, "allowed": 2, "denied": 1, "masked": 1, "held": 1, "errors": 1,
+        "skipped": 1, "unfinished": 1, "limited": 1, "rows": 4, "masked_values": 9,
+        "safety_net_hits": 0}

@@ -1198,7 +1198,7 @@ def test_a_query_under_a_row_limit_returns_that_many_rows_and_says_so() -> None:
     (nt, notice), (ct, complete) = decoded(end)
     assert (nt, ct) == ("N", "C") and complete == be.CommandComplete("SELECT 2")
     assert notice.code == "01000" and "cut at 2 rows" in notice.message
-    assert ends == [(tag, ord("C"), b"SELECT 2\0", {}, 2)]
+    assert ends == [(tag._replace(withheld=True), ord("C"), b"SELECT 2\0", {}, 2)]
     assert rm.message(ord("Z"), b"I") is None and rm.watch() == WATCH_IDLE
 
 
@@ -1225,8 +1225,8 @@ def test_a_run_of_rows_is_cut_where_the_budget_ends_and_masked() -> None:
     assert rm.message(ord("T"), body(be.RowDescription((field("x"),)).encode())) is None
     assert rm.message(run, b"".join(rows_of(b"1", b"2"))) is None
     assert rm.message(ord("C"), b"SELECT 2\0") is None
-    assert [(e[0], e[2], e[4]) for e in ends] == [(tag, b"SELECT 3\0", 3),
-                                                  (under, b"SELECT 2\0", 2)]
+    assert [(e[0], e[2], e[4]) for e in ends] == [
+        (tag._replace(withheld=True), b"SELECT 3\0", 3), (under, b"SELECT 2\0", 2)]
     assert ends[0][3] == {"public.cards.pan": 3}  # only the rows sent were masked
 
 
@@ -1257,7 +1257,20 @@ def test_a_portal_has_one_budget_across_its_executes_and_each_portal_its_own() -
         [None, None, None, b""]
     assert [t for t, _ in decoded(rm.message(ord("C"), b"SELECT 4\0") or b"")] == ["N", "C"]
     assert [e[4] for e in ends] == [2, 1, 0, 3]
+    assert [e[0].withheld for e in ends] == [False, True, True, True]
     assert [e[0].plan.of for e in ends] == [stmt.plan] * 4 and stmt.plan.left == 3
+
+
+def test_masked_rows_one_by_one_past_the_limit_are_withheld() -> None:
+    """A DataRow shown on its own (one that spans reads): masked while within the limit,
+    withheld (not masked, not passed) past it."""
+    rm = ResultMasker(lambda o, a: None, on_result=lambda *a: None)
+    tag = StatementTag(limited(1, {0: LAST4}), 1, command="SELECT")
+    rm.forwarded(frames(fe.Query("select pan from cards").encode()), {0: [tag]})
+    rm.message(ord("T"), body(be.RowDescription((field("pan", 16400, 2),)).encode()))
+    assert [rm.message(ord("D"), body(r)) for r in rows_of(PAN, PAN)] == \
+        [be.DataRow((b"************1111",)).encode(), b""]
+    assert tag.plan is not None and tag.plan.counts == {"public.cards.pan": 1}
 
 
 def test_a_limited_statement_whose_parse_failed_ends_once() -> None:
@@ -1290,6 +1303,7 @@ def test_a_row_limit_of_zero_withholds_every_row() -> None:
 @pytest.mark.parametrize(("tag", "rows", "expected"), [
     (b"SELECT 20\0", 3, b"SELECT 3\0"), (b"FETCH 9\0", 0, b"FETCH 0\0"),
     (b"MOVE\0", 1, b"MOVE\0"), (b"\0", 1, b"\0"), (b"SELECT x\0", 1, b"SELECT x\0"),
+    (b"42\0", 1, b"42\0"),
 ])
 def test_a_command_tag_gets_the_rows_sent(tag: bytes, rows: int, expected: bytes) -> None:
     assert results_module._with_count(tag, rows) == expected
@@ -1309,7 +1323,8 @@ def test_the_relay_records_the_rows_a_limit_let_through() -> None:
         relay.from_client(fe.Query("select g").encode())
         relay.from_upstream(b"".join([_ANSWER_BYTES["T"], *rows_of(b"1", b"2", b"3")]))
         relay.from_upstream(b"".join([*rows_of(b"4"), _ANSWER_BYTES["E"], _ANSWER_BYTES["Z"]]))
-        return [(t is tag, kind, sent) for t, kind, sent in ends], bytes(client.transport.out)
+        return [(t == tag._replace(withheld=True), kind, sent) for t, kind, sent in ends], \
+            bytes(client.transport.out)
 
     ends, out = asyncio.run(run())
     assert ends == [(True, "E", 2)]
@@ -1363,22 +1378,23 @@ def test_a_row_limit_holds_wherever_the_reads_split_the_result(data: st.DataObje
         expected_ends = []
         left = limit
         for k in range(executes):
-            got = min(left, len(values[k * per_execute : (k + 1) * per_execute]))
+            piece = len(values[k * per_execute : (k + 1) * per_execute])
+            got = min(left, piece)
             left -= got
-            expected_ends.append(("s" if k < executes - 1 else "C", got))
+            expected_ends.append(("s" if k < executes - 1 else "C", got, got < piece))
     else:
         request = fe.Query("select").encode()
         answer = [_ANSWER_BYTES["T"], *rows_of(*values),
                   be.CommandComplete(f"SELECT {total}").encode()]
         tags = {0: [tag]}
-        expected_ends = [("C", min(limit, total))]
+        expected_ends = [("C", min(limit, total), total > limit)]
     stream = b"".join([*answer, _ANSWER_BYTES["Z"]])
     cuts = sorted(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=4), "cuts"))
 
-    async def run() -> tuple[list[tuple[str, int]], bytes]:
-        ends: list[tuple[str, int]] = []
+    async def run() -> tuple[list[tuple[str, int, bool]], bytes]:
+        ends: list[tuple[str, int, bool]] = []
         relay, gate, _, client, _ = _relay_on_wires(
-            lambda t, m, b, c, h, sent: ends.append((chr(m), sent)))
+            lambda t, m, b, c, h, sent: ends.append((chr(m), sent, t.withheld)))
         gate.tags = tags
         relay.from_client(request)
         for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):

@@ -128,20 +128,52 @@ def test_what_does_not_return_query_rows_is_refused(limited: tuple[GatewayProces
         assert c.execute("select count(*) from limited where id = 1000").fetchone() == (0,)
 
 
-def test_the_audit_trail_records_the_limit_and_the_rows_sent(
+def test_the_audit_trail_records_the_limit_the_rows_sent_and_the_cut(
         limited: tuple[GatewayProcess, Path]) -> None:
+    """A result the limit cut is `limited` (masked too: its masked values counted); one
+    under it is as usual; the session's totals count the cut ones."""
     gw, audit_dir = limited
     with connect(gw) as c:
+        session = c.execute("select 1").fetchone()  # (the session's first statement)
         assert len(c.execute("select id as audited_cut from limited").fetchall()) == 3
+        assert len(c.execute("select pan as audited_masked from cards").fetchall()) == 2
+        assert len(c.execute("select id as audited_under from limited limit 2").fetchall()) == 2
         with pytest.raises(psycopg.errors.DivisionByZero):  # rows, then an error
             c.execute("select 10 / (3 - id) as audited_error from limited order by id")
+    assert session == (1,)
+
+    async def cursor() -> list[int]:  # a portal in pieces: an end (a record) per Execute
+        conn = await asyncpg_connect(gw)
+        try:
+            async with conn.transaction():
+                return [r[0] async for r in conn.cursor(
+                    "select id as audited_pieces from limited order by id", prefetch=20)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(cursor()) == [1, 2, 3]
     time.sleep(0.3)
     records = []
     for f in sorted(audit_dir.glob("*.jsonl")):
         records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    for column, rows in (("audited_cut", 3), ("audited_error", 2)):
+    ends = {}
+    for column, limit in (("audited_cut", 3), ("audited_masked", 2), ("audited_under", 3),
+                          ("audited_error", 3)):
         decisions = [r for r in records if r["type"] == "decision" and column in r["sql"]]
-        assert [d["decision"]["row_limit"] for d in decisions] == [3]
-        ends = [r["rows"] for r in records
-                if r["type"] == "statement" and r["decision_seq"] == decisions[0]["seq"]]
-        assert ends == [rows]
+        assert [d["decision"]["row_limit"] for d in decisions] == [limit]
+        [end] = [r for r in records
+                 if r["type"] == "statement" and r["decision_seq"] == decisions[0]["seq"]]
+        ends[column] = (end["outcome"], end["rows"], end["masked_values"])
+        session_id = end["session"]
+    assert ends == {"audited_cut": ("limited", 3, 0), "audited_masked": ("limited", 2, 2),
+                    "audited_under": ("allowed", 2, 0), "audited_error": ("error", 2, 0)}
+    [decision] = [r for r in records if r["type"] == "decision"
+                  and "audited_pieces" in r["sql"]]
+    pieces = [(r["outcome"], r["rows"]) for r in records
+              if r["type"] == "statement" and r["decision_seq"] == decision["seq"]]
+    # 50 rows, 20 per Execute: the first piece is cut at 3, the next withheld whole, and
+    # asyncpg, given no rows, stops there (the portal ends with its transaction)
+    assert pieces == [("limited", 3), ("limited", 0)]
+    [totals] = [r["totals"] for r in records
+                if r["type"] == "session.end" and r["session"] == session_id]
+    assert (totals["limited"], totals["allowed"], totals["errors"]) == (2, 2, 1)

@@ -169,7 +169,7 @@ def session_start(ctx: AuditContext, *, networks: Sequence[str] | None = None,
 # outcome -> the SessionTotals counter it adds to
 _COUNTED = {"allowed": "allowed", "denied": "denied", "masked": "masked", "held": "held",
             "error": "errors", "errors": "errors", "skipped": "skipped",
-            "unfinished": "unfinished"}
+            "unfinished": "unfinished", "limited": "limited"}
 
 
 @dataclass
@@ -184,6 +184,7 @@ class SessionTotals:
     errors: int = 0
     skipped: int = 0
     unfinished: int = 0
+    limited: int = 0
     rows: int = 0
     masked_values: int = 0
     safety_net_hits: int = 0
@@ -201,7 +202,8 @@ class SessionTotals:
     def to_dict(self) -> dict[str, int]:
         return {"statements": self.statements, "allowed": self.allowed, "denied": self.denied,
                 "masked": self.masked, "held": self.held, "errors": self.errors,
-                "skipped": self.skipped, "unfinished": self.unfinished, "rows": self.rows,
+                "skipped": self.skipped, "unfinished": self.unfinished,
+                "limited": self.limited, "rows": self.rows,
                 "masked_values": self.masked_values, "safety_net_hits": self.safety_net_hits}
 
 

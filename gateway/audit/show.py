@@ -52,7 +52,8 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
                 f"({tot.get('allowed', 0)} allowed, {tot.get('masked', 0)} masked, "
                 f"{tot.get('denied', 0)} denied, {tot.get('held', 0)} held, "
                 f"{tot.get('errors', 0)} errors"
-                + "".join(f", {tot[k]} {k}" for k in ("skipped", "unfinished") if tot.get(k))
+                + "".join(f", {tot[k]} {k}" for k in ("skipped", "unfinished", "limited")
+                          if tot.get(k))
                 + f"), rows {tot.get('rows', 0)}, masked values "
                 f"{tot.get('masked_values', 0)}, safety net {tot.get('safety_net_hits', 0)}"
                 f"  {_ms(rec.get('duration_us'))}")

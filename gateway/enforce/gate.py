@@ -612,7 +612,7 @@ class StatementGate:
         if seq <= 0:  # no template yet, or refused: append builds it, or raises why
             seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
         self._last_seq = seq
-        return _new_tag(StatementTag, (None, seq, now, record.command, False))
+        return _new_tag(StatementTag, (None, seq, now, record.command, False, False))
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:

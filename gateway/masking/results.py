@@ -87,6 +87,8 @@ class StatementTag(NamedTuple):
     #: a statement the gateway added (SET ROLE / RESET ROLE around a db_role statement):
     #: its CommandComplete is not the client's and is dropped
     internal: bool = False
+    #: set only on the tag `on_result` gets for a result whose row limit withheld rows
+    withheld: bool = False
 
 
 def _has_plan(tag: Any) -> bool:
@@ -488,6 +490,8 @@ class ResultMasker:
                 hint="add LIMIT to the query to spare the server the rows it computes "
                      "for nothing").encode()
             out = notice + (out if out is not None else frame(bytes((mtype,)), body))
+        if withheld and tag is not None:
+            tag = tag._replace(withheld=True)
         self._end_result(tag, mtype, body, returned)
         return out
 

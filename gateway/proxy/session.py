@@ -411,7 +411,8 @@ class Session:
             return
         sqlstate = error = None
         rows = None
-        if mtype == 0x43 and not masked:  # CommandComplete, nothing masked: the usual end
+        if mtype == 0x43 and not masked and not tag.withheld:  # CommandComplete, nothing
+            # masked or withheld: the usual end
             rows = records.rows_from_complete(body)
             outcome = "allowed"
             values = 0
@@ -428,14 +429,14 @@ class Session:
                 rows = _sent_rows(tag, sent)
             elif mtype == 0x43:  # CommandComplete
                 rows = records.rows_from_complete(body)
-                outcome = "masked"
+                outcome = "limited" if tag.withheld else "masked"
             elif mtype == SKIPPED:  # an earlier error: the server never ran it
                 outcome = "skipped"
             elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
                 outcome = "unfinished"
                 rows = _sent_rows(tag, sent)
             else:  # EmptyQueryResponse (no rows), PortalSuspended (an Execute's row limit)
-                outcome = "masked" if masked else "allowed"
+                outcome = "limited" if tag.withheld else "masked" if masked else "allowed"
                 rows = sent
             values = sum(masked.values()) if masked else 0
             self.totals.count(outcome, rows=rows, masked_values=values)
