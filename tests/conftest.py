@@ -141,3 +141,19 @@ async def asyncpg_connect(gw: GatewayProcess, **kw: Any) -> Any:
     kw.setdefault("password", gw.token())
     return await asyncpg.connect(host=gw.host, port=gw.port, user="ci-bot",
                                  database="payments", ssl=unverified_tls(), **kw)
+
+
+def asyncpg_cursor(gw: GatewayProcess, sql: str, prefetch: int, **kw: Any) -> list[Any]:
+    """The first column of `sql`'s rows as asyncpg's cursor fetches them, `prefetch` at a
+    time (Executes with a row count, answered by PortalSuspended), in a transaction."""
+    import asyncio
+
+    async def main() -> list[Any]:
+        conn = await asyncpg_connect(gw, **kw)
+        try:
+            async with conn.transaction():
+                return [r[0] async for r in conn.cursor(sql, prefetch=prefetch)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())

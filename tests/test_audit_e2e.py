@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, upstreams_for
+from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -385,16 +385,9 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
                       "generate_series(1, 5) g where cards.id = 1")
         assert c.execute("select 5 as late_after").fetchone() == (5,)
 
-    async def fetch_in_pieces() -> list[int]:  # Executes with a row limit: PortalSuspended
-        conn = await asyncpg_connect(gw, password=gw.token(groups=("ci",)))
-        try:
-            async with conn.transaction():
-                return [r[0] async for r in conn.cursor(
-                    "select g as late_pieces from generate_series(1, 5) g", prefetch=2)]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(fetch_in_pieces()) == [1, 2, 3, 4, 5]
+    # Executes with a row limit: PortalSuspended
+    assert asyncpg_cursor(gw, "select g as late_pieces from generate_series(1, 5) g", 2,
+                          password=gw.token(groups=("ci",))) == [1, 2, 3, 4, 5]
     time.sleep(0.3)
     records = read_records(audit_dir)
     ends = partial(statement_ends, records)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, upstreams_for
+from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -142,16 +142,9 @@ def test_the_audit_trail_records_the_limit_the_rows_sent_and_the_cut(
             c.execute("select 10 / (3 - id) as audited_error from limited order by id")
     assert session == (1,)
 
-    async def cursor() -> list[int]:  # a portal in pieces: an end (a record) per Execute
-        conn = await asyncpg_connect(gw)
-        try:
-            async with conn.transaction():
-                return [r[0] async for r in conn.cursor(
-                    "select id as audited_pieces from limited order by id", prefetch=20)]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(cursor()) == [1, 2, 3]
+    # a portal in pieces: an end (a record) per Execute
+    assert asyncpg_cursor(gw, "select id as audited_pieces from limited order by id",
+                          20) == [1, 2, 3]
     time.sleep(0.3)
     records = []
     for f in sorted(audit_dir.glob("*.jsonl")):
