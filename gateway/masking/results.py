@@ -332,8 +332,8 @@ class ResultMasker:
                 else:
                     out = rewrite_data_row(body, self._rows, rows_plan.counts)
         elif mtype == _T:
-            if plan is not None and (plan.by_column or plan.positions):  # (not a row
-                # limit alone: it masks nothing)
+            # (a row limit alone masks nothing: no fields to find, nothing to cross-check)
+            if plan is not None and (plan.by_column or plan.positions):
                 masks = field_masks(plan, body, self.lookup)
                 plan.field_masks = masks
                 if req.type == _Q:

@@ -411,8 +411,8 @@ class Session:
             return
         sqlstate = error = None
         rows = None
-        if mtype == 0x43 and not masked and not tag.withheld:  # CommandComplete, nothing
-            # masked or withheld: the usual end
+        # CommandComplete, nothing masked or withheld by a row limit: the usual end
+        if mtype == 0x43 and not masked and not tag.withheld:
             rows = records.rows_from_complete(body)
             outcome = "allowed"
             values = 0
