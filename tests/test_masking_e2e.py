@@ -17,7 +17,8 @@ from conftest import PgBackend, asyncpg_connect, upstreams_for
 
 import gateway.audit.chain
 import gateway.enforce.shapes
-import gateway.wire.framing  # noqa: F401 -- with the two above: every optional C module
+import gateway.policy.runtime
+import gateway.wire.framing  # noqa: F401 -- with the three above: every optional C module
 from gateway import native
 from gateway.devtools.harness import GatewayProcess
 from gateway.masking import rows as masking_rows
