@@ -576,13 +576,18 @@ def test_executes_sent_while_the_server_skips_to_a_sync_end_as_skipped() -> None
 # -- the batched hot path equals the per-row definition -----------------------------------------
 
 
-def _rows_one_by_one(raw: bytes, masks: dict, counts: dict) -> bytes:
+def messages(stream: bytes) -> list[tuple[int, bytes]]:
+    """(type, body) of each whole message in `stream`."""
     out, pos = [], 0
-    while pos < len(raw):
-        (length,) = struct.unpack_from("!i", raw, pos + 1)
-        out.append(rewrite_data_row(raw[pos + 5:pos + 1 + length], masks, counts))
+    while pos < len(stream):
+        (length,) = struct.unpack_from("!i", stream, pos + 1)
+        out.append((stream[pos], stream[pos + 5 : pos + 1 + length]))
         pos += 1 + length
-    return b"".join(out)
+    return out
+
+
+def _rows_one_by_one(raw: bytes, masks: dict, counts: dict) -> bytes:
+    return b"".join(rewrite_data_row(body, masks, counts) for _, body in messages(raw))
 
 
 @pytest.mark.parametrize("masks", [
@@ -1171,13 +1176,7 @@ def rows_of(*values: bytes) -> list[bytes]:
 
 def decoded(stream: bytes) -> list[tuple[str, object]]:
     """(type, message) of each backend message in `stream`."""
-    out, pos = [], 0
-    while pos < len(stream):
-        (length,) = struct.unpack_from("!i", stream, pos + 1)
-        t = stream[pos]
-        out.append((chr(t), be.decode_backend(t, stream[pos + 5 : pos + 1 + length])))
-        pos += 1 + length
-    return out
+    return [(chr(t), be.decode_backend(t, body)) for t, body in messages(stream)]
 
 
 def test_a_query_under_a_row_limit_returns_that_many_rows_and_says_so() -> None:
