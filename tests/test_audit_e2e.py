@@ -544,3 +544,63 @@ def test_two_gateways_share_a_postgresql_sink_and_both_chains_verify(
         out = pgwarden("audit", "verify", "--pg", dsn, "--table", table, "--instance",
                        instance, "--key", str(d / "audit.pub"))
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_new_application_name_is_decided_recorded_and_replayed(
+        pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A client's SET application_name (pgJDBC's first statement) is followed from the
+    server's report: the policy decides on the new name (no allow kept from before it is
+    reused), the records from then on carry it, a session.update record archives the new
+    facts, and explain and replay decide each decision on the facts it was decided on."""
+    d = tmp_path_factory.mktemp("renamed")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    policy = REPO / "tests" / "policies" / "app_name"  # refuses the app "blocked-app"
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=policy,
+                        extra_yaml=audit_yaml(d / "audit", d / "audit.pem")) as gw:
+        with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True,
+                             application_name="fine-app") as c:
+            assert c.execute("select 1").fetchone() == (1,)
+            assert c.execute("select 1").fetchone() == (1,)  # kept: a repeat of an allow
+            c.execute("set application_name = 'blocked-app'")
+            for _ in range(2):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                   match="application blocked-app may not query"):
+                    c.execute("select 1")
+            c.execute("reset application_name")  # back to the name it connected with
+            assert c.execute("select 1").fetchone() == (1,)
+            c.execute("set application_name = 'card 4111111111111111'")  # a PAN, scrubbed
+    text = "".join(f.read_text() for f in sorted((d / "audit").glob("*.jsonl")))
+    assert "4111111111111111" not in text and "card 411*********1111" in text
+    records = read_records(d / "audit")
+    session = next(r["session"] for r in records if r["type"] == "session.start")
+    mine = [r for r in records if r.get("session") == session]
+    assert [(r["type"], r.get("outcome"), r["where"]["application_name"]) for r in mine
+            if r["type"] not in ("statement",)] == [
+        ("session.start", None, "fine-app"),
+        ("decision", "allowed", "fine-app"), ("decision", "allowed", "fine-app"),
+        ("decision", "allowed", "fine-app"),  # the SET itself
+        ("session.update", None, "blocked-app"),
+        ("decision", "denied", "blocked-app"), ("decision", "denied", "blocked-app"),
+        ("decision", "allowed", "blocked-app"),  # the RESET, decided before it ran
+        ("session.update", None, "fine-app"),
+        ("decision", "allowed", "fine-app"), ("decision", "allowed", "fine-app"),
+        ("session.update", None, "card 411*********1111"),
+        ("session.end", None, "card 411*********1111")]
+    update = next(r for r in mine if r["type"] == "session.update")
+    assert update["changed"] == ["application_name"]
+    assert update["input"]["connection"]["application_name"] == "blocked-app"
+    assert update["input"]["session"]["id"] == session
+    assert all("session_input" not in r for r in mine)  # archived once per change
+    bundles = d / "gw" / "state" / "bundles"
+    for r in mine:
+        if r["type"] == "decision":
+            out = pgwarden("audit", "explain", str(r["seq"]), str(d / "audit"),
+                           "--bundles", str(bundles))
+            assert out.returncode == 0 and "the same decision" in out.stdout, out.stdout
+    bundle = next(bundles.glob("*.tar.gz"))
+    out = pgwarden("policy", "replay", "--audit", str(d / "audit"), "--bundle", str(bundle))
+    assert out.returncode == 0 and "0 would change" in out.stdout, out.stdout + out.stderr
+    show = pgwarden("audit", "show", str(d / "audit"), "--session", session)
+    assert "session.update  application_name -> blocked-app" in show.stdout, show.stdout
+    out = pgwarden("audit", "verify", str(d / "audit"), "--key", str(d / "audit.pub"))
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -272,6 +272,7 @@ def test_every_type_has_a_builder() -> None:
     built = [
         records.gateway_start(version="0.1.0", pid=1), records.gateway_stop(reason="sigterm"),
         records.session_start(ctx),
+        records.session_update(ctx, changed=["application_name"]),
         records.session_end(ctx, reason="client", totals=records.SessionTotals()),
         records.auth_failure(reason="expired"),
         records.decision_record(ctx, sql="SELECT 1", reasons=["x"]),

@@ -408,6 +408,62 @@ def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
     assert relay.errors[-1].code == "58030"
 
 
+def test_a_new_application_name_is_archived_before_anything_is_decided_under_it(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
+    """The server's report of a new application_name gives the gate new facts: kept
+    allows are dropped, the session is told its new audit context, and a session.update
+    record archives the facts. When that record cannot be appended (a full backlog),
+    nothing is decided under the new name until it is: each statement is refused with
+    58030, and none is answered from a kept allow meanwhile."""
+    from gateway.audit import AuditWriter
+    from gateway.audit.filesink import FileSink
+    from gateway.wire.frontend import Query
+
+    writer = AuditWriter(FileSink(str(tmp_path / "audit"), "gw1"), instance="gw1")
+    writer.start()
+    gate, _, _ = direct_gate(pg, tmp_path, audit=writer)
+    relay = MarkerRelay()
+    told: list[tuple[Any, str]] = []
+    gate.on_renamed = lambda ctx, name: told.append((ctx, name))
+
+    def review(sql: str) -> Any:
+        raw = Query(sql).encode()
+        out = gate.review(raw, [(raw[0], raw[5:])], relay)
+        due, relay.before_release = relay.before_release, None
+        assert due is None or due() is True
+        return out
+
+    try:
+        for i in (1, 2):
+            assert review(by_id(i)) == Query(by_id(i)).encode()
+        assert gate._by_text or gate._by_shape  # kept
+        gate.parameter_status("application_name", "test")  # the same name: nothing to do
+        assert not told
+        writer.ledger.max_backlog = 0  # the trail refuses every append
+        gate.parameter_status("application_name", "nightly\x07job")
+        assert gate.facts.connection["application_name"] == "nightly?job"
+        assert [name for _, name in told] == ["nightly?job"]
+        assert told[0][0] is gate.audit_ctx and gate.audit_ctx.where["application_name"] \
+            == "nightly?job"
+        for i in (3, 3):  # refused, not answered from the allow kept under the old name
+            refused = len(relay.markers)
+            out = review(by_id(i))
+            assert len(relay.markers) == refused + 1 and relay.errors[-1].code == "58030"
+            assert relay.markers[-1] in out
+        writer.ledger.max_backlog = 100_000  # recovered: the record goes first
+        assert review(by_id(4)) == Query(by_id(4)).encode()
+    finally:
+        writer.close()
+    lines = [json.loads(line) for f in sorted((tmp_path / "audit").glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    mine = [r for r in lines if r["type"] in ("decision", "session.update")]
+    assert [(r["type"], r["where"]["application_name"]) for r in mine] == [
+        ("decision", "test"), ("decision", "test"),
+        ("session.update", "nightly?job"), ("decision", "nightly?job")]
+    assert mine[2]["input"]["connection"]["application_name"] == "nightly?job"
+    assert mine[3]["sql"] == "select note from reuse_a.t where id = $1"
+
+
 def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     """`durability: fsync`: the writer thread syncs, so nothing is left for the relay to

@@ -300,13 +300,16 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     target = found[0]
     session_input = None
     if target.record.get("session") and "session_input" not in target.record:
-        args.instance = target.instance
+        # the session's facts as they were at the decision: its session.start's, or the
+        # last session.update's before it
+        args.instance, seq = target.instance, target.record.get("seq")
         for loc in _records(args, filtered=False):
             rec = loc.record
-            if rec.get("type") == "session.start" and rec.get("session") == target.record.get(
-                    "session"):
-                session_input = rec.get("input")
+            if isinstance(rec.get("seq"), int) and rec["seq"] >= seq:
                 break
+            if rec.get("type") in ("session.start", "session.update") \
+                    and rec.get("session") == target.record.get("session"):
+                session_input = rec.get("input")
     try:
         explanation = explain_record(target, session_input=session_input, bundle=args.bundle,
                                      bundles_dir=args.bundles)

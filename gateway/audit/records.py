@@ -41,15 +41,16 @@ __all__ = [
     "rows_from_tag",
     "session_end",
     "session_start",
+    "session_update",
     "statement_record",
 ]
 
 TYPES = (
-    "gateway.start", "gateway.stop", "session.start", "session.end", "auth.failure",
-    "decision", "statement", "approval.requested", "approval.granted", "approval.denied",
-    "approval.expired", "approval.withdrawn", "approval.vote", "approval.grant_used",
-    "approval.grant_revoked", "admin.session_terminated", "admin.bundle_reload",
-    "bundle.activated", "bundle.rejected", "checkpoint", "segment",
+    "gateway.start", "gateway.stop", "session.start", "session.update", "session.end",
+    "auth.failure", "decision", "statement", "approval.requested", "approval.granted",
+    "approval.denied", "approval.expired", "approval.withdrawn", "approval.vote",
+    "approval.grant_used", "approval.grant_revoked", "admin.session_terminated",
+    "admin.bundle_reload", "bundle.activated", "bundle.rejected", "checkpoint", "segment",
 )
 OUTCOMES = ("allowed", "denied", "masked", "held", "error")
 APPROVAL_EVENTS = ("requested", "granted", "denied", "expired", "withdrawn", "vote",
@@ -163,6 +164,16 @@ def session_start(ctx: AuditContext, *, networks: Sequence[str] | None = None,
     return {"type": "session.start", **ctx.fields, "networks": list(networks),
             "method": method or ident.get("method") or "jwt",
             "token_expires_at": token_expires_at,
+            "input": {k: si.get(k) for k in _SESSION_PARTS} if si else None}
+
+
+def session_update(ctx: AuditContext, *, changed: Sequence[str]) -> dict[str, Any]:
+    """The session's facts changed (`changed` names them: the server reported a new
+    ``application_name``, as after pgJDBC's ``SET application_name``): ``who``/``where``
+    and ``input`` as they are from here on, ``input`` archived for replays as
+    ``session.start``'s is."""
+    si = ctx.session_input or {}
+    return {"type": "session.update", **ctx.fields, "changed": list(changed),
             "input": {k: si.get(k) for k in _SESSION_PARTS} if si else None}
 
 

@@ -184,12 +184,13 @@ class ReplayStats:
 def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
                    keep: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Change]:
     """Re-decide every decision record (that `keep` accepts); yields the ones whose
-    effect changes. `records` must include the sessions' ``session.start`` records."""
+    effect changes. `records` must include the sessions' ``session.start`` records (and
+    their ``session.update`` ones), in order."""
     sessions: dict[tuple[str, Any], Any] = {}
     for loc in records:
         rec = loc.record
         rtype = rec.get("type")
-        if rtype == "session.start":
+        if rtype in ("session.start", "session.update"):
             sessions[(loc.instance, rec.get("session"))] = rec.get("input")
             continue
         if rtype == "session.end":

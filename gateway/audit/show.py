@@ -46,6 +46,9 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     extra: list[str] = []
     if t == "session.start":
         return _who(rec), extra
+    if t == "session.update":
+        changed = rec.get("changed") or []
+        return ", ".join(f"{k} -> {rec.get(k) or '-'}" for k in changed), extra
     if t == "session.end":
         tot = rec.get("totals") or {}
         text = (f"{rec.get('reason')}: {tot.get('statements', 0)} statements "

@@ -43,7 +43,7 @@ from gateway.wire.frontend import (
 )
 
 from .catalog_cache import CatalogCache
-from .input_doc import SessionFacts
+from .input_doc import SessionFacts, printable
 from .roles import WRAPPED_AT, PortalRoles
 from .roles import encode as role_frames
 from .shapes import Shape, kept_by_shape, restate, reusable, shape_of
@@ -251,6 +251,11 @@ class StatementGate:
         self._by_shape: dict[tuple[Any, str], _Repeat] = {}
         self._repeats_under: tuple[PolicyEngine | None, Catalog | None, int] = (None, None, -1)
         self._hit: _Repeat | None = None  # the repeat the current decision came from
+        # A session.update record not yet appended (the audit trail failed when the name
+        # changed): the next decision appends it first, or is refused.
+        self._update: dict[str, Any] | None = None
+        # Told the session's new audit context and application_name (see _renamed).
+        self.on_renamed: Callable[[AuditContext | None, str], None] | None = None
 
     # -- the relay's hook -----------------------------------------------------------------
 
@@ -576,6 +581,13 @@ class StatementGate:
             self._reads_only = False
             return _denial("58030", "the audit trail cannot be written: statements are refused "
                            "until it recovers")
+        if self._update is not None:
+            try:  # before any decision under the new facts: a replay must find them
+                audit.append(self._update, wake=False)
+            except Exception as e:
+                self._reads_only = False
+                return self._unrecorded(e)
+            self._update = None
         decided: list[_Decided] = []
         self._hit = None
         verdict = self._decide(sql, protocol, catalog, decided, approval)
@@ -891,11 +903,38 @@ class StatementGate:
 
     def parameter_status(self, name: str, value: str) -> None:
         self.state.parameter_status(name, value)
+        if name == "application_name":
+            self._renamed(printable(value, 255))
         problem = _unsafe_setting(name, value)
         if problem is not None and self.poisoned is None:
             self.poisoned = problem
             logs.warning("session.parsing_settings_changed", session=self.facts.session["id"],
                          setting=name)
+
+    def _renamed(self, name: str) -> None:
+        """The server reports the session's application_name (at login, and after a SET:
+        pgJDBC sets its own right after connecting): the policy input and the audit
+        records from here on carry it, and a session.update record says so."""
+        if name == self.facts.connection.get("application_name"):
+            return
+        self.facts = self.facts.renamed(name)
+        self._facts_digest = None
+        # kept allows were decided under the old facts, their record builders bound to them
+        self._by_text.clear()
+        self._by_shape.clear()
+        self._repeats_under = (None, None, -1)
+        if self.audit is not None:
+            ctx = self.audit_ctx = records.AuditContext.from_input(self.facts.input_for({}))
+            self._templates = TemplateCache(self.audit)
+            self._update = records.session_update(ctx, changed=("application_name",))
+            try:
+                self.audit.append(self._update, wake=False)
+                self._update = None
+            except Exception as e:  # (the next decision tries again, or is refused)
+                logs.error("audit.append_failed", session=self.facts.session["id"],
+                           error=type(e).__name__)
+        if self.on_renamed is not None:
+            self.on_renamed(self.audit_ctx, name)
 
     def ready_for_query(self, status: str) -> None:
         self.state.ready_for_query(status)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.identity.model import Identity
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def printable(value: str, limit: int = 63) -> str:
+    """Client-chosen names are echoed in errors, logs and records: bound and defang them."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
+    return clean + ("..." if len(value) > limit else "")
 
 
 def networks_for(addr: str, networks: Mapping[str, Sequence[Network]]) -> list[str]:
@@ -49,6 +55,12 @@ class SessionFacts:
                 timespec="microseconds").replace("+00:00", "Z"),
         }
         return cls(identity, connection, session, identity.to_input())
+
+    def renamed(self, application_name: str) -> SessionFacts:
+        """These facts with the session's new application_name (a new ``connection``
+        object: decision records that share the old one archive nothing of it)."""
+        return replace(self, connection={**self.connection,
+                                         "application_name": application_name})
 
     def input_for(self, statement: dict[str, Any], approval: dict[str, Any] | None = None
                   ) -> dict[str, Any]:

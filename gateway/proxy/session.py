@@ -14,7 +14,7 @@ from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.audit.template import TemplateCache
 from gateway.enforce.gate import StatementGate
-from gateway.enforce.input_doc import SessionFacts
+from gateway.enforce.input_doc import SessionFacts, printable
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 from gateway.masking.results import SKIPPED, UNFINISHED, ResultMasker, StatementTag
@@ -66,12 +66,6 @@ def _sent_rows(tag: StatementTag, sent: int) -> int | None:
     """The `rows` of a statement that did not complete: the DataRows it sent; None for a
     COPY, whose rows travel as CopyData (not counted)."""
     return None if tag.command == "COPY" else sent
-
-
-def _printable(value: str, limit: int = 63) -> str:
-    """Client-chosen names are echoed in errors and logs: bound and defang them."""
-    clean = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
-    return clean + ("..." if len(value) > limit else "")
 
 
 class Session:
@@ -222,8 +216,8 @@ class Session:
     async def _authenticate_and_connect(self, hello: ClientHello) -> up.UpstreamLink | None:
         listen = self.server.config.listen
         st = hello.startup
-        user = _printable(st.params.get("user", ""))
-        dbname = _printable(st.params.get("database") or st.params.get("user", ""))
+        user = printable(st.params.get("user", ""))
+        dbname = printable(st.params.get("database") or st.params.get("user", ""))
         if not hello.tls and not listen.allow_plaintext:
             raise SessionFailure(
                 "28000", "the gateway requires TLS: connect with sslmode=require or stronger"
@@ -267,7 +261,7 @@ class Session:
         logs.info("session.start", session=self.id, subject=identity.subject,
                   issuer=identity.issuer, groups=list(identity.groups), connection=conn.name,
                   user=user, client_addr=self.client_addr, tls=hello.tls,
-                  application_name=_printable(params.get("application_name", "")))
+                  application_name=printable(params.get("application_name", "")))
         target = self.server.target(conn.name)
         try:
             link = await up.connect(target, params)
@@ -317,11 +311,14 @@ class Session:
             raise SessionFailure(
                 "58000", f'could not read the catalog of connection "{conn.name}"') from None
         params = hello.startup.params
-        self.application_name = _printable(params.get("application_name", ""), 255)
+        # the server's report of the name (it truncates it), which the gate then follows
+        reported = dict(link.parameters).get("application_name",
+                                             params.get("application_name", ""))
+        self.application_name = printable(reported, 255)
         facts = SessionFacts.build(
             self.identity, session_id=self.id, started_at=self.started_at, name=conn.name,
-            database=conn.database, user=_printable(params.get("user", "")),
-            application_name=_printable(params.get("application_name", ""), 255),
+            database=conn.database, user=printable(params.get("user", "")),
+            application_name=self.application_name,
             client_addr=self.client_addr, tls=hello.tls, networks=self.server.config.networks,
         )
         hash_key = self.server.config.masking.hash_key
@@ -339,6 +336,7 @@ class Session:
                              audit=audit, audit_ctx=self.audit_ctx,
                              approvals=self.server.approvals,
                              approval_timeout=self.server.config.approvals.timeout)
+        gate.on_renamed = self._renamed
         for name, value in link.parameters:
             gate.parameter_status(name, value)
         if gate.poisoned is not None:
@@ -388,6 +386,14 @@ class Session:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _renamed(self, ctx: AuditContext | None, name: str) -> None:
+        """The gate followed the server to a new application_name: this session's own
+        records (its statements', its end) carry it from here on too."""
+        self.application_name = name
+        if ctx is not None:
+            self.audit_ctx = ctx
+            self._templates = TemplateCache(self.server.audit)
 
     def _audit(self, record: dict[str, Any], *, wake: bool = True) -> bool:
         """Append to the audit trail (if configured); False when it cannot be written."""
