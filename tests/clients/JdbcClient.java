@@ -1,0 +1,227 @@
+// pgJDBC through the gateway, for tests/test_jdbc_e2e.py: one scenario per run, each
+// printing what the driver saw as tab-separated lines. An SQLException a scenario expects
+// is printed ("error", SQLSTATE, message); any other makes the run exit non-zero.
+//
+//   java -cp postgresql.jar:DIR JdbcClient URL TOKEN SCENARIO
+
+import java.math.BigDecimal;
+import java.sql.CallableStatement;
+import java.sql.Connection;
+import java.sql.DatabaseMetaData;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.sql.Types;
+import java.util.Arrays;
+import java.util.Properties;
+
+import org.postgresql.PGStatement;
+
+public final class JdbcClient {
+    private JdbcClient() {}
+
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.setProperty("user", "ci-bot");
+        props.setProperty("password", args[1]);  // the JWT
+        props.setProperty("sslmode", "require");  // encrypted; the test CA is not checked
+        try (Connection c = DriverManager.getConnection(args[0], props)) {
+            switch (args[2]) {
+                case "masked" -> masked(c);
+                case "prepared" -> prepared(c);
+                case "fetch" -> fetch(c);
+                case "batch" -> batch(c);
+                case "refused" -> refused(c);
+                case "cancel" -> cancel(c);
+                case "metadata" -> metadata(c);
+                case "callable" -> callable(c);
+                case "parameters" -> parameters(c);
+                default -> throw new IllegalArgumentException("no scenario " + args[2]);
+            }
+        }
+    }
+
+    private static void out(Object... fields) {
+        StringBuilder line = new StringBuilder();
+        for (Object f : fields) {
+            if (line.length() > 0) {
+                line.append('\t');
+            }
+            line.append(f);
+        }
+        System.out.println(line);
+    }
+
+    private static void error(SQLException e) {
+        out("error", e.getSQLState(), e.getMessage().replace('\n', ' '));
+    }
+
+    /** A plain Statement: JDBC still speaks the extended protocol, unnamed. */
+    private static void masked(Connection c) throws SQLException {
+        try (Statement s = c.createStatement();
+             ResultSet r = s.executeQuery("select id, holder, pan from cards order by id")) {
+            while (r.next()) {
+                out("row", r.getInt(1), r.getString(2), r.getString(3));
+            }
+        }
+    }
+
+    /** Past prepareThreshold (5 runs) the driver switches to a named server statement
+     *  and binary results: the masks must follow it there. */
+    private static void prepared(Connection c) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(
+                "select id, pan, holder from cards where id = ?")) {
+            for (int i = 1; i <= 8; i++) {
+                ps.setInt(1, (i - 1) % 5 + 1);
+                try (ResultSet r = ps.executeQuery()) {
+                    r.next();
+                    out("row", r.getInt(1), r.getString(2),
+                        ps.unwrap(PGStatement.class).isUseServerPrepare());
+                }
+            }
+        }
+    }
+
+    /** A fetch size with autocommit off: a portal read two rows per Execute. */
+    private static void fetch(Connection c) throws SQLException {
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement("select id, pan from cards order by id")) {
+            ps.setFetchSize(2);
+            try (ResultSet r = ps.executeQuery()) {
+                while (r.next()) {
+                    out("row", r.getInt(1), r.getString(2));
+                }
+            }
+        }
+        c.commit();
+    }
+
+    /** executeBatch sends every Bind/Execute of the batch before one Sync. */
+    private static void batch(Connection c) throws SQLException {
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement(
+                "insert into transactions (card_id, amount) values (?, ?)")) {
+            for (int i = 1; i <= 3; i++) {
+                ps.setInt(1, i);
+                ps.setBigDecimal(2, new BigDecimal("0.0" + i));
+                ps.addBatch();
+            }
+            out("counts", Arrays.toString(ps.executeBatch()));
+        }
+        try (Statement s = c.createStatement();
+             ResultSet r = s.executeQuery(
+                 "select count(*) from transactions where amount < 0.05")) {
+            r.next();
+            out("inside", r.getLong(1));
+        }
+        c.rollback();
+        try (Statement s = c.createStatement();
+             ResultSet r = s.executeQuery(
+                 "select count(*) from transactions where amount < 0.05")) {
+            r.next();
+            out("after_rollback", r.getLong(1));
+        }
+        c.commit();
+    }
+
+    /** A statement the gateway refuses: a masked column inside an expression. The
+     *  session stays usable, and a transaction the refusal aborted rolls back. */
+    private static void refused(Connection c) throws SQLException {
+        try (Statement s = c.createStatement()) {
+            try {
+                s.executeQuery("select pan || '' from cards");
+                out("not_refused");
+            } catch (SQLException e) {
+                error(e);
+            }
+            try (ResultSet r = s.executeQuery("select 41 + 1")) {
+                r.next();
+                out("after", r.getInt(1));
+            }
+            c.setAutoCommit(false);
+            try {
+                s.executeQuery("select upper(pan) from cards");
+                out("not_refused");
+            } catch (SQLException e) {
+                error(e);
+            }
+            try {
+                s.executeQuery("select 1");
+                out("not_aborted");
+            } catch (SQLException e) {
+                error(e);
+            }
+            c.rollback();
+            try (ResultSet r = s.executeQuery("select 43")) {
+                r.next();
+                out("after_rollback", r.getInt(1));
+            }
+            c.commit();
+        }
+    }
+
+    /** setQueryTimeout cancels through a CancelRequest on a new connection. */
+    private static void cancel(Connection c) throws SQLException {
+        try (Statement s = c.createStatement()) {
+            s.setQueryTimeout(1);
+            long t0 = System.nanoTime();
+            try {
+                s.execute("select pg_sleep(30)");
+                out("not_cancelled");
+            } catch (SQLException e) {
+                error(e);
+            }
+            out("seconds", (System.nanoTime() - t0) / 1_000_000_000.0);
+            s.setQueryTimeout(0);
+            try (ResultSet r = s.executeQuery("select 7")) {
+                r.next();
+                out("after", r.getInt(1));
+            }
+        }
+    }
+
+    /** DatabaseMetaData: the driver's own catalog queries. */
+    private static void metadata(Connection c) throws SQLException {
+        DatabaseMetaData md = c.getMetaData();
+        try (ResultSet r = md.getColumns(null, "public", "cards", null)) {
+            while (r.next()) {
+                out("column", r.getString("COLUMN_NAME"), r.getString("TYPE_NAME"));
+            }
+        }
+        try (ResultSet r = md.getPrimaryKeys(null, "public", "cards")) {
+            while (r.next()) {
+                out("key", r.getString("COLUMN_NAME"));
+            }
+        }
+    }
+
+    /** The {call} escape, with an OUT parameter. */
+    private static void callable(Connection c) throws SQLException {
+        try (CallableStatement cs = c.prepareCall("{? = call upper(?)}")) {
+            cs.registerOutParameter(1, Types.VARCHAR);
+            cs.setString(2, "abc");
+            cs.execute();
+            out("value", cs.getString(1));
+        }
+    }
+
+    /** A PAN sent as a parameter finds its row; only the masked value comes back. */
+    private static void parameters(Connection c) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(
+                "select holder, pan from cards where pan = ?")) {
+            ps.setString(1, "4111111111111111");
+            try (ResultSet r = ps.executeQuery()) {
+                while (r.next()) {
+                    out("row", r.getString(1), r.getString(2));
+                }
+            }
+        }
+        try (Statement s = c.createStatement();
+             ResultSet r = s.executeQuery("select 'card 5555555555554444 on file'")) {
+            r.next();
+            out("text", r.getString(1));
+        }
+    }
+}

@@ -1,0 +1,144 @@
+"""pgJDBC, the driver of Java tools and services, through a real gateway: its extended
+protocol use (unnamed statements, named server-side ones past prepareThreshold with
+binary results, fetch-size portals, batches before one Sync), query timeouts by
+CancelRequest, its catalog queries, the {call} escape, refusals and masks, and the audit
+trail it leaves.
+
+Needs java, javac and the driver (Debian: libpostgresql-jdbc-java, which `.ci/run`
+installs; or PGWARDEN_JDBC_JAR); without them the module is skipped, and says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import PgBackend, upstreams_for
+
+from gateway.audit import generate_keypair
+from gateway.devtools.harness import GatewayProcess
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "clients" / "JdbcClient.java"
+POLICY = HERE / "policies" / "masking"  # allows all; cards.pan comes back as its last 4
+JAR = Path(os.environ.get("PGWARDEN_JDBC_JAR", "/usr/share/java/postgresql.jar"))
+PANS = ("4111111111111111", "5555555555554444", "378282246310005", "6011111111111117",
+        "4000056655665556")
+HOLDERS = ("Alice Martin", "Bob Chen", "Carol Diaz", "Dan Okafor", "Eve Novak")
+LAST4 = tuple("************" + p[-4:] for p in PANS)  # pan_last4: always 12 stars
+
+_missing = [what for what, there in (("java", shutil.which("java")),
+                                     ("javac", shutil.which("javac")),
+                                     (f"the JDBC driver ({JAR})", JAR.is_file())) if not there]
+pytestmark = pytest.mark.skipif(bool(_missing), reason="JDBC tests need " + ", ".join(_missing))
+
+
+@dataclass
+class Jdbc:
+    gw: GatewayProcess
+    classes: Path
+    audit: Path
+    audit_key: Path
+
+    def run(self, scenario: str) -> list[list[str]]:
+        """The lines the client printed for `scenario`, split at tabs."""
+        url = f"jdbc:postgresql://{self.gw.host}:{self.gw.port}/payments"
+        done = subprocess.run(
+            ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
+             self.gw.token(), scenario],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def jdbc(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jdbc]:
+    d = tmp_path_factory.mktemp("jdbc")
+    built = subprocess.run(["javac", "-cp", str(JAR), "-d", str(d / "classes"), str(CLIENT)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    (d / "hash.key").write_bytes(b"jdbc-e2e-hash-key-0123456789abcd")
+    extra = (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
+             f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n"
+             f"masking:\n  hash_key: {{file: {json.dumps(str(d / 'hash.key'))}}}\n")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                        extra_yaml=extra) as gw:
+        yield Jdbc(gw, d / "classes", d / "audit", d / "audit.pub")
+
+
+def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:
+    assert jdbc.run("masked") == [["row", str(i + 1), HOLDERS[i], LAST4[i]] for i in range(5)]
+
+
+def test_a_server_prepared_statement_stays_masked(jdbc: Jdbc) -> None:
+    """Executions 5 on are a named server statement with binary results: the mask plan
+    follows the statement's name, in both formats."""
+    rows = jdbc.run("prepared")
+    assert [r[:3] for r in rows] == [["row", str(i % 5 + 1), LAST4[i % 5]] for i in range(8)]
+    assert [r[3] for r in rows] == ["false"] * 3 + ["true"] * 5
+
+
+def test_a_fetch_size_reads_a_portal_in_pieces(jdbc: Jdbc) -> None:
+    assert jdbc.run("fetch") == [["row", str(i + 1), LAST4[i]] for i in range(5)]
+
+
+def test_a_batch_in_a_transaction_rolls_back(jdbc: Jdbc) -> None:
+    out = dict((k, v) for k, v in jdbc.run("batch"))
+    assert out["counts"] == "[1, 1, 1]"
+    assert int(out["inside"]) == int(out["after_rollback"]) + 3
+
+
+def test_a_refusal_leaves_the_session_usable(jdbc: Jdbc) -> None:
+    out = jdbc.run("refused")
+    assert [r[:2] for r in out] == [["error", "42501"], ["after", "42"], ["error", "42501"],
+                                   ["error", "25P02"], ["after_rollback", "43"]]
+    assert "masked column public.cards.pan" in out[0][2]
+    assert "4111" not in "".join(map("".join, out))
+
+
+def test_a_query_timeout_cancels_through_the_gateway(jdbc: Jdbc) -> None:
+    out = jdbc.run("cancel")
+    assert out[0][:2] == ["error", "57014"], out
+    assert float(out[1][1]) < 10
+    assert out[2] == ["after", "7"]
+
+
+def test_the_drivers_catalog_queries(jdbc: Jdbc) -> None:
+    out = jdbc.run("metadata")
+    assert [r for r in out if r[0] == "column"] == [
+        ["column", "id", "serial"], ["column", "holder", "text"], ["column", "pan", "text"],
+        ["column", "cvv", "text"], ["column", "expiry", "text"]]
+    assert [r for r in out if r[0] == "key"] == [["key", "id"]]
+
+
+def test_the_call_escape(jdbc: Jdbc) -> None:
+    assert jdbc.run("callable") == [["value", "ABC"]]
+
+
+def test_the_audit_trail_of_a_jdbc_session(jdbc: Jdbc) -> None:
+    """A PAN the client sent as a parameter and one a result carried (the safety net's)
+    are in no record; the decisions name the driver and its protocol; the chain holds."""
+    # (the safety net leaves a run's first three digits, its framing guard: safety_net.py)
+    assert jdbc.run("parameters") == [["row", "Alice Martin", LAST4[0]],
+                                      ["text", "card 555*********4444 on file"]]
+    jdbc.gw.stop()  # the shutdown checkpoint seals the trail
+    text = "".join(f.read_text() for f in sorted(jdbc.audit.glob("*.jsonl")))
+    for pan in PANS:
+        assert pan not in text and pan[:-4] not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    decisions = [r for r in records if r["type"] == "decision"
+                 and r["sql"] == "select holder, pan from cards where pan = $1"]
+    assert decisions and all(
+        r["where"]["application_name"] == "PostgreSQL JDBC Driver"
+        and r["statement"]["protocol"] == "extended" and r["outcome"] == "masked"
+        for r in decisions)
+    done = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", str(jdbc.audit),
+                           "--key", str(jdbc.audit_key)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
