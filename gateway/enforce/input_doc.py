@@ -57,8 +57,8 @@ class SessionFacts:
         return cls(identity, connection, session, identity.to_input())
 
     def renamed(self, application_name: str) -> SessionFacts:
-        """These facts with the session's new application_name (a new ``connection``
-        object: decision records that share the old one archive nothing of it)."""
+        """These facts with the session's new application_name, in a new ``connection``
+        object (input documents already built keep the old one)."""
         return replace(self, connection={**self.connection,
                                          "application_name": application_name})
 
