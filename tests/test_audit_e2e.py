@@ -569,23 +569,35 @@ def test_a_new_application_name_is_decided_recorded_and_replayed(
             c.execute("reset application_name")  # back to the name it connected with
             assert c.execute("select 1").fetchone() == (1,)
             c.execute("set application_name = 'card 4111111111111111'")  # a PAN, scrubbed
+        long_name = "x" * 70  # the server keeps 63 characters: so does the trail, at once
+        with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True,
+                             application_name=long_name) as c:
+            assert c.execute("select 2").fetchone() == (2,)
     text = "".join(f.read_text() for f in sorted((d / "audit").glob("*.jsonl")))
     assert "4111111111111111" not in text and "card 411*********1111" in text
     records = read_records(d / "audit")
     session = next(r["session"] for r in records if r["type"] == "session.start")
     mine = [r for r in records if r.get("session") == session]
-    assert [(r["type"], r.get("outcome"), r["where"]["application_name"]) for r in mine
-            if r["type"] not in ("statement",)] == [
-        ("session.start", None, "fine-app"),
-        ("decision", "allowed", "fine-app"), ("decision", "allowed", "fine-app"),
-        ("decision", "allowed", "fine-app"),  # the SET itself
-        ("session.update", None, "blocked-app"),
-        ("decision", "denied", "blocked-app"), ("decision", "denied", "blocked-app"),
-        ("decision", "allowed", "blocked-app"),  # the RESET, decided before it ran
-        ("session.update", None, "fine-app"),
-        ("decision", "allowed", "fine-app"), ("decision", "allowed", "fine-app"),
-        ("session.update", None, "card 411*********1111"),
-        ("session.end", None, "card 411*********1111")]
+    fine, blocked, card = "fine-app", "blocked-app", "card 411*********1111"
+    assert [(r["type"], r.get("outcome"), r["where"]["application_name"]) for r in mine] == [
+        ("session.start", None, fine),
+        ("decision", "allowed", fine), ("statement", "allowed", fine),
+        ("decision", "allowed", fine), ("statement", "allowed", fine),
+        ("decision", "allowed", fine),  # the SET, which ends after the server's report:
+        ("session.update", None, blocked), ("statement", "allowed", blocked),
+        ("decision", "denied", blocked), ("decision", "denied", blocked),
+        ("decision", "allowed", blocked),  # the RESET, decided before it ran
+        ("session.update", None, fine), ("statement", "allowed", fine),
+        ("decision", "allowed", fine), ("statement", "allowed", fine),
+        ("decision", "allowed", fine),
+        ("session.update", None, card), ("statement", "allowed", card),
+        ("session.end", None, card)]
+    other = next(r["session"] for r in records if r["type"] == "session.start"
+                 and r["session"] != session)
+    assert [(r["type"], r["where"]["application_name"]) for r in records
+            if r.get("session") == other] == [
+        ("session.start", long_name[:63]), ("decision", long_name[:63]),
+        ("statement", long_name[:63]), ("session.end", long_name[:63])]
     update = next(r for r in mine if r["type"] == "session.update")
     assert update["changed"] == ["application_name"]
     assert update["input"]["connection"]["application_name"] == "blocked-app"

@@ -922,7 +922,6 @@ class StatementGate:
         # kept allows were decided under the old facts, their record builders bound to them
         self._by_text.clear()
         self._by_shape.clear()
-        self._repeats_under = (None, None, -1)
         if self.audit is not None:
             ctx = self.audit_ctx = records.AuditContext.from_input(self.facts.input_for({}))
             self._templates = TemplateCache(self.audit)
