@@ -123,6 +123,21 @@ def test_the_call_escape(jdbc: Jdbc) -> None:
     assert jdbc.run("callable") == [["value", "ABC"]]
 
 
+def test_copy_manager_out_masked_and_in(jdbc: Jdbc) -> None:
+    out = jdbc.run("copy")
+    assert out[0] == ["copied_out", "5"]
+    assert out[1:6] == [["line", f"{i + 1},{LAST4[i]}"] for i in range(5)]
+    assert out[6:] == [["copied_in", "2"]]
+
+
+def test_generated_keys_come_back_masked(jdbc: Jdbc) -> None:
+    assert jdbc.run("keys") == [["inserted", "1"], ["key", "Zed Park", "************4242"]]
+
+
+def test_a_notification_payload_is_masked(jdbc: Jdbc) -> None:
+    assert jdbc.run("notify") == [["notification", "jobs", "card 555*********4444 done"]]
+
+
 def test_the_audit_trail_of_a_jdbc_session(jdbc: Jdbc) -> None:
     """A PAN the client sent as a parameter and one a result carried (the safety net's)
     are in no record; the decisions name the driver and its protocol; the chain holds."""

@@ -4,6 +4,8 @@
 //
 //   java -cp postgresql.jar:DIR JdbcClient URL TOKEN SCENARIO
 
+import java.io.StringReader;
+import java.io.StringWriter;
 import java.math.BigDecimal;
 import java.sql.CallableStatement;
 import java.sql.Connection;
@@ -17,7 +19,10 @@ import java.sql.Types;
 import java.util.Arrays;
 import java.util.Properties;
 
+import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
+import org.postgresql.copy.CopyManager;
 
 public final class JdbcClient {
     private JdbcClient() {}
@@ -38,6 +43,9 @@ public final class JdbcClient {
                 case "metadata" -> metadata(c);
                 case "callable" -> callable(c);
                 case "parameters" -> parameters(c);
+                case "copy" -> copy(c);
+                case "keys" -> keys(c);
+                case "notify" -> notifyScenario(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -204,6 +212,55 @@ public final class JdbcClient {
             cs.setString(2, "abc");
             cs.execute();
             out("value", cs.getString(1));
+        }
+    }
+
+    /** CopyManager, as ETL code uses it: COPY out (masked) and in (rolled back). */
+    private static void copy(Connection c) throws Exception {
+        CopyManager copier = c.unwrap(PGConnection.class).getCopyAPI();
+        StringWriter out = new StringWriter();
+        long n = copier.copyOut(
+            "COPY (select id, pan from cards order by id) TO STDOUT WITH (FORMAT csv)", out);
+        out("copied_out", n);
+        for (String line : out.toString().split("\n")) {
+            out("line", line);
+        }
+        c.setAutoCommit(false);
+        out("copied_in", copier.copyIn(
+            "COPY transactions (card_id, amount) FROM STDIN WITH (FORMAT csv)",
+            new StringReader("1,0.01\n2,0.02\n")));
+        c.rollback();
+    }
+
+    /** RETURN_GENERATED_KEYS: the driver appends RETURNING * to the INSERT. */
+    private static void keys(Connection c) throws SQLException {
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement(
+                "insert into cards (holder, pan, cvv, expiry) values (?, ?, ?, ?)",
+                Statement.RETURN_GENERATED_KEYS)) {
+            ps.setString(1, "Zed Park");
+            ps.setString(2, "4242424242424242");
+            ps.setString(3, "000");
+            ps.setString(4, "01/30");
+            out("inserted", ps.executeUpdate());
+            try (ResultSet r = ps.getGeneratedKeys()) {
+                while (r.next()) {
+                    out("key", r.getString("holder"), r.getString("pan"));
+                }
+            }
+        }
+        c.rollback();
+    }
+
+    /** LISTEN/NOTIFY: a payload carrying a card number reaches the client masked. */
+    private static void notifyScenario(Connection c) throws SQLException {
+        try (Statement s = c.createStatement()) {
+            s.execute("LISTEN jobs");
+            s.execute("NOTIFY jobs, 'card 5555555555554444 done'");
+        }
+        PGNotification[] got = c.unwrap(PGConnection.class).getNotifications(5000);
+        for (PGNotification n : got == null ? new PGNotification[0] : got) {
+            out("notification", n.getName(), n.getParameter());
         }
     }
 
