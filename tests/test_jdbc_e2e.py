@@ -17,11 +17,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PgBackend, upstreams_for
 
 from gateway.audit import generate_keypair
+from gateway.devtools.certs import write_self_signed
 from gateway.devtools.harness import GatewayProcess
 
 HERE = Path(__file__).resolve().parent
@@ -46,13 +48,19 @@ class Jdbc:
     audit: Path
     audit_key: Path
 
-    def run(self, scenario: str) -> list[list[str]]:
-        """The lines the client printed for `scenario`, split at tabs."""
-        url = f"jdbc:postgresql://{self.gw.host}:{self.gw.port}/payments"
-        done = subprocess.run(
+    def launch(self, scenario: str, *, host: str | None = None, root: Path | None = None
+               ) -> subprocess.CompletedProcess[str]:
+        """The client run on `scenario` (`root`: the gateway's certificate is checked
+        against it, verify-full)."""
+        url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/payments"
+        return subprocess.run(
             ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
-             self.gw.token(), scenario],
+             self.gw.token(), scenario, *([str(root)] if root else [])],
             capture_output=True, text=True, timeout=120)
+
+    def run(self, scenario: str, **kw: Any) -> list[list[str]]:
+        """The lines the client printed for `scenario`, split at tabs."""
+        done = self.launch(scenario, **kw)
         assert done.returncode == 0, done.stdout + done.stderr
         return [line.split("\t") for line in done.stdout.splitlines()]
 
@@ -75,6 +83,17 @@ def jdbc(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jd
 
 def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:
     assert jdbc.run("masked") == [["row", str(i + 1), HOLDERS[i], LAST4[i]] for i in range(5)]
+
+
+def test_verify_full_checks_the_gateways_certificate(jdbc: Jdbc, tmp_path: Path) -> None:
+    """As the README shows: sslmode=verify-full with the gateway's CA as sslrootcert; a
+    root that did not sign the gateway's certificate fails the handshake."""
+    assert jdbc.run("masked", host="localhost", root=jdbc.gw.cert_path)[0] == [
+        "row", "1", HOLDERS[0], LAST4[0]]
+    write_self_signed(tmp_path / "other.pem", tmp_path / "other.key")
+    done = jdbc.launch("masked", host="localhost", root=tmp_path / "other.pem")
+    assert done.returncode != 0 and "row" not in done.stdout
+    assert "SSL error" in done.stderr or "PKIX" in done.stderr, done.stderr[-2000:]
 
 
 def test_a_server_prepared_statement_stays_masked(jdbc: Jdbc) -> None:

@@ -2,7 +2,10 @@
 // printing what the driver saw as tab-separated lines. An SQLException a scenario expects
 // is printed ("error", SQLSTATE, message); any other makes the run exit non-zero.
 //
-//   java -cp postgresql.jar:DIR JdbcClient URL TOKEN SCENARIO
+//   java -cp postgresql.jar:DIR JdbcClient URL TOKEN SCENARIO [ROOT_CERT]
+//
+// With ROOT_CERT the gateway's certificate is verified (verify-full), else only
+// encrypted (require).
 
 import java.io.StringReader;
 import java.io.StringWriter;
@@ -31,7 +34,12 @@ public final class JdbcClient {
         Properties props = new Properties();
         props.setProperty("user", "ci-bot");
         props.setProperty("password", args[1]);  // the JWT
-        props.setProperty("sslmode", "require");  // encrypted; the test CA is not checked
+        if (args.length > 3) {
+            props.setProperty("sslmode", "verify-full");
+            props.setProperty("sslrootcert", args[3]);
+        } else {
+            props.setProperty("sslmode", "require");
+        }
         try (Connection c = DriverManager.getConnection(args[0], props)) {
             switch (args[2]) {
                 case "masked" -> masked(c);
