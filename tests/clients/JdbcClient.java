@@ -70,6 +70,14 @@ public final class JdbcClient {
         System.out.println(line);
     }
 
+    /** The first column of the first row of `sql`, as text. */
+    private static String value(Connection c, String sql) throws SQLException {
+        try (Statement s = c.createStatement(); ResultSet r = s.executeQuery(sql)) {
+            r.next();
+            return r.getString(1);
+        }
+    }
+
     private static void error(SQLException e) {
         out("error", e.getSQLState(), e.getMessage().replace('\n', ' '));
     }
@@ -126,19 +134,10 @@ public final class JdbcClient {
             }
             out("counts", Arrays.toString(ps.executeBatch()));
         }
-        try (Statement s = c.createStatement();
-             ResultSet r = s.executeQuery(
-                 "select count(*) from transactions where amount < 0.05")) {
-            r.next();
-            out("inside", r.getLong(1));
-        }
+        String small = "select count(*) from transactions where amount < 0.05";
+        out("inside", value(c, small));
         c.rollback();
-        try (Statement s = c.createStatement();
-             ResultSet r = s.executeQuery(
-                 "select count(*) from transactions where amount < 0.05")) {
-            r.next();
-            out("after_rollback", r.getLong(1));
-        }
+        out("after_rollback", value(c, small));
         c.commit();
     }
 
@@ -152,10 +151,7 @@ public final class JdbcClient {
             } catch (SQLException e) {
                 error(e);
             }
-            try (ResultSet r = s.executeQuery("select 41 + 1")) {
-                r.next();
-                out("after", r.getInt(1));
-            }
+            out("after", value(c, "select 41 + 1"));
             c.setAutoCommit(false);
             try {
                 s.executeQuery("select upper(pan) from cards");
@@ -170,10 +166,7 @@ public final class JdbcClient {
                 error(e);
             }
             c.rollback();
-            try (ResultSet r = s.executeQuery("select 43")) {
-                r.next();
-                out("after_rollback", r.getInt(1));
-            }
+            out("after_rollback", value(c, "select 43"));
             c.commit();
         }
     }
@@ -191,10 +184,7 @@ public final class JdbcClient {
             }
             out("seconds", (System.nanoTime() - t0) / 1_000_000_000.0);
             s.setQueryTimeout(0);
-            try (ResultSet r = s.executeQuery("select 7")) {
-                r.next();
-                out("after", r.getInt(1));
-            }
+            out("after", value(c, "select 7"));
         }
     }
 
