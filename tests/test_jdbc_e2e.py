@@ -48,14 +48,16 @@ class Jdbc:
     audit: Path
     audit_key: Path
 
-    def launch(self, scenario: str, *, host: str | None = None, root: Path | None = None
+    def launch(self, scenario: str, *, host: str | None = None, root: Path | None = None,
+               token: str | None = None, connection: str = "payments"
                ) -> subprocess.CompletedProcess[str]:
         """The client run on `scenario` (`root`: the gateway's certificate is checked
-        against it, verify-full)."""
-        url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/payments"
+        against it, verify-full; `token`: this password instead of a fresh token)."""
+        url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/{connection}"
         return subprocess.run(
             ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
-             self.gw.token(), scenario, *([str(root)] if root else [])],
+             self.gw.token() if token is None else token, scenario,
+             *([str(root)] if root else [])],
             capture_output=True, text=True, timeout=120)
 
     def run(self, scenario: str, **kw: Any) -> list[list[str]]:
@@ -91,9 +93,20 @@ def test_verify_full_checks_the_gateways_certificate(jdbc: Jdbc, tmp_path: Path)
     assert jdbc.run("masked", host="localhost", root=jdbc.gw.cert_path)[0] == [
         "row", "1", HOLDERS[0], LAST4[0]]
     write_self_signed(tmp_path / "other.pem", tmp_path / "other.key")
-    done = jdbc.launch("masked", host="localhost", root=tmp_path / "other.pem")
-    assert done.returncode != 0 and "row" not in done.stdout
-    assert "SSL error" in done.stderr or "PKIX" in done.stderr, done.stderr[-2000:]
+    (refused,) = jdbc.run("masked", host="localhost", root=tmp_path / "other.pem")
+    assert refused[:2] == ["error", "08006"] and "SSL error" in refused[2], refused
+
+
+def test_a_refused_login_is_a_clear_error(jdbc: Jdbc) -> None:
+    """What a Java job's log shows for a bad token, an expired one, an unknown
+    connection: the gateway's FATAL, with its SQLSTATE."""
+    assert jdbc.run("masked", token="not-a-jwt") == [
+        ["error", "28P01", 'FATAL: JWT authentication failed for user "ci-bot": '
+                           "token is malformed"]]
+    assert jdbc.run("masked", token=jdbc.gw.token(ttl=-120)) == [
+        ["error", "28P01", 'FATAL: JWT authentication failed for user "ci-bot": token expired']]
+    assert jdbc.run("masked", connection="nope") == [
+        ["error", "28000", 'FATAL: connection "nope" is not configured on this gateway']]
 
 
 def test_a_server_prepared_statement_stays_masked(jdbc: Jdbc) -> None:

@@ -40,7 +40,14 @@ public final class JdbcClient {
         } else {
             props.setProperty("sslmode", "require");
         }
-        try (Connection c = DriverManager.getConnection(args[0], props)) {
+        Connection connected;
+        try {
+            connected = DriverManager.getConnection(args[0], props);
+        } catch (SQLException e) {  // refused at login: what the driver shows its caller
+            error(e);
+            return;
+        }
+        try (Connection c = connected) {
             switch (args[2]) {
                 case "masked" -> masked(c);
                 case "prepared" -> prepared(c);
