@@ -132,6 +132,35 @@ def test_psql_plaintext_on_loopback(gateway: GatewayProcess, token: str, pg: PgB
     assert out.stdout.split() == ["5", "pgwarden_svc"]
 
 
+PSQL_PIPELINE = """\\startpipeline
+select id from cards where id = $1 \\bind 1 \\sendpipeline
+select 1/0 \\bind \\sendpipeline
+select id from cards where id = $1 \\bind 5 \\sendpipeline
+\\syncpipeline
+select id from cards where id = $1 \\bind 2 \\sendpipeline
+\\endpipeline
+select 'after the pipeline';
+"""
+
+
+def test_psql_pipeline_skips_to_the_sync_after_an_error(gateway: GatewayProcess, token: str,
+                                                         pg: PgBackend) -> None:
+    """psql 18's pipeline mode: runs sent without waiting, an error skipping the rest of
+    its Sync segment (not the next segment), the session in step afterwards."""
+    psql = str(pg.server.bin_dir / "psql")
+    version = subprocess.run([psql, "--version"], capture_output=True, text=True).stdout
+    if int(version.split()[2].split(".")[0]) < 18:
+        pytest.skip(f"psql's pipeline commands need psql 18, not {version.strip()}")
+    env = pg.server.env()
+    env["PGPASSWORD"] = token
+    out = subprocess.run(
+        [psql, "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(gateway.port), "-U", "ci-bot",
+         "-d", "payments", "-f", "-"],
+        input=PSQL_PIPELINE, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert out.stdout.split() == ["1", "2", "after", "the", "pipeline"], out.stderr
+    assert "ERROR:  division by zero" in out.stderr
+
+
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench_modes(gateway: GatewayProcess, token: str, pg: PgBackend, mode: str) -> None:
     env = pg.server.env()
