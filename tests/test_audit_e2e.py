@@ -360,7 +360,8 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
     """PostgreSQL streams a result as it computes it: rows can reach the client before an
     error ends the statement. Its record counts them, whichever way the relay followed it
     (a lone Query, a statement of a longer string, an extended-protocol run, a masked
-    result), and the session's totals include them."""
+    result, a COPY's CopyData in text or binary), and the session's totals include
+    them."""
     gw, audit_dir, _pub = audited
     env = pg.server.env()
     env["PGPASSWORD"] = gw.token(groups=("ci",))
@@ -368,7 +369,7 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
                 "select 1 as late_first; "
                 "select 1/(g - 3) as late_second from generate_series(1, 5) g; "
                 "select 2 as late_skipped",
-                # COPY's rows travel as CopyData: how many went out is not counted
+                # COPY's rows travel as CopyData, one per row: counted the same way
                 "copy (select 1/(g - 3) as late_copy from generate_series(1, 5) g) "
                 "to stdout"):
         out = subprocess.run(
@@ -383,6 +384,11 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
         with pytest.raises(psycopg.errors.DivisionByZero):
             c.execute("select pan, 1/(g - 3) as late_masked from cards, "
                       "generate_series(1, 5) g where cards.id = 1")
+        with pytest.raises(psycopg.errors.DivisionByZero):  # (its header rides with row 1)
+            with c.cursor().copy("copy (select 1/(g - 3) as late_bincopy from "
+                                 "generate_series(1, 5) g) to stdout (format binary)") as cp:
+                for _ in cp:
+                    pass
         assert c.execute("select 5 as late_after").fetchone() == (5,)
 
     # Executes with a row limit: PortalSuspended
@@ -398,13 +404,14 @@ def test_a_statement_that_fails_partway_records_the_rows_it_had_sent(
     assert ends("late_run") == [("error", "22012", 3)]
     assert ends("late_masked") == [("error", "22012", 2)]
     assert ends("late_after") == [("allowed", None, 1)]
-    assert ends("late_copy") == [("error", "22012", None)]
+    assert ends("late_copy") == [("error", "22012", 2)]
+    assert ends("late_bincopy") == [("error", "22012", 2)]
     assert ends("late_pieces") == [("allowed", None, 2), ("allowed", None, 2),
                                    ("allowed", None, 1)]
     session = next(r["session"] for r in records if r["type"] == "session.start"
                    and r["where"]["application_name"] == "late-rows")
     end = next(r for r in records if r["type"] == "session.end" and r["session"] == session)
-    assert end["totals"]["rows"] == 3 + 2 + 1 and end["totals"]["errors"] == 2
+    assert end["totals"]["rows"] == 3 + 2 + 2 + 1 and end["totals"]["errors"] == 3
 
 
 def test_the_sealed_log_verifies_and_tampering_is_named(

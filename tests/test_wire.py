@@ -939,9 +939,9 @@ def _walk_rows(data: bytes, pos: int, max_size: int) -> tuple[int, bytes] | None
        st.booleans(), st.data())
 def test_each_event_counts_the_rows_since_the_one_before(msgs, watch, native, data):
     """However the stream is cut, every event's count sums, up to any end message, to the
-    DataRows before it in the stream; once whole, to all of them. With the C step or not,
-    with rows observed, coalesced into runs or walked, or stepped over between runs of
-    another type."""
+    rows (DataRows and CopyData) before it in the stream; once whole, to all of them. With
+    the C step or not, with rows observed, coalesced into runs or walked, or stepped over
+    between runs of another type."""
     stream = b"".join(msgs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
     observed = OBSERVED | {ord("C")} | ({D} if watch in ("rows", "coalesced", "walked")
@@ -960,11 +960,11 @@ def test_each_event_counts_the_rows_since_the_one_before(msgs, watch, native, da
         seen += obs.relay(stream[prev:cut])[1]
         prev = cut
     before = 0
-    expected = []  # (type, DataRows before it) for each end message
+    expected = []  # (type, rows before it) for each end message
     for m in msgs:
-        if m[0] == D:
+        if m[0] in (D, ord("d")):
             before += 1
-        elif m[0] != ord("d"):
+        else:
             expected.append((m[0], before))
     counted, got = 0, []
     for t, _, _, _, rows in seen:

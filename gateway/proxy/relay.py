@@ -57,13 +57,13 @@ _TERMINATE = b"X\0\0\0\4"
 
 
 # A statement's result ended: its tag, the message that ended it (type, body), the values
-# masked per protected column, the safety-net hits in its bytes, and the DataRows the
-# client was sent for it.
+# masked per protected column, the safety-net hits in its bytes, and the rows (DataRows,
+# a COPY TO's CopyData) the client was sent for it.
 OnResult = Callable[[StatementTag, int, bytes, dict[str, int], int, int], None]
 # the masked-value counts of a statement the relay followed itself: none (read only)
 _NONE_MASKED: dict[str, int] = {}
 # A result that ended in the buffer at hand, to report: where its end message ends in
-# that buffer, and OnResult's arguments but the hits (the DataRows last).
+# that buffer, and OnResult's arguments but the hits (the rows sent last).
 _Ended = tuple[int, StatementTag, int, bytes, dict[str, int], int]
 # The messages after which a DataRow belongs to another statement's result.
 _RESULT_ENDS = QUERY_ENDS | frozenset(b"s")
@@ -140,8 +140,8 @@ class Relay:
         self._on_result = on_result
         self._ended: list[_Ended] = []
         self._at = 0  # where the backend message being accounted for ends, in its buffer
-        # DataRows since the last result ended: the current result's, told to on_result
-        # with its end (a statement that fails partway sent some)
+        # rows (DataRows, CopyData) since the last result ended: the current result's,
+        # told to on_result with its end (a statement that fails partway sent some)
         self._sent = 0
         self._carried_hits = 0  # hits after the last result that ended
         if results is not None and on_result is not None:
@@ -465,7 +465,7 @@ class Relay:
         return hits
 
     def take_sent(self) -> int:
-        """DataRows sent since the last result ended (of one still streaming), also those
+        """Rows sent since the last result ended (of one still streaming), also those
         no event has counted yet (rows of a followed result are stepped over in C); under
         a row limit that withheld rows, those the client got."""
         sent, self._sent = self._sent, 0

@@ -62,12 +62,6 @@ class ClientHello:
     leftover: bytes
 
 
-def _sent_rows(tag: StatementTag, sent: int) -> int | None:
-    """The `rows` of a statement that did not complete: the DataRows it sent; None for a
-    COPY, whose rows travel as CopyData (not counted)."""
-    return None if tag.command == "COPY" else sent
-
-
 class Session:
     def __init__(self, server: GatewayServer, client: Endpoint) -> None:
         self.server = server
@@ -411,8 +405,9 @@ class Session:
                         masked: dict[str, int], safety_net_hits: int = 0,
                         sent: int = 0) -> None:
         """A statement's result ended: its completion record, linked to its decision.
-        `sent`: the DataRows the client was sent for it, its `rows` when no command tag
-        says (an error partway, an Execute's row limit, a session that ended first)."""
+        `sent`: the rows the client was sent for it (DataRows, or a COPY TO's CopyData),
+        its `rows` when no command tag says (an error partway, an Execute's row limit, a
+        session that ended first)."""
         if self.audit_ctx is None:
             return
         sqlstate = error = None
@@ -432,7 +427,7 @@ class Session:
                 sqlstate = getattr(err, "code", None)
                 error = getattr(err, "message", None)
                 outcome = "error"
-                rows = _sent_rows(tag, sent)
+                rows = sent
             elif mtype == 0x43:  # CommandComplete
                 rows = records.rows_from_complete(body)
                 outcome = "limited" if tag.withheld else "masked"
@@ -440,7 +435,7 @@ class Session:
                 outcome = "skipped"
             elif mtype == UNFINISHED:  # the session ended first: it may or may not have run
                 outcome = "unfinished"
-                rows = _sent_rows(tag, sent)
+                rows = sent
             else:  # EmptyQueryResponse (no rows), PortalSuspended (an Execute's row limit)
                 outcome = "limited" if tag.withheld else "masked" if masked else "allowed"
                 rows = sent

@@ -12,13 +12,13 @@
  * scan(data, pos, table, max_size, events, rows) -> (pos, rows): from `pos`, for each
  * whole message whose type byte `t` has
  *   table[t] == 1 (known to the protocol, not observed): steps over it, adding 1 to
- *       `rows` if it is a DataRow ('D');
+ *       `rows` if it is a row: a DataRow ('D') or a CopyData ('d', a row of COPY TO);
  *   table[t] == 2 (observed, not coalesced), length <= max_size: appends the event
- *       (t, body, start, end, rows + 1 if it is a DataRow else rows) to the list
+ *       (t, body, start, end, rows + 1 if it is a row else rows) to the list
  *       `events`, steps over it and starts `rows` from 0 again;
  * and returns where the first other one starts (an unknown or coalesced type
  * (table[t] 0 or 3), an invalid or oversized length, a message not complete in `data`,
- * or fewer than 5 bytes left) and the DataRows stepped over after the last event.
+ * or fewer than 5 bytes left) and the rows stepped over after the last event.
  *
  * `MessageFramer.feed`: cutting a client's whole messages out of a buffer.
  *
@@ -42,6 +42,15 @@
 
 enum { UNKNOWN = 0, SKIPPED = 1, OBSERVED = 2 };
 #define DATA_ROW 'D'
+#define COPY_DATA 'd'
+
+/* The messages an event's count counts: a result's rows, and a COPY TO's (the server
+ * sends one CopyData per row; in binary the header rides with the first). */
+static inline int
+is_row(unsigned char t)
+{
+    return t == DATA_ROW || t == COPY_DATA;
+}
 
 static inline int32_t
 length_at(const unsigned char *d, Py_ssize_t pos)
@@ -119,7 +128,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             PyObject *event = Py_BuildValue("(iy#nnn)", (int)d[pos],
                                             (const char *)d + pos + 5, end - pos - 5,
-                                            pos, end, rows + (d[pos] == DATA_ROW));
+                                            pos, end, rows + is_row(d[pos]));
             if (event == NULL)
                 return NULL;
             int failed = PyList_Append(events, event);
@@ -127,7 +136,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (failed)
                 return NULL;
             rows = 0;
-        } else if (d[pos] == DATA_ROW) {
+        } else if (is_row(d[pos])) {
             rows++;
         }
         pos = end;

@@ -44,10 +44,13 @@ WALKED = 0x200  # with RUN: the run as `walk_run` rewrote it (see walk_run)
 
 #: walk_run(data, pos, max_size) -> (end of the run, its replacement) or None
 RunWalker = Callable[[bytes, int, int], "tuple[int, bytes] | None"]
-#: type, body, start and end offsets, and the DataRows passed since the previous event
+#: type, body, start and end offsets, and the rows passed since the previous event
 #: (stepped over, or in this event's run)
 Event = tuple[int, bytes, int, int, int]
-DATA_ROW = 0x44  # 'D': the messages counted in an event's last member
+DATA_ROW = 0x44  # 'D'
+COPY_DATA = 0x64  # 'd': a row of a COPY TO (the server sends one per row)
+#: the messages counted in an event's last member: a result's rows, a COPY TO's
+ROWS = frozenset({DATA_ROW, COPY_DATA})
 
 
 @functools.lru_cache(maxsize=8)  # one set per kind of framer: built once, not per session
@@ -152,8 +155,9 @@ class BackendObserver:
         self.walk_run: RunWalker | None = None
         self._max = max_observed_size
         self._skip = 0
-        #: DataRows passed since the last event (the next event carries them): what an
-        #: error's statement sent before it, with no Python per row
+        #: rows (DataRows, COPY TO's CopyData) passed since the last event (the next
+        #: event carries them): what an error's statement sent before it, with no Python
+        #: per row
         self._rows = 0
         self._partial = b""
         self._scan = _native.scan if _native is not None else None
@@ -166,8 +170,9 @@ class BackendObserver:
         Observed messages are forwarded only once whole (they are small: the caller may
         need to replace one), so each event's (start, end) lies inside the returned bytes.
         Unobserved messages stream through as they arrive. Each event also counts the
-        DataRows since the one before it, its own included (a DataRow is counted once its
-        header has passed: the rest of it goes out as it arrives).
+        rows (DataRows, a COPY TO's CopyData: ROWS) since the one before it, its own
+        included (a row is counted once its header has passed: the rest of it goes out as
+        it arrives).
         """
         pos = 0
         if self._skip:
@@ -219,7 +224,7 @@ class BackendObserver:
                             run_end, replacement = walked
                             if not pos < run_end <= n:
                                 raise ProtocolViolation("a run walker went astray")
-                            if mtype == DATA_ROW:
+                            if mtype in ROWS:
                                 rows += self._count_run(data, pos, run_end, mtype)
                             events.append((RUN | WALKED | mtype, replacement, pos, run_end,
                                            rows))
@@ -228,16 +233,16 @@ class BackendObserver:
                             continue
                     run_end, count = self._run_end(data, pos, mtype)
                     events.append((RUN | mtype, data[pos:run_end], pos, run_end,
-                                   rows + count if mtype == DATA_ROW else rows))
+                                   rows + count if mtype in ROWS else rows))
                     rows = 0
                     pos = run_end
                     continue
                 events.append((mtype, data[pos + 5 : end], pos, end,
-                               rows + 1 if mtype == DATA_ROW else rows))
+                               rows + 1 if mtype in ROWS else rows))
                 rows = 0
                 pos = end
                 continue
-            if mtype == DATA_ROW:
+            if mtype in ROWS:
                 rows += 1
             if end > n:
                 self._skip = end - n
@@ -277,7 +282,7 @@ class BackendObserver:
         return pos, count
 
     def take_rows(self) -> int:
-        """The DataRows passed since the last event (no event has counted them yet)."""
+        """The rows passed since the last event (no event has counted them yet)."""
         rows, self._rows = self._rows, 0
         return rows
 
