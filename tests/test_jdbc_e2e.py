@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,17 +50,18 @@ class Jdbc:
     audit: Path
     audit_key: Path
 
-    def launch(self, scenario: str, *, host: str | None = None, root: Path | None = None,
-               token: str | None = None, connection: str = "payments"
-               ) -> subprocess.CompletedProcess[str]:
-        """The client run on `scenario` (`root`: the gateway's certificate is checked
-        against it, verify-full; `token`: this password instead of a fresh token)."""
+    def command(self, scenario: str, *, host: str | None = None, root: Path | None = None,
+                token: str | None = None, connection: str = "payments") -> list[str]:
+        """The client's command line for `scenario` (`root`: the gateway's certificate is
+        checked against it, verify-full; `token`: this password instead of a fresh one)."""
         url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/{connection}"
-        return subprocess.run(
-            ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
-             self.gw.token() if token is None else token, scenario,
-             *([str(root)] if root else [])],
-            capture_output=True, text=True, timeout=120)
+        return ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
+                self.gw.token() if token is None else token, scenario,
+                *([str(root)] if root else [])]
+
+    def launch(self, scenario: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(scenario, **kw), capture_output=True, text=True,
+                              timeout=120)
 
     def run(self, scenario: str, **kw: Any) -> list[list[str]]:
         """The lines the client printed for `scenario`, split at tabs."""
@@ -81,6 +84,63 @@ def jdbc(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jd
     with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
                         extra_yaml=extra) as gw:
         yield Jdbc(gw, d / "classes", d / "audit", d / "audit.pub")
+
+
+@pytest.fixture(scope="module")
+def holding(jdbc: Jdbc, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Jdbc, int]]:
+    """A gateway whose policy holds reads of public.vault for dba-oncall's approval, with
+    its admin API for the approver: (the client on it, the admin port)."""
+    pg.server.psql("CREATE TABLE IF NOT EXISTS vault (id int, secret text);"
+                   "INSERT INTO vault SELECT 1, 'launch codes' WHERE NOT EXISTS "
+                   "(SELECT FROM vault)", dbname="payments", user=pg.service.name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path_factory.mktemp("jdbc-held")
+    extra = f"admin:\n  grpc: 127.0.0.1:{port}\napprovals:\n  timeout: 30s\n"
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=HERE / "policies" / "approvals",
+                        extra_yaml=extra) as gw:
+        yield Jdbc(gw, jdbc.classes, d / "audit", d / "audit.pub"), port
+
+
+def test_a_held_statement_waits_for_its_approver(holding: tuple[Jdbc, int]) -> None:
+    """The driver waits on its answer while a human decides; the gateway's notice with
+    the request id is a warning on the statement; approved, the rows come; denied, the
+    approver's reason comes as the error; the session goes on either way."""
+    client, port = holding
+    token = client.gw.directory / "approver.jwt"
+    token.write_text(client.gw.token(subject="alice", groups=("dba-oncall",)))
+
+    def approvals(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "approvals", *args, "--admin",
+                               f"127.0.0.1:{port}", "--token", str(token)],
+                              capture_output=True, text=True, timeout=30)
+
+    # (two callers: an approval grants its caller the statement again for a while)
+    for caller, verb, reason in (("java-job", "approve", "INC-7 reconciliation"),
+                                 ("java-etl", "deny", "not during the freeze")):
+        java = subprocess.Popen(
+            client.command("held", token=client.gw.token(subject=caller, groups=("ci",))),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (pending := json.loads(approvals("list", "--json").stdout or "[]")):
+                assert java.poll() is None and time.monotonic() < deadline, java.communicate()
+                time.sleep(0.1)
+            rid = pending[0]["id"]
+            assert approvals(verb, rid, "--reason", reason).returncode == 0
+            out, err = java.communicate(timeout=60)
+        finally:
+            java.kill()
+        lines = [line.split("\t") for line in out.splitlines()]
+        assert java.returncode == 0, err
+        if verb == "approve":
+            assert lines[0][0] == "warning" and rid in lines[0][1]
+            assert lines[1:] == [["row", "launch codes"], ["after", "6"]]
+        else:
+            assert lines[0][:2] == ["error", "42501"] and reason in lines[0][2], lines
+            assert lines[1:] == [["after", "6"]]
 
 
 def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:

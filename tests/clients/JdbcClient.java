@@ -17,6 +17,7 @@ import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
+import java.sql.SQLWarning;
 import java.sql.Statement;
 import java.sql.Types;
 import java.util.Arrays;
@@ -61,6 +62,7 @@ public final class JdbcClient {
                 case "copy" -> copy(c);
                 case "keys" -> keys(c);
                 case "notify" -> notifyScenario(c);
+                case "held" -> held(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -267,6 +269,25 @@ public final class JdbcClient {
         for (PGNotification n : got == null ? new PGNotification[0] : got) {
             out("notification", n.getName(), n.getParameter());
         }
+    }
+
+    /** A statement the policy holds for a human's approval: the driver waits on its
+     *  answer; the gateway's notice with the request id arrives as a warning. */
+    private static void held(Connection c) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement("select secret from vault where id = ?")) {
+            ps.setInt(1, 1);
+            try (ResultSet r = ps.executeQuery()) {
+                for (SQLWarning w = ps.getWarnings(); w != null; w = w.getNextWarning()) {
+                    out("warning", w.getMessage().replace('\n', ' '));
+                }
+                while (r.next()) {
+                    out("row", r.getString(1));
+                }
+            }
+        } catch (SQLException e) {
+            error(e);
+        }
+        out("after", value(c, "select 6"));
     }
 
     /** A PAN sent as a parameter finds its row; only the masked value comes back. */
