@@ -10,8 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import PgBackend, asyncpg_connect, upstreams_for
+from rawclient import RawClient
 
 from gateway.devtools.harness import GatewayProcess
+from gateway.wire import frontend as fe
 
 POLICY = Path(__file__).resolve().parent / "policies" / "dbrole"
 
@@ -108,3 +110,42 @@ def test_asyncpg_prepared_and_cursor_run_as_the_role(gw: GatewayProcess) -> None
             await conn.close()
 
     asyncio.run(main())
+
+
+def test_the_client_gets_only_the_answers_to_its_own_messages(gw: GatewayProcess) -> None:
+    """The gateway's SET ROLE / RESET ROLE messages around a Bind and each Execute are
+    answered too (ParseComplete, BindComplete, CommandComplete, CloseComplete): none of
+    those may reach the client. libpq and asyncpg shrug off an extra ParseComplete;
+    pgJDBC fails on one, as on any answer to a message it never sent. Byte level, as a
+    driver sends them: an unnamed run, a named statement, a portal read in pieces."""
+    sql = "select current_user, total from reports where id = $1"
+    one = fe.Bind("", "", (0,), (b"1",), (0,)).encode()
+    runs = {
+        "P B D(portal) E S": ([fe.Parse("", sql, (23,)).encode(), one,
+                               fe.Describe("P", "").encode(), fe.Execute("", 0).encode(),
+                               fe.Sync().encode()], "12TDCZ"),
+        "P(named) D(statement) S, then B E S twice": (
+            [fe.Parse("S_1", sql, (23,)).encode(), fe.Describe("S", "S_1").encode(),
+             fe.Sync().encode(),
+             *[m for _ in range(2) for m in (fe.Bind("", "S_1", (0,), (b"1",), (1,)).encode(),
+                                             fe.Execute("", 0).encode())],
+             fe.Sync().encode()], "1tTZ2DC2DCZ"),
+        "a portal in pieces": (
+            [fe.Query("begin").encode(),
+             fe.Parse("", "select current_user, g from reports, generate_series(1, 3) g",
+                      ()).encode(),
+             fe.Bind("c1", "", (), (), ()).encode(),
+             fe.Execute("c1", 2).encode(), fe.Execute("c1", 2).encode(),
+             fe.Sync().encode(), fe.Query("commit").encode()], "CZ12DDsDCZCZ"),
+    }
+    for name, (messages, answers) in runs.items():
+        with RawClient(gw) as client:
+            client.login(gw.token())
+            client.send(b"".join(messages))
+            got = []
+            while len(got) < answers.count("Z"):
+                got.append(client.read_until(b"Z"))
+            types = "".join(m.type.decode() for batch in got for m in batch)
+            assert types == answers, name
+            rows = [m.body for batch in got for m in batch if m.type == b"D"]
+            assert rows and all(b"report_reader" in r for r in rows), name

@@ -11,6 +11,7 @@ from conftest import MemoryTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.enforce.roles import WRAPPED_AT, PortalRoles
 from gateway.masking import results as results_module
 from gateway.masking import rows as rows_module
 from gateway.masking.methods import resolve
@@ -458,6 +459,35 @@ def recorder() -> tuple[ResultMasker, list[tuple[str | None, int]]]:
     rm = ResultMasker(lambda o, a: None,
                       on_result=lambda tag, t, b, counts: ended.append((tag.command, t)))
     return rm, ended
+
+
+def test_every_answer_to_the_messages_of_a_db_role_wrap_is_dropped() -> None:
+    """A db_role Bind and Execute go out between the gateway's own Parse/Bind/Execute/
+    Close of SET ROLE and RESET ROLE (enforce/roles.py), tagged internal as the gate's
+    take_tags tags them: each answer to those is dropped, ParseComplete included (a
+    strict driver takes an extra one for the answer to a Parse it never sent), and the
+    client's own answers pass, in order."""
+    roles = PortalRoles()
+    roles.parsed("", "report_reader")
+    client = frames(fe.Parse("", "select 1 from reports", ()).encode(),
+                    fe.Bind("", "", (), (), ()).encode(), fe.Describe("P", "").encode(),
+                    fe.Execute("", 0).encode(), fe.Sync().encode())
+    sent: list[tuple[int, bytes]] = []
+    tags: dict[int, StatementTag] = {}
+    for i, (t, b) in enumerate(client):
+        added = roles.wrap(t, b) if i in (1, 3) else None
+        for k, f in enumerate(added or [(t, b)]):
+            if added is not None and k != WRAPPED_AT:
+                tags[len(sent)] = StatementTag(internal=True)
+            sent.append(f)
+    rm = ResultMasker(lambda o, a: None)
+    rm.forwarded(sent, tags)
+    internal = "12C3"  # to each added Parse, Bind, Execute (SET), Close
+    answers = ["1", internal, "2", internal, "T", internal, "D", "C", internal, "Z"]
+    kept = "".join(t for t in "".join(answers)
+                   if rm.message(ord(t), b"SET\0" if t == "C" else b"") is None)
+    assert kept == "12TDCZ"
+    assert rm.idle and len(rm.tracker) == 0
 
 
 def test_statements_of_a_query_string_after_an_error_end_as_skipped() -> None:

@@ -200,8 +200,10 @@ class ResultMasker:
                 if ptag is not None:
                     self._statements[name] = ptag
                     registry = True
-                    if ptag.decision_seq is not None:
-                        tag = ptag  # followed: an error answering the Parse is its outcome
+                    # followed: an error answering the Parse is its outcome; and the
+                    # ParseComplete of one the gateway added (db_role) is dropped
+                    if ptag.decision_seq is not None or ptag.internal:
+                        tag = ptag
                 elif registry:
                     self._statements.pop(name, None)
             elif registry and t in (_B, _D, _E, _C):
