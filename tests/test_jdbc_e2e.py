@@ -143,6 +143,37 @@ def test_a_held_statement_waits_for_its_approver(holding: tuple[Jdbc, int]) -> N
             assert lines[1:] == [["after", "6"]]
 
 
+ROLE_SETUP = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
+    CREATE ROLE report_reader NOLOGIN;
+  END IF;
+END $$;
+GRANT report_reader TO pgwarden_svc WITH INHERIT FALSE, SET TRUE;
+CREATE TABLE IF NOT EXISTS reports (id int, total numeric);
+INSERT INTO reports SELECT 1, 10 WHERE NOT EXISTS (SELECT FROM reports);
+ALTER TABLE reports OWNER TO postgres;
+REVOKE ALL ON reports FROM PUBLIC, pgwarden_svc;
+GRANT SELECT ON reports TO report_reader;
+"""
+
+
+def test_a_db_role_covers_named_statements_and_portals_only(
+        jdbc: Jdbc, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under a policy giving reads of public.reports the role report_reader: each run of
+    the driver's prepared statement, unnamed and then named, and each piece of a
+    fetch-size portal runs as the role; the statements between them do not."""
+    pg.server.psql(ROLE_SETUP, dbname="payments")  # as the superuser
+    d = tmp_path_factory.mktemp("jdbc-role")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=HERE / "policies" / "dbrole",
+                        ) as gw:
+        out = Jdbc(gw, jdbc.classes, d / "audit", d / "audit.pub").run("role")
+    assert out == [*[line for _ in range(7) for line in (
+        ["run", "report_reader", "10"], ["between", "pgwarden_svc"])],
+        *[["piece", "report_reader", str(g)] for g in range(1, 6)],
+        ["after", "pgwarden_svc"]]
+
+
 def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:
     assert jdbc.run("masked") == [["row", str(i + 1), HOLDERS[i], LAST4[i]] for i in range(5)]
 

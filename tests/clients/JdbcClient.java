@@ -63,6 +63,7 @@ public final class JdbcClient {
                 case "keys" -> keys(c);
                 case "notify" -> notifyScenario(c);
                 case "held" -> held(c);
+                case "role" -> role(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -288,6 +289,34 @@ public final class JdbcClient {
             error(e);
         }
         out("after", value(c, "select 6"));
+    }
+
+    /** A policy's db_role: a prepared statement run past prepareThreshold (then a named
+     *  server statement) and a fetch-size portal run as the role; nothing else does. */
+    private static void role(Connection c) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(
+                "select current_user, total from reports where id = ?")) {
+            for (int i = 1; i <= 7; i++) {
+                ps.setInt(1, 1);
+                try (ResultSet r = ps.executeQuery()) {
+                    r.next();
+                    out("run", r.getString(1), r.getString(2));
+                }
+                out("between", value(c, "select current_user"));
+            }
+        }
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement(
+                "select current_user, g from reports, generate_series(1, 5) g order by g")) {
+            ps.setFetchSize(2);
+            try (ResultSet r = ps.executeQuery()) {
+                while (r.next()) {
+                    out("piece", r.getString(1), r.getInt(2));
+                }
+            }
+        }
+        c.commit();
+        out("after", value(c, "select current_user"));
     }
 
     /** A PAN sent as a parameter finds its row; only the masked value comes back. */
