@@ -174,6 +174,25 @@ def test_a_db_role_covers_named_statements_and_portals_only(
         ["after", "pgwarden_svc"]]
 
 
+def test_a_row_limit_over_plain_prepared_and_fetched_reads(
+        jdbc: Jdbc, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under a policy limiting public.limited to 3 rows: a plain read, a prepared one run
+    past prepareThreshold and a fetch-size portal each get 3 of the table's 50 rows, and
+    the gateway's warning arrives as the statement's SQLWarning."""
+    pg.server.psql("CREATE TABLE IF NOT EXISTS limited (id int PRIMARY KEY, note text);"
+                   "INSERT INTO limited SELECT g, 'n' || g FROM generate_series(1, 50) g "
+                   "ON CONFLICT DO NOTHING", dbname="payments", user=pg.service.name)
+    d = tmp_path_factory.mktemp("jdbc-limited")
+    with GatewayProcess(d / "gw", upstreams_for(pg),
+                        policy_dir=HERE / "policies" / "row_limit") as gw:
+        out = Jdbc(gw, jdbc.classes, d / "audit", d / "audit.pub").run("limited")
+    assert out == [
+        ["plain", "3", "the result was cut at 3 rows: the policy's row_limit; the gateway "
+                       "withheld the rest"],
+        *[["prepared", str(i), "3"] for i in range(1, 7)],
+        ["fetched", "3"], ["after", "50"]]
+
+
 def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:
     assert jdbc.run("masked") == [["row", str(i + 1), HOLDERS[i], LAST4[i]] for i in range(5)]
 

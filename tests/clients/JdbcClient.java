@@ -64,6 +64,7 @@ public final class JdbcClient {
                 case "notify" -> notifyScenario(c);
                 case "held" -> held(c);
                 case "role" -> role(c);
+                case "limited" -> limited(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -317,6 +318,45 @@ public final class JdbcClient {
         }
         c.commit();
         out("after", value(c, "select current_user"));
+    }
+
+    /** A policy's row_limit: a plain read, a prepared one past prepareThreshold, and a
+     *  fetch-size portal each get at most the limit, with the gateway's warning. */
+    private static void limited(Connection c) throws SQLException {
+        try (Statement s = c.createStatement();
+             ResultSet r = s.executeQuery("select id from limited order by id")) {
+            int n = 0;
+            while (r.next()) {
+                n++;
+            }
+            out("plain", n, s.getWarnings() == null ? "-" : s.getWarnings().getMessage());
+        }
+        try (PreparedStatement ps = c.prepareStatement(
+                "select id from limited where id > ? order by id")) {
+            for (int i = 1; i <= 6; i++) {
+                ps.setInt(1, i);
+                int n = 0;
+                try (ResultSet r = ps.executeQuery()) {
+                    while (r.next()) {
+                        n++;
+                    }
+                }
+                out("prepared", i, n);
+            }
+        }
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement("select id from limited order by id")) {
+            ps.setFetchSize(2);
+            int n = 0;
+            try (ResultSet r = ps.executeQuery()) {
+                while (r.next()) {
+                    n++;
+                }
+            }
+            out("fetched", n);
+        }
+        c.commit();
+        out("after", value(c, "select count(*) from limited"));
     }
 
     /** A PAN sent as a parameter finds its row; only the masked value comes back. */
