@@ -65,6 +65,7 @@ public final class JdbcClient {
                 case "held" -> held(c);
                 case "role" -> role(c);
                 case "limited" -> limited(c);
+                case "typed" -> typed(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -357,6 +358,22 @@ public final class JdbcClient {
         }
         c.commit();
         out("after", value(c, "select count(*) from limited"));
+    }
+
+    /** Masked columns of other types than text (declared text by the gateway), read as
+     *  text and, past prepareThreshold, with the driver's binary transfer. */
+    private static void typed(Connection c) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(
+                "select id, first6 from mask_numeric where id = ?")) {
+            for (int i = 1; i <= 7; i++) {
+                ps.setInt(1, 1);
+                try (ResultSet r = ps.executeQuery()) {
+                    r.next();
+                    out("numeric", r.getInt(1), r.getString(2),
+                        r.getMetaData().getColumnTypeName(2));
+                }
+            }
+        }
     }
 
     /** A PAN sent as a parameter finds its row; only the masked value comes back. */
