@@ -51,10 +51,13 @@ class Jdbc:
     audit_key: Path
 
     def command(self, scenario: str, *, host: str | None = None, root: Path | None = None,
-                token: str | None = None, connection: str = "payments") -> list[str]:
+                token: str | None = None, connection: str = "payments", options: str = ""
+                ) -> list[str]:
         """The client's command line for `scenario` (`root`: the gateway's certificate is
-        checked against it, verify-full; `token`: this password instead of a fresh one)."""
-        url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/{connection}"
+        checked against it, verify-full; `token`: this password instead of a fresh one;
+        `options`: the URL's query string, the driver's settings)."""
+        url = f"jdbc:postgresql://{host or self.gw.host}:{self.gw.port}/{connection}" + (
+            f"?{options}" if options else "")
         return ["java", "-cp", f"{JAR}{os.pathsep}{self.classes}", "JdbcClient", url,
                 self.gw.token() if token is None else token, scenario,
                 *([str(root)] if root else [])]
@@ -254,6 +257,17 @@ def test_a_refusal_leaves_the_session_usable(jdbc: Jdbc) -> None:
                                    ["error", "25P02"], ["after_rollback", "43"]]
     assert "masked column public.cards.pan" in out[0][2]
     assert "4111" not in "".join(map("".join, out))
+
+
+@pytest.mark.parametrize("options", ["autosave=always",
+                                     "autosave=always&preferQueryMode=simple"])
+def test_autosave_rolls_a_refusal_back_and_the_transaction_goes_on(jdbc: Jdbc,
+                                                                   options: str) -> None:
+    """With autosave the driver puts a savepoint before each statement of a transaction
+    (in the same batch, or the same query string in simple mode): a refusal rolls back
+    to it, and the transaction goes on."""
+    out = jdbc.run("autosave", options=options)
+    assert [r[:2] for r in out] == [["before", "5"], ["error", "42501"], ["after", LAST4[0]]]
 
 
 def test_a_query_timeout_cancels_through_the_gateway(jdbc: Jdbc) -> None:

@@ -66,6 +66,7 @@ public final class JdbcClient {
                 case "role" -> role(c);
                 case "limited" -> limited(c);
                 case "typed" -> typed(c);
+                case "autosave" -> autosave(c);
                 default -> throw new IllegalArgumentException("no scenario " + args[2]);
             }
         }
@@ -374,6 +375,21 @@ public final class JdbcClient {
                 }
             }
         }
+    }
+
+    /** autosave=always (a URL option): the driver wraps each statement of a transaction
+     *  in a savepoint, so a refusal rolls back to it and the transaction goes on. */
+    private static void autosave(Connection c) throws SQLException {
+        c.setAutoCommit(false);
+        out("before", value(c, "select count(*) from cards"));
+        try (Statement s = c.createStatement()) {
+            s.executeQuery("select pan || '' from cards");
+            out("not_refused");
+        } catch (SQLException e) {
+            error(e);
+        }
+        out("after", value(c, "select pan from cards where id = 1"));
+        c.commit();
     }
 
     /** A PAN sent as a parameter finds its row; only the masked value comes back. */
