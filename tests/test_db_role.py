@@ -149,3 +149,33 @@ def test_the_client_gets_only_the_answers_to_its_own_messages(gw: GatewayProcess
             assert types == answers, name
             rows = [m.body for batch in got for m in batch if m.type == b"D"]
             assert rows and all(b"report_reader" in r for r in rows), name
+
+
+def test_a_role_is_never_applied_to_a_statement_it_was_not_decided_for(
+        gw: GatewayProcess) -> None:
+    """A Parse given a db_role that the server skips (an error ahead of it in its run)
+    leaves the name on the statement the server had. A later Bind of the name is refused
+    (the gateway no longer knows what the name runs as); one sent behind it before the
+    error came back ends the session at its BindComplete, before any row."""
+    plain = fe.Parse("", "select current_user, $1::int", ()).encode()  # runs as any role
+    skipped = [fe.Describe("S", "nosuch").encode(),  # fails: the server skips to the Sync
+               fe.Parse("", "select current_user from reports", ()).encode(),
+               fe.Sync().encode()]
+    bind = [fe.Bind("", "", (), (b"1",), ()).encode(), fe.Execute("", 0).encode(),
+            fe.Sync().encode()]
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        for batch in ([plain, fe.Sync().encode()], skipped, bind):
+            client.send(b"".join(batch))
+            answers = client.read_until(b"Z")
+        assert [m.type for m in answers] == [b"E", b"Z"]
+        assert "is not the one the gateway decided" in answers[0].fields()["M"]
+        client.send(fe.Query("select current_user").encode())
+        assert [m.body for m in client.read_until(b"Z") if m.type == b"D"] == [
+            b"\x00\x01\x00\x00\x00\x0cpgwarden_svc"]
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        client.send(b"".join([plain, fe.Sync().encode(), *skipped, *bind]))
+        answers = client.read_until_close(lenient=True)
+        assert not [m for m in answers if m.type == b"D"]  # its row would say report_reader
+        assert answers[-1].type == b"E" and answers[-1].fields()["C"] == "XX000"

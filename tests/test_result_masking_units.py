@@ -799,12 +799,19 @@ def _server(requests: list[tuple[str, object]], fails: list[bool]) -> list[tuple
     Describe, first), also before an error in its Execute or in its statement of a query
     string; masked ones return none here (rows need real bodies). A query
     string failing past its last statement fails as its implicit transaction commits (a
-    deferred constraint): an error after every statement's CommandComplete."""
+    deferred constraint): an error after every statement's CommandComplete. A statement
+    exists once its Parse succeeded: a Bind of one whose Parse failed or was skipped
+    fails."""
     out: list[tuple[str, int]] = []
     skipping = False
+    defined: set[str] = set()
     for i, ((kind, req), fail) in enumerate(zip(requests, fails, strict=True)):
         if skipping and kind != "S":
             continue
+        if kind == "B" and req.name not in defined:  # type: ignore[attr-defined]
+            fail = True
+        elif kind == "P" and not fail:
+            defined.add(req.name)  # type: ignore[attr-defined]
         if kind == "S":
             out.append(("Z", i))
             skipping = False
@@ -1038,6 +1045,9 @@ class _TaggingGate:
                   ) -> tuple[list[tuple[int, bytes]], dict[int, object]]:
         tags, self._tags = self._tags, {}
         return frames_, tags
+
+    def unapplied(self, name: str) -> None:
+        """(StatementGate's: nothing of its own to forget here)"""
 
     def parameter_status(self, name: str, value: str) -> None:
         pass

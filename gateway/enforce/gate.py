@@ -34,9 +34,12 @@ from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.framing import Frame
 from gateway.wire.frontend import (
+    Bind,
     Close,
+    Describe,
     Parse,
     Query,
+    bind_names,
     decode_frontend,
     parse_statement,
     query_text,
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from gateway.audit import AuditContext, AuditWriter
     from gateway.proxy.relay import Relay
 
-_Q, _P, _F, _C = (ord(c) for c in "QPFC")
+_Q, _P, _F, _C, _B, _D = (ord(c) for c in "QPFCBD")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
 _ANALYSIS_CACHE_MAX = 4096
@@ -262,7 +265,8 @@ class StatementGate:
     def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
         single_query = len(frames) == 1 and frames[0][0] == _Q
         self._reads_only = True
-        if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles:
+        if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
+                and not self.state.sql_used:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:
@@ -320,6 +324,11 @@ class StatementGate:
         holds: list[tuple[int, Any, str, str, Hold]] = []
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED or mtype == _C:
+                if (self.state.sql_used or self.roles.lost) and (mtype == _B or mtype == _D):
+                    refused = self._unusable(relay, mtype, body)
+                    if refused is not None:
+                        replaced[i] = refused
+                        continue
                 if self.roles and mtype in _ROLE_TRACKED:
                     expansion = self.roles.wrap(mtype, body)
                     if expansion is not None:  # an Execute that runs as a db_role
@@ -335,13 +344,19 @@ class StatementGate:
                 msg = decode_frontend(mtype, body)
             if mtype == _C:
                 assert isinstance(msg, Close)
-                if msg.kind == "S":
+                if msg.kind == "S" and msg.name not in self.state.sql_names:
+                    # (one SQL PREPARE defined stays known: a Bind of it stays refused)
                     self.state.close_statement(msg.name)
                 continue
             if mtype == _F:
                 verdict = _denial("42501", "function calls by OID are not allowed through "
                                   "the gateway; use a SQL statement instead")
                 replacement = frame(b"Q", cstr(self._marker(relay, verdict)))
+            elif mtype == _P and msg.name in self.state.sql_names:
+                # the server refuses it too; here it also leaves what the gateway knows of
+                # the name as the server does (the statement the name already has)
+                verdict = _denial("42P05", f'prepared statement "{msg.name}" already exists')
+                replacement = self._refuse(relay, msg, verdict)
             else:
                 sql = msg.sql  # type: ignore[union-attr]
                 protocol = "simple" if mtype == _Q else "extended"
@@ -369,6 +384,10 @@ class StatementGate:
         tags: list[StatementTag | None] | None = None
         if verdict.tags.count(None) != len(verdict.tags):  # any tag (no generator per call)
             tags = list(verdict.tags)
+        elif verdict.role is not None and mtype == _P:
+            # followed to its ParseComplete: if the server does not take it, the name's
+            # role is lost (unapplied), not left on the statement the server keeps
+            tags = [StatementTag(command="PARSE")]
         if verdict.role is not None and mtype == _Q:
             # Least privilege for this statement only: the role is set before it and reset
             # after it in the same query string (an error rolls the SET back with the
@@ -382,6 +401,34 @@ class StatementGate:
         if tags is not None:
             self._plans[i] = tags if mtype == _Q else tags[0]
         return True
+
+    def _unusable(self, relay: Relay, mtype: int, body: bytes) -> bytes | None:
+        """A Bind or Describe of a statement the protocol may not use here, refused (None:
+        it may): one SQL PREPARE defined (its decision and masks are EXECUTE's: a Bind
+        would run it unfollowed), or one whose db_role the gateway lost track of."""
+        if mtype == _B:
+            portal, name = bind_names(body)
+        else:
+            msg = decode_frontend(mtype, body)
+            if not isinstance(msg, Describe) or msg.kind != "S":
+                return None
+            name = msg.name
+        known = self.state.prepared.get(name)
+        if self.state.sql_used and name and (known is None or known.origin != "protocol"):
+            # (once SQL PREPARE is in use, a name the gateway does not know as a protocol
+            # statement may be one a DEALLOCATE the server skipped left defined)
+            why = (f'prepared statement "{name}" is not one prepared over the protocol in '
+                   "this session: run a statement SQL PREPARE made with EXECUTE")
+        elif name in self.roles.lost:
+            why = (f'prepared statement "{name}" is not the one the gateway decided: a Parse '
+                   "or Close of it did not take effect; prepare it again")
+        else:
+            return None
+        marker = self._marker(relay, _denial("42501", why))
+        # the server fails it on the marker's name, which the relay then swaps for this
+        if mtype == _B:
+            return Bind(portal, marker, (), (), ()).encode()
+        return Describe("S", marker).encode()
 
     def _refuse(self, relay: Relay, msg: Any, verdict: Verdict) -> bytes:
         marker = self._marker(relay, verdict)
@@ -688,6 +735,9 @@ class StatementGate:
             unsafe = _parsing_change(info)
             if unsafe is not None:
                 return _denial("42501", unsafe)
+        misnamed = _statement_names(infos, self.state, protocol == "simple")
+        if misnamed is not None:
+            return misnamed
         facts_key = self._facts_key(engine)
         decisions: list[tuple[StatementInfo, Decision]] = []
         t0 = time.perf_counter()
@@ -901,6 +951,14 @@ class StatementGate:
 
     # -- what the relay reports back -----------------------------------------------------------
 
+    def unapplied(self, name: str) -> None:
+        """The result tracker's word that a Parse or Close of statement `name` did not take
+        effect at the server (which keeps what the name had before, or nothing)."""
+        if name and name not in self.state.sql_names:  # (SQL PREPARE's stay known)
+            self.state.close_statement(name)
+        if self.roles:
+            self.roles.lose(name)
+
     def parameter_status(self, name: str, value: str) -> None:
         self.state.parameter_status(name, value)
         if name == "application_name":
@@ -972,6 +1030,37 @@ def _parsing_change(info: StatementInfo) -> str | None:
     if info.command == "RESET" or value in (None, "DEFAULT"):
         return None  # back to the server default, which the gateway checked at login
     return _unsafe_setting(name, str(value).strip("'"))
+
+
+def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: bool
+                     ) -> Verdict | None:
+    """What the policy is not asked about, because the gateway would not know what runs:
+    SQL PREPARE of a name already in use, in a query string (`runs`: decided as it runs;
+    PostgreSQL refuses it too, and the gateway would take the new text for what the name
+    runs); EXECUTE of a name it does not know as SQL PREPARE's (one it never saw, or a
+    statement prepared over the protocol, decided at its Parse and followed by its Bind).
+    (A Parse of a PREPARE is decided before it runs, if it ever does: drivers parse a text
+    to describe it and again to run it, so its name may well be in use already.)"""
+    origin = {name: ps.origin for name, ps in state.prepared.items()}
+    for info in infos:
+        for effect in info.effects:
+            if effect.op == "prepare":
+                if runs and effect.name in origin:
+                    return _denial("42P05",
+                                   f'prepared statement "{effect.name}" already exists')
+                origin[effect.name] = "sql"
+            elif effect.op == "deallocate" and effect.name is not None:
+                origin.pop(effect.name, None)
+            elif effect.op == "deallocate" or (effect.op, effect.name) == ("discard", "ALL"):
+                origin.clear()
+        if info.command == "EXECUTE":
+            name = str(info.details.get("name"))
+            if origin.get(name) != "sql":
+                return _denial("26000" if name not in origin else "42501",
+                               f'prepared statement "{name}" does not exist' if name not in
+                               origin else f'EXECUTE of "{name}", a statement prepared over '
+                               "the protocol, is not allowed through the gateway: bind it")
+    return None
 
 
 def _classification(engine: PolicyEngine) -> dict[str, Any]:

@@ -48,16 +48,26 @@ class PortalRoles:
     def __init__(self) -> None:
         self.statements: dict[str, str] = {}  # prepared statement -> role
         self.portals: dict[str, str] = {}  # portal -> role
+        #: statements whose role the gateway no longer knows: a Parse or Close of the name
+        #: that the server did not carry out (an error, or skipped behind one) left the
+        #: name on a statement other than the one decided; a Bind of it is refused
+        self.lost: set[str] = set()
         self._names = itertools.count(1)
 
     def __bool__(self) -> bool:
-        return bool(self.statements or self.portals)
+        return bool(self.statements or self.portals or self.lost)
 
     def parsed(self, name: str, role: str | None) -> None:
+        self.lost.discard(name)
         if role is None:
             self.statements.pop(name, None)
         else:
             self.statements[name] = role
+
+    def lose(self, name: str) -> None:
+        """A Parse or Close of statement `name` the server did not carry out."""
+        self.statements.pop(name, None)
+        self.lost.add(name)
 
     def wrap(self, mtype: int, body: bytes) -> list[Frame] | None:
         """For a Bind/Execute/Close: the frames to send instead (an Execute of a portal

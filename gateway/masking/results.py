@@ -66,6 +66,7 @@ _Q, _P, _B, _D, _E, _C, _SYNC = (ord(c) for c in "QPBDECS")
 _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
 _ERROR = ord("E")
+_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = (ord(c) for c in "123")
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
@@ -111,7 +112,21 @@ class ResultMasker:
         # an earlier error made the server skip. A result under a row limit adds the rows
         # the client got (the others were withheld).
         self.on_result = on_result
+        # Prepared statements by name, with the tag of the Parse that defined them: as
+        # forwarded (what a Bind behind the Parse in the same batch binds, if the server
+        # takes the Parse), and as the server confirmed (ParseComplete, CloseComplete).
+        # A Parse or Close the server does not carry out (an error, or skipped behind one)
+        # brings the first back to the second; a Bind forwarded meanwhile is checked at
+        # its BindComplete against the statement the server bound, before any row.
         self._statements: dict[str, StatementTag] = {}
+        self._confirmed: dict[str, StatementTag] = {}
+        self._inflight: dict[str, int] = {}  # Parses and Closes of a name not yet answered
+        # ... forwarded while the server skips to a Sync: settled at that Sync, so the
+        # rest of their run is followed as it was sent
+        self._deferred: list[tuple[Any, ...]] = []
+        #: told the name of a statement whose Parse or Close the server did not carry out
+        #: (what else the gateway keeps per statement name must not trust it either)
+        self.on_unapplied: Callable[[str], None] | None = None
         self._portals: dict[str, StatementTag] = {}
         self._tracked = 0  # outstanding requests carrying a tag
         self._planned = 0  # ... of which carry a mask plan
@@ -166,7 +181,7 @@ class ResultMasker:
     def forwarded(self, frames: list[Frame], tags: Mapping[int, Any]) -> None:
         """Client messages as forwarded upstream; `tags[i]` is frame i's `StatementTag` (a
         Query: a list with one tag or None per statement)."""
-        registry = bool(self._statements)
+        registry = bool(self._statements or self._confirmed)
         tracker = self.tracker
         if not tags and not registry:
             # Nothing to follow (no plan, no audit record, no named statement with one):
@@ -190,6 +205,7 @@ class ResultMasker:
                     return
         for i, (t, body) in enumerate(frames):
             tag: Any = None
+            effect: Any = None
             if t == _Q or t == RUN_REST:
                 qtags = tags.get(i)
                 if qtags is not None and qtags.count(None) != len(qtags):  # any tag
@@ -204,14 +220,23 @@ class ResultMasker:
                     # ParseComplete of one the gateway added (db_role) is dropped
                     if ptag.decision_seq is not None or ptag.internal:
                         tag = ptag
+                    if not ptag.internal:
+                        effect = self._defining(_P, name, ptag)
                 elif registry:
                     self._statements.pop(name, None)
+                    effect = self._defining(_P, name, None)
             elif registry and t in (_B, _D, _E, _C):
-                tag = self._registry(t, body)
+                tag, effect = self._registry(t, body)
             explicit = tags.get(i)
             if explicit is not None and t not in (_Q, _P, RUN_REST):
                 tag = explicit  # e.g. a message the gateway added (internal)
-            self._track(t, tag)
+                if explicit.internal:
+                    effect = None  # (of the gateway's own statements: not the client's)
+            if t == _SYNC and self._deferred:
+                deferred, self._deferred = self._deferred, []
+                for one in deferred:
+                    self._settle(one, None)
+            self._track(t, tag, effect)
 
     def follow_alone(self, frames: list[Frame], tags: Mapping[int, Any]) -> StatementTag | None:
         """The tag of the one statement `frames` run, when its caller may follow that
@@ -232,7 +257,9 @@ class ResultMasker:
             return None
         name, portal, tag = found
         if name is not None:
-            self._statements[name] = tag
+            # (as if confirmed: alone, nothing is pending before it to make the server
+            # skip it, and a Parse that fails leaves no statement for a Bind to find)
+            self._statements[name] = self._confirmed[name] = tag
         self._portals[portal] = tag
         return tag
 
@@ -248,15 +275,19 @@ class ResultMasker:
         name, portal, statement = found
         if len(tags) != (name is not None):
             return None
+        if name and (name in self._statements or name in self._confirmed):
+            return None  # a name defined before: followed here, to its ParseComplete
         tag = tags.get(0) if name is not None else self._statements.get(statement)
         if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
             return None
         return name, portal, tag
 
-    def _registry(self, t: int, body: bytes) -> StatementTag | None:
+    def _registry(self, t: int, body: bytes) -> tuple[StatementTag | None, Any]:
+        """The tag a Bind, Describe, Execute or Close follows, and its effect (a Bind's
+        statement check, a Close's undefining) as _settle takes it."""
         if t == _B:  # the names only: decoding the parameters cost ~5 us per Bind
             portal, statement = bind_names(body)
-            tag = self._statements.get(statement)
+            tag = source = self._statements.get(statement)
             if tag is not None:
                 plan = tag.plan
                 if plan is not None and plan.row_limit is not None:
@@ -264,22 +295,70 @@ class ResultMasker:
                 self._portals[portal] = tag
             else:
                 self._portals.pop(portal, None)
-            return None
+            # checked at its BindComplete, unless the server cannot hold another
+            # statement under this name (confirmed as forwarded, nothing pending)
+            if self._inflight or self._confirmed.get(statement) is not source:
+                return None, (_B, statement, source)
+            return None, None
         if t == _E:
-            return self._portals.get(execute_portal(body))
+            return self._portals.get(execute_portal(body)), None
         msg = decode_frontend(t, body)
         if isinstance(msg, Describe):
             table = self._statements if msg.kind == "S" else self._portals
-            return table.get(msg.name)
+            return table.get(msg.name), None
         if isinstance(msg, Close):
-            (self._statements if msg.kind == "S" else self._portals).pop(msg.name, None)
-        return None
+            if msg.kind == "S":
+                self._statements.pop(msg.name, None)
+                return None, self._defining(_C, msg.name, None)
+            self._portals.pop(msg.name, None)
+        return None, None
 
-    def _track(self, t: int, tag: Any) -> None:
+    def _defining(self, t: int, name: str, tag: StatementTag | None) -> tuple[Any, ...]:
+        """The effect of a Parse (`tag`: its own, or None) or Close of statement `name`."""
+        self._inflight[name] = self._inflight.get(name, 0) + 1
+        return t, name, tag
+
+    def _settle(self, effect: tuple[Any, ...], answer: int | None) -> None:
+        """What the server did with a Parse, Bind or Close: `answer` its completion, an
+        ErrorResponse, or None (skipped behind an error, never run). Raises
+        ProtocolViolation for a Bind of another statement than the one its rows would be
+        followed for (an earlier Parse or Close of the name did not take effect)."""
+        t, name, tag = effect
+        if t == _B:
+            if answer == _BIND_COMPLETE and self._confirmed.get(name) is not tag:
+                raise ProtocolViolation(
+                    f"the server bound another prepared statement {name!r} than the gateway "
+                    "decided for: a Parse or Close of it did not take effect")
+            return
+        if answer == _PARSE_COMPLETE and tag is not None:
+            self._confirmed[name] = tag
+        elif answer == _PARSE_COMPLETE or answer == _CLOSE_COMPLETE:
+            self._confirmed.pop(name, None)
+        elif answer == _ERROR and t == _P and not name:
+            self._confirmed.pop(name, None)  # the server drops the unnamed one first
+        left = self._inflight[name] - 1
+        if left:
+            self._inflight[name] = left
+            return
+        del self._inflight[name]
+        if answer is None or answer == _ERROR:  # not carried out: the server keeps its own
+            confirmed = self._confirmed.get(name)
+            if confirmed is not None:
+                self._statements[name] = confirmed
+            if self.on_unapplied is not None:
+                self.on_unapplied(name)
+            # (none: no statement this masker follows is left under the name; a Bind of
+            # it fails, or binds a plain one, which the BindComplete check catches)
+
+    def _track(self, t: int, tag: Any, effect: Any = None) -> None:
         req = self.tracker.request(t, tag)
-        if req is None and tag is not None:  # forwarded while the server skips to a Sync
-            self._skipped_request(t, tag)
-        elif req is not None and tag is not None:
+        if req is None:  # forwarded while the server skips to a Sync
+            if effect is not None:
+                self._deferred.append(effect)
+            if tag is not None:
+                self._skipped_request(t, tag)
+        elif tag is not None or effect is not None:
+            req.effect = effect
             self._tracked += 1
             if _has_plan(tag):
                 self._planned += 1
@@ -365,8 +444,12 @@ class ResultMasker:
                 out = self._end_limited(tag, plan, mtype, body)
             else:
                 self._end_result(tag, mtype, body)
-        if answer.done and req.tag is not None:
-            self._untrack(req.tag)
+        if answer.done:
+            effect = req.effect
+            if effect is not None:
+                self._settle(effect, mtype)
+            if req.tag is not None or effect is not None:
+                self._untrack(req.tag)
         if mtype == _ERROR:
             self._skip_after(req, body)
         return out
@@ -404,6 +487,10 @@ class ResultMasker:
         for skipped in self.tracker.take_skipped():
             tag = skipped.tag
             self._untrack(tag)
+            if skipped.effect is not None:
+                self._settle(skipped.effect, None)
+                if tag is None:
+                    continue
             if failed is not None and (tag is failed or _bound_from(tag, failed)):
                 continue
             if owner and skipped.type == _E:

@@ -133,6 +133,9 @@ class Relay:
         self._client_at_boundary = True
         # Follows which request each answer belongs to; rewrites masked results.
         self.results = results
+        if results is not None and gate is not None:
+            # a statement name the server did not take: the gate's roles and names too
+            results.on_unapplied = gate.unapplied
         if results is not None:
             self.observer.walk_run = results.walk_rows
         # Statements whose results ended in the buffer at hand: reported to `on_result`

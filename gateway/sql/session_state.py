@@ -84,6 +84,10 @@ class SessionSqlState:
         self.session_user = user
         self.role: str | None = None
         self.prepared: dict[str, PreparedStatement] = {}
+        #: the names in `prepared` that SQL PREPARE defined, and whether it ever did in
+        #: this session (then every Bind, Describe and Close of a statement is checked)
+        self.sql_names: set[str] = set()
+        self.sql_used = False
         self.cursors: dict[str, Cursor] = {}
         self.temp_relations: dict[str, Relation] = {}
         # Non-temp relations created earlier in the same query string (scratch copies only;
@@ -150,6 +154,7 @@ class SessionSqlState:
 
     def close_statement(self, name: str) -> None:
         self.prepared.pop(name, None)
+        self.sql_names.discard(name)
 
     def prepared_sql(self, name: str) -> str | None:
         ps = self.prepared.get(name)
@@ -191,6 +196,8 @@ class SessionSqlState:
         new.session_user = self.session_user
         new.role = self.role
         new.prepared = dict(self.prepared)
+        new.sql_names = set(self.sql_names)
+        new.sql_used = self.sql_used
         new.cursors = dict(self.cursors)
         new.temp_relations = dict(self.temp_relations)
         new._created = dict(self._created)
@@ -224,11 +231,15 @@ class SessionSqlState:
         elif op == "prepare":
             assert effect.name is not None
             self.prepared[effect.name] = PreparedStatement(effect.name, effect.value, "sql")
+            self.sql_names.add(effect.name)
+            self.sql_used = True
         elif op == "deallocate":
             if effect.name is None:  # DEALLOCATE ALL includes protocol-level statements
                 self.prepared.clear()
+                self.sql_names.clear()
             else:
                 self.prepared.pop(effect.name, None)
+                self.sql_names.discard(effect.name)
         elif op == "declare":
             assert effect.name is not None
             self.cursors[effect.name] = Cursor(effect.name, info, bool(effect.value))
@@ -259,6 +270,7 @@ class SessionSqlState:
                 self._bump()
             if effect.name == "ALL":
                 self.prepared.clear()
+                self.sql_names.clear()
                 self.cursors.clear()
                 self._search_path = None
                 self.role = None

@@ -64,6 +64,9 @@ class Request:
     #: Query: statements finished so far (CommandComplete / EmptyQueryResponse)
     statement: int = 0
     failed: bool = False
+    #: the caller's, for a request whose effect on the session (a statement parsed,
+    #: bound or closed) it follows to the server's answer; kept like a tag when skipped
+    effect: Any = None
 
     @property
     def current_tag(self) -> Any:
@@ -170,8 +173,9 @@ class ResponseTracker:
         return tuple(self._queue)
 
     def take_skipped(self) -> list[Request]:
-        """The tagged requests the last extended-protocol error made the server skip (it
-        runs nothing up to the next Sync): they will get no answer. Cleared by the call."""
+        """The requests with a tag or an effect that the last extended-protocol error made
+        the server skip (it runs nothing up to the next Sync): they will get no answer.
+        Cleared by the call."""
         skipped, self._skipped = self._skipped, []
         return skipped
 
@@ -253,7 +257,7 @@ class ResponseTracker:
         q.popleft()
         while q and q[0].type != _S and q[0].type != BARRIER:
             skipped = q.popleft()
-            if skipped.tag is not None:
+            if skipped.tag is not None or skipped.effect is not None:
                 self._skipped.append(skipped)
         if not q:
             self._discarding = True

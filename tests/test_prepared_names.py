@@ -1,0 +1,147 @@
+"""The gateway's idea of a prepared statement is the server's. A client names statements
+and the server may not carry out a Parse or a Close of one: it fails (a Parse of a name
+that exists), or is skipped behind an earlier error up to the Sync. If the gateway then
+followed the rows of the statement it was told about rather than the one the server
+runs, a masked column would go out raw. Raw protocol, against a policy that masks
+cards.holder (a name: not a card number, so the PAN safety net would not catch it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PgBackend, upstreams_for
+from rawclient import RawClient
+
+from gateway.devtools.harness import GatewayProcess
+from gateway.wire import frontend as fe
+
+MASKING = Path(__file__).resolve().parent / "policies" / "masking"
+HOLDER = "select holder from cards where id = 1"
+RAW = b"Alice Martin"
+
+
+@pytest.fixture(scope="module")
+def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    d = tmp_path_factory.mktemp("prepared-names")
+    policy = d / "policy"
+    policy.mkdir()
+    shutil.copy(MASKING / "masking.rego", policy)  # allows all, masks what data names
+    (policy / "data.json").write_text(json.dumps({"pgwarden": {
+        "classification": {"public.cards.holder": ["pii"]},
+        "methods": {"public.cards.holder": "redact"}}}))
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=policy) as g:
+        yield g
+
+
+def run(gw: GatewayProcess, *batches: list[bytes]) -> list[tuple[str, bytes]]:
+    """Each batch sent once the one before is answered (to its last ReadyForQuery);
+    what came back: (type, body) of the rows and errors, and an end of the session."""
+    out: list[tuple[str, bytes]] = []
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        for batch in batches:
+            client.send(b"".join(batch))
+            for _ in range(sum(1 for m in batch if m[:1] in (b"S", b"Q"))):
+                msgs = client.read_until(b"Z")
+                out += [(m.type.decode(), m.body) for m in msgs if m.type in (b"D", b"E")]
+                if not msgs or msgs[-1].type != b"Z":
+                    return [*out, ("closed", b"")]
+    return out
+
+
+def rows(out: list[tuple[str, bytes]]) -> list[bytes]:
+    return [body for t, body in out if t == "D"]
+
+
+def errors(out: list[tuple[str, bytes]]) -> list[str]:
+    return [dict((p[:1].decode(), p[1:].decode()) for p in body.split(b"\0") if p)["C"]
+            for t, body in out if t == "E"]
+
+
+def test_a_parse_of_a_name_that_exists_leaves_the_first_statement_masked(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [fe.Parse("s1", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Parse("s1", "select 'harmless'", ()).encode(), fe.Sync().encode()],
+              [fe.Bind("", "s1", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert errors(out) == ["42P05"]  # prepared statement "s1" already exists
+    assert RAW not in b"".join(rows(out)) and rows(out), out
+
+
+def test_a_parse_skipped_behind_an_error_leaves_the_unnamed_statement_masked(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [fe.Parse("", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Describe("S", "nosuch").encode(),  # an error: the rest is skipped
+               fe.Parse("", "select 'harmless'", ()).encode(), fe.Sync().encode()],
+              [fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert errors(out) == ["26000"]
+    assert RAW not in b"".join(rows(out)) and rows(out), out
+
+
+def test_a_close_skipped_behind_an_error_leaves_the_statement_masked(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [fe.Parse("s2", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Describe("S", "nosuch").encode(), fe.Close("S", "s2").encode(),
+               fe.Sync().encode()],
+              [fe.Bind("", "s2", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert errors(out) == ["26000"]
+    assert RAW not in b"".join(rows(out)) and rows(out), out
+
+
+def test_a_bind_sent_before_the_error_came_back_ends_the_session_unanswered(
+        gw: GatewayProcess) -> None:
+    """Pipelined: the Bind went out before the gateway learnt that the Parse ahead of it
+    was skipped, so its rows were to be followed for the wrong statement. The server's
+    BindComplete for it ends the session, before any row."""
+    out = run(gw, [fe.Parse("", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Describe("S", "nosuch").encode(),
+               fe.Parse("", "select 'harmless'", ()).encode(), fe.Sync().encode(),
+               fe.Bind("", "", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert RAW not in b"".join(body for _, body in out)
+    assert out[-1] == ("closed", b"") and "XX000" in errors(out), out
+
+
+def test_sql_prepare_of_a_name_in_use_is_refused(gw: GatewayProcess) -> None:
+    """The server refuses it too; the gateway must not take the new text for what the
+    name runs (EXECUTE is decided on it), also within one query string."""
+    out = run(gw, [fe.Query(f"prepare q1 as {HOLDER}").encode()],
+              [fe.Query("prepare q1 as select 'harmless'").encode()],
+              [fe.Query("prepare q2 as select 1; prepare q2 as select 2").encode()],
+              [fe.Query("execute q1").encode()])
+    assert errors(out) == ["42P05", "42P05"]
+    assert rows(out) and RAW not in b"".join(rows(out)), out
+
+
+def test_a_sql_prepared_statement_is_run_with_execute_only(gw: GatewayProcess) -> None:
+    """Its decision and masks come with EXECUTE; a Bind of it is refused, and so is an
+    EXECUTE of a statement prepared over the protocol (its masks follow its Bind)."""
+    out = run(gw, [fe.Query(f"prepare q3 as {HOLDER}").encode()],
+              [fe.Bind("", "q3", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()],
+              [fe.Describe("S", "q3").encode(), fe.Sync().encode()],
+              [fe.Parse("q4", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Query("execute q4").encode()],
+              [fe.Query("execute q3").encode()])
+    assert errors(out) == ["42501", "42501", "42501"], out
+    assert rows(out) and RAW not in b"".join(rows(out)), out
+
+
+def test_a_deallocate_the_server_skipped_leaves_no_way_to_the_statement(
+        gw: GatewayProcess) -> None:
+    """An error earlier in the query string: the server never runs the DEALLOCATE, while
+    the gateway takes it as done. Neither EXECUTE nor a Bind of the name reaches the
+    statement the server still holds."""
+    out = run(gw, [fe.Query(f"prepare q6 as {HOLDER}").encode()],
+              [fe.Query("select 1/0; deallocate q6").encode()],
+              [fe.Query("execute q6").encode()],
+              [fe.Bind("", "q6", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert errors(out) == ["22012", "26000", "42501"], out
+    assert RAW not in b"".join(rows(out)), out
