@@ -17,7 +17,7 @@ from gateway.wire import frontend as fe
 
 POLICY = Path(__file__).resolve().parent / "policies" / "dbrole"
 
-SETUP = """
+ROLE_SETUP = """
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
     CREATE ROLE report_reader NOLOGIN;
@@ -34,7 +34,7 @@ GRANT SELECT ON reports TO report_reader;
 
 @pytest.fixture(scope="module")
 def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    pg.server.psql(SETUP, dbname="payments")  # as the superuser
+    pg.server.psql(ROLE_SETUP, dbname="payments")  # as the superuser
     with GatewayProcess(tmp_path_factory.mktemp("dbrole"), upstreams_for(pg),
                         policy_dir=POLICY) as g:
         yield g

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import PgBackend, upstreams_for
+from test_db_role import ROLE_SETUP
 
 from gateway.audit import generate_keypair
 from gateway.devtools.certs import write_self_signed
@@ -148,21 +149,6 @@ def test_a_held_statement_waits_for_its_approver(holding: tuple[Jdbc, int]) -> N
         else:
             assert lines[0][:2] == ["error", "42501"] and reason in lines[0][2], lines
             assert lines[1:] == [["after", "6"]]
-
-
-ROLE_SETUP = """
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
-    CREATE ROLE report_reader NOLOGIN;
-  END IF;
-END $$;
-GRANT report_reader TO pgwarden_svc WITH INHERIT FALSE, SET TRUE;
-CREATE TABLE IF NOT EXISTS reports (id int, total numeric);
-INSERT INTO reports SELECT 1, 10 WHERE NOT EXISTS (SELECT FROM reports);
-ALTER TABLE reports OWNER TO postgres;
-REVOKE ALL ON reports FROM PUBLIC, pgwarden_svc;
-GRANT SELECT ON reports TO report_reader;
-"""
 
 
 def test_a_db_role_covers_named_statements_and_portals_only(

@@ -23,24 +23,14 @@ from conftest import PgBackend, upstreams_for
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rawclient import RawClient, startup_packet
+from test_db_role import ROLE_SETUP as DB_ROLE_SETUP
 
 from gateway.devtools.harness import GatewayProcess
 from gateway.wire import frontend as fe
 
 POLICIES = Path(__file__).resolve().parent / "policies"
-ROLE_SETUP = """
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
-    CREATE ROLE report_reader NOLOGIN;
-  END IF;
-END $$;
-GRANT report_reader TO pgwarden_svc WITH INHERIT FALSE, SET TRUE;
-CREATE TABLE IF NOT EXISTS reports (id int, total numeric);
-INSERT INTO reports SELECT 1, 10 WHERE NOT EXISTS (SELECT FROM reports);
-ALTER TABLE reports OWNER TO postgres;
-REVOKE ALL ON reports FROM PUBLIC, pgwarden_svc;
-GRANT SELECT ON reports TO report_reader, trust_svc;
-"""
+# (and trust_svc, which the differential test reads reports as, straight)
+ROLE_SETUP = DB_ROLE_SETUP + "GRANT SELECT ON reports TO trust_svc;\n"
 # statement texts with the number of parameters each takes
 TEXTS = [
     ("select 1", 0),
