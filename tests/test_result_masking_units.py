@@ -488,6 +488,7 @@ def test_every_answer_to_the_messages_of_a_db_role_wrap_is_dropped() -> None:
                    if rm.message(ord(t), b"SET\0" if t == "C" else b"") is None)
     assert kept == "12TDCZ"
     assert rm.idle and len(rm.tracker) == 0
+    assert not rm._inflight and not rm._deferred  # (nothing of the gateway's own left)
 
 
 def test_statements_of_a_query_string_after_an_error_end_as_skipped() -> None:

@@ -226,12 +226,12 @@ class ResultMasker:
                     self._statements.pop(name, None)
                     effect = self._defining(_P, name, None)
             elif registry and t in (_B, _D, _E, _C):
-                tag, effect = self._registry(t, body)
+                explicit = tags.get(i)
+                # (the gateway's own statements are not the client's: no effect to follow)
+                tag, effect = self._registry(t, body, explicit is None or not explicit.internal)
             explicit = tags.get(i)
             if explicit is not None and t not in (_Q, _P, RUN_REST):
                 tag = explicit  # e.g. a message the gateway added (internal)
-                if explicit.internal:
-                    effect = None  # (of the gateway's own statements: not the client's)
             if t == _SYNC and self._deferred:
                 deferred, self._deferred = self._deferred, []
                 for one in deferred:
@@ -282,9 +282,11 @@ class ResultMasker:
             return None
         return name, portal, tag
 
-    def _registry(self, t: int, body: bytes) -> tuple[StatementTag | None, Any]:
+    def _registry(self, t: int, body: bytes, own: bool = True
+                  ) -> tuple[StatementTag | None, Any]:
         """The tag a Bind, Describe, Execute or Close follows, and its effect (a Bind's
-        statement check, a Close's undefining) as _settle takes it."""
+        statement check, a Close's undefining) as _settle takes it; none for one the
+        gateway added (not `own`)."""
         if t == _B:  # the names only: decoding the parameters cost ~5 us per Bind
             portal, statement = bind_names(body)
             tag = source = self._statements.get(statement)
@@ -297,7 +299,7 @@ class ResultMasker:
                 self._portals.pop(portal, None)
             # checked at its BindComplete, unless the server cannot hold another
             # statement under this name (confirmed as forwarded, nothing pending)
-            if self._inflight or self._confirmed.get(statement) is not source:
+            if own and (self._inflight or self._confirmed.get(statement) is not source):
                 return None, (_B, statement, source)
             return None, None
         if t == _E:
@@ -309,7 +311,7 @@ class ResultMasker:
         if isinstance(msg, Close):
             if msg.kind == "S":
                 self._statements.pop(msg.name, None)
-                return None, self._defining(_C, msg.name, None)
+                return None, self._defining(_C, msg.name, None) if own else None
             self._portals.pop(msg.name, None)
         return None, None
 
