@@ -344,7 +344,7 @@ class StatementGate:
                 msg = decode_frontend(mtype, body)
             if mtype == _C:
                 assert isinstance(msg, Close)
-                if msg.kind == "S" and msg.name not in self.state.sql_names:
+                if msg.kind == "S" and not self.state.sql_prepared(msg.name):
                     # (one SQL PREPARE defined stays known: a Bind of it stays refused)
                     self.state.close_statement(msg.name)
                 continue
@@ -352,7 +352,7 @@ class StatementGate:
                 verdict = _denial("42501", "function calls by OID are not allowed through "
                                   "the gateway; use a SQL statement instead")
                 replacement = frame(b"Q", cstr(self._marker(relay, verdict)))
-            elif mtype == _P and msg.name in self.state.sql_names:
+            elif mtype == _P and self.state.sql_prepared(msg.name):
                 # the server refuses it too; here it also leaves what the gateway knows of
                 # the name as the server does (the statement the name already has)
                 verdict = _denial("42P05", f'prepared statement "{msg.name}" already exists')
@@ -954,7 +954,7 @@ class StatementGate:
     def unapplied(self, name: str) -> None:
         """The result tracker's word that a Parse or Close of statement `name` did not take
         effect at the server (which keeps what the name had before, or nothing)."""
-        if name and name not in self.state.sql_names:  # (SQL PREPARE's stay known)
+        if name and not self.state.sql_prepared(name):  # (SQL PREPARE's stay known)
             self.state.close_statement(name)
         if self.roles:
             self.roles.lose(name)
@@ -1055,11 +1055,11 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
                 origin.clear()
         if info.command == "EXECUTE":
             name = str(info.details.get("name"))
-            if origin.get(name) != "sql":
-                return _denial("26000" if name not in origin else "42501",
-                               f'prepared statement "{name}" does not exist' if name not in
-                               origin else f'EXECUTE of "{name}", a statement prepared over '
-                               "the protocol, is not allowed through the gateway: bind it")
+            if name not in origin:
+                return _denial("26000", f'prepared statement "{name}" does not exist')
+            if origin[name] != "sql":
+                return _denial("42501", f'EXECUTE of "{name}", a statement prepared over the '
+                               "protocol, is not allowed through the gateway: bind it")
     return None
 
 

@@ -204,34 +204,32 @@ class ResultMasker:
                 if not extended and tracker.barrier_if_idle(syncs):
                     return
         for i, (t, body) in enumerate(frames):
+            given = tags.get(i)
             tag: Any = None
             effect: Any = None
             if t == _Q or t == RUN_REST:
-                qtags = tags.get(i)
-                if qtags is not None and qtags.count(None) != len(qtags):  # any tag
-                    tag = qtags
+                if given is not None and given.count(None) != len(given):  # any tag
+                    tag = given
             elif t == _P:
-                ptag = tags.get(i)
                 name = _parse_name(body)
-                if ptag is not None:
-                    self._statements[name] = ptag
+                if given is not None:
+                    self._statements[name] = given
                     registry = True
                     # followed: an error answering the Parse is its outcome; and the
                     # ParseComplete of one the gateway added (db_role) is dropped
-                    if ptag.decision_seq is not None or ptag.internal:
-                        tag = ptag
-                    if not ptag.internal:
-                        effect = self._defining(_P, name, ptag)
+                    if given.decision_seq is not None or given.internal:
+                        tag = given
+                    if not given.internal:
+                        effect = self._defining(_P, name, given)
                 elif registry:
                     self._statements.pop(name, None)
                     effect = self._defining(_P, name, None)
-            elif registry and t in (_B, _D, _E, _C):
-                explicit = tags.get(i)
-                # (the gateway's own statements are not the client's: no effect to follow)
-                tag, effect = self._registry(t, body, explicit is None or not explicit.internal)
-            explicit = tags.get(i)
-            if explicit is not None and t not in (_Q, _P, RUN_REST):
-                tag = explicit  # e.g. a message the gateway added (internal)
+            else:
+                if registry and t in (_B, _D, _E, _C):
+                    # (the gateway's own statements are not the client's: no effect)
+                    tag, effect = self._registry(t, body, given is None or not given.internal)
+                if given is not None:
+                    tag = given  # e.g. a message the gateway added (internal)
             if t == _SYNC and self._deferred:
                 deferred, self._deferred = self._deferred, []
                 for one in deferred:

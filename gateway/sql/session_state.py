@@ -84,9 +84,8 @@ class SessionSqlState:
         self.session_user = user
         self.role: str | None = None
         self.prepared: dict[str, PreparedStatement] = {}
-        #: the names in `prepared` that SQL PREPARE defined, and whether it ever did in
-        #: this session (then every Bind, Describe and Close of a statement is checked)
-        self.sql_names: set[str] = set()
+        #: whether SQL PREPARE ever defined a statement in this session (then every Bind
+        #: and Describe of a statement is checked)
         self.sql_used = False
         self.cursors: dict[str, Cursor] = {}
         self.temp_relations: dict[str, Relation] = {}
@@ -154,7 +153,11 @@ class SessionSqlState:
 
     def close_statement(self, name: str) -> None:
         self.prepared.pop(name, None)
-        self.sql_names.discard(name)
+
+    def sql_prepared(self, name: str) -> bool:
+        """Whether `name` is a statement SQL PREPARE defined."""
+        ps = self.prepared.get(name)
+        return ps is not None and ps.origin == "sql"
 
     def prepared_sql(self, name: str) -> str | None:
         ps = self.prepared.get(name)
@@ -196,7 +199,6 @@ class SessionSqlState:
         new.session_user = self.session_user
         new.role = self.role
         new.prepared = dict(self.prepared)
-        new.sql_names = set(self.sql_names)
         new.sql_used = self.sql_used
         new.cursors = dict(self.cursors)
         new.temp_relations = dict(self.temp_relations)
@@ -231,15 +233,12 @@ class SessionSqlState:
         elif op == "prepare":
             assert effect.name is not None
             self.prepared[effect.name] = PreparedStatement(effect.name, effect.value, "sql")
-            self.sql_names.add(effect.name)
             self.sql_used = True
         elif op == "deallocate":
             if effect.name is None:  # DEALLOCATE ALL includes protocol-level statements
                 self.prepared.clear()
-                self.sql_names.clear()
             else:
                 self.prepared.pop(effect.name, None)
-                self.sql_names.discard(effect.name)
         elif op == "declare":
             assert effect.name is not None
             self.cursors[effect.name] = Cursor(effect.name, info, bool(effect.value))
@@ -270,7 +269,6 @@ class SessionSqlState:
                 self._bump()
             if effect.name == "ALL":
                 self.prepared.clear()
-                self.sql_names.clear()
                 self.cursors.clear()
                 self._search_path = None
                 self.role = None
