@@ -1041,8 +1041,12 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
     statement prepared over the protocol, decided at its Parse and followed by its Bind).
     (A Parse of a PREPARE is decided before it runs, if it ever does: drivers parse a text
     to describe it and again to run it, so its name may well be in use already.)"""
-    origin = {name: ps.origin for name, ps in state.prepared.items()}
+    origin: dict[str, str] | None = None  # (built for the rare string that needs it)
     for info in infos:
+        if origin is None:
+            if not info.effects and info.command != "EXECUTE":
+                continue
+            origin = {name: ps.origin for name, ps in state.prepared.items()}
         for effect in info.effects:
             if effect.op == "prepare":
                 if runs and effect.name in origin:
