@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway import logs
 from gateway.masking.results import (
@@ -69,14 +69,25 @@ _Ended = tuple[int, StatementTag, int, bytes, dict[str, int], int]
 _RESULT_ENDS = QUERY_ENDS | frozenset(b"s")
 
 
+class Split(NamedTuple):
+    """A gate's answer for a batch whose frames from `at` on must wait: the frames before
+    `at` go out as `prefix` (or what it resolves to); the rest is shown to the gate again,
+    as if just received, once what `until()` then returns is done."""
+
+    at: int
+    prefix: bytes | Awaitable[bytes]
+    until: Callable[[], Awaitable[Any]]  # called once the prefix is forwarded
+
+
 class Gate(Protocol):
     """Decides what of a batch of client messages reaches the upstream.
 
     Returns the bytes to forward (`raw` when nothing changes), or an awaitable of them when
-    the decision needs I/O; the relay stops reading from the client meanwhile.
+    the decision needs I/O, or a `Split`; the relay stops reading from the client meanwhile.
     """
 
-    def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
+    def review(self, raw: bytes, frames: list[Frame], relay: Relay
+               ) -> bytes | Awaitable[bytes] | Split:
         ...
 
     def parameter_status(self, name: str, value: str) -> None:
@@ -90,6 +101,17 @@ class Gate(Protocol):
 
 
 class Relay:
+    # Slots, not an instance dict: past 30 attributes CPython 3.11 stops sharing the
+    # dict's keys between instances, and every attribute access on this hot path slows.
+    __slots__ = (
+        "_answered", "_at", "_backlog", "_blocked", "_carried_hits", "_client_at_boundary",
+        "_denials", "_ended", "_notices", "_on_result", "_outstanding", "_quiet",
+        "_quiet_rest", "_quiet_tag", "_sent", "_watching", "before_release", "client",
+        "done", "framer", "gate", "messages_from_client", "observer", "results", "safety",
+        "safety_error", "session_id", "syncs_answered", "syncs_forwarded",
+        "transaction_status", "upstream",
+    )
+
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
                  max_message_size: int, gate: Gate | None = None,
                  safety_net: str = "mask", results: ResultMasker | None = None,
@@ -122,6 +144,12 @@ class Relay:
         self._denials: dict[bytes, bytes] = {}  # marker -> ErrorResponse to show instead
         self._notices: list[bytes] = []  # the gateway's own messages, waiting for a boundary
         self._outstanding = 0  # ReadyForQuery messages the client still waits for
+        # Requests answered last by a ReadyForQuery (SYNCING) forwarded so far, and the
+        # ReadyForQuery messages that came back: the answers to the n-th such request are
+        # all in once `syncs_answered` >= n.
+        self.syncs_forwarded = 0
+        self.syncs_answered = 0
+        self._answered: list[tuple[int, asyncio.Future[None]]] = []  # see when_answered
         self._blocked = False
         self._backlog: list[bytes] = []
         # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
@@ -179,13 +207,16 @@ class Relay:
         if not frames:
             return
         self.messages_from_client += len(frames)
-        out: bytes | Awaitable[bytes] = raw
+        out: bytes | Awaitable[bytes] | Split = raw
         if self.gate is not None:
             try:
                 out = self.gate.review(raw, frames, self)
             except ProtocolViolation as e:
                 self._fail_client(e.sqlstate, str(e))
                 return
+        if type(out) is Split:
+            self._split(out, raw, frames)
+            return
         if type(out) is not bytes and inspect.isawaitable(out):
             self._wait_for(out, frames)
             return
@@ -196,6 +227,7 @@ class Relay:
         for t, _ in frames:
             if t in SYNCING:  # each answered by one ReadyForQuery
                 self._outstanding += 1
+                self.syncs_forwarded += 1
             elif t == _X:
                 terminate = True
         results = self.results
@@ -260,13 +292,46 @@ class Relay:
         self.observer.observed = OBSERVE[watch]
         self.observer.coalesce = _ROWS if watch == WATCH_ROWS else _NOTHING
 
-    def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
+    def when_answered(self, n: int) -> asyncio.Future[None]:
+        """A future done once the answers to the n-th SYNCING request forwarded are all in
+        (see `syncs_answered`), nothing forwarded waits for an answer, or the session
+        ended."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.syncs_answered >= n or self._all_answered() or self.done.done():
+            fut.set_result(None)
+        else:
+            self._answered.append((n, fut))
+        return fut
+
+    def _split(self, split: Split, raw: bytes, frames: list[Frame]) -> None:
+        """Forward frames before `split.at` (once `split.prefix` is ready), then stop
+        reading until `split.until` is done; the rest of `raw` is read again after it,
+        ahead of anything received meanwhile."""
+        at = split.at
+        cut = sum(5 + len(body) for _, body in frames[:at])
+        self._backlog.insert(0, raw[cut:] + self.framer.take_rest())
+        self.messages_from_client -= len(frames) - at  # (counted again when read again)
+        self._wait_for(self._forward_then_wait(split.prefix, frames[:at], split.until), None)
+
+    async def _forward_then_wait(self, prefix: bytes | Awaitable[bytes], frames: list[Frame],
+                                 until: Callable[[], Awaitable[Any]]) -> bytes:
+        out = prefix if type(prefix) is bytes else await prefix  # type: ignore[misc]
+        if self.done.done():
+            return b""
+        if frames:
+            self._forward(out, frames)  # type: ignore[arg-type]
+        await until()
+        return b""
+
+    def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame] | None) -> None:
         self._blocked = True
         if self.client.transport is not None:
             self.client.transport.pause_reading()
         asyncio.get_running_loop().create_task(self._resume(pending, frames))
 
-    async def _resume(self, pending: Awaitable[bytes], frames: list[Frame]) -> None:
+    async def _resume(self, pending: Awaitable[bytes], frames: list[Frame] | None) -> None:
+        """Forward what `pending` resolves to (as `frames`; None: it forwarded its own), then
+        read on: first what came in meanwhile."""
         try:
             out = await pending
         except Exception as e:  # the gate failed: end the session, fail closed
@@ -277,16 +342,36 @@ class Relay:
             return
         if self.done.done():
             return
-        self._forward(out, frames)
+        if frames is not None:
+            self._forward(out, frames)
         self._blocked = False
         if self.client.transport is not None and not self.client.closed:
             self.client.transport.resume_reading()
         backlog, self._backlog = self._backlog, []
         for i, chunk in enumerate(backlog):
             self.from_client(chunk)
-            if self._blocked:  # blocked again: keep the rest in order
-                self._backlog = backlog[i + 1 :] + self._backlog
+            if self._blocked:  # blocked again: keep the rest in order (after what a Split of
+                # this chunk put back)
+                self._backlog += backlog[i + 1 :]
                 return
+
+    def _all_answered(self) -> bool:
+        # (also when the counts disagree: after an error PostgreSQL skips a Query sent
+        # before the run's Sync, which then gets no ReadyForQuery of its own)
+        # (without a result tracker nothing says so: the counts alone)
+        results = self.results
+        return results is not None and not self._quiet and results.empty()
+
+    def _wake_answered(self) -> None:
+        answered, waiting = self.syncs_answered, []
+        idle = self._all_answered()
+        for n, fut in self._answered:
+            if n <= answered or idle or self.done.done():
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                waiting.append((n, fut))
+        self._answered = waiting
 
     def notify(self, message: bytes) -> None:
         """Send the client a message of the gateway's own (a NoticeResponse) between two
@@ -357,7 +442,11 @@ class Relay:
                     sent = 0
             if mtype == _Z:
                 self.transaction_status = chr(body[0]) if body else "?"
-                self._outstanding = max(0, self._outstanding - 1)
+                if self._outstanding:
+                    self._outstanding -= 1
+                    self.syncs_answered += 1
+                    if self._answered:
+                        self._wake_answered()
                 if not self._outstanding:
                     self._denials.clear()  # markers of statements the server skipped
                 if self.gate is not None:
@@ -559,6 +648,8 @@ class Relay:
                        error=type(e).__name__)
         if not self.done.done():
             self.done.set_result(reason)
+        if self._answered:
+            self._wake_answered()
         for ep in (self.client, self.upstream):
             ep.on_data = _discard
             ep.on_error = None
