@@ -156,26 +156,77 @@ def test_a_role_is_never_applied_to_a_statement_it_was_not_decided_for(
     """A Parse given a db_role that the server skips (an error ahead of it in its run)
     leaves the name on the statement the server had. A later Bind of the name is refused
     (the gateway no longer knows what the name runs as); one sent behind it before the
-    error came back ends the session at its BindComplete, before any row."""
+    error came back waits for that answer, then is refused the same way: the session
+    goes on, and nothing ran as the role."""
     plain = fe.Parse("", "select current_user, $1::int", ()).encode()  # runs as any role
     skipped = [fe.Describe("S", "nosuch").encode(),  # fails: the server skips to the Sync
                fe.Parse("", "select current_user from reports", ()).encode(),
                fe.Sync().encode()]
     bind = [fe.Bind("", "", (), (b"1",), ()).encode(), fe.Execute("", 0).encode(),
             fe.Sync().encode()]
+    for together in (False, True):
+        with RawClient(gw) as client:
+            client.login(gw.token())
+            batches = ([plain, fe.Sync().encode()], skipped, bind)
+            if together:
+                client.send(b"".join(m for batch in batches for m in batch))
+                answers = [client.read_until(b"Z") for _ in batches][-1]
+            else:
+                for batch in batches:
+                    client.send(b"".join(batch))
+                    answers = client.read_until(b"Z")
+            assert [m.type for m in answers] == [b"E", b"Z"], together
+            assert "is not the one the gateway decided" in answers[0].fields()["M"]
+            client.send(fe.Query("select current_user").encode())
+            assert [m.body for m in client.read_until(b"Z") if m.type == b"D"] == [
+                b"\x00\x01\x00\x00\x00\x0cpgwarden_svc"]
+
+
+PROBE_SETUP = """
+CREATE TABLE IF NOT EXISTS role_probe (who text);
+GRANT INSERT ON role_probe TO PUBLIC;
+TRUNCATE role_probe;
+"""
+WRITE = "insert into role_probe select current_user"  # decided without a role
+READ = "select total from reports"  # decided as report_reader
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["sent-apart", "sent-together"])
+@pytest.mark.parametrize("case", ["unnamed-skipped", "named-in-use", "role-to-none",
+                                  "close-skipped"])
+def test_a_pipelined_bind_never_runs_under_a_role_it_was_not_decided_with(
+        gw: GatewayProcess, pg: PgBackend, case: str, together: bool) -> None:
+    """The client pipelines a Bind behind a Parse (or Close) that changes its statement's
+    db_role, in an earlier run the server has not answered yet. If the server does not
+    carry that out, the name keeps its earlier statement, which must not run as the new
+    one's role (nor the new one's role be dropped). The Bind waits for the answer and is
+    refused: nothing runs, least of all a write under another role."""
+    pg.server.psql(PROBE_SETUP, dbname="payments")
+    name = "probe" if case in ("named-in-use", "close-skipped") else ""
+    first_sql, second_sql = (READ, WRITE) if case in ("role-to-none", "close-skipped") \
+        else (WRITE, READ)
+    first = [fe.Parse(name, first_sql, ()).encode(), fe.Sync().encode()]
+    change = fe.Close("S", name) if case == "close-skipped" else fe.Parse(name, second_sql, ())
+    if case == "named-in-use":  # the server refuses it: the name has a statement
+        second = [change.encode(), fe.Sync().encode()]
+    else:  # the server skips the Parse or Close: an error ahead of it in its run
+        second = [fe.Describe("S", "nosuch").encode(), change.encode(), fe.Sync().encode()]
+    bind = [fe.Bind("", name, (), (), ()).encode(), fe.Execute("", 0).encode(),
+            fe.Sync().encode()]
     with RawClient(gw) as client:
         client.login(gw.token())
-        for batch in ([plain, fe.Sync().encode()], skipped, bind):
-            client.send(b"".join(batch))
-            answers = client.read_until(b"Z")
-        assert [m.type for m in answers] == [b"E", b"Z"]
-        assert "is not the one the gateway decided" in answers[0].fields()["M"]
-        client.send(fe.Query("select current_user").encode())
+        if together:
+            client.send(b"".join(first + second + bind))
+        else:  # one send per run, nothing read in between
+            for batch in (first, second, bind):
+                client.send(b"".join(batch))
+        answers = [client.read_until(b"Z") for _ in range(3)]
+        assert [m.type for m in answers[0]] == [b"1", b"Z"]
+        assert [m.type for m in answers[1]] == [b"E", b"Z"]
+        assert [m.type for m in answers[2]] == [b"E", b"Z"]
+        assert "is not the one the gateway decided" in answers[2][0].fields()["M"]
+        client.send(fe.Query("select current_user").encode())  # the session goes on
         assert [m.body for m in client.read_until(b"Z") if m.type == b"D"] == [
             b"\x00\x01\x00\x00\x00\x0cpgwarden_svc"]
-    with RawClient(gw) as client:
-        client.login(gw.token())
-        client.send(b"".join([plain, fe.Sync().encode(), *skipped, *bind]))
-        answers = client.read_until_close(lenient=True)
-        assert not [m for m in answers if m.type == b"D"]  # its row would say report_reader
-        assert answers[-1].type == b"E" and answers[-1].fields()["C"] == "XX000"
+    rows = pg.server.psql("select count(*) from role_probe", dbname="payments")
+    assert rows.strip() == "0"

@@ -28,6 +28,7 @@ from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_lim
 from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
+from gateway.proxy.relay import Split
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
 from gateway.wire import backend as be
@@ -44,6 +45,7 @@ from gateway.wire.frontend import (
     parse_statement,
     query_text,
 )
+from gateway.wire.pipeline import SYNCING
 
 from .catalog_cache import CatalogCache
 from .input_doc import SessionFacts, printable
@@ -262,15 +264,16 @@ class StatementGate:
 
     # -- the relay's hook -----------------------------------------------------------------
 
-    def review(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes | Awaitable[bytes]:
+    def review(self, raw: bytes, frames: list[Frame], relay: Relay
+               ) -> bytes | Awaitable[bytes] | Split:
         single_query = len(frames) == 1 and frames[0][0] == _Q
         self._reads_only = True
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
                 and not self.state.sql_used:
             return raw
         catalog = self.catalogs.current(self.connection)
-        if catalog is None:
-            return self._review_later(raw, frames, relay)
+        if catalog is None:  # the connection's first statement: read it again once loaded
+            return Split(0, b"", functools.partial(self.catalogs.get, self.connection))
         if single_query and not self.roles:
             # One Query and nothing else (pgbench, psql, most drivers' simple protocol):
             # an allow needs none of the batch machinery below.
@@ -288,11 +291,6 @@ class StatementGate:
             self._admit(0, _Q, None, sql, verdict, {})
             return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
         return self._review(raw, frames, relay, catalog)
-
-    async def _review_later(self, raw: bytes, frames: list[Frame], relay: Relay) -> bytes:
-        catalog = await self.catalogs.get(self.connection)
-        out = self._review(raw, frames, relay, catalog)
-        return out if isinstance(out, bytes) else await out
 
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         """The batch `review` just decided as forwarded — with the messages the gateway
@@ -318,19 +316,31 @@ class StatementGate:
         return out, out_tags
 
     def _review(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog,
-                first: Verdict | None = None) -> bytes | Awaitable[bytes]:
+                first: Verdict | None = None) -> bytes | Awaitable[bytes] | Split:
         """`first`: the verdict on frame 0 (a Query), when the caller decided it already."""
         replaced: dict[int, bytes] = {}
         holds: list[tuple[int, Any, str, str, Hold]] = []
+        roles = self.roles
+        if roles.unsettled:
+            roles.settle(relay.syncs_answered)
+        roles.batch = (relay, frames)
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED or mtype == _C:
-                if (self.state.sql_used or self.roles.lost) and (mtype == _B or mtype == _D):
+                if mtype == _B and roles.unsettled:
+                    split = self._bind_waits(raw, frames, i, replaced, holds, relay, catalog)
+                    if split is not None:
+                        return split
+                if (self.state.sql_used or roles.lost) and (mtype == _B or mtype == _D):
                     refused = self._unusable(relay, mtype, body)
                     if refused is not None:
                         replaced[i] = refused
                         continue
-                if self.roles and mtype in _ROLE_TRACKED:
-                    expansion = self.roles.wrap(mtype, body)
+                if roles and mtype in _ROLE_TRACKED:
+                    if mtype == _C:
+                        closed = roles.closing(body)
+                        if closed is not None:
+                            roles.unsettled[closed] = self._run_at(i)
+                    expansion = roles.wrap(mtype, body)
                     if expansion is not None:  # an Execute that runs as a db_role
                         self._expanded[i] = expansion
                         replaced[i] = role_frames(expansion)
@@ -380,7 +390,9 @@ class StatementGate:
             return False
         if isinstance(msg, Parse):
             self.state.register_parse(msg.name, sql)
-            self.roles.parsed(msg.name, verdict.role)
+            roles = self.roles
+            if (roles or verdict.role is not None) and roles.parsed(msg.name, verdict.role):
+                roles.unsettled[msg.name] = self._run_at(i)
         tags: list[StatementTag | None] | None = None
         if verdict.tags.count(None) != len(verdict.tags):  # any tag (no generator per call)
             tags = list(verdict.tags)
@@ -401,6 +413,33 @@ class StatementGate:
         if tags is not None:
             self._plans[i] = tags if mtype == _Q else tags[0]
         return True
+
+    def _run_at(self, i: int) -> int:
+        """The ordinal, among the session's requests answered by a ReadyForQuery, of the
+        first at or after frame `i` of the batch under review: once its answers are in,
+        the server has answered (or skipped) frame `i` too."""
+        relay, frames = self.roles.batch
+        return relay.syncs_forwarded + 1 + sum(1 for t, _ in frames[:i] if t in SYNCING)
+
+    def _bind_waits(self, raw: bytes, frames: list[Frame], i: int, replaced: dict[int, bytes],
+                    holds: list[tuple[int, Any, str, str, Hold]], relay: Relay,
+                    catalog: Catalog) -> Split | None:
+        """For a Bind (frame `i`) of a statement whose db_role changed by a Parse or Close
+        in an earlier run that is not answered yet: the batch split before it (None: no
+        need). The server may not carry that Parse or Close out (an error skips the rest
+        of its run; a Parse of a name in use fails), and keep the statement the name had:
+        a Bind sent now would run that as the new one's role, or the new one as none.
+        The Bind and what follows wait for the answer, then are decided on what the
+        server did (a Bind of a statement whose role was lost is refused)."""
+        _, name = bind_names(frames[i][1])
+        run = self.roles.unsettled.get(name)
+        if run is None or run <= relay.syncs_answered or run == self._run_at(i):
+            return None  # (in its own run: if the server skips the Parse, the Bind too)
+        cut = sum(5 + len(body) for _, body in frames[:i])
+        head = frames[:i]
+        prefix = self._after_holds(raw[:cut], head, replaced, holds, relay, catalog) \
+            if holds else self._finish_batch(raw[:cut], head, replaced, relay)
+        return Split(i, prefix, functools.partial(relay.when_answered, run))
 
     def _unusable(self, relay: Relay, mtype: int, body: bytes) -> bytes | None:
         """A Bind or Describe of a statement the protocol may not use here, refused (None:

@@ -17,6 +17,7 @@ rolled back with the transaction it ran in.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from gateway.wire.codec import cstr, frame, i16, i32
 from gateway.wire.framing import Frame
@@ -52,17 +53,46 @@ class PortalRoles:
         #: that the server did not carry out (an error, or skipped behind one) left the
         #: name on a statement other than the one decided; a Bind of it is refused
         self.lost: set[str] = set()
+        #: statements a Parse or Close changed the role of, with the ordinal (among the
+        #: session's requests answered by a ReadyForQuery) of the request whose answer
+        #: tells whether the server carried it out: until then the name may still be on
+        #: the statement it had, and a Bind of it in a later run waits
+        self.unsettled: dict[str, int] = {}
+        #: the batch the gate is deciding, and its relay (see StatementGate._run_at; kept
+        #: here because the gate has 29 attributes, and CPython 3.11 keeps attribute
+        #: access fast only for classes whose instances have at most 30)
+        self.batch: tuple[Any, list[Frame]] = (None, [])
         self._names = itertools.count(1)
 
     def __bool__(self) -> bool:
-        return bool(self.statements or self.portals or self.lost)
+        return bool(self.statements or self.portals or self.lost or self.unsettled)
 
-    def parsed(self, name: str, role: str | None) -> None:
+    def parsed(self, name: str, role: str | None) -> bool:
+        """A Parse of statement `name` decided with `role`; True when that changes what a
+        Bind of the name runs as (the caller marks it unsettled)."""
+        changed = name in self.lost or name in self.unsettled or \
+            self.statements.get(name) != role
         self.lost.discard(name)
         if role is None:
             self.statements.pop(name, None)
         else:
             self.statements[name] = role
+        return changed
+
+    def closing(self, body: bytes) -> str | None:
+        """For a Close: the statement it closes when that changes what a Bind of the name
+        runs as (the caller marks it unsettled), else None."""
+        msg = decode_frontend(_C, body)
+        if isinstance(msg, Close) and msg.kind == "S":
+            name = msg.name
+            if name in self.statements or name in self.unsettled or name in self.lost:
+                return name
+        return None
+
+    def settle(self, answered: int) -> None:
+        """The answers to the session's first `answered` requests answered by a
+        ReadyForQuery are in: what they settle is known (see ``lost``)."""
+        self.unsettled = {n: k for n, k in self.unsettled.items() if k > answered}
 
     def lose(self, name: str) -> None:
         """A Parse or Close of statement `name` the server did not carry out."""
