@@ -200,6 +200,13 @@ class Hold:
     min_approvals: int = 1
 
 
+def _run_at(relay: Relay, frames: list[Frame], i: int) -> int:
+    """The ordinal, among the session's requests answered by a ReadyForQuery, of the first
+    at or after frame `i` of a batch not forwarded yet: once its answers are in, the
+    server has answered (or skipped) frame `i` too."""
+    return relay.syncs_forwarded + 1 + sum(1 for t, _ in frames[:i] if t in SYNCING)
+
+
 def _denial(code: str, message: str, detail: str | None = None,
             hint: str | None = None) -> Verdict:
     return Verdict(False, be.ErrorResponse.build(code, message, detail=detail, hint=hint))
@@ -323,7 +330,6 @@ class StatementGate:
         roles = self.roles
         if roles.unsettled:
             roles.settle(relay.syncs_answered)
-        roles.batch = (relay, frames)
         for i, (mtype, body) in enumerate(frames):
             if mtype not in _DECIDED or mtype == _C:
                 if mtype == _B and roles.unsettled:
@@ -339,7 +345,7 @@ class StatementGate:
                     if mtype == _C:
                         closed = roles.closing(body)
                         if closed is not None:
-                            roles.unsettled[closed] = self._run_at(i)
+                            roles.unsettled[closed] = _run_at(relay, frames, i)
                     expansion = roles.wrap(mtype, body)
                     if expansion is not None:  # an Execute that runs as a db_role
                         self._expanded[i] = expansion
@@ -375,7 +381,7 @@ class StatementGate:
                 if verdict.hold is not None and self.approvals is not None:
                     holds.append((i, msg, sql, protocol, verdict.hold))
                     continue
-                if self._admit(i, mtype, msg, sql, verdict, replaced):
+                if self._admit(i, mtype, msg, sql, verdict, replaced, (relay, frames)):
                     continue
                 replacement = self._refuse(relay, msg, verdict)
             replaced[i] = replacement
@@ -384,15 +390,18 @@ class StatementGate:
         return self._finish_batch(raw, frames, replaced, relay)
 
     def _admit(self, i: int, mtype: int, msg: Any, sql: str, verdict: Verdict,
-               replaced: dict[int, bytes]) -> bool:
-        """Note an allowed statement (prepared name, tags, db_role); False when refused."""
+               replaced: dict[int, bytes], batch: tuple[Relay, list[Frame]] | None = None
+               ) -> bool:
+        """Note an allowed statement (prepared name, tags, db_role); False when refused.
+        `batch`: the relay and the frames `i` indexes (for a Parse)."""
         if not verdict.allowed:
             return False
         if isinstance(msg, Parse):
             self.state.register_parse(msg.name, sql)
             roles = self.roles
             if (roles or verdict.role is not None) and roles.parsed(msg.name, verdict.role):
-                roles.unsettled[msg.name] = self._run_at(i)
+                assert batch is not None
+                roles.unsettled[msg.name] = _run_at(*batch, i)
         tags: list[StatementTag | None] | None = None
         if verdict.tags.count(None) != len(verdict.tags):  # any tag (no generator per call)
             tags = list(verdict.tags)
@@ -414,13 +423,6 @@ class StatementGate:
             self._plans[i] = tags if mtype == _Q else tags[0]
         return True
 
-    def _run_at(self, i: int) -> int:
-        """The ordinal, among the session's requests answered by a ReadyForQuery, of the
-        first at or after frame `i` of the batch under review: once its answers are in,
-        the server has answered (or skipped) frame `i` too."""
-        relay, frames = self.roles.batch
-        return relay.syncs_forwarded + 1 + sum(1 for t, _ in frames[:i] if t in SYNCING)
-
     def _bind_waits(self, raw: bytes, frames: list[Frame], i: int, replaced: dict[int, bytes],
                     holds: list[tuple[int, Any, str, str, Hold]], relay: Relay,
                     catalog: Catalog) -> Split | None:
@@ -433,7 +435,7 @@ class StatementGate:
         server did (a Bind of a statement whose role was lost is refused)."""
         _, name = bind_names(frames[i][1])
         run = self.roles.unsettled.get(name)
-        if run is None or run <= relay.syncs_answered or run == self._run_at(i):
+        if run is None or run <= relay.syncs_answered or run == _run_at(relay, frames, i):
             return None  # (in its own run: if the server skips the Parse, the Bind too)
         cut = sum(5 + len(body) for _, body in frames[:i])
         head = frames[:i]
@@ -510,7 +512,7 @@ class StatementGate:
             if verdict.hold is not None:  # approved, yet the policy holds it again
                 verdict = _denial("42501", f"{hold.command} is still held by the policy after "
                                   "its approval; the policy must allow approved statements")
-            if not self._admit(i, msg.TYPE[0], msg, sql, verdict, replaced):
+            if not self._admit(i, msg.TYPE[0], msg, sql, verdict, replaced, (relay, frames)):
                 replaced[i] = self._refuse(relay, msg, verdict)
         self._reads_only = False  # (held statements are written before they go)
         out = self._finish_batch(raw, frames, replaced, relay)

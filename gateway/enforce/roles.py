@@ -17,7 +17,6 @@ rolled back with the transaction it ran in.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 from gateway.wire.codec import cstr, frame, i16, i32
 from gateway.wire.framing import Frame
@@ -58,10 +57,6 @@ class PortalRoles:
         #: tells whether the server carried it out: until then the name may still be on
         #: the statement it had, and a Bind of it in a later run waits
         self.unsettled: dict[str, int] = {}
-        #: the batch the gate is deciding, and its relay (see StatementGate._run_at; kept
-        #: here because the gate has 29 attributes, and CPython 3.11 keeps attribute
-        #: access fast only for classes whose instances have at most 30)
-        self.batch: tuple[Any, list[Frame]] = (None, [])
         self._names = itertools.count(1)
 
     def __bool__(self) -> bool:
