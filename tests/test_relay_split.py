@@ -45,7 +45,7 @@ class SplittingGate:
     def parameter_status(self, name: str, value: str) -> None:
         pass
 
-    def ready_for_query(self, status: str) -> None:
+    def ready_for_query(self, status: str, idle: bool) -> None:
         pass
 
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:

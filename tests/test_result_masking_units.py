@@ -1053,7 +1053,7 @@ class _TaggingGate:
     def parameter_status(self, name: str, value: str) -> None:
         pass
 
-    def ready_for_query(self, status: str) -> None:
+    def ready_for_query(self, status: str, idle: bool) -> None:
         pass
 
 

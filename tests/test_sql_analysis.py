@@ -767,6 +767,12 @@ def test_execute_is_described_by_its_prepare(catalog: Catalog) -> None:
     # EXECUTE resolves names with the session's current search_path (as the server replans)
     (set_path,) = analyze("SET search_path = sqla_ops, public", catalog, session=state)
     state.observe(set_path)
+    # until the server says the SET ran, `cards` may still mean the one it meant before
+    (unsure,) = analyze("EXECUTE getpan(1)", catalog, session=state)
+    assert actual_relations(unsure) == {"sqla_ops.cards": ("read",),
+                                        "public.cards": ("read",)}
+    state.parameter_status("search_path", "sqla_ops, public")
+    state.ready_for_query("I", idle=True)
     (again,) = analyze("EXECUTE getpan(1)", catalog, session=state)
     assert actual_relations(again) == {"sqla_ops.cards": ("read",)}
     (dealloc,) = analyze("DEALLOCATE getpan", catalog, session=state)
@@ -843,11 +849,16 @@ def test_search_path_changes_resolution(catalog: Catalog) -> None:
     state.observe(infos[0])
     assert state.search_path == ("sqla_ops", "public")
     (info,) = analyze("SELECT pan FROM cards", catalog, session=state)
-    assert actual_relations(info) == {"sqla_ops.cards": ("read",)}
-    # what the server reports wins (PostgreSQL 18 reports search_path)
+    # the SET may not have run (an error ahead of it): the old path's table too, first
+    # the one the SET would give
+    assert actual_relations(info) == {"sqla_ops.cards": ("read",), "public.cards": ("read",)}
+    assert info.relations[0].schema == "sqla_ops"
+    # what the server reports wins (PostgreSQL 18 reports search_path); once nothing is
+    # outstanding, it is all there is
     state.parameter_status("search_path", '"$user", public')
-    assert analyze("SELECT pan FROM cards", catalog, session=state)[0].relations[0].schema == \
-        "public"
+    state.ready_for_query("I", idle=True)
+    assert actual_relations(analyze("SELECT pan FROM cards", catalog, session=state)[0]) == \
+        {"public.cards": ("read",)}
     state.observe(analyze("SET search_path TO sqla_ops", catalog, session=state)[0])
     state.observe(analyze("RESET search_path", catalog, session=state)[0])
     assert state.effective_search_path(catalog) == catalog.default_search_path

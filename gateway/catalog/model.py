@@ -115,7 +115,7 @@ class _Data:
 class Catalog:
     """Immutable snapshot of relations and functions, with PostgreSQL name resolution."""
 
-    __slots__ = ("_data", "_overlay", "_temp")
+    __slots__ = ("_any_path", "_data", "_other_paths", "_overlay", "_temp")
 
     def __init__(
         self,
@@ -157,6 +157,8 @@ class Catalog:
         )
         self._temp: Mapping[str, Relation] = {}
         self._overlay: Mapping[tuple[str, str], Relation] = {}
+        self._other_paths: tuple[tuple[str, ...], ...] = ()
+        self._any_path = False
 
     # -- derived views ------------------------------------------------------------------------
 
@@ -166,6 +168,17 @@ class Catalog:
         new._data = self._data
         new._temp = temp
         new._overlay = overlay
+        new._other_paths = self._other_paths
+        new._any_path = self._any_path
+        return new
+
+    def with_paths(self, others: Iterable[Sequence[str]], any_path: bool = False) -> Catalog:
+        """This snapshot, resolving unqualified names also along `others` (search paths
+        the session may be on besides the one given to each lookup), or, `any_path`, in
+        every schema: see :meth:`relation_candidates`."""
+        new = self._derive(self._temp, self._overlay)
+        new._other_paths = tuple(tuple(p) for p in others)
+        new._any_path = any_path
         return new
 
     def with_temp(self, relations: Iterable[Relation]) -> Catalog:
@@ -196,9 +209,12 @@ class Catalog:
     @property
     def base(self) -> Catalog:
         """The snapshot without temp relations or overlays."""
-        if not self._temp and not self._overlay:
+        if not self._temp and not self._overlay and not self._other_paths \
+                and not self._any_path:
             return self
-        return self._derive({}, {})
+        new = self._derive({}, {})
+        new._other_paths, new._any_path = (), False
+        return new
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -327,10 +343,32 @@ class Catalog:
         The gateway learns about temp tables by watching the session and cannot be sure a
         CREATE TEMP TABLE was not rolled back, nor a DROP; reporting both is the fail-closed
         choice.
+
+        Likewise, while the session's search path is not settled (a SET the server may
+        not have run, a function that may have changed it: :meth:`with_paths`), the
+        relations the name means along every path it may be on follow, or in every
+        schema: the policy sees them all, and masks follow any of them.
         """
         if schema is not None:
             rel = self.relation(schema, name)
             return [rel] if rel is not None else []
+        found = self._along(search_path, name, user)
+        if self._other_paths or self._any_path:
+            if self._any_path:
+                more = [r for s in sorted(self._data.schemas | {"pg_catalog"})
+                        if (r := self.relation(s, name)) is not None]
+                temp = self._temp.get(name)
+                if temp is not None:
+                    more.append(temp)
+            else:
+                more = [r for path in self._other_paths for r in self._along(path, name, user)]
+            for rel in more:
+                if rel not in found:
+                    found.append(rel)
+        return found
+
+    def _along(self, search_path: Sequence[str], name: str, user: str | None
+               ) -> list[Relation]:
         found: list[Relation] = []
         for s in self.search_order(search_path, user=user):
             rel = self.relation(s, name)
@@ -355,9 +393,15 @@ class Catalog:
         schemas = self._data.functions.get(name)
         if not schemas:
             return ()
-        return tuple(f"{s}.{name}" for s in self.search_order(search_path, user=user,
-                                                                relations=False)
-                     if s in schemas)
+        found = [f"{s}.{name}" for s in self.search_order(search_path, user=user,
+                                                           relations=False) if s in schemas]
+        if self._other_paths or self._any_path:  # (see relation_candidates)
+            orders = [sorted(schemas)] if self._any_path else [
+                self.search_order(p, user=user, relations=False) for p in self._other_paths]
+            for order in orders:
+                found += [q for s in order if s in schemas
+                          and (q := f"{s}.{name}") not in found]
+        return tuple(found)
 
     def resolve_function(self, schema: str | None, name: str, search_path: Sequence[str],
                          *, user: str | None = None) -> str:

@@ -31,6 +31,7 @@ from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.proxy.relay import Split
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
+from gateway.sql.session_state import may_set_path
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.framing import Frame
@@ -842,7 +843,9 @@ class StatementGate:
         if len(sql) > _REPEAT_TEXT_MAX:
             return
         for info, _ in decisions:
-            if info.effects or info.catalog_changed or not info.cacheable:
+            # (one that may set search_path unseen goes the full way: observe() each time)
+            if info.effects or info.catalog_changed or not info.cacheable \
+                    or may_set_path(info):
                 return
         if not self._repeats_hold(engine, catalog):
             self._by_text.clear()
@@ -1034,8 +1037,8 @@ class StatementGate:
         if self.on_renamed is not None:
             self.on_renamed(self.audit_ctx, name)
 
-    def ready_for_query(self, status: str) -> None:
-        self.state.ready_for_query(status)
+    def ready_for_query(self, status: str, idle: bool = False) -> None:
+        self.state.ready_for_query(status, idle)
 
 
 def _unsafe_setting(name: str, value: str) -> str | None:

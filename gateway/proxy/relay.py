@@ -93,8 +93,8 @@ class Gate(Protocol):
     def parameter_status(self, name: str, value: str) -> None:
         ...
 
-    def ready_for_query(self, status: str) -> None:
-        ...
+    def ready_for_query(self, status: str, idle: bool) -> None:
+        """A ReadyForQuery; `idle`: nothing forwarded waits for an answer any more."""
 
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         ...
@@ -450,7 +450,7 @@ class Relay:
                 if not self._outstanding:
                     self._denials.clear()  # markers of statements the server skipped
                 if self.gate is not None:
-                    self.gate.ready_for_query(self.transaction_status)
+                    self.gate.ready_for_query(self.transaction_status, not self._outstanding)
             elif mtype == _S:
                 if self.gate is not None:
                     msg = be.decode_backend(mtype, body)

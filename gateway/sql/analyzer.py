@@ -33,7 +33,7 @@ from ..catalog.classification import tags_for
 from ..catalog.model import TEMP_SCHEMA, Catalog, Relation
 from .commands import USAGES, static_command
 from .parse import RawStatement, SqlParseError, parse
-from .session_state import Effect, SessionSqlState
+from .session_state import Effect, SessionSqlState, may_set_path
 from .walker import EMPTY, ColKey, Facts, Lineage, Scope, Walker, split_lineage
 
 __all__ = [
@@ -188,7 +188,7 @@ def analyze(sql: str, catalog: Catalog, *, session: SessionSqlState | None = Non
         ctx = _Ctx(catalog, scratch or state, protocol)
         info = _describe_raw(raw, ctx, index, count)
         out.append(info)
-        if info.effects and index + 1 < count:
+        if index + 1 < count and (info.effects or may_set_path(info)):
             if scratch is None:
                 scratch = state.copy()
             scratch.apply_scratch(info)

@@ -35,7 +35,7 @@ from ..catalog.model import TEMP_SCHEMA, Catalog, Relation, _normalise_path, par
 if TYPE_CHECKING:
     from .analyzer import StatementInfo
 
-__all__ = ["Cursor", "Effect", "PreparedStatement", "SessionSqlState"]
+__all__ = ["Cursor", "Effect", "PreparedStatement", "SessionSqlState", "may_set_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,14 @@ class SessionSqlState:
         # Non-temp relations created earlier in the same query string (scratch copies only;
         # the real session waits for the catalog refresh).
         self._created: dict[tuple[str, str], Relation] = {}
+        # Search paths the server may be on besides `search_path`: a SET decided here may
+        # not run (an error ahead of it, a rolled-back transaction), and a function may set
+        # it unseen (set_config, a user function, DO, CALL: then any schema). Settled by the
+        # server's report of search_path once nothing is outstanding (settle()).
+        self.other_paths: tuple[tuple[str, ...] | None, ...] = ()
+        self.any_path = False
+        self.path_reported = False  # the server reports search_path (PostgreSQL 18)
+        self._reported_path: tuple[str, ...] | None = None  # ... its last report
         self._version = 0
         self._cat_cache: tuple[Any, Catalog] | None = None
         self._temp_key: tuple[Any, ...] | None = ()
@@ -118,16 +126,23 @@ class SessionSqlState:
         return self.role or self.session_user
 
     def catalog_for(self, catalog: Catalog) -> Catalog:
-        """``catalog`` plus this session's temporary tables (cached)."""
-        if not self.temp_relations and not self._created:
+        """``catalog`` plus this session's temporary tables, resolving names along every
+        search path the session may be on (cached)."""
+        if not self.temp_relations and not self._created and not self.other_paths \
+                and not self.any_path:
             return catalog
         key = (catalog.generation, id(catalog), self._version)
         cached = self._cat_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        cat = catalog.with_temp(self.temp_relations.values())
-        if self._created:
-            cat = cat.with_relations(self._created.values())
+        cat = catalog
+        if self.temp_relations or self._created:
+            cat = cat.with_temp(self.temp_relations.values())
+            if self._created:
+                cat = cat.with_relations(self._created.values())
+        if self.other_paths or self.any_path:
+            cat = cat.with_paths((catalog.default_search_path if p is None else p
+                                  for p in self.other_paths), self.any_path)
         self._cat_cache = (key, cat)
         return cat
 
@@ -142,7 +157,7 @@ class SessionSqlState:
                 (r.schema, r.name, r.relkind, r.columns, r.view_sql)
                 for r in (*self.temp_relations.values(), *self._created.values())))
         return (catalog.generation, self.effective_search_path(catalog),
-                self.current_user or catalog.user, temp_key)
+                self.current_user or catalog.user, temp_key, self.other_paths, self.any_path)
 
     # -- what the gateway feeds in ------------------------------------------------------------
 
@@ -166,28 +181,51 @@ class SessionSqlState:
     def parameter_status(self, name: str, value: str) -> None:
         """A ParameterStatus the server sent (authoritative)."""
         if name == "search_path":
+            self.path_reported = True
             try:
-                self._search_path = parse_search_path(value)
+                self._search_path = self._reported_path = parse_search_path(value)
             except ValueError:
-                self._search_path = None
+                self._search_path = self._reported_path = None
+                self.any_path = True  # (a value the gateway cannot read: any schema)
             self._bump()
         elif name == "session_authorization":
             self.session_user = value
             self._bump()  # "$user" in the search path may now name another schema
 
-    def ready_for_query(self, status: str) -> None:
-        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors."""
+    def ready_for_query(self, status: str, idle: bool = False) -> None:
+        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors. `idle`: nothing sent to
+        the server waits for an answer any more, so what it last reported of search_path
+        is where it is."""
         if status == "I" and self.cursors:
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
+        if idle and self.path_reported and (self.other_paths or self.any_path
+                                            or self._search_path != self._reported_path):
+            # (a SET that did not run, or was rolled back, changed nothing it reports)
+            self._search_path = self._reported_path
+            self.other_paths, self.any_path = (), False
+            self._bump()
 
     def observe(self, info: StatementInfo) -> None:
-        """Apply a statement's effects once it has run."""
+        """Apply a statement's effects once it is allowed (what it does to search_path
+        stays unsettled until the server says: see ``other_paths``)."""
+        if not self.any_path and may_set_path(info):
+            self.any_path = True
+            self._bump()
         for effect in info.effects:
+            if effect.op in _PATH_EFFECTS:
+                path = self._search_path
+                if path not in self.other_paths:  # the server stays there if it fails
+                    self.other_paths += (path if path is not None
+                                         else self.default_search_path,)
             self._apply(effect, info, scratch=False)
 
     def apply_scratch(self, info: StatementInfo) -> None:
         """Like :meth:`observe`, for a scratch copy inside one query string (also keeps
-        non-temporary relations created by the statement, until the catalog is refreshed)."""
+        non-temporary relations created by the statement, until the catalog is refreshed).
+        Statements after one that fails do not run: its SET holds for them."""
+        if not self.any_path and may_set_path(info):
+            self.any_path = True
+            self._bump()
         for effect in info.effects:
             self._apply(effect, info, scratch=True)
 
@@ -203,6 +241,10 @@ class SessionSqlState:
         new.cursors = dict(self.cursors)
         new.temp_relations = dict(self.temp_relations)
         new._created = dict(self._created)
+        new.other_paths = self.other_paths
+        new.any_path = self.any_path
+        new.path_reported = self.path_reported
+        new._reported_path = self._reported_path
         new._version = self._version
         new._cat_cache = None
         new._temp_key = None
@@ -275,3 +317,27 @@ class SessionSqlState:
                 self.session_user = self.login_user
         elif op == "end_transaction":
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
+
+
+# What changes search_path in a way the gateway sees (and may be wrong about, if the
+# statement does not run), and what may change it unseen.
+_PATH_EFFECTS = frozenset(("search_path", "reset_all", "role", "session_authorization",
+                           "discard"))
+_UNSEEN_SETTERS = frozenset(("DO", "CALL"))
+
+
+def may_set_path(info: StatementInfo) -> bool:
+    """Whether running `info` may change search_path in ways its effects do not say: a
+    set_config of it, a call of a function that runs SQL from a string or of any function
+    not in pg_catalog (a user function may SET it), a DO block or a CALL."""
+    if info.command in _UNSEEN_SETTERS or info.sql_string_functions:
+        return True
+    for name in info.functions:
+        schema, _, bare = name.rpartition(".")
+        if schema != "pg_catalog":
+            return True
+        if bare == "set_config":  # the settings it names, "?" for an expression
+            named = info.details.get("set_config") or ("?",)
+            if "search_path" in named or "?" in named:
+                return True
+    return False

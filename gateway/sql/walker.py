@@ -295,17 +295,23 @@ class Walker:
             return rte
         primary = rels[0]
         lineage = self.relation_lineage(primary, access)
+        columns = primary.columns
         if len(rels) > 1:
-            # A session temp table shadowing a permanent one: report both (see Catalog).
+            # The name may mean any of these (a session temp table shadowing a permanent
+            # one, a search path not settled: see Catalog.relation_candidates): report
+            # them all, and a column by its name comes from any that has it.
             lineage = list(lineage)
+            columns = list(columns)
             for other in rels[1:]:
                 other_lin = self.relation_lineage(other, access)
-                by_name = dict(zip(other.columns, other_lin, strict=False))
-                for i, col in enumerate(primary.columns):
-                    extra = by_name.get(col)
-                    if extra:
+                for col, extra in zip(other.columns, other_lin, strict=False):
+                    if col in columns:
+                        i = columns.index(col)
                         lineage[i] = lineage[i] | extra
-        rte = Rte(name, primary.columns, lineage, schema=primary.schema)
+                    else:
+                        columns.append(col)
+                        lineage.append(extra)
+        rte = Rte(name, columns, lineage, schema=primary.schema)
         rte.relation = primary
         rte.rename(alias)
         return rte

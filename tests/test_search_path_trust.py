@@ -1,0 +1,124 @@
+"""The gateway's idea of the session's search_path is the server's. The gateway resolves
+unqualified names with it, and a policy masks what those names turn out to be. A SET the
+gateway allowed may not run (an error ahead of it in its string or run, a transaction
+rolled back), and a function may set the path unseen (set_config, a user function). If
+the gateway then resolved `cards` along a path the server is not on, the policy would
+not see public.cards and its masked column would go out raw. Raw protocol, against a
+policy that masks cards.holder (a name: the PAN safety net would not catch it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import PgBackend
+from rawclient import RawClient
+from test_prepared_names import HOLDER, RAW, gw  # noqa: F401  (the masking gateway)
+
+from gateway.devtools.harness import GatewayProcess
+from gateway.wire import frontend as fe
+
+MASKED = b"[REDACTED]"
+
+
+@pytest.fixture(scope="module")
+def setter(pg: PgBackend) -> Iterator[None]:
+    """A user function that sets search_path, as any application function may."""
+    pg.server.psql("CREATE OR REPLACE FUNCTION public.path_to(p text) RETURNS text "
+                   "LANGUAGE sql AS $$ SELECT set_config('search_path', p, false) $$",
+                   dbname="payments")
+    yield
+    pg.server.psql("DROP FUNCTION IF EXISTS public.path_to(text)", dbname="payments")
+
+
+def _q(sql: str) -> bytes:
+    return fe.Query(sql).encode()
+
+
+def _holder_rows(gw: GatewayProcess, first: list[bytes], *, together: bool,  # noqa: F811
+                 setup: str | None = None) -> list[bytes]:
+    """The rows of HOLDER sent after `first` (its answers awaited, or not: `together`),
+    in a session whose search_path `setup` set (answered) before."""
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        if setup is not None:
+            client.send(_q(setup))
+            assert client.read_until(b"Z")[-1].type == b"Z"
+        replies = sum(1 for m in first if m[:1] in (b"Q", b"S"))
+        if together:
+            client.send(b"".join(first) + _q(HOLDER))
+            answers = [client.read_until(b"Z") for _ in range(replies + 1)]
+        else:
+            client.send(b"".join(first))
+            answers = [client.read_until(b"Z") for _ in range(replies)]
+            client.send(_q(HOLDER))
+            answers.append(client.read_until(b"Z"))
+        last = answers[-1]
+        assert last and last[-1].type == b"Z", last
+        return [m.body for m in last if m.type == b"D"]
+
+
+SKIPPED_SETS = {
+    "error ahead in the string": [_q("select 1/0; set search_path = nosuch")],
+    "rolled back": [_q("begin; set search_path = nosuch; rollback")],
+    "set local, committed": [_q("begin; set local search_path = nosuch; commit")],
+    "error ahead in the run": [fe.Describe("S", "nosuch").encode(),
+                               fe.Parse("", "set search_path = nosuch", ()).encode(),
+                               fe.Bind("", "", (), (), ()).encode(),
+                               fe.Execute("", 0).encode(), fe.Sync().encode()],
+}
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["answered", "pipelined"])
+@pytest.mark.parametrize("case", list(SKIPPED_SETS))
+def test_a_set_the_server_did_not_keep_leaves_the_column_masked(
+        gw: GatewayProcess, case: str, together: bool) -> None:  # noqa: F811
+    got = _holder_rows(gw, SKIPPED_SETS[case], together=together)
+    assert got and all(MASKED in r and RAW not in r for r in got), got
+
+
+UNSEEN_SETS = {
+    "set_config": "select set_config('search_path', 'public', false)",
+    "a user function": "select public.path_to('public')",
+    "a DO block": "do $$ begin perform set_config('search_path', 'public', false); end $$",
+}
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["answered", "pipelined"])
+@pytest.mark.parametrize("case", list(UNSEEN_SETS))
+def test_a_path_set_unseen_leaves_the_column_masked(
+        gw: GatewayProcess, setter: None, case: str, together: bool) -> None:  # noqa: F811
+    """The session is on a path without `cards`; the statement puts it back on public
+    without a SET the gateway could read."""
+    got = _holder_rows(gw, [_q(UNSEEN_SETS[case])], together=together,
+                       setup="set search_path = nosuch")
+    assert got and all(MASKED in r and RAW not in r for r in got), got
+
+
+def test_a_path_set_unseen_earlier_in_the_same_string_leaves_the_column_masked(
+        gw: GatewayProcess, setter: None) -> None:  # noqa: F811
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        client.send(_q("set search_path = nosuch"))
+        client.read_until(b"Z")
+        client.send(_q(f"select public.path_to('public'); {HOLDER}"))
+        got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
+    assert len(got) == 2 and MASKED in got[1] and RAW not in got[1], got
+
+
+def test_a_set_that_ran_is_followed_and_settles(gw: GatewayProcess) -> None:  # noqa: F811
+    """The ordinary case still resolves as the server does, along one path once the
+    server reported it: a name in another schema is not reported any more."""
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        client.send(_q("set search_path = nosuch"))
+        client.read_until(b"Z")
+        client.send(_q(HOLDER))
+        answers = client.read_until(b"Z")
+        assert [m.type for m in answers] == [b"E", b"Z"]  # cards is not on that path
+        assert b"42P01" in answers[0].body
+        client.send(_q("set search_path = public"))
+        client.read_until(b"Z")
+        client.send(_q(HOLDER))
+        got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
+    assert got and MASKED in got[0] and RAW not in got[0]
