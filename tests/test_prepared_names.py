@@ -145,3 +145,27 @@ def test_a_deallocate_the_server_skipped_leaves_no_way_to_the_statement(
                fe.Sync().encode()])
     assert errors(out) == ["22012", "26000", "42501"], out
     assert RAW not in b"".join(rows(out)), out
+
+
+CURSOR_REUSES = {
+    "declare of a name in use": [
+        "declare c cursor with hold for select 'harmless'::text"],
+    "close skipped behind an error": [
+        "select 1/0; close c", "declare c cursor with hold for select 'harmless'::text"],
+    "close and declare skipped in one string": [
+        "select 1/0; close c; declare c cursor with hold for select 'harmless'::text"],
+    "close skipped, then a fetch": ["select 1/0; close c"],
+}
+
+
+@pytest.mark.parametrize("case", list(CURSOR_REUSES))
+def test_a_cursor_the_server_kept_stays_masked(gw: GatewayProcess, case: str) -> None:
+    """SQL cursors have names too: a DECLARE or CLOSE the server did not carry out leaves
+    the name on the cursor it had (one WITH HOLD outlives its transaction), and a FETCH
+    returns that cursor's rows, not those of the query the gateway last saw declared."""
+    out = run(gw, [fe.Query("declare c cursor with hold for " + HOLDER).encode()],
+              *[[fe.Query(q).encode()] for q in CURSOR_REUSES[case]],
+              [fe.Query("fetch all from c").encode()], [fe.Query("close c").encode()])
+    assert RAW not in b"".join(rows(out)), out
+    fetched = rows(out)
+    assert not fetched or all(b"[REDACTED]" in r for r in fetched), out

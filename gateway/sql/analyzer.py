@@ -491,14 +491,14 @@ def _declare(v: Node, ctx: _Ctx, sql: str) -> _Desc:
 def _fetch(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     name = v.get("portalname", "")
     command = "MOVE" if v.get("ismove") else "FETCH"
-    cursor = ctx.state.cursors.get(name)
-    if cursor is None:
+    candidates = ctx.state.cursor_candidates(name)
+    if not candidates:
         d = _Desc(command, "other")
         d.catalog_changed = False
         d.facts.unresolved[("cursor", name)] = None
         d.details = {"cursor": name}
     else:
-        info = cursor.info
+        info = candidates[0] if len(candidates) == 1 else _any_of(candidates)
         d = _Desc(command, info.kind)
         d.catalog_changed = False
         d.prebuilt = info
@@ -516,6 +516,42 @@ def _fetch(v: Node, ctx: _Ctx, sql: str) -> _Desc:
     d.details["direction"] = direction.removeprefix("FETCH_").lower()
     d.cacheable = False
     return d
+
+
+def _any_of(infos: list[StatementInfo]) -> StatementInfo:
+    """One description for a cursor that may be running any of `infos` (the first is the
+    one the gateway thinks it is): every relation, column and function of any of them;
+    a result column comes from any of theirs at its position, or, when their widths
+    differ, the result columns are not known exactly (a masked one cannot be located)."""
+    first = infos[0]
+    relations: dict[tuple[str, str], RelationAccess] = {}
+    columns: dict[tuple[str, str, str], ColumnUse] = {}
+    for info in infos:
+        for r in info.relations:
+            had = relations.get((r.schema, r.name))
+            access = r.access if had is None else tuple(
+                a for a in ("read", "write") if a in had.access or a in r.access)
+            relations[(r.schema, r.name)] = r._replace(access=access)
+        for c in info.columns:
+            had_c = columns.get((c.schema, c.table, c.name))
+            usage = c.usage if had_c is None else tuple(
+                u for u in USAGES if u in had_c.usage or u in c.usage)
+            columns[(c.schema, c.table, c.name)] = c._replace(usage=usage)
+    exact = all(i.outputs_exact for i in infos) and \
+        len({len(i.outputs) for i in infos}) == 1
+    outputs = first.outputs
+    if exact:
+        outputs = tuple(
+            OutputColumn(outs[0].name, tuple(dict.fromkeys(k for o in outs for k in o.sources)),
+                         tuple(dict.fromkeys(k for o in outs for k in o.derived)))
+            for outs in zip(*(i.outputs for i in infos), strict=True))
+    return replace(
+        first, relations=tuple(relations.values()), columns=tuple(columns.values()),
+        functions=tuple(dict.fromkeys(f for i in infos for f in i.functions)),
+        sql_string_functions=any(i.sql_string_functions for i in infos),
+        unresolved=tuple(dict.fromkeys(u for i in infos for u in i.unresolved)),
+        outputs=outputs, outputs_exact=exact,
+        computed=tuple(dict.fromkeys(k for i in infos for k in i.computed)))
 
 
 # COPY options that shape the rows (masking rewrites COPY TO STDOUT rows in place).

@@ -88,6 +88,11 @@ class SessionSqlState:
         #: and Describe of a statement is checked)
         self.sql_used = False
         self.cursors: dict[str, Cursor] = {}
+        # Earlier cursors of a name the server may still have: a DECLARE of a name in use
+        # fails, and a CLOSE (or DECLARE) behind an error does not run; a FETCH is then
+        # described by every one of them (cursor_candidates). Those without HOLD end with
+        # the transaction.
+        self.cursor_history: dict[str, tuple[Cursor, ...]] = {}
         self.temp_relations: dict[str, Relation] = {}
         # Non-temp relations created earlier in the same query string (scratch copies only;
         # the real session waits for the catalog refresh).
@@ -196,8 +201,9 @@ class SessionSqlState:
         """ReadyForQuery: ``I`` (idle) ends non-holdable cursors. `idle`: nothing sent to
         the server waits for an answer any more, so what it last reported of search_path
         is where it is."""
-        if status == "I" and self.cursors:
+        if status == "I" and (self.cursors or self.cursor_history):
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
+            self._drop_unheld_history()
         if idle and self.path_reported and (self.other_paths or self.any_path
                                             or self._search_path != self._reported_path):
             # (a SET that did not run, or was rolled back, changed nothing it reports)
@@ -239,6 +245,7 @@ class SessionSqlState:
         new.prepared = dict(self.prepared)
         new.sql_used = self.sql_used
         new.cursors = dict(self.cursors)
+        new.cursor_history = dict(self.cursor_history)
         new.temp_relations = dict(self.temp_relations)
         new._created = dict(self._created)
         new.other_paths = self.other_paths
@@ -251,6 +258,34 @@ class SessionSqlState:
         return new
 
     # -- internals ----------------------------------------------------------------------------
+
+    def cursor_candidates(self, name: str) -> list[StatementInfo]:
+        """The queries cursor `name` may be running at the server: the last one declared
+        (if the gateway thinks it open), then earlier ones it may still be."""
+        out = []
+        current = self.cursors.get(name)
+        if current is not None:
+            out.append(current.info)
+        for cursor in self.cursor_history.get(name, ()):
+            if cursor.info not in out:
+                out.append(cursor.info)
+        return out
+
+    def _keep_cursor(self, name: str) -> None:
+        """A DECLARE or CLOSE of `name` is allowed: the cursor it had may outlive it."""
+        current = self.cursors.get(name)
+        if current is not None:
+            kept = self.cursor_history.get(name, ())
+            if current not in kept:
+                self.cursor_history[name] = (*kept, current)
+
+    def _drop_unheld_history(self) -> None:
+        history = {}
+        for name, kept in self.cursor_history.items():
+            held = tuple(c for c in kept if c.hold)
+            if held:
+                history[name] = held
+        self.cursor_history = history
 
     def _bump(self) -> None:
         self._version += 1
@@ -283,12 +318,15 @@ class SessionSqlState:
                 self.prepared.pop(effect.name, None)
         elif op == "declare":
             assert effect.name is not None
+            if not scratch:
+                self._keep_cursor(effect.name)
             self.cursors[effect.name] = Cursor(effect.name, info, bool(effect.value))
         elif op == "close":
-            if effect.name is None:
-                self.cursors.clear()
-            else:
-                self.cursors.pop(effect.name, None)
+            names = list(self.cursors) if effect.name is None else [effect.name]
+            for name in names:
+                if not scratch:
+                    self._keep_cursor(name)
+                self.cursors.pop(name, None)
         elif op == "create_relation":
             rel: Relation = effect.value
             if rel.temp:
@@ -311,12 +349,16 @@ class SessionSqlState:
                 self._bump()
             if effect.name == "ALL":
                 self.prepared.clear()
+                if not scratch:
+                    for name in self.cursors:
+                        self._keep_cursor(name)
                 self.cursors.clear()
                 self._search_path = None
                 self.role = None
                 self.session_user = self.login_user
         elif op == "end_transaction":
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
+            self._drop_unheld_history()
 
 
 # What changes search_path in a way the gateway sees (and may be wrong about, if the
