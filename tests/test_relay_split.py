@@ -5,6 +5,7 @@ reads included). Real sockets on loopback and a real event loop carry the bytes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from test_relay_failures import _pair
@@ -45,7 +46,7 @@ class SplittingGate:
     def parameter_status(self, name: str, value: str) -> None:
         pass
 
-    def ready_for_query(self, status: str, idle: bool) -> None:
+    def ready_for_query(self, status: str, idle: Callable[[], bool]) -> None:
         pass
 
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:

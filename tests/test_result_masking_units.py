@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -1053,7 +1054,7 @@ class _TaggingGate:
     def parameter_status(self, name: str, value: str) -> None:
         pass
 
-    def ready_for_query(self, status: str, idle: bool) -> None:
+    def ready_for_query(self, status: str, idle: Callable[[], bool]) -> None:
         pass
 
 

@@ -772,7 +772,7 @@ def test_execute_is_described_by_its_prepare(catalog: Catalog) -> None:
     assert actual_relations(unsure) == {"sqla_ops.cards": ("read",),
                                         "public.cards": ("read",)}
     state.parameter_status("search_path", "sqla_ops, public")
-    state.ready_for_query("I", idle=True)
+    state.ready_for_query("I", lambda: True)
     (again,) = analyze("EXECUTE getpan(1)", catalog, session=state)
     assert actual_relations(again) == {"sqla_ops.cards": ("read",)}
     (dealloc,) = analyze("DEALLOCATE getpan", catalog, session=state)
@@ -870,7 +870,7 @@ def test_search_path_changes_resolution(catalog: Catalog) -> None:
     # what the server reports wins (PostgreSQL 18 reports search_path); once nothing is
     # outstanding, it is all there is
     state.parameter_status("search_path", '"$user", public')
-    state.ready_for_query("I", idle=True)
+    state.ready_for_query("I", lambda: True)
     assert actual_relations(analyze("SELECT pan FROM cards", catalog, session=state)[0]) == \
         {"public.cards": ("read",)}
     state.observe(analyze("SET search_path TO sqla_ops", catalog, session=state)[0])
@@ -879,6 +879,31 @@ def test_search_path_changes_resolution(catalog: Catalog) -> None:
     # the server also qualifies through pg_catalog first
     (info,) = analyze("SET search_path = sqla_ops; SELECT upper(1)", catalog)[1:]
     assert info.functions == ("pg_catalog.upper", "sqla_ops.upper")
+
+
+def test_an_unsettled_search_path_settles_only_on_what_the_server_reported(
+        catalog: Catalog) -> None:
+    state = SessionSqlState()
+    state.parameter_status("search_path", '"$user", public')
+
+    def busy() -> bool:
+        raise AssertionError("asked although nothing is unsettled")
+
+    state.ready_for_query("I", busy)  # nothing unsettled: the relay is not asked
+    state.observe(analyze("SET search_path TO sqla_ops", catalog, session=state)[0])
+    state.ready_for_query("I", lambda: False)  # something still outstanding: no change
+    assert state.other_paths == (("$user", "public"),)
+    state.ready_for_query("I", lambda: True)  # no report came: the SET did not run
+    assert state.search_path == ("$user", "public") and not state.other_paths
+    # a path the gateway cannot read: names resolve in every schema, also once settled
+    state.parameter_status("search_path", '"unterminated')
+    state.ready_for_query("I", lambda: True)
+    (info,) = analyze("SELECT pan FROM cards", catalog, session=state)
+    assert {"public.cards", "sqla_ops.cards"} <= set(actual_relations(info))
+    state.parameter_status("search_path", "public")
+    state.ready_for_query("I", lambda: True)
+    assert actual_relations(analyze("SELECT pan FROM cards", catalog, session=state)[0]) == \
+        {"public.cards": ("read",)}
 
 
 def test_temp_table_shadowing(catalog: Catalog) -> None:

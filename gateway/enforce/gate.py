@@ -1037,7 +1037,7 @@ class StatementGate:
         if self.on_renamed is not None:
             self.on_renamed(self.audit_ctx, name)
 
-    def ready_for_query(self, status: str, idle: bool = False) -> None:
+    def ready_for_query(self, status: str, idle: Callable[[], bool] | None = None) -> None:
         self.state.ready_for_query(status, idle)
 
 

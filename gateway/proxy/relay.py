@@ -93,8 +93,8 @@ class Gate(Protocol):
     def parameter_status(self, name: str, value: str) -> None:
         ...
 
-    def ready_for_query(self, status: str, idle: bool) -> None:
-        """A ReadyForQuery; `idle`: nothing forwarded waits for an answer any more."""
+    def ready_for_query(self, status: str, idle: Callable[[], bool]) -> None:
+        """A ReadyForQuery; `idle()`: whether nothing forwarded waits for an answer."""
 
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         ...
@@ -355,6 +355,10 @@ class Relay:
                 self._backlog += backlog[i + 1 :]
                 return
 
+    def _idle(self) -> bool:
+        """Nothing forwarded waits for an answer (an unsynced run's included)."""
+        return not self._outstanding and self._all_answered()
+
     def _all_answered(self) -> bool:
         # (also when the counts disagree: after an error PostgreSQL skips a Query sent
         # before the run's Sync, which then gets no ReadyForQuery of its own)
@@ -450,7 +454,7 @@ class Relay:
                 if not self._outstanding:
                     self._denials.clear()  # markers of statements the server skipped
                 if self.gate is not None:
-                    self.gate.ready_for_query(self.transaction_status, not self._outstanding)
+                    self.gate.ready_for_query(self.transaction_status, self._idle)
             elif mtype == _S:
                 if self.gate is not None:
                     msg = be.decode_backend(mtype, body)

@@ -26,7 +26,7 @@ analyzer reports a temp table together with the permanent table it shadows (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,11 +100,12 @@ class SessionSqlState:
         # Search paths the server may be on besides `search_path`: a SET decided here may
         # not run (an error ahead of it, a rolled-back transaction), and a function may set
         # it unseen (set_config, a user function, DO, CALL: then any schema). Settled by the
-        # server's report of search_path once nothing is outstanding (settle()).
+        # server's report of search_path once nothing is outstanding (ready_for_query).
         self.other_paths: tuple[tuple[str, ...] | None, ...] = ()
         self.any_path = False
         self.path_reported = False  # the server reports search_path (PostgreSQL 18)
         self._reported_path: tuple[str, ...] | None = None  # ... its last report
+        self._reported_unreadable = False  # ... which the gateway could not read
         self._version = 0
         self._cat_cache: tuple[Any, Catalog] | None = None
         self._temp_key: tuple[Any, ...] | None = ()
@@ -189,26 +190,28 @@ class SessionSqlState:
             self.path_reported = True
             try:
                 self._search_path = self._reported_path = parse_search_path(value)
+                self._reported_unreadable = False
             except ValueError:
                 self._search_path = self._reported_path = None
-                self.any_path = True  # (a value the gateway cannot read: any schema)
+                self.any_path = self._reported_unreadable = True  # (then: any schema)
             self._bump()
         elif name == "session_authorization":
             self.session_user = value
             self._bump()  # "$user" in the search path may now name another schema
 
-    def ready_for_query(self, status: str, idle: bool = False) -> None:
-        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors. `idle`: nothing sent to
-        the server waits for an answer any more, so what it last reported of search_path
-        is where it is."""
+    def ready_for_query(self, status: str, idle: Callable[[], bool] | None = None) -> None:
+        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors. `idle()`: whether nothing
+        sent to the server waits for an answer any more, so that what it last reported of
+        search_path is where it is (asked only when something is unsettled)."""
         if status == "I" and (self.cursors or self.cursor_history):
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
             self._drop_unheld_history()
-        if idle and self.path_reported and (self.other_paths or self.any_path
-                                            or self._search_path != self._reported_path):
+        if idle is not None and self.path_reported and (
+                self.other_paths or self._search_path != self._reported_path
+                or self.any_path != self._reported_unreadable) and idle():
             # (a SET that did not run, or was rolled back, changed nothing it reports)
             self._search_path = self._reported_path
-            self.other_paths, self.any_path = (), False
+            self.other_paths, self.any_path = (), self._reported_unreadable
             self._bump()
 
     def observe(self, info: StatementInfo) -> None:
@@ -252,6 +255,7 @@ class SessionSqlState:
         new.any_path = self.any_path
         new.path_reported = self.path_reported
         new._reported_path = self._reported_path
+        new._reported_unreadable = self._reported_unreadable
         new._version = self._version
         new._cat_cache = None
         new._temp_key = None
