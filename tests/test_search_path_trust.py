@@ -122,3 +122,21 @@ def test_a_set_that_ran_is_followed_and_settles(gw: GatewayProcess) -> None:  # 
         client.send(_q(HOLDER))
         got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
     assert got and MASKED in got[0] and RAW not in got[0]
+
+
+def test_a_set_in_a_run_without_its_sync_yet_is_not_settled_away(
+        gw: GatewayProcess) -> None:  # noqa: F811
+    """A ReadyForQuery for an earlier Query arrives while a run that SETs the path has no
+    Sync yet: the server has run the SET, but reports it only at that Sync. The gateway
+    must not take the report it has for where the server is."""
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        client.send(_q("set search_path = nosuch"))
+        client.read_until(b"Z")
+        client.send(_q("select 1") + fe.Parse("", "set search_path = public", ()).encode()
+                    + fe.Bind("", "", (), (), ()).encode() + fe.Execute("", 0).encode())
+        assert client.read_until(b"Z")[-1].type == b"Z"  # select 1's
+        client.send(fe.Parse("", HOLDER, ()).encode() + fe.Bind("", "", (), (), ()).encode()
+                    + fe.Execute("", 0).encode() + fe.Sync().encode())
+        got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
+    assert got and MASKED in got[0] and RAW not in got[0], got
