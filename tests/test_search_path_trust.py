@@ -140,3 +140,51 @@ def test_a_set_in_a_run_without_its_sync_yet_is_not_settled_away(
                     + fe.Execute("", 0).encode() + fe.Sync().encode())
         got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
     assert got and MASKED in got[0] and RAW not in got[0], got
+
+
+@pytest.fixture()
+def other_cards(gw: GatewayProcess, pg: PgBackend) -> Iterator[None]:  # noqa: F811
+    """Another schema with a `cards` table (nothing masked in it), known to the gateway."""
+    pg.server.psql("CREATE SCHEMA IF NOT EXISTS spt_alt; "
+                   "CREATE TABLE IF NOT EXISTS spt_alt.cards (id int, holder text); "
+                   "INSERT INTO spt_alt.cards VALUES (1, 'nobody'); "
+                   "GRANT USAGE ON SCHEMA spt_alt TO PUBLIC; "
+                   "GRANT SELECT ON spt_alt.cards TO PUBLIC", dbname="payments")
+    with RawClient(gw) as client:  # DDL through the gateway refreshes its catalog
+        client.login(gw.token())
+        client.send(_q("create temp table spt_refresh (x int)"))
+        client.read_until(b"Z")
+    yield
+    pg.server.psql("DROP SCHEMA spt_alt CASCADE", dbname="payments")
+
+
+def test_a_prepared_statement_is_not_run_under_another_search_path(
+        gw: GatewayProcess, other_cards: None) -> None:  # noqa: F811
+    """PostgreSQL re-plans a prepared statement under the search_path of the moment. One
+    decided along spt_alt (cards: nothing masked) would read public.cards after a SET:
+    the Bind is refused; prepared again, it is decided along public and masked."""
+    bind = [fe.Bind("", "s1", (), (), ()).encode(), fe.Execute("", 0).encode(),
+            fe.Sync().encode()]
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        for batch in ([_q("set search_path = spt_alt")],
+                      [fe.Parse("s1", HOLDER, ()).encode(), fe.Sync().encode()], bind):
+            client.send(b"".join(batch))
+            answers = client.read_until(b"Z")
+        assert [m.body[-6:] for m in answers if m.type == b"D"] == [b"nobody"]
+        client.send(_q("set search_path = public"))
+        client.read_until(b"Z")
+        client.send(b"".join(bind))
+        answers = client.read_until(b"Z")
+        assert [m.type for m in answers] == [b"E", b"Z"]
+        assert "decided under another search_path" in answers[0].fields()["M"]
+        client.send(_q("set search_path = spt_alt"))  # back where it was decided: fine
+        client.read_until(b"Z")
+        client.send(b"".join(bind))
+        assert [m.type for m in client.read_until(b"Z")] == [b"2", b"D", b"C", b"Z"]
+        client.send(_q("set search_path = public"))
+        client.read_until(b"Z")
+        client.send(fe.Close("S", "s1").encode()
+                    + fe.Parse("s1", HOLDER, ()).encode() + b"".join(bind))
+        got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
+    assert got and MASKED in got[0] and RAW not in got[0], got

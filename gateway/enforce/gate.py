@@ -276,8 +276,9 @@ class StatementGate:
                ) -> bytes | Awaitable[bytes] | Split:
         single_query = len(frames) == 1 and frames[0][0] == _Q
         self._reads_only = True
+        state = self.state
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
-                and not self.state.sql_used:
+                and not state.sql_used and not state.path_moved:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:  # the connection's first statement: read it again once loaded
@@ -328,7 +329,7 @@ class StatementGate:
         """`first`: the verdict on frame 0 (a Query), when the caller decided it already."""
         replaced: dict[int, bytes] = {}
         holds: list[tuple[int, Any, str, str, Hold]] = []
-        roles = self.roles
+        roles, state = self.roles, self.state
         if roles.unsettled:
             roles.settle(relay.syncs_answered)
         for i, (mtype, body) in enumerate(frames):
@@ -337,7 +338,8 @@ class StatementGate:
                     split = self._bind_waits(raw, frames, i, replaced, holds, relay, catalog)
                     if split is not None:
                         return split
-                if (self.state.sql_used or roles.lost) and (mtype == _B or mtype == _D):
+                if (state.sql_used or roles.lost or state.path_moved) \
+                        and (mtype == _B or mtype == _D):
                     refused = self._unusable(relay, mtype, body)
                     if refused is not None:
                         replaced[i] = refused
@@ -464,6 +466,9 @@ class StatementGate:
         elif name in self.roles.lost:
             why = (f'prepared statement "{name}" is not the one the gateway decided: a Parse '
                    "or Close of it did not take effect; prepare it again")
+        elif mtype == _B and not self.state.path_fits(name):
+            why = (f'prepared statement "{name}" was decided under another search_path, and '
+                   "PostgreSQL would run it under this one; prepare it again")
         else:
             return None
         marker = self._marker(relay, _denial("42501", why))

@@ -61,6 +61,9 @@ class PreparedStatement:
     name: str
     sql: str
     origin: str  # "sql": the text of a PREPARE statement; "protocol": a Parse message's query
+    #: a protocol statement's: the search paths its names were resolved along when it was
+    #: decided (None: every schema). PostgreSQL re-plans it under the path of the moment.
+    paths: frozenset[tuple[str, ...] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class SessionSqlState:
         self.other_paths: tuple[tuple[str, ...] | None, ...] = ()
         self.any_path = False
         self.path_reported = False  # the server reports search_path (PostgreSQL 18)
+        #: the path changed since a protocol statement was prepared: Binds are checked
+        self.path_moved = False
         self._reported_path: tuple[str, ...] | None = None  # ... its last report
         self._reported_unreadable = False  # ... which the gateway could not read
         self._version = 0
@@ -170,7 +175,23 @@ class SessionSqlState:
     def register_parse(self, name: str, sql: str) -> None:
         """A protocol-level Parse of a named statement ("" = unnamed, not reachable from SQL
         EXECUTE but kept for the gateway's convenience)."""
-        self.prepared[name] = PreparedStatement(name, sql, "protocol")
+        self.prepared[name] = PreparedStatement(name, sql, "protocol", self.path_candidates())
+
+    def path_candidates(self) -> frozenset[tuple[str, ...] | None] | None:
+        """The search paths the server may be on (None: any, or unknown)."""
+        if self.any_path:
+            return None
+        return frozenset((self._search_path, *self.other_paths))
+
+    def path_fits(self, name: str) -> bool:
+        """Whether protocol statement `name` was decided along every search path the
+        server may be on now (PostgreSQL re-plans a prepared statement under the current
+        one: decided along another, its masks and relations would be another's)."""
+        ps = self.prepared.get(name)
+        if ps is None or ps.origin != "protocol" or ps.paths is None:
+            return True
+        now = self.path_candidates()
+        return now is not None and now <= ps.paths
 
     def close_statement(self, name: str) -> None:
         self.prepared.pop(name, None)
@@ -188,6 +209,7 @@ class SessionSqlState:
         """A ParameterStatus the server sent (authoritative)."""
         if name == "search_path":
             self.path_reported = True
+            self.path_moved = self.path_moved or bool(self.prepared)
             try:
                 self._search_path = self._reported_path = parse_search_path(value)
                 self._reported_unreadable = False
@@ -212,6 +234,7 @@ class SessionSqlState:
             # (a SET that did not run, or was rolled back, changed nothing it reports)
             self._search_path = self._reported_path
             self.other_paths, self.any_path = (), self._reported_unreadable
+            self.path_moved = self.path_moved or bool(self.prepared)
             self._bump()
 
     def observe(self, info: StatementInfo) -> None:
@@ -219,9 +242,11 @@ class SessionSqlState:
         stays unsettled until the server says: see ``other_paths``)."""
         if not self.any_path and may_set_path(info):
             self.any_path = True
+            self.path_moved = self.path_moved or bool(self.prepared)
             self._bump()
         for effect in info.effects:
             if effect.op in _PATH_EFFECTS:
+                self.path_moved = self.path_moved or bool(self.prepared)
                 path = self._search_path
                 if path not in self.other_paths:  # the server stays there if it fails
                     self.other_paths += (path if path is not None
@@ -254,6 +279,7 @@ class SessionSqlState:
         new.other_paths = self.other_paths
         new.any_path = self.any_path
         new.path_reported = self.path_reported
+        new.path_moved = self.path_moved
         new._reported_path = self._reported_path
         new._reported_unreadable = self._reported_unreadable
         new._version = self._version
