@@ -181,7 +181,7 @@ class SessionSqlState:
         """The search paths the server may be on (None: any, or unknown)."""
         if self.any_path:
             return None
-        return frozenset((self._search_path, *self.other_paths))
+        return frozenset((self.search_path, *self.other_paths))
 
     def path_fits(self, name: str) -> bool:
         """Whether protocol statement `name` was decided along every search path the
@@ -209,7 +209,7 @@ class SessionSqlState:
         """A ParameterStatus the server sent (authoritative)."""
         if name == "search_path":
             self.path_reported = True
-            self.path_moved = self.path_moved or bool(self.prepared)
+            self._path_moves()
             try:
                 self._search_path = self._reported_path = parse_search_path(value)
                 self._reported_unreadable = False
@@ -234,7 +234,7 @@ class SessionSqlState:
             # (a SET that did not run, or was rolled back, changed nothing it reports)
             self._search_path = self._reported_path
             self.other_paths, self.any_path = (), self._reported_unreadable
-            self.path_moved = self.path_moved or bool(self.prepared)
+            self._path_moves()
             self._bump()
 
     def observe(self, info: StatementInfo) -> None:
@@ -242,15 +242,14 @@ class SessionSqlState:
         stays unsettled until the server says: see ``other_paths``)."""
         if not self.any_path and may_set_path(info):
             self.any_path = True
-            self.path_moved = self.path_moved or bool(self.prepared)
+            self._path_moves()
             self._bump()
         for effect in info.effects:
             if effect.op in _PATH_EFFECTS:
-                self.path_moved = self.path_moved or bool(self.prepared)
-                path = self._search_path
+                self._path_moves()
+                path = self.search_path
                 if path not in self.other_paths:  # the server stays there if it fails
-                    self.other_paths += (path if path is not None
-                                         else self.default_search_path,)
+                    self.other_paths += (path,)
             self._apply(effect, info, scratch=False)
 
     def apply_scratch(self, info: StatementInfo) -> None:
@@ -316,6 +315,11 @@ class SessionSqlState:
             if held:
                 history[name] = held
         self.cursor_history = history
+
+    def _path_moves(self) -> None:
+        """The search path may change: Binds of the statements prepared so far are
+        checked from now on (path_fits)."""
+        self.path_moved = self.path_moved or bool(self.prepared)
 
     def _bump(self) -> None:
         self._version += 1
