@@ -969,6 +969,25 @@ def test_set_role_and_user_schema(catalog: Catalog) -> None:
     assert state.current_user == "alice"
 
 
+def test_acting_as_a_role_resolves_user_schema_names_as_the_role(catalog: Catalog) -> None:
+    """A db_role statement runs after SET ROLE: `acting_as` resolves it as the server
+    will, and `user_schema_differs` says when that can differ from the session user's."""
+    state = SessionSqlState(user="alice")  # no schema named alice
+    assert state.user_schema_differs("sqla_ops", catalog)  # sqla_ops has one
+    assert not state.user_schema_differs("nobody_has_this", catalog)
+    assert not state.user_schema_differs("alice", catalog)
+    with state.acting_as("sqla_ops"):
+        (q,) = analyze("SELECT pan FROM cards", catalog, session=state)
+    assert actual_relations(q) == {"sqla_ops.cards": ("read",)}
+    assert state.current_user == "alice"
+    (q,) = analyze("SELECT pan FROM cards", catalog, session=state)
+    assert actual_relations(q) == {"public.cards": ("read",)}
+    state.search_path = "public"  # no "$user" on the path: the role's schema is not searched
+    assert not state.user_schema_differs("sqla_ops", catalog)
+    as_ops = SessionSqlState(user="sqla_ops")  # the user's own schema, not the role's
+    assert as_ops.user_schema_differs("nobody_has_this", catalog)
+
+
 def test_effects_and_catalog_changed(catalog: Catalog) -> None:
     (ddl,) = analyze("CREATE TABLE sqla_z (a int)", catalog)
     assert ddl.catalog_changed

@@ -755,7 +755,10 @@ class StatementGate:
 
     def _decide(self, sql: str, protocol: str, catalog: Catalog,
                 decided: list[_Decided] | None,
-                approval: dict[str, Any] | None = None) -> Verdict:
+                approval: dict[str, Any] | None = None, as_role: str | None = None
+                ) -> Verdict:
+        """`as_role`: deciding again as the db_role the first decision granted (see
+        _decide_as)."""
         if self.poisoned is not None:
             return _denial("42501", self.poisoned)
         engine = self.policy()
@@ -800,9 +803,19 @@ class StatementGate:
             if decided is not None:
                 decided.append((info, decision, doc, digest,
                                 analysis.redacted if len(infos) == 1 else None))
+        verdict = _verdict(decisions)
+        if verdict.allowed and (verdict.role is not None or as_role is not None) \
+                and verdict.role != self.state.role:
+            if as_role is not None:  # (here the state's role is as_role)
+                verdict = _denial("42501", f"the policy grants db_role {as_role} to this "
+                                  "statement, but as that role its names mean other "
+                                  f"relations, which the policy does not grant {as_role}; "
+                                  "qualify them with their schema")
+            elif self.state.user_schema_differs(verdict.role, catalog):  # type: ignore[arg-type]
+                return self._decide_as(verdict.role, sql, protocol, catalog,  # type: ignore[arg-type]
+                                       decided, approval)
         self.decisions += len(infos)
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
-        verdict = _verdict(decisions)
         if verdict.allowed and any(d.mask or d.row_limit is not None for _, d in decisions):
             planned = self._mask_plans(decisions, catalog)
             verdict = planned if not planned.allowed else replace(
@@ -832,6 +845,19 @@ class StatementGate:
                 self._remember_repeat(sql, protocol, catalog, engine, verdict, decisions,
                                       decided, shared, analysis)
         return verdict
+
+    def _decide_as(self, role: str, sql: str, protocol: str, catalog: Catalog,
+                   decided: list[_Decided] | None, approval: dict[str, Any] | None
+                   ) -> Verdict:
+        """A statement granted db_role `role` runs after SET ROLE, where "$user" in the
+        search_path names the role's schema, not the session user's: decided again with
+        its names resolved as the server will resolve them. Only those decisions are
+        recorded; the statement is refused if, as the role, the policy would not grant
+        it the same role."""
+        if decided is not None:
+            decided.clear()
+        with self.state.acting_as(role):
+            return self._decide(sql, protocol, catalog, decided, approval, as_role=role)
 
     def _remember_repeat(self, sql: str, protocol: str, catalog: Catalog,
                          engine: PolicyEngine, verdict: Verdict,

@@ -26,7 +26,8 @@ analyzer reports a temp table together with the permanent table it shadows (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,29 @@ class SessionSqlState:
     def current_user(self) -> str | None:
         """What ``"$user"`` stands for (SET ROLE changes it)."""
         return self.role or self.session_user
+
+    def user_schema_differs(self, role: str, catalog: Catalog) -> bool:
+        """Whether names may resolve otherwise as `role` (after a SET ROLE) than as the
+        current user: ``"$user"`` is on a path the server may be on, and one of the two
+        has a schema of its name."""
+        user = self.current_user or catalog.user
+        if role == user:
+            return False
+        paths = (self.effective_search_path(catalog), *(
+            catalog.default_search_path if p is None else p for p in self.other_paths))
+        if not self.any_path and not any("$user" in p for p in paths):
+            return False
+        return catalog.has_schema(role) or (user is not None and catalog.has_schema(user))
+
+    @contextmanager
+    def acting_as(self, role: str) -> Iterator[None]:
+        """The current user is `role` meanwhile (what ``"$user"`` stands for)."""
+        saved = self.role
+        self.role = role
+        try:
+            yield
+        finally:
+            self.role = saved
 
     def catalog_for(self, catalog: Catalog) -> Catalog:
         """``catalog`` plus this session's temporary tables, resolving names along every
