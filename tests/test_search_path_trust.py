@@ -9,10 +9,12 @@ policy that masks cards.holder (a name: the PAN safety net would not catch it)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import PgBackend
 from rawclient import RawClient
+from test_decision_reuse import direct_gate
 from test_prepared_names import HOLDER, RAW, gw  # noqa: F401  (the masking gateway)
 
 from gateway.devtools.harness import GatewayProcess
@@ -188,3 +190,33 @@ def test_a_prepared_statement_is_not_run_under_another_search_path(
                     + fe.Parse("s1", HOLDER, ()).encode() + b"".join(bind))
         got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
     assert got and MASKED in got[0] and RAW not in got[0], got
+
+
+def test_the_startup_packet_s_search_path_is_where_the_session_starts(
+        gw: GatewayProcess, pg: PgBackend, other_cards: None, tmp_path: Path) -> None:  # noqa: F811
+    """A client may set search_path in its startup packet, and the gateway passes it on.
+    Before PostgreSQL 18 the server never reports it: the gate takes it from the packet
+    (a gate told nothing else resolves `cards` along it), and then the server's report,
+    where there is one, as here."""
+    gate, catalog, _ = direct_gate(pg, tmp_path)
+    del gw
+    gate.startup({"Search_Path": "spt_alt, public"})
+    (info,) = gate._analyze(HOLDER, "simple", catalog)[0].infos
+    assert {(r.schema, r.name) for r in info.relations} == {("spt_alt", "cards")}
+    gate.startup({"search_path": '"unclosed'})  # one the gateway cannot read: any schema
+    (info,) = gate._analyze(HOLDER, "simple", catalog)[0].infos
+    assert {(r.schema, r.name) for r in info.relations} >= {("spt_alt", "cards"),
+                                                           ("public", "cards")}
+
+
+def test_a_startup_search_path_reaches_the_server_and_the_gate_alike(
+        gw: GatewayProcess, other_cards: None) -> None:  # noqa: F811
+    for path, expect in (("spt_alt", b"nobody"), ("public", MASKED)):
+        with RawClient(gw) as client:
+            client.startup({"user": "ci-bot", "database": "payments", "search_path": path})
+            client.read_until(b"R")
+            client.password(gw.token())
+            assert client.read_until(b"Z")[-1].type == b"Z"
+            client.send(_q(HOLDER))
+            got = [m.body for m in client.read_until(b"Z") if m.type == b"D"]
+        assert got and expect in got[0] and RAW not in got[0], (path, got)

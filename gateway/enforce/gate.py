@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -1033,6 +1033,13 @@ class StatementGate:
             self.state.close_statement(name)
         if self.roles:
             self.roles.lose(name)
+
+    def startup(self, params: Mapping[str, str]) -> None:
+        """The client's startup parameters the server was given. A search_path among them
+        is where the session starts; a server before PostgreSQL 18 never reports it."""
+        for name, value in params.items():
+            if name.lower() == "search_path":  # (setting names are case-insensitive)
+                self.state.startup_path(value)
 
     def parameter_status(self, name: str, value: str) -> None:
         self.state.parameter_status(name, value)

@@ -331,6 +331,7 @@ class Session:
                              approvals=self.server.approvals,
                              approval_timeout=self.server.config.approvals.timeout)
         gate.on_renamed = self._renamed
+        gate.startup(params)
         for name, value in link.parameters:
             gate.parameter_status(name, value)
         if gate.poisoned is not None:

@@ -229,6 +229,16 @@ class SessionSqlState:
         ps = self.prepared.get(name)
         return ps.sql if ps is not None else None
 
+    def startup_path(self, value: str) -> None:
+        """The search_path the client's startup packet set: the session's initial path,
+        and what RESET returns to. (From PostgreSQL 18 on the server reports it too.)"""
+        try:
+            self.default_search_path = parse_search_path(value)
+        except ValueError:  # the server took it, the gateway cannot read it: any schema
+            self.default_search_path = None
+            self.any_path = True
+        self._bump()
+
     def parameter_status(self, name: str, value: str) -> None:
         """A ParameterStatus the server sent (authoritative)."""
         if name == "search_path":
