@@ -248,6 +248,41 @@ def test_dollar_user_resolution() -> None:
     assert cat.creation_schema(path) == "public"
 
 
+def test_operators_outside_pg_catalog(conn: psycopg.Connection) -> None:
+    """The loader lists the operators defined outside pg_catalog; `foreign_operator` says
+    whether a name may resolve to one along the paths a session may be on."""
+    conn.execute("DROP SCHEMA IF EXISTS cat_ops CASCADE; CREATE SCHEMA cat_ops; "
+                 "CREATE OPERATOR cat_ops.=== (LEFTARG = int, RIGHTARG = int, "
+                 "FUNCTION = pg_catalog.int4eq); "
+                 "CREATE OPERATOR cat_ops.= (LEFTARG = text, RIGHTARG = text, "
+                 "FUNCTION = pg_catalog.texteq)")
+    try:
+        cat = load(conn)
+    finally:
+        conn.execute("DROP SCHEMA cat_ops CASCADE")
+    default = cat.default_search_path
+    assert cat.foreign_operators(None, "=", default) == ()  # cat_ops is not on the path
+    assert cat.foreign_operators(None, "=", ("public", "cat_ops")) == ("cat_ops.=",)
+    assert cat.foreign_operators(None, "===", ("cat_ops",)) == ("cat_ops.===",)
+    assert cat.foreign_operators(None, "<", ("cat_ops",)) == ()  # it defines no <
+    assert cat.foreign_operators("cat_ops", "<", default) == ("cat_ops.<",)  # named
+    assert cat.foreign_operators("pg_catalog", "=", ("cat_ops",)) == ()
+    assert cat.with_paths([("cat_ops",)]).foreign_operators(None, "=", default) == (
+        "cat_ops.=",)
+    assert cat.with_paths([], any_path=True).foreign_operators(None, "=", default) == (
+        "cat_ops.=",)
+    assert cat.foreign_operators(None, "=", ("pg_temp", "public")) == ()
+    # the policy sees them with the statement's functions (an operator is one)
+    from gateway.sql import SessionSqlState, analyze
+    (info,) = analyze("select 1 where 1 operator(cat_ops.===) 1", cat)
+    assert "cat_ops.===" in info.functions
+    (info,) = analyze("select 'a' = 'b'", cat,
+                      session=SessionSqlState(search_path=("public", "cat_ops")))
+    assert "cat_ops.=" in info.functions
+    (info,) = analyze("select 'a' = 'b'", cat)
+    assert not [f for f in info.functions if f.startswith("cat_ops.")]
+
+
 def test_function_resolution(catalog: Catalog) -> None:
     default = catalog.default_search_path
     assert catalog.resolve_function(None, "upper", default) == "pg_catalog.upper"

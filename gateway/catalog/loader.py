@@ -1,9 +1,9 @@
 """Reading a :class:`~gateway.catalog.model.Catalog` from the upstream's pg_catalog.
 
-The gateway runs :data:`CATALOG_SQL` (three SELECTs, simple query protocol, text results)
+The gateway runs :data:`CATALOG_SQL` (four SELECTs, simple query protocol, text results)
 over its own upstream connection and hands the rows to :func:`build_catalog`:
 
-    results = run_simple_query(CATALOG_SQL)            # three result sets, in order
+    results = run_simple_query(CATALOG_SQL)            # four result sets, in order
     catalog = build_catalog(dict(zip(CATALOG_QUERIES, results)))
 
 or runs each of :data:`CATALOG_QUERIES` separately (any protocol; every column is text) and
@@ -57,6 +57,14 @@ CATALOG_QUERIES: Mapping[str, str] = {
         " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
     ),
+    # Operators are functions: one outside pg_catalog may do anything with its operands
+    # (PostgreSQL never looks up operators in pg_temp).
+    "operators": (
+        "SELECT DISTINCT n.nspname::text, o.oprname::text"
+        " FROM pg_catalog.pg_operator o"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace"
+        " WHERE n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+    ),
 }
 
 #: All of :data:`CATALOG_QUERIES` as one simple-query string (one round trip; the result
@@ -87,7 +95,8 @@ def read_catalog(conn: _Executes) -> Catalog:
 def build_catalog(rows_by_query: Mapping[str, Sequence[Row]]) -> Catalog:
     """Build a snapshot from the text rows of :data:`CATALOG_QUERIES`.
 
-    Keys are query names (``settings``, ``relations``, ``functions``) or the queries' SQL.
+    Keys are query names (``settings``, ``relations``, ``functions``, ``operators``) or the
+    queries' SQL.
     """
     rows: dict[str, Sequence[Row]] = {}
     for key, value in rows_by_query.items():
@@ -138,9 +147,15 @@ def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
         if schema is not None and name is not None:
             functions.setdefault(name, set()).add(schema)
 
+    operators: dict[str, set[str]] = {}
+    for schema, name in rows["operators"]:
+        if schema is not None and name is not None:
+            operators.setdefault(name, set()).add(schema)
+
     return Catalog(
         relations,
         functions,
+        operators=operators,
         schemas=schemas,
         default_search_path=default_path,
         view_search_path=effective,

@@ -110,6 +110,8 @@ class _Data:
     #: keyed by a tuple whose first item names the owner. Dropped with the snapshot.
     cache: dict[Any, Any] = field(default_factory=dict)
     path_cache: dict[Any, tuple[str, ...]] = field(default_factory=dict)
+    #: operator name → the schemas besides pg_catalog that define one of that name
+    operators: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class Catalog:
@@ -122,6 +124,7 @@ class Catalog:
         relations: Iterable[Relation] = (),
         functions: Mapping[str, Iterable[str]] | None = None,
         *,
+        operators: Mapping[str, Iterable[str]] | None = None,
         schemas: Iterable[str] | None = None,
         default_search_path: Sequence[str] = ('"$user"', "public"),
         view_search_path: Sequence[str] | None = None,
@@ -154,6 +157,8 @@ class Catalog:
             user=user,
             database=database,
             generation=next(_generations),
+            operators={name: frozenset(s) for name, s in (operators or {}).items()
+                       if set(s) - {"pg_catalog"}},
         )
         self._temp: Mapping[str, Relation] = {}
         self._overlay: Mapping[tuple[str, str], Relation] = {}
@@ -401,6 +406,27 @@ class Catalog:
             for order in orders:
                 found += [q for s in order if s in schemas
                           and (q := f"{s}.{name}") not in found]
+        return tuple(found)
+
+    def foreign_operators(self, schema: str | None, name: str, search_path: Sequence[str],
+                          *, user: str | None = None) -> tuple[str, ...]:
+        """The operators ``[schema.]name`` may be that are defined outside pg_catalog
+        ("schema.name"): the one named by another schema, or those in schemas it is looked
+        up in along any path the session may be on. (PostgreSQL picks among them by
+        argument types, which the analyzer does not know: one in a schema after
+        pg_catalog wins when its types fit better.)"""
+        if schema is not None:
+            return () if schema == "pg_catalog" else (f"{schema}.{name}",)
+        schemas = self._data.operators.get(name)
+        if not schemas:
+            return ()
+        if self._any_path:
+            return tuple(f"{s}.{name}" for s in sorted(schemas))
+        found: dict[str, None] = {}
+        for path in (search_path, *self._other_paths):
+            for s in self.search_order(path, user=user, relations=False):
+                if s in schemas:
+                    found[f"{s}.{name}"] = None
         return tuple(found)
 
     def resolve_function(self, schema: str | None, name: str, search_path: Sequence[str],

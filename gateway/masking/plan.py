@@ -11,7 +11,9 @@ raises `MaskRefused` — the statement must not run — when masking cannot be f
 * a masked column computed with anywhere in the statement — in WHERE, JOIN, ORDER BY,
   GROUP BY, a function's arguments: ``reverse(pan)::int = 1`` fails with the reversed
   PAN in its error message, ``setval('s', pan::bigint)`` stashes it. Comparing the
-  column itself (``=``, ``<``, ``LIKE``, ``IN``, ``IS NULL``) cannot carry its value out;
+  column itself (``=``, ``<``, ``LIKE``, ``IN``, ``IS NULL``) with PostgreSQL's own
+  operators cannot carry its value out (one that may be defined outside pg_catalog is
+  a function like any other: the analyzer counts it as computing);
 * a masked column whose value the statement copies somewhere (INSERT ... SELECT,
   UPDATE ... SET, CREATE TABLE AS, SELECT INTO): a later read of the copy would not be
   masked;

@@ -506,8 +506,8 @@ class Walker:
             for item in sort:
                 sb = item.get("SortBy")
                 node = sb.get("node") if sb is not None else item
-                self.use(self.output_ref(node, scope, names, lineage, prefer_output=True),
-                         "sort")
+                self.use(self.sorted_by(item, self.output_ref(
+                    node, scope, names, lineage, prefer_output=True)), "sort")
         for key in ("limitCount", "limitOffset"):
             node = v.get(key)
             if node is not None:
@@ -554,7 +554,8 @@ class Walker:
             lin = lin | self.expr(node, scope)
         for item in w.get("orderClause", ()):
             sb = item.get("SortBy")
-            lin = lin | self.expr(sb.get("node") if sb is not None else item, scope)
+            lin = lin | self.sorted_by(
+                item, self.expr(sb.get("node") if sb is not None else item, scope))
         self.use(lin, "window")
         for key in ("startOffset", "endOffset"):
             if key in w:
@@ -705,6 +706,8 @@ class Walker:
                         lin = lin | rnl
                 self.touch(lin)
                 self.use(lin, "filter")
+                if self.foreign_op("="):  # JOIN USING / NATURAL compare with =
+                    self.computes(lin)
                 merged.append((col, lin))
             drop = set(using)
             entries = merged + [e for e in left if e[0] not in drop] + \
@@ -903,17 +906,47 @@ class Walker:
         handler = _HANDLERS.get(t)
         if handler is not None:
             lin = handler(self, v, scope)
+            foreign = t == "A_Expr" and self._foreign_a_expr(v)
             if t in _PLAIN or not lin:
                 return lin
-            if t not in _COMPARING and not (t == "A_Expr" and _is_comparison(v)):
+            if foreign or (t not in _COMPARING and not (t == "A_Expr" and _is_comparison(v))):
                 self.computes(lin)
             return derive(lin)
         if t in _LEAVES:
             return EMPTY
         lin = self.generic(v, scope)
-        if lin and t not in _COMPARING:
+        if lin and (t not in _COMPARING or (  # CASE x WHEN y: x = y
+                t == "CaseExpr" and v.get("arg") is not None and self.foreign_op("="))):
             self.computes(lin)
         return derive(lin) if lin else lin
+
+    def foreign_op(self, name: str, schema: str | None = None) -> bool:
+        """Whether an operator may be one defined outside pg_catalog: a function the
+        gateway cannot see into, so what it is given counts as computed with. Those it
+        may be are listed with the statement's functions, for the policy."""
+        found = self.cat.foreign_operators(schema, name, self.path, user=self.user)
+        for qualified in found:
+            self.f.functions[qualified] = None
+        return bool(found)
+
+    def _foreign_names(self, names: list[Node] | None) -> bool:
+        parts = _names(names)
+        return bool(parts) and self.foreign_op(parts[-1], parts[-2] if len(parts) > 1 else None)
+
+    def _foreign_a_expr(self, v: Node) -> bool:
+        kind = v.get("kind", "")
+        if "BETWEEN" in kind:  # a >= x AND a <= y; NOT: a < x OR a > y
+            ops = ("<", ">") if "NOT" in kind else ("<=", ">=")
+            return any([self.foreign_op(op) for op in ops])  # (each lists its own)
+        return self._foreign_names(v.get("name"))
+
+    def sorted_by(self, item: Node, lin: Lineage) -> Lineage:
+        """`lin`, the key of ORDER BY item `item`: computed with when sorted USING an
+        operator that may be defined outside pg_catalog."""
+        sb = item.get("SortBy")
+        if sb is not None and sb.get("useOp") and self._foreign_names(sb["useOp"]):
+            self.computes(lin)
+        return lin
 
     def computes(self, lin: Lineage) -> None:
         computed = self.f.computed
@@ -1047,7 +1080,8 @@ class Walker:
         if order:
             for item in order:
                 sb = item.get("SortBy")
-                lin = lin | self.expr(sb.get("node") if sb is not None else item, scope)
+                lin = lin | self.sorted_by(
+                    item, self.expr(sb.get("node") if sb is not None else item, scope))
         if v.get("agg_filter") is not None:
             lin = lin | self.expr(v["agg_filter"], scope)
         over = v.get("over")
@@ -1060,6 +1094,8 @@ class Walker:
         out = self.expr(v.get("testexpr"), scope)
         for lin in lineage:
             out = out | lin
+        if v.get("operName") and self._foreign_names(v["operName"]):  # x op ANY (...)
+            self.computes(out)
         return out
 
     def _select_expr(self, v: Node, scope: Scope | None) -> Lineage:
@@ -1179,7 +1215,7 @@ def _res_target(w: Walker, v: Node, scope: Scope | None) -> Lineage:
 
 
 def _sort_by(w: Walker, v: Node, scope: Scope | None) -> Lineage:
-    return w.expr(v.get("node"), scope)
+    return w.sorted_by({"SortBy": v}, w.expr(v.get("node"), scope))
 
 
 def _list(w: Walker, v: Node, scope: Scope | None) -> Lineage:
