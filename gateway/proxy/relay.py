@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from gateway import logs
+from gateway.masking.error_rows import withhold_row_values
 from gateway.masking.results import (
     WATCH_ANSWERS,
     WATCH_ENDS,
@@ -461,10 +462,11 @@ class Relay:
                     assert isinstance(msg, be.ParameterStatus)
                     self.gate.parameter_status(msg.name, msg.value)
             elif mtype == _E:
-                if self._denials:
-                    swap = self._match_denial(body)
-                    if swap is not None:
-                        swaps.append((start, end, swap))
+                swap = self._match_denial(body) if self._denials else None
+                if swap is None and self.gate is not None:
+                    swap = withhold_row_values(body)  # a constraint's row: any column
+                if swap is not None:
+                    swaps.append((start, end, swap))
             elif mtype == _R or mtype == _K:  # after login: not behaving like PostgreSQL
                 self._fail_upstream("upstream sent an unexpected message")
                 return
