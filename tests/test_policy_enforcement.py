@@ -46,6 +46,23 @@ def test_cvv_is_never_readable(pci_gateway: GatewayProcess) -> None:
         assert c.execute("select 1").fetchone() == (1,)
 
 
+def test_other_sessions_statements_are_the_dba_group_s_only(pci_gateway: GatewayProcess
+                                                            ) -> None:
+    """Every session shares the gateway's upstream login, so pg_stat_activity shows every
+    other identity's last statement, its literals included (the audit trail redacts
+    them): readers may not see it."""
+    with connect(pci_gateway, autocommit=True) as other:
+        other.execute("select id from cards where holder = 'Alice Martin'").fetchall()
+        with connect(pci_gateway, autocommit=True) as c:
+            for sql in ("select query from pg_stat_activity",
+                        "select pg_stat_get_backend_activity(1)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    c.execute(sql)
+        with connect(pci_gateway, groups=("ci", "dba")) as dba:
+            queries = [q for (q,) in dba.execute("select query from pg_stat_activity")]
+            assert any("Alice Martin" in (q or "") for q in queries)  # (what it hides)
+
+
 def test_pan_never_leaves_raw(pci_gateway: GatewayProcess) -> None:
     """The starter policy masks card numbers for readers: plain references come back
     masked, expressions over them are refused."""

@@ -13,7 +13,8 @@
 #
 # Never allowed: CVV columns, SET ROLE / SET SESSION AUTHORIZATION, statements whose
 # reads cannot be verified (SQL run from strings, unresolved columns), kind "other".
-# COPY ... TO of card numbers waits for approval by dba-oncall.
+# COPY ... TO of card numbers waits for approval by dba-oncall. Planner statistics and
+# pg_stat_activity (other sessions' statements) are for the dba group only.
 #
 # Every statement goes through this file, so it is written to be cheap under regopy
 # (rego-cpp), where a decision costs roughly one unit per object member a lookup walks
@@ -140,10 +141,17 @@ relation_key(r) := key if {
 	key := concat(".", [r.schema, r.name])
 } else := concat(".", [object.get(r, "schema", ""), object.get(r, "name", "")])
 
-# Planner statistics hold raw column values (histogram bounds, most common values):
-# only the dba group may read them.
-statistics_hidden(key) if {
+# Relations only the dba group may read. Planner statistics hold raw column values
+# (histogram bounds, most common values). pg_stat_activity holds the last statement of
+# every session of the gateway's upstream login: other identities' SQL, with the literal
+# values the audit trail redacts.
+hidden_relation(key) := "planner statistics hold raw column values" if {
 	key in data.pgwarden.statistics_relations
+	not is_dba
+}
+
+hidden_relation(key) := "other sessions' statements, literal values included, are not for this identity" if {
+	key in data.pgwarden.activity_relations
 	not is_dba
 }
 
@@ -280,11 +288,11 @@ deny contains concat("", ["function ", f, " is not on the allow-list (data.pgwar
 	not f in data.pgwarden.allowed_functions
 }
 
-deny contains concat("", ["planner statistics hold raw column values: ", key, " is not readable"]) if {
+deny contains concat("", [why, ": ", key, " is not readable"]) if {
 	rels := relations
 	some r in rels
 	key := relation_key(r)
-	statistics_hidden(key)
+	why := hidden_relation(key)
 }
 
 deny contains "a read statement may not modify tables" if {

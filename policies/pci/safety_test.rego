@@ -120,3 +120,19 @@ test_planner_statistics_are_not_readable if {
 	d.reasons == ["planner statistics hold raw column values: pg_catalog.pg_stats is not readable"]
 	decision_for(["ci", "dba"], s).allow == true
 }
+
+test_other_sessions_statements_are_not_readable if {
+	s := statement(
+		"SELECT query FROM pg_stat_activity",
+		"SELECT", "read",
+		[{"schema": "pg_catalog", "name": "pg_stat_activity", "access": ["read"]}],
+		[],
+	)
+	d := decision_for(["ci"], s)
+	d.allow == false
+	d.reasons == ["other sessions' statements, literal values included, are not for this identity: pg_catalog.pg_stat_activity is not readable"]
+	decision_for(["ci", "dba"], s).allow == true
+	f := object.union(bare("SELECT pg_stat_get_backend_activity(1)", "SELECT", "read"),
+		{"functions": ["pg_catalog.pg_stat_get_backend_activity"]})
+	decision_for(["ci"], f).allow == false
+}
