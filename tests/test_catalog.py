@@ -283,6 +283,29 @@ def test_operators_outside_pg_catalog(conn: psycopg.Connection) -> None:
     assert not [f for f in info.functions if f.startswith("cat_ops.")]
 
 
+def test_ancestors_of_partitions_and_inheritance_children(conn: psycopg.Connection) -> None:
+    conn.execute("DROP TABLE IF EXISTS cat_top CASCADE; DROP TABLE IF EXISTS cat_other CASCADE;"
+                 "CREATE TABLE cat_top (a int, b text) PARTITION BY RANGE (a);"
+                 "CREATE TABLE cat_mid PARTITION OF cat_top FOR VALUES FROM (0) TO (10)"
+                 "  PARTITION BY RANGE (a);"
+                 "CREATE TABLE cat_leaf PARTITION OF cat_mid FOR VALUES FROM (0) TO (5);"
+                 "CREATE TABLE cat_other (c int);"
+                 "CREATE TABLE cat_both (d int) INHERITS (cat_other);")
+    try:
+        cat = load(conn)
+    finally:
+        conn.execute("DROP TABLE cat_top CASCADE; DROP TABLE cat_other CASCADE")
+    assert cat.relation("public", "cat_top").ancestors == ()
+    assert cat.relation("public", "cat_mid").ancestors == (("public", "cat_top"),)
+    assert cat.relation("public", "cat_leaf").ancestors == (("public", "cat_mid"),
+                                                            ("public", "cat_top"))
+    assert cat.relation("public", "cat_both").ancestors == (("public", "cat_other"),)
+    from gateway.sql import analyze
+    (info,) = analyze("select b from cat_leaf", cat)
+    assert {(c.schema, c.table, c.name) for c in info.columns} == {
+        ("public", "cat_leaf", "b"), ("public", "cat_mid", "b"), ("public", "cat_top", "b")}
+
+
 def test_function_resolution(catalog: Catalog) -> None:
     default = catalog.default_search_path
     assert catalog.resolve_function(None, "upper", default) == "pg_catalog.upper"

@@ -1,9 +1,9 @@
 """Reading a :class:`~gateway.catalog.model.Catalog` from the upstream's pg_catalog.
 
-The gateway runs :data:`CATALOG_SQL` (four SELECTs, simple query protocol, text results)
+The gateway runs :data:`CATALOG_SQL` (five SELECTs, simple query protocol, text results)
 over its own upstream connection and hands the rows to :func:`build_catalog`:
 
-    results = run_simple_query(CATALOG_SQL)            # four result sets, in order
+    results = run_simple_query(CATALOG_SQL)            # five result sets, in order
     catalog = build_catalog(dict(zip(CATALOG_QUERIES, results)))
 
 or runs each of :data:`CATALOG_QUERIES` separately (any protocol; every column is text) and
@@ -57,6 +57,10 @@ CATALOG_QUERIES: Mapping[str, str] = {
         " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
     ),
+    # A partition's or an INHERITS child's rows are its parents' rows (by OID).
+    "inherits": (
+        "SELECT i.inhrelid::text, i.inhparent::text FROM pg_catalog.pg_inherits i"
+    ),
     # Operators are functions: one outside pg_catalog may do anything with its operands
     # (PostgreSQL never looks up operators in pg_temp).
     "operators": (
@@ -95,8 +99,8 @@ def read_catalog(conn: _Executes) -> Catalog:
 def build_catalog(rows_by_query: Mapping[str, Sequence[Row]]) -> Catalog:
     """Build a snapshot from the text rows of :data:`CATALOG_QUERIES`.
 
-    Keys are query names (``settings``, ``relations``, ``functions``, ``operators``) or the
-    queries' SQL.
+    Keys are query names (``settings``, ``relations``, ``functions``, ``inherits``,
+    ``operators``) or the queries' SQL.
     """
     rows: dict[str, Sequence[Row]] = {}
     for key, value in rows_by_query.items():
@@ -115,6 +119,21 @@ def build_catalog(rows_by_query: Mapping[str, Sequence[Row]]) -> Catalog:
         raise CatalogLoadError(f"malformed catalog rows: {exc}") from exc
 
 
+def _ancestors(oid: int, parents: Mapping[int, list[int]],
+               names: Mapping[int, tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Every relation `oid` inherits from, nearest first (breadth first; once each)."""
+    out: dict[int, None] = {}
+    frontier = parents.get(oid, [])
+    while frontier:
+        nxt: list[int] = []
+        for p in frontier:
+            if p not in out and p != oid:
+                out[p] = None
+                nxt += parents.get(p, [])
+        frontier = nxt
+    return tuple(names[p] for p in out if p in names)
+
+
 def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
     settings = rows["settings"]
     if len(settings) != 1:
@@ -124,6 +143,14 @@ def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
     effective = [s for s in json.loads(schemas_json or "[]")
                  if not s.startswith("pg_temp_")]
     schemas = json.loads(namespaces or "[]")
+
+    parents: dict[int, list[int]] = {}
+    for child, parent in rows["inherits"]:
+        if child is not None and parent is not None:
+            parents.setdefault(int(child), []).append(int(parent))
+    named: dict[int, tuple[str, str]] = {
+        int(oid): (schema, name) for oid, schema, name, *_ in rows["relations"]
+        if oid is not None and schema is not None and name is not None}
 
     relations = []
     for oid, schema, name, relkind, columns_json, view_sql in rows["relations"]:
@@ -140,6 +167,7 @@ def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
         relations.append(Relation(
             schema=schema, name=name, relkind=kind, columns=tuple(names), oid=int(oid or 0),
             view_sql=view_sql, attnums=tuple(attnums), type_oids=tuple(types),
+            ancestors=_ancestors(int(oid or 0), parents, named),
         ))
 
     functions: dict[str, set[str]] = {}

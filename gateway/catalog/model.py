@@ -77,6 +77,9 @@ class Relation:
     #: pg_attribute.atttypid of each column (parallel to ``columns``); empty if unknown.
     type_oids: tuple[int, ...] = ()
     temp: bool = False
+    #: (schema, name) of every table it inherits from, nearest first: a partition's or an
+    #: INHERITS child's rows are its ancestors' rows, under their column names
+    ancestors: tuple[tuple[str, str], ...] = ()
 
     @property
     def qualified_name(self) -> str:

@@ -331,12 +331,14 @@ class Walker:
                 lin = lin + [EMPTY] * (len(rel.columns) - len(lin))
             return lin[: len(rel.columns)]
         if rel.temp:
-            return [frozenset(((rel.schema, rel.name, c),)) for c in rel.columns]
+            return [frozenset(((rel.schema, rel.name, c), *(
+                (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
         key = ("lineage", rel.schema, rel.name, rel.oid)
         cache = self.cat.cache
         lin = cache.get(key)
         if lin is None:
-            lin = cache[key] = [frozenset(((rel.schema, rel.name, c),)) for c in rel.columns]
+            lin = cache[key] = [frozenset(((rel.schema, rel.name, c), *(
+                (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
         return lin
 
     def view_template(self, rel: Relation) -> ViewTemplate:
