@@ -160,8 +160,8 @@ class Catalog:
             user=user,
             database=database,
             generation=next(_generations),
-            operators={name: frozenset(s) for name, s in (operators or {}).items()
-                       if set(s) - {"pg_catalog"}},
+            operators={name: others for name, s in (operators or {}).items()
+                       if (others := frozenset(s) - {"pg_catalog"})},
         )
         self._temp: Mapping[str, Relation] = {}
         self._overlay: Mapping[tuple[str, str], Relation] = {}
