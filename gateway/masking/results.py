@@ -67,6 +67,8 @@ _T, _DATA, _H, _COPY, _COPYDONE = (ord(c) for c in "TDHdc")
 _COMMAND_COMPLETE = ord("C")
 _ERROR = ord("E")
 _PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = (ord(c) for c in "123")
+# effects besides a Parse's, Bind's or Close's of a statement (keyed by message type)
+_PORTAL, _EXEC, _EXEC_CHECKED, _BOTH = -1, -2, -3, -4
 _BEFORE_EXECUTE = frozenset((_P, _B, _D))
 _FOLLOWED_BEFORE_EXECUTE = frozenset((_P, _D))  # those that can carry a tag
 _INTERNAL_ANSWERS = frozenset(b"123")
@@ -128,6 +130,12 @@ class ResultMasker:
         #: (what else the gateway keeps per statement name must not trust it either)
         self.on_unapplied: Callable[[str], None] | None = None
         self._portals: dict[str, StatementTag] = {}
+        # Portals the server may still have a planned one under: a Bind or Close P of a
+        # name whose portal had a plan, not answered yet. The server keeps the old portal
+        # when it refuses or skips one (a name in use, no such statement, an error ahead
+        # of it), and a savepoint rolled back to keeps the transaction usable: name →
+        # [the tag the server has now (None: none), changes not answered yet].
+        self._portal_held: dict[str, list[Any]] = {}
         self._tracked = 0  # outstanding requests carrying a tag
         self._planned = 0  # ... of which carry a mask plan
         self._rows: FieldMasks | None = None  # masks for the DataRows of the current result
@@ -181,7 +189,9 @@ class ResultMasker:
     def forwarded(self, frames: list[Frame], tags: Mapping[int, Any]) -> None:
         """Client messages as forwarded upstream; `tags[i]` is frame i's `StatementTag` (a
         Query: a list with one tag or None per statement)."""
-        registry = bool(self._statements or self._confirmed)
+        # (a portal outlives the statement it was bound from: a Close of the statement
+        # leaves its portal to run, and to mask)
+        registry = bool(self._statements or self._confirmed or self._portals)
         tracker = self.tracker
         if not tags and not registry:
             # Nothing to follow (no plan, no audit record, no named statement with one):
@@ -275,6 +285,8 @@ class ResultMasker:
             return None
         if name and (name in self._statements or name in self._confirmed):
             return None  # a name defined before: followed here, to its ParseComplete
+        if _has_plan(self._portals.get(portal)):
+            return None  # a masked portal's name bound again: followed to its BindComplete
         tag = tags.get(0) if name is not None else self._statements.get(statement)
         if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
             return None
@@ -288,6 +300,7 @@ class ResultMasker:
         if t == _B:  # the names only: decoding the parameters cost ~5 us per Bind
             portal, statement = bind_names(body)
             tag = source = self._statements.get(statement)
+            prev = self._portals.get(portal)
             if tag is not None:
                 plan = tag.plan
                 if plan is not None and plan.row_limit is not None:
@@ -295,13 +308,19 @@ class ResultMasker:
                 self._portals[portal] = tag
             else:
                 self._portals.pop(portal, None)
+            changing = self._changing(portal, prev, tag) if own else None
             # checked at its BindComplete, unless the server cannot hold another
             # statement under this name (confirmed as forwarded, nothing pending)
             if own and (self._inflight or self._confirmed.get(statement) is not source):
-                return None, (_B, statement, source)
-            return None, None
+                checked = (_B, statement, source)
+                return None, checked if changing is None else (_BOTH, checked, changing)
+            return None, changing
         if t == _E:
-            return self._portals.get(execute_portal(body)), None
+            portal = execute_portal(body)
+            tag = self._portals.get(portal)
+            if portal in self._portal_held:  # what runs is known at its first answer
+                return tag, (_EXEC, portal, tag)
+            return tag, None
         msg = decode_frontend(t, body)
         if isinstance(msg, Describe):
             table = self._statements if msg.kind == "S" else self._portals
@@ -310,8 +329,22 @@ class ResultMasker:
             if msg.kind == "S":
                 self._statements.pop(msg.name, None)
                 return None, self._defining(_C, msg.name, None) if own else None
-            self._portals.pop(msg.name, None)
+            prev = self._portals.pop(msg.name, None)
+            return None, self._changing(msg.name, prev, None) if own else None
         return None, None
+
+    def _changing(self, portal: str, prev: StatementTag | None, tag: StatementTag | None
+                  ) -> tuple[Any, ...] | None:
+        """A Bind (giving `portal` `tag`) or Close P (`tag` None) forwarded, when the
+        server may keep a planned portal under the name if it does not carry it out:
+        its effect, settled at its answer (see _portal_held); None when there is none."""
+        held = self._portal_held.get(portal)
+        if held is None:
+            if not _has_plan(prev):
+                return None
+            held = self._portal_held[portal] = [prev, 0]
+        held[1] += 1
+        return _PORTAL, portal, tag
 
     def _defining(self, t: int, name: str, tag: StatementTag | None) -> tuple[Any, ...]:
         """The effect of a Parse (`tag`: its own, or None) or Close of statement `name`."""
@@ -323,6 +356,10 @@ class ResultMasker:
         ErrorResponse, or None (skipped behind an error, never run). Raises
         ProtocolViolation for a Bind of another statement than the one its rows would be
         followed for (an earlier Parse or Close of the name did not take effect)."""
+        t = effect[0]
+        if t < 0:
+            self._settle_other(effect, answer)
+            return
         t, name, tag = effect
         if t == _B:
             if answer == _BIND_COMPLETE and self._confirmed.get(name) is not tag:
@@ -350,10 +387,44 @@ class ResultMasker:
             # (none: no statement this masker follows is left under the name; a Bind of
             # it fails, or binds a plain one, which the BindComplete check catches)
 
+    def _settle_other(self, effect: tuple[Any, ...], answer: int | None) -> None:
+        t = effect[0]
+        if t == _BOTH:
+            self._settle(effect[1], answer)
+            self._settle(effect[2], answer)
+        elif t == _PORTAL:
+            _, portal, tag = effect
+            held = self._portal_held[portal]
+            if answer == _BIND_COMPLETE or answer == _CLOSE_COMPLETE:
+                held[0] = tag
+            held[1] -= 1
+            if not held[1]:  # nothing pending: what was forwarded is what the server has
+                del self._portal_held[portal]
+                if held[0] is None:
+                    self._portals.pop(portal, None)
+                else:
+                    self._portals[portal] = held[0]
+        else:  # _EXEC, _EXEC_CHECKED: its rows were shown to message() (see _track)
+            self._planned -= 1
+
+    def _check_portal(self, req: Any) -> None:
+        """An Execute forwarded while a change of its portal was not answered: at its
+        first answer every earlier Bind and Close of the name is, and the portal it ran
+        must be the one its rows were followed for (else the session ends, fail closed,
+        before any of them is passed on)."""
+        _, portal, tag = req.effect
+        req.effect = (_EXEC_CHECKED, portal, tag)
+        held = self._portal_held.get(portal)
+        has = held[0] if held is not None else self._portals.get(portal)
+        if has is not tag:
+            raise ProtocolViolation(
+                f"the server ran another portal {portal!r} than the gateway followed: a "
+                "Bind or Close of it did not take effect")
+
     def _track(self, t: int, tag: Any, effect: Any = None) -> None:
         req = self.tracker.request(t, tag)
         if req is None:  # forwarded while the server skips to a Sync
-            if effect is not None:
+            if effect is not None and effect[0] != _EXEC:  # (no answer to check)
                 self._deferred.append(effect)
             if tag is not None:
                 self._skipped_request(t, tag)
@@ -362,6 +433,8 @@ class ResultMasker:
             self._tracked += 1
             if _has_plan(tag):
                 self._planned += 1
+            if effect is not None and effect[0] == _EXEC:
+                self._planned += 1  # its rows are shown: checked before any goes on
 
     def _untrack(self, tag: Any) -> None:
         """A request `_track` counted will get no more answers."""
@@ -390,6 +463,8 @@ class ResultMasker:
             return None
         req = answer.request
         tag = answer.tag
+        if req.type == _E and req.effect is not None and req.effect[0] == _EXEC:
+            self._check_portal(req)
         if tag is not None and tag.internal and mtype in _INTERNAL_ANSWERS:
             if answer.done:
                 self._tracked -= 1
