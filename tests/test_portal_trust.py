@@ -109,3 +109,41 @@ def test_a_pipelined_execute_of_a_portal_whose_bind_failed_ends_the_session(
     assert types[-1] == b"E" and got[-1].fields()["C"] == "XX000", got
     assert b"".join(types[:-1]) in (b"1", b"1E", b"1EZ", b"1EZC", b"1EZCZ"), got
     assert RAW not in b"".join(m.body for m in got), got
+
+
+SHARED = {
+    # a SQL cursor run as a protocol portal: its masks are FETCH's
+    "Execute of a cursor WITH HOLD": [
+        [q("declare c1 cursor with hold for " + HOLDER)], execute("c1"), [q("close c1")]],
+    "Execute of a cursor in a transaction": [
+        [q("begin")], [q("declare c2 cursor for " + HOLDER)],
+        [fe.Describe("P", "c2").encode(), *execute("c2")], [q("commit")]],
+    # a protocol portal read with SQL FETCH: its masks are its Execute's
+    "FETCH from a portal": [
+        [q("begin")], bound("s9", "p9"), [q("fetch all from p9")], [q("commit")]],
+    "MOVE in a portal, then Execute": [
+        [q("begin")], bound("s8", "p8", ALL), [q("move 1 in p8")], execute("p8"),
+        [q("commit")]],
+}
+
+
+@pytest.mark.parametrize("case", list(SHARED))
+def test_cursors_and_portals_are_read_only_their_own_way(gw: GatewayProcess,  # noqa: F811
+                                                         case: str) -> None:
+    """SQL cursors and protocol portals share one namespace at the server: each is read
+    the way it was made, or refused."""
+    out = run(gw, *SHARED[case])
+    _clean(out)
+    refused = [body for t, body in out if t == "E"]
+    assert refused and b"C42501" in refused[0], out  # (then 25P02: the transaction failed)
+    if case.startswith("Execute"):
+        assert b"read it with FETCH" in refused[0]
+    else:
+        assert b"execute it" in refused[0]
+
+
+def test_a_cursor_is_still_fetched_and_a_portal_executed(gw: GatewayProcess) -> None:  # noqa: F811
+    out = run(gw, [q("begin")], [q("declare c3 cursor for " + HOLDER)], [q("fetch all from c3")],
+              bound("s7", "p7"), execute("p7"), [q("commit")])
+    got = _clean(out)
+    assert got.count(MASKED) == 2 and not [t for t, _ in out if t == "E"], out

@@ -39,10 +39,12 @@ from gateway.wire.frontend import (
     Bind,
     Close,
     Describe,
+    Execute,
     Parse,
     Query,
     bind_names,
     decode_frontend,
+    execute_portal,
     parse_statement,
     query_text,
 )
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from gateway.audit import AuditContext, AuditWriter
     from gateway.proxy.relay import Relay
 
-_Q, _P, _F, _C, _B, _D = (ord(c) for c in "QPFCBD")
+_Q, _P, _F, _C, _B, _D, _E = (ord(c) for c in "QPFCBDE")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
 _ANALYSIS_CACHE_MAX = 4096
@@ -278,7 +280,7 @@ class StatementGate:
         self._reads_only = True
         state = self.state
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
-                and not state.sql_used and not state.path_moved:
+                and not state.sql_used and not state.path_moved and not state.cursor_used:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:  # the connection's first statement: read it again once loaded
@@ -338,8 +340,8 @@ class StatementGate:
                     split = self._bind_waits(raw, frames, i, replaced, holds, relay, catalog)
                     if split is not None:
                         return split
-                if (state.sql_used or roles.lost or state.path_moved) \
-                        and (mtype == _B or mtype == _D):
+                if ((state.sql_used or roles.lost or state.path_moved)
+                        and (mtype == _B or mtype == _D)) or (mtype == _E and state.cursor_used):
                     refused = self._unusable(relay, mtype, body)
                     if refused is not None:
                         replaced[i] = refused
@@ -449,7 +451,16 @@ class StatementGate:
     def _unusable(self, relay: Relay, mtype: int, body: bytes) -> bytes | None:
         """A Bind or Describe of a statement the protocol may not use here, refused (None:
         it may): one SQL PREPARE defined (its decision and masks are EXECUTE's: a Bind
-        would run it unfollowed), or one whose db_role the gateway lost track of."""
+        would run it unfollowed), or one whose db_role the gateway lost track of; an
+        Execute of a portal that may be a SQL cursor (its masks are FETCH's)."""
+        if mtype == _E:
+            portal = execute_portal(body)
+            if not self.state.may_be_cursor(portal):
+                return None
+            marker = self._marker(relay, _denial(
+                "42501", f'portal "{portal}" is a SQL cursor (its masks are FETCH\'s): read '
+                "it with FETCH"))
+            return Execute(marker, 0).encode()
         if mtype == _B:
             portal, name = bind_names(body)
         else:
@@ -1114,6 +1125,9 @@ def _parsing_change(info: StatementInfo) -> str | None:
     return _unsafe_setting(name, str(value).strip("'"))
 
 
+_READS_A_CURSOR = frozenset(("FETCH", "MOVE"))
+
+
 def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: bool
                      ) -> Verdict | None:
     """What the policy is not asked about, because the gateway would not know what runs:
@@ -1125,6 +1139,12 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
     to describe it and again to run it, so its name may well be in use already.)"""
     origin: dict[str, str] | None = None  # (built for the rare string that needs it)
     for info in infos:
+        if info.command in _READS_A_CURSOR and state.protocol_portal is not None:
+            name = str(info.details.get("cursor"))
+            if ("cursor", name) in info.unresolved and state.protocol_portal(name):
+                return _denial("42501", f'{info.command} from "{name}", a portal bound over '
+                               "the protocol (its masks are its Execute's), is not allowed "
+                               "through the gateway: execute it")
         if origin is None:
             if not info.effects and info.command != "EXECUTE":
                 continue

@@ -333,6 +333,10 @@ class ResultMasker:
             return None, self._changing(msg.name, prev, None) if own else None
         return None, None
 
+    def knows_portal(self, name: str) -> bool:
+        """Whether `name` is a protocol portal this masker follows (or may be, pending)."""
+        return name in self._portals or name in self._portal_held
+
     def _changing(self, portal: str, prev: StatementTag | None, tag: StatementTag | None
                   ) -> tuple[Any, ...] | None:
         """A Bind (giving `portal` `tag`) or Close P (`tag` None) forwarded, when the

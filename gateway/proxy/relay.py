@@ -165,6 +165,8 @@ class Relay:
         if results is not None and gate is not None:
             # a statement name the server did not take: the gate's roles and names too
             results.on_unapplied = gate.unapplied
+            # SQL FETCH of a portal the masker follows would read it unmasked
+            gate.state.protocol_portal = results.knows_portal
         if results is not None:
             self.observer.walk_run = results.walk_rows
         # Statements whose results ended in the buffer at hand: reported to `on_result`

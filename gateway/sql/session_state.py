@@ -91,6 +91,12 @@ class SessionSqlState:
         #: whether SQL PREPARE ever defined a statement in this session (then every Bind
         #: and Describe of a statement is checked)
         self.sql_used = False
+        #: whether a SQL DECLARE was ever allowed in this session (then every Execute is
+        #: checked: SQL cursors and protocol portals share one namespace)
+        self.cursor_used = False
+        #: whether a name is a protocol portal the gateway follows (the result masker's
+        #: word, wired by the relay): SQL FETCH of one is refused
+        self.protocol_portal: Callable[[str], bool] | None = None
         self.cursors: dict[str, Cursor] = {}
         # Earlier cursors of a name the server may still have: a DECLARE of a name in use
         # fails, and a CLOSE (or DECLARE) behind an error does not run; a FETCH is then
@@ -305,6 +311,8 @@ class SessionSqlState:
         new.role = self.role
         new.prepared = dict(self.prepared)
         new.sql_used = self.sql_used
+        new.cursor_used = self.cursor_used
+        new.protocol_portal = self.protocol_portal
         new.cursors = dict(self.cursors)
         new.cursor_history = dict(self.cursor_history)
         new.temp_relations = dict(self.temp_relations)
@@ -321,6 +329,10 @@ class SessionSqlState:
         return new
 
     # -- internals ----------------------------------------------------------------------------
+
+    def may_be_cursor(self, name: str) -> bool:
+        """Whether the server may have a SQL cursor of this name."""
+        return name in self.cursors or name in self.cursor_history
 
     def cursor_candidates(self, name: str) -> list[StatementInfo]:
         """The queries cursor `name` may be running at the server: the last one declared
@@ -388,6 +400,7 @@ class SessionSqlState:
             assert effect.name is not None
             if not scratch:
                 self._keep_cursor(effect.name)
+                self.cursor_used = True
             self.cursors[effect.name] = Cursor(effect.name, info, bool(effect.value))
         elif op == "close":
             names = list(self.cursors) if effect.name is None else [effect.name]
