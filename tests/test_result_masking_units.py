@@ -1051,6 +1051,9 @@ class _TaggingGate:
     def unapplied(self, name: str) -> None:
         """(StatementGate's: nothing of its own to forget here)"""
 
+    def follow_portals(self, knows: object) -> None:
+        """(StatementGate's: no SQL to refuse here)"""
+
     def parameter_status(self, name: str, value: str) -> None:
         pass
 

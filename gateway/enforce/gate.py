@@ -1045,6 +1045,11 @@ class StatementGate:
         if self.roles:
             self.roles.lose(name)
 
+    def follow_portals(self, knows: Callable[[str], bool]) -> None:
+        """The result masker's `knows_portal`: a SQL FETCH of a portal it follows would
+        read it unmasked, and is refused (_statement_names)."""
+        self.state.protocol_portal = knows
+
     def startup(self, params: Mapping[str, str]) -> None:
         """The client's startup parameters the server was given. A search_path among them
         is where the session starts; a server before PostgreSQL 18 never reports it."""

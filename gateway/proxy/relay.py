@@ -100,6 +100,13 @@ class Gate(Protocol):
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         ...
 
+    def unapplied(self, name: str) -> None:
+        """The result masker's word that a Parse or Close of statement `name` did not
+        take effect."""
+
+    def follow_portals(self, knows: Callable[[str], bool]) -> None:
+        """`knows(name)`: whether `name` is a protocol portal the result masker follows."""
+
 
 class Relay:
     # Slots, not an instance dict: past 30 attributes CPython 3.11 stops sharing the
@@ -165,8 +172,7 @@ class Relay:
         if results is not None and gate is not None:
             # a statement name the server did not take: the gate's roles and names too
             results.on_unapplied = gate.unapplied
-            # SQL FETCH of a portal the masker follows would read it unmasked
-            gate.state.protocol_portal = results.knows_portal
+            gate.follow_portals(results.knows_portal)
         if results is not None:
             self.observer.walk_run = results.walk_rows
         # Statements whose results ended in the buffer at hand: reported to `on_result`
