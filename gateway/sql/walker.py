@@ -25,7 +25,7 @@ in ``unresolved``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..catalog.model import SYSTEM_SCHEMAS, Catalog, Relation
@@ -110,8 +110,8 @@ class Facts:
 class Rte:
     """A range table entry: something in FROM (or a DML target) with named columns."""
 
-    __slots__ = ("_index", "colnames", "lineage", "name", "open", "open_lineage", "relation",
-                 "schema", "unresolved")
+    __slots__ = ("_index", "colnames", "guessed", "lineage", "name", "open", "open_lineage",
+                 "relation", "schema", "unresolved")
 
     def __init__(self, name: str | None, colnames: Sequence[str], lineage: Sequence[Lineage],
                  *, schema: str | None = None, open: bool = False,
@@ -124,6 +124,10 @@ class Rte:
         self.open_lineage = open_lineage
         self.unresolved = unresolved  # set for relations the catalog doesn't know
         self.relation: Relation | None = None  # the catalog relation, for relation entries
+        # its column names are a guess (a function in FROM of unknown result type: one
+        # column named after it if it returns a scalar, its type's columns if a row): a
+        # name it seems to have may be an outer query's column (see find_column)
+        self.guessed = False
         self._index: dict[str, list[int]] | None = None
 
     def column(self, name: str) -> Lineage | None:
@@ -224,6 +228,8 @@ class Walker:
         self._view_targets: list[tuple[tuple[str, str], Lineage]] = []
         #: False once a ``*`` expanded something whose columns aren't known exactly
         self.exact = True
+        #: a scalar subquery's output column names, by id() of its SubLink node
+        self._sublinks: dict[int, list[str]] = {}
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -418,8 +424,16 @@ class Walker:
         scope = Scope(outer)
         scope.ctes = {}
         recursive = bool(with_clause.get("recursive"))
-        for item in with_clause.get("ctes", ()):
-            cte = item["CommonTableExpr"]
+        ctes = [item["CommonTableExpr"] for item in with_clause.get("ctes", ())]
+        if recursive and len(ctes) > 1:
+            # Under RECURSIVE every item sees every other, a later one too: a name an
+            # earlier item reads may be a later item, not the table of that name.
+            ordered = _dependency_order(ctes)
+            if ordered is None:  # (PostgreSQL refuses mutual recursion)
+                self.unresolved("construct", "mutually recursive WITH items")
+            else:
+                ctes = ordered
+        for cte in ctes:
             name = cte["ctename"]
             colnames = _names(cte.get("aliascolnames"))
             body = cte["ctequery"]
@@ -439,13 +453,15 @@ class Walker:
         names, lineage = self.select(sel["larg"], inner)
         names = _rename(names, colnames)
         scope.ctes[name] = (names, lineage)
-        for _ in range(4):  # iterate to a fixpoint (lineage only grows)
+        for _ in range(_RECURSION_ROUNDS):  # to a fixpoint: lineage only grows, and is finite
             _rn, rl = self.select(sel["rarg"], inner)
             new = _union_positional(lineage, rl)
             if new == lineage:
                 break
             lineage = new
             scope.ctes[name] = (names, lineage)
+        else:
+            self.unresolved("construct", f"recursive WITH item {name}")
         self.tail(sel, None, names, lineage)
         return names, lineage
 
@@ -579,7 +595,7 @@ class Walker:
                         lineage.append(lin)
                     continue
             lineage.append(self.expr(val, scope))
-            names.append(rt.get("name") or figure_colname(val))
+            names.append(rt.get("name") or figure_colname(val, self._sublinks))
         return names, lineage
 
     def star_entries(self, fields: Sequence[Node], scope: Scope | None) -> list[
@@ -685,6 +701,7 @@ class Walker:
             # scalar functions name their single column after the alias / function
             colnames = alias_cols or ([name] if name else [])
         rte = Rte(name, colnames, [lin] * len(colnames), open=not known, open_lineage=lin)
+        rte.guessed = not known
         scope.rtes.append(rte)
         return rte.star()
 
@@ -1038,16 +1055,25 @@ class Walker:
         return None
 
     def find_column(self, name: str, scope: Scope | None) -> Lineage | None:
+        """The lineage of an unqualified column name: the innermost query level with a
+        column of that name, as PostgreSQL looks it up. A name only a guessed column has
+        (a function of unknown result type) may be an outer level's column instead: it
+        is both."""
+        guessed: Lineage | None = None
         while scope is not None:
             found: Lineage | None = None
+            sure = False
             for rte in scope.rtes:
                 lin = rte.column(name)
                 if lin is not None:
                     found = lin if found is None else found | lin
+                    sure = sure or not rte.guessed
             if found is not None:
-                return found
+                if sure:
+                    return found if guessed is None else found | guessed
+                guessed = found if guessed is None else guessed | found
             scope = scope.parent
-        return None
+        return guessed
 
     def find_open(self, name: str, scope: Scope | None) -> Lineage | None:
         while scope is not None:
@@ -1092,7 +1118,8 @@ class Walker:
         return lin
 
     def _sublink(self, v: Node, scope: Scope | None) -> Lineage:
-        _, lineage = self.query(v["subselect"], scope)
+        names, lineage = self.query(v["subselect"], scope)
+        self._sublinks[id(v)] = names  # (a scalar subquery is named after its column)
         out = self.expr(v.get("testexpr"), scope)
         for lin in lineage:
             out = out | lin
@@ -1266,56 +1293,134 @@ _SQLVALUE_NAMES = {
 }
 
 
-def figure_colname(node: Node | None) -> str:
-    """The output column name PostgreSQL would give an unaliased target (FigureColname)."""
+def figure_colname(node: Node | None, sublinks: Mapping[int, list[str]] | None = None
+                   ) -> str:
+    """The output column name PostgreSQL gives an unaliased target (FigureColname in
+    parse_target.c, with its strengths: a cast or CASE names the column only when what
+    it wraps does not). `sublinks`: a scalar subquery's column names by id() of its
+    SubLink node, as the walker found them (else read from its first target)."""
+    return _figure(node, sublinks)[1] or "?column?"
+
+
+def _figure(node: Node | None, sublinks: Mapping[int, list[str]] | None
+            ) -> tuple[int, str | None]:
     if not node:
-        return "?column?"
+        return 0, None
     ((t, v),) = node.items()
-    if t == "ColumnRef":
-        fields = v.get("fields", ())
-        if fields and "String" in fields[-1]:
-            return fields[-1]["String"]["sval"]
-        return "?column?"
+    if t == "ColumnRef" or t == "A_Indirection":
+        fname = None
+        for item in v.get("fields" if t == "ColumnRef" else "indirection", ()):
+            if "String" in item:
+                fname = item["String"]["sval"]
+        if fname is not None:
+            return 2, fname
+        return _figure(v.get("arg"), sublinks) if t == "A_Indirection" else (0, None)
     if t == "FuncCall":
         names = _names(v.get("funcname"))
-        return names[-1] if names else "?column?"
+        return (2, names[-1]) if names else (0, None)
+    if t == "A_Expr":
+        return (2, "nullif") if v.get("kind") == "AEXPR_NULLIF" else (0, None)
     if t == "TypeCast":
-        inner = figure_colname(v.get("arg"))
-        if inner != "?column?":
-            return inner
-        names = _names((v.get("typeName") or {}).get("names"))
-        return names[-1] if names else "?column?"
-    if t == "A_Indirection":
-        for item in reversed(v.get("indirection", ())):
-            if "String" in item:
-                return item["String"]["sval"]
-        return figure_colname(v.get("arg"))
+        strength, name = _figure(v.get("arg"), sublinks)
+        if strength <= 1:
+            names = _names((v.get("typeName") or {}).get("names"))
+            if names:
+                return 1, names[-1]
+        return strength, name
+    if t == "CollateClause":
+        return _figure(v.get("arg"), sublinks)
     if t == "CaseExpr":
-        return figure_colname(v.get("defresult")) if v.get("defresult") and \
-            figure_colname(v.get("defresult")) != "?column?" else "case"
-    if t == "A_ArrayExpr":
-        return "array"
-    if t == "RowExpr":
-        return "row"
-    if t == "CoalesceExpr":
-        return "coalesce"
-    if t == "MinMaxExpr":
-        return "greatest" if v.get("op") == "IS_GREATEST" else "least"
-    if t == "GroupingFunc":
-        return "grouping"
-    if t == "SQLValueFunction":
-        return _SQLVALUE_NAMES.get(v.get("op", ""), "?column?")
+        strength, name = _figure(v.get("defresult"), sublinks)
+        return (1, "case") if strength <= 1 else (strength, name)
     if t == "SubLink":
         kind = v.get("subLinkType")
         if kind == "EXISTS_SUBLINK":
-            return "exists"
+            return 2, "exists"
         if kind == "ARRAY_SUBLINK":
-            return "array"
+            return 2, "array"
         if kind == "EXPR_SUBLINK":
-            sel = (v.get("subselect") or {}).get("SelectStmt") or {}
-            tl = sel.get("targetList") or ()
-            if tl:
-                rt = tl[0]["ResTarget"]
-                return rt.get("name") or figure_colname(rt.get("val"))
-        return "?column?"
-    return "?column?"
+            names = sublinks.get(id(v)) if sublinks is not None else None
+            name = names[0] if names else _first_column(v.get("subselect"))
+            return (2, name) if name is not None else (0, None)
+        return 0, None
+    if t == "MinMaxExpr":
+        return 2, "greatest" if v.get("op") == "IS_GREATEST" else "least"
+    table = _NAMED_BY_OP.get(t)
+    if table is not None:
+        name = table.get(v.get("op", ""))
+        return (2, name) if name is not None else (0, None)
+    name = _FUNCTION_LIKE.get(t)
+    return (2, name) if name is not None else (0, None)
+
+
+def _first_column(node: Node | None) -> str | None:
+    """The name of a (raw) subquery's first output column, where it can be told without
+    the catalog: a VALUES list's, a set operation's left side's, a target's."""
+    sel = (node or {}).get("SelectStmt")
+    while sel is not None and sel.get("op", "SETOP_NONE") != "SETOP_NONE":
+        sel = sel.get("larg")
+    if not sel:
+        return None
+    if sel.get("valuesLists"):
+        return "column1"
+    tl = sel.get("targetList") or ()
+    if not tl:
+        return None
+    rt = tl[0]["ResTarget"]
+    val = rt.get("val") or {}
+    fields = (val.get("ColumnRef") or {}).get("fields", ())
+    if fields and "A_Star" in fields[-1]:
+        return None  # (the walker knows: see Walker._sublink)
+    return rt.get("name") or figure_colname(val)
+
+
+# Nodes PostgreSQL names like the function they stand for.
+_FUNCTION_LIKE = {
+    "GroupingFunc": "grouping", "MergeSupportFunc": "merge_action", "A_ArrayExpr": "array",
+    "RowExpr": "row", "CoalesceExpr": "coalesce", "XmlSerialize": "xmlserialize",
+    "JsonParseExpr": "json", "JsonScalarExpr": "json_scalar",
+    "JsonSerializeExpr": "json_serialize", "JsonObjectConstructor": "json_object",
+    "JsonArrayConstructor": "json_array", "JsonArrayQueryConstructor": "json_array",
+    "JsonObjectAgg": "json_objectagg", "JsonArrayAgg": "json_arrayagg",
+}
+_NAMED_BY_OP = {
+    "SQLValueFunction": _SQLVALUE_NAMES,
+    "XmlExpr": {"IS_XMLCONCAT": "xmlconcat", "IS_XMLELEMENT": "xmlelement",
+                "IS_XMLFOREST": "xmlforest", "IS_XMLPARSE": "xmlparse", "IS_XMLPI": "xmlpi",
+                "IS_XMLROOT": "xmlroot", "IS_XMLSERIALIZE": "xmlserialize"},
+    "JsonFuncExpr": {"JSON_EXISTS_OP": "json_exists", "JSON_QUERY_OP": "json_query",
+                     "JSON_VALUE_OP": "json_value"},
+}
+_RECURSION_ROUNDS = 64
+
+
+def _dependency_order(ctes: list[Node]) -> list[Node] | None:
+    """WITH RECURSIVE items in an order where each comes after the items it reads (its
+    own name aside), else in their own; None when two read each other."""
+    names = {c["ctename"] for c in ctes}
+    needs = {c["ctename"]: _reads(c["ctequery"], names) - {c["ctename"]} for c in ctes}
+    out: list[Node] = []
+    done: set[str] = set()
+    while len(out) < len(ctes):
+        ready = [c for c in ctes if c["ctename"] not in done and needs[c["ctename"]] <= done]
+        if not ready:
+            return None
+        out.append(ready[0])
+        done.add(ready[0]["ctename"])
+    return out
+
+
+def _reads(node: Any, names: set[str]) -> set[str]:
+    """The names of `names` that `node` (a raw tree) reads as an unqualified relation."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            rv = item.get("RangeVar")
+            if rv is not None and "schemaname" not in rv and rv.get("relname") in names:
+                found.add(rv["relname"])
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return found

@@ -1,0 +1,93 @@
+"""The analyzer must find the columns PostgreSQL finds. Where it took a name for another
+column than PostgreSQL does, a masked column's value went out as something harmless:
+a function in FROM whose result columns it guessed, a subquery column it named otherwise
+than PostgreSQL (COLLATE, NULLIF, CASE, a scalar subquery over a set operation or
+VALUES), a WITH RECURSIVE item reading one defined after it. Found by an adversarial
+probe. Against a policy that allows everything and masks cards.holder (a name: the PAN
+safety net would not catch it): every statement is masked or refused, never raw."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from test_prepared_names import gw  # noqa: F401  (the masking gateway)
+
+from gateway.devtools.harness import GatewayProcess
+
+HOLDERS = ("Alice Martin", "Bob Chen", "Carol Diaz", "Dan Okafor", "Eve Novak")
+DECOY = "select 'decoy'::text as {}"
+LATERAL = "select x.v from ({decoy}) o, lateral (select {name} as v from ({inner}) y) x"
+
+STATEMENTS = {
+    # a function in FROM: jsonb_each has the columns key and value, not one named
+    # after its alias; `holder` is the outer cards.holder
+    "function alias, scalar subquery":
+        "select (select holder from jsonb_each('{\"a\":1}') holder) from cards",
+    "function alias, lateral":
+        "select x.h from cards, lateral (select holder as h from jsonb_each('{\"a\":1}') "
+        "as holder) x",
+    "function alias, computed in EXISTS":
+        "select id from cards where exists (select 1 from jsonb_each('{\"a\":1}') holder "
+        "where holder::int = 1)",
+    "function alias, pg_control_system":
+        "select (select holder from pg_control_system() holder) from cards",
+    "function alias, COPY":
+        "copy (select (select holder from jsonb_each('{\"a\":1}') holder) from cards) to stdout",
+    # subquery columns PostgreSQL names otherwise than a guess would
+    "COLLATE keeps the name":
+        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
+                       inner='select c.holder collate "C" from cards c'),
+    "COLLATE, scalar subquery":
+        "select (select holder from (select c.holder collate \"C\" from cards c "
+        "where c.id = 1) y) from (select 'decoy'::text as holder) o",
+    "NULLIF is named nullif":
+        LATERAL.format(decoy=DECOY.format("nullif"), name="nullif",
+                       inner="select nullif(c.holder, '') from cards c"),
+    "CASE is named case":
+        LATERAL.format(decoy=DECOY.format('"case"'), name='"case"',
+                       inner="select case when c.id > 0 then c.holder else 'x'::text end "
+                             "from cards c"),
+    "a scalar subquery over UNION":
+        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
+                       inner="select (select c.holder union all select 'q' limit 1) "
+                             "from cards c"),
+    "a scalar subquery over VALUES":
+        LATERAL.format(decoy=DECOY.format("column1"), name="column1",
+                       inner="select (values (c.holder)) from cards c"),
+    "a scalar subquery over *":
+        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
+                       inner="select (select * from (select c.holder) s) from cards c"),
+    # WITH RECURSIVE: every item sees every other, a later one too
+    "RECURSIVE, a later item named like a table":
+        "with recursive a as (select * from transactions), transactions as (select holder "
+        "collate \"C\" as w, 1 as x, 2 as y, 3 as z from cards) select * from a",
+    "RECURSIVE, a later item, no COLLATE":
+        "with recursive a as (select * from transactions), transactions as (select holder "
+        "as w, 1 as x, 2 as y, 3 as z from cards union all select null, 1, 2, 3 where false) "
+        "select * from a",
+    # a recursive item that moves a column one place each round: five rounds to settle
+    "RECURSIVE, rotating columns":
+        "with recursive r(a, b, c, d, e, f, n) as (select holder, 'x', 'x', 'x', 'x', 'x', 0 "
+        "from cards union all select f, a, b, c, d, e, n + 1 from r where n < 6) "
+        "select f from r",
+}
+
+
+@pytest.mark.parametrize("case", list(STATEMENTS))
+def test_a_masked_column_is_never_taken_for_another(gw: GatewayProcess,  # noqa: F811
+                                                    case: str) -> None:
+    sql = STATEMENTS[case]
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True) as c:
+        try:
+            if sql.startswith("copy"):
+                with c.cursor().copy(sql) as copy:
+                    got = repr([bytes(b) for b in copy])
+            else:
+                got = repr(c.execute(sql).fetchall())
+        except psycopg.errors.InsufficientPrivilege as e:
+            got = str(e)
+            assert "refused" in got or "denied" in got, got
+        except psycopg.Error as e:  # anything else the server says must hold no value
+            got = f"{type(e).__name__}: {e} {e.diag.message_detail}"
+            assert not isinstance(e, psycopg.errors.InvalidTextRepresentation), got
+    assert not any(h in got for h in HOLDERS), got
