@@ -2,8 +2,8 @@
 column than PostgreSQL does, a masked column's value went out as something harmless:
 a function in FROM whose result columns it guessed, a subquery column it named otherwise
 than PostgreSQL (COLLATE, NULLIF, CASE, a scalar subquery over a set operation or
-VALUES), a WITH RECURSIVE item reading one defined after it. Found by an adversarial
-probe. Against a policy that allows everything and masks cards.holder (a name: the PAN
+VALUES), a WITH RECURSIVE item reading one defined after it, the call f(rel) written
+rel.f, the columns SEARCH and CYCLE add. Found by adversarial probes. Against a policy that allows everything and masks cards.holder (a name: the PAN
 safety net would not catch it): every statement is masked or refused, never raw."""
 
 from __future__ import annotations
@@ -65,6 +65,22 @@ STATEMENTS = {
         "with recursive a as (select * from transactions), transactions as (select holder "
         "as w, 1 as x, 2 as y, 3 as z from cards union all select null, 1, 2, 3 where false) "
         "select * from a",
+    # rel.f where rel has no column f is the call f(rel): the whole row
+    "rel.to_json": "select c.to_json from cards c where id = 1",
+    "rel.row_to_json": "select c.row_to_json from cards c where id = 1",
+    "schema.rel.to_jsonb": "select public.cards.to_jsonb from cards where id = 1",
+    "rel.concat": "select c.concat from cards c where id = 1",
+    "rel.to_json, lateral": "select x.j from cards c, lateral (select c.to_jsonb as j) x",
+    "rel.to_json, COPY": "copy (select c.to_json from cards c) to stdout",
+    # the columns SEARCH and CYCLE add, reached past an outer decoy of the same name
+    "CYCLE path": "with recursive t(a, n) as (select c.holder, 1 from cards c where c.id = 1 "
+                  "union all select a, n + 1 from t where n < 2) cycle a set is_cycle using "
+                  "path select (select path from t limit 1) from (select 'decoy'::text as "
+                  "path) o",
+    "SEARCH sequence": "with recursive t(a, n) as (select c.holder, 1 from cards c where "
+                       "c.id = 1 union all select a, n + 1 from t where n < 2) search "
+                       "breadth first by a set ord select (select ord from t limit 1) from "
+                       "(select 'decoy'::text as ord) o",
     # a recursive item that moves a column one place each round: five rounds to settle
     "RECURSIVE, rotating columns":
         "with recursive r(a, b, c, d, e, f, n) as (select holder, 'x', 'x', 'x', 'x', 'x', 0 "

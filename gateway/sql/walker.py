@@ -443,8 +443,38 @@ class Walker:
             else:
                 names, lineage = self.query(body, scope)
                 names = _rename(names, colnames)
+            if cte.get("search_clause") or cte.get("cycle_clause"):
+                names, lineage = self._search_cycle(cte, names, lineage)
             scope.ctes[name] = (names, lineage)
         return scope
+
+    def _search_cycle(self, cte: Node, names: list[str], lineage: list[Lineage]
+                      ) -> tuple[list[str], list[Lineage]]:
+        """The columns SEARCH and CYCLE add after the query's: the sequence column (rows
+        of the listed columns' values), the cycle mark, and the path (an array of rows
+        of them): computed from the listed columns."""
+        names, lineage = list(names), list(lineage)
+
+        def listed(cols: list[Node] | None) -> Lineage:
+            lin: Lineage = EMPTY
+            for col in _names(cols):
+                if col in names:
+                    lin = lin | lineage[names.index(col)]
+                else:
+                    self.unresolved("column", f"{cte['ctename']}.{col}")
+            return lin
+
+        search = cte.get("search_clause")
+        if search:
+            names.append(search.get("search_seq_column") or "?column?")
+            lineage.append(derive(listed(search.get("search_col_list"))))
+        cycle = cte.get("cycle_clause")
+        if cycle:
+            names.append(cycle.get("cycle_mark_column") or "?column?")
+            lineage.append(EMPTY)
+            names.append(cycle.get("cycle_path_column") or "?column?")
+            lineage.append(derive(listed(cycle.get("cycle_col_list"))))
+        return names, lineage
 
     def recursive_cte(self, name: str, colnames: list[str], sel: Node,
                       scope: Scope) -> tuple[list[str], list[Lineage]]:
@@ -1023,14 +1053,14 @@ class Walker:
         if n == 2:
             rte = self.find_rte(names[:1], scope)
             if rte is not None:
-                return self.rte_column(rte, names[1])
+                return self.rte_column(rte, names[1], call=True)
             # composite column's field: col.field
             lin = self.find_column(names[0], scope)
             return lin if lin is not None else self.find_open(names[0], scope)
         if n == 3:
             rte = self.find_rte(names[:2], scope)
             if rte is not None:
-                return self.rte_column(rte, names[2])
+                return self.rte_column(rte, names[2], call=True)
             rte = self.find_rte(names[:1], scope)
             if rte is not None:  # table.column.field
                 return self.rte_column(rte, names[1])
@@ -1038,13 +1068,16 @@ class Walker:
         if n == 4:
             rte = self.find_rte(names[1:3], scope)
             if rte is not None:
-                return self.rte_column(rte, names[3])
+                return self.rte_column(rte, names[3], call=True)
             rte = self.find_rte(names[:2], scope)
             if rte is not None:
                 return self.rte_column(rte, names[2])
         return None
 
-    def rte_column(self, rte: Rte, name: str) -> Lineage | None:
+    def rte_column(self, rte: Rte, name: str, *, call: bool = False) -> Lineage | None:
+        """Column `name` of `rte`. `call`: written `rel.name`, which PostgreSQL reads as
+        the call name(rel) when rel has no such column (`c.to_json` is to_json(c): the
+        whole row, computed with)."""
         lin = rte.column(name)
         if lin is not None:
             return lin
@@ -1052,6 +1085,12 @@ class Walker:
             if rte.unresolved:
                 self.unresolved("column", f"{rte.unresolved}.{name}")
             return rte.open_lineage
+        if call and rte.unresolved is None:
+            self.function([name], 1)
+            whole = rte.whole()
+            self.touch(whole)
+            self.computes(whole)
+            return derive(whole)
         return None
 
     def find_column(self, name: str, scope: Scope | None) -> Lineage | None:
