@@ -1109,6 +1109,8 @@ def _unsafe_setting(name: str, value: str) -> str | None:
 # Who the gateway is upstream is not the client's to change, whatever the policy says:
 # the session would run with rights no decision granted.
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+# Settings that change how the server tokenizes a statement (checked in _unsafe_setting).
+_PARSING_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
 
 
 def _parsing_change(info: StatementInfo) -> str | None:
@@ -1118,6 +1120,12 @@ def _parsing_change(info: StatementInfo) -> str | None:
     if settings and (_IDENTITY_SETTINGS.intersection(settings) or "?" in settings):
         return ("set_config() of role or session_authorization (or of a setting named by an "
                 "expression) is not allowed through the gateway")
+    if settings and _PARSING_SETTINGS.intersection(settings):
+        # (its value may be any expression; and what the client sent behind it is read
+        # before the server's report of the new value comes back)
+        return ("set_config() of client_encoding or standard_conforming_strings is not "
+                "allowed through the gateway: it could make the server read later "
+                "statements differently; use SET")
     if info.command not in ("SET", "RESET"):
         return None
     name = str(info.details.get("name") or "")
@@ -1146,7 +1154,8 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
     for info in infos:
         if info.command in _READS_A_CURSOR and state.protocol_portal is not None:
             name = str(info.details.get("cursor"))
-            if ("cursor", name) in info.unresolved and state.protocol_portal(name):
+            # (whatever the gateway remembers of cursors of the name: they may be gone)
+            if state.protocol_portal(name):
                 return _denial("42501", f'{info.command} from "{name}", a portal bound over '
                                "the protocol (its masks are its Execute's), is not allowed "
                                "through the gateway: execute it")
@@ -1168,6 +1177,11 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
             name = str(info.details.get("name"))
             if name not in origin:
                 return _denial("26000", f'prepared statement "{name}" does not exist')
+            if len(state.sql_texts.get(name, ())) > 1:
+                return _denial("42501", f'prepared statement "{name}" may not be the one the '
+                               "gateway knows: it was prepared with other texts before, and "
+                               "a PREPARE or DEALLOCATE of it may not have run; prepare it "
+                               "under a new name")
             if origin[name] != "sql":
                 return _denial("42501", f'EXECUTE of "{name}", a statement prepared over the '
                                "protocol, is not allowed through the gateway: bind it")

@@ -94,6 +94,10 @@ class SessionSqlState:
         #: whether a SQL DECLARE was ever allowed in this session (then every Execute is
         #: checked: SQL cursors and protocol portals share one namespace)
         self.cursor_used = False
+        #: the texts a SQL PREPARE'd name may have at the server: every PREPARE of it the
+        #: gateway allowed (one may not have run: a name in use, an error ahead of it, a
+        #: Parse of it never executed; nor a DEALLOCATE), so more than one is ambiguous
+        self.sql_texts: dict[str, set[str]] = {}
         #: whether a name is a protocol portal the gateway follows (the result masker's
         #: word, wired by the relay): SQL FETCH of one is refused
         self.protocol_portal: Callable[[str], bool] | None = None
@@ -262,10 +266,12 @@ class SessionSqlState:
             self._bump()  # "$user" in the search path may now name another schema
 
     def ready_for_query(self, status: str, idle: Callable[[], bool] | None = None) -> None:
-        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors. `idle()`: whether nothing
-        sent to the server waits for an answer any more, so that what it last reported of
-        search_path is where it is (asked only when something is unsettled)."""
-        if status == "I" and (self.cursors or self.cursor_history):
+        """ReadyForQuery: ``I`` (idle) ends non-holdable cursors, once nothing sent to the
+        server waits for an answer (`idle()`: a DECLARE sent behind this answer may have
+        begun a transaction of its own), which is also when what the server last reported
+        of search_path is where it is (asked only when something is unsettled)."""
+        if status == "I" and (self.cursors or self.cursor_history) and (
+                idle is None or idle()):
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
             self._drop_unheld_history()
         if idle is not None and self.path_reported and (
@@ -312,6 +318,7 @@ class SessionSqlState:
         new.prepared = dict(self.prepared)
         new.sql_used = self.sql_used
         new.cursor_used = self.cursor_used
+        new.sql_texts = self.sql_texts
         new.protocol_portal = self.protocol_portal
         new.cursors = dict(self.cursors)
         new.cursor_history = dict(self.cursor_history)
@@ -391,6 +398,8 @@ class SessionSqlState:
             assert effect.name is not None
             self.prepared[effect.name] = PreparedStatement(effect.name, effect.value, "sql")
             self.sql_used = True
+            if not scratch:
+                self.sql_texts.setdefault(effect.name, set()).add(effect.value)
         elif op == "deallocate":
             if effect.name is None:  # DEALLOCATE ALL includes protocol-level statements
                 self.prepared.clear()
@@ -437,7 +446,10 @@ class SessionSqlState:
                 self._search_path = None
                 self.role = None
                 self.session_user = self.login_user
-        elif op == "end_transaction":
+        elif op == "end_transaction" and scratch:
+            # (in one query string what follows runs only if it did; otherwise the
+            # cursors end at the idle ReadyForQuery that shows it ran: a COMMIT parsed
+            # and never executed, or skipped behind an error, ends nothing)
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
             self._drop_unheld_history()
 
