@@ -152,3 +152,44 @@ def test_set_config_of_a_parsing_setting_is_refused(gw: GatewayProcess,  # noqa:
     _clean(out)
     first = next(body for t, body in out if t == "E")
     assert b"C42501" in first and b"set_config()" in first, out
+
+
+# -- schema changes the catalog cannot see yet ------------------------------------------
+
+UNCOMMITTED = {
+    "a column renamed": ["alter table cards rename column holder to zz_h",
+                         "select zz_h from cards"],
+    "a table renamed, another in its place": [
+        "alter table cards rename to zz_cards", "create table cards (id int, holder text)",
+        "select holder from zz_cards"],
+    "two columns swapped": ["alter table cards rename column holder to zz_t",
+                            "alter table cards rename column expiry to holder",
+                            "alter table cards rename column zz_t to expiry",
+                            "select expiry from cards"],
+}
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["answered", "pipelined"])
+@pytest.mark.parametrize("case", list(UNCOMMITTED))
+def test_a_schema_change_not_committed_yet_unmasks_nothing(
+        gw: GatewayProcess, case: str, pipelined: bool) -> None:  # noqa: F811
+    """The catalog is read over another connection and cannot see this transaction's DDL
+    (nor any the server has not committed when the next statement is decided): a name it
+    made is refused, and a column of a table it changed may be any of its columns."""
+    steps = [q(sql) for sql in ["begin", *UNCOMMITTED[case]]]
+    batches = [steps] if pipelined else [[m] for m in steps]
+    out = run(gw, *batches, [q("rollback")])
+    _masked_or_refused(out)
+
+
+def test_a_migration_in_one_transaction_still_runs(gw: GatewayProcess) -> None:  # noqa: F811
+    """More schema change that reads nothing goes through; once committed, the catalog
+    is read again and shows it."""
+    out = run(gw, [q("begin")], [q("create table st_mig (id int)")],
+              [q("alter table st_mig add column note text")],
+              [q("alter table st_mig add constraint st_mig_note check (note <> '')")],
+              [q("create index on st_mig (note)")], [q("commit")],
+              [q("insert into st_mig values (1, 'x')")], [q("select note from st_mig")],
+              [q("drop table st_mig")])
+    assert not [body for t, body in out if t == "E"], out
+    assert [body for t, body in out if t == "D"] == [b"\x00\x01\x00\x00\x00\x01x"], out

@@ -120,7 +120,7 @@ class _Data:
 class Catalog:
     """Immutable snapshot of relations and functions, with PostgreSQL name resolution."""
 
-    __slots__ = ("_any_path", "_data", "_other_paths", "_overlay", "_temp")
+    __slots__ = ("_any_path", "_data", "_other_paths", "_overlay", "_temp", "_unsettled")
 
     def __init__(
         self,
@@ -167,6 +167,7 @@ class Catalog:
         self._overlay: Mapping[tuple[str, str], Relation] = {}
         self._other_paths: tuple[tuple[str, ...], ...] = ()
         self._any_path = False
+        self._unsettled: frozenset[tuple[str, str]] | None = None
 
     # -- derived views ------------------------------------------------------------------------
 
@@ -178,7 +179,21 @@ class Catalog:
         new._overlay = overlay
         new._other_paths = self._other_paths
         new._any_path = self._any_path
+        new._unsettled = self._unsettled
         return new
+
+    def with_unsettled(self, relations: Iterable[tuple[str, str]]) -> Catalog:
+        """This snapshot, for a session whose uncommitted schema changes it cannot see:
+        the relations (schema, name) those changed may have any of their columns under
+        any of their names (see :meth:`unsettled`)."""
+        new = self._derive(self._temp, self._overlay)
+        new._unsettled = frozenset(relations)
+        return new
+
+    def unsettled(self, schema: str, name: str) -> bool:
+        """Whether a schema change this snapshot does not show may have touched the
+        relation (a column renamed, swapped, retyped)."""
+        return self._unsettled is not None and (schema, name) in self._unsettled
 
     def with_paths(self, others: Iterable[Sequence[str]], any_path: bool = False) -> Catalog:
         """This snapshot, resolving unqualified names also along `others` (search paths
@@ -218,10 +233,10 @@ class Catalog:
     def base(self) -> Catalog:
         """The snapshot without temp relations or overlays."""
         if not self._temp and not self._overlay and not self._other_paths \
-                and not self._any_path:
+                and not self._any_path and self._unsettled is None:
             return self
         new = self._derive({}, {})
-        new._other_paths, new._any_path = (), False
+        new._other_paths, new._any_path, new._unsettled = (), False, None
         return new
 
     # -- facts ---------------------------------------------------------------------------------

@@ -799,6 +799,10 @@ class StatementGate:
         misnamed = _statement_names(infos, self.state, protocol == "simple")
         if misnamed is not None:
             return misnamed
+        if self.state.schema_changes is not None:
+            unseen = _unseen_names(infos)
+            if unseen is not None:
+                return unseen
         facts_key = self._facts_key(engine)
         decisions: list[tuple[StatementInfo, Decision]] = []
         t0 = time.perf_counter()
@@ -1092,7 +1096,12 @@ class StatementGate:
             self.on_renamed(self.audit_ctx, name)
 
     def ready_for_query(self, status: str, idle: Callable[[], bool] | None = None) -> None:
-        self.state.ready_for_query(status, idle)
+        state = self.state
+        changed = state.schema_changes is not None
+        state.ready_for_query(status, idle)
+        if changed and state.schema_changes is None:
+            # committed (or not): what was read while they were pending may be stale
+            self.catalogs.invalidate(self.connection)
 
 
 def _unsafe_setting(name: str, value: str) -> str | None:
@@ -1139,6 +1148,23 @@ def _parsing_change(info: StatementInfo) -> str | None:
 
 
 _READS_A_CURSOR = frozenset(("FETCH", "MOVE"))
+_NAMED_DATA = frozenset(("relation", "column", "view"))
+
+
+def _unseen_names(infos: tuple[StatementInfo, ...]) -> Verdict | None:
+    """While schema changes of the session's are not committed, the catalog (read over
+    another connection) does not show them: a name it cannot resolve may be a table or
+    column they renamed, and hold anything. Refused until the server shows them done."""
+    for info in infos:
+        if info.kind == "ddl" and not any("read" in r.access for r in info.relations):
+            continue  # (more schema change, reading nothing: a migration's next step)
+        for kind, name in info.unresolved:
+            if kind in _NAMED_DATA:
+                return _denial("42501", f"{info.command} names {kind} {name}, which the "
+                               "gateway cannot see: this session's schema changes are not "
+                               "committed yet, and until they are, names they may have "
+                               "made are refused", hint="commit the schema change first")
+    return None
 
 
 def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: bool

@@ -94,6 +94,10 @@ class SessionSqlState:
         #: whether a SQL DECLARE was ever allowed in this session (then every Execute is
         #: checked: SQL cursors and protocol portals share one namespace)
         self.cursor_used = False
+        #: relations (schema, name) DDL the gateway allowed wrote to, while the server has
+        #: not shown it committed (an idle ReadyForQuery with nothing outstanding): the
+        #: catalog, read over another connection, does not show them; None: no such DDL
+        self.schema_changes: frozenset[tuple[str, str]] | None = None
         #: the texts a SQL PREPARE'd name may have at the server: every PREPARE of it the
         #: gateway allowed (one may not have run: a name in use, an error ahead of it, a
         #: Parse of it never executed; nor a DEALLOCATE), so more than one is ambiguous
@@ -174,7 +178,7 @@ class SessionSqlState:
         """``catalog`` plus this session's temporary tables, resolving names along every
         search path the session may be on (cached)."""
         if not self.temp_relations and not self._created and not self.other_paths \
-                and not self.any_path:
+                and not self.any_path and self.schema_changes is None:
             return catalog
         key = (catalog.generation, id(catalog), self._version)
         cached = self._cat_cache
@@ -188,6 +192,8 @@ class SessionSqlState:
         if self.other_paths or self.any_path:
             cat = cat.with_paths((catalog.default_search_path if p is None else p
                                   for p in self.other_paths), self.any_path)
+        if self.schema_changes is not None:
+            cat = cat.with_unsettled(self.schema_changes)
         self._cat_cache = (key, cat)
         return cat
 
@@ -202,7 +208,8 @@ class SessionSqlState:
                 (r.schema, r.name, r.relkind, r.columns, r.view_sql)
                 for r in (*self.temp_relations.values(), *self._created.values())))
         return (catalog.generation, self.effective_search_path(catalog),
-                self.current_user or catalog.user, temp_key, self.other_paths, self.any_path)
+                self.current_user or catalog.user, temp_key, self.other_paths, self.any_path,
+                self.schema_changes)
 
     # -- what the gateway feeds in ------------------------------------------------------------
 
@@ -270,6 +277,9 @@ class SessionSqlState:
         server waits for an answer (`idle()`: a DECLARE sent behind this answer may have
         begun a transaction of its own), which is also when what the server last reported
         of search_path is where it is (asked only when something is unsettled)."""
+        if status == "I" and self.schema_changes is not None and (idle is None or idle()):
+            self.schema_changes = None  # committed or rolled back: the catalog may say
+            self._bump()
         if status == "I" and (self.cursors or self.cursor_history) and (
                 idle is None or idle()):
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
@@ -286,6 +296,10 @@ class SessionSqlState:
     def observe(self, info: StatementInfo) -> None:
         """Apply a statement's effects once it is allowed (what it does to search_path
         stays unsettled until the server says: see ``other_paths``)."""
+        if info.catalog_changed:
+            written = {(r.schema, r.name) for r in info.relations if "write" in r.access}
+            self.schema_changes = (self.schema_changes or frozenset()) | written
+            self._bump()
         if not self.any_path and may_set_path(info):
             self.any_path = True
             self._path_moves()
@@ -318,6 +332,7 @@ class SessionSqlState:
         new.prepared = dict(self.prepared)
         new.sql_used = self.sql_used
         new.cursor_used = self.cursor_used
+        new.schema_changes = self.schema_changes
         new.sql_texts = self.sql_texts
         new.protocol_portal = self.protocol_portal
         new.cursors = dict(self.cursors)

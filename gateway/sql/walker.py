@@ -339,6 +339,12 @@ class Walker:
         if rel.temp:
             return [frozenset(((rel.schema, rel.name, c), *(
                 (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
+        if self.cat.unsettled(rel.schema, rel.name):
+            # a schema change the catalog does not show yet may have renamed or swapped
+            # its columns: each may be any of them
+            whole = frozenset(key for c in rel.columns for key in (
+                (rel.schema, rel.name, c), *((s, n, c) for s, n in rel.ancestors)))
+            return [whole] * len(rel.columns)
         key = ("lineage", rel.schema, rel.name, rel.oid)
         cache = self.cat.cache
         lin = cache.get(key)
