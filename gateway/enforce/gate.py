@@ -852,10 +852,11 @@ class StatementGate:
                 bundle_hash=decision.bundle_hash, us=elapsed_us,
             )
         if verdict.allowed:
+            # (a schema change is read into the catalog once the server shows it over:
+            # see ready_for_query. Read now, over another connection, the catalog would
+            # not show it, and would wait on the locks of the session's own transaction.)
             for info in infos:
                 self.state.observe(info)
-                if info.catalog_changed:
-                    self.catalogs.invalidate(self.connection)
             if approval is None:
                 self._remember_repeat(sql, protocol, catalog, engine, verdict, decisions,
                                       decided, shared, analysis)
