@@ -3,8 +3,9 @@ column than PostgreSQL does, a masked column's value went out as something harml
 a function in FROM whose result columns it guessed, a subquery column it named otherwise
 than PostgreSQL (COLLATE, NULLIF, CASE, a scalar subquery over a set operation or
 VALUES), a WITH RECURSIVE item reading one defined after it, the call f(rel) written
-rel.f, the columns SEARCH and CYCLE add. Found by adversarial probes. Against a policy that allows everything and masks cards.holder (a name: the PAN
-safety net would not catch it): every statement is masked or refused, never raw."""
+rel.f, the columns SEARCH and CYCLE add. Found by adversarial probes. Against a policy
+that allows everything and masks cards.holder (a name: the PAN safety net would not
+catch it): every statement is masked or refused, never raw."""
 
 from __future__ import annotations
 
