@@ -16,8 +16,13 @@ from test_prepared_names import gw  # noqa: F401  (the masking gateway)
 from gateway.devtools.harness import GatewayProcess
 
 HOLDERS = ("Alice Martin", "Bob Chen", "Carol Diaz", "Dan Okafor", "Eve Novak")
-DECOY = "select 'decoy'::text as {}"
-LATERAL = "select x.v from ({decoy}) o, lateral (select {name} as v from ({inner}) y) x"
+
+
+def past_decoy(name: str, inner: str) -> str:
+    """Column `name` of subquery `inner`, read where an outer decoy has that name too."""
+    return (f"select x.v from (select 'decoy'::text as {name}) o, "  # noqa: S608
+            f"lateral (select {name} as v from ({inner}) y) x")
+
 
 STATEMENTS = {
     # a function in FROM: jsonb_each has the columns key and value, not one named
@@ -36,28 +41,22 @@ STATEMENTS = {
         "copy (select (select holder from jsonb_each('{\"a\":1}') holder) from cards) to stdout",
     # subquery columns PostgreSQL names otherwise than a guess would
     "COLLATE keeps the name":
-        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
-                       inner='select c.holder collate "C" from cards c'),
+        past_decoy("holder", 'select c.holder collate "C" from cards c'),
     "COLLATE, scalar subquery":
         "select (select holder from (select c.holder collate \"C\" from cards c "
         "where c.id = 1) y) from (select 'decoy'::text as holder) o",
     "NULLIF is named nullif":
-        LATERAL.format(decoy=DECOY.format("nullif"), name="nullif",
-                       inner="select nullif(c.holder, '') from cards c"),
+        past_decoy("nullif", "select nullif(c.holder, '') from cards c"),
     "CASE is named case":
-        LATERAL.format(decoy=DECOY.format('"case"'), name='"case"',
-                       inner="select case when c.id > 0 then c.holder else 'x'::text end "
+        past_decoy('"case"', "select case when c.id > 0 then c.holder else 'x'::text end "
                              "from cards c"),
     "a scalar subquery over UNION":
-        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
-                       inner="select (select c.holder union all select 'q' limit 1) "
+        past_decoy("holder", "select (select c.holder union all select 'q' limit 1) "
                              "from cards c"),
     "a scalar subquery over VALUES":
-        LATERAL.format(decoy=DECOY.format("column1"), name="column1",
-                       inner="select (values (c.holder)) from cards c"),
+        past_decoy("column1", "select (values (c.holder)) from cards c"),
     "a scalar subquery over *":
-        LATERAL.format(decoy=DECOY.format("holder"), name="holder",
-                       inner="select (select * from (select c.holder) s) from cards c"),
+        past_decoy("holder", "select (select * from (select c.holder) s) from cards c"),
     # WITH RECURSIVE: every item sees every other, a later one too
     "RECURSIVE, a later item named like a table":
         "with recursive a as (select * from transactions), transactions as (select holder "
