@@ -34,6 +34,7 @@ __all__ = [
     "HASH_ALGORITHMS",
     "CanonicalError",
     "canonical_json",
+    "canonical_value",
     "file_digest",
     "is_structured",
 ]
@@ -99,6 +100,7 @@ def _parse_yaml(text: str) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.constructor import SafeConstructor
     from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.events import AliasEvent
 
     class _Constructor(SafeConstructor):
         pass
@@ -112,6 +114,10 @@ def _parse_yaml(text: str) -> Any:
     try:
         with warnings.catch_warnings():  # ruamel nags about YAML 1.1 floats like 1e3
             warnings.simplefilter("ignore")
+            # An alias repeats what it names: a few hundred bytes of nested aliases
+            # expand to gigabytes once walked. Data files have no use for them.
+            if any(isinstance(e, AliasEvent) for e in yaml.parse(text)):
+                raise CanonicalError("YAML aliases (*name) are not accepted in bundle data")
             value = yaml.load(text)
     except YAMLError as exc:
         raise CanonicalError(f"neither JSON nor YAML: {str(exc).splitlines()[0]}") from None
@@ -220,7 +226,20 @@ def _encode(value: Any, out: list[str]) -> None:
 
 def canonical_json(content: bytes) -> bytes:
     """The bytes OPA hashes for a structured file (raises CanonicalError)."""
-    value = _parse(content)
-    out: list[str] = []
-    _encode(value, out)
+    try:
+        value = _parse(content)
+        out: list[str] = []
+        _encode(value, out)
+    except RecursionError:
+        raise CanonicalError("nested too deeply") from None
     return "".join(out).encode("utf-8")
+
+
+def canonical_value(content: bytes) -> Any:
+    """A structured file's value as its signature hashed it: what a bundle's data must
+    load as, so that no other reading of the same bytes (YAML 1.2's `no` as a string,
+    an octal `0144`, a JSON NaN) can stand behind a valid signature."""
+    try:
+        return json.loads(canonical_json(content))
+    except RecursionError:
+        raise CanonicalError("nested too deeply") from None

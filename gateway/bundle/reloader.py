@@ -166,9 +166,11 @@ class BundleReloader:
                                            verification=self._verification(),
                                            allow_unsigned=self.config.allow_unsigned)
                 engine = self._compile(bundle)
-            except (BundleError, PolicyError, KeyFileError) as exc:
+            except Exception as exc:  # (whatever it is: the next source is tried)
                 logs.error("bundle.persisted_unusable", worker=self.worker_id,
-                           error=str(exc))
+                           error=str(exc) if isinstance(
+                               exc, (BundleError, PolicyError, KeyFileError))
+                           else type(exc).__name__)
                 return None
             self._etag = meta.get("etag") if isinstance(meta.get("etag"), str) else None
             self._swap(bundle, engine, "persisted")
@@ -226,6 +228,8 @@ class BundleReloader:
             engine = self._compile(bundle)
         except (BundleError, PolicyError, KeyFileError) as exc:
             return self._reject(trigger, exc, sha, raw)
+        except Exception as exc:  # a hostile bundle the checks did not expect: not active
+            return self._reject(trigger, _Unexpected(exc), sha, raw)
         self._swap(bundle, engine, trigger)
         return self._result("activated", trigger)
 
@@ -268,6 +272,8 @@ class BundleReloader:
             file, reason = exc.file, exc.reason
         elif isinstance(exc, PolicyError):
             file, reason = exc.location or None, exc.message
+        elif isinstance(exc, _Unexpected):
+            file, reason = None, str(exc)
         else:
             file, reason = str(self.config.verification_key), str(exc)
         if sha is None and raw is not None:
@@ -390,3 +396,11 @@ class BundleReloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class _Unexpected(Exception):
+    """A bundle that failed in a way no check names (its class only: its text may quote
+    the bundle)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"the bundle could not be loaded ({type(exc).__name__})")

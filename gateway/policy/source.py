@@ -401,12 +401,18 @@ def _read_tarball(raw: bytes, display: str) -> dict[str, bytes]:
 
 
 def _parse_manifest(content: bytes, display: str) -> dict[str, Any]:
+    from gateway.bundle.canonical import CanonicalError, canonical_value
+
     try:
-        manifest = json.loads(content.decode("utf-8-sig"))
+        json.loads(content.decode("utf-8-sig"), parse_constant=_not_json)
+        # (the value its signature hashed: see _parse_data)
+        manifest = canonical_value(content)
     except UnicodeDecodeError as exc:
         raise PolicyLoadError(display, f"not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise PolicyLoadError(display, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except (CanonicalError, ValueError, RecursionError) as exc:
+        raise PolicyLoadError(display, f"invalid JSON: {exc}") from None
     if not isinstance(manifest, dict):
         raise PolicyLoadError(display, "the manifest must be a JSON object")
     revision = manifest.get("revision")
@@ -440,33 +446,32 @@ def _parse_manifest(content: bytes, display: str) -> dict[str, Any]:
 
 
 def _parse_data(content: bytes, display: str, base: str) -> Any:
+    """A data file's value: the one its bundle signature hashes (bundle.canonical), read
+    as OPA reads it (JSON, else YAML 1.1 as go-yaml). data.json must be strict JSON."""
+    from gateway.bundle.canonical import CanonicalError, canonical_value
+
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PolicyLoadError(display, f"not UTF-8 text ({exc.reason})") from None
     if base == "data.json":
-        try:
-            return json.loads(text)
+        try:  # (for an error that says where)
+            json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             raise PolicyLoadError(
                 display, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno
             ) from None
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
+        except (ValueError, RecursionError) as exc:
+            raise PolicyLoadError(display, f"invalid JSON: {exc}") from None
     try:
-        value = YAML(typ="safe", pure=True).load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        col = mark.column + 1 if mark is not None else None
-        raise PolicyLoadError(display, f"invalid YAML: {exc.problem}", line, col) from None
-    except YAMLError as exc:
-        raise PolicyLoadError(display, f"invalid YAML: {exc}") from None
-    try:  # YAML can hold things JSON cannot (dates, non-string keys): refuse them
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise PolicyLoadError(display, f"YAML value is not plain JSON data: {exc}") from None
+        return canonical_value(content)
+    except CanonicalError as exc:
+        kind = "JSON" if base == "data.json" else "YAML"
+        raise PolicyLoadError(display, f"invalid {kind}: {exc}") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _deep_merge(
