@@ -166,6 +166,16 @@ def test_not_yet_valid_beyond_leeway(dev: DevIssuer, verifier: JwtVerifier) -> N
     assert refused(verifier, token).reason == "not_yet_valid"
 
 
+@pytest.mark.parametrize("exp", ["9999999999", " 9999999999 ", 10 ** 400])
+def test_times_must_be_numbers_a_float_can_hold(dev: DevIssuer, verifier: JwtVerifier,
+                                                exp: object) -> None:
+    """RFC 7519's NumericDate is a number: pyjwt also takes a numeric string, and an
+    integer too big for a float crashed the check (the client got XX000, and no
+    authentication-failure record was written). Found by an adversarial probe."""
+    token = dev.mint("ci-bot", extra_claims={"exp": exp})
+    assert refused(verifier, token).reason == "malformed"
+
+
 def test_leeway_honoured(dev: DevIssuer, verifier: JwtVerifier) -> None:
     now = time.time()
     # 10 s late / 10 s early: inside the 30 s leeway.

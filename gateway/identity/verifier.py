@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -150,6 +151,12 @@ class JwtVerifier:
 
 
 def _identity(config: Any, claims: dict[str, Any]) -> Identity:
+    for name in ("exp", "nbf", "iat"):
+        # RFC 7519: NumericDate, a number (pyjwt also takes "9999999999" as a string; a
+        # huge integer overflows a float)
+        value = claims.get(name)
+        if value is not None and (type(value) not in (int, float) or not _finite(value)):
+            raise AuthError("malformed")
     subject = claim_at(claims, config.subject_claim)
     if subject is None or subject == "":
         raise AuthError("missing_claim")
@@ -158,6 +165,13 @@ def _identity(config: Any, claims: dict[str, Any]) -> Identity:
     return Identity(subject=subject, issuer=config.issuer,
                     groups=groups_from(claim_at(claims, config.groups_claim)),
                     claims=claims, method="jwt", expires_at=float(claims["exp"]))
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:
