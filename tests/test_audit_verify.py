@@ -314,3 +314,22 @@ def test_an_unsigned_log_does_not_verify(tmp_path: Path, keys: tuple[Path, Path]
 def test_hashed_body_rejects_lines_without_the_hash_member() -> None:
     assert hashed_body(b'{"a":1}') is None
     assert hashed_body(b'{"a":1,"hash":"' + b"g" * 64 + b'"}') is None
+
+
+@pytest.mark.parametrize("hostile", [
+    # nested past the JSON parser's depth: a RecursionError, which escaped as a traceback
+    b'{"x":' + b"[" * 200_000 + b"]" * 200_000 + b',"hash":"' + b"0" * 64 + b'"}\n',
+    # a prev of 64 characters that are not hex: an encoding error, with no record named
+    b'{"prev":"' + "\u00e9".encode() * 64 + b'","seq":3,"type":"x","hash":"'
+    + b"0" * 64 + b'"}\n',
+], ids=["nested", "non-hex prev"])
+def test_a_hostile_line_is_named_not_a_crash(log: Path, keys: tuple[Path, Path],
+                                            hostile: bytes) -> None:
+    """Found by an adversarial probe: each made `audit verify` end without naming the
+    record (a traceback, or exit 2)."""
+    path = segments(log)[0]
+    lines = lines_of(path)
+    lines.insert(2, hostile)
+    path.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line) == (path.name, 3), p

@@ -180,7 +180,7 @@ def parse_line(line: bytes) -> tuple[dict[str, Any], bytes, str] | None:
         return None
     try:
         rec = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a hostile line nested past the parser's depth)
         return None
     if not isinstance(rec, dict):
         return None

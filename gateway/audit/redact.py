@@ -154,13 +154,23 @@ def scrub_value(value: Any) -> tuple[Any, int]:
     return _clean(value, hits), hits[0]
 
 
+# statement.details entries that hold a literal of the statement's: a SET value, a COPY
+# file name or option string, a prepared transaction's id
+_LITERAL_DETAILS = frozenset({"value", "filename", "program", "null", "delimiter", "quote",
+                              "escape", "default", "encoding", "gid"})
+
+
 def redact_statement(statement: Mapping[str, Any]) -> dict[str, Any]:
     """The policy input's ``statement`` to archive, without ``sql`` (recorded apart,
-    redacted) and with a SET value (``details.value``, a literal) replaced by ``?``. PANs
-    anywhere else are masked when the record is written."""
+    redacted) and with the literals it copies from the text in ``details`` (a SET value,
+    a COPY file name or option, a transaction id) replaced by ``?``. PANs anywhere else
+    are masked when the record is written."""
     stmt = {k: v for k, v in statement.items() if k != "sql"}
     details = stmt.get("details")
-    if isinstance(details, Mapping) and isinstance(details.get("value"), str) \
-            and details["value"] != "DEFAULT":
-        stmt["details"] = {**details, "value": _REDACTED_VALUE}
+    if isinstance(details, Mapping) and any(
+            isinstance(details.get(k), str) for k in _LITERAL_DETAILS):
+        stmt["details"] = {
+            k: _REDACTED_VALUE if k in _LITERAL_DETAILS and isinstance(v, str)
+            and not (k == "value" and v == "DEFAULT") else v
+            for k, v in details.items()}
     return stmt

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from .canonical import GENESIS, chain_hash, parse_line
 from .checkpoint import key_id as key_id_of
 from .checkpoint import verify_checkpoint_signature
 from .filesink import list_segments
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 __all__ = ["ChainVerifier", "InstanceSummary", "Problem", "VerifyReport", "verify_dir",
            "verify_pg"]
@@ -130,7 +133,8 @@ class ChainVerifier:
                            "object ending in its hash): the record was damaged or edited")
         rec, body, stored = parsed
         seq, prev = rec.get("seq"), rec.get("prev")
-        if not isinstance(prev, str) or len(prev) != 64 or chain_hash(prev, body) != stored:
+        if not isinstance(prev, str) or not _HEX64.fullmatch(prev) \
+                or chain_hash(prev, body) != stored:
             return self._p(location, line, seq, "hash mismatch: the record was edited "
                            "after it was written")
         if stored_seq is not None and stored_seq != seq:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import logs
 from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
+from gateway.audit.redact import scrub
 from gateway.audit.template import TemplateCache
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts, printable
@@ -498,4 +499,5 @@ class Session:
         return cancel
 
     def _fatal(self, code: str, message: str) -> None:
-        self.client.write(be.ErrorResponse.build(code, message, "FATAL").encode())
+        # (it may quote a startup parameter: not behind the relay's safety net yet)
+        self.client.write(be.ErrorResponse.build(code, scrub(message), "FATAL").encode())
