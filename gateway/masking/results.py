@@ -285,7 +285,8 @@ class ResultMasker:
             return None
         if name and (name in self._statements or name in self._confirmed):
             return None  # a name defined before: followed here, to its ParseComplete
-        if _has_plan(self._portals.get(portal)):
+        prev = self._portals.get(portal)
+        if prev is not None and prev.plan is not None:
             return None  # a masked portal's name bound again: followed to its BindComplete
         tag = tags.get(0) if name is not None else self._statements.get(statement)
         if tag is None or tag.decision_seq is None or tag.plan is not None or tag.internal:
@@ -308,7 +309,8 @@ class ResultMasker:
                 self._portals[portal] = tag
             else:
                 self._portals.pop(portal, None)
-            changing = self._changing(portal, prev, tag) if own else None
+            changing = self._changing(portal, prev, tag) if own and (
+                self._portal_held or (prev is not None and prev.plan is not None)) else None
             # checked at its BindComplete, unless the server cannot hold another
             # statement under this name (confirmed as forwarded, nothing pending)
             if own and (self._inflight or self._confirmed.get(statement) is not source):
@@ -318,7 +320,7 @@ class ResultMasker:
         if t == _E:
             portal = execute_portal(body)
             tag = self._portals.get(portal)
-            if portal in self._portal_held:  # what runs is known at its first answer
+            if self._portal_held and portal in self._portal_held:  # known at its answer
                 return tag, (_EXEC, portal, tag)
             return tag, None
         msg = decode_frontend(t, body)
