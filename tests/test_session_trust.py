@@ -182,6 +182,34 @@ def test_a_schema_change_not_committed_yet_unmasks_nothing(
     _masked_or_refused(out)
 
 
+SWAPS = {
+    # a table with nothing masked trades names with cards
+    "two tables": ("create table sst_fake (id int, holder text)", [
+        "alter table cards rename to sst_tmp", "alter table sst_fake rename to cards",
+        "alter table sst_tmp rename to sst_fake"], "select holder from sst_fake",
+        "drop table sst_fake"),
+    # a schema with a cards of nothing masked trades names with public
+    "two schemas": ("create schema sst_s; create table sst_s.cards (id int, holder text)", [
+        "alter schema public rename to sst_tmp", "alter schema sst_s rename to public",
+        "alter schema sst_tmp rename to sst_s"], "select holder from sst_s.cards",
+        "drop schema sst_s cascade"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWAPS))
+def test_relations_swapped_by_a_schema_change_are_masked_or_refused(
+        gw: GatewayProcess, case: str) -> None:  # noqa: F811
+    """The decoy is committed (and so in the catalog) first; then, in one transaction,
+    it and the real one trade names, and the decoy's new name is read."""
+    before, swap, read, after = SWAPS[case]
+    run(gw, [q(before)])
+    try:
+        out = run(gw, [q("begin")], *[[q(sql)] for sql in swap], [q(read)], [q("rollback")])
+        _masked_or_refused(out)
+    finally:
+        run(gw, [q(after)])
+
+
 def test_a_migration_in_one_transaction_still_runs(gw: GatewayProcess) -> None:  # noqa: F811
     """More schema change that reads nothing goes through; once committed, the catalog
     is read again and shows it."""

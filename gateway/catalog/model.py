@@ -59,6 +59,9 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 _generations = itertools.count(1)
 
+#: in Catalog.with_unsettled: a schema change that may have touched any relation
+EVERY_RELATION = ("*", "*")
+
 
 @dataclass(frozen=True, slots=True)
 class Relation:
@@ -192,8 +195,21 @@ class Catalog:
 
     def unsettled(self, schema: str, name: str) -> bool:
         """Whether a schema change this snapshot does not show may have touched the
-        relation (a column renamed, swapped, retyped)."""
-        return self._unsettled is not None and (schema, name) in self._unsettled
+        relation (a column renamed, swapped, retyped; EVERY_RELATION: any)."""
+        u = self._unsettled
+        return u is not None and ((schema, name) in u or EVERY_RELATION in u)
+
+    def unsettled_columns(self) -> frozenset[tuple[str, str, str]]:
+        """Every column of every relation such changes touched: renames may have moved
+        any of them under any of their names, one table's under another's."""
+        key = ("unsettled", self._unsettled)
+        cached = self._data.cache.get(key)
+        if cached is None:
+            cached = self._data.cache[key] = frozenset(
+                (rel.schema, rel.name, c)
+                for s, n in self._unsettled or () if (rel := self.relation(s, n)) is not None
+                for c in rel.columns)
+        return cached  # type: ignore[no-any-return]
 
     def with_paths(self, others: Iterable[Sequence[str]], any_path: bool = False) -> Catalog:
         """This snapshot, resolving unqualified names also along `others` (search paths

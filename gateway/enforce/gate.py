@@ -23,7 +23,7 @@ from gateway import logs
 from gateway.admin import metrics
 from gateway.audit import records
 from gateway.audit.template import TemplateCache
-from gateway.catalog.model import Catalog
+from gateway.catalog.model import EVERY_RELATION, Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_limit
 from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
@@ -800,7 +800,7 @@ class StatementGate:
         if misnamed is not None:
             return misnamed
         if self.state.schema_changes is not None:
-            unseen = _unseen_names(infos)
+            unseen = _unseen_names(infos, EVERY_RELATION in self.state.schema_changes)
             if unseen is not None:
                 return unseen
         facts_key = self._facts_key(engine)
@@ -1152,13 +1152,19 @@ _READS_A_CURSOR = frozenset(("FETCH", "MOVE"))
 _NAMED_DATA = frozenset(("relation", "column", "view"))
 
 
-def _unseen_names(infos: tuple[StatementInfo, ...]) -> Verdict | None:
+def _unseen_names(infos: tuple[StatementInfo, ...], everything: bool) -> Verdict | None:
     """While schema changes of the session's are not committed, the catalog (read over
     another connection) does not show them: a name it cannot resolve may be a table or
-    column they renamed, and hold anything. Refused until the server shows them done."""
+    column they renamed, and hold anything. Refused until the server shows them done;
+    after one that may have moved any relation (`everything`: a schema renamed), so is
+    every read."""
     for info in infos:
         if info.kind == "ddl" and not any("read" in r.access for r in info.relations):
             continue  # (more schema change, reading nothing: a migration's next step)
+        if everything and info.relations:
+            return _denial("42501", f"{info.command} reads relations a schema change of this "
+                           "session's may have moved, which the gateway cannot see until "
+                           "it is committed", hint="commit the schema change first")
         for kind, name in info.unresolved:
             if kind in _NAMED_DATA:
                 return _denial("42501", f"{info.command} names {kind} {name}, which the "

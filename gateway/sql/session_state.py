@@ -31,7 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..catalog.model import TEMP_SCHEMA, Catalog, Relation, _normalise_path, parse_search_path
+from ..catalog.model import (
+    EVERY_RELATION,
+    TEMP_SCHEMA,
+    Catalog,
+    Relation,
+    _normalise_path,
+    parse_search_path,
+)
 
 if TYPE_CHECKING:
     from .analyzer import StatementInfo
@@ -298,7 +305,9 @@ class SessionSqlState:
         stays unsettled until the server says: see ``other_paths``)."""
         if info.catalog_changed:
             written = {(r.schema, r.name) for r in info.relations if "write" in r.access}
-            self.schema_changes = (self.schema_changes or frozenset()) | written
+            # (one that names no relation, ALTER SCHEMA ... RENAME say, may move any)
+            self.schema_changes = (self.schema_changes or frozenset()) | (
+                written or {EVERY_RELATION})
             self._bump()
         if not self.any_path and may_set_path(info):
             self.any_path = True

@@ -341,8 +341,9 @@ class Walker:
                 (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
         if self.cat.unsettled(rel.schema, rel.name):
             # a schema change the catalog does not show yet may have renamed or swapped
-            # its columns: each may be any of them
-            whole = frozenset(key for c in rel.columns for key in (
+            # its columns, or swapped it with another changed table: each column may be
+            # any of theirs
+            whole = self.cat.unsettled_columns() | frozenset(key for c in rel.columns for key in (
                 (rel.schema, rel.name, c), *((s, n, c) for s, n in rel.ancestors)))
             return [whole] * len(rel.columns)
         key = ("lineage", rel.schema, rel.name, rel.oid)
