@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PgBackend
-from rawclient import RawClient
+from rawclient import Message, RawClient
 from test_decision_reuse import direct_gate
 from test_prepared_names import HOLDER, RAW, gw  # noqa: F401  (the masking gateway)
 
@@ -41,6 +41,13 @@ def _holder_rows(gw: GatewayProcess, first: list[bytes], *, together: bool,  # n
                  setup: str | None = None) -> list[bytes]:
     """The rows of HOLDER sent after `first` (its answers awaited, or not: `together`),
     in a session whose search_path `setup` set (answered) before."""
+    return [m.body for m in _holder_answer(gw, first, together=together, setup=setup)
+            if m.type == b"D"]
+
+
+def _holder_answer(gw: GatewayProcess, first: list[bytes], *, together: bool,  # noqa: F811
+                   setup: str | None = None) -> list[Message]:
+    """_holder_rows' HOLDER answer, every message of it."""
     with RawClient(gw) as client:
         client.login(gw.token())
         if setup is not None:
@@ -57,7 +64,7 @@ def _holder_rows(gw: GatewayProcess, first: list[bytes], *, together: bool,  # n
             answers.append(client.read_until(b"Z"))
         last = answers[-1]
         assert last and last[-1].type == b"Z", last
-        return [m.body for m in last if m.type == b"D"]
+        return last
 
 
 SKIPPED_SETS = {
@@ -92,8 +99,15 @@ def test_a_path_set_unseen_leaves_the_column_masked(
         gw: GatewayProcess, setter: None, case: str, together: bool) -> None:  # noqa: F811
     """The session is on a path without `cards`; the statement puts it back on public
     without a SET the gateway could read."""
-    got = _holder_rows(gw, [_q(UNSEEN_SETS[case])], together=together,
-                       setup="set search_path = nosuch")
+    answer = _holder_answer(gw, [_q(UNSEEN_SETS[case])], together=together,
+                            setup="set search_path = nosuch")
+    got = [m.body for m in answer if m.type == b"D"]
+    if case == "a DO block" and together:
+        # (a DO block may change the schema too, unseen: until it is answered, reads
+        # are refused; see test_session_trust)
+        assert [m.type for m in answer] == [b"E", b"Z"], answer
+        assert answer[0].fields()["C"] == "42501" and RAW not in answer[0].body
+        return
     assert got and all(MASKED in r and RAW not in r for r in got), got
 
 
