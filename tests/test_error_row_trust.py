@@ -44,6 +44,25 @@ def _error(gw: GatewayProcess, messages: list[bytes]) -> Message:  # noqa: F811
     return error
 
 
+def test_a_check_option_violation_never_shows_its_row(gw: GatewayProcess) -> None:  # noqa: F811
+    """A view's WITH CHECK OPTION (44000) shows the base table's whole row in its DETAIL.
+    Found by an adversarial probe."""
+    with RawClient(gw) as client:
+        client.login(gw.token())
+        client.send(fe.Query("begin").encode())
+        client.read_until(b"Z")
+        client.send(fe.Query("create temp view ert_wco as select id from cards where "
+                             "id < 100 with check option").encode())
+        client.read_until(b"Z")
+        client.send(fe.Query("update ert_wco set id = 200 where id = 1").encode())
+        got = client.read_until(b"Z")
+        client.send(fe.Query("rollback").encode())
+        client.read_until(b"Z")
+    (error,) = [m for m in got if m.type == b"E"]
+    assert error.fields()["C"] == "44000" and error.fields()["D"] == WITHHELD, got
+    assert RAW not in error.body
+
+
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 @pytest.mark.parametrize("case", list(WRITES))
 def test_a_rejected_row_never_shows_its_values(gw: GatewayProcess, case: str,  # noqa: F811

@@ -81,6 +81,17 @@ STATEMENTS = {
                        "c.id = 1 union all select a, n + 1 from t where n < 2) search "
                        "breadth first by a set ord select (select ord from t limit 1) from "
                        "(select 'decoy'::text as ord) o",
+    # (x).f is a field of x or the call f(x): (holder).int4 casts, and its error quotes
+    "(col).int4 in WHERE": "select id from cards where (holder).int4 = 1",
+    "(rel).col.int4 in WHERE": "select id from cards c where (c).holder.int4 = 1",
+    "(col).numeric in GROUP BY": "select count(*) from cards group by (holder).numeric",
+    "(col).json in WHERE": "select id from cards where (holder).json is null",
+    # (x).* is as many columns as x has: counted as one, it moved the masked position
+    "(x).* before the masked column":
+        "select (t0).*, u.h, (t2).* from (select holder as h from cards union all "
+        "select 'x' where false) u, (select) t0, (select 1 as a, 2 as b) t2",
+    "(x).* in COPY": "copy (select (t0).*, c.holder, (t2).* from cards c, (select) t0, "
+                     "(select 1 as a, 2 as b) t2) to stdout",
     # a recursive item that moves a column one place each round: five rounds to settle
     "RECURSIVE, rotating columns":
         "with recursive r(a, b, c, d, e, f, n) as (select holder, 'x', 'x', 'x', 'x', 'x', 0 "

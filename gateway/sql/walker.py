@@ -631,6 +631,9 @@ class Walker:
                         names.append(name)
                         lineage.append(lin)
                     continue
+            ind = val.get("A_Indirection") if val is not None else None
+            if ind is not None and any("A_Star" in i for i in ind.get("indirection", ())):
+                self.exact = False  # (x).* is as many columns as x has: unknown here
             lineage.append(self.expr(val, scope))
             names.append(rt.get("name") or figure_colname(val, self._sublinks))
         return names, lineage
@@ -1194,8 +1197,13 @@ class Walker:
                         self.touch(lin)
                         if len(ind) == 1:
                             return lin  # (rel).col is the column itself
-                        return derive(lin | self.expr(ind[1:], scope))
-        return derive(self.expr(arg, scope) | self.expr(list(ind), scope))
+                        lin = lin | self.expr(ind[1:], scope)
+                        self.computes(lin)  # (rel).col.f: f may be a call, f(col)
+                        return derive(lin)
+        # (x).f is a field of x, or the call f(x) (`(holder).int4` casts it): computed
+        lin = self.expr(arg, scope) | self.expr(list(ind), scope)
+        self.computes(lin)
+        return derive(lin)
 
 
 def _setting_name(arg: Node) -> str:
