@@ -375,3 +375,51 @@ def test_an_unusable_approvals_store_refuses_holds_but_the_gateway_serves(
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs approval"):
                 c.execute("select secret from vault")
         assert any(r.get("event") == "approvals.unavailable" for r in g.logs)
+
+
+def test_a_statement_needing_approval_is_held_only_alone(gw: GatewayProcess) -> None:
+    """An approver is shown one statement: in a query string with others, its approval
+    would release them too. Found by an adversarial probe."""
+    with psycopg.connect(gw.dsn("payments"), autocommit=True,
+                         password=gw.token(subject="erin", groups=("ci",))) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="of its own"):
+            c.execute("select id from vault where id = 1; select secret from vault")
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_a_grant_window_covers_only_the_statement_the_approver_saw(
+        gw: GatewayProcess) -> None:
+    """The grant was matched on pglast's fingerprint, which takes `where true` for `where
+    false`, and another schema's table for this one's. Found by an adversarial probe."""
+    shown = "select id, secret from vault where false"
+    first = HeldClient(gw, shown, subject="frank")
+    try:
+        rid = first.request_id()
+        assert approvals_cli(gw, "approve", rid, "--reason", "shown").returncode == 0
+        first.finish()
+        assert first.error is None and first.result == []
+        for other in ("select id, secret from vault where true",
+                      "select id, secret from public.vault where false"):
+            again = HeldClient(gw, other, subject="frank")  # within the grant's 3 s
+            try:
+                assert again.request_id().startswith("apr_"), other  # held again
+                assert approvals_cli(gw, "deny", again.request_id(),
+                                     "--reason", "no").returncode == 0
+                again.finish()
+            finally:
+                again.close()
+    finally:
+        first.close()
+
+
+def test_an_approval_request_shows_no_card_number(gw: GatewayProcess) -> None:
+    client = HeldClient(gw, 'select secret as "4111111111111111" from vault', subject="gina")
+    try:
+        rid = client.request_id()
+        listed = approvals_cli(gw, "list", "--json")
+        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
+        assert "4111111111111111" not in item["sql"] and "1111" in item["sql"]
+        assert approvals_cli(gw, "deny", rid, "--reason", "no").returncode == 0
+        client.finish()
+    finally:
+        client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -540,7 +541,7 @@ class StatementGate:
         """(approval input, None) when the statement may be re-decided as approved, else
         (None, the refusal)."""
         from gateway.approvals import ApprovalError
-        from gateway.audit.redact import redact_sql
+        from gateway.audit.redact import redact_sql, scrub
 
         svc = self.approvals
         assert svc is not None
@@ -553,7 +554,7 @@ class StatementGate:
             req = await svc.request(
                 subject=who.subject, issuer=who.issuer, groups=who.groups,
                 connection=self.connection, session_id=self.facts.session["id"],
-                sql_redacted=redact_sql(hold.sql), fingerprint=hold.fingerprint,
+                sql_redacted=scrub(redact_sql(hold.sql)), fingerprint=hold.fingerprint,
                 approvers=hold.approvers, min_approvals=hold.min_approvals,
                 grant_ttl=hold.grant_ttl,
                 timeout=self.approval_timeout)
@@ -1228,6 +1229,19 @@ def _classification(engine: PolicyEngine) -> dict[str, Any]:
     return cls if isinstance(cls, dict) else {}
 
 
+def _grant_key(info: StatementInfo) -> str:
+    """What an approval's grant window is matched on: the statement as the approver saw
+    it (its text with literals replaced) and the relations it touches, schema and all.
+    (pglast's fingerprint, which it was, takes `where true` for `where false`, IN lists
+    of any length alike, and a.t for b.t.)"""
+    from gateway.audit.redact import redact_sql
+
+    relations = sorted(f"{r.schema}.{r.name}:{','.join(sorted(r.access))}"
+                       for r in info.relations)
+    text = redact_sql(info.sql) + "\x00" + "\x00".join(relations)
+    return "g1:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
     """One answer for a whole query string: the first statement that may not run decides."""
     for info, d in decisions:
@@ -1236,11 +1250,16 @@ def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:
         where = f" (statement {info.index + 1} of {info.count})" if info.count > 1 else ""
         reasons = "; ".join(d.reasons) or d.error or "the policy did not allow it"
         if d.require_approval:
+            if info.count > 1:
+                # (an approver is shown one statement: an approval of it must not release
+                # the others, nor open a grant they fit)
+                return _denial("42501", f"{info.command} needs approval{where}: send it in "
+                               "a query string of its own", detail=reasons)
             denial = _denial("42501", f"{info.command} needs approval{where}: {reasons}",
                              detail="no approvals service is configured on this gateway; "
                                     f"approvers: {', '.join(d.approvers) or 'none named'}")
             return Verdict(False, denial.error, hold=Hold(
-                info.sql, info.command, info.fingerprint, tuple(d.approvers), d.grant_ttl,
+                info.sql, info.command, _grant_key(info), tuple(d.approvers), d.grant_ttl,
                 tuple(d.reasons), d.min_approvals))
         if not d.allow:
             return _denial("42501", f"{info.command} denied by policy{where}: {reasons}",
