@@ -429,18 +429,7 @@ class Catalog:
             if schema in self._data.functions.get(name, ()):
                 return (f"{schema}.{name}",)
             return ()
-        schemas = self._data.functions.get(name)
-        if not schemas:
-            return ()
-        found = [f"{s}.{name}" for s in self.search_order(search_path, user=user,
-                                                           relations=False) if s in schemas]
-        if self._other_paths or self._any_path:  # (see relation_candidates)
-            orders = [sorted(schemas)] if self._any_path else [
-                self.search_order(p, user=user, relations=False) for p in self._other_paths]
-            for order in orders:
-                found += [q for s in order if s in schemas
-                          and (q := f"{s}.{name}") not in found]
-        return tuple(found)
+        return self._looked_up(self._data.functions.get(name), name, search_path, user)
 
     def foreign_operators(self, schema: str | None, name: str, search_path: Sequence[str],
                           *, user: str | None = None) -> tuple[str, ...]:
@@ -451,16 +440,23 @@ class Catalog:
         pg_catalog wins when its types fit better.)"""
         if schema is not None:
             return () if schema == "pg_catalog" else (f"{schema}.{name}",)
-        schemas = self._data.operators.get(name)
+        return self._looked_up(self._data.operators.get(name), name, search_path, user)
+
+    def _looked_up(self, schemas: frozenset[str] | None, name: str,
+                   search_path: Sequence[str], user: str | None) -> tuple[str, ...]:
+        """"schema.name" for each of `schemas` (those defining a function or operator
+        `name`) an unqualified lookup searches, in search order along `search_path`, then
+        along the other paths the session may be on, or in every one of them."""
         if not schemas:
             return ()
-        if self._any_path:
-            return tuple(f"{s}.{name}" for s in sorted(schemas))
-        found: dict[str, None] = {}
-        for path in (search_path, *self._other_paths):
-            for s in self.search_order(path, user=user, relations=False):
-                if s in schemas:
-                    found[f"{s}.{name}"] = None
+        found = [f"{s}.{name}" for s in self.search_order(search_path, user=user,
+                                                           relations=False) if s in schemas]
+        if self._other_paths or self._any_path:  # (see relation_candidates)
+            orders = [sorted(schemas)] if self._any_path else [
+                self.search_order(p, user=user, relations=False) for p in self._other_paths]
+            for order in orders:
+                found += [q for s in order if s in schemas
+                          and (q := f"{s}.{name}") not in found]
         return tuple(found)
 
     def resolve_function(self, schema: str | None, name: str, search_path: Sequence[str],
