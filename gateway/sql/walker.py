@@ -337,21 +337,18 @@ class Walker:
                 lin = lin + [EMPTY] * (len(rel.columns) - len(lin))
             return lin[: len(rel.columns)]
         if rel.temp:
-            return [frozenset(((rel.schema, rel.name, c), *(
-                (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
+            return _own_lineage(rel)
         if self.cat.unsettled(rel.schema, rel.name):
             # a schema change the catalog does not show yet may have renamed or swapped
             # its columns, or swapped it with another changed table: each column may be
             # any of theirs
-            whole = self.cat.unsettled_columns() | frozenset(key for c in rel.columns for key in (
-                (rel.schema, rel.name, c), *((s, n, c) for s, n in rel.ancestors)))
+            whole = self.cat.unsettled_columns().union(*_own_lineage(rel))
             return [whole] * len(rel.columns)
         key = ("lineage", rel.schema, rel.name, rel.oid)
         cache = self.cat.cache
         lin = cache.get(key)
         if lin is None:
-            lin = cache[key] = [frozenset(((rel.schema, rel.name, c), *(
-                (s, n, c) for s, n in rel.ancestors))) for c in rel.columns]
+            lin = cache[key] = _own_lineage(rel)
         return lin
 
     def view_template(self, rel: Relation) -> ViewTemplate:
@@ -1204,6 +1201,13 @@ class Walker:
         lin = self.expr(arg, scope) | self.expr(list(ind), scope)
         self.computes(lin)
         return derive(lin)
+
+
+def _own_lineage(rel: Relation) -> list[Lineage]:
+    """Each column of a stored relation: itself, and its ancestors' column of its name (a
+    partition's or INHERITS child's rows are theirs)."""
+    return [frozenset(((rel.schema, rel.name, c), *((s, n, c) for s, n in rel.ancestors)))
+            for c in rel.columns]
 
 
 def _setting_name(arg: Node) -> str:
