@@ -37,6 +37,7 @@ __all__ = [
     "canonical_value",
     "file_digest",
     "is_structured",
+    "not_json_constant",
 ]
 
 DEFAULT_HASH = "SHA-256"
@@ -79,7 +80,8 @@ class _Num(str):
     __slots__ = ()
 
 
-def _no_constants(name: str) -> Any:
+def not_json_constant(name: str) -> Any:
+    """json's parse_constant for strict JSON: NaN and the infinities are refused."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -90,7 +92,7 @@ def _parse(content: bytes) -> Any:
     text = content.decode("utf-8", errors="replace")
     try:
         return json.loads(text, parse_int=_Num, parse_float=_Num,
-                          parse_constant=_no_constants)
+                          parse_constant=not_json_constant)
     except ValueError:
         pass
     return _parse_yaml(text)

@@ -401,18 +401,7 @@ def _read_tarball(raw: bytes, display: str) -> dict[str, bytes]:
 
 
 def _parse_manifest(content: bytes, display: str) -> dict[str, Any]:
-    from gateway.bundle.canonical import CanonicalError, canonical_value
-
-    try:
-        json.loads(content.decode("utf-8-sig"), parse_constant=_not_json)
-        # (the value its signature hashed: see _parse_data)
-        manifest = canonical_value(content)
-    except UnicodeDecodeError as exc:
-        raise PolicyLoadError(display, f"not UTF-8 text ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise PolicyLoadError(display, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
-    except (CanonicalError, ValueError, RecursionError) as exc:
-        raise PolicyLoadError(display, f"invalid JSON: {exc}") from None
+    manifest = _as_signed(content, display, strict_json=True)
     if not isinstance(manifest, dict):
         raise PolicyLoadError(display, "the manifest must be a JSON object")
     revision = manifest.get("revision")
@@ -446,17 +435,23 @@ def _parse_manifest(content: bytes, display: str) -> dict[str, Any]:
 
 
 def _parse_data(content: bytes, display: str, base: str) -> Any:
-    """A data file's value: the one its bundle signature hashes (bundle.canonical), read
-    as OPA reads it (JSON, else YAML 1.1 as go-yaml). data.json must be strict JSON."""
-    from gateway.bundle.canonical import CanonicalError, canonical_value
+    """A data file's value (data.json must be strict JSON): see _as_signed."""
+    return _as_signed(content, display, strict_json=base == "data.json")
+
+
+def _as_signed(content: bytes, display: str, *, strict_json: bool) -> Any:
+    """A structured file's value: the one its bundle signature hashes (bundle.canonical),
+    read as OPA reads it (JSON, else YAML 1.1 as go-yaml); `strict_json`: it must be
+    JSON, and an error says where."""
+    from gateway.bundle.canonical import CanonicalError, canonical_value, not_json_constant
 
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PolicyLoadError(display, f"not UTF-8 text ({exc.reason})") from None
-    if base == "data.json":
-        try:  # (for an error that says where)
-            json.loads(text, parse_constant=_not_json)
+    if strict_json:
+        try:
+            json.loads(text, parse_constant=not_json_constant)
         except json.JSONDecodeError as exc:
             raise PolicyLoadError(
                 display, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno
@@ -466,12 +461,8 @@ def _parse_data(content: bytes, display: str, base: str) -> Any:
     try:
         return canonical_value(content)
     except CanonicalError as exc:
-        kind = "JSON" if base == "data.json" else "YAML"
-        raise PolicyLoadError(display, f"invalid {kind}: {exc}") from None
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+        raise PolicyLoadError(display, f"invalid {'JSON' if strict_json else 'YAML'}: "
+                              f"{exc}") from None
 
 
 def _deep_merge(
