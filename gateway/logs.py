@@ -26,13 +26,11 @@ class _JsonFormatter(logging.Formatter):
         doc.update(getattr(record, "fields", {}))
         if record.exc_info and record.exc_info[0] is not None:
             doc["exception"] = record.exc_info[0].__name__
-        line = json.dumps(doc, default=str, separators=(",", ":"))
         # Fields may quote what a client sent (a startup user or database name, a
         # policy's reasons naming its identifiers): no card number leaves in a log line.
-        from gateway.masking.safety_net import mask_in_place
+        from gateway.audit.redact import scrub
 
-        masked, hits = mask_in_place(line.encode("utf-8", "surrogatepass"))
-        return masked.decode("utf-8", "surrogatepass") if hits else line
+        return scrub(json.dumps(doc, default=str, separators=(",", ":")))
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
