@@ -284,11 +284,11 @@ class SessionSqlState:
         server waits for an answer (`idle()`: a DECLARE sent behind this answer may have
         begun a transaction of its own), which is also when what the server last reported
         of search_path is where it is (asked only when something is unsettled)."""
-        if status == "I" and self.schema_changes is not None and (idle is None or idle()):
-            self.schema_changes = None  # committed or rolled back: the catalog may say
-            self._bump()
-        if status == "I" and (self.cursors or self.cursor_history) and (
-                idle is None or idle()):
+        if status == "I" and (self.schema_changes is not None or self.cursors
+                              or self.cursor_history) and (idle is None or idle()):
+            if self.schema_changes is not None:
+                self.schema_changes = None  # committed or rolled back: the catalog may say
+                self._bump()
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
             self._drop_unheld_history()
         if idle is not None and self.path_reported and (
