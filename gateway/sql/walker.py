@@ -558,7 +558,7 @@ class Walker:
             for item in sort:
                 sb = item.get("SortBy")
                 node = sb.get("node") if sb is not None else item
-                self.use(self.sorted_by(item, self.output_ref(
+                self.use(self.sorted_by(sb, self.output_ref(
                     node, scope, names, lineage, prefer_output=True)), "sort")
         for key in ("limitCount", "limitOffset"):
             node = v.get(key)
@@ -607,7 +607,7 @@ class Walker:
         for item in w.get("orderClause", ()):
             sb = item.get("SortBy")
             lin = lin | self.sorted_by(
-                item, self.expr(sb.get("node") if sb is not None else item, scope))
+                sb, self.expr(sb.get("node") if sb is not None else item, scope))
         self.use(lin, "window")
         for key in ("startOffset", "endOffset"):
             if key in w:
@@ -996,10 +996,9 @@ class Walker:
             return any([self.foreign_op(op) for op in ops])  # (each lists its own)
         return self._foreign_names(v.get("name"))
 
-    def sorted_by(self, item: Node, lin: Lineage) -> Lineage:
-        """`lin`, the key of ORDER BY item `item`: computed with when sorted USING an
-        operator that may be defined outside pg_catalog."""
-        sb = item.get("SortBy")
+    def sorted_by(self, sb: Node | None, lin: Lineage) -> Lineage:
+        """`lin`, the key of SortBy `sb` (None: an item that is none): computed with when
+        sorted USING an operator that may be defined outside pg_catalog."""
         if sb is not None and sb.get("useOp") and self._foreign_names(sb["useOp"]):
             self.computes(lin)
         return lin
@@ -1155,7 +1154,7 @@ class Walker:
             for item in order:
                 sb = item.get("SortBy")
                 lin = lin | self.sorted_by(
-                    item, self.expr(sb.get("node") if sb is not None else item, scope))
+                    sb, self.expr(sb.get("node") if sb is not None else item, scope))
         if v.get("agg_filter") is not None:
             lin = lin | self.expr(v["agg_filter"], scope)
         over = v.get("over")
@@ -1302,7 +1301,7 @@ def _res_target(w: Walker, v: Node, scope: Scope | None) -> Lineage:
 
 
 def _sort_by(w: Walker, v: Node, scope: Scope | None) -> Lineage:
-    return w.sorted_by({"SortBy": v}, w.expr(v.get("node"), scope))
+    return w.sorted_by(v, w.expr(v.get("node"), scope))
 
 
 def _list(w: Walker, v: Node, scope: Scope | None) -> Lineage:
