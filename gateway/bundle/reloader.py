@@ -166,11 +166,13 @@ class BundleReloader:
                                            verification=self._verification(),
                                            allow_unsigned=self.config.allow_unsigned)
                 engine = self._compile(bundle)
+            except (BundleError, PolicyError, KeyFileError) as exc:
+                logs.error("bundle.persisted_unusable", worker=self.worker_id,
+                           error=str(exc))
+                return None
             except Exception as exc:  # (whatever it is: the next source is tried)
                 logs.error("bundle.persisted_unusable", worker=self.worker_id,
-                           error=str(exc) if isinstance(
-                               exc, (BundleError, PolicyError, KeyFileError))
-                           else type(exc).__name__)
+                           error=str(_Unexpected(exc)))
                 return None
             self._etag = meta.get("etag") if isinstance(meta.get("etag"), str) else None
             self._swap(bundle, engine, "persisted")
