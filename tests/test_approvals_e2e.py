@@ -62,6 +62,20 @@ def approvals_cli(gw: GatewayProcess, *args: str, subject: str = "alice",
         capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
 
 
+def listed(gw: GatewayProcess, rid: str, *extra: str) -> dict[str, Any]:
+    """Request `rid` as `pgwarden approvals list --json` shows it."""
+    out = approvals_cli(gw, "list", "--json", *extra)
+    assert out.returncode == 0, out.stderr
+    return next(i for i in json.loads(out.stdout) if i["id"] == rid)
+
+
+def deny_and_finish(gw: GatewayProcess, client: HeldClient, rid: str, reason: str) -> None:
+    """Deny `rid` and wait for `client`, held by it, to get its refusal."""
+    out = approvals_cli(gw, "deny", rid, "--reason", reason)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client.finish()
+
+
 class HeldClient:
     """A client running one statement in a thread (it blocks while held)."""
 
@@ -103,9 +117,7 @@ def test_a_held_statement_runs_once_approved(gw: GatewayProcess) -> None:
     try:
         rid = client.request_id()
         assert rid.startswith("apr_")
-        listed = approvals_cli(gw, "list", "--json")
-        assert listed.returncode == 0, listed.stderr
-        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
+        item = listed(gw, rid)
         assert item["subject"] == "ci-bot" and item["connection"] == "payments"
         assert "vault" in item["sql"] and item["requested_at"]
         assert client.result is None and client.thread.is_alive()  # still waiting
@@ -132,9 +144,7 @@ def test_a_denied_statement_fails_with_the_approvers_reason(gw: GatewayProcess) 
     client = HeldClient(gw, "select count(*) from vault")
     try:
         rid = client.request_id()
-        out = approvals_cli(gw, "deny", rid, "--reason", "not during the freeze")
-        assert out.returncode == 0, out.stdout + out.stderr
-        client.finish()
+        deny_and_finish(gw, client, rid, "not during the freeze")
         assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
         assert "not during the freeze" in str(client.error) and "alice" in str(client.error)
     finally:
@@ -151,8 +161,7 @@ def test_the_requester_and_non_members_cannot_approve(gw: GatewayProcess) -> Non
                                  groups=("ci",))
         assert outsider.returncode == 1, outsider.stdout + outsider.stderr
         assert client.thread.is_alive()  # neither released it
-        assert approvals_cli(gw, "deny", rid, "--reason", "cleanup").returncode == 0
-        client.finish()
+        deny_and_finish(gw, client, rid, "cleanup")
     finally:
         client.close()
 
@@ -175,9 +184,7 @@ def test_a_client_cancel_withdraws_the_request(gw: GatewayProcess) -> None:
         client.conn.cancel()
         client.finish()
         assert isinstance(client.error, psycopg.errors.QueryCanceled), client.error
-        listed = approvals_cli(gw, "list", "--json", "--all")
-        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
-        assert item["status"] == "withdrawn"
+        assert listed(gw, rid, "--all")["status"] == "withdrawn"
     finally:
         client.close()
 
@@ -188,8 +195,7 @@ def test_two_held_statements_are_resolved_independently(gw: GatewayProcess) -> N
     try:
         ra, rb = a.request_id(), b.request_id()
         assert ra != rb
-        assert approvals_cli(gw, "deny", rb, "--reason", "only one").returncode == 0
-        b.finish()
+        deny_and_finish(gw, b, rb, "only one")
         assert isinstance(b.error, psycopg.errors.InsufficientPrivilege)
         assert a.thread.is_alive()
         assert approvals_cli(gw, "approve", ra, "--reason", "ok").returncode == 0
@@ -217,9 +223,7 @@ def test_a_grant_window_lets_the_same_statement_run_until_it_expires(
         again = HeldClient(gw, sql, subject="dave")
         try:
             again.request_id()  # held again once the grant expired
-            assert approvals_cli(gw, "deny", again.request_id(),
-                                 "--reason", "done").returncode == 0
-            again.finish()
+            deny_and_finish(gw, again, again.request_id(), "done")
         finally:
             again.close()
     finally:
@@ -403,9 +407,7 @@ def test_a_grant_window_covers_only_the_statement_the_approver_saw(
             again = HeldClient(gw, other, subject="frank")  # within the grant's 3 s
             try:
                 assert again.request_id().startswith("apr_"), other  # held again
-                assert approvals_cli(gw, "deny", again.request_id(),
-                                     "--reason", "no").returncode == 0
-                again.finish()
+                deny_and_finish(gw, again, again.request_id(), "no")
             finally:
                 again.close()
     finally:
@@ -416,10 +418,8 @@ def test_an_approval_request_shows_no_card_number(gw: GatewayProcess) -> None:
     client = HeldClient(gw, 'select secret as "4111111111111111" from vault', subject="gina")
     try:
         rid = client.request_id()
-        listed = approvals_cli(gw, "list", "--json")
-        item = next(i for i in json.loads(listed.stdout) if i["id"] == rid)
+        item = listed(gw, rid)
         assert "4111111111111111" not in item["sql"] and "1111" in item["sql"]
-        assert approvals_cli(gw, "deny", rid, "--reason", "no").returncode == 0
-        client.finish()
+        deny_and_finish(gw, client, rid, "no")
     finally:
         client.close()
