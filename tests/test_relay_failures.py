@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,20 @@ async def _pair(loop: asyncio.AbstractEventLoop
     ep = await accepted
     server.close()
     return ep, reader, writer
+
+
+Ends = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _started_relay(loop: asyncio.AbstractEventLoop, **options: Any
+                         ) -> tuple[Relay, Ends, Ends]:
+    """A started Relay between two loopback connections (`options`: Relay's; the safety
+    net off unless given), and the far ends of its client and upstream sides."""
+    client_ep, client_r, client_w = await _pair(loop)
+    upstream_ep, upstream_r, upstream_w = await _pair(loop)
+    relay = Relay("s1", client_ep, upstream_ep, 1 << 20, **{"safety_net": "off", **options})
+    relay.start()
+    return relay, (client_r, client_w), (upstream_r, upstream_w)
 
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:
@@ -65,10 +80,7 @@ def test_a_failing_stage_ends_only_its_session_and_forwards_nothing(side: str) -
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        client_ep, client_r, client_w = await _pair(loop)
-        upstream_ep, upstream_r, upstream_w = await _pair(loop)
-        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="off")
-        relay.start()
+        relay, (client_r, client_w), (upstream_r, upstream_w) = await _started_relay(loop)
         # one good round trip first: the relay works
         query = b"Q\x00\x00\x00\x0dselect 1\x00"
         client_w.write(query)

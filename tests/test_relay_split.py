@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from test_relay_failures import _pair
+from test_relay_failures import _started_relay
 
 from gateway.proxy.relay import Relay, Split
 from gateway.wire import backend as be
@@ -58,11 +58,9 @@ def test_the_rest_of_a_split_batch_waits_and_keeps_its_place() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        client_ep, client_r, client_w = await _pair(loop)
-        upstream_ep, upstream_r, upstream_w = await _pair(loop)
         gate = SplittingGate(at=2)
-        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, gate=gate, safety_net="off")
-        relay.start()
+        relay, (client_r, client_w), (upstream_r, upstream_w) = await _started_relay(
+            loop, gate=gate)
         # three whole messages and the start of a fourth in one read
         client_w.write(q[0] + q[1] + q[2] + q[3][:3])
         head = q[0] + q[1]
@@ -98,10 +96,7 @@ def test_the_rest_of_a_split_batch_waits_and_keeps_its_place() -> None:
 def test_when_answered_follows_the_ready_for_query_count() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        client_ep, _client_r, client_w = await _pair(loop)
-        upstream_ep, upstream_r, upstream_w = await _pair(loop)
-        relay = Relay("s1", client_ep, upstream_ep, 1 << 20, safety_net="off")
-        relay.start()
+        relay, (_client_r, client_w), (upstream_r, upstream_w) = await _started_relay(loop)
         client_w.write(_query("select 1") + _query("select 2"))
         await asyncio.wait_for(upstream_r.readexactly(2 * len(_query("select 1"))), 5)
         first, second = relay.when_answered(1), relay.when_answered(2)
