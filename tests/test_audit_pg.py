@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import secrets
 import threading
 import time
@@ -12,6 +14,7 @@ import pytest
 from conftest import PgBackend
 from psycopg import sql
 
+from gateway import logs
 from gateway.audit import (
     AuditContext,
     AuditError,
@@ -24,7 +27,7 @@ from gateway.audit import (
 )
 from gateway.audit.pgsink import PgSink
 from gateway.audit.reader import RecordFilter, read_records
-from gateway.audit.verify import verify_pg
+from gateway.audit.verify import load_anchors, verify_pg
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +119,37 @@ def test_tampering_in_the_table_is_named(pg: PgBackend, table: str,
                      .format(sql.Identifier(table)), (seq,))
         p = verify_pg(dsn, pub, table=table).problem
         assert p is not None and p.seq == seq + 1 and "deleted" in p.message
+
+
+def test_a_restart_deleted_from_the_table_fails_against_its_logged_anchors(
+        pg: PgBackend, table: str, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """Rows of a whole run deleted: the chain ends at the run before, sealed; the anchors
+    the gateway logged (kept elsewhere) find it, as for files."""
+    logger = logging.getLogger("pgwarden")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    try:
+        run_gateway(pg, table, "gw-r", keys[0], 5)
+        with psycopg.connect(pg.dsn(pg.service)) as conn:
+            ended = conn.execute(sql.SQL("SELECT max(seq) FROM {}")
+                                 .format(sql.Identifier(table))).fetchone()[0]
+        run_gateway(pg, table, "gw-r", keys[0], 5)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved  # type: ignore[misc]
+    (tmp_path / "gw.log").write_text(stream.getvalue())
+    anchors = load_anchors([tmp_path / "gw.log"])
+    dsn, pub = pg.dsn(pg.service), load_public_key(keys[1])
+    report = verify_pg(dsn, pub, table=table, anchors=anchors)
+    assert report.ok, report.problem
+    assert report.instances[0].anchors_matched == len(anchors) == 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE seq > %s").format(sql.Identifier(table)),
+                     (ended,))
+    assert verify_pg(dsn, pub, table=table).ok
+    p = verify_pg(dsn, pub, table=table, anchors=anchors).problem
+    assert p is not None and p.instance == "gw-r"
+    assert f"ends at seq {ended}, but seq {anchors[-1].seq} is anchored" in p.message
 
 
 def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: str,

@@ -81,6 +81,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="accept records after the last checkpoint (a running gateway)")
     v.add_argument("--pruned", action="store_true",
                    help="accept a log whose oldest segments were removed by retention")
+    v.add_argument("--anchors", action="append", default=[], metavar="FILE",
+                   help="gateway log lines (JSON) holding its audit.checkpoint events, kept "
+                   "off the gateway's host: the log must hold each anchored record "
+                   "(repeatable)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     s = asub.add_parser("show", help="a readable timeline (e.g. of one session)")
@@ -207,19 +211,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
     from .checkpoint import load_public_key
-    from .verify import verify_dir, verify_pg
+    from .verify import load_anchors, verify_dir, verify_pg
 
     key = load_public_key(args.key)
     instances = [args.instance] if args.instance else None
+    anchors = load_anchors(args.anchors) if args.anchors else []
     if args.pg:
         report = verify_pg(args.pg, key, table=args.table, live=args.live, pruned=args.pruned,
-                           instances=instances)
+                           instances=instances, anchors=anchors)
         where = f"table {args.table}"  # never echo the DSN: it may hold a password
     else:
         directory = _directory(args)
         _check_dir(directory)
         report = verify_dir(directory, key, live=args.live, pruned=args.pruned,
-                            instances=instances)
+                            instances=instances, anchors=anchors)
         where = directory
     if args.json:
         p = report.problem
@@ -240,9 +245,10 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     for s in report.instances:
         seal = ("sealed by the final checkpoint" if s.sealed
                 else f"{s.unsealed} record(s) after the last checkpoint")
+        held = f"; {s.anchors_matched} anchor(s) held" if anchors else ""
         out.write(f"  {s.instance}: {s.records} records (seq {s.first_seq}..{s.last_seq}), "
                   f"{s.segments} segment(s), {s.checkpoints} checkpoint(s) signed by "
-                  f"{s.key_id}; {seal}\n")
+                  f"{s.key_id}; {seal}{held}\n")
     for note in report.notes:
         out.write(f"  note: {note}\n")
     return 0

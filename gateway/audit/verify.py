@@ -14,7 +14,11 @@ What each check catches (the first failure is reported with its file, line and s
 * the end: a sealed log ends with the final checkpoint the gateway writes at shutdown.
   A log that stops anywhere else was **truncated after a checkpoint** (or the gateway
   is still running, or died: ``live=True`` accepts an unsealed tail and reports its size);
-* a last line without its newline: the file was **cut mid-record**.
+* a last line without its newline: the file was **cut mid-record**;
+* anchors (``audit.checkpoint`` lines of the gateway's log, kept off the host): a
+  record at an anchored seq with another hash was **rewritten**; a log that ends before
+  an anchored seq, or an anchored instance with no records, lost its **newest records
+  whole** (a run's segments, an instance's files), which the chain alone cannot show.
 
 A chain starts at seq 1 after :data:`~gateway.audit.canonical.GENESIS`; with
 ``pruned=True`` it may start at a later segment (older segments removed by retention).
@@ -39,8 +43,57 @@ from .filesink import list_segments
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
-__all__ = ["ChainVerifier", "InstanceSummary", "Problem", "VerifyReport", "verify_dir",
-           "verify_pg"]
+__all__ = ["Anchor", "ChainVerifier", "InstanceSummary", "Problem", "VerifyReport",
+           "load_anchors", "verify_dir", "verify_pg"]
+
+_INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A checkpoint the gateway logged once it was written (``audit.checkpoint``)."""
+
+    instance: str
+    seq: int
+    hash: str
+    source: str  # where it was read: "FILE line N"
+
+
+def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
+    """The ``audit.checkpoint`` lines of gateway logs (JSON lines; other lines are
+    skipped). Raises ValueError for such a line with a malformed field, and for files
+    that hold none: a verification against no anchor at all is a mistake to say."""
+    anchors: list[Anchor] = []
+    for path in paths:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if b"audit.checkpoint" not in raw:
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue  # not a log line (the name inside other text)
+                if not isinstance(doc, dict) or doc.get("event") != "audit.checkpoint":
+                    continue
+                instance, seq, digest = doc.get("instance"), doc.get("seq"), doc.get("hash")
+                if isinstance(digest, str):  # (grouped by dots: writer.anchor_hash)
+                    digest = digest.replace(".", "")
+                if not (isinstance(instance, str) and _INSTANCE.fullmatch(instance)
+                        and type(seq) is int and seq > 0
+                        and isinstance(digest, str) and _HEX64.fullmatch(digest)):
+                    raise ValueError(f"{path} line {n}: an audit.checkpoint line without a "
+                                     "valid instance, seq and hash")
+                anchors.append(Anchor(instance, seq, digest, f"{os.fspath(path)} line {n}"))
+    if not anchors:
+        raise ValueError("no audit.checkpoint lines in the anchor file(s)")
+    return anchors
+
+
+def _by_instance(anchors: Iterable[Anchor]) -> dict[str, dict[int, list[Anchor]]]:
+    out: dict[str, dict[int, list[Anchor]]] = {}
+    for a in anchors:
+        out.setdefault(a.instance, {}).setdefault(a.seq, []).append(a)
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,6 +121,7 @@ class InstanceSummary:
     sealed: bool = False  # ends with the final checkpoint
     unsealed: int = 0  # records after the last checkpoint
     key_id: str | None = None
+    anchors_matched: int = 0
 
 
 @dataclass
@@ -85,8 +139,9 @@ class ChainVerifier:
     """Checks one instance's records in order; ``feed`` returns the first problem found."""
 
     def __init__(self, instance: str, public_key: Ed25519PublicKey, *,
-                 pruned: bool = False) -> None:
+                 pruned: bool = False, anchors: dict[int, list[Anchor]] | None = None) -> None:
         self.instance = instance
+        self.anchors = anchors or {}
         self.public_key = public_key
         self.key_id = key_id_of(public_key)
         self.pruned = pruned
@@ -177,6 +232,14 @@ class ChainVerifier:
         else:
             self.summary.sealed = False
             self.summary.unsealed += 1
+        anchored = self.anchors.get(seq)
+        if anchored is not None:
+            for a in anchored:
+                if a.hash != stored:
+                    return self._p(location, line, seq, f"the record differs from the one "
+                                   f"anchored at seq {seq} ({a.source}): the log was "
+                                   "rewritten from here on")
+            self.summary.anchors_matched += len(anchored)
         self.seq, self.head = seq, stored
         s = self.summary
         s.records += 1
@@ -230,6 +293,18 @@ class ChainVerifier:
     def finish(self, *, live: bool = False) -> Problem | None:
         s = self.summary
         location, line = self.last_at
+        beyond = [a for seq, anchored in self.anchors.items() if seq > self.seq
+                  for a in anchored]
+        if beyond:
+            a = max(beyond, key=lambda a: a.seq)
+            if s.records == 0:
+                return self._p(location or self.instance, line, None, f"no records, but seq "
+                               f"{a.seq} is anchored ({a.source}): the instance's files or "
+                               "rows were removed")
+            return self._p(location, line + 1, self.seq + 1, f"the log ends at seq "
+                           f"{self.seq}, but seq {a.seq} is anchored ({a.source}): the "
+                           "records after it were removed (a run's segments deleted whole, "
+                           "or the log truncated)")
         if s.records == 0:
             return self._p(location or self.instance, line, None, "no records")
         if s.sealed or live:
@@ -256,22 +331,25 @@ def _file_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
 
 def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, *,
                live: bool = False, pruned: bool = False,
-               instances: Iterable[str] | None = None) -> VerifyReport:
-    """Verify every instance's chain in `directory` (or only `instances`)."""
+               instances: Iterable[str] | None = None,
+               anchors: Iterable[Anchor] = ()) -> VerifyReport:
+    """Verify every instance's chain in `directory` (or only `instances`; every anchored
+    one too), and hold each to its `anchors`."""
     report = VerifyReport()
+    anchored = _by_instance(anchors)
     try:
         found = list_segments(directory)
     except OSError as exc:
         report.problem = Problem("-", str(directory), 0, None,
                                  f"cannot read the directory: {exc.strerror}")
         return report
-    wanted = sorted(instances) if instances is not None else sorted(found)
+    wanted = sorted(instances) if instances is not None else sorted({*found, *anchored})
     if not wanted:
         report.problem = Problem("-", str(directory), 0, None, "no audit segment files "
                                  "(audit-<instance>-<n>.jsonl)")
         return report
     for instance in wanted:
-        v = ChainVerifier(instance, public_key, pruned=pruned)
+        v = ChainVerifier(instance, public_key, pruned=pruned, anchors=anchored.get(instance))
         report.instances.append(v.summary)
         problem = _verify_files(v, found.get(instance, []), live)
         if problem is not None:
@@ -305,20 +383,24 @@ def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
 
 def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_audit",
               live: bool = False, pruned: bool = False,
-              instances: Iterable[str] | None = None) -> VerifyReport:
-    """Verify every instance's chain stored in a PostgreSQL table."""
+              instances: Iterable[str] | None = None,
+              anchors: Iterable[Anchor] = ()) -> VerifyReport:
+    """Verify every instance's chain stored in a PostgreSQL table (as verify_dir)."""
     import psycopg
 
     from .pgsink import iter_pg_rows, pg_instances
 
     report = VerifyReport()
+    anchored = _by_instance(anchors)
     with psycopg.connect(dsn) as conn:
-        wanted = sorted(instances) if instances is not None else pg_instances(conn, table)
+        wanted = sorted(instances) if instances is not None \
+            else sorted({*pg_instances(conn, table), *anchored})
         if not wanted:
             report.problem = Problem("-", table, 0, None, "no audit records in the table")
             return report
         for instance in wanted:
-            v = ChainVerifier(instance, public_key, pruned=pruned)
+            v = ChainVerifier(instance, public_key, pruned=pruned,
+                              anchors=anchored.get(instance))
             report.instances.append(v.summary)
             location = f"{table} instance {instance}"
             problem = None
