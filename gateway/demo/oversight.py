@@ -76,12 +76,17 @@ def held_export(dsn: str, token: str, admin: str, approver_token: Path, say: Say
     return problems
 
 
-def audit_evidence(audit_dir: Path, public_key: Path, say: Say) -> list[str]:
-    """`pgwarden audit verify` over the sealed trail, and the CI session's timeline."""
+def audit_evidence(audit_dir: Path, public_key: Path, say: Say,
+                   anchors: Path | None = None) -> list[str]:
+    """`pgwarden audit verify` over the sealed trail (held to the checkpoints the
+    gateway logged, `anchors`), and the CI session's timeline."""
     problems: list[str] = []
-    verify = pgwarden("audit", "verify", str(audit_dir), "--key", str(public_key))
-    say(f"   $ pgwarden audit verify {audit_dir.name}/ --key audit-signing.pub\n"
-        f"     {verify.stdout.strip() or verify.stderr.strip()}")
+    held = ["--anchors", str(anchors)] if anchors is not None else []
+    verify = pgwarden("audit", "verify", str(audit_dir), "--key", str(public_key), *held)
+    shown = f" --anchors {anchors.name}" if anchors is not None else ""
+    said = (verify.stdout.strip() or verify.stderr.strip()).splitlines()
+    say(f"   $ pgwarden audit verify {audit_dir.name}/ --key audit-signing.pub{shown}\n"
+        + "\n".join(f"     {line.strip()}" for line in said))
     if verify.returncode != 0:
         problems.append("audit verify failed")
     records = [json.loads(line) for f in sorted(audit_dir.glob("*.jsonl"))

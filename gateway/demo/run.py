@@ -100,7 +100,11 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
         if not keep_serving:
             gw.stop()  # seals the audit trail with its shutdown checkpoint
             _say("\nthe evidence (the gateway stopped, sealing its audit trail):")
-            problems += audit_evidence(audit_dir, audit_pub, _say)
+            # its log as a SIEM would keep it: the checkpoints it logged anchor the trail
+            gw.wait_for_log(lambda d: d.get("event") == "audit.checkpoint" and d.get("final"))
+            shipped = base / "gateway.log"
+            shipped.write_text(gw.log_text() + "\n")
+            problems += audit_evidence(audit_dir, audit_pub, _say, anchors=shipped)
         if problems:
             for p in problems:
                 _say(f"FAILED: {p}")
