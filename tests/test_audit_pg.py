@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import secrets
 import threading
@@ -150,6 +151,47 @@ def test_a_restart_deleted_from_the_table_fails_against_its_logged_anchors(
     p = verify_pg(dsn, pub, table=table, anchors=anchors).problem
     assert p is not None and p.instance == "gw-r"
     assert f"ends at seq {ended}, but seq {anchors[-1].seq} is anchored" in p.message
+
+
+def test_rows_added_or_cut_before_a_restart_are_not_vouched_for_by_it(
+        pg: PgBackend, table: str, keys: tuple[Path, Path]) -> None:
+    """With INSERT (which the gateway's role has) a row chained after the final
+    checkpoint; with DELETE a run's end: the next run chains on what it finds, and
+    verify still names the run end that was changed."""
+    from gateway.audit.canonical import canonical_bytes, chain_hash
+
+    dsn, pub = pg.dsn(pg.service), load_public_key(keys[1])
+    run_gateway(pg, table, "gw-f", keys[0], 5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seq, line = conn.execute(sql.SQL("SELECT seq, record FROM {} WHERE instance = 'gw-f' "
+                                         "ORDER BY seq DESC LIMIT 1")
+                                 .format(sql.Identifier(table))).fetchone()
+        last = json.loads(line)
+        body = {"type": "approval.granted", "approval_id": "apr_forged", "instance": "gw-f",
+                "v": 1, "seq": seq + 1, "ts": last["ts"], "prev": last["hash"]}
+        raw = canonical_bytes(body)
+        forged = raw[:-1] + b',"hash":"' + chain_hash(last["hash"], raw).encode() + b'"}'
+        conn.execute(sql.SQL("INSERT INTO {} (instance, seq, ts, type, session, record) "
+                             "VALUES ('gw-f', %s, now(), 'approval.granted', NULL, %s)")
+                     .format(sql.Identifier(table)), (seq + 1, forged.decode()))
+        run_gateway(pg, table, "gw-f", keys[0], 5)
+        p = verify_pg(dsn, pub, table=table, accept_crashes=True).problem
+        assert p is not None and p.seq == seq + 1 and "follows the final checkpoint" in p.message
+        # a row whose record does not hash to its hash stops the start
+        fake = json.dumps({"seq": 100000, "prev": last["hash"], "type": "checkpoint",
+                           "final": True, "hash": "ab" * 32}, separators=(",", ":"))
+        conn.execute(sql.SQL("INSERT INTO {} (instance, seq, ts, type, session, record) VALUES "
+                             "('gw-f', 100000, now(), 'checkpoint', NULL, %s)")
+                     .format(sql.Identifier(table)), (fake,))
+        with pytest.raises(AuditError, match="damaged"):
+            pg_writer(pg, table, "gw-f", keys[0])
+    run_gateway(pg, table, "gw-g", keys[0], 5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE instance = 'gw-g' AND seq > 5")
+                     .format(sql.Identifier(table)))
+    run_gateway(pg, table, "gw-g", keys[0], 5)
+    p = verify_pg(dsn, pub, table=table, instances=["gw-g"]).problem
+    assert p is not None and "without its final checkpoint" in p.message
 
 
 def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: str,

@@ -79,8 +79,8 @@ def lines_of(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
 
-def verify(d: Path, pub: Path, **kw: bool) -> VerifyReport:
-    return verify_dir(d, load_public_key(pub), **kw)
+def verify(d: Path, pub: Path, **kw: object) -> VerifyReport:
+    return verify_dir(d, load_public_key(pub), **kw)  # type: ignore[arg-type]
 
 
 def first_statement(d: Path) -> tuple[Path, int, dict]:
@@ -265,7 +265,7 @@ def test_the_wrong_key_fails_at_the_first_checkpoint(
 
 
 def test_restarts_continue_the_chain_and_repair_a_torn_line(
-        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+        tmp_path: Path, keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     d = tmp_path / "audit"
     opts = WriterOptions(checkpoint_every=0, checkpoint_seconds=0)
     write_log(d, keys[0], statements=5, run=1, options=opts)
@@ -276,8 +276,21 @@ def test_restarts_continue_the_chain_and_repair_a_torn_line(
     last.write_bytes(last.read_bytes() + b'{"half":')
     w3 = write_log(d, keys[0], statements=5, run=3, options=opts)
     assert w3.resumed is not None and w3.resumed.torn_bytes == len(b'{"half":')
-    report = verify(d, keys[1])
+    assert not w3.resumed.sealed
+    assert [r.getMessage() for r in caplog.records].count("audit.resumed_unsealed") == 1
+    # Run 2's records are signed by no checkpoint of its own: verify names its end until
+    # told it was a crash (and no more of them than a crash could leave).
+    p = verify(d, keys[1]).problem
+    assert p is not None and (p.location, p.line) == (segments(d)[2].name, 1)
+    assert "without its final checkpoint" in p.message and "--accept-crashes" in p.message
+    unsigned = len(lines_of(segments(d)[1]))
+    pub = load_public_key(keys[1])
+    report = verify_dir(d, pub, accept_crashes=True)
     assert report.ok, report.problem
+    assert (report.instances[0].crashed_runs, report.instances[0].unsigned) == (1, unsigned)
+    assert any("without its final checkpoint" in note for note in report.notes)
+    p = verify_dir(d, pub, accept_crashes=True, max_unsigned=unsigned - 1).problem
+    assert p is not None and "checkpoints were removed" in p.message
     headers = [json.loads(lines_of(f)[0]) for f in segments(d)]
     assert [h["segment"] for h in headers] == [1, 2, 3]
     assert headers[1]["previous_segment"] == segments(d)[0].name
@@ -285,6 +298,74 @@ def test_restarts_continue_the_chain_and_repair_a_torn_line(
     # The restart took the last record's hash: the chain links across runs.
     tail = json.loads(lines_of(segments(d)[1])[-1])
     assert headers[2]["previous_hash"] == tail["hash"] == headers[2]["prev"]
+
+
+def rechain(d: Path, keep) -> None:  # type: ignore[no-untyped-def]
+    """What anyone can do without the key: the log again without the records `keep`
+    rejects and without its checkpoints (which cannot be re-signed), every seq, prev,
+    hash and segment header recomputed."""
+    from gateway.audit.canonical import GENESIS, canonical_bytes
+
+    seq, head = 0, GENESIS
+    for path in segments(d):
+        out = []
+        for line in lines_of(path):
+            rec = json.loads(line)
+            if rec["type"] == "checkpoint" or not keep(rec):
+                continue
+            body = {k: v for k, v in rec.items() if k != "hash"}
+            seq += 1
+            body["seq"], body["prev"] = seq, head
+            if body["type"] == "segment":
+                body["previous_seq"], body["previous_hash"] = seq - 1, head
+            raw = canonical_bytes(body)
+            head = chain_hash(head, raw)
+            out.append(raw[:-1] + b',"hash":"' + head.encode() + b'"}\n')
+        path.write_bytes(b"".join(out))
+
+
+def test_a_history_rechained_without_its_checkpoints_is_not_vouched_for_by_a_restart(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """The next run's checkpoints sign the chain up to them, so the run before it is
+    held to its own: a restart on top of a rewritten log does not launder it."""
+    d = tmp_path / "audit"
+    opts = WriterOptions(checkpoint_every=10, segment_bytes=8 * 1024)
+    write_log(d, keys[0], statements=30, run=1, options=opts)
+    rechain(d, lambda rec: rec.get("rows") not in (7, 8, 9))
+    assert not verify(d, keys[1]).ok  # (no final checkpoint: seen already)
+    write_log(d, keys[0], statements=3, run=2, options=opts)  # a routine restart
+    p = verify(d, keys[1]).problem
+    assert p is not None and "ended at seq" in p.message and "no checkpoint at all" in p.message
+    # told crashes happen, still more unsigned records than checkpoint_every allows
+    p = verify(d, keys[1], accept_crashes=True, max_unsigned=10).problem
+    assert p is not None and "checkpoints were removed" in p.message
+
+
+def test_a_run_cut_after_a_checkpoint_is_named_after_a_restart(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    d = tmp_path / "audit"
+    write_log(d, keys[0], statements=60, run=1)
+    last = segments(d)[-1]
+    last.write_bytes(b"".join(lines_of(last)[:3]))  # its final checkpoint and more gone
+    write_log(d, keys[0], statements=3, run=2)
+    p = verify(d, keys[1]).problem
+    assert p is not None and p.location == segments(d)[-1].name and p.line == 1
+    assert "without its final checkpoint" in p.message
+
+
+def test_a_record_added_after_a_final_checkpoint_is_named_after_a_restart(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    d = tmp_path / "audit"
+    write_log(d, keys[0], statements=3, run=1)
+    last = segments(d)[-1]
+    final = json.loads(lines_of(last)[-1])
+    forged = {"type": "approval.granted", "approval_id": "apr_x", "instance": "gw1", "v": 1,
+              "seq": final["seq"] + 1, "ts": final["ts"]}
+    last.write_bytes(last.read_bytes() + rehash(forged, final["hash"]))
+    write_log(d, keys[0], statements=3, run=2)
+    p = verify(d, keys[1], accept_crashes=True).problem
+    assert p is not None and p.seq == final["seq"] + 1
+    assert "follows the final checkpoint" in p.message
 
 
 def test_a_damaged_last_record_stops_the_start(tmp_path: Path, keys: tuple[Path, Path]) -> None:

@@ -81,6 +81,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="accept records after the last checkpoint (a running gateway)")
     v.add_argument("--pruned", action="store_true",
                    help="accept a log whose oldest segments were removed by retention")
+    v.add_argument("--accept-crashes", action="store_true",
+                   help="accept runs that ended without their final checkpoint (a crash): "
+                   "their last records are signed by no checkpoint of their own")
+    v.add_argument("--max-unsigned", type=int, default=10_000, metavar="N",
+                   help="with --accept-crashes, the most records such a run may leave "
+                   "unsigned (default 10000, the default checkpoint_every)")
     v.add_argument("--anchors", action="append", default=[], metavar="FILE",
                    help="gateway log lines (JSON) holding its audit.checkpoint events, kept "
                    "off the gateway's host: the log must hold each anchored record "
@@ -218,13 +224,15 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     anchors = load_anchors(args.anchors) if args.anchors else []
     if args.pg:
         report = verify_pg(args.pg, key, table=args.table, live=args.live, pruned=args.pruned,
-                           instances=instances, anchors=anchors)
+                           instances=instances, anchors=anchors,
+                           accept_crashes=args.accept_crashes, max_unsigned=args.max_unsigned)
         where = f"table {args.table}"  # never echo the DSN: it may hold a password
     else:
         directory = _directory(args)
         _check_dir(directory)
         report = verify_dir(directory, key, live=args.live, pruned=args.pruned,
-                            instances=instances, anchors=anchors)
+                            instances=instances, anchors=anchors,
+                            accept_crashes=args.accept_crashes, max_unsigned=args.max_unsigned)
         where = directory
     if args.json:
         p = report.problem

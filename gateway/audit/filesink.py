@@ -81,7 +81,8 @@ def _tail(path: Path) -> tuple[bytes | None, bytes, int]:
         return buf[start:nl], torn, size
 
 
-def _parse_tail(line: bytes, where: str) -> tuple[int, str]:
+def _parse_tail(line: bytes, where: str) -> tuple[int, str, bool]:
+    """(seq, hash, whether it is a final checkpoint) of the last record line."""
     parsed = parse_line(line)
     if parsed is None:
         raise AuditError(f"{where}: the last audit record is damaged (not a record line); "
@@ -91,7 +92,7 @@ def _parse_tail(line: bytes, where: str) -> tuple[int, str]:
     if not isinstance(prev, str) or not isinstance(seq, int) or chain_hash(prev, body) != stored:
         raise AuditError(f"{where}: the last audit record does not match its hash; "
                          "run `pgwarden audit verify` before starting the gateway")
-    return seq, stored
+    return seq, stored, rec.get("type") == "checkpoint" and rec.get("final") is True
 
 
 class FileSink:
@@ -136,13 +137,14 @@ class FileSink:
             line, torn, size = _tail(path)
             if torn and hashed_body(torn) is not None:
                 try:  # a whole record that only lacks its newline: keep it
-                    seq, digest = _parse_tail(torn, str(path))
+                    seq, digest, sealed = _parse_tail(torn, str(path))
                 except AuditError:
                     pass
                 else:
                     with open(path, "ab") as f:
                         f.write(b"\n")
-                    return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total)
+                    return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total,
+                                       sealed)
             if torn:
                 os.truncate(path, size - len(torn))
                 torn_total += len(torn)
@@ -150,8 +152,9 @@ class FileSink:
                 reuse = n
                 segs.pop()
                 continue
-            seq, digest = _parse_tail(line, str(path))
-            return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total)
+            seq, digest, sealed = _parse_tail(line, str(path))
+            return ResumeState(seq, digest, reuse or n + 1, path.name, torn_total,
+                               sealed and not torn_total)
         return ResumeState(0, GENESIS, reuse or 1, None, torn_total)
 
     # -- the writer thread ---------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .canonical import GENESIS
+from .canonical import GENESIS, chain_hash, parse_line
 from .chain import Sealed
 from .filesink import INSTANCE_RE
 from .writer import AuditError, ResumeState
@@ -125,12 +125,16 @@ class PgSink:
         if row is None:
             return ResumeState(0, GENESIS, 1, None, 0)
         seq, record = row
-        try:
-            rec = json.loads(record)
-            digest = rec["hash"]
-        except (ValueError, KeyError, TypeError):
+        # The head a new run chains on, checked as a file's last line is: a row anyone
+        # with INSERT could add must at least be a record that hashes to itself
+        parsed = parse_line(record.encode("utf-8")) if isinstance(record, str) else None
+        rec = parsed[0] if parsed is not None else None
+        if parsed is None or rec is None or rec.get("seq") != seq \
+                or not isinstance(rec.get("prev"), str) \
+                or chain_hash(rec["prev"], parsed[1]) != parsed[2]:
             raise AuditError(f"{self.table}: the last record of instance {self.instance!r} "
-                             f"(seq {seq}) is damaged; run `pgwarden audit verify`") from None
+                             f"(seq {seq}) is damaged; run `pgwarden audit verify`")
+        digest = parsed[2]
         head = conn.execute(sql.SQL("SELECT record FROM {} WHERE instance = %s AND type = "
                                     "'segment' ORDER BY seq DESC LIMIT 1").format(self._ident),
                             (self.instance,)).fetchone()
@@ -140,7 +144,8 @@ class PgSink:
                 n = int(json.loads(head[0]).get("segment") or 0)
             except (ValueError, TypeError, AttributeError):
                 n = 0
-        return ResumeState(int(seq), str(digest), n + 1, self.location(n), 0)
+        sealed = rec.get("type") == "checkpoint" and rec.get("final") is True
+        return ResumeState(int(seq), str(digest), n + 1, self.location(n), 0, sealed)
 
     def location(self, n: int) -> str:
         return f"{self.table}:{self.instance}#{n}"

@@ -11,6 +11,11 @@ What each check catches (the first failure is reported with its file, line and s
   **rewritten** (every hash recomputed) or the **wrong key** was given;
 * segments: numbers must follow each other, each file must start with its ``segment``
   record naming the previous file and head: a **deleted or swapped file**;
+* runs: a gateway run ends with its final checkpoint, and the next record after it can
+  only be the next run's ``start`` segment header. A run that stopped elsewhere left
+  records no checkpoint signed (a crash), and the next run's checkpoints would vouch
+  for whatever those records became before it started: such a run end fails unless
+  ``accept_crashes`` (at most ``max_unsigned`` unsigned records each);
 * the end: a sealed log ends with the final checkpoint the gateway writes at shutdown.
   A log that stops anywhere else was **truncated after a checkpoint** (or the gateway
   is still running, or died: ``live=True`` accepts an unsealed tail and reports its size);
@@ -122,6 +127,8 @@ class InstanceSummary:
     unsealed: int = 0  # records after the last checkpoint
     key_id: str | None = None
     anchors_matched: int = 0
+    crashed_runs: int = 0  # runs that ended without their final checkpoint (accepted)
+    unsigned: int = 0  # records those runs left that no checkpoint signs
 
 
 @dataclass
@@ -139,9 +146,14 @@ class ChainVerifier:
     """Checks one instance's records in order; ``feed`` returns the first problem found."""
 
     def __init__(self, instance: str, public_key: Ed25519PublicKey, *,
-                 pruned: bool = False, anchors: dict[int, list[Anchor]] | None = None) -> None:
+                 pruned: bool = False, anchors: dict[int, list[Anchor]] | None = None,
+                 accept_crashes: bool = False, max_unsigned: int = 10_000) -> None:
         self.instance = instance
         self.anchors = anchors or {}
+        self.accept_crashes = accept_crashes
+        self.max_unsigned = max_unsigned
+        self.notes: list[str] = []
+        self._run_ended = False  # the last record was a run's final checkpoint
         self.public_key = public_key
         self.key_id = key_id_of(public_key)
         self.pruned = pruned
@@ -217,6 +229,15 @@ class ChainVerifier:
             return self._p(location, line, seq, f"the record belongs to instance "
                            f"{rec.get('instance')!r}, not {self.instance!r}")
         rtype = rec.get("type")
+        starts_run = rtype == "segment" and rec.get("reason") == "start"
+        if self._run_ended and not starts_run:
+            return self._p(location, line, seq, "a record follows the final checkpoint of a "
+                           "run: nothing is written after it but the next run's start; it "
+                           "was added")
+        if starts_run and not first:
+            problem = self._run_boundary(location, line, seq)
+            if problem is not None:
+                return problem
         if self._expect_header:
             if rtype != "segment":
                 return self._p(location, line, seq, "the segment does not start with its "
@@ -230,7 +251,7 @@ class ChainVerifier:
             if problem is not None:
                 return problem
         else:
-            self.summary.sealed = False
+            self.summary.sealed = self._run_ended = False
             self.summary.unsealed += 1
         anchored = self.anchors.get(seq)
         if anchored is not None:
@@ -246,6 +267,34 @@ class ChainVerifier:
         s.last_seq = seq
         if s.first_seq is None:
             s.first_seq = seq
+        return None
+
+    def _run_boundary(self, location: str, line: int, seq: int) -> Problem | None:
+        """A new run starts at `seq`: the one before must have ended with its final
+        checkpoint. If it did not, its records after its last checkpoint are signed by
+        nothing but the new run's checkpoints, which vouch for what the new run found:
+        a crash's tail, or a tail cut, rewritten or emptied of checkpoints before the
+        restart. The two cannot be told apart here (anchors can)."""
+        s = self.summary
+        if s.sealed:
+            return None
+        last = s.last_checkpoint_seq
+        since = f"after its checkpoint at seq {last}" if last is not None \
+            else "and it has no checkpoint at all"
+        what = (f"the run before seq {seq} ended at seq {seq - 1} without its final "
+                f"checkpoint: {s.unsealed} record(s) {since} are signed by no checkpoint of "
+                "their own. It crashed, or its end was cut or rewritten before the gateway "
+                "started again")
+        if not self.accept_crashes:
+            return self._p(location, line, seq, what + " (--accept-crashes, once anchors "
+                           "or the gateway's log rule out a cut)")
+        if s.unsealed > self.max_unsigned:
+            return self._p(location, line, seq, what + f"; more than --max-unsigned "
+                           f"{self.max_unsigned}, more than a crash leaves between two "
+                           "checkpoints: checkpoints were removed")
+        s.crashed_runs += 1
+        s.unsigned += s.unsealed
+        self.notes.append(f"{self.instance}: {what}")
         return None
 
     def _check_header(self, rec: dict[str, Any], location: str, line: int,
@@ -280,7 +329,7 @@ class ChainVerifier:
         s = self.summary
         s.checkpoints += 1
         s.last_checkpoint_seq = seq
-        s.sealed = bool(rec.get("final"))
+        s.sealed = self._run_ended = rec.get("final") is True
         s.unsealed = 0
         self._last_checkpoint_at = (location, line)
         return None
@@ -332,7 +381,8 @@ def _file_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
 def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, *,
                live: bool = False, pruned: bool = False,
                instances: Iterable[str] | None = None,
-               anchors: Iterable[Anchor] = ()) -> VerifyReport:
+               anchors: Iterable[Anchor] = (), accept_crashes: bool = False,
+               max_unsigned: int = 10_000) -> VerifyReport:
     """Verify every instance's chain in `directory` (or only `instances`; every anchored
     one too), and hold each to its `anchors`."""
     report = VerifyReport()
@@ -349,12 +399,14 @@ def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, 
                                  "(audit-<instance>-<n>.jsonl)")
         return report
     for instance in wanted:
-        v = ChainVerifier(instance, public_key, pruned=pruned, anchors=anchored.get(instance))
+        v = ChainVerifier(instance, public_key, pruned=pruned, anchors=anchored.get(instance),
+                          accept_crashes=accept_crashes, max_unsigned=max_unsigned)
         report.instances.append(v.summary)
         problem = _verify_files(v, found.get(instance, []), live)
         if problem is not None:
             report.problem = problem
             return report
+        report.notes += v.notes
         if live and v.summary.unsealed:
             report.notes.append(v.unsealed_note())
     return report
@@ -384,7 +436,8 @@ def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
 def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_audit",
               live: bool = False, pruned: bool = False,
               instances: Iterable[str] | None = None,
-              anchors: Iterable[Anchor] = ()) -> VerifyReport:
+              anchors: Iterable[Anchor] = (), accept_crashes: bool = False,
+              max_unsigned: int = 10_000) -> VerifyReport:
     """Verify every instance's chain stored in a PostgreSQL table (as verify_dir)."""
     import psycopg
 
@@ -400,7 +453,8 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
             return report
         for instance in wanted:
             v = ChainVerifier(instance, public_key, pruned=pruned,
-                              anchors=anchored.get(instance))
+                              anchors=anchored.get(instance), accept_crashes=accept_crashes,
+                              max_unsigned=max_unsigned)
             report.instances.append(v.summary)
             location = f"{table} instance {instance}"
             problem = None
@@ -418,6 +472,7 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
             if problem is not None:
                 report.problem = problem
                 return report
+            report.notes += v.notes
             if live and v.summary.unsealed:
                 report.notes.append(v.unsealed_note())
     return report

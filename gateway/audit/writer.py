@@ -94,6 +94,7 @@ class ResumeState(NamedTuple):
     next_segment: int
     previous_segment: str | None  # where the last record is (a file name), if anywhere
     torn_bytes: int = 0  # a partial last line removed (a crash mid-write)
+    sealed: bool = True  # the last record is a final checkpoint (or there is none)
 
 
 class Sink(Protocol):
@@ -220,6 +221,12 @@ class AuditWriter:
                 raise
             raise AuditError(f"cannot open the audit {self.sink.kind} sink: {exc}") from exc
         self.resumed = state
+        if state is not None and not state.sealed:
+            # the new run's checkpoints will cover what the last run left unsigned, as it
+            # is now: `audit verify` names that run end until told it was a crash
+            logs.warning("audit.resumed_unsealed", instance=self.instance, seq=state.seq,
+                         reason="the previous run ended without its final checkpoint (it "
+                         "crashed, or its end was removed)")
         now = self._clock()
         with self._lock:
             if state is not None:
