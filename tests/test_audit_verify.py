@@ -241,6 +241,29 @@ def test_a_record_cut_in_the_middle_is_named(log: Path, keys: tuple[Path, Path])
     assert "truncated record" in p.message
 
 
+def test_a_line_that_hashes_right_but_is_not_canonical_is_named(
+        log: Path, keys: tuple[Path, Path]) -> None:
+    """The final checkpoint's line with a member written twice: most parsers keep the
+    last one (the signed value), a reader that keeps the first sees another record.
+    Nothing chains after it, so its hash can simply be recomputed."""
+    last = segments(log)[-1]
+    lines = lines_of(last)
+    body, _ = hashed_body(lines[-1].rstrip(b"\n"))  # type: ignore[misc]
+    forged = b'{"type":"decision","reason":"GRANT ALL ON cards TO mallory",' + body[1:]
+    prev = json.loads(lines[-1])["prev"]
+    lines[-1] = forged[:-1] + b',"hash":"' + chain_hash(prev, forged).encode() + b'"}\n'
+    last.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and (p.location, p.line) == (last.name, len(lines))
+    assert "not in canonical form" in p.message
+    # the same with only a space added
+    lines[-1] = body[:-1] + b' ,"hash":"' + chain_hash(prev, body[:-1] + b" }").encode() \
+        + b'"}\n'
+    last.write_bytes(b"".join(lines))
+    p = verify(log, keys[1]).problem
+    assert p is not None and "not in canonical form" in p.message
+
+
 def test_a_deleted_segment_file_is_named(log: Path, keys: tuple[Path, Path]) -> None:
     files = segments(log)
     files[1].unlink()

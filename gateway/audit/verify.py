@@ -2,7 +2,9 @@
 
 What each check catches (the first failure is reported with its file, line and seq):
 
-* a record's bytes do not hash to its ``hash``: the record was **edited**;
+* a record's bytes do not hash to its ``hash``: the record was **edited**; nor do bytes
+  that are not the canonical JSON of the record they parse to (a repeated member reads
+  differently in different parsers): **edited**, its hash recomputed;
 * ``seq`` is not the previous one plus one: a record was **deleted** (a gap),
   records were **reordered**, or one was **inserted** (a repeated number);
 * ``prev`` is not the previous record's hash: a record was **replaced or inserted**
@@ -41,7 +43,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .canonical import GENESIS, chain_hash, parse_line
+from .canonical import GENESIS, canonical_bytes, chain_hash, parse_line
 from .checkpoint import key_id as key_id_of
 from .checkpoint import verify_checkpoint_signature
 from .filesink import list_segments
@@ -92,6 +94,17 @@ def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
     if not anchors:
         raise ValueError("no audit.checkpoint lines in the anchor file(s)")
     return anchors
+
+
+def _canonical(rec: dict[str, Any], body: bytes) -> bool:
+    """Whether the hashed bytes are the canonical JSON of the record they parse to. A
+    hash only binds bytes: readers (and people) see the parsed record, and JSON lets one
+    record be written many ways, e.g. with a member twice (most parsers keep the last
+    one, some the first), so that a line that hashes right may read differently."""
+    try:
+        return canonical_bytes({k: v for k, v in rec.items() if k != "hash"}) == body
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def _by_instance(anchors: Iterable[Anchor]) -> dict[str, dict[int, list[Anchor]]]:
@@ -204,6 +217,11 @@ class ChainVerifier:
                 or chain_hash(prev, body) != stored:
             return self._p(location, line, seq, "hash mismatch: the record was edited "
                            "after it was written")
+        if not _canonical(rec, body):
+            return self._p(location, line, seq if isinstance(seq, int) else None,
+                           "the record is not in canonical form (a repeated member, an "
+                           "escape, a number or spacing the gateway never writes): it was "
+                           "edited after it was written, its hash recomputed")
         if stored_seq is not None and stored_seq != seq:
             return self._p(location, line, seq, f"the row's seq column says {stored_seq}, "
                            f"its record says {seq}: the row was edited")
