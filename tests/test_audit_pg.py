@@ -172,8 +172,8 @@ def test_rows_added_or_cut_before_a_restart_are_not_vouched_for_by_it(
         raw = canonical_bytes(body)
         forged = raw[:-1] + b',"hash":"' + chain_hash(last["hash"], raw).encode() + b'"}'
         conn.execute(sql.SQL("INSERT INTO {} (instance, seq, ts, type, session, record) "
-                             "VALUES ('gw-f', %s, now(), 'approval.granted', NULL, %s)")
-                     .format(sql.Identifier(table)), (seq + 1, forged.decode()))
+                             "VALUES ('gw-f', %s, %s, 'approval.granted', NULL, %s)")
+                     .format(sql.Identifier(table)), (seq + 1, last["ts"], forged.decode()))
         run_gateway(pg, table, "gw-f", keys[0], 5)
         p = verify_pg(dsn, pub, table=table, accept_crashes=True).problem
         assert p is not None and p.seq == seq + 1 and "follows the final checkpoint" in p.message
@@ -192,6 +192,32 @@ def test_rows_added_or_cut_before_a_restart_are_not_vouched_for_by_it(
     run_gateway(pg, table, "gw-g", keys[0], 5)
     p = verify_pg(dsn, pub, table=table, instances=["gw-g"]).problem
     assert p is not None and "without its final checkpoint" in p.message
+
+
+def test_rows_whose_columns_lie_or_that_nest_too_deep_are_named(
+        pg: PgBackend, table: str, keys: tuple[Path, Path]) -> None:
+    """ts, type and session repeat record fields so that queries can use them: a row
+    whose columns were edited would make those queries find the wrong records."""
+    dsn, pub = pg.dsn(pg.service), load_public_key(keys[1])
+    changes = {"gw-c1": "session = NULL", "gw-c2": "type = 'gateway.stop'",
+               "gw-c3": "ts = ts + interval '1 microsecond'"}
+    for instance in changes:
+        run_gateway(pg, table, instance, keys[0], 3)
+    assert verify_pg(dsn, pub, table=table).ok
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for instance, change in changes.items():
+            conn.execute(sql.SQL("UPDATE {} SET " + change + " WHERE instance = %s "  # noqa: S608
+                                 "AND type = 'statement' AND record LIKE %s")
+                         .format(sql.Identifier(table)), (instance, '%"rows":1,%'))
+            p = verify_pg(dsn, pub, table=table, instances=[instance]).problem
+            assert p is not None and "column" in p.message, change
+        nested = '{"type":"segment","x":' + "[" * 100000 + "]" * 100000 + "}"
+        run_gateway(pg, table, "gw-n", keys[0], 3)
+        conn.execute(sql.SQL("INSERT INTO {} (instance, seq, ts, type, session, record) VALUES "
+                             "('gw-n', 1000, now(), 'segment', NULL, %s)")
+                     .format(sql.Identifier(table)), (nested,))
+        p = verify_pg(dsn, pub, table=table, instances=["gw-n"]).problem
+        assert p is not None and "not an audit record line" in p.message
 
 
 def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: str,

@@ -40,7 +40,7 @@ from .chain import Sealed
 from .filesink import INSTANCE_RE
 from .writer import AuditError, ResumeState
 
-__all__ = ["DEFAULT_TABLE", "PgSink", "iter_pg_rows", "pg_instances"]
+__all__ = ["DEFAULT_TABLE", "PgSink", "iter_pg_columns", "iter_pg_rows", "pg_instances"]
 
 DEFAULT_TABLE = "pgwarden_audit"
 _SCHEMA_LOCK = "pgwarden.audit.schema"
@@ -196,6 +196,20 @@ def pg_instances(conn: psycopg.Connection[Any], table: str) -> list[str]:
     rows = conn.execute(sql.SQL("SELECT DISTINCT instance FROM {} ORDER BY 1")
                         .format(_table_ident(table))).fetchall()
     return [r[0] for r in rows]
+
+
+def iter_pg_columns(conn: psycopg.Connection[Any], table: str, instance: str
+                    ) -> Iterator[tuple[int, bytes, tuple[str, str, str | None]]]:
+    """As iter_pg_rows, with the columns that repeat record fields for queries: ``ts`` as
+    a record writes it, ``type``, ``session``."""
+    query = sql.SQL("SELECT seq, record, to_char(ts AT TIME ZONE 'UTC', "
+                    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), type, session FROM {} "
+                    "WHERE instance = %s ORDER BY seq").format(_table_ident(table))
+    with conn.cursor(name="pgwarden_audit_verify") as cur:
+        cur.itersize = 2000
+        cur.execute(query, (instance,))
+        for seq, record, ts, rtype, session in cur:
+            yield int(seq), record.encode("utf-8"), (ts, rtype, session)
 
 
 def iter_pg_rows(conn: psycopg.Connection[Any], table: str,

@@ -201,7 +201,8 @@ class ChainVerifier:
         return None
 
     def feed(self, location: str, line: int, raw: bytes, *, complete: bool = True,
-             stored_seq: int | None = None) -> Problem | None:
+             stored_seq: int | None = None,
+             stored_columns: tuple[str, str, str | None] | None = None) -> Problem | None:
         expected = self.seq + 1
         self.last_at = (location, line)
         if not complete:
@@ -227,6 +228,11 @@ class ChainVerifier:
                            f"its record says {seq}: the row was edited")
         if not isinstance(seq, int) or isinstance(seq, bool):
             return self._p(location, line, None, "the record has no integer seq")
+        if stored_columns is not None and stored_columns != (
+                rec.get("ts"), rec.get("type"), rec.get("session")):
+            return self._p(location, line, seq, "the row's ts, type or session column does "
+                           "not say what its record says: the row was edited (queries on "
+                           "those columns would find the wrong records)")
         first = self.summary.records == 0
         if first and self.pruned and seq > 1 and rec.get("type") == "segment":
             self.seq, self.head = seq - 1, prev  # a pruned log starts at a segment header
@@ -459,7 +465,7 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
     """Verify every instance's chain stored in a PostgreSQL table (as verify_dir)."""
     import psycopg
 
-    from .pgsink import iter_pg_rows, pg_instances
+    from .pgsink import iter_pg_columns, pg_instances
 
     report = VerifyReport()
     anchored = _by_instance(anchors)
@@ -477,11 +483,12 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
             location = f"{table} instance {instance}"
             problem = None
             row = 0
-            for row, (seq, raw) in enumerate(iter_pg_rows(conn, table, instance), 1):
+            for row, (seq, raw, columns) in enumerate(iter_pg_columns(conn, table, instance),
+                                                      1):
                 if row == 1 or (raw.startswith(b'{"') and b'"type":"segment"' in raw):
                     problem = _pg_segment(v, raw, location, row)
                 if problem is None:
-                    problem = v.feed(location, row, raw, stored_seq=seq)
+                    problem = v.feed(location, row, raw, stored_seq=seq, stored_columns=columns)
                 if problem is not None:
                     break
             conn.rollback()
@@ -500,7 +507,7 @@ def _pg_segment(v: ChainVerifier, raw: bytes, location: str, row: int) -> Proble
     """A table has no files: each segment record opens the next logical segment."""
     try:
         rec = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # feed() reports it
     if not isinstance(rec, dict) or rec.get("type") != "segment":
         if row == 1:
