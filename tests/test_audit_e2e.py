@@ -462,6 +462,12 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
                                      autocommit=True)
             for i in range(3):  # (no parameters: psycopg sends one Query message)
                 assert reader.execute(f"select {i}").fetchone() == (i,)
+            # A session whose write was prepared (and decided) before the disk fills: run
+            # again, it is only a Bind and an Execute
+            writer = psycopg.connect(gw.dsn("payments"), autocommit=True,
+                                     password=gw.token(groups=("ci", "ci-writers")))
+            insert = "insert into transactions (card_id, amount) values (1, %s)"
+            writer.execute(insert, (771.17,), prepare=True)
             filler = disk / "filler"
             with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
                 for size in (65536, 4096, 64, 1):
@@ -504,6 +510,15 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
                         break
                 time.sleep(0.1)
             assert refused is not None and refused.sqlstate == "58030", refused
+            # the prepared write does not run either: it would leave no record of running
+            with pytest.raises(psycopg.Error) as again:
+                writer.execute(insert, (771.17,), prepare=True)
+            assert again.value.sqlstate == "58030"
+            writer.close()
+            with psycopg.connect(pg.dsn(pg.service)) as direct:
+                ran = direct.execute("select count(*) from transactions where amount = 771.17"
+                                     ).fetchone()
+            assert ran == (1,)
             filler.unlink()  # space returns
             deadline = time.monotonic() + 10
             while True:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 _Q, _P, _F, _C, _B, _D, _E = (ord(c) for c in "QPFCBDE")
 _DECIDED = frozenset((_Q, _P, _F, _C))
+_AUDIT_DOWN = "the audit trail cannot be written: statements are refused until it recovers"
 _ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
 _ANALYSIS_CACHE_MAX = 4096
 # Texts longer than the parser's own cache takes are analyzed afresh each time rather
@@ -279,6 +280,9 @@ class StatementGate:
                ) -> bytes | Awaitable[bytes] | Split:
         single_query = len(frames) == 1 and frames[0][0] == _Q
         self._reads_only = True
+        audit = self.audit
+        if audit is not None and not audit.healthy:
+            return self._while_unaudited(frames, relay)
         state = self.state
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
                 and not state.sql_used and not state.path_moved and not state.cursor_used:
@@ -685,8 +689,7 @@ class StatementGate:
             return self._decide(sql, protocol, catalog, None, approval)
         if not audit.healthy:
             self._reads_only = False
-            return _denial("58030", "the audit trail cannot be written: statements are refused "
-                           "until it recovers")
+            return _denial("58030", _AUDIT_DOWN)
         if self._update is not None:
             try:  # before any decision under the new facts: a replay must find them
                 audit.append(self._update, wake=False)
@@ -717,8 +720,30 @@ class StatementGate:
         AuditUnavailable (backlog full, closed) or a bug. Fail closed."""
         logs.error("audit.append_failed", session=self.facts.session["id"],
                    error=type(e).__name__)
-        return _denial("58030", "the audit trail cannot be written: statements are refused "
-                       "until it recovers")
+        return _denial("58030", _AUDIT_DOWN)
+
+    def _while_unaudited(self, frames: list[Frame], relay: Relay) -> bytes:
+        """A batch while the audit trail cannot be written: nothing in it runs. A Query,
+        Parse or FunctionCall would be refused for want of its decision record anyway; a
+        Bind or Execute of a statement decided earlier would run with no completion record
+        to show for it (and a Bind may run code already: a domain's CHECK on a
+        parameter). Describe, Close, Sync and Flush go on: they run nothing."""
+        verdict = _denial("58030", _AUDIT_DOWN)
+        out: list[bytes] = []
+        for t, body in frames:
+            if t == _Q or t == _F:
+                out.append(frame(b"Q", cstr(self._marker(relay, verdict))))
+            elif t == _P:
+                out.append(Parse(parse_statement(body)[0], self._marker(relay, verdict),
+                                 ()).encode())
+            elif t == _B:
+                out.append(Bind(bind_names(body)[0], self._marker(relay, verdict), (), (),
+                                ()).encode())
+            elif t == _E:
+                out.append(Execute(self._marker(relay, verdict), 0).encode())
+            else:
+                out.append(frame(bytes((t,)), body))
+        return b"".join(out)
 
     def _record_repeat(self, record: _RecordPlan) -> StatementTag:
         """`_record` for a repeated plain allow of one statement, whose template key and
