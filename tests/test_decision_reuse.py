@@ -590,3 +590,40 @@ def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
     assert answer not in tail  # withheld
     error = be.decode_backend(tail[0], tail[5:])
     assert getattr(error, "code", None) == "58030" and relay.done.done()
+
+
+@pytest.mark.parametrize("sql", [
+    "select * from defer_probe.locked",  # a view whose body locks rows
+    "select id from (select id from defer_probe.t for update) s",  # a subquery's row lock
+    "with l as (select id from defer_probe.t for share) select * from l",
+    "select 5::defer_probe.checked",  # a domain whose CHECK calls a function (that writes)
+    "select id from defer_probe.t where id = '5'::defer_probe.checked",
+])
+def test_a_read_that_may_change_something_is_not_released_before_its_record(
+        pg: PgBackend, sql: str) -> None:
+    """Reads that change nothing are forwarded before their decision record is written
+    (and answered only after it is). A read that takes row locks, or runs a domain's CHECK
+    function, is not one of them: it is written first."""
+    from gateway.catalog import read_catalog
+    from gateway.enforce.gate import _changes_nothing
+    from gateway.sql import analyze
+
+    pg.server.psql(
+        "drop schema if exists defer_probe cascade; create schema defer_probe;"
+        " create table defer_probe.t (id int); create table defer_probe.log (x int);"
+        " create view defer_probe.locked as select id from defer_probe.t for update;"
+        " create function defer_probe.log_it(v int) returns boolean language sql as"
+        " $$ insert into defer_probe.log values (v) returning true $$;"
+        " create domain defer_probe.checked as int check (defer_probe.log_it(value));",
+        dbname=pg.dbname, user=pg.service.name)
+    try:
+        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
+            catalog = read_catalog(conn)
+        (info,) = analyze(sql, catalog)
+        assert info.kind == "read" and not info.functions
+        assert not _changes_nothing(info)
+        (plain,) = analyze("select id from defer_probe.t where id = 5", catalog)
+        assert _changes_nothing(plain)  # (what is deferred)
+    finally:
+        pg.server.psql("drop schema defer_probe cascade;", dbname=pg.dbname,
+                       user=pg.service.name)

@@ -136,10 +136,11 @@ def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], di
 
 def _changes_nothing(info: StatementInfo) -> bool:
     """Whether running the statement changes nothing anywhere: a read with no function
-    call (any function may write, take a lock, advance a sequence) and no row lock. Its
-    only effect is its result."""
+    call (any function may write, take a lock, advance a sequence), no row lock at any
+    level (a subquery's, a view's) and no cast (a domain's CHECK may call a function).
+    Its only effect is its result."""
     return info.kind == "read" and not info.functions and not info.details.get("locking") \
-        and not info.effects
+        and not info.effects and not info.may_change
 
 
 def _record_builder(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,

@@ -113,6 +113,9 @@ class StatementInfo:
     #: Base columns an expression computes with anywhere in the statement (not just in
     #: its output): a masked one could leak through an error message or a side effect.
     computed: tuple[ColKey, ...] = ()
+    #: A read that may change state all the same (a row lock, a cast that may run code):
+    #: see walker.Facts.may_change. Not part of the policy input.
+    may_change: bool = False
 
     def with_sql(self, sql: str) -> StatementInfo:
         """This description for another text (the same statement with other constants).
@@ -308,6 +311,7 @@ def _finish(d: _Desc, sql: str, fingerprint: str, index: int, count: int,
         catalog_changed=d.catalog_changed,
         cacheable=d.cacheable,
         computed=tuple(sorted(f.computed)),
+        may_change=f.may_change,
     )
 
 
@@ -551,7 +555,8 @@ def _any_of(infos: list[StatementInfo]) -> StatementInfo:
         sql_string_functions=any(i.sql_string_functions for i in infos),
         unresolved=tuple(dict.fromkeys(u for i in infos for u in i.unresolved)),
         outputs=outputs, outputs_exact=exact,
-        computed=tuple(dict.fromkeys(k for i in infos for k in i.computed)))
+        computed=tuple(dict.fromkeys(k for i in infos for k in i.computed)),
+        may_change=any(i.may_change for i in infos))
 
 
 # COPY options that shape the rows (masking rewrites COPY TO STDOUT rows in place).

@@ -55,8 +55,8 @@ MAX_VIEW_DEPTH = 32
 class Facts:
     """What a statement touches (accumulated while walking)."""
 
-    __slots__ = ("columns", "computed", "functions", "relations", "settings", "sql_string",
-                 "unresolved", "writes")
+    __slots__ = ("columns", "computed", "functions", "may_change", "relations", "settings",
+                 "sql_string", "unresolved", "writes")
 
     def __init__(self) -> None:
         # (schema, name) → [access set, relkind, temp]
@@ -72,6 +72,10 @@ class Facts:
         # operators other than comparisons), anywhere in the statement: such a value can
         # surface in an error message or a side effect, not only in the result.
         self.computed: dict[ColKey, None] = {}
+        # Something in a read may change state besides its result: a row lock (FOR UPDATE
+        # at any level, in a view's body too), a cast (a domain's CHECK, a user-defined
+        # cast or input function runs code). Not for the policy: for when it may run.
+        self.may_change = False
 
     def relation(self, rel: Relation, access: str) -> None:
         key = (rel.schema, rel.name)
@@ -105,6 +109,7 @@ class Facts:
         self.writes = self.writes or other.writes
         self.settings.update(other.settings)
         self.computed.update(other.computed)
+        self.may_change = self.may_change or other.may_change
 
 
 class Rte:
@@ -500,6 +505,8 @@ class Walker:
         return names, lineage
 
     def select(self, v: Node, outer: Scope | None) -> tuple[list[str], list[Lineage]]:
+        if "lockingClause" in v:
+            self.f.may_change = True
         base = self.with_scope(v.get("withClause"), outer) if "withClause" in v else outer
         op = v.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
@@ -1293,6 +1300,7 @@ _LEAVES = frozenset({
 
 
 def _typecast(w: Walker, v: Node, scope: Scope | None) -> Lineage:
+    w.f.may_change = True
     return w.expr(v.get("arg"), scope)
 
 
