@@ -347,7 +347,6 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> int:
 
 def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
                       err: TextIO | None = None) -> int:
-    from .reader import flatten
     from .replay import ReplayStats, load_engine, replay_records
 
     out = out or sys.stdout
@@ -367,12 +366,8 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
             if args.json:
                 out.write(json.dumps(change.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
                 continue
-            rec = flatten(change.located.record)
-            out.write(f"{rec.get('ts')}  {change.located.instance}#{rec.get('seq')}  "
-                      f"{rec.get('subject')}  {change.before} -> {change.after}  "
-                      f"{rec.get('command')}  {rec.get('sql')}\n")
-            if change.decision.reasons:
-                out.write(f"    now: {'; '.join(change.decision.reasons)}\n")
+            for line in _change_lines(change):
+                out.write(line + "\n")
     except _input_errors() as exc:
         print(f"policy replay: {exc}", file=err)
         return 2
@@ -382,3 +377,17 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
         summary += f"; {stats.skipped} skipped (refused before the policy ran)"
     print(summary, file=err if args.json else out)
     return 1 if args.fail_on_change and stats.changed else 0
+
+
+def _change_lines(change: Any) -> list[str]:
+    """A replayed decision that would change, as text lines."""
+    from .display import text_of
+    from .reader import flatten
+
+    rec = flatten(change.located.record)
+    lines = [f"{text_of(rec.get('ts'))}  {change.located.instance}#{text_of(rec.get('seq'))}  "
+             f"{text_of(rec.get('subject'))}  {change.before} -> {change.after}  "
+             f"{text_of(rec.get('command'))}  {text_of(rec.get('sql'))}"]
+    if change.decision.reasons:
+        lines.append(f"    now: {'; '.join(change.decision.reasons)}")
+    return lines

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from typing import Any, BinaryIO, TextIO
 
+from .display import json_text
 from .reader import Located, flatten
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_csv", "export_jsonl"]
@@ -40,7 +40,7 @@ def _cell(value: Any) -> Any:
     if isinstance(value, int | float):
         return value
     if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        value = json_text(value)
     if value.startswith(_FORMULA):
         return "'" + value
     return value
@@ -54,11 +54,22 @@ def _flat(rec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(stmt, dict):
         return flat
     flat.setdefault("kind", stmt.get("kind"))
-    flat["relations"] = [f"{r.get('schema')}.{r.get('name')}"
-                         for r in stmt.get("relations") or () if isinstance(r, dict)]
-    flat["columns"] = [f"{c.get('schema')}.{c.get('table')}.{c.get('name')}"
-                       for c in stmt.get("columns") or () if isinstance(c, dict)]
+    flat["relations"] = _names(stmt.get("relations"), "schema", "name")
+    flat["columns"] = _names(stmt.get("columns"), "schema", "table", "name")
     return flat
+
+
+def _names(items: Any, *parts: str) -> Any:
+    """Dotted names of a statement's relations or columns; a member that is not a list
+    stays as it is (its cell is then its JSON text)."""
+    if not isinstance(items, list):
+        return [] if items is None else items
+    return [".".join(_part(item.get(p)) for p in parts) for item in items
+            if isinstance(item, dict)]
+
+
+def _part(value: Any) -> str:
+    return value if isinstance(value, str) else "None" if value is None else json_text(value)
 
 
 def export_jsonl(records: Iterable[Located], out: BinaryIO) -> int:

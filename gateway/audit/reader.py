@@ -1,8 +1,8 @@
 """Reading records back (for show, export, explain and replay; not a verification).
 
 :func:`read_records` yields the records of a directory or a PostgreSQL table, each with
-where it is stored, merged across instances in time order. Lines that are not JSON are
-skipped (``audit verify`` is what reports them).
+where it is stored, merged across instances in time order. Lines that are not UTF-8 JSON,
+or nest too deeply to parse, are skipped (``audit verify`` is what reports them).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .canonical import format_ts
+from .display import json_text
 from .filesink import list_segments
 
 __all__ = ["Located", "RecordFilter", "flatten", "read_records"]
@@ -73,17 +74,25 @@ class RecordFilter:
         return keep
 
 
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """The record a line holds, or None for a line that is not one. Decoded as UTF-8
+    first, as the gateway writes it: json.loads would also take UTF-16/32, which the
+    stored bytes (``--json``, ``export --format jsonl``) then are not."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _dir_instance(directory: str | os.PathLike[str], instance: str,
                   segments: list[Any]) -> Iterator[Located]:
     for _n, path in segments:
         with open(path, "rb") as f:
             for line_no, line in enumerate(f, 1):
                 raw = line.rstrip(b"\n")
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
+                rec = _parse(raw)
+                if rec is not None:
                     yield Located(instance, path.name, line_no, rec, raw)
 
 
@@ -92,17 +101,23 @@ def _pg_instance(conn: Any, table: str, instance: str) -> Iterator[Located]:
 
     location = f"{table} instance {instance}"
     for row, (_seq, raw) in enumerate(iter_pg_rows(conn, table, instance), 1):
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
+        rec = _parse(raw)
+        if rec is not None:
             yield Located(instance, location, row, rec, raw)
 
 
+def _order(loc: Located) -> tuple[str, str, int, float | str]:
+    """Time order. A ts or seq of an odd type (a crafted line) sorts by its JSON text after
+    the numbers, so that two keys always compare."""
+    ts, seq = loc.record.get("ts", ""), loc.record.get("seq", 0)
+    ts_key = ts if isinstance(ts, str) else json_text(ts)
+    if isinstance(seq, int | float):
+        return ts_key, loc.instance, 0, seq
+    return ts_key, loc.instance, 1, json_text(seq)
+
+
 def _merge(streams: Iterable[Iterator[Located]]) -> Iterator[Located]:
-    return heapq.merge(*streams, key=lambda r: (str(r.record.get("ts", "")), r.instance,
-                                                r.record.get("seq", 0)))
+    return heapq.merge(*streams, key=_order)
 
 
 def read_records(*, directory: str | os.PathLike[str] | None = None, dsn: str | None = None,

@@ -28,6 +28,7 @@ from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.source import PolicySource
 
+from .display import joined, json_text, text_of
 from .reader import Located, flatten
 from .records import decision_outcome, replay_input
 
@@ -58,10 +59,26 @@ def _recorded_outcome(rec: Mapping[str, Any], d: Mapping[str, Any]) -> Any:
     return "denied"
 
 
+def _recorded_mask(mask: Any) -> Any:
+    """A recorded mask as :func:`effect_of_decision` has it; one of another type as its
+    JSON text (never equal to a real decision's: a crafted record is a change)."""
+    if isinstance(mask, Mapping):
+        return tuple(sorted(mask.items()))
+    return json_text(mask) if mask else ()
+
+
+def _recorded_approvers(approvers: Any) -> Any:
+    if isinstance(approvers, list) and all(isinstance(a, str) for a in approvers):
+        return tuple(sorted(approvers))
+    return json_text(approvers) if approvers else ()
+
+
 def effect_of_record(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     d = rec.get("decision") or {}
-    return (_recorded_outcome(rec, d), tuple(sorted((d.get("mask") or {}).items())),
-            tuple(sorted(d.get("approvers") or ())) if d.get("require_approval") else (),
+    if not isinstance(d, Mapping):
+        return (json_text(d),)  # no decision document: nothing a policy answer equals
+    return (_recorded_outcome(rec, d), _recorded_mask(d.get("mask")),
+            _recorded_approvers(d.get("approvers")) if d.get("require_approval") else (),
             d.get("row_limit"), d.get("db_role"))
 
 
@@ -107,25 +124,33 @@ class Explanation:
     bundle_matches: bool
 
     def render(self, out: TextIO) -> None:
+        for line in self._lines():
+            out.write(line + "\n")
+
+    def _lines(self) -> list[str]:
         rec = flatten(self.located.record)
-        out.write(f"decision {self.located.instance}#{rec.get('seq')} at {rec.get('ts')} "
-                  f"({self.located.location} line {self.located.line})\n")
-        out.write(f"  who:       {rec.get('subject')} ({rec.get('issuer')}) groups "
-                  f"{','.join(rec.get('groups') or []) or '-'}\n")
-        out.write(f"  statement: {rec.get('command')} {rec.get('sql')}\n")
-        out.write(f"  bundle:    {rec.get('bundle_revision')} {rec.get('bundle_hash')}\n")
-        out.write(f"  recorded:  {self.recorded[0]}  reasons: "
-                  f"{'; '.join(rec.get('reasons') or []) or '-'}\n")
         now = self.now
-        out.write(f"  now:       {decision_outcome(now)}  reasons: "
-                  f"{'; '.join(now.reasons) or '-'}  (with {self.bundle})\n")
+        lines = [
+            f"decision {self.located.instance}#{text_of(rec.get('seq'))} at "
+            f"{text_of(rec.get('ts'))} ({self.located.location} line {self.located.line})",
+            f"  who:       {text_of(rec.get('subject'))} ({text_of(rec.get('issuer'))}) "
+            f"groups {joined(rec.get('groups'))}",
+            f"  statement: {text_of(rec.get('command'))} {text_of(rec.get('sql'))}",
+            f"  bundle:    {text_of(rec.get('bundle_revision'))} "
+            f"{text_of(rec.get('bundle_hash'))}",
+            f"  recorded:  {text_of(self.recorded[0])}  reasons: "
+            f"{joined(rec.get('reasons'), '; ')}",
+            f"  now:       {decision_outcome(now)}  reasons: "
+            f"{'; '.join(now.reasons) or '-'}  (with {self.bundle})",
+        ]
         if now.mask:
-            out.write(f"  mask:      {json.dumps(dict(now.mask), sort_keys=True)}\n")
+            lines.append(f"  mask:      {json.dumps(dict(now.mask), sort_keys=True)}")
         if not self.bundle_matches:
-            out.write(f"  note: {self.bundle} is not the recorded bundle "
-                      f"(hash {now.bundle_hash})\n")
-        out.write("  result:    " + ("the same decision\n" if self.same
-                                     else "a DIFFERENT decision\n"))
+            lines.append(f"  note: {self.bundle} is not the recorded bundle "
+                         f"(hash {now.bundle_hash})")
+        lines.append("  result:    " + ("the same decision" if self.same
+                                         else "a DIFFERENT decision"))
+        return lines
 
 
 def explain_record(located: Located, *, session_input: Mapping[str, Any] | None = None,
@@ -143,11 +168,15 @@ def explain_record(located: Located, *, session_input: Mapping[str, Any] | None 
         raise ReplayError(f"decision seq {rec.get('seq')}: the session.start record of session "
                           f"{rec.get('session')} is missing, so its policy input is incomplete")
     recorded_hash = rec.get("bundle_hash")
+    entrypoint = rec.get("entrypoint")
+    if entrypoint is not None and not isinstance(entrypoint, str):
+        raise ReplayError(f"decision seq {rec.get('seq')} names no entrypoint "
+                          f"({json_text(entrypoint)})")
     if bundle is None:
         if bundles_dir is None:
             raise ReplayError("give --bundle PATH or --bundles DIR")
         bundle = archived_bundle(bundles_dir, str(recorded_hash))
-    engine = load_engine(bundle, rec.get("entrypoint"))
+    engine = load_engine(bundle, entrypoint)
     now = engine.decide(input_doc)
     return Explanation(located, str(bundle), effect_of_record(rec), now,
                        effect_of_record(rec) == effect_of_decision(now),
@@ -186,20 +215,22 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
     """Re-decide every decision record (that `keep` accepts); yields the ones whose
     effect changes. `records` must include the sessions' ``session.start`` records (and
     their ``session.update`` ones), in order."""
-    sessions: dict[tuple[str, Any], Any] = {}
+    sessions: dict[tuple[str, str], Any] = {}
     for loc in records:
         rec = loc.record
         rtype = rec.get("type")
+        # by JSON text: a crafted session id may be a list, which cannot key a dict
+        session = (loc.instance, json_text(rec.get("session")))
         if rtype in ("session.start", "session.update"):
-            sessions[(loc.instance, rec.get("session"))] = rec.get("input")
+            sessions[session] = rec.get("input")
             continue
         if rtype == "session.end":
-            sessions.pop((loc.instance, rec.get("session")), None)
+            sessions.pop(session, None)
             continue
         if rtype != "decision" or (keep is not None and not keep(rec)):
             continue
         stats.decisions += 1
-        input_doc = replay_input(rec, sessions.get((loc.instance, rec.get("session"))))
+        input_doc = replay_input(rec, sessions.get(session))
         if input_doc is None:
             stats.skipped += 1
             continue

@@ -6,6 +6,9 @@
 
 With a session filter, a header names who and from where once and lines leave out the
 session id.
+
+Every field is shown through :func:`.display.text_of`: a field of an odd type as its JSON
+text.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from .display import joined, text_of
 from .reader import Located, flatten
 
 __all__ = ["render_record", "render_timeline"]
 
 
 def _ms(us: Any) -> str:
-    return f"{us / 1000:.3f} ms" if isinstance(us, int) else ""
+    if not isinstance(us, int):
+        return ""
+    try:
+        return f"{us / 1000:.3f} ms"
+    except OverflowError:  # a JSON integer past any float
+        return f"{us} us"
 
 
 def _kv(rec: Mapping[str, Any], *keys: str) -> str:
@@ -27,17 +36,45 @@ def _kv(rec: Mapping[str, Any], *keys: str) -> str:
     for k in keys:
         v = rec.get(k)
         if v not in (None, "", [], {}):
-            parts.append(f"{k}={v}")
+            parts.append(f"{k}={text_of(v)}")
     return " ".join(parts)
 
 
 def _who(rec: Mapping[str, Any]) -> str:
-    groups = ",".join(rec.get("groups") or []) or "-"
-    target = "/".join(str(x) for x in (rec.get("connection"), rec.get("database")) if x)
-    as_user = f" as {rec['db_user']}" if rec.get("db_user") else ""
-    return (f"{rec.get('subject')} ({rec.get('issuer')}) groups {groups} from "
-            f"{rec.get('client_addr')} app {rec.get('application_name') or '-'} -> "
-            f"{target or '-'}{as_user}")
+    target = "/".join(text_of(x) for x in (rec.get("connection"), rec.get("database")) if x)
+    as_user = f" as {text_of(rec['db_user'])}" if rec.get("db_user") else ""
+    return (f"{text_of(rec.get('subject'))} ({text_of(rec.get('issuer'))}) groups "
+            f"{joined(rec.get('groups'))} from {text_of(rec.get('client_addr'))} app "
+            f"{text_of(rec.get('application_name') or None)} -> {target or '-'}{as_user}")
+
+
+def _changed(rec: Mapping[str, Any]) -> str:
+    changed = rec.get("changed") or []
+    if not isinstance(changed, list):
+        return text_of(changed)
+    return ", ".join(f"{text_of(k)} -> {text_of(rec.get(k) or None)}" if isinstance(k, str)
+                     else text_of(k) for k in changed)
+
+
+def _totals(rec: Mapping[str, Any]) -> str:
+    tot = rec.get("totals") or {}
+    if not isinstance(tot, dict):
+        return f"{text_of(rec.get('reason'))}: totals {text_of(tot)}"
+
+    def n(key: str) -> str:
+        return text_of(tot.get(key, 0))
+
+    return (f"{text_of(rec.get('reason'))}: {n('statements')} statements "
+            f"({n('allowed')} allowed, {n('masked')} masked, {n('denied')} denied, "
+            f"{n('held')} held, {n('errors')} errors"
+            + "".join(f", {n(k)} {k}" for k in ("skipped", "unfinished", "limited")
+                      if tot.get(k))
+            + f"), rows {n('rows')}, masked values {n('masked_values')}, safety net "
+            f"{n('safety_net_hits')}  {_ms(rec.get('duration_us'))}")
+
+
+def _upper(value: Any) -> str:
+    return value.upper() if isinstance(value, str) else text_of(value)
 
 
 def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -47,55 +84,47 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     if t == "session.start":
         return _who(rec), extra
     if t == "session.update":
-        changed = rec.get("changed") or []
-        return ", ".join(f"{k} -> {rec.get(k) or '-'}" for k in changed), extra
+        return _changed(rec), extra
     if t == "session.end":
-        tot = rec.get("totals") or {}
-        text = (f"{rec.get('reason')}: {tot.get('statements', 0)} statements "
-                f"({tot.get('allowed', 0)} allowed, {tot.get('masked', 0)} masked, "
-                f"{tot.get('denied', 0)} denied, {tot.get('held', 0)} held, "
-                f"{tot.get('errors', 0)} errors"
-                + "".join(f", {tot[k]} {k}" for k in ("skipped", "unfinished", "limited")
-                          if tot.get(k))
-                + f"), rows {tot.get('rows', 0)}, masked values "
-                f"{tot.get('masked_values', 0)}, safety net {tot.get('safety_net_hits', 0)}"
-                f"  {_ms(rec.get('duration_us'))}")
-        return text, extra
+        return _totals(rec), extra
     if t == "decision":
-        text = (f"{str(rec.get('outcome', '')).upper()} {rec.get('command') or '?'}  "
-                f"{rec.get('sql') or ''}")
+        text = (f"{_upper(rec.get('outcome', ''))} {text_of(rec.get('command') or '?')}  "
+                f"{text_of(rec.get('sql') or '')}")
         reasons = rec.get("reasons") or []
         if reasons:
-            extra.append("reasons: " + "; ".join(str(r) for r in reasons))
+            extra.append("reasons: " + joined(reasons, "; "))
+        sqlstate = f"sqlstate {text_of(rec['sqlstate'])}" if rec.get("sqlstate") else ""
         if rec.get("bundle_hash"):
-            extra.append(f"bundle {rec.get('bundle_revision')} {str(rec['bundle_hash'])[:12]}"
-                         + (f"  sqlstate {rec['sqlstate']}" if rec.get("sqlstate") else ""))
-        elif rec.get("sqlstate"):
-            extra.append(f"sqlstate {rec['sqlstate']}")
+            extra.append(f"bundle {text_of(rec.get('bundle_revision'))} "
+                         f"{text_of(rec['bundle_hash'])[:12]}"
+                         + (f"  {sqlstate}" if sqlstate else ""))
+        elif sqlstate:
+            extra.append(sqlstate)
         return text, extra
     if t == "statement":
-        text = (f"{str(rec.get('outcome', '')).upper()} {rec.get('command') or '?'} "
+        text = (f"{_upper(rec.get('outcome', ''))} {text_of(rec.get('command') or '?')} "
                 + _kv(rec, "sqlstate", "rows", "masked_values", "safety_net_hits",
                       "decision_seq") + f"  {_ms(rec.get('duration_us'))}")
         if rec.get("error"):
-            extra.append(f"error: {rec['error']}")
+            extra.append(f"error: {text_of(rec['error'])}")
         return text, extra
     if t == "auth.failure":
-        return (f"{rec.get('reason')} from {rec.get('client_addr')} "
+        return (f"{text_of(rec.get('reason'))} from {text_of(rec.get('client_addr'))} "
                 + _kv(rec, "connection", "db_user", "application_name", "sqlstate")), extra
     if isinstance(t, str) and t.startswith("approval."):
-        text = f"{rec.get('approval_id')} " + _kv(rec, "requester", "approvers", "approver",
-                                                   "decision_seq", "expires_at")
+        text = f"{text_of(rec.get('approval_id'))} " + _kv(
+            rec, "requester", "approvers", "approver", "decision_seq", "expires_at")
         if rec.get("sql"):
-            extra.append(f"sql: {rec['sql']}")
+            extra.append(f"sql: {text_of(rec['sql'])}")
         if rec.get("reason"):
-            extra.append(f"reason: {rec['reason']}")
+            extra.append(f"reason: {text_of(rec['reason'])}")
         return text, extra
     if isinstance(t, str) and t.startswith("bundle."):
-        text = (f"revision {rec.get('bundle_revision')} "
-                f"{str(rec.get('bundle_hash') or '-')[:12]} from {rec.get('source')}")
+        text = (f"revision {text_of(rec.get('bundle_revision'))} "
+                f"{text_of(rec.get('bundle_hash') or None)[:12]} from "
+                f"{text_of(rec.get('source'))}")
         if rec.get("reason"):
-            extra.append(f"reason: {rec['reason']}")
+            extra.append(f"reason: {text_of(rec['reason'])}")
         return text, extra
     if t == "gateway.start":
         return _kv(rec, "version", "pid", "worker", "workers", "bundle_revision"), extra
@@ -103,24 +132,26 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
         return _kv(rec, "reason", "sessions_open"), extra
     if t == "checkpoint":
         final = " final" if rec.get("final") else ""
-        return (f"head seq {rec.get('head_seq')} signed by {rec.get('key_id')}{final} "
-                f"({rec.get('reason')})"), extra
+        return (f"head seq {text_of(rec.get('head_seq'))} signed by "
+                f"{text_of(rec.get('key_id'))}{final} ({text_of(rec.get('reason'))})"), extra
     if t == "segment":
-        return (f"segment {rec.get('segment')} ({rec.get('reason')}), after "
-                f"{rec.get('previous_segment') or 'nothing'} seq {rec.get('previous_seq')}"), extra
+        return (f"segment {text_of(rec.get('segment'))} ({text_of(rec.get('reason'))}), "
+                f"after {text_of(rec.get('previous_segment') or 'nothing')} seq "
+                f"{text_of(rec.get('previous_seq'))}"), extra
     return "", extra
 
 
 def render_record(loc: Located, *, with_session: bool = True) -> str:
     rec = loc.record
-    head = f"{rec.get('ts')}  {loc.instance}#{rec.get('seq')}  {rec.get('type')}"
+    head = (f"{text_of(rec.get('ts'))}  {loc.instance}#{text_of(rec.get('seq'))}  "
+            f"{text_of(rec.get('type'))}")
     if with_session and rec.get("session"):
-        head += f"  [{rec['session']}]"
+        head += f"  [{text_of(rec['session'])}]"
     text, extra = _summary(rec)
     lines = [f"{head}  {text}".rstrip()]
     lines.extend(f"    {x}" for x in extra)
     if rec.get("scrubbed"):
-        lines.append(f"    ({rec['scrubbed']} card number(s) masked in this record)")
+        lines.append(f"    ({text_of(rec['scrubbed'])} card number(s) masked in this record)")
     return "\n".join(lines)
 
 
