@@ -1,29 +1,49 @@
-"""The audit readers (`audit show|export|explain`, `policy replay`) on hostile logs: no
-line or field type makes a reader fail with a traceback."""
+"""The audit readers (`audit show|export|explain`, `policy replay`) on hostile logs: a
+record's text never acts on the auditor's terminal, and no line or field type makes a
+reader fail with a traceback."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from test_audit_cli import PCI, tarball
+from conftest import PgBackend, upstreams_for
+from test_audit_cli import PCI, stmt, tarball
 
-from gateway.audit import AuditContext, AuditWriter, records
+from gateway.audit import AuditContext, AuditWriter, generate_keypair, records
+from gateway.audit.canonical import GENESIS, canonical_bytes, chain_hash
+from gateway.audit.display import safe_json, visible
 from gateway.audit.filesink import FileSink
+from gateway.devtools.harness import GatewayProcess
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.source import PolicySource
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A timeline line of the attacker's making, behind line breaks, with escape sequences (a
+# C1 CSI and OSC: the gateway itself only replaces C0 controls) and a bidi override.
+FAKE = "2025-01-15T09:30:00.000000Z  gw1#1  decision  ALLOWED SELECT  (forged line)"
+HOSTILE = "psql\r\n" + FAKE + "\r\u009b2J\u009d52;c;aGVsbG8=\u009c \u202egnp.exe\x7f"
+# What a terminal must never get from a reader's text output (LF only between lines).
+RAW = ["\r", "\x1b", "\x07", "\x7f", "\u009b", "\u009c", "\u009d", "\u202e", "\u2066"]
+
+# Never run: the text of a recorded statement, with the client's identifier.
+SQL = f'SELECT id AS "x{HOSTILE}" FROM cards'  # noqa: S608
 
 FACTS = {
     "identity": {"subject": "repo:acme/payments", "issuer": "https://ci.example.com",
                  "groups": ["ci"], "claims": {}, "method": "jwt"},
     "connection": {"name": "cardholder", "database": "payments", "user": "ci-bot",
-                   "application_name": "psql", "client_addr": "10.20.0.7", "tls": True,
+                   "application_name": HOSTILE, "client_addr": "10.20.0.7", "tls": True,
                    "networks": []},
     "session": {"id": "5e55105e55105e55", "started_at": "2025-01-15T09:30:00.000000Z"},
 }
@@ -41,6 +61,12 @@ def shown(out: subprocess.CompletedProcess[bytes]) -> str:
     return out.stdout.decode("utf-8")
 
 
+def assert_inert(text: str) -> None:
+    """Nothing raw for a terminal, and no line of the attacker's."""
+    assert not [c for c in RAW if c in text], repr(text)
+    assert not [ln for ln in text.split("\n") if ln.startswith(FAKE)], text
+
+
 def write_log(directory: Path, fill: Callable[[AuditWriter, AuditContext], None]) -> Path:
     """A log chained and written by the real writer, holding what `fill` appends."""
     w = AuditWriter(FileSink(directory, "gw1"), instance="gw1")
@@ -50,8 +76,79 @@ def write_log(directory: Path, fill: Callable[[AuditWriter, AuditContext], None]
     return directory
 
 
+def crafted(directory: Path, recs: list[dict[str, Any]]) -> Path:
+    """A log chained like the gateway's but not written by it: the writer's own rule
+    (C0 controls but TAB/LF/CR stored as U+FFFD) does not hold in it."""
+    directory.mkdir()
+    head, lines = GENESIS, []
+    for seq, rec in enumerate(recs, 1):
+        raw = canonical_bytes({"v": 1, "instance": "gw1", "seq": seq, "prev": head,
+                               "ts": f"2025-01-15T09:30:{seq:02d}.000000Z", **rec})
+        head = chain_hash(head, raw)
+        lines.append(raw[:-1] + b',"hash":"' + head.encode() + b'"}\n')
+    (directory / "audit-gw1-000001.jsonl").write_bytes(b"".join(lines))
+    return directory
+
+
+ESCAPES = {"type": "statement", "session": "s1", "outcome": "error", "command": "SELECT",
+           "error": "boom\x1b]52;c;aGVsbG8=\x07\x1b[2J\x08\x00"}
+
+
 def stored(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.glob("*.jsonl")))
+
+
+# -- the display helper --------------------------------------------------------------------
+
+
+def test_visible_escapes_controls_bidi_and_the_backslash() -> None:
+    assert visible("a\r\nb\tc\x1b[2J\x07\x7f\u009b\u0085\u202e\u2066\u200f\\x1b") == (
+        "a\\r\\nb\\tc\\x1b[2J\\x07\\x7f\\u009b\\u0085\\u202e\\u2066\\u200f\\\\x1b")
+    assert visible("select café, 'ünï'") == "select café, 'ünï'"  # text is left alone
+    assert visible("\ud800") == "\\ud800"  # JSON can hold one; no UTF-8 stream can write it
+    assert visible("a\r\n\tb\x1b", keep="\t\n\r") == "a\r\n\tb\\x1b"
+    line = safe_json({"sql": "x\u009b\u202e\x1b\n"})
+    assert json.loads(line) == {"sql": "x\u009b\u202e\x1b\n"}
+    assert not [c for c in [*RAW, "\n"] if c in line]
+
+
+# -- terminal injection --------------------------------------------------------------------
+
+
+def hostile_session(w: AuditWriter, ctx: AuditContext) -> None:
+    w.append(records.auth_failure(reason="malformed", client_addr="10.9.9.9",
+                                  application_name=HOSTILE, db_user="x\u009b31m"))
+    w.append(records.session_start(ctx))
+    w.append(records.decision_record(ctx, sql=f'select 1 as "x{HOSTILE}"', outcome="denied",
+                                     reasons=[f"no\r\n{FAKE}"], sqlstate="42501"))
+    w.append(records.session_end(ctx, reason=f"client\n{FAKE}", totals={"statements": 1}))
+
+
+def test_show_escapes_a_records_controls_and_bidi_text(tmp_path: Path) -> None:
+    audit = write_log(tmp_path / "audit", hostile_session)
+    text = shown(pgwarden("audit", "show", audit))
+    assert_inert(text)
+    assert "app psql\\r\\n" + FAKE + "\\r\\u009b2J\\u009d52;c;aGVsbG8=\\u009c \\u202egnp.exe\\x7f" \
+        in text
+    assert "reasons: no\\r\\n" + FAKE in text and "client\\n" + FAKE in text
+    assert "db_user=x\\u009b31m" in text
+    session = shown(pgwarden("audit", "show", audit, "--session", "5e55105e55105e55"))
+    assert_inert(session)
+    assert session.startswith("session 5e55105e55105e55: ")
+
+
+def test_show_escapes_the_escape_sequences_of_a_crafted_log(tmp_path: Path) -> None:
+    audit = crafted(tmp_path / "audit", [ESCAPES])
+    text = shown(pgwarden("audit", "show", audit))
+    assert_inert(text)
+    assert "error: boom\\x1b]52;c;aGVsbG8=\\x07\\x1b[2J\\x08\\x00" in text
+
+
+def test_the_machine_formats_stay_the_stored_bytes(tmp_path: Path) -> None:
+    for audit in (write_log(tmp_path / "audit", hostile_session),
+                  crafted(tmp_path / "crafted", [ESCAPES])):
+        assert pgwarden("audit", "show", audit, "--json").stdout == stored(audit)
+        assert pgwarden("audit", "export", audit, "--format", "jsonl").stdout == stored(audit)
 
 
 @pytest.fixture
@@ -62,6 +159,35 @@ def bundles(tmp_path: Path) -> dict[str, Path]:
     return {"dir": old_dir, "old": tarball(PCI, old_dir),
             "new": tarball(PCI, new_dir, edit={"groups": {"readers": ["nobody"],
                                                           "writers": [], "dba": []}})}
+
+
+def hostile_decision(bundle: Path) -> Callable[[AuditWriter, AuditContext], None]:
+    engine = PolicyEngine(PolicySource.load(bundle))
+
+    def fill(w: AuditWriter, ctx: AuditContext) -> None:
+        w.append(records.session_start(ctx))
+        doc = stmt(SQL, "SELECT", "read", "cards", [("id", [])])
+        inp = {**FACTS, "statement": doc, "approval": {"granted": False, "id": None}}
+        w.append(records.decision_record(ctx, decision=engine.decide(inp), input_doc=inp,
+                                         entrypoint=engine.entrypoint, duration_us=40))
+
+    return fill
+
+
+def test_explain_and_replay_escape_a_records_text(tmp_path: Path,
+                                                  bundles: dict[str, Path]) -> None:
+    audit = write_log(tmp_path / "audit", hostile_decision(bundles["old"]))
+    text = shown(pgwarden("audit", "explain", 3, audit, "--bundles", bundles["dir"]))
+    assert "the same decision" in text
+    assert_inert(text)
+    assert 'SELECT id AS "xpsql\\r\\n' + FAKE in text
+    text = shown(pgwarden("policy", "replay", "--audit", audit, "--bundle", bundles["new"]))
+    assert "allowed -> denied" in text
+    assert_inert(text)
+    out = pgwarden("policy", "replay", "--audit", audit, "--bundle", bundles["new"], "--json")
+    line = shown(out)
+    assert_inert(line)
+    assert json.loads(line)["sql"] == SQL  # the same value
 
 
 # -- lines and fields no reader expects ----------------------------------------------------
@@ -114,3 +240,30 @@ def test_odd_typed_fields_are_shown_as_their_json_text(tmp_path: Path,
         out = pgwarden("audit", "explain", seq, audit, "--bundle", bundles["old"])
         assert out.returncode in (1, 2) and b"Traceback" not in out.stderr, out.stderr
     shown(pgwarden("policy", "replay", "--audit", audit, "--bundle", bundles["old"]))
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+def test_a_clients_text_reaches_audit_show_escaped(pg: PgBackend, tmp_path: Path) -> None:
+    """application_name reaches the trail before any login (auth.failure) and a quoted
+    identifier with every statement: neither can forge a timeline line or run an escape
+    sequence on the auditor's terminal."""
+    generate_keypair(tmp_path / "audit.pem", tmp_path / "audit.pub")
+    audit = tmp_path / "audit"
+    with GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_dir=REPO / "policies" / "pci",
+                        extra_yaml=(f"audit:\n  dir: {json.dumps(str(audit))}\n"
+                                    "  signing_key: {file: "
+                                    f"{json.dumps(str(tmp_path / 'audit.pem'))}}}\n")) as gw:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(gw.dsn("payments"), password="not-a-token",
+                            application_name=HOSTILE).close()
+        with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                             autocommit=True) as c:
+            assert c.execute(f'select 1 as "x{HOSTILE}"').fetchone() == (1,)
+        time.sleep(0.3)
+    assert stored(audit).count(b"forged line") == 2  # the records hold the text as sent
+    text = shown(pgwarden("audit", "show", audit))
+    assert_inert(text)
+    assert "auth.failure" in text and "\\r\\n" + FAKE in text and "\\u009b2J" in text
+    assert pgwarden("audit", "show", audit, "--json").stdout == stored(audit)

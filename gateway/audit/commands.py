@@ -180,6 +180,13 @@ def _records(args: argparse.Namespace, *, filtered: bool = True, **extra: Any) -
     return read_records(directory=directory, where=where)
 
 
+def _shown(exc: BaseException) -> str:
+    """An error's message for the terminal: it may quote a record's (a client's) text."""
+    from .display import visible
+
+    return visible(str(exc))
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
     """What a command reports as a usage/input error (exit 2) rather than a traceback."""
     import psycopg
@@ -209,7 +216,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         if action == "keygen":
             return _keygen(args, out)
     except _input_errors() as exc:
-        print(f"audit {action}: {exc}", file=err)
+        print(f"audit {action}: {_shown(exc)}", file=err)
         return 2
     print(f"audit: unknown action {action!r}", file=err)
     return 2
@@ -347,6 +354,7 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> int:
 
 def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
                       err: TextIO | None = None) -> int:
+    from .display import safe_json, visible
     from .replay import ReplayStats, load_engine, replay_records
 
     out = out or sys.stdout
@@ -354,7 +362,7 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
     try:
         engine = load_engine(args.bundle, args.entrypoint)
     except Exception as exc:
-        print(f"policy replay: cannot load {args.bundle}: {exc}", file=err)
+        print(f"policy replay: cannot load {args.bundle}: {_shown(exc)}", file=err)
         return 2
     try:
         # Every record is read (decisions need their session.start); the filters apply
@@ -364,12 +372,12 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
         stats = ReplayStats()
         for change in replay_records(records, engine, stats, keep):
             if args.json:
-                out.write(json.dumps(change.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+                out.write(safe_json(change.to_json()) + "\n")
                 continue
             for line in _change_lines(change):
-                out.write(line + "\n")
+                out.write(visible(line) + "\n")
     except _input_errors() as exc:
-        print(f"policy replay: {exc}", file=err)
+        print(f"policy replay: {_shown(exc)}", file=err)
         return 2
     summary = (f"{stats.replayed} decision(s) replayed with {engine.revision} "
                f"({engine.bundle_hash[:12]}): {stats.changed} would change")
@@ -380,7 +388,7 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
 
 
 def _change_lines(change: Any) -> list[str]:
-    """A replayed decision that would change, as text lines."""
+    """A replayed decision that would change, as text lines (still to be made visible)."""
     from .display import text_of
     from .reader import flatten
 

@@ -28,7 +28,7 @@ from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.source import PolicySource
 
-from .display import joined, json_text, text_of
+from .display import joined, json_text, text_of, visible
 from .reader import Located, flatten
 from .records import decision_outcome, replay_input
 
@@ -125,7 +125,7 @@ class Explanation:
 
     def render(self, out: TextIO) -> None:
         for line in self._lines():
-            out.write(line + "\n")
+            out.write(visible(line) + "\n")  # a record's text cannot break or act on a line
 
     def _lines(self) -> list[str]:
         rec = flatten(self.located.record)

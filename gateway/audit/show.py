@@ -7,8 +7,9 @@
 With a session filter, a header names who and from where once and lines leave out the
 session id.
 
-Every field is shown through :func:`.display.text_of`: a field of an odd type as its JSON
-text.
+Every field is shown through :func:`.display.text_of` (a field of an odd type as its JSON
+text) and every line through :func:`.display.visible` (a record's text cannot act on the
+terminal or break the line).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from .display import joined, text_of
+from .display import joined, text_of, visible
 from .reader import Located, flatten
 
 __all__ = ["render_record", "render_timeline"]
@@ -152,7 +153,8 @@ def render_record(loc: Located, *, with_session: bool = True) -> str:
     lines.extend(f"    {x}" for x in extra)
     if rec.get("scrubbed"):
         lines.append(f"    ({text_of(rec['scrubbed'])} card number(s) masked in this record)")
-    return "\n".join(lines)
+    # escaped line by line: only the line breaks put here separate the lines shown
+    return "\n".join(visible(line) for line in lines)
 
 
 def render_timeline(records: Iterable[Located], out: TextIO, *,
@@ -162,7 +164,7 @@ def render_timeline(records: Iterable[Located], out: TextIO, *,
     for loc in records:
         if count == 0 and session is not None:
             rec = flatten(loc.record)
-            out.write(f"session {session}: {_who(rec)}\n")
+            out.write(visible(f"session {session}: {_who(rec)}") + "\n")
         out.write(render_record(loc, with_session=session is None) + "\n")
         count += 1
     if count == 0:
