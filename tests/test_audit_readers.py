@@ -151,6 +151,32 @@ def test_the_machine_formats_stay_the_stored_bytes(tmp_path: Path) -> None:
         assert pgwarden("audit", "export", audit, "--format", "jsonl").stdout == stored(audit)
 
 
+def test_csv_keeps_line_feeds_quoted_and_escapes_every_other_control(tmp_path: Path) -> None:
+    audit = write_log(tmp_path / "audit", hostile_session)
+    out = pgwarden("audit", "export", audit, "--format", "csv")
+    text = shown(out)
+    assert not [c for c in RAW if c in text], repr(text)
+    rows = {r["type"]: r for r in csv.DictReader(io.StringIO(text, newline=""))}
+    app = ("psql\\r\n" + FAKE + "\\r\\u009b2J\\u009d52;c;aGVsbG8=\\u009c \\u202egnp.exe\\x7f")
+    assert rows["auth.failure"]["application_name"] == app  # one cell, line breaks and all
+    assert rows["session.end"]["reason"] == f"client\n{FAKE}"
+    text = shown(pgwarden("audit", "export", crafted(tmp_path / "crafted", [ESCAPES]),
+                          "--format", "csv"))
+    assert not [c for c in RAW if c in text] and "\x00" not in text, repr(text)
+    (row,) = csv.DictReader(io.StringIO(text, newline=""))
+    assert row["error"] == "boom\\x1b]52;c;aGVsbG8=\\x07\\x1b[2J\\x08\\x00"
+
+
+def test_csv_still_defuses_formulas(tmp_path: Path) -> None:
+    audit = crafted(tmp_path / "audit", [
+        {"type": "auth.failure", "reason": "malformed", "where": {"application_name": name}}
+        for name in ("=cmd()", "\r=cmd()", "\x1b=cmd()", "+1", "a\\b")])
+    rows = list(csv.DictReader(io.StringIO(shown(pgwarden("audit", "export", audit,
+                                                           "--format", "csv")), newline="")))
+    assert [r["application_name"] for r in rows] == [
+        "'=cmd()", "\\r=cmd()", "\\x1b=cmd()", "'+1", "a\\\\b"]
+
+
 @pytest.fixture
 def bundles(tmp_path: Path) -> dict[str, Path]:
     old_dir, new_dir = tmp_path / "bundles", tmp_path / "new"

@@ -5,7 +5,12 @@
 * ``csv`` writes one row per record with the columns in :data:`CSV_COLUMNS` (a decision's
   statement facts flattened: kind, relations, columns); lists and objects
   are JSON text. A text cell that a spreadsheet would run as a formula (starting
-  with ``=``, ``+``, ``-``, ``@``, TAB or CR) is prefixed with ``'``.
+  with ``=``, ``+``, ``-``, ``@``, TAB or CR) is prefixed with ``'``. TAB and LF stay
+  as they are (CSV quotes a cell that holds a line feed); every other control character
+  (CR too) and bidi control, and the backslash, are written as :func:`.display.visible`
+  escapes (``\\r``, ``\\x1b``, ``\\u009b``, ``\\u202e``, ``\\\\``), so no cell can end
+  a row, act on a terminal or reorder a spreadsheet's text, and the escapes read back to
+  one text. ``jsonl`` is the export that keeps every character as stored.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import csv
 from collections.abc import Iterable
 from typing import Any, BinaryIO, TextIO
 
-from .display import json_text
+from .display import json_text, visible
 from .reader import Located, flatten
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_csv", "export_jsonl"]
@@ -30,6 +35,10 @@ CSV_COLUMNS = (
 )
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# Kept raw: the SQL's own line breaks and tabs. Not CR: Python's csv module quotes a
+# cell holding a character of the line terminator ("\n" here), and only those, so a raw
+# CR would end the row for a reader (and return the cursor on a terminal).
+_CSV_CARRIES = "\t\n"
 
 
 def _cell(value: Any) -> Any:
@@ -41,6 +50,7 @@ def _cell(value: Any) -> Any:
         return value
     if not isinstance(value, str):
         value = json_text(value)
+    value = visible(value, keep=_CSV_CARRIES)
     if value.startswith(_FORMULA):
         return "'" + value
     return value
