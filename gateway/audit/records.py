@@ -289,7 +289,8 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
                     outcome: str | None = None, reasons: Sequence[str] | None = None,
                     sqlstate: str | None = None, duration_us: float | int | None = None,
                     entrypoint: str | None = None, cached: bool | None = None,
-                    redacted_sql: str | None = None) -> dict[str, Any]:
+                    redacted_sql: str | None = None, command: str | None = None
+                    ) -> dict[str, Any]:
     """A decision on one statement.
 
     The usual call: ``decision`` and ``input_doc`` (the policy input). Its statement is
@@ -303,7 +304,10 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
 
     For a statement refused before the policy ran (unparsable SQL, audit unavailable, no
     policy) pass ``sql`` (the raw text: it is redacted here), ``outcome="denied"``,
-    ``reasons`` and the ``sqlstate`` the client got. ``outcome`` may also override what the
+    ``reasons`` and the ``sqlstate`` the client got; and ``command``, if any: a protocol
+    message refused as such (``FunctionCall``, ``Bind``, ...) is named by its message
+    type, and a message with no SQL text is described by ``redacted_sql`` (what it asked
+    for: names and OIDs, never a parameter value). ``outcome`` may also override what the
     gateway did with an allowing decision (e.g. ``denied`` when it cannot enforce a mask).
     """
     if statement is None and input_doc is not None:
@@ -313,7 +317,7 @@ def decision_record(ctx: AuditContext, *, statement: Mapping[str, Any] | None = 
         stmt: Any = _statement_value(statement, statement_digest)
         command = statement.get("command")
     else:
-        raw_sql, stmt, command = sql, None, None
+        raw_sql, stmt = sql, None
     rec: dict[str, Any] = {
         "type": "decision", **ctx.fields, "command": command,
         "sql": redacted_sql if redacted_sql is not None

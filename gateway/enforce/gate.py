@@ -96,6 +96,8 @@ _new_tag = tuple.__new__
 # `replaced` of a batch forwarded as it came (read only: one shared dict, not one per batch)
 _NONE_REPLACED: dict[int, bytes] = {}
 _REPEAT_TEXT_MAX = 4096  # per session: at most ~2 MB of kept texts
+# PostgreSQL's identifiers are at most 63 bytes; a protocol name is any string
+_NAME_SHOWN = 63
 
 
 @dataclass(slots=True)
@@ -204,6 +206,14 @@ class Hold:
     grant_ttl: float | None
     reasons: tuple[str, ...]
     min_approvals: int = 1
+
+
+def _named(name: str) -> str:
+    """A client-chosen statement or portal name as a refusal's record describes it:
+    quoted, and cut (the error the client gets has it whole)."""
+    if len(name) > _NAME_SHOWN:
+        name = name[:_NAME_SHOWN] + "..."
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _run_at(relay: Relay, frames: list[Frame], i: int) -> int:
@@ -376,13 +386,18 @@ class StatementGate:
                     self.state.close_statement(msg.name)
                 continue
             if mtype == _F:
-                verdict = _denial("42501", "function calls by OID are not allowed through "
-                                  "the gateway; use a SQL statement instead")
+                verdict = self._refused(
+                    _denial("42501", "function calls by OID are not allowed through the "
+                            "gateway; use a SQL statement instead"), "FunctionCall",
+                    described=f"FunctionCall of function oid {msg.oid} "
+                              f"(arguments: {len(msg.args)})")
                 replacement = frame(b"Q", cstr(self._marker(relay, verdict)))
             elif mtype == _P and self.state.sql_prepared(msg.name):
                 # the server refuses it too; here it also leaves what the gateway knows of
                 # the name as the server does (the statement the name already has)
-                verdict = _denial("42P05", f'prepared statement "{msg.name}" already exists')
+                verdict = self._refused(_denial(
+                    "42P05", f'prepared statement "{msg.name}" already exists'), "Parse",
+                    sql=msg.sql)
                 replacement = self._refuse(relay, msg, verdict)
             else:
                 sql = msg.sql  # type: ignore[union-attr]
@@ -463,17 +478,20 @@ class StatementGate:
             portal = execute_portal(body)
             if not self.state.may_be_cursor(portal):
                 return None
-            marker = self._marker(relay, _denial(
+            verdict = self._refused(_denial(
                 "42501", f'portal "{portal}" is a SQL cursor (its masks are FETCH\'s): read '
-                "it with FETCH"))
-            return Execute(marker, 0).encode()
+                "it with FETCH"), "Execute", described=f"Execute of portal {_named(portal)}")
+            return Execute(self._marker(relay, verdict), 0).encode()
         if mtype == _B:
             portal, name = bind_names(body)
+            # (its parameters may be card numbers: the record names, never values)
+            described = f"Bind of statement {_named(name)} to portal {_named(portal)}"
         else:
             msg = decode_frontend(mtype, body)
             if not isinstance(msg, Describe) or msg.kind != "S":
                 return None
             name = msg.name
+            described = f"Describe of statement {_named(name)}"
         known = self.state.prepared.get(name)
         if self.state.sql_used and name and (known is None or known.origin != "protocol"):
             # (once SQL PREPARE is in use, a name the gateway does not know as a protocol
@@ -488,11 +506,43 @@ class StatementGate:
                    "PostgreSQL would run it under this one; prepare it again")
         else:
             return None
-        marker = self._marker(relay, _denial("42501", why))
+        verdict = self._refused(_denial("42501", why), "Bind" if mtype == _B else "Describe",
+                                described=described)
+        marker = self._marker(relay, verdict)
         # the server fails it on the marker's name, which the relay then swaps for this
         if mtype == _B:
             return Bind(portal, marker, (), (), ()).encode()
         return Describe("S", marker).encode()
+
+    def _refused(self, verdict: Verdict, command: str, *, sql: str | None = None,
+                 described: str | None = None) -> Verdict:
+        """`verdict`, a refusal of a protocol message the policy never saw, once its
+        decision record is appended (as `_record` does for a statement refused before the
+        policy ran): the trail shows every refused attempt, not only the statements the
+        policy decided. `sql`: the message's SQL text (redacted here); `described`: for
+        a message with none, what it asked for. The batch is then written before it is
+        forwarded (`_finish_batch`), so the record is durable before the client sees the
+        refusal; when it cannot be appended the refusal becomes 58030, as for any
+        statement while the trail fails."""
+        audit, ctx = self.audit, self.audit_ctx
+        if audit is None or ctx is None:
+            return verdict
+        self._reads_only = False  # (a refusal is no read whose record may wait)
+        if not audit.healthy:
+            return _denial("58030", "the audit trail cannot be written: statements are refused "
+                           "until it recovers")
+        error = verdict.error
+        assert error is not None
+        try:
+            if self._update is not None:  # (as in _decide_sql: the new facts come first)
+                audit.append(self._update, wake=False)
+                self._update = None
+            self._last_seq = audit.append(records.decision_record(
+                ctx, sql=sql, redacted_sql=described, command=command, outcome="denied",
+                reasons=[error.message], sqlstate=error.code), wake=False)
+        except Exception as e:
+            return self._unrecorded(e)
+        return verdict
 
     def _refuse(self, relay: Relay, msg: Any, verdict: Verdict) -> bytes:
         marker = self._marker(relay, verdict)
