@@ -76,6 +76,45 @@ def deny_and_finish(gw: GatewayProcess, client: HeldClient, rid: str, reason: st
     client.finish()
 
 
+def audit_trail(gw: GatewayProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in gw.audit_dir.glob("*.jsonl")  # type: ignore[attr-defined]
+            for line in f.read_text().splitlines()]
+
+
+def requested_record(gw: GatewayProcess, rid: str) -> dict[str, Any]:
+    """The one approval.requested record of `rid`, checked against the held decision it
+    links: the same session, who and where, in the same chain."""
+    trail = audit_trail(gw)
+    requested = [r for r in trail if r.get("approval_id") == rid
+                 and r["type"] == "approval.requested"]
+    assert len(requested) == 1, requested
+    (req,) = requested
+    held = next(r for r in trail if r["seq"] == req["decision_seq"]
+                and r["instance"] == req["instance"])
+    assert held["type"] == "decision" and held["outcome"] == "held", held
+    assert (req["session"], req["who"], req["where"]) == (
+        held["session"], held["who"], held["where"])
+    assert req["expires_at"] and req["requester"] == held["who"]["subject"]
+    return req
+
+
+def resolution_record(gw: GatewayProcess, rid: str, event: str) -> dict[str, Any]:
+    """`rid`'s approval.<event> record (resolved in any worker: no decision_seq), checked
+    to name the requester's session, who and connection and the request's expiry."""
+    deadline = time.monotonic() + 5
+    while not (done := [r for r in audit_trail(gw) if r.get("approval_id") == rid
+                        and r["type"] == f"approval.{event}"]):
+        assert time.monotonic() < deadline, f"no approval.{event} record of {rid}"
+        time.sleep(0.05)
+    assert len(done) == 1, done
+    (rec,) = done
+    req = requested_record(gw, rid)  # (written once: the gateway's, not the event's)
+    assert (rec["session"], rec["who"]) == (req["session"], req["who"])
+    assert rec["where"]["connection"] == req["where"]["connection"] == "payments"
+    assert rec["expires_at"] == req["expires_at"]
+    return rec
+
+
 class HeldClient:
     """A client running one statement in a thread (it blocks while held)."""
 
@@ -126,18 +165,82 @@ def test_a_held_statement_runs_once_approved(gw: GatewayProcess) -> None:
         client.finish()
         assert client.error is None and client.result == [("launch codes",)]
         assert client.conn.execute("select 1").fetchone() == (1,)  # the session goes on
-        time.sleep(0.3)
-        trail = [json.loads(line) for f in gw.audit_dir.glob("*.jsonl")  # type: ignore[attr-defined]
-                 for line in f.read_text().splitlines()]
-        mine = [r for r in trail if r.get("approval_id") == rid]
-        assert {"approval.requested", "approval.granted"} <= {r["type"] for r in mine}
-        granted = next(r for r in mine if r["type"] == "approval.granted")
+        granted = resolution_record(gw, rid, "granted")
         assert granted["approver"] == "alice" and "INC-42" in granted["reason"]
+        trail = audit_trail(gw)
         outcomes = [r["outcome"] for r in trail if r["type"] == "decision"
                     and "vault" in (r.get("sql") or "")]
         assert "held" in outcomes and "allowed" in outcomes
     finally:
         client.close()
+
+
+def test_the_request_is_recorded_with_its_session_and_decision_before_it_is_shown(
+        gw: GatewayProcess) -> None:
+    """approval.requested names the requester's session (who, where) and the held
+    decision's seq, and is written by the session's gateway before the client is told
+    the request id, so no approver can act on a request the trail lacks. Found by an
+    adversarial probe: it had no session, no decision_seq and no expires_at."""
+    client = HeldClient(gw, "select id as requested_rec from vault", subject="hana")
+    try:
+        rid = client.request_id()
+        req = requested_record(gw, rid)  # at once: no wait for the writer
+        assert req["who"]["subject"] == "hana" and req["where"]["client_addr"]
+        assert req["expires_at"] == listed(gw, rid)["expires_at"]
+        deny_and_finish(gw, client, rid, "recorded")
+    finally:
+        client.close()
+
+
+def test_a_request_the_trail_cannot_record_is_withdrawn_and_refused_with_58030(
+        gw: GatewayProcess, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
+        ) -> None:  # (gw: the vault table)
+    """The audit disk fills up while a session is idle: its next statement is held, but
+    the request's record cannot be written, so no approver may act on it: withdrawn, the
+    statement refused with 58030, the client never told of a request."""
+    d = tmp_path_factory.mktemp("approvals-fulldisk")
+    disk = d / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        generate_keypair(d / "audit.pem", d / "audit.pub")
+        port = free_port()
+        extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n"
+                 f"approvals:\n  timeout: {TIMEOUT}s\n"
+                 f"audit:\n  dir: {disk / 'audit'}\n"
+                 f"  signing_key: {{file: {d / 'audit.pem'}}}\n  retry_interval: 0.2s\n")
+        g = GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY, extra_yaml=extra)
+        g.admin_port = port  # type: ignore[attr-defined]
+        with g, psycopg.connect(g.dsn("payments"), autocommit=True,
+                                password=g.token(subject="ivan", groups=("ci",))) as c:
+            notices: list[str] = []
+            c.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
+            assert c.execute("select 1").fetchone() == (1,)
+            time.sleep(0.5)  # (its completion record written too: the trail is healthy)
+            filler = disk / "filler"
+            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
+                for size in (65536, 4096, 64, 1):
+                    try:
+                        while True:
+                            f.write(b"\0" * size)
+                    except OSError:
+                        pass
+            # a held decision's record longer than a page: it cannot fit what is left of
+            # the audit file's last one
+            ids = ",".join(map(str, range(2000)))
+            sql = f"select id from vault where id not in ({ids})"  # noqa: S608 (ints)
+            with pytest.raises(psycopg.Error) as refused:
+                c.execute(sql)
+            assert refused.value.sqlstate == "58030", refused.value
+            assert not any("held for approval" in n for n in notices), notices
+            out = approvals_cli(g, "list", "--json", "--all")
+            assert out.returncode == 0, out.stderr
+            assert [(i["status"], i["reason"]) for i in json.loads(out.stdout)
+                    if i["subject"] == "ivan"] == [
+                ("withdrawn", "the audit trail cannot be written")]
+            filler.unlink()  # (space returns: the gateway stops cleanly)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_denied_statement_fails_with_the_approvers_reason(gw: GatewayProcess) -> None:
@@ -147,6 +250,7 @@ def test_a_denied_statement_fails_with_the_approvers_reason(gw: GatewayProcess) 
         deny_and_finish(gw, client, rid, "not during the freeze")
         assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
         assert "not during the freeze" in str(client.error) and "alice" in str(client.error)
+        assert resolution_record(gw, rid, "denied")["approver"] == "alice"
     finally:
         client.close()
 
@@ -169,10 +273,11 @@ def test_the_requester_and_non_members_cannot_approve(gw: GatewayProcess) -> Non
 def test_no_answer_expires_the_request(gw: GatewayProcess) -> None:
     client = HeldClient(gw, "select secret from vault where id = 1")
     try:
-        client.request_id()
+        rid = client.request_id()
         client.finish(timeout=TIMEOUT + 10)
         assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
         assert "not approved within" in str(client.error)
+        resolution_record(gw, rid, "expired")
     finally:
         client.close()
 
@@ -185,6 +290,7 @@ def test_a_client_cancel_withdraws_the_request(gw: GatewayProcess) -> None:
         client.finish()
         assert isinstance(client.error, psycopg.errors.QueryCanceled), client.error
         assert listed(gw, rid, "--all")["status"] == "withdrawn"
+        resolution_record(gw, rid, "withdrawn")
     finally:
         client.close()
 

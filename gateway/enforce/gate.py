@@ -10,6 +10,7 @@ marker; the relay swaps the server's syntax error for the gateway's 42501.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -58,7 +59,7 @@ from .roles import encode as role_frames
 from .shapes import Shape, kept_by_shape, restate, reusable, shape_of
 
 if TYPE_CHECKING:
-    from gateway.approvals import ApprovalService
+    from gateway.approvals import ApprovalRequest, ApprovalService
     from gateway.audit import AuditContext, AuditWriter
     from gateway.proxy.relay import Relay
 
@@ -206,6 +207,9 @@ class Hold:
     grant_ttl: float | None
     reasons: tuple[str, ...]
     min_approvals: int = 1
+    #: the seq of the held decision's record (None: no audit trail), which the
+    #: approval.requested record links
+    decision_seq: int | None = None
 
 
 def _named(name: str) -> str:
@@ -405,7 +409,10 @@ class StatementGate:
                 verdict = first if i == 0 and first is not None else \
                     self._decide_sql(sql, protocol, catalog)
                 if verdict.hold is not None and self.approvals is not None:
-                    holds.append((i, msg, sql, protocol, verdict.hold))
+                    hold = verdict.hold
+                    if self.audit is not None:  # _decide_sql just recorded it as held
+                        hold = replace(hold, decision_seq=self._last_seq)
+                    holds.append((i, msg, sql, protocol, hold))
                     continue
                 if self._admit(i, mtype, msg, sql, verdict, replaced, (relay, frames)):
                     continue
@@ -616,6 +623,13 @@ class StatementGate:
         except ApprovalError as e:
             return None, _denial("42501", f"{hold.command} needs approval, but the approvals "
                                  f"service cannot take requests: {e}")
+        if self.audit is not None:
+            try:
+                await self._record_request(req, hold)
+            except Exception as e:  # no approver may act on a request the trail lacks
+                with contextlib.suppress(ApprovalError):  # (then it expires unanswered)
+                    await svc.withdraw(req.id, "the audit trail cannot be written")
+                return None, self._unrecorded(e)
         approvers = ", ".join(hold.approvers) or "none named"
         relay.notify(be.NoticeResponse.build(
             "01000", f"{hold.command} is held for approval: request {req.id} "
@@ -646,6 +660,23 @@ class StatementGate:
                                  "expired")
         return None, _denial("57014", "canceling statement due to user request "
                              f"(approval request {req.id} withdrawn)")
+
+    async def _record_request(self, req: ApprovalRequest, hold: Hold) -> None:
+        """Append the request's `approval.requested` record, with this session's who and
+        where and the seq of the held decision, and write it (with that decision's) before
+        the client is told the request id: the gateway's own record, not the approvals
+        service's event (which the server, knowing no session, leaves alone). Raises
+        AuditUnavailable when it cannot."""
+        from gateway.approvals.model import rfc3339
+
+        audit, ctx = self.audit, self.audit_ctx
+        assert audit is not None and ctx is not None
+        self._last_seq = seq = audit.append(records.approval_record(
+            "requested", approval_id=req.id, ctx=ctx, requester=req.subject,
+            approvers=req.approvers, sql=req.sql, decision_seq=hold.decision_seq,
+            expires_at=rfc3339(req.expires_at)), wake=False)
+        if not audit.write_through():  # fsync, or the sink is failing: wait for it
+            await audit.wait_durable(seq)
 
     def cancel_hold(self) -> bool:
         """A client cancel while a statement is held withdraws its approval request."""

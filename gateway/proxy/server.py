@@ -14,6 +14,7 @@ from gateway import __version__, logs, native
 from gateway.admin import metrics
 from gateway.approvals import ApprovalService
 from gateway.audit import (
+    AuditContext,
     AuditError,
     AuditSettings,
     AuditUnavailable,
@@ -114,16 +115,19 @@ class GatewayServer:
             self._admin_event(kind, details)
             return
         event = kind.removeprefix("approval_")
-        if self.audit is None or event not in records.APPROVAL_EVENTS:
+        # approval.requested is the holding session's gate's record (StatementGate.
+        # _record_request): it alone knows the session's where and the held decision
+        if self.audit is None or event not in records.APPROVAL_EVENTS or event == "requested":
             return
         req = details.get("approval") or {}
         approver = details.get("approver") or {}
         try:
             self.audit.append(records.approval_record(
-                event, approval_id=str(req.get("id")), requester=req.get("subject"),
-                approvers=req.get("approvers") or (), approver=approver.get("subject"),
-                approver_issuer=approver.get("issuer"), reason=details.get("reason"),
-                sql=req.get("sql")))
+                event, approval_id=str(req.get("id")), ctx=_requester(req),
+                requester=req.get("subject"), approvers=req.get("approvers") or (),
+                approver=approver.get("subject"), approver_issuer=approver.get("issuer"),
+                reason=details.get("reason"), sql=req.get("sql"),
+                expires_at=req.get("expires_at")))
         except AuditUnavailable as e:
             logs.error("audit.append_failed", kind=kind, error=str(e))
 
@@ -364,3 +368,16 @@ class GatewayServer:
             # The final checkpoint seals the chain; close() blocks on the sink.
             await asyncio.get_running_loop().run_in_executor(None, self.audit.close, 10.0)
         logs.info("gateway.stopped", worker=self.worker_id)
+
+
+def _requester(req: Mapping[str, Any]) -> AuditContext | None:
+    """The requesting session's who and where as an approval's summary carries them: its
+    session id, identity and connection (the rest of its where is in its session.start
+    and approval.requested records: the request may be resolved by another worker or
+    gateway, which never saw the session). None when the summary names no session."""
+    session = req.get("session_id")
+    if not session:
+        return None
+    return AuditContext.build(session=str(session), subject=req.get("subject"),
+                              issuer=req.get("issuer"), groups=req.get("groups") or (),
+                              connection=req.get("connection"))
