@@ -152,6 +152,29 @@ def test_verify_exit_status(setup: dict[str, Path], tmp_path: Path) -> None:
     assert code == 2 and "no such audit directory" in err
 
 
+def test_verify_shows_the_values_it_quotes_from_a_crafted_log_escaped(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """A problem quotes the log (a segment header's number, a record's instance): a log
+    anyone can write must not send escape sequences to the auditor's terminal."""
+    from gateway.audit.canonical import canonical_bytes, chain_hash
+
+    broken = tmp_path / "audit"
+    shutil.copytree(setup["audit"], broken)
+    seg = next(broken.glob("*.jsonl"))
+    lines = seg.read_text().splitlines(keepends=True)
+    rec = json.loads(lines[0])  # the segment header
+    body = {k: v for k, v in rec.items() if k != "hash"}
+    body["segment"] = "\x1b]52;c;cGF5bG9hZA==\x07\x1b[2J"
+    raw = canonical_bytes(body)
+    lines[0] = (raw[:-1] + b',"hash":"' + chain_hash(rec["prev"], raw).encode()
+                + b'"}\n').decode()
+    seg.write_text("".join(lines))
+    code, out, _ = cli("audit", "verify", broken, "--key", setup["pub"])
+    assert code == 1 and "the file holds segment" in out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]52" in out  # shown, as an escape
+
+
 def test_show_renders_a_session_timeline(setup: dict[str, Path]) -> None:
     code, out, _ = cli("audit", "show", setup["audit"], "--session", "5e55105e55105e55")
     assert code == 0

@@ -253,19 +253,22 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         }, out, indent=2)
         out.write("\n")
         return 0 if report.ok else 1
+    from .display import visible
+
+    # (a problem quotes the log's own values: a crafted log must not reach the terminal)
     if report.problem is not None:
-        out.write(f"audit verify: FAILED: {report.problem}\n")
+        out.write(f"audit verify: FAILED: {visible(str(report.problem))}\n")
         return 1
     out.write(f"audit verify: OK ({where})\n")
     for s in report.instances:
         seal = ("sealed by the final checkpoint" if s.sealed
                 else f"{s.unsealed} record(s) after the last checkpoint")
         held = f"; {s.anchors_matched} anchor(s) held" if anchors else ""
-        out.write(f"  {s.instance}: {s.records} records (seq {s.first_seq}..{s.last_seq}), "
-                  f"{s.segments} segment(s), {s.checkpoints} checkpoint(s) signed by "
-                  f"{s.key_id}; {seal}{held}\n")
+        out.write(f"  {visible(s.instance)}: {s.records} records (seq {s.first_seq}.."
+                  f"{s.last_seq}), {s.segments} segment(s), {s.checkpoints} checkpoint(s) "
+                  f"signed by {s.key_id}; {seal}{held}\n")
     for note in report.notes:
-        out.write(f"  note: {note}\n")
+        out.write(f"  note: {visible(note)}\n")
     return 0
 
 
