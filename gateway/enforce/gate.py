@@ -536,8 +536,7 @@ class StatementGate:
             return verdict
         self._reads_only = False  # (a refusal is no read whose record may wait)
         if not audit.healthy:
-            return _denial("58030", "the audit trail cannot be written: statements are refused "
-                           "until it recovers")
+            return _denial("58030", _AUDIT_DOWN)
         error = verdict.error
         assert error is not None
         try:
