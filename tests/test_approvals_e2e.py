@@ -42,6 +42,7 @@ def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
     d = tmp_path_factory.mktemp("approvals")
     generate_keypair(d / "audit.pem", d / "audit.pub")
     extra = (f"admin:\n  grpc: 127.0.0.1:{port}\n  http: 127.0.0.1:{http}\n"
+             f"  admin_groups: [gw-admins]\n"
              f"approvals:\n  timeout: {TIMEOUT}s\n"
              f"audit:\n  dir: {d / 'audit'}\n  signing_key: {{file: {d / 'audit.pem'}}}\n")
     g = GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY, extra_yaml=extra)
@@ -325,6 +326,14 @@ def test_a_grant_window_lets_the_same_statement_run_until_it_expires(
         with psycopg.connect(gw.dsn("payments"), autocommit=True,
                              password=gw.token(subject="dave", groups=("ci",))) as c:
             assert c.execute(sql).fetchall() == [(1, "launch codes")]
+        # the use is the session's own record, linking the decision it held
+        trail = audit_trail(gw)
+        (used,) = [r for r in trail if r["type"] == "approval.grant_used"
+                   and r["approval_id"] == rid]
+        held = next(r for r in trail if r["seq"] == used["decision_seq"])
+        assert held["type"] == "decision" and held["outcome"] == "held"
+        assert used["session"] == held["session"] != requested_record(gw, rid)["session"]
+        assert used["who"]["subject"] == "dave" and used["expires_at"]
         time.sleep(3.5)
         again = HeldClient(gw, sql, subject="dave")
         try:
@@ -334,6 +343,32 @@ def test_a_grant_window_lets_the_same_statement_run_until_it_expires(
             again.close()
     finally:
         first.close()
+
+
+def test_a_revoked_grant_is_recorded_naming_its_request_and_who_revoked_it(
+        gw: GatewayProcess) -> None:
+    sql = "select secret from vault where id = 1"
+    first = HeldClient(gw, sql, subject="erin")
+    try:
+        rid = first.request_id()
+        assert approvals_cli(gw, "approve", rid, "--reason", "window").returncode == 0
+        first.finish()
+    finally:
+        first.close()
+    out = approvals_cli(gw, "grants", "--json", subject="root", groups=("gw-admins",))
+    assert out.returncode == 0, out.stderr
+    (grant,) = [g for g in json.loads(out.stdout) if g["request_id"] == rid]
+    out = approvals_cli(gw, "revoke", grant["id"], "--reason", "closing early",
+                        subject="root", groups=("gw-admins",))
+    assert out.returncode == 0, out.stdout + out.stderr
+    deadline = time.monotonic() + 5
+    while not (rec := [r for r in audit_trail(gw) if r["type"] == "approval.grant_revoked"
+                       and r["approval_id"] == rid]):
+        assert time.monotonic() < deadline, "no approval.grant_revoked record"
+        time.sleep(0.05)
+    (revoked,) = rec
+    assert revoked["requester"] == "erin" and revoked["approver"] == "root"
+    assert revoked["reason"] == "closing early" and revoked["expires_at"]
 
 
 def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:

@@ -610,6 +610,19 @@ class StatementGate:
         grant = await svc.active_grant(who.subject, who.issuer, self.connection,
                                        hold.fingerprint)
         if grant is not None:  # an earlier approval's window covers this statement
+            if self.audit is not None and self.audit_ctx is not None:
+                from gateway.approvals.model import rfc3339
+
+                # the session's own record of the use (the service's event knows no
+                # session), written with the decision it is re-decided into
+                try:
+                    self._last_seq = self.audit.append(records.approval_record(
+                        "grant_used", approval_id=grant.request_id, ctx=self.audit_ctx,
+                        requester=who.subject, approvers=grant.approvers,
+                        sql=hold.sql, decision_seq=hold.decision_seq,
+                        expires_at=rfc3339(grant.expires_at)), wake=False)
+                except Exception as e:
+                    return None, self._unrecorded(e)
             return {"granted": True, "id": grant.request_id}, None
         try:
             req = await svc.request(

@@ -115,12 +115,19 @@ class GatewayServer:
             self._admin_event(kind, details)
             return
         event = kind.removeprefix("approval_")
-        # approval.requested is the holding session's gate's record (StatementGate.
-        # _record_request): it alone knows the session's where and the held decision
-        if self.audit is None or event not in records.APPROVAL_EVENTS or event == "requested":
+        # approval.requested and grant_used are the holding session's gate's records
+        # (StatementGate._record_request, _approval): it alone knows the session's where
+        # and the held decision
+        if self.audit is None or event not in records.APPROVAL_EVENTS \
+                or event in ("requested", "grant_used"):
             return
         req = details.get("approval") or {}
         approver = details.get("approver") or {}
+        grant = details.get("grant")
+        if not req and isinstance(grant, dict):  # grant_revoked: the grant's request
+            req = {"id": grant.get("request_id"), "subject": grant.get("subject"),
+                   "approvers": grant.get("approvers"), "expires_at": grant.get("expires_at")}
+            approver = details.get("by") or {}
         try:
             self.audit.append(records.approval_record(
                 event, approval_id=str(req.get("id")), ctx=_requester(req),
