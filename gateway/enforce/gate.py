@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from gateway.proxy.relay import Relay
 
 _Q, _P, _F, _C, _B, _D, _E = (ord(c) for c in "QPFCBDE")
+_COPY_DONE = ord("c")
 _DECIDED = frozenset((_Q, _P, _F, _C))
 _AUDIT_DOWN = "the audit trail cannot be written: statements are refused until it recovers"
 _ROLE_TRACKED = frozenset(b"BEC")  # messages that bind, run or close a db_role portal
@@ -593,6 +594,12 @@ class StatementGate:
                                   "its approval; the policy must allow approved statements")
             if not self._admit(i, msg.TYPE[0], msg, sql, verdict, replaced, (relay, frames)):
                 replaced[i] = self._refuse(relay, msg, verdict)
+        audit = self.audit
+        if audit is not None and not audit.healthy:
+            # The batch was decided when it came, maybe minutes ago; the trail failed
+            # since: what follows the held statement would now run without evidence.
+            self._plans, self._expanded = {}, {}
+            return self._while_unaudited(frames, relay)
         self._reads_only = False  # (held statements are written before they go)
         out = self._finish_batch(raw, frames, replaced, relay)
         return out if isinstance(out, bytes) else await out
@@ -821,7 +828,9 @@ class StatementGate:
         Parse or FunctionCall would be refused for want of its decision record anyway; a
         Bind or Execute of a statement decided earlier would run with no completion record
         to show for it (and a Bind may run code already: a domain's CHECK on a
-        parameter). Describe, Close, Sync and Flush go on: they run nothing."""
+        parameter); a CopyDone becomes a CopyFail, so that a COPY FROM begun before the
+        trail failed does not commit. Describe, Close, Sync, Flush and CopyData go on: they
+        run nothing (the server ignores copy messages outside a COPY)."""
         verdict = _denial("58030", _AUDIT_DOWN)
         out: list[bytes] = []
         for t, body in frames:
@@ -835,6 +844,8 @@ class StatementGate:
                                 ()).encode())
             elif t == _E:
                 out.append(Execute(self._marker(relay, verdict), 0).encode())
+            elif t == _COPY_DONE:  # a COPY FROM begun before: it must not commit now
+                out.append(frame(b"f", cstr(_AUDIT_DOWN)))
             else:
                 out.append(frame(bytes((t,)), body))
         return b"".join(out)
