@@ -254,3 +254,12 @@ def test_a_gateways_own_log_anchors_its_runs(pg: PgBackend, tmp_path: Path) -> N
     assert verify(audit, key).returncode == 0
     held = verify(audit, key, anchors)
     assert held.returncode == 1 and "is anchored" in held.stdout
+
+
+def test_a_line_nested_too_deep_in_an_anchor_file_is_skipped_not_a_crash(
+        tmp_path: Path) -> None:
+    nested = tmp_path / "gw.log"
+    nested.write_text('{"event":"audit.checkpoint","x":' + "[" * 200_000 + "]" * 200_000
+                      + "}\n")
+    with pytest.raises(ValueError, match=r"no audit\.checkpoint lines"):
+        load_anchors([nested])

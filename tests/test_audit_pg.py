@@ -220,6 +220,20 @@ def test_rows_whose_columns_lie_or_that_nest_too_deep_are_named(
         assert p is not None and "not an audit record line" in p.message
 
 
+def test_a_null_record_is_named_not_a_crash(pg: PgBackend, table: str,
+                                            keys: tuple[Path, Path]) -> None:
+    """The gateway creates the table, so its role owns it and can drop a NOT NULL."""
+    dsn, pub = pg.dsn(pg.service), load_public_key(keys[1])
+    run_gateway(pg, table, "gw-z", keys[0], 3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN record DROP NOT NULL")
+                     .format(sql.Identifier(table)))
+        conn.execute(sql.SQL("UPDATE {} SET record = NULL WHERE seq = 3")
+                     .format(sql.Identifier(table)))
+    p = verify_pg(dsn, pub, table=table).problem
+    assert p is not None and p.line == 3 and "not an audit record line" in p.message
+
+
 def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: str,
                                                           keys: tuple[Path, Path]) -> None:
     w = pg_writer(pg, table, "gw-r", keys[0])

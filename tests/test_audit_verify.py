@@ -437,3 +437,87 @@ def test_a_hostile_line_is_named_not_a_crash(log: Path, keys: tuple[Path, Path],
     path.write_bytes(b"".join(lines))
     p = verify(log, keys[1]).problem
     assert p is not None and (p.location, p.line) == (path.name, 3), p
+
+
+# -- crafted sizes and shapes ------------------------------------------------------------------
+
+
+def test_a_line_longer_than_any_record_is_named_without_reading_it_whole(
+        pristine: Path, tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """A sparse file costs no disk; read as one line it would cost its size in memory."""
+    import subprocess
+    import sys
+
+    from gateway.audit.canonical import MAX_LINE
+
+    d = tmp_path / "audit"
+    shutil.copytree(pristine, d)
+    n = len(segments(d)) + 1
+    with open(d / f"audit-gw1-{n:06d}.jsonl", "wb") as f:
+        f.truncate(MAX_LINE * 4)
+    code = ("import resource, sys\nfrom gateway.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "sys.exit(rc)\n")
+    out = subprocess.run([sys.executable, "-c", code, "audit", "verify", str(d), "--key",
+                          str(keys[1])], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 1 and "longer than any audit record" in out.stdout, out
+    assert int(out.stdout.split("MAXRSS")[1]) < 3 * MAX_LINE // 1024  # KiB, not 4x its size
+
+
+def test_the_resume_reads_a_long_last_line_once_and_refuses_one_too_long(
+        tmp_path: Path) -> None:
+    import time
+
+    from gateway.audit import AuditError
+    from gateway.audit.canonical import MAX_LINE
+    from gateway.audit.filesink import _tail
+
+    path = tmp_path / "seg.jsonl"
+    took = []
+    for size in (8 << 20, 32 << 20):
+        with open(path, "wb") as f:
+            f.truncate(size)
+        start = time.perf_counter()
+        line, torn, _ = _tail(path)
+        took.append(time.perf_counter() - start)
+        assert line is None and len(torn) == size
+    assert took[1] < 8 * took[0] + 0.5, took  # linear, not quadratic
+    with open(path, "wb") as f:
+        f.truncate(MAX_LINE + (1 << 20))
+    with pytest.raises(AuditError, match="longer than any audit record"):
+        _tail(path)
+
+
+def test_a_segment_record_inside_a_segment_is_named(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """The writer opens a new file for every segment record: one appended to a file (here
+    a made-up run after the final checkpoint, then a real restart) was added."""
+    d = tmp_path / "audit"
+    write_log(d, keys[0], statements=3, run=1)
+    last = segments(d)[-1]
+    final = json.loads(lines_of(last)[-1])
+    header = {k: v for k, v in json.loads(lines_of(last)[0]).items() if k != "hash"}
+    header.update(seq=final["seq"] + 1, previous_seq=final["seq"],
+                  previous_hash=final["hash"], previous_segment=last.name)
+    last.write_bytes(last.read_bytes() + rehash(header, final["hash"]))
+    write_log(d, keys[0], statements=3, run=2)
+    p = verify(d, keys[1], accept_crashes=True).problem
+    assert p is not None and p.seq == final["seq"] + 1
+    assert "in the middle of a segment" in p.message
+
+
+def test_a_live_tail_is_held_to_max_unsigned(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """A running gateway signs every checkpoint_every records: a longer unsigned tail
+    (a run emptied of its checkpoints, a made-up instance) fails even with --live."""
+    d = tmp_path / "audit"
+    opts = WriterOptions(checkpoint_every=10, checkpoint_seconds=0)
+    write_log(d, keys[0], statements=3, run=1, options=opts)
+    w = write_log(d, keys[0], statements=30, run=2, options=opts, close=False)
+    try:
+        assert verify(d, keys[1], live=True, max_unsigned=10).ok
+        rechain(d, lambda rec: rec.get("rows") != 7)  # no checkpoint left to re-sign
+        p = verify(d, keys[1], live=True, accept_crashes=True, max_unsigned=10).problem
+        assert p is not None and "checkpoints were removed" in p.message
+    finally:
+        w.sink.close()

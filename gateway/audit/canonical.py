@@ -37,6 +37,7 @@ from typing import Any
 __all__ = [
     "GENESIS",
     "HASH_SUFFIX_LEN",
+    "MAX_LINE",
     "Fragment",
     "FragmentEncoder",
     "canonical_bytes",
@@ -55,6 +56,11 @@ _ENCODER = json.JSONEncoder(
     check_circular=False,
 )
 _encode = _ENCODER.encode
+
+#: No record the gateway writes is longer (a statement's text is at most
+#: listen.max_message_size, 64 MiB by default): readers refuse longer lines rather than
+#: hold them in memory.
+MAX_LINE = 256 * 1024 * 1024
 
 # ,"hash":"<64 hex>"}
 HASH_SUFFIX_LEN = len(',"hash":""}') + 64

@@ -19,10 +19,11 @@ import re
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway import logs
 
-from .canonical import GENESIS, chain_hash, hashed_body, parse_line
+from .canonical import GENESIS, MAX_LINE, chain_hash, hashed_body, parse_line
 from .chain import Sealed
 from .writer import AuditError, ResumeState
 
@@ -51,34 +52,36 @@ def list_segments(directory: str | os.PathLike[str]) -> dict[str, list[tuple[int
 
 
 def _tail(path: Path) -> tuple[bytes | None, bytes, int]:
-    """(last complete line without its newline, or None; partial bytes after it; size)."""
+    """(last complete line without its newline, or None; partial bytes after it; size).
+    Each byte is read once, from the end; a line longer than any record is an AuditError
+    (a crafted file must not hold the start for hours, or fill memory)."""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
-        buf, pos = b"", size
-
-        def more() -> bool:
-            nonlocal buf, pos
-            if pos == 0:
-                return False
-            step = min(_TAIL_CHUNK, pos)
-            pos -= step
-            f.seek(pos)
-            buf = f.read(step) + buf
-            return True
-
-        while b"\n" not in buf and more():
-            pass
-        nl = buf.rfind(b"\n")
+        nl = _newline_before(f, size, path)
+        f.seek(nl + 1)
+        torn = f.read(size - nl - 1)
         if nl < 0:
-            return None, buf, size
-        torn = buf[nl + 1 :]
-        while buf.rfind(b"\n", 0, nl) < 0:
-            before = len(buf)
-            if not more():
-                break
-            nl += len(buf) - before
-        start = buf.rfind(b"\n", 0, nl) + 1
-        return buf[start:nl], torn, size
+            return None, torn, size
+        start = _newline_before(f, nl, path) + 1
+        f.seek(start)
+        return f.read(nl - start), torn, size
+
+
+def _newline_before(f: BinaryIO, end: int, path: Path) -> int:
+    """The offset of the last newline before `end`, or -1 (none: the file's start)."""
+    pos = end
+    while pos > 0:
+        step = min(_TAIL_CHUNK, pos)
+        pos -= step
+        f.seek(pos)
+        found = f.read(step).rfind(b"\n")
+        if found >= 0:
+            return pos + found
+        if end - pos > MAX_LINE:
+            raise AuditError(f"{path}: its last line is longer than any audit record "
+                             f"({MAX_LINE >> 20} MiB); run `pgwarden audit verify` before "
+                             "starting the gateway")
+    return -1
 
 
 def _parse_tail(line: bytes, where: str) -> tuple[int, str, bool]:

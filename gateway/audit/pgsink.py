@@ -209,7 +209,8 @@ def iter_pg_columns(conn: psycopg.Connection[Any], table: str, instance: str
         cur.itersize = 2000
         cur.execute(query, (instance,))
         for seq, record, ts, rtype, session in cur:
-            yield int(seq), record.encode("utf-8"), (ts, rtype, session)
+            # (NULLs where the schema says NOT NULL: an owner can drop the constraint)
+            yield int(seq), (record or "").encode("utf-8"), (ts, rtype, session)
 
 
 def iter_pg_rows(conn: psycopg.Connection[Any], table: str,

@@ -43,7 +43,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .canonical import GENESIS, canonical_bytes, chain_hash, parse_line
+from .canonical import GENESIS, MAX_LINE, canonical_bytes, chain_hash, parse_line
 from .checkpoint import key_id as key_id_of
 from .checkpoint import verify_checkpoint_signature
 from .filesink import list_segments
@@ -78,7 +78,7 @@ def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
                     continue
                 try:
                     doc = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue  # not a log line (the name inside other text)
                 if not isinstance(doc, dict) or doc.get("event") != "audit.checkpoint":
                     continue
@@ -258,6 +258,10 @@ class ChainVerifier:
             return self._p(location, line, seq, "a record follows the final checkpoint of a "
                            "run: nothing is written after it but the next run's start; it "
                            "was added")
+        if rtype == "segment" and not self._expect_header:
+            return self._p(location, line, seq, "a segment record in the middle of a "
+                           "segment: the gateway writes one only at the start of a new one; "
+                           "it was added")
         if starts_run and not first:
             problem = self._run_boundary(location, line, seq)
             if problem is not None:
@@ -380,8 +384,15 @@ class ChainVerifier:
                            "or the log truncated)")
         if s.records == 0:
             return self._p(location or self.instance, line, None, "no records")
-        if s.sealed or live:
+        if s.sealed:
             return None
+        if live:  # a running gateway leaves at most a checkpoint's worth unsigned
+            if s.unsealed <= self.max_unsigned:
+                return None
+            return self._p(location, line + 1, self.seq + 1, f"the log ends with "
+                           f"{s.unsealed} record(s) no checkpoint signs, more than "
+                           f"--max-unsigned {self.max_unsigned} (a running gateway signs "
+                           "every checkpoint_every records): checkpoints were removed")
         if s.last_checkpoint_seq is None:
             cp = "there is no checkpoint at all"
         else:
@@ -393,11 +404,18 @@ class ChainVerifier:
                        "running or did not stop cleanly (--live accepts an unsealed tail)")
 
 
-def _file_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+def _file_lines(path: Path) -> Iterator[tuple[int, bytes | None, bool]]:
+    """(line number, line without its newline or None when longer than any record,
+    whether it ended in a newline)."""
     with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
+        n = 0
+        while line := f.readline(MAX_LINE + 1):
+            n += 1
             if line.endswith(b"\n"):
                 yield n, line[:-1], True
+            elif len(line) > MAX_LINE:
+                yield n, None, False
+                return
             else:
                 yield n, line, False
 
@@ -447,6 +465,9 @@ def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
         try:
             for line_no, raw, complete in _file_lines(path):
                 empty = False
+                if raw is None:
+                    return v._p(name, line_no, v.seq + 1, f"a line longer than any audit "
+                                f"record ({MAX_LINE >> 20} MiB): not a record")
                 problem = v.feed(name, line_no, raw, complete=complete)
                 if problem is not None:
                     return problem
