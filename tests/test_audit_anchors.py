@@ -144,10 +144,11 @@ def test_a_checkpoint_the_sink_has_not_taken_is_not_logged_until_it_has(
     assert w.close()
     logged = [a["seq"] for a in anchors_of(log_lines)]
     assert len(logged) == len(set(logged)) and max(logged) == w.head[0]
-    report = verify_dir(tmp_path, load_public_key(key.with_suffix(".pub")),
-                        anchors=load_anchors([save(log_lines, tmp_path / "gw.log")]))
+    anchors = load_anchors([save(log_lines, tmp_path / "gw.log")])
+    assert [a.seq for a in anchors if a.kind == "start"] == [1]  # the run's start
+    report = verify_dir(tmp_path, load_public_key(key.with_suffix(".pub")), anchors=anchors)
     assert report.ok, report.problem
-    assert report.instances[0].anchors_matched == len(logged)
+    assert report.instances[0].anchors_matched == len(logged) + 1
 
 
 def test_a_newest_run_deleted_whole_verifies_alone_and_fails_against_its_anchors(
@@ -159,7 +160,7 @@ def test_a_newest_run_deleted_whole_verifies_alone_and_fails_against_its_anchors
     anchors = save(log_lines, tmp_path / "gateway.log")
     ok = verify(d, key, anchors)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "2 anchor(s) held" in ok.stdout
+    assert "4 anchor(s) held" in ok.stdout  # each run's start and final checkpoint
     for f in set(d.glob("*.jsonl")) - first:  # the second run's segment
         f.unlink()
     alone = verify(d, key)
@@ -196,8 +197,36 @@ def test_a_history_rewritten_with_the_stolen_key_fails_against_the_anchors(
     assert verify(forged, key).returncode == 0
     held = verify(forged, key, anchors)
     assert held.returncode == 1
-    assert "differs from the one anchored at seq 12" in held.stdout
+    assert "differs from the one anchored at seq 1 " in held.stdout  # (its start)
     assert verify(real, key, anchors).returncode == 0
+
+
+def test_a_run_made_up_between_two_real_ones_fails_against_the_anchors(
+        tmp_path: Path, key: Path, log_lines: io.StringIO) -> None:
+    """Records anyone can chain (no key), as a run that ended in a crash, between two
+    real runs: the next real run's checkpoints sign them, --accept-crashes takes the
+    crash, but the gateway's log never announced that run's start."""
+    d = tmp_path / "audit"
+    run(d, key, 5)
+    real = log_lines.getvalue()
+    logs.configure("info", io.StringIO())  # what the made-up run would log: nobody sees
+    fake = AuditWriter(FileSink(d, "gw1"), instance="gw1")  # no key
+    fake.start()
+    fake.append(records.statement_record(ctx(), decision_seq=1, outcome="allowed",
+                                         command="DELETE", rows=1000))
+    fake.flush()
+    fake.sink.close()  # "crashed"
+    logs.configure("info", log_lines)
+    run(d, key, 5, rows=10)
+    anchors = tmp_path / "gateway.log"
+    anchors.write_text(real + log_lines.getvalue()[len(real):])
+    assert verify(d, key).returncode == 1  # a crash, by default
+    crash = pgwarden("audit", "verify", str(d), "--key", str(key.with_suffix(".pub")),
+                     "--accept-crashes", "--max-unsigned", "10")
+    assert crash.returncode == 0, crash.stdout  # what anchors are for
+    held = pgwarden("audit", "verify", str(d), "--key", str(key.with_suffix(".pub")),
+                    "--accept-crashes", "--max-unsigned", "10", "--anchors", str(anchors))
+    assert held.returncode == 1 and "never announced" in held.stdout, held.stdout
 
 
 def test_anchor_files_that_hold_no_anchor_or_a_bad_one_are_refused(
@@ -240,11 +269,12 @@ def test_a_gateways_own_log_anchors_its_runs(pg: PgBackend, tmp_path: Path) -> N
                                  autocommit=True) as c:
                 c.execute("select id from cards where id = %s", (k + 1,)).fetchone()
         assert gw.proc is not None and gw.proc.returncode == 0
-        kept += [json.dumps(doc) for doc in gw.logs if doc.get("event") == "audit.checkpoint"]
+        kept += [json.dumps(doc) for doc in gw.logs
+                 if doc.get("event") in ("audit.checkpoint", "audit.run_started")]
         segments.append(set(audit.glob("*.jsonl")) - set().union(*segments))
     anchors = tmp_path / "siem.log"
     anchors.write_text("\n".join(kept) + "\n")
-    assert len(kept) == 2  # each run's final checkpoint
+    assert len(kept) == 4  # each run's start and final checkpoint
     key = tmp_path / "audit.pem"
     assert verify(audit, key, anchors).returncode == 0
     backup = tmp_path / "second-run"

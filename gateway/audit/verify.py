@@ -54,6 +54,7 @@ __all__ = ["Anchor", "ChainVerifier", "InstanceSummary", "Problem", "VerifyRepor
            "load_anchors", "verify_dir", "verify_pg"]
 
 _INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ANCHOR_EVENTS = {"audit.checkpoint": "checkpoint", "audit.run_started": "start"}
 
 
 @dataclass(frozen=True)
@@ -64,23 +65,25 @@ class Anchor:
     seq: int
     hash: str
     source: str  # where it was read: "FILE line N"
+    kind: str = "checkpoint"  # or "start": a run's start segment record
 
 
 def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
-    """The ``audit.checkpoint`` lines of gateway logs (JSON lines; other lines are
-    skipped). Raises ValueError for such a line with a malformed field, and for files
-    that hold none: a verification against no anchor at all is a mistake to say."""
+    """The ``audit.checkpoint`` and ``audit.run_started`` lines of gateway logs (JSON
+    lines; other lines are skipped). Raises ValueError for such a line with a malformed
+    field, and for files that hold none: a verification against no anchor at all is a
+    mistake to say."""
     anchors: list[Anchor] = []
     for path in paths:
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
-                if b"audit.checkpoint" not in raw:
+                if b"audit.checkpoint" not in raw and b"audit.run_started" not in raw:
                     continue
                 try:
                     doc = json.loads(raw)
                 except (ValueError, RecursionError):
                     continue  # not a log line (the name inside other text)
-                if not isinstance(doc, dict) or doc.get("event") != "audit.checkpoint":
+                if not isinstance(doc, dict) or doc.get("event") not in _ANCHOR_EVENTS:
                     continue
                 instance, seq, digest = doc.get("instance"), doc.get("seq"), doc.get("hash")
                 if isinstance(digest, str):  # (grouped by dots: writer.anchor_hash)
@@ -88,9 +91,10 @@ def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
                 if not (isinstance(instance, str) and _INSTANCE.fullmatch(instance)
                         and type(seq) is int and seq > 0
                         and isinstance(digest, str) and _HEX64.fullmatch(digest)):
-                    raise ValueError(f"{path} line {n}: an audit.checkpoint line without a "
+                    raise ValueError(f"{path} line {n}: an {doc['event']} line without a "
                                      "valid instance, seq and hash")
-                anchors.append(Anchor(instance, seq, digest, f"{os.fspath(path)} line {n}"))
+                anchors.append(Anchor(instance, seq, digest, f"{os.fspath(path)} line {n}",
+                                      _ANCHOR_EVENTS[doc["event"]]))
     if not anchors:
         raise ValueError("no audit.checkpoint lines in the anchor file(s)")
     return anchors
@@ -262,6 +266,11 @@ class ChainVerifier:
             return self._p(location, line, seq, "a segment record in the middle of a "
                            "segment: the gateway writes one only at the start of a new one; "
                            "it was added")
+        if starts_run and self._unannounced(seq):
+            return self._p(location, line, seq, "a run starts here that the gateway's log "
+                           "never announced (no audit.run_started anchor, while anchors "
+                           "before and after it are there): it was made up, or the log given "
+                           "misses lines")
         if starts_run and not first:
             problem = self._run_boundary(location, line, seq)
             if problem is not None:
@@ -296,6 +305,14 @@ class ChainVerifier:
         if s.first_seq is None:
             s.first_seq = seq
         return None
+
+    def _unannounced(self, seq: int) -> bool:
+        """Whether a run starting at `seq` lies within the anchored stretch of the log and
+        has no start anchor of its own: a real start is logged as its checkpoints are."""
+        anchors = self.anchors
+        if not anchors or any(a.kind == "start" for a in anchors.get(seq, ())):
+            return False
+        return min(anchors) < seq < max(anchors)
 
     def _run_boundary(self, location: str, line: int, seq: int) -> Problem | None:
         """A new run starts at `seq`: the one before must have ended with its final

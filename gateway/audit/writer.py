@@ -455,6 +455,8 @@ class AuditWriter:
         sealed = chain.seal(header)
         self._rotations[sealed.seq] = n
         self.ledger.push(sealed)
+        if reason == "start":  # a run's start is anchored too: see _log_anchors
+            self._anchors.append((sealed, False, reason))
 
     def _rotate_locked(self, reason: str) -> None:
         self._checkpoint_locked("rotation")
@@ -615,14 +617,20 @@ class AuditWriter:
             self._log_anchors(written)
 
     def _log_anchors(self, written: list[tuple[Sealed, bool, str]]) -> None:
-        """Log each checkpoint now in the sink. A chain cannot show that its newest records
-        were removed whole (a run's segments, an instance's files): the log ends at an
-        earlier checkpoint and verifies. These lines, shipped off the host, are what
+        """Log each checkpoint, and each run's start, now in the sink. A chain cannot show
+        that its newest records were removed whole (a run's segments, an instance's
+        files): the log ends at an earlier checkpoint and verifies. Nor that a run was
+        made up between two real ones (records chained by anyone, then signed by the
+        next real run's checkpoints). These lines, shipped off the host, are what
         `audit verify --anchors` holds the log to. Logged only once written, so that an
         anchor never names a record a crash kept from the sink."""
         for sealed, final, reason in written:
-            logs.info("audit.checkpoint", instance=self.instance, seq=sealed.seq,
-                      hash=anchor_hash(sealed.hash), final=final, reason=reason)
+            if sealed.type == "segment":
+                logs.info("audit.run_started", instance=self.instance, seq=sealed.seq,
+                          hash=anchor_hash(sealed.hash))
+            else:
+                logs.info("audit.checkpoint", instance=self.instance, seq=sealed.seq,
+                          hash=anchor_hash(sealed.hash), final=final, reason=reason)
 
     def _fail(self, exc: BaseException) -> None:
         reason = _describe(exc)
