@@ -627,3 +627,38 @@ def test_a_read_that_may_change_something_is_not_released_before_its_record(
     finally:
         pg.server.psql("drop schema defer_probe cascade;", dbname=pg.dbname,
                        user=pg.service.name)
+
+
+@pytest.mark.parametrize("sql", [
+    "select id from defer_probe.guarded",  # row level security: its policy calls log_it
+    "select (r).defer_probe_attr from defer_probe.t r",  # the call defer_probe_attr(r)
+    "select (t.*).defer_probe_attr from defer_probe.t t",
+])
+def test_reads_that_run_functions_unwritten_are_not_released_before_their_record(
+        pg: PgBackend, sql: str) -> None:
+    from gateway.catalog import read_catalog
+    from gateway.enforce.gate import _changes_nothing
+    from gateway.sql import analyze
+
+    pg.server.psql(
+        "drop schema if exists defer_probe cascade; create schema defer_probe;"
+        " create table defer_probe.t (id int); create table defer_probe.log (x int);"
+        " create function defer_probe.log_it(v int) returns boolean language sql as"
+        " $$ insert into defer_probe.log values (v) returning true $$;"
+        " create table defer_probe.guarded (id int);"
+        " alter table defer_probe.guarded enable row level security;"
+        " create policy p on defer_probe.guarded using (defer_probe.log_it(id));"
+        " create function public.defer_probe_attr(r defer_probe.t) returns boolean"
+        " language sql as $$ select defer_probe.log_it(r.id) $$;",
+        dbname=pg.dbname, user=pg.service.name)
+    try:
+        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
+            catalog = read_catalog(conn)
+        (info,) = analyze(sql, catalog)
+        assert info.kind == "read" and not _changes_nothing(info)
+        if "attr" in sql:  # a call the policy is shown, as for r.defer_probe_attr
+            assert "public.defer_probe_attr" in info.functions
+    finally:
+        pg.server.psql("drop schema defer_probe cascade;"
+                       " drop function if exists public.defer_probe_attr(defer_probe.t);",
+                       dbname=pg.dbname, user=pg.service.name)

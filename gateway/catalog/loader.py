@@ -45,7 +45,8 @@ CATALOG_QUERIES: Mapping[str, str] = {
         "   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,"
         " CASE WHEN c.relkind IN ('v', 'm')"
         "       AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-        "      THEN pg_catalog.pg_get_viewdef(c.oid, true) END"
+        "      THEN pg_catalog.pg_get_viewdef(c.oid, true) END,"
+        " c.relrowsecurity::text"
         " FROM pg_catalog.pg_class c"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S')"
@@ -153,7 +154,7 @@ def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
         if oid is not None and schema is not None and name is not None}
 
     relations = []
-    for oid, schema, name, relkind, columns_json, view_sql in rows["relations"]:
+    for oid, schema, name, relkind, columns_json, view_sql, rls in rows["relations"]:
         kind = RELKINDS.get(relkind or "")
         if kind is None or schema is None or name is None:
             continue
@@ -168,6 +169,7 @@ def _build(rows: Mapping[str, Sequence[Row]]) -> Catalog:
             schema=schema, name=name, relkind=kind, columns=tuple(names), oid=int(oid or 0),
             view_sql=view_sql, attnums=tuple(attnums), type_oids=tuple(types),
             ancestors=_ancestors(int(oid or 0), parents, named),
+            row_security=rls in ("true", "t"),
         ))
 
     functions: dict[str, set[str]] = {}

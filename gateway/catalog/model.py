@@ -83,6 +83,8 @@ class Relation:
     #: (schema, name) of every table it inherits from, nearest first: a partition's or an
     #: INHERITS child's rows are its ancestors' rows, under their column names
     ancestors: tuple[tuple[str, str], ...] = ()
+    #: row level security is enabled: its policies' expressions (functions) run on read
+    row_security: bool = False
 
     @property
     def qualified_name(self) -> str:

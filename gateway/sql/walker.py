@@ -78,6 +78,8 @@ class Facts:
         self.may_change = False
 
     def relation(self, rel: Relation, access: str) -> None:
+        if rel.row_security:  # its policies' expressions may call any function
+            self.may_change = True
         key = (rel.schema, rel.name)
         entry = self.relations.get(key)
         if entry is None:
@@ -1194,8 +1196,8 @@ class Walker:
             names = _names(cref.get("fields"))
             if len(names) == 1 and self.find_column(names[0], scope) is None:
                 rte = self.find_rte(names, scope)
-                if rte is not None:  # (rel).col
-                    lin = self.rte_column(rte, _sval(ind[0]))
+                if rte is not None:  # (rel).col, or the call col(rel) as for rel.col
+                    lin = self.rte_column(rte, _sval(ind[0]), call=True)
                     if lin is not None:
                         self.touch(lin)
                         if len(ind) == 1:
@@ -1203,7 +1205,12 @@ class Walker:
                         lin = lin | self.expr(ind[1:], scope)
                         self.computes(lin)  # (rel).col.f: f may be a call, f(col)
                         return derive(lin)
-        # (x).f is a field of x, or the call f(x) (`(holder).int4` casts it): computed
+        # (x).f is a field of x, or the call f(x) (`(holder).int4` casts it): computed,
+        # and f listed with the statement's functions wherever a function may be meant
+        for item in ind:
+            field = _sval(item) if "String" in item else None
+            if field and self.cat.function_candidates(None, field, self.path, user=self.user):
+                self.function([field], 1)
         lin = self.expr(arg, scope) | self.expr(list(ind), scope)
         self.computes(lin)
         return derive(lin)
