@@ -157,3 +157,17 @@ def asyncpg_cursor(gw: GatewayProcess, sql: str, prefetch: int, **kw: Any) -> li
             await conn.close()
 
     return asyncio.run(main())
+
+
+def fill_disk(disk: Path) -> Path:
+    """Fill the (small tmpfs) file system of `disk` to its last byte; the filler file, to
+    unlink when space is to return."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 64, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler

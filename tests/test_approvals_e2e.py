@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, fill_disk, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -218,14 +218,7 @@ def test_a_request_the_trail_cannot_record_is_withdrawn_and_refused_with_58030(
             c.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
             assert c.execute("select 1").fetchone() == (1,)
             time.sleep(0.5)  # (its completion record written too: the trail is healthy)
-            filler = disk / "filler"
-            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
-                for size in (65536, 4096, 64, 1):
-                    try:
-                        while True:
-                            f.write(b"\0" * size)
-                    except OSError:
-                        pass
+            filler = fill_disk(disk)  # to the last byte
             # a held decision's record longer than a page: it cannot fit what is left of
             # the audit file's last one
             ids = ",".join(map(str, range(2000)))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, upstreams_for
+from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, fill_disk, upstreams_for
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -468,14 +468,7 @@ def test_a_full_audit_disk_refuses_statements_with_58030_until_space_returns(
                                      password=gw.token(groups=("ci", "ci-writers")))
             insert = "insert into transactions (card_id, amount) values (1, %s)"
             writer.execute(insert, (771.17,), prepare=True)
-            filler = disk / "filler"
-            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
-                for size in (65536, 4096, 64, 1):
-                    try:
-                        while True:
-                            f.write(b"\0" * size)
-                    except OSError:
-                        pass
+            filler = fill_disk(disk)  # to the last byte
             # the first write that finds no room (the audit file's last page had some): the
             # reader's answer, withheld
             withheld, answered = None, 3

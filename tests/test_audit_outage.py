@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, fill_disk, upstreams_for
 from rawclient import RawClient
 
 from gateway.audit import generate_keypair
@@ -37,18 +37,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096, 64, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
 
 
 def until_refused(gw: GatewayProcess) -> None:
@@ -107,7 +95,7 @@ def test_what_follows_a_held_statement_does_not_run_once_the_trail_failed(
         notice = client.read_message()
         assert notice is not None and notice.type == b"N", notice
         rid = notice.fields()["M"].split("request ")[1].split()[0]
-        filler = fill(disk)
+        filler = fill_disk(disk)
         until_refused(gw)
         token = tmp_path / "alice.jwt"
         token.write_text(gw.token(subject="alice", groups=("dba-oncall",)))
@@ -141,7 +129,7 @@ def test_a_copy_from_begun_before_the_trail_failed_does_not_commit(
         started = client.read_message()
         assert started is not None and started.type == b"G", started
         client.send(copy_data(b"777\n"))
-        filler = fill(disk)
+        filler = fill_disk(disk)
         until_refused(gw)
         client.send(copy_data(b"777\n") + b"c" + struct.pack("!i", 4))  # CopyDone
         answers = client.read_until(b"Z")

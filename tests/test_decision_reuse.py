@@ -592,21 +592,12 @@ def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
     assert getattr(error, "code", None) == "58030" and relay.done.done()
 
 
-@pytest.mark.parametrize("sql", [
-    "select * from defer_probe.locked",  # a view whose body locks rows
-    "select id from (select id from defer_probe.t for update) s",  # a subquery's row lock
-    "with l as (select id from defer_probe.t for share) select * from l",
-    "select 5::defer_probe.checked",  # a domain whose CHECK calls a function (that writes)
-    "select id from defer_probe.t where id = '5'::defer_probe.checked",
-])
-def test_a_read_that_may_change_something_is_not_released_before_its_record(
-        pg: PgBackend, sql: str) -> None:
-    """Reads that change nothing are forwarded before their decision record is written
-    (and answered only after it is). A read that takes row locks, or runs a domain's CHECK
-    function, is not one of them: it is written first."""
+@pytest.fixture(scope="module")
+def side_effects(pg: PgBackend) -> Iterator[Any]:
+    """A catalog with reads that run code: a function that writes, a view whose body
+    locks rows, a domain whose CHECK calls the function, a table under row level
+    security whose policy calls it, a function taking a row of defer_probe.t."""
     from gateway.catalog import read_catalog
-    from gateway.enforce.gate import _changes_nothing
-    from gateway.sql import analyze
 
     pg.server.psql(
         "drop schema if exists defer_probe cascade; create schema defer_probe;"
@@ -614,37 +605,7 @@ def test_a_read_that_may_change_something_is_not_released_before_its_record(
         " create view defer_probe.locked as select id from defer_probe.t for update;"
         " create function defer_probe.log_it(v int) returns boolean language sql as"
         " $$ insert into defer_probe.log values (v) returning true $$;"
-        " create domain defer_probe.checked as int check (defer_probe.log_it(value));",
-        dbname=pg.dbname, user=pg.service.name)
-    try:
-        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
-            catalog = read_catalog(conn)
-        (info,) = analyze(sql, catalog)
-        assert info.kind == "read" and not info.functions
-        assert not _changes_nothing(info)
-        (plain,) = analyze("select id from defer_probe.t where id = 5", catalog)
-        assert _changes_nothing(plain)  # (what is deferred)
-    finally:
-        pg.server.psql("drop schema defer_probe cascade;", dbname=pg.dbname,
-                       user=pg.service.name)
-
-
-@pytest.mark.parametrize("sql", [
-    "select id from defer_probe.guarded",  # row level security: its policy calls log_it
-    "select (r).defer_probe_attr from defer_probe.t r",  # the call defer_probe_attr(r)
-    "select (t.*).defer_probe_attr from defer_probe.t t",
-])
-def test_reads_that_run_functions_unwritten_are_not_released_before_their_record(
-        pg: PgBackend, sql: str) -> None:
-    from gateway.catalog import read_catalog
-    from gateway.enforce.gate import _changes_nothing
-    from gateway.sql import analyze
-
-    pg.server.psql(
-        "drop schema if exists defer_probe cascade; create schema defer_probe;"
-        " create table defer_probe.t (id int); create table defer_probe.log (x int);"
-        " create function defer_probe.log_it(v int) returns boolean language sql as"
-        " $$ insert into defer_probe.log values (v) returning true $$;"
+        " create domain defer_probe.checked as int check (defer_probe.log_it(value));"
         " create table defer_probe.guarded (id int);"
         " alter table defer_probe.guarded enable row level security;"
         " create policy p on defer_probe.guarded using (defer_probe.log_it(id));"
@@ -653,12 +614,34 @@ def test_reads_that_run_functions_unwritten_are_not_released_before_their_record
         dbname=pg.dbname, user=pg.service.name)
     try:
         with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
-            catalog = read_catalog(conn)
-        (info,) = analyze(sql, catalog)
-        assert info.kind == "read" and not _changes_nothing(info)
-        if "attr" in sql:  # a call the policy is shown, as for r.defer_probe_attr
-            assert "public.defer_probe_attr" in info.functions
-    finally:
-        pg.server.psql("drop schema defer_probe cascade;"
-                       " drop function if exists public.defer_probe_attr(defer_probe.t);",
-                       dbname=pg.dbname, user=pg.service.name)
+            yield read_catalog(conn)
+    finally:  # (the function on public goes with the type it takes)
+        pg.server.psql("drop schema defer_probe cascade;", dbname=pg.dbname,
+                       user=pg.service.name)
+
+
+@pytest.mark.parametrize("sql", [
+    "select * from defer_probe.locked",  # a view whose body locks rows
+    "select id from (select id from defer_probe.t for update) s",  # a subquery's row lock
+    "with l as (select id from defer_probe.t for share) select * from l",
+    "select 5::defer_probe.checked",  # a domain whose CHECK calls a function (that writes)
+    "select id from defer_probe.t where id = '5'::defer_probe.checked",
+    "select id from defer_probe.guarded",  # row level security: its policy calls log_it
+    "select (r).defer_probe_attr from defer_probe.t r",  # the call defer_probe_attr(r)
+    "select (t.*).defer_probe_attr from defer_probe.t t",
+])
+def test_a_read_that_may_change_something_is_not_released_before_its_record(
+        side_effects: Any, sql: str) -> None:
+    """Reads that change nothing are forwarded before their decision record is written
+    (and answered only after it is). A read that takes row locks, or runs a function
+    (a domain's CHECK, a row security policy, a call written as a field), is not one of
+    them: it is written first."""
+    from gateway.enforce.gate import _changes_nothing
+    from gateway.sql import analyze
+
+    (info,) = analyze(sql, side_effects)
+    assert info.kind == "read" and not _changes_nothing(info)
+    if "attr" in sql:  # a call the policy is shown, as for r.defer_probe_attr
+        assert "public.defer_probe_attr" in info.functions
+    (plain,) = analyze("select id from defer_probe.t where id = 5", side_effects)
+    assert _changes_nothing(plain)  # (what is deferred)
