@@ -610,14 +610,28 @@ def side_effects(pg: PgBackend) -> Iterator[Any]:
         " alter table defer_probe.guarded enable row level security;"
         " create policy p on defer_probe.guarded using (defer_probe.log_it(id));"
         " create function public.defer_probe_attr(r defer_probe.t) returns boolean"
-        " language sql as $$ select defer_probe.log_it(r.id) $$;",
+        " language sql as $$ select defer_probe.log_it(r.id) $$;"
+        " create type defer_probe.mood as enum ('a', 'b');"
+        " create function defer_probe.mood_text(m defer_probe.mood) returns text"
+        " language sql as $$ select m::text || defer_probe.log_it(1)::text $$;"
+        " create cast (defer_probe.mood as text) with function defer_probe.mood_text"
+        " as implicit;"
+        " create domain defer_probe.word as text check (defer_probe.log_it(1));"
+        " create table defer_probe.typed (id int, m defer_probe.mood, note text,"
+        " words defer_probe.word[]);",
         dbname=pg.dbname, user=pg.service.name)
+    pg.server.psql(  # (a wrapper needs a superuser; reading the table is not analysed)
+        "create foreign data wrapper defer_probe_fdw;"
+        " create server defer_probe_srv foreign data wrapper defer_probe_fdw;"
+        " create foreign table defer_probe.ft (id int) server defer_probe_srv;",
+        dbname=pg.dbname)
     try:
         with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
             yield read_catalog(conn)
     finally:  # (the function on public goes with the type it takes)
-        pg.server.psql("drop schema defer_probe cascade;", dbname=pg.dbname,
-                       user=pg.service.name)
+        pg.server.psql("drop schema defer_probe cascade;"
+                       " drop server defer_probe_srv; drop foreign data wrapper defer_probe_fdw;",
+                       dbname=pg.dbname)
 
 
 @pytest.mark.parametrize("sql", [
@@ -629,6 +643,10 @@ def side_effects(pg: PgBackend) -> Iterator[Any]:
     "select id from defer_probe.guarded",  # row level security: its policy calls log_it
     "select (r).defer_probe_attr from defer_probe.t r",  # the call defer_probe_attr(r)
     "select (t.*).defer_probe_attr from defer_probe.t t",
+    "select id from defer_probe.typed where m = note",  # an implicit cast the server picks
+    "select id from defer_probe.typed where words = '{x}'",  # a literal read as word[]
+    "select json_value('{\"a\": \"x\"}', '$.a' returning defer_probe.word)",
+    "select id from defer_probe.ft",  # a foreign data wrapper's code
 ])
 def test_a_read_that_may_change_something_is_not_released_before_its_record(
         side_effects: Any, sql: str) -> None:
@@ -645,3 +663,18 @@ def test_a_read_that_may_change_something_is_not_released_before_its_record(
         assert "public.defer_probe_attr" in info.functions
     (plain,) = analyze("select id from defer_probe.t where id = 5", side_effects)
     assert _changes_nothing(plain)  # (what is deferred)
+
+
+def test_a_parse_declaring_a_defined_type_is_written_before_it_goes() -> None:
+    """A Parse may name its parameters' types: binding a value to a domain runs its
+    CHECK, which the statement's text does not show."""
+    from gateway.enforce.gate import _declares_defined_types
+    from gateway.wire.frontend import Parse
+
+    def body(types: tuple[int, ...]) -> bytes:
+        return Parse("s", "select $1", types).encode()[5:]
+
+    assert _declares_defined_types(body((23, 16385)))
+    assert not _declares_defined_types(body((23, 25)))
+    assert not _declares_defined_types(body(()))
+    assert not _declares_defined_types(b"s\0select 1")  # (cut short: the server's to refuse)

@@ -147,6 +147,17 @@ def _changes_nothing(info: StatementInfo) -> bool:
         and not info.effects and not info.may_change
 
 
+def _declares_defined_types(body: bytes) -> bool:
+    """Whether a Parse declares a parameter of a type defined in the database (OID from
+    16384 on): binding a value to it may run that type's code, a domain's CHECK."""
+    end = body.find(b"\0", body.find(b"\0") + 1) + 1  # after the name and the text
+    if end <= 0 or len(body) < end + 2:
+        return False
+    n = int.from_bytes(body[end:end + 2], "big")
+    return any(int.from_bytes(body[k:k + 4], "big") >= 16384
+               for k in range(end + 2, min(len(body), end + 2 + 4 * n), 4))
+
+
 def _record_builder(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,
                     redacted: str | None, refused: bool = False,
                     error: be.ErrorResponse | None = None) -> Callable[[], dict[str, Any]]:
@@ -409,6 +420,8 @@ class StatementGate:
                 protocol = "simple" if mtype == _Q else "extended"
                 verdict = first if i == 0 and first is not None else \
                     self._decide_sql(sql, protocol, catalog)
+                if mtype == _P and _declares_defined_types(body):
+                    self._reads_only = False  # a Bind may run its domain's CHECK
                 if verdict.hold is not None and self.approvals is not None:
                     hold = verdict.hold
                     if self.audit is not None:  # _decide_sql just recorded it as held

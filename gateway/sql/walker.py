@@ -78,7 +78,14 @@ class Facts:
         self.may_change = False
 
     def relation(self, rel: Relation, access: str) -> None:
-        if rel.row_security:  # its policies' expressions may call any function
+        # Code the statement does not name: row security policies' expressions; a foreign
+        # table's wrapper; a column of a type defined in the database, whose casts,
+        # operators, domain CHECKs or range functions the server may call on its own
+        # (an implicit cast in `=`, a literal read as a domain array, the planner's
+        # subtype_diff). Built-in types (OIDs below 16384) can get none of those from
+        # anyone but a superuser. Unknown types (empty type_oids) count as defined.
+        if rel.row_security or rel.relkind == "foreign" or not rel.type_oids \
+                or max(rel.type_oids) >= _FIRST_NORMAL_OID:
             self.may_change = True
         key = (rel.schema, rel.name)
         entry = self.relations.get(key)
@@ -978,6 +985,8 @@ class Walker:
                 self.computes(lin)
             return derive(lin)
         if t in _LEAVES:
+            if t == "TypeName":  # (a column definition list)
+                self.f.may_change = True
             return EMPTY
         lin = self.generic(v, scope)
         if lin and (t not in _COMPARING or (  # CASE x WHEN y: x = y
@@ -1020,6 +1029,8 @@ class Walker:
     def generic(self, v: Any, scope: Scope | None) -> Lineage:
         out: Lineage = EMPTY
         if type(v) is dict:
+            if "typeName" in v:  # a value coerced to a named type (JSON ... RETURNING t,
+                self.f.may_change = True  # a JSON_TABLE column): its input, its CHECK
             values = v.values()
         elif type(v) is list:
             values = v
@@ -1299,6 +1310,9 @@ def _is_comparison(v: Node) -> bool:
     op = names[-1].get("String", {}).get("sval") if names else None
     return op in _COMPARISON_OPS or v.get("kind", "").startswith("AEXPR_BETWEEN") or \
         v.get("kind", "").startswith("AEXPR_NOT_BETWEEN")
+
+# PostgreSQL's FirstNormalObjectId: OIDs below it are the system's own objects
+_FIRST_NORMAL_OID = 16384
 
 _LEAVES = frozenset({
     "A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "String",
