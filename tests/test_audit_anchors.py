@@ -293,3 +293,69 @@ def test_a_line_nested_too_deep_in_an_anchor_file_is_skipped_not_a_crash(
                       + "}\n")
     with pytest.raises(ValueError, match=r"no audit\.checkpoint lines"):
         load_anchors([nested])
+
+
+def made_up(d: Path, *, instance: str = "gw1", n: int = 4) -> None:
+    """What anyone can write without the key: a run start and `n` records (no checkpoint),
+    as a gateway that is still running, or crashed, would leave them; its log lines go
+    nowhere the auditor looks."""
+    logger = logging.getLogger("pgwarden")
+    saved = logger.handlers[:]
+    logs.configure("info", io.StringIO())
+    try:
+        w = AuditWriter(FileSink(d, instance), instance=instance)  # no key
+        w.start()
+        for i in range(n):
+            w.append(records.statement_record(ctx(), decision_seq=i, outcome="allowed",
+                                              command="DELETE", rows=1000))
+        w.flush()
+        w.sink.close()
+    finally:
+        logger.handlers[:] = saved
+
+
+def live(d: Path, key: Path, anchors: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return pgwarden("audit", "verify", str(d), "--key", str(key.with_suffix(".pub")), "--live",
+                    "--max-unsigned", "10", "--anchors", str(anchors), *extra)
+
+
+def test_with_anchors_a_made_up_instance_or_a_run_after_the_last_anchor_fails(
+        tmp_path: Path, key: Path, log_lines: io.StringIO) -> None:
+    """--live accepts an unsigned tail (a running gateway's); the gateway's log, given as
+    anchors, announces every run it started, of every instance."""
+    d = tmp_path / "audit"
+    run(d, key, 3)
+    anchors = save(log_lines, tmp_path / "gateway.log")
+    assert live(d, key, anchors).returncode == 0
+    other = tmp_path / "other"
+    shutil.copytree(d, other)
+    made_up(other, instance="gw1-w1")  # an instance the log never mentions
+    out = live(other, key, anchors)
+    assert out.returncode == 1 and "never announced" in out.stdout, out.stdout
+    assert "gw1-w1" in out.stdout
+    made_up(d)  # a run after the last anchor
+    out = live(d, key, anchors)
+    assert out.returncode == 1 and "never announced" in out.stdout, out.stdout
+
+
+def test_a_pruned_log_replaced_past_its_anchors_fails(
+        tmp_path: Path, key: Path, log_lines: io.StringIO) -> None:
+    d = tmp_path / "audit"
+    run(d, key, 5)
+    anchors = save(log_lines, tmp_path / "gateway.log")
+    last = max(a.seq for a in load_anchors([anchors]))
+    for f in d.glob("*.jsonl"):  # retention, or someone, removed every file
+        f.unlink()
+    # a pruned-looking log that starts just after the newest anchor, not chained to it
+    header = {"type": "segment", "segment": 7, "reason": "start", "sink": "file",
+              "previous_segment": "audit-gw1-000006.jsonl", "previous_seq": last,
+              "previous_hash": "ab" * 32, "instance": "gw1", "v": 1, "seq": last + 1,
+              "ts": "2026-01-01T00:00:00.000000Z", "prev": "ab" * 32}
+    from gateway.audit.canonical import canonical_bytes, chain_hash
+
+    raw = canonical_bytes(header)
+    line = raw[:-1] + b',"hash":"' + chain_hash("ab" * 32, raw).encode() + b'"}\n'
+    (d / "audit-gw1-000007.jsonl").write_bytes(line)
+    out = live(d, key, anchors, "--pruned")
+    assert out.returncode == 1 and "not after the record anchored there" in out.stdout, \
+        out.stdout

@@ -164,9 +164,12 @@ class ChainVerifier:
 
     def __init__(self, instance: str, public_key: Ed25519PublicKey, *,
                  pruned: bool = False, anchors: dict[int, list[Anchor]] | None = None,
-                 accept_crashes: bool = False, max_unsigned: int = 10_000) -> None:
+                 accept_crashes: bool = False, max_unsigned: int = 10_000,
+                 anchoring: bool = False) -> None:
         self.instance = instance
         self.anchors = anchors or {}
+        # anchors were given (for any instance): the log given covers every instance
+        self.anchoring = anchoring or bool(self.anchors)
         self.accept_crashes = accept_crashes
         self.max_unsigned = max_unsigned
         self.notes: list[str] = []
@@ -241,6 +244,11 @@ class ChainVerifier:
         if first and self.pruned and seq > 1 and rec.get("type") == "segment":
             self.seq, self.head = seq - 1, prev  # a pruned log starts at a segment header
             expected = seq
+            for a in self.anchors.get(seq - 1, ()):  # the record before it, pruned
+                if a.hash != prev:
+                    return self._p(location, line, seq, f"the log starts after seq "
+                                   f"{seq - 1}, but not after the record anchored there "
+                                   f"({a.source}): it was replaced")
         if seq != expected:
             if seq > expected:
                 gap = f"{expected}" if seq - 1 == expected else f"{expected}..{seq - 1}"
@@ -307,12 +315,17 @@ class ChainVerifier:
         return None
 
     def _unannounced(self, seq: int) -> bool:
-        """Whether a run starting at `seq` lies within the anchored stretch of the log and
-        has no start anchor of its own: a real start is logged as its checkpoints are."""
-        anchors = self.anchors
-        if not anchors or any(a.kind == "start" for a in anchors.get(seq, ())):
+        """Whether, with anchors given, a run starting at `seq` has no start anchor of its
+        own though the gateway's log covers it: a real start is logged as soon as it is
+        written. Covered: anything after the instance's first anchor, and an instance
+        the log never mentions at all (a made-up one). Starts before the first anchor
+        are older than the log given (a SIEM keeps what it keeps)."""
+        if not self.anchoring:
             return False
-        return min(anchors) < seq < max(anchors)
+        anchors = self.anchors
+        if any(a.kind == "start" for a in anchors.get(seq, ())):
+            return False
+        return not anchors or min(anchors) < seq
 
     def _run_boundary(self, location: str, line: int, seq: int) -> Problem | None:
         """A new run starts at `seq`: the one before must have ended with its final
@@ -459,7 +472,8 @@ def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, 
         return report
     for instance in wanted:
         v = ChainVerifier(instance, public_key, pruned=pruned, anchors=anchored.get(instance),
-                          accept_crashes=accept_crashes, max_unsigned=max_unsigned)
+                          accept_crashes=accept_crashes, max_unsigned=max_unsigned,
+                          anchoring=bool(anchored))
         report.instances.append(v.summary)
         problem = _verify_files(v, found.get(instance, []), live)
         if problem is not None:
@@ -516,7 +530,7 @@ def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_
         for instance in wanted:
             v = ChainVerifier(instance, public_key, pruned=pruned,
                               anchors=anchored.get(instance), accept_crashes=accept_crashes,
-                              max_unsigned=max_unsigned)
+                              max_unsigned=max_unsigned, anchoring=bool(anchored))
             report.instances.append(v.summary)
             location = f"{table} instance {instance}"
             problem = None
