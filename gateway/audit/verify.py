@@ -22,10 +22,12 @@ What each check catches (the first failure is reported with its file, line and s
   A log that stops anywhere else was **truncated after a checkpoint** (or the gateway
   is still running, or died: ``live=True`` accepts an unsealed tail and reports its size);
 * a last line without its newline: the file was **cut mid-record**;
-* anchors (``audit.checkpoint`` lines of the gateway's log, kept off the host): a
-  record at an anchored seq with another hash was **rewritten**; a log that ends before
-  an anchored seq, or an anchored instance with no records, lost its **newest records
-  whole** (a run's segments, an instance's files), which the chain alone cannot show.
+* anchors (``audit.checkpoint`` and ``audit.run_started`` lines of the gateway's log,
+  kept off the host): a record at an anchored seq with another hash was **rewritten**;
+  a log that ends before an anchored seq, or an anchored instance with no records, lost
+  its **newest records whole** (a run's segments, an instance's files); a run start the
+  log covers but never announced, or an instance it never mentions, was **made up**.
+  The chain alone can show none of these.
 
 A chain starts at seq 1 after :data:`~gateway.audit.canonical.GENESIS`; with
 ``pruned=True`` it may start at a later segment (older segments removed by retention).
@@ -59,7 +61,8 @@ _ANCHOR_EVENTS = {"audit.checkpoint": "checkpoint", "audit.run_started": "start"
 
 @dataclass(frozen=True)
 class Anchor:
-    """A checkpoint the gateway logged once it was written (``audit.checkpoint``)."""
+    """A checkpoint (``audit.checkpoint``) or a run's start (``audit.run_started``) the
+    gateway logged once it was written."""
 
     instance: str
     seq: int
@@ -96,7 +99,8 @@ def load_anchors(paths: Iterable[str | os.PathLike[str]]) -> list[Anchor]:
                 anchors.append(Anchor(instance, seq, digest, f"{os.fspath(path)} line {n}",
                                       _ANCHOR_EVENTS[doc["event"]]))
     if not anchors:
-        raise ValueError("no audit.checkpoint lines in the anchor file(s)")
+        raise ValueError("no anchor lines (audit.checkpoint, audit.run_started) in the "
+                         "anchor file(s)")
     return anchors
 
 
@@ -276,9 +280,8 @@ class ChainVerifier:
                            "it was added")
         if starts_run and self._unannounced(seq):
             return self._p(location, line, seq, "a run starts here that the gateway's log "
-                           "never announced (no audit.run_started anchor, while anchors "
-                           "before and after it are there): it was made up, or the log given "
-                           "misses lines")
+                           "never announced (no audit.run_started anchor, though the log "
+                           "covers it): it was made up, or the log given misses lines")
         if starts_run and not first:
             problem = self._run_boundary(location, line, seq)
             if problem is not None:
