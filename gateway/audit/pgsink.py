@@ -128,13 +128,12 @@ class PgSink:
         # The head a new run chains on, checked as a file's last line is: a row anyone
         # with INSERT could add must at least be a record that hashes to itself
         parsed = parse_line(record.encode("utf-8")) if isinstance(record, str) else None
-        rec = parsed[0] if parsed is not None else None
-        if parsed is None or rec is None or rec.get("seq") != seq \
-                or not isinstance(rec.get("prev"), str) \
-                or chain_hash(rec["prev"], parsed[1]) != parsed[2]:
+        if parsed is None or parsed[0].get("seq") != seq \
+                or not isinstance(parsed[0].get("prev"), str) \
+                or chain_hash(parsed[0]["prev"], parsed[1]) != parsed[2]:
             raise AuditError(f"{self.table}: the last record of instance {self.instance!r} "
                              f"(seq {seq}) is damaged; run `pgwarden audit verify`")
-        digest = parsed[2]
+        rec, digest = parsed[0], parsed[2]
         head = conn.execute(sql.SQL("SELECT record FROM {} WHERE instance = %s AND type = "
                                     "'segment' ORDER BY seq DESC LIMIT 1").format(self._ident),
                             (self.instance,)).fetchone()
@@ -205,7 +204,7 @@ def iter_pg_columns(conn: psycopg.Connection[Any], table: str, instance: str
     query = sql.SQL("SELECT seq, record, to_char(ts AT TIME ZONE 'UTC', "
                     "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), type, session FROM {} "
                     "WHERE instance = %s ORDER BY seq").format(_table_ident(table))
-    with conn.cursor(name="pgwarden_audit_verify") as cur:
+    with conn.cursor(name="pgwarden_audit_rows") as cur:
         cur.itersize = 2000
         cur.execute(query, (instance,))
         for seq, record, ts, rtype, session in cur:
@@ -216,10 +215,5 @@ def iter_pg_columns(conn: psycopg.Connection[Any], table: str, instance: str
 def iter_pg_rows(conn: psycopg.Connection[Any], table: str,
                  instance: str) -> Iterator[tuple[int, bytes]]:
     """(seq column, record line bytes) of one instance, in seq order (server-side cursor)."""
-    query = sql.SQL("SELECT seq, record FROM {} WHERE instance = %s ORDER BY seq"
-                    ).format(_table_ident(table))
-    with conn.cursor(name="pgwarden_audit_read") as cur:
-        cur.itersize = 2000
-        cur.execute(query, (instance,))
-        for seq, record in cur:
-            yield int(seq), record.encode("utf-8")
+    for seq, raw, _ in iter_pg_columns(conn, table, instance):
+        yield seq, raw

@@ -178,8 +178,8 @@ class AuditWriter:
             segment_limit=self.options.segment_bytes if sink.segments else 0)
         # seq of a segment's header record -> the segment it opens (before it is written)
         self._rotations: dict[int, int] = {}
-        # Checkpoints sealed but not written yet: each is logged once it is durable, as an
-        # anchor kept off the host (see _advance).
+        # Checkpoints and run starts sealed but not written yet: each is logged once it is
+        # durable, as an anchor kept off the host (see _log_anchors).
         self._anchors: collections.deque[tuple[Sealed, bool, str]] = collections.deque()
         self._error: str | None = None
         # Plain attributes, not properties: the gate reads them once per statement.
