@@ -141,8 +141,10 @@ def _template_key(ctx: AuditContext, decision: Decision, doc: dict[str, Any], di
 def _changes_nothing(info: StatementInfo) -> bool:
     """Whether running the statement changes nothing anywhere: a read with no function
     call (any function may write, take a lock, advance a sequence), no row lock at any
-    level (a subquery's, a view's) and no cast (a domain's CHECK may call a function).
-    Its only effect is its result."""
+    level (a subquery's, a view's), and nothing through which the server runs code the
+    statement does not name (`may_change`: a cast or named type, a table under row
+    security, a foreign table, a column of a type defined in the database). Its only
+    effect is its result."""
     return info.kind == "read" and not info.functions and not info.details.get("locking") \
         and not info.effects and not info.may_change
 
