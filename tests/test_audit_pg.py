@@ -258,3 +258,35 @@ def test_a_lost_connection_is_survived_without_duplicates(pg: PgBackend, table: 
     report = verify_pg(pg.dsn(pg.service), load_public_key(keys[1]), table=table)
     assert report.ok, report.problem
     assert report.instances[0].records == 1 + 40 + 1  # segment, statements, checkpoint
+
+
+def test_a_row_written_ahead_of_the_gateway_stops_it_rather_than_take_its_place(
+        pg: PgBackend, table: str, keys: tuple[Path, Path]) -> None:
+    """With INSERT, anyone can add the row at the running gateway's next seq. Its COPY
+    then fails, and the retry finds that seq stored: taking it for its own lost commit
+    would drop the gateway's record. The writer fails closed and names the row."""
+    from gateway.audit.canonical import canonical_bytes, chain_hash
+
+    w = pg_writer(pg, table, "gw-ahead", keys[0])
+    c = AuditContext.build(session="s", subject="ci-bot", issuer="https://ci")
+    try:
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed", rows=1))
+        w.flush(timeout=10)
+        seq, head = w.head
+        body = {"type": "approval.granted", "approval_id": "apr_x", "instance": "gw-ahead",
+                "v": 1, "seq": seq + 1, "ts": "2026-01-01T00:00:00.000000Z", "prev": head}
+        raw = canonical_bytes(body)
+        forged = raw[:-1] + b',"hash":"' + chain_hash(head, raw).encode() + b'"}'
+        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as conn:
+            conn.execute(sql.SQL("INSERT INTO {} (instance, seq, ts, type, session, record) "
+                                 "VALUES ('gw-ahead', %s, %s, 'approval.granted', NULL, %s)")
+                         .format(sql.Identifier(table)),
+                         (seq + 1, body["ts"], forged.decode()))
+        w.append(records.statement_record(c, decision_seq=None, outcome="allowed", rows=2))
+        deadline = time.monotonic() + 10
+        while w.healthy or "did not write" not in (w.error or ""):
+            assert time.monotonic() < deadline, w.error
+            time.sleep(0.05)
+        assert w.durable_seq == seq  # its own record is not taken as written
+    finally:
+        w.close(timeout=1)

@@ -156,10 +156,7 @@ class PgSink:
         try:
             conn = self._connection()
             if self._check_stored:
-                row = conn.execute(sql.SQL("SELECT max(seq) FROM {} WHERE instance = %s")
-                                   .format(self._ident), (self.instance,)).fetchone()
-                stored = row[0] if row and row[0] is not None else 0
-                batch = [s for s in batch if s.seq > stored]
+                batch = self._unstored(conn, batch)
                 self._check_stored = False
                 if not batch:
                     return
@@ -175,6 +172,24 @@ class PgSink:
                 self._conn.close()
                 self._conn = None
             raise
+
+    def _unstored(self, conn: psycopg.Connection[Any], batch: Sequence[Sealed]
+                  ) -> list[Sealed]:
+        """After a failed write, the part of `batch` the table does not hold yet (a commit
+        whose answer was lost holds some). A row at one of the batch's seqs that is not
+        exactly this gateway's record (anyone with INSERT can add one ahead of it) is an
+        AuditError: dropping ours as written would lose it."""
+        rows = conn.execute(sql.SQL("SELECT seq, record FROM {} WHERE instance = %s AND seq "
+                                    "BETWEEN %s AND %s").format(self._ident),
+                            (self.instance, batch[0].seq, batch[-1].seq)).fetchall()
+        mine = {s.seq: s.line[:-1].decode("utf-8") for s in batch}
+        for seq, record in rows:
+            if mine.get(seq) != record:
+                raise AuditError(f"{self.table}: seq {seq} of instance {self.instance!r} "
+                                 "holds a record this gateway did not write; run `pgwarden "
+                                 "audit verify --pg`")
+        stored = {seq for seq, _ in rows}
+        return [s for s in batch if s.seq not in stored]
 
     def retire(self) -> None:
         pass  # no segments: nothing closes before close()
