@@ -493,3 +493,44 @@ def test_a_batch_cut_short_resumes_at_the_first_unwritten_byte(tmp_path: Path, r
     assert out["written"] == out["limit"] < out["size"]  # as far as the disk let it
     assert out["error"]  # and then said why
     assert out["whole"]
+
+
+def test_a_full_backlog_refuses_new_work_but_takes_what_is_owed(tmp_path: Path,
+                                                                 key: Path) -> None:
+    """The backlog stops new statements; the end of one that already ran, or of a
+    session, is still recorded (once the sink recovers), not dropped."""
+    import time as clock
+
+    from gateway.audit.template import TemplateCache
+    from gateway.masking.results import StatementTag
+    from gateway.proxy.session import Session
+
+    w = writer(tmp_path, key, max_backlog=5, retry_seconds=0.05, checkpoint_seconds=0)
+    sink_write = w.sink.write
+
+    def full_disk(batch: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    w.sink.write = full_disk  # type: ignore[method-assign]
+    try:
+        with pytest.raises(AuditUnavailable):  # (within 5 records: the backlog is full)
+            for i in range(6):
+                w.append(stmt(i), wake=False)
+        # a statement that ran: its completion record, through the session's own path
+        session = Session.__new__(Session)
+        session.id, session.audit_ctx = "s1", ctx()
+        session.totals = records.SessionTotals()
+        session._templates = TemplateCache(w)
+        session.server = type("Server", (), {"audit": w})()
+        before = w.head[0]
+        session._statement_done(StatementTag(decision_seq=3, started=clock.perf_counter(),
+                                             command="SELECT"), 0x43, b"SELECT 1\0", {})
+        assert w.head[0] == before + 1
+    finally:
+        w.sink.write = sink_write  # type: ignore[method-assign]
+    wait_until(lambda: w.healthy)
+    assert w.close()
+    lines = [json.loads(line) for f in sorted(tmp_path.glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    assert [r["decision_seq"] for r in lines if r["type"] == "statement"][-1] == 3
+    assert_verifies(tmp_path, key)

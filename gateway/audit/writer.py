@@ -300,17 +300,22 @@ class AuditWriter:
         if error is not None:
             raise AuditUnavailable(error)
 
-    def append(self, record: Mapping[str, Any], *, wake: bool = True) -> int:
+    def append(self, record: Mapping[str, Any], *, wake: bool = True,
+               owed: bool = False) -> int:
         """Chain `record` and queue it; returns its seq. Never waits on the sink.
 
         ``wake=False`` leaves the writer thread asleep: the record goes out with the next
         batch (the next write_through(), or the thread's timer within a second) — for
         records nothing waits on, so a busy loop does not hand every one to the thread.
+        ``owed``: the record of something that happened already (a statement's end, a
+        session's): a full backlog, which is there to stop new work, does not refuse it
+        (there are at most as many as statements and sessions in flight).
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
         ledger = self.ledger
         with self._lock:
-            if not ledger.open or self._chain.seq - ledger.durable >= ledger.max_backlog:
+            if not ledger.open or (not owed and self._chain.seq - ledger.durable
+                                   >= ledger.max_backlog):
                 raise self.refusal()
             sealed = self._chain.seal(record)
             ledger.push(sealed)

@@ -129,7 +129,7 @@ class Session:
                 self._close_unfinished()
                 self._audit(records.session_end(
                     self.audit_ctx, reason=outcome, totals=self.totals,
-                    duration_us=(time.time() - self.started_at) * 1e6))
+                    duration_us=(time.time() - self.started_at) * 1e6), owed=True)
             if self.identity is not None or outcome not in ("closed",):
                 logs.info(
                     "session.end", session=self.id, outcome=outcome,
@@ -391,13 +391,15 @@ class Session:
             self.audit_ctx = ctx
             self._templates = TemplateCache(self.server.audit)
 
-    def _audit(self, record: dict[str, Any], *, wake: bool = True) -> bool:
-        """Append to the audit trail (if configured); False when it cannot be written."""
+    def _audit(self, record: dict[str, Any], *, wake: bool = True, owed: bool = False
+               ) -> bool:
+        """Append to the audit trail (if configured); False when it cannot be written.
+        `owed`: see AuditWriter.append (a statement's or the session's end)."""
         audit = self.server.audit
         if audit is None:
             return True
         try:
-            audit.append(record, wake=wake)
+            audit.append(record, wake=wake, owed=owed)
             return True
         except (AuditError, AuditUnavailable) as e:
             logs.error("audit.append_failed", session=self.id, error=str(e))
@@ -459,11 +461,14 @@ class Session:
                                     masked, 0, error, duration)
                     templates.append(key, build, _STATEMENT_HOLES, holes, wake=False)
                 return
-        except (AuditError, AuditUnavailable) as e:
+        except AuditUnavailable:
+            pass  # (a full backlog: owed below, past it)
+        except AuditError as e:
             logs.error("audit.append_failed", session=self.id, error=str(e))
             return
         self._audit(self._statement_record(tag, outcome, sqlstate, rows, masked,
-                                           safety_net_hits, error, duration), wake=False)
+                                           safety_net_hits, error, duration), wake=False,
+                    owed=True)
 
     def _statement_record(self, tag: StatementTag, outcome: str, sqlstate: str | None,
                           rows: int | None, masked: dict[str, int], safety_net_hits: int,
