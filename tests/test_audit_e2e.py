@@ -108,6 +108,30 @@ def test_a_session_leaves_a_verifiable_trail_without_any_pan(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_an_application_name_the_server_reports_escaped_leaves_no_pan(
+        audited: tuple[GatewayProcess, Path, Path]) -> None:
+    """PostgreSQL reports an application_name's non-ASCII bytes as \\xHH: kept so, the
+    escape's last hex digit glued to a card number behind it (no PAN any more to a scan).
+    The gateway records the name as the client sent it, scanned as such."""
+    gw, audit_dir, _ = audited
+    before = {f: f.stat().st_size for f in audit_dir.glob("*.jsonl")}
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="\u00e9" + PANS[0], autocommit=True) as c:
+        c.execute(f"set application_name = '\u00e9{PANS[1]}'")
+        c.execute("select 1").fetchone()
+    time.sleep(0.3)
+    added = ""
+    for f in sorted(audit_dir.glob("*.jsonl")):
+        added += f.read_bytes()[before.get(f, 0):].decode()
+    mine = [json.loads(line) for line in added.splitlines()]
+    assert {"session.start", "session.update"} <= {r["type"] for r in mine}
+    decoded = json.dumps(mine, ensure_ascii=False)
+    for pan in PANS[:2]:
+        assert pan not in decoded and pan[:12] not in decoded, pan
+    names = {r["where"]["application_name"] for r in mine if r.get("where")}
+    assert {n[:4] for n in names} == {"\u00e9" + PANS[0][:3], "\u00e9" + PANS[1][:3]}, names
+
+
 def test_every_allowed_statement_gets_an_outcome_also_when_an_error_skips_it(
         audited: tuple[GatewayProcess, Path, Path], pg: PgBackend) -> None:
     """PostgreSQL runs nothing of a query string after its first error, nor anything of

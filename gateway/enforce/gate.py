@@ -53,7 +53,7 @@ from gateway.wire.frontend import (
 from gateway.wire.pipeline import SYNCING
 
 from .catalog_cache import CatalogCache
-from .input_doc import SessionFacts, printable
+from .input_doc import SessionFacts, reported_name
 from .roles import WRAPPED_AT, PortalRoles
 from .roles import encode as role_frames
 from .shapes import Shape, kept_by_shape, restate, reusable, shape_of
@@ -1211,7 +1211,7 @@ class StatementGate:
     def parameter_status(self, name: str, value: str) -> None:
         self.state.parameter_status(name, value)
         if name == "application_name":
-            self._renamed(printable(value, 255))
+            self._renamed(reported_name(value))
         problem = _unsafe_setting(name, value)
         if problem is not None and self.poisoned is None:
             self.poisoned = problem

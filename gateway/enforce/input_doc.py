@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -17,6 +18,20 @@ def printable(value: str, limit: int = 63) -> str:
     """Client-chosen names are echoed in errors, logs and records: bound and defang them."""
     clean = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
     return clean + ("..." if len(value) > limit else "")
+
+
+_ESCAPED_BYTES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
+
+
+def reported_name(value: str, limit: int = 255) -> str:
+    """An application_name as the server reports it, back to what the client sent, then
+    :func:`printable`. PostgreSQL writes each non-ASCII byte of it as ``\\xHH``; kept so,
+    the escape's hex digits glue to any digits after it (``\\xa9`` then a card number is
+    a longer number, which no PAN scan flags)."""
+    unescaped = _ESCAPED_BYTES.sub(
+        lambda m: bytes.fromhex(m.group().replace("\\x", "")).decode("utf-8", "replace"),
+        value)
+    return printable(unescaped, limit)
 
 
 def networks_for(addr: str, networks: Mapping[str, Sequence[Network]]) -> list[str]:

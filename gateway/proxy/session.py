@@ -15,7 +15,7 @@ from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.audit.redact import scrub
 from gateway.audit.template import TemplateCache
 from gateway.enforce.gate import StatementGate
-from gateway.enforce.input_doc import SessionFacts, printable
+from gateway.enforce.input_doc import SessionFacts, printable, reported_name
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 from gateway.masking.results import SKIPPED, UNFINISHED, ResultMasker, StatementTag
@@ -309,7 +309,7 @@ class Session:
         # the server's report of the name (it truncates it), which the gate then follows
         reported = dict(link.parameters).get("application_name",
                                              params.get("application_name", ""))
-        self.application_name = printable(reported, 255)
+        self.application_name = reported_name(reported)
         facts = SessionFacts.build(
             self.identity, session_id=self.id, started_at=self.started_at, name=conn.name,
             database=conn.database, user=printable(params.get("user", "")),
