@@ -578,6 +578,16 @@ def test_http_healthz_and_metrics() -> None:
     asyncio.run(main())
 
 
+def test_a_bundle_revision_s_card_number_stays_out_of_the_metrics() -> None:
+    """A revision is a bundle author's text, shown in a label anyone who scrapes sees."""
+    m.set_bundle_info("rel-4111-1111-1111-1111", "cc" * 32)
+    try:
+        page = m.REGISTRY.render()
+        assert "4111-1111-1111-1111" not in page and "-1111\"" in page
+    finally:
+        m.set_bundle_info(None, None)
+
+
 def test_metrics_registry_format() -> None:
     reg = m.Registry()
     c = reg.counter("x_events_total", "Events.\nSecond line", ("kind",))

@@ -675,6 +675,23 @@ def test_webhook_signed_and_retried(tmp_path: Path, hook_server: tuple[str, Any]
     assert json.loads(handler.received[-1][1])["data"]["approval"]["status"] == "denied"
 
 
+def test_a_webhook_carries_no_card_number_an_approver_typed(
+        tmp_path: Path, hook_server: tuple[str, Any]) -> None:
+    url, handler = hook_server
+
+    async def main() -> None:
+        hook = WebhookNotifier(url, "s3cret-webhook-key", timeout=2, retries=0)
+        async with service(SqliteStore(tmp_path / "a.db"), webhook=hook) as svc:
+            req = await hold(svc)
+            await svc.deny(req.id, BOB, "customer 5555-5555-5555-4444 disputes it")
+            await hook.drain(5)
+
+    asyncio.run(main())
+    body = handler.received[-1][1].decode()
+    assert json.loads(body)["event"] == "approval_denied"
+    assert "5555-5555-5555-4444" not in body and "disputes" in body
+
+
 def test_webhook_never_blocks(tmp_path: Path) -> None:
     """A receiver that is down costs the data path nothing; a full queue drops."""
 

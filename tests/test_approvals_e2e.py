@@ -364,6 +364,24 @@ def test_a_revoked_grant_is_recorded_naming_its_request_and_who_revoked_it(
     assert revoked["reason"] == "closing early" and revoked["expires_at"]
 
 
+def test_the_admin_api_shows_no_card_number_a_person_or_a_token_wrote(
+        gw: GatewayProcess) -> None:
+    """Reasons, subjects and groups are people's and tokens' text: masked in the answers
+    as in the audit records."""
+    client = HeldClient(gw, "select id from vault where id = 2", subject="4111111111111111")
+    try:
+        rid = client.request_id()
+        out = approvals_cli(gw, "approve", rid, "--reason", "card 4111 1111 1111 1111 ok")
+        assert out.returncode == 0, out.stdout + out.stderr
+        client.finish()
+    finally:
+        client.close()
+    shown = approvals_cli(gw, "list", "--json", "--all")
+    assert shown.returncode == 0 and rid in shown.stdout, shown.stderr
+    assert "4111111111111111" not in shown.stdout
+    assert "4111 1111 1111 1111" not in shown.stdout and "1111 ok" in shown.stdout
+
+
 def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:
     import urllib.request
 

@@ -308,6 +308,8 @@ def observe_approval_event(kind: str, details: object = None) -> None:
 
 def set_bundle_info(revision: str | None, sha256: str | None) -> None:
     """One series only: the bundle serving now."""
+    from gateway.audit.redact import scrub  # (a revision is a bundle author's text)
+
     BUNDLE_INFO.clear()
     if sha256:
-        BUNDLE_INFO.labels(revision=revision or "", hash=sha256).set(1)
+        BUNDLE_INFO.labels(revision=scrub(revision or ""), hash=sha256).set(1)

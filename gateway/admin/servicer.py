@@ -31,6 +31,7 @@ import grpc
 from gateway import logs
 from gateway.approvals import ApprovalError, ApprovalService, WatchOverflow
 from gateway.approvals.model import STATUSES, ApprovalRequest, Grant, rfc3339
+from gateway.audit.redact import scrub
 from gateway.identity.errors import AuthError
 from gateway.identity.model import Identity
 
@@ -58,27 +59,35 @@ _CODES = {
 
 
 def _s(value: Any) -> str:
-    return "" if value is None else str(value)
+    """A text field of an answer. Reasons, subjects, groups, application names and bundle
+    revisions are people's, tokens' and clients' text: no card number leaves here, as
+    none does in a record or a log line."""
+    return "" if value is None else scrub(str(value))
+
+
+def _each(values: Any) -> list[str]:
+    return [_s(v) for v in values]
 
 
 def approval_pb(r: ApprovalRequest) -> pb.Approval:
     return pb.Approval(
-        id=r.id, status=r.status, subject=r.subject, issuer=r.issuer, groups=list(r.groups),
-        connection=r.connection, session_id=_s(r.session_id), sql=r.sql,
-        fingerprint=r.fingerprint, approvers=list(r.approvers), min_approvals=r.min_approvals,
+        id=r.id, status=r.status, subject=_s(r.subject), issuer=_s(r.issuer),
+        groups=_each(r.groups), connection=_s(r.connection), session_id=_s(r.session_id),
+        sql=_s(r.sql), fingerprint=r.fingerprint, approvers=_each(r.approvers),
+        min_approvals=r.min_approvals,
         approvals=r.approvals, grant_ttl=r.grant_ttl or 0.0,
         requested_at=_s(rfc3339(r.requested_at)), expires_at=_s(rfc3339(r.expires_at)),
         resolved_at=_s(rfc3339(r.resolved_at)), resolved_by=_s(r.resolved_by),
         reason=_s(r.resolution_reason), grant_id=_s(r.grant_id), holder=_s(r.holder),
-        votes=[pb.Vote(subject=v.subject, issuer=v.issuer, decision=v.decision,
+        votes=[pb.Vote(subject=_s(v.subject), issuer=_s(v.issuer), decision=v.decision,
                        reason=_s(v.reason), at=_s(rfc3339(v.at))) for v in r.votes])
 
 
 def grant_pb(g: Grant) -> pb.Grant:
     return pb.Grant(
-        id=g.id, request_id=g.request_id, subject=g.subject, issuer=g.issuer,
-        connection=g.connection, fingerprint=g.fingerprint, approvers=list(g.approvers),
-        granted_by=list(g.granted_by), created_at=_s(rfc3339(g.created_at)),
+        id=g.id, request_id=g.request_id, subject=_s(g.subject), issuer=_s(g.issuer),
+        connection=_s(g.connection), fingerprint=g.fingerprint, approvers=_each(g.approvers),
+        granted_by=_each(g.granted_by), created_at=_s(rfc3339(g.created_at)),
         expires_at=_s(rfc3339(g.expires_at)), revoked_at=_s(rfc3339(g.revoked_at)),
         revoked_by=_s(g.revoked_by), revoke_reason=_s(g.revoke_reason), uses=g.uses)
 

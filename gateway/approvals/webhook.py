@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway import logs
+from gateway.audit.redact import scrub_value
 
 from .model import rfc3339
 
@@ -90,8 +91,11 @@ class WebhookNotifier:
 
         now = self._clock() if self._clock else time.time()
         delivery = uuid.uuid4().hex
+        # (reasons, subjects and groups are people's and tokens' text: no card number
+        # leaves in a webhook, as none does in a record or a log line)
+        clean, _ = scrub_value(data)
         body = json.dumps({"event": event, "delivery": delivery, "sent_at": rfc3339(now),
-                           "data": data}, separators=(",", ":"), default=str).encode()
+                           "data": clean}, separators=(",", ":"), default=str).encode()
         try:
             self._queue.put_nowait((event, body, delivery))
         except asyncio.QueueFull:
