@@ -67,5 +67,13 @@ def error(event: str, **fields: Any) -> None:
     log(logging.ERROR, event, **fields)
 
 
+def evidence(event: str, **fields: Any) -> None:
+    """An info line written whatever the configured level: evidence that systems outside
+    the gateway keep and check against (the audit trail's anchors), not a diagnostic
+    an operator may turn down."""
+    _logger.handle(_logger.makeRecord(_logger.name, logging.INFO, "(evidence)", 0, event,
+                                      (), None, extra={"fields": fields}))
+
+
 def debug(event: str, **fields: Any) -> None:
     log(logging.DEBUG, event, **fields)

@@ -359,3 +359,18 @@ def test_a_pruned_log_replaced_past_its_anchors_fails(
     out = live(d, key, anchors, "--pruned")
     assert out.returncode == 1 and "not after the record anchored there" in out.stdout, \
         out.stdout
+
+
+def test_anchors_are_logged_whatever_the_log_level(tmp_path: Path, key: Path) -> None:
+    """They are evidence kept elsewhere, not diagnostics: `log.level: warning` must not
+    turn them off (a run without them would then read as made up)."""
+    logger = logging.getLogger("pgwarden")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    stream = io.StringIO()
+    logs.configure("warning", stream)
+    try:
+        run(tmp_path / "audit", key, 2)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved  # type: ignore[misc]
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["audit.run_started", "audit.checkpoint"]

@@ -340,12 +340,12 @@ class ChainVerifier:
         if s.sealed:
             return None
         last = s.last_checkpoint_seq
-        since = f"after its checkpoint at seq {last}" if last is not None \
-            else "and it has no checkpoint at all"
+        unsigned = (f"its {s.unsealed} record(s) after its checkpoint at seq {last} are "
+                    "signed by no checkpoint of their own" if last is not None else
+                    f"none of its {s.unsealed} record(s) is signed by a checkpoint")
         what = (f"the run before seq {seq} ended at seq {seq - 1} without its final "
-                f"checkpoint: {s.unsealed} record(s) {since} are signed by no checkpoint of "
-                "their own. It crashed, or its end was cut or rewritten before the gateway "
-                "started again")
+                f"checkpoint: {unsigned}. It crashed, or its end was cut or rewritten "
+                "before the gateway started again")
         if not self.accept_crashes:
             return self._p(location, line, seq, what + " (--accept-crashes, once anchors "
                            "or the gateway's log rule out a cut)")

@@ -236,6 +236,11 @@ class AuditWriter:
             self._last_checkpoint = now
             self._open_segment_locked(n, "start", previous=state.previous_segment if state
                                       else None, torn=state.torn_bytes if state else 0)
+            if state is not None and not state.sealed:
+                # After a crash, sign at once: the crashed run's unsigned tail is verify's to
+                # count (each run end on its own), and this run's own records must not add
+                # to it if it crashes too before its first checkpoint by count or time.
+                self._checkpoint_locked("resume")
             self._started = True
             self.ledger.open = True
         self._thread = threading.Thread(target=self._run, name=f"audit-{self.instance}",
@@ -629,13 +634,13 @@ class AuditWriter:
         next real run's checkpoints). These lines, shipped off the host, are what
         `audit verify --anchors` holds the log to. Logged only once written, so that an
         anchor never names a record a crash kept from the sink."""
-        for sealed, final, reason in written:
+        for sealed, final, reason in written:  # (evidence: whatever the log level)
             if sealed.type == "segment":
-                logs.info("audit.run_started", instance=self.instance, seq=sealed.seq,
-                          hash=anchor_hash(sealed.hash))
+                logs.evidence("audit.run_started", instance=self.instance, seq=sealed.seq,
+                              hash=anchor_hash(sealed.hash))
             else:
-                logs.info("audit.checkpoint", instance=self.instance, seq=sealed.seq,
-                          hash=anchor_hash(sealed.hash), final=final, reason=reason)
+                logs.evidence("audit.checkpoint", instance=self.instance, seq=sealed.seq,
+                              hash=anchor_hash(sealed.hash), final=final, reason=reason)
 
     def _fail(self, exc: BaseException) -> None:
         reason = _describe(exc)
