@@ -54,6 +54,11 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     # reload once serving.
     early_hup: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _frame: early_hup.append(signum))
+    # A SIGTERM as early must not kill it either: the audit trail's run would end without
+    # its final checkpoint (a crash, to audit verify). It stops once started.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         server = GatewayServer(config, verifier, worker_id, peer_dir)
     except BundleStartupError as e:
@@ -70,18 +75,25 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
             logs.warning("identity.jwks_unavailable", issuer=issuer)
     try:
         await server.start()
-    except (AuditError, AuditKeyError) as e:
-        logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
-        print(f"pgwarden: audit: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        logs.error("gateway.listen_failed", error=str(e))
+    except Exception as e:
+        # Stop what did start, the audit trail's run among it (sealed by its final
+        # checkpoint): a start that failed must not read as a crash in the trail.
+        try:
+            await server.stop(drain_timeout=0)
+        except Exception as stop_error:
+            logs.error("gateway.stop_failed", worker=worker_id, error=str(stop_error))
+        if isinstance(e, AuditError | AuditKeyError):
+            logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
+            print(f"pgwarden: audit: {e}", file=sys.stderr)
+        elif isinstance(e, OSError):
+            logs.error("gateway.listen_failed", error=str(e))
+        else:  # (e.g. the admin API's port taken: grpc raises RuntimeError)
+            logs.error("gateway.start_failed", worker=worker_id,
+                       error=f"{type(e).__name__}: {e}"[:300])
+            print(f"pgwarden: cannot start: {e}", file=sys.stderr)
         return 2
     logs.info("gateway.start", worker=worker_id, config=str(config.source),
               connections=sorted(config.connections), pid=os.getpid())
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     # SIGHUP: check the policy bundle now (each worker reloads its own engine).
     loop.add_signal_handler(signal.SIGHUP, server.reload_policy, "sighup")
     if early_hup:

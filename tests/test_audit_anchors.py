@@ -374,3 +374,27 @@ def test_anchors_are_logged_whatever_the_log_level(tmp_path: Path, key: Path) ->
         logger.handlers[:], logger.level, logger.propagate = saved  # type: ignore[misc]
     events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
     assert events == ["audit.run_started", "audit.checkpoint"]
+
+
+def test_a_start_that_fails_seals_its_run_rather_than_leave_a_crash(
+        pg: PgBackend, tmp_path: Path) -> None:
+    """The listen port taken: the gateway exits 2, its run in the audit trail ended by its
+    final checkpoint, so the log verifies after the next, clean, run as it is."""
+    import socket
+
+    generate_keypair(tmp_path / "audit.pem", tmp_path / "audit.pub")
+    audit = tmp_path / "audit"
+    yaml = (f"audit:\n  dir: {json.dumps(str(audit))}\n"
+            f"  signing_key: {{file: {json.dumps(str(tmp_path / 'audit.pem'))}}}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = GatewayProcess(tmp_path / "gw0", upstreams_for(pg), extra_yaml=yaml,
+                              port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            busy.start()
+    with GatewayProcess(tmp_path / "gw1", upstreams_for(pg), extra_yaml=yaml):
+        pass
+    assert len(list(audit.glob("*.jsonl"))) == 2  # both runs wrote
+    out = verify(audit, tmp_path / "audit.pem")
+    assert out.returncode == 0, out.stdout
