@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .canonical import GENESIS, MAX_LINE, canonical_bytes, chain_hash, parse_line
 from .checkpoint import key_id as key_id_of
 from .checkpoint import verify_checkpoint_signature
-from .filesink import list_segments
+from .filesink import SEGMENT_RE, list_segments, segment_name
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -490,6 +490,8 @@ def verify_dir(directory: str | os.PathLike[str], public_key: Ed25519PublicKey, 
 
 def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
                   live: bool) -> Problem | None:
+    if live:
+        segments = _with_late_files(segments)
     for idx, (n, path) in enumerate(segments):
         name = path.name
         problem = v.begin_segment(n, name)
@@ -510,6 +512,27 @@ def _verify_files(v: ChainVerifier, segments: list[tuple[int, Path]],
         if empty and not (live and idx == len(segments) - 1):
             return v._p(name, 1, v.seq + 1, "the segment file is empty")
     return v.finish(live=live)
+
+
+def _with_late_files(segments: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+    """A running gateway's segments, with those created while the directory was listed:
+    a listing that runs during rotations can miss a file and see a later one."""
+    out: list[tuple[int, Path]] = []
+    for n, path in segments:
+        if out:
+            first = out[-1][0] + 1
+            for k in range(first, min(n, first + 1000)):
+                late = path.with_name(segment_name(_instance_of(path), k))
+                if late.is_file():
+                    out.append((k, late))
+        out.append((n, path))
+    return out
+
+
+def _instance_of(path: Path) -> str:
+    m = SEGMENT_RE.match(path.name)
+    assert m is not None  # (listed by list_segments)
+    return m["instance"]
 
 
 def verify_pg(dsn: str, public_key: Ed25519PublicKey, *, table: str = "pgwarden_audit",
