@@ -256,6 +256,11 @@ def test_keygen(tmp_path: Path) -> None:
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     code, _, err = cli("audit", "keygen", tmp_path / "k.pem", tmp_path / "k2.pub")
     assert code == 2 and "not overwriting" in err
+    # as the README has it, in a directory with no keys/ yet
+    keys = tmp_path / "fresh" / "keys"
+    code, out, err = cli("audit", "keygen", keys / "audit-signing.pem", keys / "audit-signing.pub")
+    assert code == 0, err
+    assert (keys / "audit-signing.pem").stat().st_mode & 0o777 == 0o600
 
 
 def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: Path,

@@ -129,6 +129,9 @@ def generate_keypair(private_path: str | os.PathLike[str],
     pub = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     private_path, public_path = Path(private_path), Path(public_path)
+    # (the README's `keygen keys/audit-signing.pem ...` in a fresh directory)
+    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(priv)
