@@ -62,6 +62,10 @@ _generations = itertools.count(1)
 #: in Catalog.with_unsettled: a schema change that may have touched any relation
 EVERY_RELATION = ("*", "*")
 
+#: PostgreSQL's FirstNormalObjectId: OIDs below it are the system's own objects (a type
+#: below it can get casts, operators or a CHECK from nobody but a superuser)
+FIRST_NORMAL_OID = 16384
+
 
 @dataclass(frozen=True, slots=True)
 class Relation:

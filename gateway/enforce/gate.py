@@ -25,7 +25,7 @@ from gateway import logs
 from gateway.admin import metrics
 from gateway.audit import records
 from gateway.audit.template import TemplateCache
-from gateway.catalog.model import EVERY_RELATION, Catalog
+from gateway.catalog.model import EVERY_RELATION, FIRST_NORMAL_OID, Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_limit
 from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
@@ -48,6 +48,7 @@ from gateway.wire.frontend import (
     decode_frontend,
     execute_portal,
     parse_statement,
+    parse_type_oids,
     query_text,
 )
 from gateway.wire.pipeline import SYNCING
@@ -150,14 +151,9 @@ def _changes_nothing(info: StatementInfo) -> bool:
 
 
 def _declares_defined_types(body: bytes) -> bool:
-    """Whether a Parse declares a parameter of a type defined in the database (OID from
-    16384 on): binding a value to it may run that type's code, a domain's CHECK."""
-    end = body.find(b"\0", body.find(b"\0") + 1) + 1  # after the name and the text
-    if end <= 0 or len(body) < end + 2:
-        return False
-    n = int.from_bytes(body[end:end + 2], "big")
-    return any(int.from_bytes(body[k:k + 4], "big") >= 16384
-               for k in range(end + 2, min(len(body), end + 2 + 4 * n), 4))
+    """Whether a Parse declares a parameter of a type defined in the database: binding a
+    value to it may run that type's code, a domain's CHECK."""
+    return any(t >= FIRST_NORMAL_OID for t in parse_type_oids(body))
 
 
 def _record_builder(ctx: AuditContext, decision: Decision, doc: dict[str, Any], digest: str,

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..catalog.model import SYSTEM_SCHEMAS, Catalog, Relation
+from ..catalog.model import FIRST_NORMAL_OID, SYSTEM_SCHEMAS, Catalog, Relation
 from .functions import is_sql_string_function
 from .parse import SqlParseError, parse_uncached
 
@@ -85,7 +85,7 @@ class Facts:
         # subtype_diff). Built-in types (OIDs below 16384) can get none of those from
         # anyone but a superuser. Unknown types (empty type_oids) count as defined.
         if rel.row_security or rel.relkind == "foreign" or not rel.type_oids \
-                or max(rel.type_oids) >= _FIRST_NORMAL_OID:
+                or max(rel.type_oids) >= FIRST_NORMAL_OID:
             self.may_change = True
         key = (rel.schema, rel.name)
         entry = self.relations.get(key)
@@ -1310,9 +1310,6 @@ def _is_comparison(v: Node) -> bool:
     op = names[-1].get("String", {}).get("sval") if names else None
     return op in _COMPARISON_OPS or v.get("kind", "").startswith("AEXPR_BETWEEN") or \
         v.get("kind", "").startswith("AEXPR_NOT_BETWEEN")
-
-# PostgreSQL's FirstNormalObjectId: OIDs below it are the system's own objects
-_FIRST_NORMAL_OID = 16384
 
 _LEAVES = frozenset({
     "A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "String",

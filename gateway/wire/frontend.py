@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -303,6 +304,18 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     if end != len(body):
         raise ProtocolViolation("message has trailing bytes")
     return name, sql
+
+
+def parse_type_oids(body: bytes) -> tuple[int, ...]:
+    """A Parse body's parameter type OIDs, without decoding its names (for a body
+    :func:`parse_statement` accepted; () for one too short to hold them)."""
+    second = body.find(b"\0", body.find(b"\0") + 1)
+    if second < 0 or len(body) < second + 3:
+        return ()
+    (count,) = _I16.unpack_from(body, second + 1)
+    if count <= 0 or len(body) < second + 3 + 4 * count:
+        return ()
+    return struct.unpack_from(f"!{count}I", body, second + 3)
 
 
 _P, _B, _D, _E, _S = (ord(c) for c in "PBDES")
