@@ -180,11 +180,12 @@ def _records(args: argparse.Namespace, *, filtered: bool = True, **extra: Any) -
     return read_records(directory=directory, where=where)
 
 
-def _shown(exc: BaseException) -> str:
-    """An error's message for the terminal: it may quote a record's (a client's) text."""
+def _shown(value: object) -> str:
+    """An error or a problem for the terminal: it may quote a record's (a client's) text,
+    and a log may be crafted."""
     from .display import visible
 
-    return visible(str(exc))
+    return visible(str(value))
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -253,22 +254,19 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         }, out, indent=2)
         out.write("\n")
         return 0 if report.ok else 1
-    from .display import visible
-
-    # (a problem quotes the log's own values: a crafted log must not reach the terminal)
     if report.problem is not None:
-        out.write(f"audit verify: FAILED: {visible(str(report.problem))}\n")
+        out.write(f"audit verify: FAILED: {_shown(report.problem)}\n")
         return 1
     out.write(f"audit verify: OK ({where})\n")
     for s in report.instances:
         seal = ("sealed by the final checkpoint" if s.sealed
                 else f"{s.unsealed} record(s) after the last checkpoint")
         held = f"; {s.anchors_matched} anchor(s) held" if anchors else ""
-        out.write(f"  {visible(s.instance)}: {s.records} records (seq {s.first_seq}.."
+        out.write(f"  {_shown(s.instance)}: {s.records} records (seq {s.first_seq}.."
                   f"{s.last_seq}), {s.segments} segment(s), {s.checkpoints} checkpoint(s) "
                   f"signed by {s.key_id}; {seal}{held}\n")
     for note in report.notes:
-        out.write(f"  note: {visible(note)}\n")
+        out.write(f"  note: {_shown(note)}\n")
     return 0
 
 
