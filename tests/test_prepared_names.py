@@ -169,3 +169,43 @@ def test_a_cursor_the_server_kept_stays_masked(gw: GatewayProcess, case: str) ->
     assert RAW not in b"".join(rows(out)), out
     fetched = rows(out)
     assert not fetched or all(b"[REDACTED]" in r for r in fetched), out
+
+
+LONG = "s" * 63  # PostgreSQL's longest name (NAMEDATALEN - 1 bytes); it cuts longer ones
+
+
+@pytest.mark.parametrize("batch", [
+    [fe.Parse(LONG + "a", HOLDER, ()).encode(), fe.Sync().encode()],
+    [fe.Parse("", HOLDER, ()).encode(),
+     fe.Bind(LONG + "p", "", (), (), ()).encode(), fe.Sync().encode()],
+    [fe.Parse("", HOLDER, ()).encode(), fe.Bind("", "", (), (), ()).encode(),
+     fe.Execute(LONG + "p", 0).encode(), fe.Sync().encode()],
+    [fe.Describe("S", LONG + "é").encode(), fe.Sync().encode()],
+    [fe.Close("P", LONG + "p").encode(), fe.Sync().encode()],
+], ids=["parse", "bind portal", "execute", "describe", "close"])
+def test_a_name_longer_than_the_server_keeps_ends_the_session(
+        gw: GatewayProcess, batch: list[bytes]) -> None:
+    """Names past 63 bytes that share their first 63 are one name to the server. The
+    gateway kept them apart: a Parse of one (refused by the server as a name that exists)
+    went down as that one's statement, and a Bind of it then ran the other's, unmasked.
+    Such names are refused before anything of the batch is forwarded."""
+    out = run(gw, batch, [fe.Query(HOLDER).encode()])
+    assert out[-1] == ("closed", b"") and errors(out) == ["42622"], out
+
+
+def test_long_names_cannot_make_two_statements_one(gw: GatewayProcess) -> None:
+    out = run(gw, [fe.Parse(LONG + "a", HOLDER, ()).encode(), fe.Sync().encode()],
+              [fe.Parse(LONG + "b", "select 'harmless'", ()).encode(), fe.Sync().encode()],
+              [fe.Bind("", LONG + "b", (), (), ()).encode(), fe.Execute("", 0).encode(),
+               fe.Sync().encode()])
+    assert RAW not in b"".join(body for _, body in out), out
+    assert out == [("E", out[0][1]), ("closed", b"")] and errors(out) == ["42622"], out
+
+
+def test_sql_names_are_cut_as_the_server_cuts_them(gw: GatewayProcess) -> None:
+    """SQL identifiers are cut to 63 bytes by the parser, the gateway's as the server's:
+    an EXECUTE of a longer name runs the statement PREPARE made under its first 63."""
+    out = run(gw, [fe.Query(f"prepare {LONG}x as {HOLDER}").encode()],
+              [fe.Query(f"execute {LONG}yy").encode()])
+    assert rows(out) and RAW not in b"".join(rows(out)), out
+    assert all(b"[REDACTED]" in r for r in rows(out)), out

@@ -149,3 +149,35 @@ def test_the_compiled_one_refuses_what_is_not_frames() -> None:
         framing._native.single_run([(ord("B"), "text"), (ord("E"), b"\0"), (ord("S"), b"")])
     # a type beyond a byte is no message type, as in the reference
     assert framing._native.single_run([(1 << 70, b""), *frames(execute(), SYNC)]) is None
+
+
+# -- long_name: the compiled one against the reference ------------------------------------
+
+# names about as long as PostgreSQL keeps (63 bytes), now and then with a NUL or cut short
+near = st.integers(60, 66).flatmap(lambda k: st.binary(min_size=k, max_size=k)) | names
+named = st.one_of(
+    st.builds(lambda n: b"P" + n + b"\0" + SQL.encode() + b"\0\0\0", near),
+    st.builds(lambda p, s: b"B" + p + b"\0" + s + b"\0\0\0\0\0\0", near, near),
+    st.builds(lambda k, n: b"D" + k + n + b"\0", st.sampled_from([b"P", b"S", b""]), near),
+    st.builds(lambda k, n: b"C" + k + n, st.sampled_from([b"P", b"S"]), near),
+    st.builds(lambda n: b"E" + n + b"\0\0\0\0\0", near),
+    st.builds(lambda n: b"E" + n, near),
+    messages,
+)
+
+
+@native
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(named, max_size=5))
+def test_the_compiled_long_name_answers_as_the_reference(batch: list[bytes]) -> None:
+    framed = [(m[0], m[1:]) for m in batch]
+    assert framing._native.long_name(framed) is frontend._long_name(framed)
+
+
+@native
+def test_the_compiled_long_name_refuses_what_is_not_frames() -> None:
+    with pytest.raises(TypeError):
+        framing._native.long_name(tuple(frames(bind(), execute(), SYNC)))
+    with pytest.raises(TypeError):
+        framing._native.long_name([(ord("B"), "text")])
+    assert framing._native.long_name([(1 << 70, b"x" * 99)]) is False

@@ -115,6 +115,31 @@ def test_bind_names_of_a_broken_bind_raise(body):
     assert str(e.value) == _reader_error(body, 2)
 
 
+NAMED = [lambda n: fe.Parse(n, "select 1", ()), lambda n: fe.Bind(n, "", (), (), ()),
+         lambda n: fe.Bind("", n, (0,), (b"x",), ()), lambda n: fe.Execute(n, 0),
+         lambda n: fe.Describe("S", n), lambda n: fe.Describe("P", n),
+         lambda n: fe.Close("S", n), lambda n: fe.Close("P", n)]
+
+
+@pytest.mark.parametrize("long_name", [fe._long_name, fe.long_name], ids=["python", "in use"])
+@pytest.mark.parametrize("make", NAMED)
+def test_long_name_is_a_name_past_63_bytes(make, long_name):
+    """PostgreSQL keys statements and portals by their first 63 bytes (multibyte
+    characters count in bytes)."""
+    def frames(name):
+        return [split(fe.Sync().encode()), split(make(name).encode())]
+
+    for name in ("", "s1", "s" * 63, "é" * 31 + "s"):
+        assert not long_name(frames(name)), name
+    for name in ("s" * 64, "é" * 32, "s" * 62 + "é", "s" * 300):
+        assert long_name(frames(name)), name
+
+
+@pytest.mark.parametrize("long_name", [fe._long_name, fe.long_name], ids=["python", "in use"])
+def test_long_name_leaves_unterminated_names_to_the_decoders(long_name):
+    assert not long_name([(ord("B"), b"p" * 100), (ord("E"), b"x" * 99), (ord("D"), b"")])
+
+
 def test_execute_portal():
     for msg in (fe.Execute("", 0), fe.Execute("p1", 100)):
         assert fe.execute_portal(split(msg.encode())[1]) == msg.portal

@@ -36,8 +36,10 @@ from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
 from gateway.sql.session_state import may_set_path
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
+from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framing import Frame
 from gateway.wire.frontend import (
+    MAX_NAME,
     Bind,
     Close,
     Describe,
@@ -47,6 +49,7 @@ from gateway.wire.frontend import (
     bind_names,
     decode_frontend,
     execute_portal,
+    long_name,
     parse_statement,
     parse_type_oids,
     query_text,
@@ -309,6 +312,11 @@ class StatementGate:
         if audit is not None and not audit.healthy:
             return self._while_unaudited(frames, relay)
         state = self.state
+        if not single_query and long_name(frames):
+            raise ProtocolViolation(
+                f"statement and portal names longer than {MAX_NAME} bytes are not accepted "
+                "through the gateway (PostgreSQL would cut them to their first "
+                f"{MAX_NAME} bytes)", "42622")
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
                 and not state.sql_used and not state.path_moved and not state.cursor_used:
             return raw

@@ -34,6 +34,11 @@
  * single_run(frames) -> (name or None, portal, statement) or None, `frames` a list of
  * (type, body) as `frames` cuts them: the Python `_single_run` is its reference, and
  * says what it checks.
+ *
+ * `gateway.wire.frontend.long_name`: whether a batch names a statement or portal longer
+ * than PostgreSQL keeps (once per extended-protocol batch, prepared executions included).
+ *
+ * long_name(frames) -> bool, `frames` as above: the Python `_long_name` is its reference.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -181,7 +186,7 @@ frame_at(PyObject *frames, Py_ssize_t k, int *type, const char **body, Py_ssize_
     if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
         !PyLong_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1))) {
-        PyErr_SetString(PyExc_TypeError, "single_run: frames are (type: int, body: bytes)");
+        PyErr_SetString(PyExc_TypeError, "frames are (type: int, body: bytes)");
         return -1;
     }
     int overflow;
@@ -265,6 +270,47 @@ single_run(PyObject *module, PyObject *frames)
     return names;
 }
 
+#define MAX_NAME 63 /* NAMEDATALEN - 1 */
+
+/* The offset of the first NUL in b[from, len), or -1 (as bytes.find(b"\0", from)). */
+static Py_ssize_t
+nul_from(const char *b, Py_ssize_t len, Py_ssize_t from)
+{
+    if (from >= len)
+        return -1;
+    const char *z = memchr(b + from, 0, (size_t)(len - from));
+    return z == NULL ? -1 : z - b;
+}
+
+static PyObject *
+long_name(PyObject *module, PyObject *frames)
+{
+    (void)module;
+    if (!PyList_CheckExact(frames)) {
+        PyErr_SetString(PyExc_TypeError, "long_name(frames: list)");
+        return NULL;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(frames);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int t;
+        const char *b;
+        Py_ssize_t len;
+        if (frame_at(frames, k, &t, &b, &len) < 0)
+            return NULL;
+        if (t == 'B') { /* portal, then statement */
+            const Py_ssize_t p = nul_from(b, len, 0);
+            if (p > MAX_NAME || (p >= 0 && nul_from(b, len, p + 1) - p - 1 > MAX_NAME))
+                Py_RETURN_TRUE;
+        } else if (t == 'E' || t == 'P') {
+            if (nul_from(b, len, 0) > MAX_NAME)
+                Py_RETURN_TRUE;
+        } else if ((t == 'D' || t == 'C') && nul_from(b, len, 1) > MAX_NAME + 1) {
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, pos, table, max_size, events, rows) -> (pos, rows)"},
@@ -272,6 +318,8 @@ static PyMethodDef methods[] = {
      "frames(data, pos, allowed, max_size, frames) -> pos"},
     {"single_run", (PyCFunction)single_run, METH_O,
      "single_run(frames) -> (name or None, portal, statement) or None"},
+    {"long_name", (PyCFunction)long_name, METH_O,
+     "long_name(frames) -> whether a message names a statement or portal past 63 bytes"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -319,6 +319,31 @@ def parse_type_oids(body: bytes) -> tuple[int, ...]:
 
 
 _P, _B, _D, _E, _S = (ord(c) for c in "PBDES")
+_C = ord("C")
+
+#: PostgreSQL keys prepared statements and portals by the first 63 bytes of their names
+#: (NAMEDATALEN - 1; longer ones are cut, not refused): two longer names that share those
+#: are one to the server and two to a gateway that keys them whole, which would then mask
+#: (or not) one statement's rows as the other's.
+MAX_NAME = 63
+
+
+def _long_name(frames: Sequence[Frame]) -> bool:
+    """:func:`long_name` in Python: the reference the compiled one is held to
+    (tests/test_single_run_native.py), and the one in use without it."""
+    for t, body in frames:
+        if t == _B:  # portal, then statement
+            p = body.find(b"\0")
+            if p > MAX_NAME or (p >= 0 and body.find(b"\0", p + 1) - p - 1 > MAX_NAME):
+                return True
+        elif t == _E or t == _P:
+            if body.find(b"\0") > MAX_NAME:
+                return True
+        elif (t == _D or t == _C) and body.find(b"\0", 1) > MAX_NAME + 1:
+            return True
+    return False
+
+
 
 
 def _single_run(frames: Sequence[Frame]) -> tuple[str | None, str, str] | None:
@@ -366,6 +391,14 @@ def _single_run(frames: Sequence[Frame]) -> tuple[str | None, str, str] | None:
 #: record: compiled in `_framing.c` when built.)
 single_run: Callable[[Sequence[Frame]], tuple[str | None, str, str] | None] = (
     _native.single_run if _native is not None else _single_run)
+
+
+#: long_name(frames) -> bool: whether a Parse, Bind, Describe, Execute or Close in
+#: `frames` names a statement or portal longer than :data:`MAX_NAME` bytes (an
+#: unterminated name is not: the decoders, or the server, refuse that message). Once per
+#: extended-protocol batch: compiled in `_framing.c` when built.
+long_name: Callable[[Sequence[Frame]], bool] = (
+    _native.long_name if _native is not None else _long_name)
 
 
 def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
