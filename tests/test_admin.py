@@ -420,6 +420,31 @@ async def cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def test_cli_list_shows_the_requests_text_escaped(tmp_path: Path) -> None:
+    """The SQL is the requester's (a quoted identifier holds any character): the approver
+    sees it escaped, never a terminal escape, a line break, a bidi override or an
+    invisible character that would show another statement than the one approved."""
+    sql = ('SELECT "\x1b[2J\u009b1m" FROM t /*?*/; \u202eDROP\u202c "a\u200bb\U000e0041"\n'
+           "ok")
+
+    async def main() -> None:
+        async with admin_env(tmp_path) as env:
+            token = tmp_path / "alice.jwt"
+            token.write_text(env.token("alice", "dba") + "\n")
+            await env.service.request(
+                subject="ci\u200b-bot", issuer=env.dev.issuer, groups=["ci"],
+                connection="payments", session_id="s-1", sql_redacted=sql, fingerprint="fp1",
+                input_digest="d", approvers=["dba"])
+            code, out, err = await cli("list", "--token", str(token), "--admin", env.address)
+            assert code == 0, err
+            assert not any(ch in out for ch in "\x1b\u009b\u202e\u202c\u200b\U000e0041"), out
+            assert len(out.splitlines()) == 2, out  # the header and one request
+            assert "ci\\u200b-bot" in out and "\\x1b[2J\\u009b1m" in out
+            assert "\\u202eDROP\\u202c" in out and "\\U000e0041" in out
+
+    asyncio.run(main())
+
+
 def test_cli_list_approve_deny(tmp_path: Path) -> None:
     async def main() -> None:
         async with admin_env(tmp_path) as env:

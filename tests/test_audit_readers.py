@@ -105,6 +105,9 @@ def test_visible_escapes_controls_bidi_and_the_backslash() -> None:
     assert visible("a\r\nb\tc\x1b[2J\x07\x7f\u009b\u0085\u202e\u2066\u200f\\x1b") == (
         "a\\r\\nb\\tc\\x1b[2J\\x07\\x7f\\u009b\\u0085\\u202e\\u2066\\u200f\\\\x1b")
     assert visible("select café, 'ünï'") == "select café, 'ünï'"  # text is left alone
+    # what shows as nothing: two names that would look the same, words no one sees
+    assert visible("ci\u200b-bot\u00ad\ufeff\u2060\ufe0f\U000e0041\U000e007f") == (
+        "ci\\u200b-bot\\u00ad\\ufeff\\u2060\\ufe0f\\U000e0041\\U000e007f")
     assert visible("\ud800") == "\\ud800"  # JSON can hold one; no UTF-8 stream can write it
     assert visible("a\r\n\tb\x1b", keep="\t\n\r") == "a\r\n\tb\\x1b"
     line = safe_json({"sql": "x\u009b\u202e\x1b\n"})

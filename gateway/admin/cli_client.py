@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from gateway.audit.display import visible
+
 __all__ = ["register", "run"]
 
 _CONNECTION_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNIMPLEMENTED")
@@ -196,6 +198,11 @@ def _short(text: str, width: int) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    # A request's SQL is the requester's text (a quoted identifier holds any character):
+    # escape sequences would act on the approver's terminal, and line breaks, bidi
+    # controls and invisible characters would show them another statement than the one
+    # they approve.
+    rows = [[visible(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),

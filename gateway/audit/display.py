@@ -3,11 +3,12 @@
 A record's strings are the clients' (application_name, SQL text, error messages, ...),
 and a log may be crafted outright, so none of their characters may act on the terminal
 that shows them: line breaks would forge timeline lines, escape sequences (ESC, C1 controls
-such as CSI U+009B or OSC U+009D) would run, bidi controls would reorder the line.
-:func:`visible` writes each such character as a backslash escape (``\\n``, ``\\x1b``,
-``\\u009b``, ``\\u202e``) and a backslash as ``\\\\``, so what is shown reads back to
-exactly one text. Machine formats (``show --json``, ``export --format jsonl``) are the
-stored bytes and do not come here.
+such as CSI U+009B or OSC U+009D) would run, bidi controls would reorder the line, and
+invisible characters would make two texts look alike. :func:`visible` writes each such
+character as a backslash escape (``\\n``, ``\\x1b``, ``\\u009b``, ``\\u202e``,
+``\\U000e0041``) and a backslash as ``\\\\``, so what is shown reads back to exactly one
+text. Machine formats (``show --json``, ``export --format jsonl``) are the stored bytes
+and do not come here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ __all__ = ["joined", "json_text", "safe_json", "text_of", "visible"]
 
 # C0, DEL, C1; Arabic letter mark, LRM/RLM, the line/paragraph separators some viewers
 # break lines at, the bidi embeddings/overrides and isolates; lone surrogates (JSON can
-# hold them and no UTF-8 stream can write them).
+# hold them and no UTF-8 stream can write them). And what shows as nothing, so that two
+# texts differing only by it (a subject, an application_name) would look the same, or a
+# text would carry words no one sees (tag characters, read by language models): soft
+# hyphen, combining grapheme joiner, Hangul and Khmer fillers, Mongolian selectors, zero
+# width spaces and joiners, invisible operators, deprecated format controls, variation
+# selectors, the BOM, interlinear annotations, tags.
 _UNSAFE = ("\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
-           "\ud800-\udfff")
+           "\ud800-\udfff"
+           "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200d"
+           "\u2060-\u2065\u206a-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+           "\U000e0000-\U000e0fff")
 _SHOWN = re.compile(f"[{_UNSAFE}\\\\]")
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
 
@@ -33,7 +42,9 @@ def _escape(m: re.Match[str]) -> str:
     if short is not None:
         return short
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def visible(text: str, *, keep: str = "") -> str:
