@@ -275,9 +275,18 @@ def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: P
         "connections:\n  cardholder:\n    host: 127.0.0.1\n    user: svc\n"
         "    password: {env: CARDHOLDER_PASSWORD}\n"
         f"audit:\n  dir: {setup['audit']}\n")
-    monkeypatch.setenv("CARDHOLDER_PASSWORD", "x")
+    # An auditor's shell has none of the gateway's secrets (here the upstream password,
+    # and a JWKS file only the gateway's host has): the audit section is all it reads.
+    monkeypatch.delenv("CARDHOLDER_PASSWORD", raising=False)
+    (tmp_path / "keys" / "ci-jwks.json").unlink()
     code, out, err = cli("audit", "show", "-c", cfg, "--type", "gateway")
     assert code == 0, err
     assert "gateway.start" in out and "gateway.stop" in out
+    code, out, err = cli("audit", "verify", "-c", cfg, "--key", setup["audit"].parent / "audit.pub")
+    assert code == 0 and "OK" in out, err
     code, _, err = cli("audit", "show", "-c", tmp_path / "missing.yaml")
     assert code == 2 and "cannot read" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"audit:\n  dir: {setup['audit']}\n  durability: never\n")
+    code, _, err = cli("audit", "show", "-c", bad)
+    assert code == 2 and "durability" in err, err

@@ -143,15 +143,15 @@ def _directory(args: argparse.Namespace) -> str:
     if args.dir:
         return str(args.dir)
     if args.config:
-        from gateway.config.loader import load_config
+        from gateway.config.loader import load_audit_config
 
         try:
-            cfg = load_config(args.config)
+            audit = load_audit_config(args.config)
         except Exception as exc:
             raise _Usage(f"cannot read {args.config}: {exc}") from None
-        if cfg.audit is None:
+        if audit is None:
             raise _Usage(f"{args.config} has no audit section; give the directory")
-        return str(cfg.audit.dir)
+        return str(audit.dir)
     return "audit"
 
 

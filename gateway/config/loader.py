@@ -46,7 +46,7 @@ from gateway.config.model import (
 )
 from gateway.masking.methods import MIN_KEY_BYTES
 
-__all__ = ["ConfigError", "load_config"]
+__all__ = ["ConfigError", "load_audit_config", "load_config"]
 
 T = TypeVar("T")
 
@@ -710,6 +710,22 @@ def _read_yaml(file: str, source: Path) -> object:
         raise ConfigError(file, line, "", f"YAML syntax error: {message}") from None
     except YAMLError as exc:
         raise ConfigError(file, None, "", f"YAML error: {exc}") from None
+
+
+def load_audit_config(path: str | Path, env: Mapping[str, str] | None = None
+                      ) -> AuditConfig | None:
+    """The audit section of a gateway config file alone (None: it has none), for the
+    audit readers: an auditor's shell holds none of the gateway's own secrets (upstream
+    passwords, the masking key), which :func:`load_config` resolves. Raises ConfigError."""
+    file = str(path)
+    source = Path(os.path.abspath(path))
+    src = _Source(file=file, base=source.parent, env=os.environ if env is None else env)
+    data = _read_yaml(file, source)
+    if data is None:
+        raise ConfigError(file, None, "", "config file is empty")
+    root = _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
+    audit = root.optional_map("audit", _AUDIT_KEYS)
+    return _audit(audit) if audit is not None else None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
