@@ -94,6 +94,31 @@ def test_a_policy_that_reads_the_text_decides_every_text(pg: PgBackend, tmp_path
             c.execute("select note from reuse_a.t where id = 666")
 
 
+NO_SORT_BY_ID = HEAD + """
+deny contains "no sorting by id" if {
+    some c in input.statement.columns
+    c.name == "id"
+    "sort" in c.usage
+}
+""" + DECISION
+
+
+def test_a_position_is_decided_as_the_column_it_names(pg: PgBackend, tmp_path: Path,
+                                                       schemas: None) -> None:
+    """ORDER BY 1 and ORDER BY 2 have one shape, and sort by different columns: the
+    second was decided (and recorded) with the first's analysis, past a policy on the
+    sorted column."""
+    with gateway(pg, tmp_path, NO_SORT_BY_ID) as gw, connect(gw) as c:
+        cur = psycopg.ClientCursor(c)  # constants inline, as the simple protocol sends them
+        for _ in range(2):
+            assert cur.execute("select note, id from reuse_a.t order by 1").fetchall() \
+                == [("a", 1)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no sorting by id"):
+            cur.execute("select note, id from reuse_a.t order by 2")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no sorting by id"):
+            cur.execute("select note, id from reuse_a.t order by 2 limit 1")
+
+
 def test_the_same_text_follows_the_search_path(pg: PgBackend, tmp_path: Path,
                                                schemas: None) -> None:
     with gateway(pg, tmp_path, BY_NAME) as gw, connect(gw) as c:

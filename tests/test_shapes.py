@@ -46,6 +46,11 @@ def test_same_shape_for_other_values_only() -> None:
 
 @pytest.mark.parametrize("sql", [
     "SELECT holder FROM cards LIMIT 5",  # LIMIT is a fact taken from a constant
+    # a position names a column: ORDER BY 2 sorts by another column than ORDER BY 1
+    "SELECT holder, pan FROM cards ORDER BY 1",
+    "SELECT holder, pan FROM cards GROUP BY 1, 2",
+    "SELECT DISTINCT ON (1) holder, pan FROM cards",
+    "SELECT t.amount FROM (SELECT amount, card_id FROM transactions ORDER BY 2) t",
     "SET search_path TO public",  # session statements carry their values as details
     "COPY cards TO STDOUT",
 ])

@@ -143,6 +143,11 @@ CASES: list[Case] = [
          "cards.holder=output cards.expiry=output,sort"),
     Case("SELECT DISTINCT ON (holder) holder, pan FROM cards ORDER BY holder, id", "read",
          "SELECT", "cards=r", "cards.holder=output,group,sort cards.pan=output cards.id=sort"),
+    # DISTINCT ON takes output positions and names first, as ORDER BY does
+    Case("SELECT DISTINCT ON (2) holder, pan FROM cards ORDER BY 2, 1", "read",
+         "SELECT", "cards=r", "cards.holder=output,sort cards.pan=output,group,sort"),
+    Case("SELECT DISTINCT ON (h) id, holder AS h FROM cards", "read",
+         "SELECT", "cards=r", "cards.id=output cards.holder=output,group"),
     Case("SELECT id, rank() OVER (PARTITION BY holder ORDER BY expiry) FROM cards", "read",
          "SELECT", "cards=r", "cards.id=output cards.holder=window cards.expiry=window",
          "pg_catalog.rank"),

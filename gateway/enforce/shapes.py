@@ -5,7 +5,8 @@ for every execution, so a cache by text never hits. The PostgreSQL lexer (throug
 pglast) splits the text into tokens; two texts whose tokens are equal except for the
 values of constants parse to the same tree but for those values. An analysis may be
 reused across them only when none of its facts comes from a constant's value: reads and
-writes with no LIMIT and no command details, one statement per string. Anything else
+writes with no LIMIT, no column given by position (ORDER BY 2) and no command details,
+one statement per string. Anything else
 is analyzed afresh — a miss costs nothing but time.
 
 Plain texts (ASCII words, numbers, simple strings, no comments or parameters) are
@@ -104,6 +105,7 @@ def reusable(info: StatementInfo, sql: str, shape: Shape) -> bool:
         info.count == 1
         and info.kind in _REUSABLE_KINDS
         and info.limit is None
+        and not info.positional
         and not info.details
         and info.cacheable
         and info.sql == sql[shape.span[0] : shape.span[1]]

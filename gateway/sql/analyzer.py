@@ -116,6 +116,9 @@ class StatementInfo:
     #: A read that may change state all the same (a row lock, a cast that may run code):
     #: see walker.Facts.may_change. Not part of the policy input.
     may_change: bool = False
+    #: An ORDER BY / GROUP BY / DISTINCT ON item given by position (walker.Facts.
+    #: positional): a constant names a column. Not part of the policy input.
+    positional: bool = False
 
     def with_sql(self, sql: str) -> StatementInfo:
         """This description for another text (the same statement with other constants).
@@ -312,6 +315,7 @@ def _finish(d: _Desc, sql: str, fingerprint: str, index: int, count: int,
         cacheable=d.cacheable,
         computed=tuple(sorted(f.computed)),
         may_change=f.may_change,
+        positional=f.positional,
     )
 
 
@@ -556,7 +560,8 @@ def _any_of(infos: list[StatementInfo]) -> StatementInfo:
         unresolved=tuple(dict.fromkeys(u for i in infos for u in i.unresolved)),
         outputs=outputs, outputs_exact=exact,
         computed=tuple(dict.fromkeys(k for i in infos for k in i.computed)),
-        may_change=any(i.may_change for i in infos))
+        may_change=any(i.may_change for i in infos),
+        positional=any(i.positional for i in infos))
 
 
 # COPY options that shape the rows (masking rewrites COPY TO STDOUT rows in place).

@@ -55,8 +55,8 @@ MAX_VIEW_DEPTH = 32
 class Facts:
     """What a statement touches (accumulated while walking)."""
 
-    __slots__ = ("columns", "computed", "functions", "may_change", "relations", "settings",
-                 "sql_string", "unresolved", "writes")
+    __slots__ = ("columns", "computed", "functions", "may_change", "positional", "relations",
+                 "settings", "sql_string", "unresolved", "writes")
 
     def __init__(self) -> None:
         # (schema, name) → [access set, relkind, temp]
@@ -76,6 +76,9 @@ class Facts:
         # at any level, in a view's body too), a cast (a domain's CHECK, a user-defined
         # cast or input function runs code). Not for the policy: for when it may run.
         self.may_change = False
+        # An ORDER BY / GROUP BY / DISTINCT ON item given by position: a constant's value
+        # names a column, so another text of the same shape may name another one.
+        self.positional = False
 
     def relation(self, rel: Relation, access: str) -> None:
         # Code the statement does not name: row security policies' expressions; a foreign
@@ -119,6 +122,7 @@ class Facts:
         self.settings.update(other.settings)
         self.computed.update(other.computed)
         self.may_change = self.may_change or other.may_change
+        self.positional = self.positional or other.positional
 
 
 class Rte:
@@ -559,10 +563,11 @@ class Walker:
             for w in windows:
                 self.window(w.get("WindowDef", w), scope)
         distinct = v.get("distinctClause")
-        if distinct:
+        if distinct:  # DISTINCT ON: output names and positions first, as ORDER BY
             for item in distinct:
                 if item:
-                    self.use(self.expr(item, scope), "group")
+                    self.use(self.output_ref(item, scope, names, lineage,
+                                             prefer_output=True), "group")
         self.tail(v, scope, names, lineage)
         return names, lineage
 
@@ -601,6 +606,7 @@ class Walker:
                     return out
         const = node.get("A_Const")
         if const is not None and "ival" in const:
+            self.f.positional = True
             pos = const["ival"].get("ival", 0)
             if 1 <= pos <= len(lineage):
                 return lineage[pos - 1]
