@@ -190,6 +190,12 @@ def test_a_statement_comes_back_masked(jdbc: Jdbc) -> None:
     assert jdbc.run("masked") == [["row", str(i + 1), HOLDERS[i], LAST4[i]] for i in range(5)]
 
 
+def test_is_valid_answers_true_through_the_audited_gateway(jdbc: Jdbc) -> None:
+    """Pools (HikariCP, c3p0) call isValid() before they lend a connection: an empty query,
+    which runs nothing. It was refused with 58030 as if the audit trail were down."""
+    assert jdbc.run("valid") == [["valid", "true"], ["valid", "true"], ["after", "1"]]
+
+
 def test_verify_full_checks_the_gateways_certificate(jdbc: Jdbc, tmp_path: Path) -> None:
     """As the README shows: sslmode=verify-full with the gateway's CA as sslrootcert; a
     root that did not sign the gateway's certificate fails the handshake."""

@@ -820,6 +820,8 @@ class StatementGate:
         decided: list[_Decided] = []
         self._hit = None
         verdict = self._decide(sql, protocol, catalog, decided, approval)
+        if not decided and verdict.allowed:  # no statement (an empty query): nothing runs
+            return verdict
         try:
             hit = self._hit
             if hit is not None and hit.record is not None and len(decided) == 1 \

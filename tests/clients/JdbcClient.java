@@ -51,6 +51,7 @@ public final class JdbcClient {
         try (Connection c = connected) {
             switch (args[2]) {
                 case "masked" -> masked(c);
+                case "valid" -> valid(c);
                 case "prepared" -> prepared(c);
                 case "fetch" -> fetch(c);
                 case "batch" -> batch(c);
@@ -102,6 +103,17 @@ public final class JdbcClient {
             while (r.next()) {
                 out("row", r.getInt(1), r.getString(2), r.getString(3));
             }
+        }
+    }
+
+    /** Connection pools check a connection with isValid(), which runs an empty query. */
+    private static void valid(Connection c) throws SQLException {
+        for (int i = 0; i < 2; i++) {
+            out("valid", c.isValid(5));
+        }
+        try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("select 1")) {
+            r.next();
+            out("after", r.getInt(1));
         }
     }
 

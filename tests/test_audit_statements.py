@@ -1,0 +1,88 @@
+"""The audit trail's per-statement promise (docs/audit.md): every statement the gateway
+forwarded has its records, and a session's totals are its statements'. A real
+PostgreSQL, a real gateway with an audit trail, real clients."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PgBackend, upstreams_for
+from rawclient import RawClient
+
+from gateway.audit import generate_keypair
+from gateway.devtools.harness import GatewayProcess
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = REPO / "policies" / "pci"
+
+
+def read_records(directory: Path) -> list[dict]:
+    out = []
+    for f in sorted(directory.glob("*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+def session_records(audit_dir: Path, app: str, timeout: float = 10.0) -> list[dict]:
+    """The records of the (last) session whose application_name is `app`, once its
+    session.end is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(audit_dir)
+        starts = [r["session"] for r in records if r["type"] == "session.start"
+                  and r["where"]["application_name"] == app]
+        if starts:
+            mine = [r for r in records if r.get("session") == starts[-1]]
+            if any(r["type"] == "session.end" for r in mine):
+                return mine
+        assert time.monotonic() < deadline, f"no session.end for {app}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def audited(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[GatewayProcess, Path]]:
+    d = tmp_path_factory.mktemp("audit-statements")
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    extra = (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
+             f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
+                        extra_yaml=extra) as gw:
+        yield gw, d / "audit"
+
+
+def _query(sql: str) -> bytes:
+    body = sql.encode() + b"\0"
+    return b"Q" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("sql", ["", " ", "-- only a comment", ";"])
+def test_an_empty_query_is_not_refused_as_an_audit_outage(
+        audited: tuple[GatewayProcess, Path], sql: str) -> None:
+    """An empty query string runs nothing (PostgreSQL answers EmptyQueryResponse; pgJDBC's
+    Connection.isValid() sends one). With the audit trail healthy the gateway must not
+    refuse it with 58030 "the audit trail cannot be written" (docs/audit.md: 58030 is
+    for a trail that cannot be written) and leave no record of the refusal."""
+    gw, audit_dir = audited
+    app = f"empty-{len(sql)}"
+    with RawClient(gw, tls=True) as c:
+        c.startup({"user": "ci-bot", "database": "payments", "application_name": app})
+        first = c.read_until(b"R", b"E")
+        assert first[-1].type == b"R"
+        c.password(gw.token(groups=("ci",)))
+        assert c.read_until(b"Z", b"E")[-1].type == b"Z"
+        c.send(_query(sql))
+        answer = c.read_until(b"Z")
+        c.send(_query("select 1 as after_empty"))
+        after = c.read_until(b"Z")
+        c.send(b"X\0\0\0\4")
+    assert [m.type for m in after][-3:] == [b"D", b"C", b"Z"]
+    errors = [m.fields() for m in answer if m.type == b"E"]
+    assert not errors, errors
+    assert [m.type for m in answer] == [b"I", b"Z"]
+    mine = session_records(audit_dir, app)
+    assert not any(r["type"] == "decision" and r["outcome"] == "denied" for r in mine)
