@@ -172,8 +172,17 @@ def test_a_held_statement_runs_once_approved(gw: GatewayProcess) -> None:
         outcomes = [r["outcome"] for r in trail if r["type"] == "decision"
                     and "vault" in (r.get("sql") or "")]
         assert "held" in outcomes and "allowed" in outcomes
+        session = requested_record(gw, rid)["session"]
     finally:
         client.close()
+    # the session's totals count its held decision and both statements it ran
+    deadline = time.monotonic() + 10
+    while not (end := [r for r in audit_trail(gw) if r["type"] == "session.end"
+                       and r["session"] == session]):
+        assert time.monotonic() < deadline, "no session.end"
+        time.sleep(0.05)
+    totals = end[0]["totals"]
+    assert (totals["held"], totals["allowed"], totals["denied"]) == (1, 2, 0), totals
 
 
 def test_the_request_is_recorded_with_its_session_and_decision_before_it_is_shown(

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import PgBackend, upstreams_for
 from rawclient import RawClient
@@ -86,3 +87,23 @@ def test_an_empty_query_is_not_refused_as_an_audit_outage(
     assert [m.type for m in answer] == [b"I", b"Z"]
     mine = session_records(audit_dir, app)
     assert not any(r["type"] == "decision" and r["outcome"] == "denied" for r in mine)
+
+
+def test_session_end_totals_count_the_denied_statements(
+        audited: tuple[GatewayProcess, Path]) -> None:
+    """session.end's totals have a `denied` counter (docs/audit.md, record types; `audit
+    show` prints it as "N denied"): a session whose statements the policy refused must
+    not say 0 denied."""
+    gw, audit_dir = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="denied", autocommit=True) as c:
+        assert c.execute("select 1 as ok_first").fetchone() == (1,)
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("select cvv from cards")
+    mine = session_records(audit_dir, "denied")
+    denied = [r for r in mine if r["type"] == "decision" and r["outcome"] == "denied"]
+    assert len(denied) == 2
+    (end,) = [r for r in mine if r["type"] == "session.end"]
+    assert end["totals"]["allowed"] == 1
+    assert end["totals"]["denied"] == len(denied), end["totals"]

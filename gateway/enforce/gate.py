@@ -283,6 +283,9 @@ class StatementGate:
         self.state = SessionSqlState()
         self.decisions = 0
         self.denials = 0
+        # Decision records of this session by outcome (denied, held): session.end's
+        # totals, which count statement records for the rest.
+        self.recorded: dict[str, int] = {"denied": 0, "held": 0}
         # Set when the session's parsing settings drifted from the gateway's: fail closed.
         self.poisoned: str | None = None
         self._facts_digest: tuple[str, str] | None = None
@@ -568,6 +571,7 @@ class StatementGate:
                 reasons=[error.message], sqlstate=error.code), wake=False)
         except Exception as e:
             return self._unrecorded(e)
+        self.recorded["denied"] += 1
         return verdict
 
     def _refuse(self, relay: Relay, msg: Any, verdict: Verdict) -> bytes:
@@ -893,6 +897,7 @@ class StatementGate:
             self._last_seq = audit.append(records.decision_record(
                 ctx, sql=sql, outcome="denied", reasons=[error.message], sqlstate=error.code),
                 wake=False)  # written by write_through() in _review
+            self.recorded["denied"] += 1
             return verdict
         now = time.perf_counter()
         tags: list[StatementTag | None] = []
@@ -912,6 +917,9 @@ class StatementGate:
             else:
                 seq = templates.append(key, build, pin=decision, wake=False)
             self._last_seq = seq
+            outcome = "denied" if refused else records.decision_outcome(decision)
+            if outcome in self.recorded:
+                self.recorded[outcome] += 1
             plan = verdict.plans[i] if i < len(verdict.plans) else None
             tags.append(StatementTag(plan, seq, now, info.command))
         return _with_tags(verdict, tuple(tags)) if verdict.allowed else verdict

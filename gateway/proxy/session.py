@@ -125,6 +125,9 @@ class Session:
             metrics.MASKED_VALUES.inc(totals.get("masked_values", 0))
             metrics.SAFETY_NET_HITS.inc(totals.get("safety_net_hits", 0))
             self.totals.safety_net_hits = totals.get("safety_net_hits", 0)
+            recorded = getattr(self.relay.gate, "recorded", None) if self.relay else None
+            if recorded is not None:  # the decision records of what never ran
+                self.totals.denied, self.totals.held = recorded["denied"], recorded["held"]
             if self.audit_ctx is not None:
                 self._close_unfinished()
                 self._audit(records.session_end(
