@@ -263,6 +263,29 @@ def test_keygen(tmp_path: Path) -> None:
     assert (keys / "audit-signing.pem").stat().st_mode & 0o777 == 0o600
 
 
+def test_policy_replay_tags_the_columns_as_the_candidate_classifies_them(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """Column tags are the bundle's classification, and a record keeps those of the
+    bundle that decided it: a candidate that classifies a column anew (the usual way to
+    start protecting it), or no longer, is replayed with its own tags, as it would decide
+    live."""
+    pci = json.loads((PCI / "data.json").read_text())["pgwarden"]["classification"]
+    more = tarball(PCI, tmp_path, edit={"classification": {**pci, "public.cards.id": ["cvv"]}})
+    code, out, err = cli("policy", "replay", "--audit", setup["audit"], "--bundle", more,
+                         "--json")
+    assert code == 0, err
+    changed = [json.loads(x) for x in out.splitlines()]
+    assert [(x["sql"], x["before"], x["after"]) for x in changed] == [
+        ("SELECT id, pan FROM cards WHERE id = $1", "masked", "denied")], out
+    (tmp_path / "less").mkdir()
+    less = tarball(PCI, tmp_path / "less",
+                   edit={"classification": {"public.cards.cvv": ["cvv"]}})
+    code, out, err = cli("policy", "replay", "--audit", setup["audit"], "--bundle", less,
+                         "--json")
+    changed = [json.loads(x) for x in out.splitlines()]
+    assert [(x["before"], x["after"]) for x in changed] == [("masked", "allowed")], out + err
+
+
 def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "keys").mkdir()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.catalog.classification import classification_of, retag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.source import PolicySource
@@ -153,6 +154,16 @@ class Explanation:
         return lines
 
 
+def as_tagged_by(input_doc: dict[str, Any], engine: PolicyEngine) -> dict[str, Any]:
+    """`input_doc` (from :func:`replay_input`: its own copy) with the column tags the
+    evaluating bundle's classification gives, as the gateway would have built it: a
+    candidate that classifies a column anew must be seen to mask or refuse it."""
+    stmt = input_doc.get("statement")
+    if isinstance(stmt, dict) and "columns" in stmt:
+        stmt["columns"] = retag(stmt["columns"], classification_of(engine.source.data))
+    return input_doc
+
+
 def explain_record(located: Located, *, session_input: Mapping[str, Any] | None = None,
                    bundle: str | os.PathLike[str] | None = None,
                    bundles_dir: str | os.PathLike[str] | None = None) -> Explanation:
@@ -177,7 +188,7 @@ def explain_record(located: Located, *, session_input: Mapping[str, Any] | None 
             raise ReplayError("give --bundle PATH or --bundles DIR")
         bundle = archived_bundle(bundles_dir, str(recorded_hash))
     engine = load_engine(bundle, entrypoint)
-    now = engine.decide(input_doc)
+    now = engine.decide(as_tagged_by(input_doc, engine))
     return Explanation(located, str(bundle), effect_of_record(rec), now,
                        effect_of_record(rec) == effect_of_decision(now),
                        engine.bundle_hash == recorded_hash)
@@ -235,7 +246,7 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
             stats.skipped += 1
             continue
         stats.replayed += 1
-        dec = engine.decide(input_doc)
+        dec = engine.decide(as_tagged_by(input_doc, engine))
         if effect_of_decision(dec) != effect_of_record(rec):
             stats.changed += 1
             before = effect_of_record(rec)[0]

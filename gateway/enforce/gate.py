@@ -25,6 +25,7 @@ from gateway import logs
 from gateway.admin import metrics
 from gateway.audit import records
 from gateway.audit.template import TemplateCache
+from gateway.catalog.classification import classification_of
 from gateway.catalog.model import EVERY_RELATION, FIRST_NORMAL_OID, Catalog
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_limit
 from gateway.masking.results import StatementTag
@@ -1382,10 +1383,7 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
 
 
 def _classification(engine: PolicyEngine) -> dict[str, Any]:
-    data = engine.source.data
-    pg = data.get("pgwarden") if isinstance(data, dict) else None
-    cls = pg.get("classification") if isinstance(pg, dict) else None
-    return cls if isinstance(cls, dict) else {}
+    return classification_of(engine.source.data)
 
 
 def _grant_key(info: StatementInfo) -> str:
