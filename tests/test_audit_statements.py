@@ -107,3 +107,62 @@ def test_session_end_totals_count_the_denied_statements(
     (end,) = [r for r in mine if r["type"] == "session.end"]
     assert end["totals"]["allowed"] == 1
     assert end["totals"]["denied"] == len(denied), end["totals"]
+
+
+def _hits(mine: list[dict]) -> dict[str, int]:
+    """safety_net_hits of each statement record, by its decision's redacted SQL."""
+    sql = {r["seq"]: r["sql"] for r in mine if r["type"] == "decision"}
+    return {sql[r["decision_seq"]]: r["safety_net_hits"] for r in mine
+            if r["type"] == "statement"}
+
+
+def test_a_card_number_in_a_servers_report_is_not_counted_in_the_next_statement(
+        audited: tuple[GatewayProcess, Path]) -> None:
+    """PostgreSQL (14+) reports a changed application_name (ParameterStatus) after the
+    SET's CommandComplete, just before ReadyForQuery. A card number in it is masked by the
+    safety net. docs/audit.md: a statement record's `safety_net_hits` counts the card
+    numbers masked "in this statement's result or error text"; the next statement, a
+    constant with no card number anywhere, must not be charged with it."""
+    gw, audit_dir = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="hits", autocommit=True) as c:
+        c.execute("select 1 as before_set").fetchone()
+        c.execute("set application_name = 'card 4111111111111111'")
+        assert c.execute("select 2 as after_set").fetchone() == (2,)
+    deadline = time.monotonic() + 10
+    while True:
+        records = read_records(audit_dir)
+        session = next(r["session"] for r in records if r["type"] == "session.start"
+                       and r["where"]["application_name"] == "hits")
+        mine = [r for r in records if r.get("session") == session]
+        if any(r["type"] == "session.end" for r in mine):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    hits = _hits(mine)
+    assert hits["select $1 as after_set"] == 0, hits
+
+
+def test_session_safety_net_total_agrees_with_its_statement_records(
+        audited: tuple[GatewayProcess, Path]) -> None:
+    """The same report as the session's last statement: session.end's totals count a
+    safety-net hit that no statement record has (docs/audit.md: the totals are the
+    session's statements' and their results')."""
+    gw, audit_dir = audited
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(groups=("ci",)),
+                         application_name="hits-last", autocommit=True) as c:
+        c.execute("select 1 as before_set").fetchone()
+        c.execute("set application_name = 'card 5555555555554444'")
+    deadline = time.monotonic() + 10
+    while True:
+        records = read_records(audit_dir)
+        session = next(r["session"] for r in records if r["type"] == "session.start"
+                       and r["where"]["application_name"] == "hits-last")
+        mine = [r for r in records if r.get("session") == session]
+        if any(r["type"] == "session.end" for r in mine):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (end,) = [r for r in mine if r["type"] == "session.end"]
+    per_statement = sum(r["safety_net_hits"] for r in mine if r["type"] == "statement")
+    assert end["totals"]["safety_net_hits"] == per_statement, (end["totals"], _hits(mine))

@@ -416,6 +416,7 @@ class Relay:
             self._fail_upstream("upstream sent an invalid message")
             return
         swaps: list[tuple[int, int, bytes]] = []
+        reports: list[tuple[int, int, int]] = []  # ParameterStatus after an end: its result's
         results = self.results
         shown = False  # whether `results` was shown a message of this buffer
         follow = self._on_result is not None
@@ -465,6 +466,10 @@ class Relay:
                 if self.gate is not None:
                     self.gate.ready_for_query(self.transaction_status, self._idle)
             elif mtype == _S:
+                # The server reports a setting a statement changed once it completed:
+                # a card number in the report is that statement's, not the next one's.
+                if self._ended:
+                    reports.append((start, end, len(self._ended) - 1))
                 if self.gate is not None:
                     msg = be.decode_backend(mtype, body)
                     assert isinstance(msg, be.ParameterStatus)
@@ -496,7 +501,7 @@ class Relay:
                 later = ended
                 if safety.ends or self._carried_hits:  # hits to place: rare
                     placed = self._place_hits(ended, swaps, safety.returned_held,
-                                              safety.ends)
+                                              safety.ends, reports)
             elif safety.ends:  # in a result still streaming: counted when it ends
                 self._carried_hits += len(safety.ends)
             if self.safety_error and safety.hits != hits:
@@ -543,26 +548,40 @@ class Relay:
                 deliver(tag, mtype, body, counts, k, sent)
 
     def _place_hits(self, ended: Sequence[_Ended], swaps: Sequence[tuple[int, int, bytes]],
-                    held: int, hit_ends: Sequence[int]) -> list[int]:
+                    held: int, hit_ends: Sequence[int],
+                    reports: Sequence[tuple[int, int, int]] = ()) -> list[int]:
         """The safety-net hits in each result that ended in this buffer, in its own
-        bytes: a hit belongs to the result during or at whose end message it ends
-        (`hit_ends` are offsets into what the client got: this buffer after the masks'
-        splices, behind `held` bytes of the previous one); hits carried from earlier
-        buffers go to the first, hits after the last are carried to the next."""
-        placed: list[int] = []
-        i, n = 0, len(hit_ends)
-        for at, *_ in ended:
-            shifted = at + held
+        bytes: a hit belongs to the result during or at whose end message it ends, or, in
+        a ParameterStatus after an end (`reports`: its start, end and that result's
+        index), to that result (`hit_ends` and those offsets are into what the client
+        got: this buffer after the masks' splices, behind `held` bytes of the previous
+        one); hits carried from earlier buffers go to the first, hits after the last are
+        carried to the next."""
+        def shifted(at: int) -> int:
+            out = at + held
             for s, e, replacement in swaps:
                 if e > at:
                     break
-                shifted += len(replacement) - (e - s)
-            hits, self._carried_hits = self._carried_hits, 0
-            while i < n and hit_ends[i] <= shifted:
-                hits += 1
-                i += 1
-            placed.append(hits)
-        self._carried_hits += n - i
+                out += len(replacement) - (e - s)
+            return out
+
+        bounds = [shifted(at) for at, *_ in ended]
+        spans = [(shifted(start), shifted(end), k) for start, end, k in reports]
+        placed = [0] * len(ended)
+        placed[0], self._carried_hits = self._carried_hits, 0
+        i = 0
+        for hit in hit_ends:
+            for start, end, k in spans:
+                if start < hit <= end:
+                    placed[k] += 1
+                    break
+            else:
+                while i < len(bounds) and hit > bounds[i]:
+                    i += 1
+                if i < len(bounds):
+                    placed[i] += 1
+                else:
+                    self._carried_hits += 1
         return placed
 
     def take_carried_hits(self) -> int:
