@@ -286,6 +286,26 @@ def test_policy_replay_tags_the_columns_as_the_candidate_classifies_them(
     assert [(x["before"], x["after"]) for x in changed] == [("masked", "allowed")], out + err
 
 
+def test_policy_replay_counts_what_it_could_not_replay(setup: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """A log whose session.start is gone (pruned, a file missing): its decisions cannot
+    be re-decided. They were counted as refused before the policy ran, and
+    --fail-on-change passed an analysis that had looked at nothing."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in sorted(setup["audit"].iterdir()):
+        lines = [x for x in f.read_text().splitlines(keepends=True)
+                 if json.loads(x)["type"] != "session.start"]
+        (cut / f.name).write_text("".join(lines))
+    code, out, err = cli("policy", "replay", "--audit", cut, "--bundle", setup["old"])
+    assert code == 0, err
+    assert "0 decision(s) replayed" in out and "3 NOT replayed" in out, out
+    assert "skipped" not in out
+    code, out, err = cli("policy", "replay", "--audit", cut, "--bundle", setup["old"],
+                         "--fail-on-change")
+    assert code == 1 and "3 NOT replayed" in out, out + err
+
+
 def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "keys").mkdir()

@@ -128,7 +128,8 @@ def register_policy_replay(policy_subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--bundle", "-b", required=True, help="the new bundle (file or directory)")
     r.add_argument("--entrypoint", default=None)
     r.add_argument("--json", action="store_true", help="one JSON object per changed decision")
-    r.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changes")
+    r.add_argument("--fail-on-change", action="store_true",
+                   help="exit 1 if anything changes, or a decision cannot be replayed")
     return r
 
 
@@ -384,8 +385,12 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
                f"({engine.bundle_hash[:12]}): {stats.changed} would change")
     if stats.skipped:
         summary += f"; {stats.skipped} skipped (refused before the policy ran)"
+    if stats.unknown:
+        summary += (f"; {stats.unknown} NOT replayed (their session's session.start is not "
+                    "in the records read: its part of the input is unknown)")
     print(summary, file=err if args.json else out)
-    return 1 if args.fail_on_change and stats.changed else 0
+    # (an impact analysis that could not look at every decision fails closed)
+    return 1 if args.fail_on_change and (stats.changed or stats.unknown) else 0
 
 
 def _change_lines(change: Any) -> list[str]:

@@ -217,7 +217,8 @@ class Change:
 class ReplayStats:
     decisions: int = 0
     replayed: int = 0
-    skipped: int = 0  # refused before the policy ran, or the session input is unknown
+    skipped: int = 0  # refused before the policy ran: nothing to re-decide
+    unknown: int = 0  # decided, but its session's part of the input is not in the records
     changed: int = 0
 
 
@@ -243,7 +244,10 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
         stats.decisions += 1
         input_doc = replay_input(rec, sessions.get(session))
         if input_doc is None:
-            stats.skipped += 1
+            if rec.get("decision"):
+                stats.unknown += 1
+            else:
+                stats.skipped += 1
             continue
         stats.replayed += 1
         dec = engine.decide(as_tagged_by(input_doc, engine))
