@@ -233,6 +233,22 @@ def test_explain_re_evaluates_with_the_archived_bundle(setup: dict[str, Path]) -
     assert code == 2 and "not archived" in err
 
 
+def test_explain_names_what_a_damaged_decision_record_lacks(setup: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    first, _, _ = decision_seqs(setup["audit"])
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in sorted(setup["audit"].iterdir()):
+        recs = [json.loads(x) for x in f.read_text().splitlines()]
+        for r in recs:
+            if r["seq"] == first:
+                del r["statement"]
+        (cut / f.name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    code, _, err = cli("audit", "explain", str(first), cut, "--bundles", setup["bundles"])
+    assert code == 2 and "holds no statement document" in err, err
+    assert "session.start" not in err
+
+
 def test_policy_replay_lists_the_decisions_that_would_change(setup: dict[str, Path]) -> None:
     code, out, _ = cli("policy", "replay", "--audit", setup["audit"], "--bundle", setup["new"])
     assert code == 0

@@ -174,6 +174,9 @@ def explain_record(located: Located, *, session_input: Mapping[str, Any] | None 
     if not rec.get("decision"):
         raise ReplayError(f"decision seq {rec.get('seq')} was refused before the policy ran: "
                           "there is nothing to re-evaluate")
+    if not isinstance(rec.get("statement"), Mapping):
+        raise ReplayError(f"decision seq {rec.get('seq')} holds no statement document "
+                          "to re-evaluate")
     input_doc = replay_input(rec, session_input)
     if input_doc is None:
         raise ReplayError(f"decision seq {rec.get('seq')}: the session.start record of session "
