@@ -201,6 +201,11 @@ class Verdict:
     statements: int = 1
 
 
+# A query string with no statement (empty, blanks, a comment, ';'): the server answers
+# EmptyQueryResponse and runs nothing, so there is no decision to record.
+_NOTHING_TO_RUN = Verdict(True, statements=0)
+
+
 def _with_tags(verdict: Verdict, tags: tuple[StatementTag | None, ...]) -> Verdict:
     """`verdict` with `tags` (``dataclasses.replace`` without re-running ``__init__``:
     this is once per statement)."""
@@ -825,8 +830,8 @@ class StatementGate:
         decided: list[_Decided] = []
         self._hit = None
         verdict = self._decide(sql, protocol, catalog, decided, approval)
-        if not decided and verdict.allowed:  # no statement (an empty query): nothing runs
-            return verdict
+        if verdict is _NOTHING_TO_RUN:
+            return verdict  # (nothing to record)
         try:
             hit = self._hit
             if hit is not None and hit.record is not None and len(decided) == 1 \
@@ -952,7 +957,7 @@ class StatementGate:
             return _denial("42501", "the gateway could not analyze this statement")
         infos = analysis.infos
         if not infos:
-            return Verdict(True)  # an empty query string runs nothing
+            return _NOTHING_TO_RUN
         for info in infos:
             unsafe = _parsing_change(info)
             if unsafe is not None:

@@ -344,8 +344,6 @@ def _long_name(frames: Sequence[Frame]) -> bool:
     return False
 
 
-
-
 def _single_run(frames: Sequence[Frame]) -> tuple[str | None, str, str] | None:
     """:func:`single_run` in Python: the reference the compiled one is held to
     (tests/test_single_run_native.py), and the one in use without it."""
