@@ -710,7 +710,11 @@ class Walker:
                 if key == "columns":
                     colnames = _table_func_columns(val)
                 elif key not in ("alias", "lateral", "location"):
-                    lin = lin | derive(self.generic({key: val}, scope))
+                    # the function parses its input and runs paths over it: computed
+                    # with (an error such as a cast's quotes what it made of the value)
+                    got = self.generic({key: val}, scope)
+                    self.computes(got)
+                    lin = lin | derive(got)
             rte = Rte(None, colnames, [lin] * len(colnames), open=not colnames,
                       open_lineage=lin)
             rte.rename(v.get("alias"))
