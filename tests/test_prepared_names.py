@@ -209,3 +209,35 @@ def test_sql_names_are_cut_as_the_server_cuts_them(gw: GatewayProcess) -> None:
               [fe.Query(f"execute {LONG}yy").encode()])
     assert rows(out) and RAW not in b"".join(rows(out)), out
     assert all(b"[REDACTED]" in r for r in rows(out)), out
+
+
+def _cycles(name: str, queries: list[str]) -> list[list[bytes]]:
+    """DECLARE name WITH HOLD over each query, each followed by its CLOSE."""
+    out = []
+    for q in queries:
+        out += [[fe.Query(f"declare {name} cursor with hold for {q}").encode()],
+                [fe.Query(f"close {name}").encode()]]
+    return out
+
+
+def test_a_cursor_name_declared_over_too_many_queries_is_refused(gw: GatewayProcess) -> None:
+    """The gateway keeps every query a cursor name may still run at the server, up to a
+    bound; past it FETCH and DECLARE of the name are refused (not forgotten: a FETCH would
+    be masked as a query it no longer knows of). The same query again, with other
+    constants, is one of them: a loop over one name goes on."""
+    from gateway.sql.session_state import MAX_CURSOR_HISTORY
+
+    same = [f"{HOLDER} and {i} = {i}" for i in range(MAX_CURSOR_HISTORY + 5)]
+    out = run(gw, *_cycles("h", same), [fe.Query(f"declare h cursor with hold for {HOLDER}"
+                                                 ).encode()],
+              [fe.Query("fetch all from h").encode()])
+    assert not errors(out) and rows(out), out
+    assert all(b"[REDACTED]" in r for r in rows(out)), out
+    other = [f"select holder as n{i} from cards"  # noqa: S608
+             for i in range(MAX_CURSOR_HISTORY + 1)]
+    out = run(gw, *_cycles("k", other), [fe.Query("fetch all from k").encode()],
+              [fe.Query("declare k cursor with hold for select 1").encode()],
+              [fe.Query(f"declare k2 cursor with hold for {HOLDER}").encode()],
+              [fe.Query("fetch all from k2").encode()])
+    assert errors(out) == ["54000", "54000"], out
+    assert rows(out) and all(b"[REDACTED]" in r for r in rows(out)), out

@@ -852,6 +852,47 @@ def test_holdable_cursor_survives_commit_and_close_ends_it(catalog: Catalog) -> 
     assert len(state.cursor_candidates("h")) == 2
 
 
+def test_what_a_session_keeps_of_reused_names_is_bounded(catalog: Catalog) -> None:
+    """Earlier cursors and texts of a name are kept while the server may still have them
+    (a CLOSE or DEALLOCATE may not have run). A loop over one name grew them without
+    bound (and each cycle cost more): one of each description is kept, two texts."""
+    from gateway.sql.session_state import MAX_CURSOR_HISTORY
+
+    state = SessionSqlState()
+
+    def run(sql: str) -> None:
+        for info in analyze(sql, catalog, session=state):
+            state.observe(info)
+
+    for i in range(300):  # the same query, other constants: one description
+        run(f"DECLARE h CURSOR WITH HOLD FOR SELECT holder FROM cards WHERE id = {i}")  # noqa: S608
+        run("CLOSE h")
+        run(f"PREPARE p AS SELECT holder FROM cards WHERE id = {i}")  # noqa: S608
+        run("DEALLOCATE p")
+    assert len(state.cursor_candidates("h")) == 1 and not state.cursor_overflow
+    assert len(state.sql_texts["p"]) == 2  # (two make an EXECUTE of p ambiguous)
+    for i in range(MAX_CURSOR_HISTORY + 1):  # other descriptions: kept up to the bound
+        run(f"DECLARE h CURSOR WITH HOLD FOR SELECT holder AS n{i} FROM cards")  # noqa: S608
+        run("CLOSE h")
+    assert len(state.cursor_history["h"]) == MAX_CURSOR_HISTORY
+    assert state.cursor_overflow == {"h"}  # and then the name is refused (the gate)
+
+
+def test_past_so_many_remembered_names_a_new_one_is_refused(catalog: Catalog) -> None:
+    from gateway.enforce.gate import _statement_names
+    from gateway.sql.session_state import MAX_NAMES
+
+    state = SessionSqlState()
+    state.sql_texts = {f"p{i}": {b"x"} for i in range(MAX_NAMES)}
+    state.cursor_history = {f"c{i}": () for i in range(MAX_NAMES)}
+    for sql in ("PREPARE fresh AS SELECT 1", "DECLARE fresh CURSOR WITH HOLD FOR SELECT 1"):
+        verdict = _statement_names(analyze(sql, catalog, session=state), state, True)
+        assert verdict is not None and verdict.error is not None
+        assert verdict.error.code == "54000" and "reconnect" in verdict.error.message
+    for sql in ("PREPARE p1 AS SELECT 2", "DECLARE c1 CURSOR WITH HOLD FOR SELECT 1"):
+        assert _statement_names(analyze(sql, catalog, session=state), state, False) is None
+
+
 def test_declare_and_fetch_in_one_string(catalog: Catalog) -> None:
     infos = analyze("BEGIN; DECLARE c2 CURSOR FOR SELECT pan FROM cards; FETCH 2 FROM c2; "
                     "COMMIT", catalog)

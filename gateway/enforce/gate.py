@@ -34,7 +34,7 @@ from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.proxy.relay import Split
 from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
 from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
-from gateway.sql.session_state import may_set_path
+from gateway.sql.session_state import MAX_NAMES, may_set_path
 from gateway.wire import backend as be
 from gateway.wire.codec import cstr, frame
 from gateway.wire.errors import ProtocolViolation
@@ -1351,6 +1351,11 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
     to describe it and again to run it, so its name may well be in use already.)"""
     origin: dict[str, str] | None = None  # (built for the rare string that needs it)
     for info in infos:
+        if state.cursor_overflow and info.command in _READS_A_CURSOR | {"DECLARE CURSOR"} \
+                and str(info.details.get("cursor")) in state.cursor_overflow:
+            return _denial("54000", f'cursor "{info.details.get("cursor")}" was declared too '
+                           "many times in this session for the gateway to tell which query "
+                           "it runs: use another name")
         if info.command in _READS_A_CURSOR and state.protocol_portal is not None:
             name = str(info.details.get("cursor"))
             # (whatever the gateway remembers of cursors of the name: they may be gone)
@@ -1367,7 +1372,12 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
                 if runs and effect.name in origin:
                     return _denial("42P05",
                                    f'prepared statement "{effect.name}" already exists')
+                if effect.name not in state.sql_texts and len(state.sql_texts) >= MAX_NAMES:
+                    return _too_many_names("statements SQL PREPARE named")
                 origin[effect.name] = "sql"
+            elif effect.op == "declare" and effect.name not in state.cursor_history \
+                    and len(state.cursor_history) >= MAX_NAMES:
+                return _too_many_names("cursor names")
             elif effect.op == "deallocate" and effect.name is not None:
                 origin.pop(effect.name, None)
             elif effect.op == "deallocate" or (effect.op, effect.name) == ("discard", "ALL"):
@@ -1385,6 +1395,12 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
                 return _denial("42501", f'EXECUTE of "{name}", a statement prepared over the '
                                "protocol, is not allowed through the gateway: bind it")
     return None
+
+
+def _too_many_names(what: str) -> Verdict:
+    return _denial("54000", f"this session used more than {MAX_NAMES} {what}, which the "
+                   "gateway keeps track of while the server may still have them: "
+                   "reconnect to start afresh")
 
 
 def _classification(engine: PolicyEngine) -> dict[str, Any]:

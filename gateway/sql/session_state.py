@@ -26,6 +26,7 @@ analyzer reports a temp table together with the permanent table it shadows (see
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ class SessionSqlState:
         self.schema_changes: frozenset[tuple[str, str]] | None = None
         #: the texts a SQL PREPARE'd name may have at the server: every PREPARE of it the
         #: gateway allowed (one may not have run: a name in use, an error ahead of it, a
-        #: Parse of it never executed; nor a DEALLOCATE), so more than one is ambiguous
-        self.sql_texts: dict[str, set[str]] = {}
+        #: Parse of it never executed; nor a DEALLOCATE), so more than one is ambiguous.
+        #: Only that is asked: each text is kept as a digest, and two at most per name.
+        self.sql_texts: dict[str, set[bytes]] = {}
         #: whether a name is a protocol portal the gateway follows (the result masker's
         #: word, wired by the relay): SQL FETCH of one is refused
         self.protocol_portal: Callable[[str], bool] | None = None
@@ -118,6 +120,9 @@ class SessionSqlState:
         # described by every one of them (cursor_candidates). Those without HOLD end with
         # the transaction.
         self.cursor_history: dict[str, tuple[Cursor, ...]] = {}
+        # Names whose earlier cursors reached MAX_CURSOR_HISTORY: the gateway can no
+        # longer tell every query one may run, so the gate refuses them.
+        self.cursor_overflow: set[str] = set()
         self.temp_relations: dict[str, Relation] = {}
         # Non-temp relations created earlier in the same query string (scratch copies only;
         # the real session waits for the catalog refresh).
@@ -378,12 +383,20 @@ class SessionSqlState:
         return out
 
     def _keep_cursor(self, name: str) -> None:
-        """A DECLARE or CLOSE of `name` is allowed: the cursor it had may outlive it."""
+        """A DECLARE or CLOSE of `name` is allowed: the cursor it had may outlive it.
+        (At most MAX_CURSOR_HISTORY per name: past it the name is refused.)"""
         current = self.cursors.get(name)
         if current is not None:
             kept = self.cursor_history.get(name, ())
-            if current not in kept:
+            # one of each description: a loop declaring the name over the same query with
+            # other constants keeps one (a FETCH is described the same by either)
+            same = current.info.with_sql("")
+            if any(c.hold == current.hold and c.info.with_sql("") == same for c in kept):
+                return
+            if len(kept) < MAX_CURSOR_HISTORY:
                 self.cursor_history[name] = (*kept, current)
+            else:
+                self.cursor_overflow.add(name)
 
     def _drop_unheld_history(self) -> None:
         history = {}
@@ -423,7 +436,10 @@ class SessionSqlState:
             self.prepared[effect.name] = PreparedStatement(effect.name, effect.value, "sql")
             self.sql_used = True
             if not scratch:
-                self.sql_texts.setdefault(effect.name, set()).add(effect.value)
+                texts = self.sql_texts.setdefault(effect.name, set())
+                if len(texts) < 2:
+                    texts.add(hashlib.sha256(
+                        str(effect.value).encode("utf-8", "surrogatepass")).digest())
         elif op == "deallocate":
             if effect.name is None:  # DEALLOCATE ALL includes protocol-level statements
                 self.prepared.clear()
@@ -477,6 +493,13 @@ class SessionSqlState:
             self.cursors = {n: c for n, c in self.cursors.items() if c.hold}
             self._drop_unheld_history()
 
+
+# What a session may make the gateway remember of names the server may still have: the
+# earlier cursors of one name (a DECLARE or CLOSE may not have run), SQL PREPARE'd names
+# and names with earlier cursors. Past these the gate refuses (54000) rather than forget
+# one (a FETCH would be masked as a query it no longer knows of) or grow without bound.
+MAX_CURSOR_HISTORY = 32
+MAX_NAMES = 4096
 
 # What changes search_path in a way the gateway sees (and may be wrong about, if the
 # statement does not run), and what may change it unseen.
