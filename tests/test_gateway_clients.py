@@ -307,3 +307,21 @@ def test_client_drop_closes_the_upstream_session(gateway: GatewayProcess, token:
     while backends() != 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert backends() == 0
+
+
+def test_a_query_string_of_too_many_statements_is_refused(gateway: GatewayProcess,
+                                                          token: str) -> None:
+    """Each statement costs the gateway its analysis and decision on an event loop other
+    sessions share: 50,000 in one string held every other session for 11 s. Past
+    MAX_STATEMENTS the string is refused at once, and the session goes on."""
+    from gateway.sql.analyzer import MAX_STATEMENTS
+
+    with connect(gateway, token, autocommit=True) as conn:
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="at most"):
+            conn.execute(";".join(["select 1"] * 50_000))
+        assert time.monotonic() - started < 2.0
+        cur = conn.execute(";".join(["select 1"] * (MAX_STATEMENTS - 1) + ["select 2"]))
+        while cur.nextset():  # (psycopg holds each result; the last is the string's last)
+            pass
+        assert cur.fetchone() == (2,)

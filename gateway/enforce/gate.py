@@ -32,7 +32,13 @@ from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine, input_digest
 from gateway.proxy.relay import Split
-from gateway.sql import SessionSqlState, SqlParseError, StatementInfo, analyze
+from gateway.sql import (
+    SessionSqlState,
+    SqlParseError,
+    StatementInfo,
+    TooManyStatements,
+    analyze,
+)
 from gateway.sql.parse import CACHE_MAX_TEXT as PARSE_CACHE_MAX_TEXT
 from gateway.sql.session_state import MAX_NAMES, may_set_path
 from gateway.wire import backend as be
@@ -951,6 +957,8 @@ class StatementGate:
         except SqlParseError as e:
             logs.info("decision.unparsable", session=self.facts.session["id"])
             return _denial("42601", f"the gateway could not parse this SQL: {e}")
+        except TooManyStatements as e:
+            return _denial("54000", str(e))
         except Exception as e:  # an analyzer bug must refuse the statement, not pass it
             logs.error("decision.analysis_failed", session=self.facts.session["id"],
                        error=type(e).__name__)

@@ -1,6 +1,13 @@
 """SQL analysis: pglast parse trees → the policy input's ``statement`` object (DESIGN §4)."""
 
-from .analyzer import ColumnUse, OutputColumn, RelationAccess, StatementInfo, analyze
+from .analyzer import (
+    ColumnUse,
+    OutputColumn,
+    RelationAccess,
+    StatementInfo,
+    TooManyStatements,
+    analyze,
+)
 from .commands import KINDS, USAGES
 from .functions import SQL_STRING_FUNCTIONS
 from .parse import ParsedSql, RawStatement, SqlParseError, parse
@@ -21,6 +28,7 @@ __all__ = [
     "SessionSqlState",
     "SqlParseError",
     "StatementInfo",
+    "TooManyStatements",
     "analyze",
     "parse",
 ]
