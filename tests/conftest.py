@@ -7,6 +7,7 @@ roles that authenticate over TCP with SCRAM, md5 and trust respectively.
 from __future__ import annotations
 
 import importlib.util
+import json
 import secrets
 import ssl
 import sys
@@ -171,3 +172,13 @@ def fill_disk(disk: Path) -> Path:
             except OSError:
                 pass
     return filler
+
+
+def audit_yaml(d: Path) -> str:
+    """The audit section of a test gateway's config: its trail in `d`/audit, signed with
+    a key pair made in `d` (audit.pem, audit.pub)."""
+    from gateway.audit import generate_keypair
+
+    generate_keypair(d / "audit.pem", d / "audit.pub")
+    return (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
+            f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")

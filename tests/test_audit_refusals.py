@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, audit_yaml, upstreams_for
 from rawclient import Message, RawClient
 from test_db_role import POLICY, ROLE_SETUP
 
-from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
 from gateway.wire import frontend as fe
 
@@ -43,11 +42,8 @@ def audited(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
     test_db_role): what is refused here, the gateway refused."""
     pg.server.psql(ROLE_SETUP, dbname="payments")
     d = tmp_path_factory.mktemp("refusals")
-    generate_keypair(d / "audit.pem", d / "audit.pub")
-    extra = (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
-             f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")
     with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
-                        extra_yaml=extra) as gw:
+                        extra_yaml=audit_yaml(d)) as gw:
         yield gw, d / "audit"
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, upstreams_for
+from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, audit_yaml, upstreams_for
 
-from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
 
 POLICY = Path(__file__).resolve().parent / "policies" / "row_limit"
@@ -32,11 +31,8 @@ def limited(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[GatewayProcess, Path]]:
     pg.server.psql(SETUP, dbname="payments", user=pg.service.name)
     d = tmp_path_factory.mktemp("row_limit")
-    generate_keypair(d / "audit.pem", d / "audit.pub")
-    extra = (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
-             f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")
     with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY,
-                        extra_yaml=extra) as gw:
+                        extra_yaml=audit_yaml(d)) as gw:
         yield gw, d / "audit"
 
 

@@ -712,38 +712,36 @@ def _read_yaml(file: str, source: Path) -> object:
         raise ConfigError(file, None, "", f"YAML error: {exc}") from None
 
 
+def _root(path: str | Path, env: Mapping[str, str] | None) -> _Map:
+    """A config file's top-level mapping, read and checked for its keys."""
+    file = str(path)
+    source = Path(os.path.abspath(path))
+    src = _Source(file=file, base=source.parent, env=os.environ if env is None else env)
+    data = _read_yaml(file, source)
+    if data is None:
+        raise ConfigError(file, None, "", "config file is empty")
+    return _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
+
+
 def load_audit_config(path: str | Path, env: Mapping[str, str] | None = None
                       ) -> AuditConfig | None:
     """The audit section of a gateway config file alone (None: it has none), for the
     audit readers: an auditor's shell holds none of the gateway's own secrets (upstream
     passwords, the masking key), which :func:`load_config` resolves. Raises ConfigError."""
-    file = str(path)
-    source = Path(os.path.abspath(path))
-    src = _Source(file=file, base=source.parent, env=os.environ if env is None else env)
-    data = _read_yaml(file, source)
-    if data is None:
-        raise ConfigError(file, None, "", "config file is empty")
-    root = _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
-    audit = root.optional_map("audit", _AUDIT_KEYS)
+    audit = _root(path, env).optional_map("audit", _AUDIT_KEYS)
     return _audit(audit) if audit is not None else None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read, validate and resolve a gateway config file; raise ConfigError on any mistake."""
-    file = str(path)
-    source = Path(os.path.abspath(path))
-    src = _Source(file=file, base=source.parent, env=os.environ if env is None else env)
-    data = _read_yaml(file, source)
-    if data is None:
-        raise ConfigError(file, None, "", "config file is empty")
-    root = _Map(src, data, "", 1, _TOP_KEYS, expected="a mapping at the top level")
+    root = _root(path, env)
 
     policy = root.optional_map(
         "policy", ("bundle", "verification_key", "allow_unsigned", "enforce", "keyid", "scope",
                    "state_dir", "poll_interval", "run_tests"))
     audit = root.optional_map("audit", _AUDIT_KEYS)
     return GatewayConfig(
-        source=source,
+        source=Path(os.path.abspath(path)),
         listen=_listen(root.map("listen", _LISTEN_KEYS)),
         identity=_identity(root.map("identity", ("providers",))),
         connections=_connections(root.map("connections", None)),
