@@ -44,11 +44,22 @@ MAX_ENTRIES = 10_000
 POLICY_DATA_NAMES = ("data.json", "data.yaml", "data.yml")
 
 
+def _utf8_name(name: str, where: str | None = None) -> None:
+    """Refuse a name that is not UTF-8 (read with surrogate escapes): bundle names are
+    hashed, signed and sorted as UTF-8, and such a name would be none of those."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise ArchiveError(where or shown, f"entry name {shown!r} is not UTF-8") from None
+
+
 def clean_name(name: str, where: str | None = None) -> str:
     """A bundle-relative POSIX name: leading ``/`` and ``./`` stripped; ``..``, empty
     names, backslashes and NUL refused (ArchiveError naming ``where`` or the entry)."""
     if "\\" in name or "\x00" in name:
         raise ArchiveError(where or name, f"unsafe entry name {name!r}")
+    _utf8_name(name, where)
     rel = name
     while rel.startswith(("/", "./")):
         rel = rel[1:] if rel.startswith("/") else rel[2:]
@@ -159,6 +170,7 @@ def _walk(root: Path) -> list[tuple[str, Path, bool]]:
         dirnames.sort()
         for fname in sorted(filenames):
             rel = (rel_dir / fname).as_posix()
+            _utf8_name(rel)
             out.append((rel, here / fname, hidden_dir or fname.startswith(".")))
     out.sort(key=lambda t: t[0].encode("utf-8"))
     return out

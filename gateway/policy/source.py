@@ -173,6 +173,12 @@ class PolicySource:
         data: dict[str, Any] = {}
         owners: dict[tuple[str, ...], str] = {}
         manifest: dict[str, Any] = {}
+        for entry in entries:  # (names are sorted, and bundle files signed, as UTF-8)
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = entry.name.encode("utf-8", "backslashreplace").decode("ascii")
+                raise PolicyLoadError(origin, f"file name {shown!r} is not UTF-8") from None
         entries = sorted(entries, key=lambda e: e.name.encode("utf-8"))
         for entry in entries:
             kind = _kind(entry.rel)
