@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -102,7 +103,9 @@ class BundleReloader:
         self._active: _Active | None = None
         self._etag: str | None = None
         self._stat: object = None
-        self._rejected_sha: str | None = None
+        # The bundle last rejected, with the verification key it was checked with: the
+        # same bytes are not checked again until the key file changes (a rotated key).
+        self._rejected_sha: tuple[str, bytes | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         # Counters (status, tests).
@@ -202,7 +205,6 @@ class BundleReloader:
                     self.not_modified += 1
                     return self._result("unchanged", trigger)
                 assert fetched.raw is not None
-                self._etag = fetched.etag
                 raw: bytes | None = fetched.raw
             else:
                 raw = None
@@ -213,6 +215,11 @@ class BundleReloader:
                          location=self.location, error=exc.reason)
             return self._result("unavailable", trigger, reason=exc.reason)
         sha = None
+        key = self._key_mark()
+        if raw is not None:
+            sha = hashlib.sha256(raw).hexdigest()
+            if (sha, key) == self._rejected_sha:
+                return self._result("rejected", trigger, reason="already rejected")
         try:
             verification = self._verification()
             if raw is not None:
@@ -224,16 +231,31 @@ class BundleReloader:
             sha = bundle.sha256
             if current is not None and sha == current.bundle.sha256:
                 self._rejected_sha = None
+                if raw is not None:
+                    self._etag = fetched.etag
                 return self._result("unchanged", trigger)
-            if sha == self._rejected_sha:
+            if (sha, key) == self._rejected_sha:
                 return self._result("rejected", trigger, reason="already rejected")
             engine = self._compile(bundle)
         except (BundleError, PolicyError, KeyFileError) as exc:
-            return self._reject(trigger, exc, sha, raw)
+            return self._reject(trigger, exc, sha, raw, key)
         except Exception as exc:  # a hostile bundle the checks did not expect: not active
-            return self._reject(trigger, _Unexpected(exc), sha, raw)
+            return self._reject(trigger, _Unexpected(exc), sha, raw, key)
+        if raw is not None:  # (only now: a rejected download is fetched again, not a 304)
+            self._etag = fetched.etag
         self._swap(bundle, engine, trigger)
         return self._result("activated", trigger)
+
+    def _key_mark(self) -> bytes | None:
+        """What identifies the verification key file's content now (None: no key, or
+        unreadable: then nothing is taken for already rejected)."""
+        path = self.config.verification_key
+        if path is None:
+            return None
+        try:
+            return hashlib.sha256(Path(path).read_bytes()).digest()
+        except OSError:
+            return None
 
     def _compile(self, bundle: LoadedBundle) -> PolicyEngine:
         engine = PolicyEngine(bundle.source, bundle_hash=bundle.sha256, probe=True)
@@ -268,8 +290,8 @@ class BundleReloader:
         logs.info("bundle.activated", **details)
         self._emit("bundle_activated", details)
 
-    def _reject(self, trigger: str, exc: Exception, sha: str | None, raw: bytes | None
-                ) -> ReloadResult:
+    def _reject(self, trigger: str, exc: Exception, sha: str | None, raw: bytes | None,
+                key: bytes | None = None) -> ReloadResult:
         if isinstance(exc, BundleError):
             file, reason = exc.file, exc.reason
         elif isinstance(exc, PolicyError):
@@ -279,10 +301,15 @@ class BundleReloader:
         else:
             file, reason = str(self.config.verification_key), str(exc)
         if sha is None and raw is not None:
-            import hashlib
-
             sha = hashlib.sha256(raw).hexdigest()
-        self._rejected_sha = sha
+        if sha is None and not self.is_url:  # a tarball file that failed before its hash
+            try:
+                path = Path(self.location)
+                if path.is_file():
+                    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                pass
+        self._rejected_sha = (sha, key) if sha is not None else None
         self.rejections += 1
         details = {"trigger": trigger, "location": self.location, "file": file,
                    "reason": reason, "sha256": sha, "serving_revision": self.revision,

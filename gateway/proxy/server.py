@@ -162,9 +162,11 @@ class GatewayServer:
                 previous_bundle_hash=details.get("previous_sha256"),
                 signed_by=details.get("keyid"))
         else:
-            rec = records.bundle_rejected(
-                source=str(details.get("location")), reason=str(details.get("reason")),
-                bundle_hash=details.get("sha256"))
+            reason, file = str(details.get("reason")), details.get("file")
+            if file and str(file) not in reason:  # the file at fault, as the log line has it
+                reason = f"{file}: {reason}"
+            rec = records.bundle_rejected(source=str(details.get("location")), reason=reason,
+                                          bundle_hash=details.get("sha256"))
         try:
             self.audit.append(rec)
         except AuditUnavailable as e:
