@@ -512,3 +512,36 @@ def test_session_ends_when_its_token_expires(pg: Any,
         ended = [r for r in gw.logs if r.get("event") == "session.token_expired"]
         assert len(ended) == 1 and ended[0]["subject"] == "ci-bot"
         assert tok not in gw.log_text()
+
+
+def test_a_statement_running_when_the_token_expires_is_canceled(
+        pg: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The session ends for the client when its token expires, and at the server too: the
+    statement it was running is canceled, not left to finish (a write would commit after
+    the client was told the session is over)."""
+    import threading
+
+    marker = "expiry_in_flight_marker"
+    with GatewayProcess(tmp_path_factory.mktemp("expiry-running"), upstreams_for(pg),
+                        leeway=0) as gw:
+        conn = psycopg.connect(gw.dsn("payments"), password=gw.token(ttl=2), autocommit=True)
+        errors: list[str] = []
+
+        def run() -> None:
+            try:
+                conn.execute(f"select pg_sleep(10), '{marker}'")
+            except psycopg.Error as e:
+                errors.append(str(e))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(4)  # the token expired 2 s in
+        with psycopg.connect(pg.dsn(pg.service), autocommit=True) as direct:
+            running = direct.execute(
+                "select state from pg_stat_activity where query like %s "
+                "and pid <> pg_backend_pid()", (f"%{marker}%",)).fetchall()
+        worker.join(15)
+        conn.close()
+        assert errors and "expired" in errors[0], errors
+        assert running == [], running
+        assert any(r.get("event") == "session.cancel_on_end" for r in gw.logs)

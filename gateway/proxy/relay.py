@@ -368,6 +368,10 @@ class Relay:
         """Nothing forwarded waits for an answer (an unsynced run's included)."""
         return not self._outstanding and self._all_answered()
 
+    def idle(self) -> bool:
+        """Whether nothing forwarded to the server is still to be answered."""
+        return self._idle()
+
     def _all_answered(self) -> bool:
         # (also when the counts disagree: after an error PostgreSQL skips a Query sent
         # before the run's Sync, which then gets no ReadyForQuery of its own)

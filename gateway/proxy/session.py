@@ -81,6 +81,8 @@ class Session:
         metrics.SESSIONS_ACTIVE.inc()
         self.totals = records.SessionTotals()
         self._cancel_pid: int | None = None
+        self._cancel_upstream: CancelAction | None = None
+        self._cancelling: asyncio.Task[None] | None = None
         self._pending_client = b""
 
     async def run(self) -> None:
@@ -173,6 +175,7 @@ class Session:
 
     def terminate(self, code: str, message: str) -> None:
         if self.relay is not None:
+            self._cancel_running()
             self.relay.terminate(code, message)
         else:
             self._fatal(code, message)
@@ -345,7 +348,8 @@ class Session:
 
     async def _relay(self, link: up.UpstreamLink, hello: ClientHello) -> str:
         gate = await self._gate(link, hello)
-        key = self.server.cancels.register(self._cancel_action(link))
+        self._cancel_upstream = self._cancel_action(link)
+        key = self.server.cancels.register(self._cancel_upstream)
         self._cancel_pid = key.pid
         out = [be.Authentication(be.AUTH_OK).encode()]
         out += [be.ParameterStatus(n, v).encode() for n, v in link.parameters]
@@ -487,8 +491,27 @@ class Session:
         logs.info("session.token_expired", session=self.id,
                   subject=self.identity.subject if self.identity else None)
         if self.relay is not None:
+            self._cancel_running()
             self.relay.terminate("28000", "the token this session logged in with has expired; "
                                  "reconnect with a fresh token")
+
+    def _cancel_running(self) -> None:
+        """A session the gateway ends stops working at the server too: what runs there is
+        canceled (the Terminate the relay sends waits behind it, and a write would still
+        commit after the client was told the session is over)."""
+        relay, cancel = self.relay, self._cancel_upstream
+        if relay is None or cancel is None or relay.idle():
+            return
+
+        async def cancelling() -> None:
+            try:
+                await cancel()
+            except Exception as e:  # (the Terminate still ends it once it is done)
+                logs.warning("session.cancel_on_end_failed", session=self.id,
+                             error=type(e).__name__)
+
+        self._cancelling = asyncio.ensure_future(cancelling())
+        logs.info("session.cancel_on_end", session=self.id)
 
     def _cancel_action(self, link: up.UpstreamLink) -> CancelAction:
         target = self.server.target(self.connection_name or "")
