@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 from conftest import PgBackend, audit_yaml, upstreams_for
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_bundle_reload import POLICY, BundleServer, bundle_server  # noqa: F401 (a fixture)
+from test_bundle_reload import (  # noqa: F401 (bundle_server: a fixture)
+    POLICY,
+    BundleServer,
+    bundle_server,
+    serving,
+)
 
 from gateway.bundle.archive import read_tarball, write_tarball
 from gateway.bundle.build import build_bundle
@@ -40,17 +43,6 @@ def policy_yaml(bundle: str, pub: Path, state: Path, poll: float) -> str:
                       f"  verification_key: {{file: {json.dumps(str(pub))}}}",
                       f"  state_dir: {json.dumps(str(state))}",
                       f"  poll_interval: {poll}"]) + "\n"
-
-
-def serving(gw: GatewayProcess) -> str:
-    with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True) as c:
-        try:
-            c.execute("select 'which_revision'")
-        except psycopg.errors.InsufficientPrivilege as e:
-            m = re.search(r"serving (\S+)", str(e))
-            assert m, str(e)
-            return m.group(1)
-    raise AssertionError("the probe statement was allowed")
 
 
 def wait_for(check: Callable[[], bool], timeout: float) -> bool:
