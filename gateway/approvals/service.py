@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import logs
+from gateway.audit.display import shows_anything
 
 from .model import (
     APPROVED,
@@ -383,6 +384,8 @@ class ApprovalService:
     async def _decide(self, decision: str, request_id: str, approver: ApproverIdentity,
                       reason: str | None) -> Decided:
         reason = (reason or "").strip() or None
+        if reason is not None and not shows_anything(reason):
+            reason = None  # (zero-width spaces, controls: nothing a reader would see)
         if reason is not None and len(reason) > MAX_REASON:
             raise ApprovalError("invalid", f"the reason is longer than {MAX_REASON} characters")
         if reason is None and self.require_reason:

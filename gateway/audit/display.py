@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["joined", "json_text", "safe_json", "text_of", "visible"]
+__all__ = ["joined", "json_text", "safe_json", "shows_anything", "text_of", "visible"]
 
 # C0, DEL, C1; Arabic letter mark, LRM/RLM, the line/paragraph separators some viewers
 # break lines at, the bidi embeddings/overrides and isolates; lone surrogates (JSON can
@@ -53,6 +53,16 @@ def visible(text: str, *, keep: str = "") -> str:
     if keep:
         return _SHOWN.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
     return _SHOWN.sub(_escape, text)
+
+
+_INVISIBLE = re.compile(f"[{_UNSAFE}\\s]")
+
+
+def shows_anything(text: str) -> bool:
+    """Whether `text` has a character a person sees: not only blanks, controls, bidi
+    marks and the invisible characters :func:`visible` escapes (a required reason of
+    zero-width spaces is no reason)."""
+    return bool(_INVISIBLE.sub("", text))
 
 
 def json_text(value: Any) -> str:
