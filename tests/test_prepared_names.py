@@ -241,3 +241,58 @@ def test_a_cursor_name_declared_over_too_many_queries_is_refused(gw: GatewayProc
               [fe.Query("fetch all from k2").encode()])
     assert errors(out) == ["54000", "54000"], out
     assert rows(out) and all(b"[REDACTED]" in r for r in rows(out)), out
+
+
+OTHERS = (b"Bob Chen", b"Carol Diaz", b"Dan Okafor", b"Eve Novak")
+SYNC = fe.Sync().encode()
+
+
+def _q(sql: str) -> bytes:
+    return fe.Query(sql).encode()
+
+
+def bind_execute(statement: str) -> list[bytes]:
+    return [fe.Bind("", statement, (), (), ()).encode(), fe.Execute("", 0).encode(), SYNC]
+
+
+def _no_holder(out: list[tuple[str, bytes]]) -> None:
+    got = b"".join(body for _, body in out)
+    assert RAW not in got and not any(n in got for n in OTHERS), out
+
+
+# A statement prepared over the protocol whose text reads a session object by name (FETCH
+# from a SQL cursor, EXECUTE of a SQL PREPAREd statement) is decided at its Parse, against
+# what the name meant then; PostgreSQL looks the name up again at every Bind. A cursor or
+# SQL statement of the name redefined in between ran unmasked: its Bind is refused now.
+
+
+def test_a_parsed_fetch_of_a_cursor_redeclared_over_a_masked_query_is_masked(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [_q("begin")],
+              [_q("declare k cursor for select 'x'::text from cards")],
+              [fe.Parse("sf", "fetch all from k", ()).encode(), SYNC],  # decided: no mask
+              [_q("close k")],
+              [_q("declare k cursor for select holder from cards")],
+              bind_execute("sf"),  # the server fetches from the new k
+              [_q("commit")])
+    _no_holder(out)
+    assert "42501" in errors(out), out
+
+
+def test_a_parsed_execute_of_a_sql_statement_prepared_again_is_masked(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [_q("prepare qq as select 'x'::text from cards")],
+              [fe.Parse("se", "execute qq", ()).encode(), SYNC],  # decided: no mask
+              [_q("deallocate qq")],
+              [_q("prepare qq as select holder from cards")],
+              bind_execute("se"))  # the server runs the new qq
+    _no_holder(out)
+    assert "42501" in errors(out), out
+
+
+def test_a_parsed_fetch_of_an_unchanged_cursor_still_runs(gw: GatewayProcess) -> None:
+    out = run(gw, [_q("begin")], [_q("declare k cursor for select holder from cards")],
+              [fe.Parse("sf2", "fetch 1 from k", ()).encode(), SYNC],
+              bind_execute("sf2"), bind_execute("sf2"), [_q("commit")])
+    assert not errors(out) and len(rows(out)) == 2, out
+    assert all(b"[REDACTED]" in r for r in rows(out)), out

@@ -123,6 +123,8 @@ class _Repeat:
     decided: tuple[_Decided, ...]  # when auditing: what the records are made of
     #: when auditing one statement by template: what `_record` would append for it
     record: _RecordPlan | None = None
+    #: the names of the relations it reads (a protocol statement's, see register_parse)
+    reads: frozenset[str] = frozenset()
 
 
 class _RecordPlan(NamedTuple):
@@ -298,6 +300,10 @@ class StatementGate:
         # Decision records of this session by outcome (denied, held): session.end's
         # totals, which count statement records for the rest.
         self.recorded: dict[str, int] = {"denied": 0, "held": 0}
+        # of the statement _decide analyzed last: whether it runs a cursor or SQL
+        # statement by name, and the names of the relations it reads (see register_parse)
+        self._names_a_name = False
+        self._reads: frozenset[str] = frozenset()
         # Set when the session's parsing settings drifted from the gateway's: fail closed.
         self.poisoned: str | None = None
         self._facts_digest: tuple[str, str] | None = None
@@ -333,7 +339,8 @@ class StatementGate:
                 "through the gateway (PostgreSQL would cut them to their first "
                 f"{MAX_NAME} bytes)", "42622")
         if not single_query and not any(t in _DECIDED for t, _ in frames) and not self.roles \
-                and not state.sql_used and not state.path_moved and not state.cursor_used:
+                and not state.sql_used and not state.path_moved and not state.cursor_used \
+                and not state.bind_check:
             return raw
         catalog = self.catalogs.current(self.connection)
         if catalog is None:  # the connection's first statement: read it again once loaded
@@ -393,7 +400,7 @@ class StatementGate:
                     split = self._bind_waits(raw, frames, i, replaced, holds, relay, catalog)
                     if split is not None:
                         return split
-                if ((state.sql_used or roles.lost or state.path_moved)
+                if ((state.sql_used or roles.lost or state.path_moved or state.bind_check)
                         and (mtype == _B or mtype == _D)) or (mtype == _E and state.cursor_used):
                     refused = self._unusable(relay, mtype, body)
                     if refused is not None:
@@ -465,7 +472,8 @@ class StatementGate:
         if not verdict.allowed:
             return False
         if isinstance(msg, Parse):
-            self.state.register_parse(msg.name, sql)
+            self.state.register_parse(msg.name, sql, names=self._names_a_name,
+                                      reads=self._reads)
             roles = self.roles
             if (roles or verdict.role is not None) and roles.parsed(msg.name, verdict.role):
                 assert batch is not None
@@ -543,9 +551,8 @@ class StatementGate:
         elif name in self.roles.lost:
             why = (f'prepared statement "{name}" is not the one the gateway decided: a Parse '
                    "or Close of it did not take effect; prepare it again")
-        elif mtype == _B and not self.state.path_fits(name):
-            why = (f'prepared statement "{name}" was decided under another search_path, and '
-                   "PostgreSQL would run it under this one; prepare it again")
+        elif mtype == _B and (stale := self.state.stale(name)) is not None:
+            why = f'prepared statement "{name}" {stale}; prepare it again'
         else:
             return None
         verdict = self._refused(_denial("42501", why), "Bind" if mtype == _B else "Describe",
@@ -942,6 +949,7 @@ class StatementGate:
                 ) -> Verdict:
         """`as_role`: deciding again as the db_role the first decision granted (see
         _decide_as)."""
+        self._names_a_name, self._reads = False, frozenset()
         if self.poisoned is not None:
             return _denial("42501", self.poisoned)
         engine = self.policy()
@@ -966,6 +974,9 @@ class StatementGate:
         infos = analysis.infos
         if not infos:
             return _NOTHING_TO_RUN
+        # (a FETCH, MOVE or EXECUTE: what it runs is looked up by name at each Bind)
+        self._names_a_name = any(not i.cacheable for i in infos)
+        self._reads = frozenset(r.name for i in infos for r in i.relations)
         for info in infos:
             unsafe = _parsing_change(info)
             if unsafe is not None:
@@ -1073,7 +1084,9 @@ class StatementGate:
             self._by_shape.clear()
             self._repeats_under = (engine, catalog, self.state._version)
         repeat = _Repeat(verdict, tuple(d.outcome for _, d in decisions),
-                         tuple(decided) if decided is not None else ())
+                         tuple(decided) if decided is not None else (),
+                         reads=frozenset(r.name for info, _ in decisions
+                                         for r in info.relations))
         ctx = self.audit_ctx
         if decided is not None and len(decided) == 1 and self._templates is not None \
                 and ctx is not None:
@@ -1173,6 +1186,7 @@ class StatementGate:
             if repeat is None:
                 return None, shape
         self._reuse(repeat)
+        self._reads = repeat.reads
         if decided is not None:
             if shape is not None:  # by shape: this text's own redaction
                 info, decision, doc, digest, _ = repeat.decided[0]

@@ -73,6 +73,14 @@ class PreparedStatement:
     #: a protocol statement's: the search paths its names were resolved along when it was
     #: decided (None: every schema). PostgreSQL re-plans it under the path of the moment.
     paths: frozenset[tuple[str, ...] | None] | None = None
+    #: a protocol FETCH, MOVE or EXECUTE's: the session's names_version when it was
+    #: decided (the cursor or SQL statement it names is looked up again at each Bind)
+    names_at: int | None = None
+    #: a protocol statement's: how many schema changes the session had made when it was
+    #: decided, and the names of the relations it reads (DDL since on one of those names
+    #: makes the server re-plan it onto what the DDL changed)
+    schema_at: int = 0
+    reads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +131,13 @@ class SessionSqlState:
         # Names whose earlier cursors reached MAX_CURSOR_HISTORY: the gateway can no
         # longer tell every query one may run, so the gate refuses them.
         self.cursor_overflow: set[str] = set()
+        # Bumped by every allowed DECLARE, CLOSE, PREPARE, DEALLOCATE, DISCARD ALL: a
+        # protocol FETCH or EXECUTE decided before may no longer be what a Bind of it runs
+        # (stale; and see schema_writes). bind_check: Binds must be looked at.
+        self.names_version = 0
+        # the relation names each allowed schema change wrote, in order (None: any)
+        self.schema_writes: list[frozenset[str] | None] = []
+        self.bind_check = False
         self.temp_relations: dict[str, Relation] = {}
         # Non-temp relations created earlier in the same query string (scratch copies only;
         # the real session waits for the catalog refresh).
@@ -225,10 +240,34 @@ class SessionSqlState:
 
     # -- what the gateway feeds in ------------------------------------------------------------
 
-    def register_parse(self, name: str, sql: str) -> None:
+    def register_parse(self, name: str, sql: str, *, names: bool = False,
+                       reads: frozenset[str] = frozenset()) -> None:
         """A protocol-level Parse of a named statement ("" = unnamed, not reachable from SQL
-        EXECUTE but kept for the gateway's convenience)."""
-        self.prepared[name] = PreparedStatement(name, sql, "protocol", self.path_candidates())
+        EXECUTE but kept for the gateway's convenience); `names`: it runs a cursor or SQL
+        prepared statement by name (FETCH, MOVE, EXECUTE); `reads`: the names of the
+        relations it reads."""
+        self.prepared[name] = PreparedStatement(
+            name, sql, "protocol", self.path_candidates(),
+            self.names_version if names else None, len(self.schema_writes), reads)
+
+    def stale(self, name: str) -> str | None:
+        """Why protocol statement `name` may run something other than what it was decided
+        as, at a Bind now (None: it runs what was decided). PostgreSQL looks its names up
+        again at each Bind."""
+        ps = self.prepared.get(name)
+        if ps is None or ps.origin != "protocol":
+            return None
+        if not self.path_fits(name):
+            return ("was decided under another search_path, and PostgreSQL would run it under "
+                    "this one")
+        if ps.names_at is not None and ps.names_at != self.names_version:
+            return ("names a cursor or SQL prepared statement that was declared, prepared or "
+                    "closed since it was decided")
+        for written in self.schema_writes[ps.schema_at:]:
+            if written is None or written & ps.reads or ps.names_at is not None:
+                return ("reads a relation a schema change in this session changed since it "
+                        "was decided")
+        return None
 
     def path_candidates(self) -> frozenset[tuple[str, ...] | None] | None:
         """The search paths the server may be on (None: any, or unknown)."""
@@ -314,6 +353,9 @@ class SessionSqlState:
             self.schema_changes = (self.schema_changes or frozenset()) | (
                 written or {EVERY_RELATION})
             self._bump()
+            # (by name: a new temp table shadows a table of its name in any schema)
+            self.schema_writes.append(frozenset(n for _, n in written) if written else None)
+            self.bind_check = self.bind_check or bool(self.prepared)
         if not self.any_path and may_set_path(info):
             self.any_path = True
             self._path_moves()
@@ -357,6 +399,8 @@ class SessionSqlState:
         new.any_path = self.any_path
         new.path_reported = self.path_reported
         new.path_moved = self.path_moved
+        new.names_version, new.schema_writes = self.names_version, self.schema_writes
+        new.bind_check = self.bind_check
         new._reported_path = self._reported_path
         new._reported_unreadable = self._reported_unreadable
         new._version = self._version
@@ -418,6 +462,9 @@ class SessionSqlState:
 
     def _apply(self, effect: Effect, info: StatementInfo, *, scratch: bool) -> None:
         op = effect.op
+        if op in _NAME_OPS and not scratch:
+            self.names_version += 1
+            self.bind_check = self.bind_check or bool(self.prepared)
         if op == "search_path":
             self._search_path = effect.value
             self._bump()
@@ -499,6 +546,9 @@ class SessionSqlState:
 # and names with earlier cursors. Past these the gate refuses (54000) rather than forget
 # one (a FETCH would be masked as a query it no longer knows of) or grow without bound.
 MAX_CURSOR_HISTORY = 32
+# What a cursor or SQL prepared statement name means: a FETCH or EXECUTE prepared over the
+# protocol before one of these may run something else at its next Bind.
+_NAME_OPS = frozenset(("prepare", "deallocate", "declare", "close", "discard"))
 MAX_NAMES = 4096
 
 # What changes search_path in a way the gateway sees (and may be wrong about, if the
