@@ -24,15 +24,28 @@ HOLDER = "select holder from cards where id = 1"
 RAW = b"Alice Martin"
 
 
+# two tables, the second's holder masked: a rename puts it under the first's name
+REPLAN_SETUP = """
+DROP TABLE IF EXISTS replan_secret, replan_plain, replan_plain_old;
+CREATE TABLE replan_secret (id int, holder text);
+INSERT INTO replan_secret VALUES (1, 'REPLAN-SECRET-HOLDER');
+CREATE TABLE replan_plain (id int, holder text);
+INSERT INTO replan_plain VALUES (1, 'plain');
+"""
+
+
 @pytest.fixture(scope="module")
 def gw(pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    pg.server.psql(REPLAN_SETUP, dbname="payments", user=pg.service.name)
     d = tmp_path_factory.mktemp("prepared-names")
     policy = d / "policy"
     policy.mkdir()
     shutil.copy(MASKING / "masking.rego", policy)  # allows all, masks what data names
     (policy / "data.json").write_text(json.dumps({"pgwarden": {
-        "classification": {"public.cards.holder": ["pii"]},
-        "methods": {"public.cards.holder": "redact"}}}))
+        "classification": {"public.cards.holder": ["pii"],
+                           "public.replan_secret.holder": ["pii"]},
+        "methods": {"public.cards.holder": "redact",
+                    "public.replan_secret.holder": "redact"}}}))
     with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=policy) as g:
         yield g
 
@@ -296,3 +309,33 @@ def test_a_parsed_fetch_of_an_unchanged_cursor_still_runs(gw: GatewayProcess) ->
               bind_execute("sf2"), bind_execute("sf2"), [_q("commit")])
     assert not errors(out) and len(rows(out)) == 2, out
     assert all(b"[REDACTED]" in r for r in rows(out)), out
+
+
+# A statement prepared over the protocol is decided at its Parse, against the catalog of
+# that moment; PostgreSQL re-plans it when a relation it names changes. After a rename put
+# a masked table under the name it read, its Bind ran over the masked rows, unmasked: a
+# Bind of a statement reading a relation a schema change of the session touched since its
+# Parse is refused now.
+SECRET = b"REPLAN-SECRET-HOLDER"
+READ_PLAIN = "select holder from replan_plain"
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["decided", "kept"])
+def test_a_prepared_statement_replanned_onto_a_renamed_masked_table_is_refused(
+        gw: GatewayProcess, again: bool) -> None:
+    """`kept`: the same text parsed before, so that the second Parse is the kept allow."""
+    first = [[fe.Parse("r0", READ_PLAIN, ()).encode(), SYNC]] if again else []
+    out = run(gw, *first, [_q("begin")], [fe.Parse("r1", READ_PLAIN, ()).encode(), SYNC],
+              [_q("alter table replan_plain rename to replan_plain_old")],
+              [_q("alter table replan_secret rename to replan_plain")],
+              bind_execute("r1"), [_q("rollback")])  # (the tables keep their names)
+    assert SECRET not in b"".join(body for _, body in out), out
+    assert "42501" in errors(out), out
+
+
+def test_a_schema_change_elsewhere_leaves_a_prepared_statement_alone(
+        gw: GatewayProcess) -> None:
+    out = run(gw, [_q("begin")], [fe.Parse("r2", READ_PLAIN, ()).encode(), SYNC],
+              [_q("create temp table replan_other (id int)")],
+              bind_execute("r2"), [_q("rollback")])
+    assert not errors(out) and rows(out) and b"plain" in rows(out)[0], out
