@@ -230,3 +230,40 @@ def test_a_pipelined_bind_never_runs_under_a_role_it_was_not_decided_with(
             b"\x00\x01\x00\x00\x00\x0cpgwarden_svc"]
     rows = pg.server.psql("select count(*) from role_probe", dbname="payments")
     assert rows.strip() == "0"
+
+
+def test_a_cursor_name_declared_again_does_not_pass_on_its_role(gw: GatewayProcess) -> None:
+    """A FETCH is decided against every query its cursor name may run. A role granted for
+    an earlier cursor of the name ran the later one's query as that role (found by a
+    probe: current_user came back report_reader for a cursor granted no role)."""
+    with connect(gw) as c:
+        c.execute("begin")
+        c.execute("declare c cursor for select total from reports")  # granted report_reader
+        c.execute("close c")
+        c.execute("declare c cursor for select current_user::text from generate_series(1, 2)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="new name"):
+            c.execute("fetch 1 from c")
+        c.execute("rollback")
+        c.execute("begin")
+        c.execute("declare d cursor for select total from reports")  # one query: its role
+        assert c.execute("fetch 1 from d").fetchall()
+        c.execute("rollback")
+        assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+
+
+@pytest.mark.parametrize("sql", ["alter role current_user set role = 'report_reader'",
+                                 "alter database payments set role to report_reader",
+                                 "alter role current_user set session_authorization = x"])
+def test_a_default_role_for_later_logins_is_refused(gw: GatewayProcess, pg: PgBackend,
+                                                     sql: str) -> None:
+    """It would start every later upstream login, every client's, as that role."""
+    try:
+        with connect(gw) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="identity"):
+                c.execute(sql)
+        with connect(gw) as c:  # a new session: a new upstream login
+            assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
+    finally:
+        # (from another database: a default role of payments' would apply to this too)
+        pg.server.psql("ALTER ROLE pgwarden_svc RESET ALL; "
+                       "ALTER DATABASE payments RESET ALL", dbname="postgres")

@@ -1004,6 +1004,15 @@ class StatementGate:
                 decided.append((info, decision, doc, digest,
                                 analysis.redacted if len(infos) == 1 else None))
         verdict = _verdict(decisions)
+        if verdict.allowed and verdict.role is not None and any(
+                info.command in _READS_A_CURSOR
+                and len(self.state.cursor_candidates(str(info.details.get("cursor")))) > 1
+                for info in infos):
+            # A FETCH is decided against every query its cursor name may run (masks can
+            # only grow that way); a role granted for one of them would run the others too.
+            verdict = _denial("42501", "the policy grants this FETCH a db_role, but its cursor "
+                              "name has been declared over other queries in this session, "
+                              "which would run as that role too; declare it under a new name")
         if verdict.allowed and (verdict.role is not None or as_role is not None) \
                 and verdict.role != self.state.role:
             if as_role is not None:  # (here the state's role is as_role)
@@ -1324,6 +1333,11 @@ def _parsing_change(info: StatementInfo) -> str | None:
         return ("set_config() of client_encoding or standard_conforming_strings is not "
                 "allowed through the gateway: it could make the server read later "
                 "statements differently; use SET")
+    if info.command in ("ALTER ROLE", "ALTER DATABASE") \
+            and str(info.details.get("setting")).lower() in _IDENTITY_SETTINGS:
+        # (a default every later login starts with: the gateway's sessions included)
+        return (f"{info.command} ... SET {info.details.get('setting')} is not allowed through "
+                "the gateway: it would change the upstream identity of later sessions")
     if info.command not in ("SET", "RESET"):
         return None
     name = str(info.details.get("name") or "")

@@ -346,6 +346,9 @@ def _describe(node_type: str, v: Node, ctx: _Ctx, sql: str) -> _Desc:
         _ddl_relations(v, ctx, d)
     if node_type in ("CreateRoleStmt", "AlterRoleStmt", "DropRoleStmt", "AlterRoleSetStmt"):
         _role_details(node_type, v, d)
+    elif node_type == "AlterDatabaseSetStmt":  # (what later logins start with)
+        setting = (v.get("setstmt") or {}).get("name")
+        d.details = {"setting": setting.lower() if isinstance(setting, str) else None}
     return d
 
 
