@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.catalog.classification import classification_of, retag
+from gateway.catalog.classification import apply_tags, classification_of
 from gateway.policy.decision import Decision
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.source import PolicySource
@@ -159,8 +159,8 @@ def as_tagged_by(input_doc: dict[str, Any], engine: PolicyEngine) -> dict[str, A
     evaluating bundle's classification gives, as the gateway would have built it: a
     candidate that classifies a column anew must be seen to mask or refuse it."""
     stmt = input_doc.get("statement")
-    if isinstance(stmt, dict) and "columns" in stmt:
-        stmt["columns"] = retag(stmt["columns"], classification_of(engine.source.data))
+    if isinstance(stmt, dict) and isinstance(stmt.get("columns"), list):
+        stmt["columns"] = apply_tags(stmt["columns"], classification_of(engine.source.data))
     return input_doc
 
 

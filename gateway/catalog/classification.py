@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["apply_tags", "classification_of", "column_key", "retag", "tags_for"]
+__all__ = ["apply_tags", "classification_of", "column_key", "tags_for"]
 
 
 def column_key(schema: str, table: str, column: str) -> str:
@@ -27,17 +27,19 @@ def tags_for(classification: Mapping[str, Sequence[str]], schema: str, table: st
     return [str(t) for t in tags]
 
 
-def apply_tags(columns: Iterable[Mapping[str, Any]],
-               classification: Mapping[str, Sequence[str]] | None) -> list[dict[str, Any]]:
+def apply_tags(columns: Iterable[Any],
+               classification: Mapping[str, Sequence[str]] | None) -> list[Any]:
     """Copies of ``columns`` (dicts with ``schema``, ``table``, ``name``) with ``tags`` set
     from ``classification``; columns without an entry get ``[]``. The input is not changed.
-    """
+    An entry that is not such a column (a crafted audit record's, replayed) is left as it
+    is, and decided as it is."""
     out = []
     for col in columns:
-        new = dict(col)
-        new["tags"] = (tags_for(classification, col["schema"], col["table"], col["name"])
-                       if classification else [])
-        out.append(new)
+        if isinstance(col, Mapping) and all(isinstance(col.get(k), str)
+                                            for k in ("schema", "table", "name")):
+            col = {**col, "tags": tags_for(classification, col["schema"], col["table"],
+                                           col["name"]) if classification else []}
+        out.append(col)
     return out
 
 
@@ -46,19 +48,3 @@ def classification_of(data: Any) -> dict[str, Any]:
     pg = data.get("pgwarden") if isinstance(data, dict) else None
     cls = pg.get("classification") if isinstance(pg, dict) else None
     return cls if isinstance(cls, dict) else {}
-
-
-def retag(columns: Any, classification: Mapping[str, Sequence[str]]) -> Any:
-    """A recorded statement's ``columns`` with the tags `classification` gives them (a
-    record keeps the tags of the bundle that decided it). What is not a column (a crafted
-    record) is left as it is, and decided as it is."""
-    if not isinstance(columns, list):
-        return columns
-    out: list[Any] = []
-    for col in columns:
-        if isinstance(col, Mapping) and all(isinstance(col.get(k), str)
-                                            for k in ("schema", "table", "name")):
-            col = {**col, "tags": tags_for(classification, col["schema"], col["table"],
-                                           col["name"])}
-        out.append(col)
-    return out
