@@ -804,7 +804,7 @@ class StatementGate:
         A restated analysis (same shape, other constants) differs only in `sql`, so its
         memo holds when the policy does not read the text; otherwise it is recomputed.
         """
-        classification = _classification(engine)
+        classification = classification_of(engine.source.data)
         restated = analysis.restated
         memo_ok = not restated or ("statement", "sql") in engine.volatile_fields
         memo_key = (engine.hash, engine.volatile_fields)
@@ -1437,10 +1437,6 @@ def _too_many_names(what: str) -> Verdict:
     return _denial("54000", f"this session used more than {MAX_NAMES} {what}, which the "
                    "gateway keeps track of while the server may still have them: "
                    "reconnect to start afresh")
-
-
-def _classification(engine: PolicyEngine) -> dict[str, Any]:
-    return classification_of(engine.source.data)
 
 
 def _grant_key(info: StatementInfo) -> str:
