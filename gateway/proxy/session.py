@@ -491,9 +491,8 @@ class Session:
         logs.info("session.token_expired", session=self.id,
                   subject=self.identity.subject if self.identity else None)
         if self.relay is not None:
-            self._cancel_running()
-            self.relay.terminate("28000", "the token this session logged in with has expired; "
-                                 "reconnect with a fresh token")
+            self.terminate("28000", "the token this session logged in with has expired; "
+                           "reconnect with a fresh token")
 
     def _cancel_running(self) -> None:
         """A session the gateway ends stops working at the server too: what runs there is
