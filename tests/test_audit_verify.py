@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from gateway.audit import (
 )
 from gateway.audit.canonical import chain_hash, hashed_body
 from gateway.audit.filesink import FileSink
-from gateway.audit.verify import VerifyReport, verify_dir
+from gateway.audit.verify import Problem, VerifyReport, verify_dir
 
 
 @pytest.fixture(scope="module")
@@ -377,18 +378,27 @@ def test_a_run_cut_after_a_checkpoint_is_named_after_a_restart(
     assert "without its final checkpoint" in p.message
 
 
-def test_a_record_added_after_a_final_checkpoint_is_named_after_a_restart(
-        tmp_path: Path, keys: tuple[Path, Path]) -> None:
-    d = tmp_path / "audit"
+def added_after_the_final_checkpoint(d: Path, keys: tuple[Path, Path],
+                                     forge: Callable[[Path, dict], dict]
+                                     ) -> tuple[Problem | None, int]:
+    """A run's log with `forge(last file, final checkpoint)` chained on after its final
+    checkpoint, then a real restart: verify's problem (crashes accepted), and the forged
+    record's seq."""
     write_log(d, keys[0], statements=3, run=1)
     last = segments(d)[-1]
     final = json.loads(lines_of(last)[-1])
-    forged = {"type": "approval.granted", "approval_id": "apr_x", "instance": "gw1", "v": 1,
-              "seq": final["seq"] + 1, "ts": final["ts"]}
-    last.write_bytes(last.read_bytes() + rehash(forged, final["hash"]))
+    last.write_bytes(last.read_bytes() + rehash(forge(last, final), final["hash"]))
     write_log(d, keys[0], statements=3, run=2)
-    p = verify(d, keys[1], accept_crashes=True).problem
-    assert p is not None and p.seq == final["seq"] + 1
+    return verify(d, keys[1], accept_crashes=True).problem, final["seq"] + 1
+
+
+def test_a_record_added_after_a_final_checkpoint_is_named_after_a_restart(
+        tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    p, seq = added_after_the_final_checkpoint(
+        tmp_path / "audit", keys, lambda last, final: {
+            "type": "approval.granted", "approval_id": "apr_x", "instance": "gw1", "v": 1,
+            "seq": final["seq"] + 1, "ts": final["ts"]})
+    assert p is not None and p.seq == seq
     assert "follows the final checkpoint" in p.message
 
 
@@ -494,17 +504,13 @@ def test_a_segment_record_inside_a_segment_is_named(
         tmp_path: Path, keys: tuple[Path, Path]) -> None:
     """The writer opens a new file for every segment record: one appended to a file (here
     a made-up run after the final checkpoint, then a real restart) was added."""
-    d = tmp_path / "audit"
-    write_log(d, keys[0], statements=3, run=1)
-    last = segments(d)[-1]
-    final = json.loads(lines_of(last)[-1])
-    header = {k: v for k, v in json.loads(lines_of(last)[0]).items() if k != "hash"}
-    header.update(seq=final["seq"] + 1, previous_seq=final["seq"],
-                  previous_hash=final["hash"], previous_segment=last.name)
-    last.write_bytes(last.read_bytes() + rehash(header, final["hash"]))
-    write_log(d, keys[0], statements=3, run=2)
-    p = verify(d, keys[1], accept_crashes=True).problem
-    assert p is not None and p.seq == final["seq"] + 1
+    def header(last: Path, final: dict) -> dict:
+        rec = {k: v for k, v in json.loads(lines_of(last)[0]).items() if k != "hash"}
+        return {**rec, "seq": final["seq"] + 1, "previous_seq": final["seq"],
+                "previous_hash": final["hash"], "previous_segment": last.name}
+
+    p, seq = added_after_the_final_checkpoint(tmp_path / "audit", keys, header)
+    assert p is not None and p.seq == seq
     assert "in the middle of a segment" in p.message
 
 
