@@ -364,13 +364,9 @@ class Relay:
                 self._backlog += backlog[i + 1 :]
                 return
 
-    def _idle(self) -> bool:
+    def idle(self) -> bool:
         """Nothing forwarded waits for an answer (an unsynced run's included)."""
         return not self._outstanding and self._all_answered()
-
-    def idle(self) -> bool:
-        """Whether nothing forwarded to the server is still to be answered."""
-        return self._idle()
 
     def _all_answered(self) -> bool:
         # (also when the counts disagree: after an error PostgreSQL skips a Query sent
@@ -468,7 +464,7 @@ class Relay:
                 if not self._outstanding:
                     self._denials.clear()  # markers of statements the server skipped
                 if self.gate is not None:
-                    self.gate.ready_for_query(self.transaction_status, self._idle)
+                    self.gate.ready_for_query(self.transaction_status, self.idle)
             elif mtype == _S:
                 # The server reports a setting a statement changed once it completed:
                 # a card number in the report is that statement's, not the next one's.
