@@ -546,10 +546,11 @@ class SessionSqlState:
 # and names with earlier cursors. Past these the gate refuses (54000) rather than forget
 # one (a FETCH would be masked as a query it no longer knows of) or grow without bound.
 MAX_CURSOR_HISTORY = 32
+MAX_NAMES = 4096
+
 # What a cursor or SQL prepared statement name means: a FETCH or EXECUTE prepared over the
 # protocol before one of these may run something else at its next Bind.
 _NAME_OPS = frozenset(("prepare", "deallocate", "declare", "close", "discard"))
-MAX_NAMES = 4096
 
 # What changes search_path in a way the gateway sees (and may be wrong about, if the
 # statement does not run), and what may change it unseen.
