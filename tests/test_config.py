@@ -29,6 +29,12 @@ identity:
       groups_claim: realm_access.roles
       leeway: 500ms
       algorithms: [RS256, ES256]
+      groups_prefix: "ops:"
+      required_claims:
+        azp: pgwarden-ci
+        realm_access.roles: [deployer, "release manager"]
+        email_verified: true
+        tier: 2
 connections:
   cardholder:                     # what clients put in dbname
     host: 127.0.0.1
@@ -146,6 +152,12 @@ def test_full_config_loads(workdir: Path) -> None:
     assert sso.groups_claim == "realm_access.roles"
     assert sso.leeway == 0.5
     assert sso.algorithms == ("RS256", "ES256")
+    assert sso.groups_prefix == "ops:" and ci.groups_prefix == ""
+    assert ci.required_claims == ()
+    assert sso.required_claims == (("azp", ("pgwarden-ci",)),
+                                   ("realm_access.roles", ("deployer", "release manager")),
+                                   ("email_verified", (True,)), ("tier", (2,)))
+    assert type(sso.required_claims[2][1][0]) is bool
 
     cardholder = config.connections["cardholder"]
     assert (cardholder.host, cardholder.port, cardholder.database) == (
@@ -372,6 +384,62 @@ MISTAKES = [
         ["configured twice"],
     ),
     (
+        "required-claim-float",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims:\n        tier: 1.5\n"),
+        "identity.providers[0].required_claims.tier",
+        "tier: 1.5",
+        ["string, integer or boolean", "1.5"],
+    ),
+    (
+        "required-claim-mapping",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims:\n        org: {a: 1}\n"),
+        "identity.providers[0].required_claims.org",
+        "org: {a: 1}",
+        ["string, integer or boolean", "a mapping"],
+    ),
+    (
+        "required-claim-null-in-list",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims:\n        org: [acme, null]\n"),
+        "identity.providers[0].required_claims.org[1]",
+        "org: [acme, null]",
+        ["string, integer or boolean"],
+    ),
+    (
+        "required-claim-empty-list",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims:\n        org: []\n"),
+        "identity.providers[0].required_claims.org",
+        "org: []",
+        ["non-empty list"],
+    ),
+    (
+        "required-claim-bad-path",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims:\n        a..b: x\n"),
+        "identity.providers[0].required_claims.a..b",
+        "a..b: x",
+        ["dotted path"],
+    ),
+    (
+        "required-claims-not-a-mapping",
+        mutate("      audience: pgwarden\n",
+               "      audience: pgwarden\n      required_claims: [org]\n"),
+        "identity.providers[0].required_claims",
+        "required_claims: [org]",
+        ["a mapping"],
+    ),
+    (
+        "groups-prefix-control-character",
+        mutate("      audience: pgwarden\n",
+               '      audience: pgwarden\n      groups_prefix: "gh\\n"\n'),
+        "identity.providers[0].groups_prefix",
+        "groups_prefix:",
+        ["printable"],
+    ),
+    (
         "plain-http-jwks",
         mutate("{file: keys/ci-jwks.json}", "{url: http://ci.example.com/jwks}"),
         "identity.providers[0].jwks.url",
@@ -519,3 +587,20 @@ def test_the_compose_example_config_loads(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "gateway.yaml")
     assert cfg.audit is not None and cfg.audit.dir == tmp_path / "var/lib/pgwarden/audit"
     assert cfg.approvals.path == tmp_path / "var/lib/pgwarden/approvals.db"
+
+
+def test_the_readme_example_config_loads(tmp_path: Path) -> None:
+    """The config a reader copies from the README's "Running it" is one the gateway takes."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = readme.split("## Running it", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    for name in ("certs/gateway.pem", "certs/gateway.key", "keys/bundle-signing.pub",
+                 "keys/audit-signing.pem"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    config = load_config(write(tmp_path, text), env={
+        "CARDHOLDER_PASSWORD": "pw", "PGWARDEN_HASH_KEY": "k" * 32,
+        "PGWARDEN_APPROVALS_DSN": "host=db.internal dbname=approvals"})
+    (github,) = config.identity.providers
+    assert github.groups_prefix == "github:"
+    assert dict(github.required_claims) == {"repository_owner": ("acme",),
+                                            "ref": ("refs/heads/main",)}

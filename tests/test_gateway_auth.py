@@ -476,6 +476,78 @@ def test_tls_only_gateway_rejects_the_other_issuers_tokens(tls_only_gateway: Gat
 
 
 # ---------------------------------------------------------------------------------------------
+# An issuer that mints tokens for anyone, narrowed by required claims
+# ---------------------------------------------------------------------------------------------
+
+# Allows a statement only to the prefixed group: what a policy sees is the gateway's name
+# for the group, not the one in the token.
+DEPLOY_ONLY_REGO = """package pgwarden
+
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["only github:deploy"], "mask": {},
+                     "require_approval": false, "approvers": [], "row_limit": null,
+                     "db_role": null}
+
+decision := {"allow": true, "reasons": [], "mask": {}, "require_approval": false,
+             "approvers": [], "row_limit": null, "db_role": null} if {
+    "github:deploy" in input.identity.groups
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def narrowed_gateway(pg: Any, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[GatewayProcess]:
+    d = tmp_path_factory.mktemp("gw-narrowed")
+    (d / "policy").mkdir()
+    (d / "policy" / "deploy.rego").write_text(DEPLOY_ONLY_REGO)
+    gw = GatewayProcess(d, upstreams_for(pg), policy_dir=d / "policy", provider_yaml=(
+        '      groups_prefix: "github:"\n'
+        "      required_claims:\n"
+        "        repository_owner: acme\n"
+        "        ref: [refs/heads/main, refs/heads/release]\n"))
+    with gw:
+        yield gw
+    assert gw.proc is not None and gw.proc.returncode == 0, gw.log_text()[-4000:]
+
+
+def test_required_claims_refuse_other_owners_tokens(narrowed_gateway: GatewayProcess) -> None:
+    """The issuer signs them all; only acme's main and release branches get in."""
+    gw = narrowed_gateway
+    ours = {"repository_owner": "acme", "ref": "refs/heads/main"}
+    for theirs in ({"repository_owner": "evil", "ref": "refs/heads/main"},
+                   {"repository_owner": "acme", "ref": "refs/heads/topic"},
+                   {"ref": "refs/heads/main"}):
+        tok = gw.token(groups=("deploy",), extra_claims=theirs)
+        USED_SECRETS.append(tok)
+        fields = expect_fatal(raw_login(gw, tok))
+        assert fields["C"] == "28P01", fields
+        assert fields["M"].endswith(MESSAGES["claim_not_allowed"]), fields
+        assert "evil" not in fields["M"] and "topic" not in fields["M"]
+    refusal = gw.wait_for_log(lambda doc: doc.get("event") == "auth.failure"
+                              and doc.get("reason") == "claim_not_allowed")
+    assert "evil" not in json.dumps(refusal)
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(
+            groups=("deploy",), extra_claims=ours), autocommit=True) as conn:
+        assert conn.execute("select current_user").fetchone() == ("pgwarden_svc",)
+
+
+def test_groups_prefix_is_what_the_policy_sees(narrowed_gateway: GatewayProcess) -> None:
+    """A token's group "deploy" is the policy's "github:deploy"; a token that names
+    "github:deploy" itself gets "github:github:deploy", which the policy refuses."""
+    gw = narrowed_gateway
+    ours = {"repository_owner": "acme", "ref": "refs/heads/release"}
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(
+            groups=("deploy",), extra_claims=ours), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(
+            groups=("github:deploy",), extra_claims=ours), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only github:deploy"):
+            conn.execute("select 1")
+
+
+# ---------------------------------------------------------------------------------------------
 # Finally: no presented secret anywhere in the gateway's log
 # ---------------------------------------------------------------------------------------------
 

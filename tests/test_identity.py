@@ -43,6 +43,8 @@ class Provider:
     leeway: float = 30.0
     algorithms: tuple[str, ...] | None = None
     jwks_refresh_min_interval: float = 30.0
+    required_claims: tuple[tuple[str, tuple[str | int | bool, ...]], ...] = ()
+    groups_prefix: str = ""
 
 
 class FakeClock:
@@ -149,6 +151,73 @@ def test_namespaced_groups_claim_with_dots(dev: DevIssuer) -> None:
                                      groups_claim=claim)])
     token = dev.mint("svc", extra_claims={claim: ["ops"]})
     assert verifier.verify_sync(token).groups == ("ops",)
+
+
+def github_like(dev: DevIssuer, **over: object) -> JwtVerifier:
+    """An issuer that mints tokens for anyone (GitHub Actions: any repository's workflow
+    gets one, with any audience it asks for), narrowed to one organisation's main
+    branch, its groups namespaced."""
+    options = {"groups_claim": "repository_owner", "groups_prefix": "github:",
+               "required_claims": (("repository_owner", ("acme",)),
+                                   ("ref", ("refs/heads/main", "refs/heads/release")))}
+    options.update(over)
+    return JwtVerifier([Provider(ISSUER, ("pgwarden",), dev.jwks_path, None,
+                                 **options)])  # type: ignore[arg-type]
+
+
+def test_required_claims_admit_only_the_configured_values(dev: DevIssuer) -> None:
+    verifier = github_like(dev)
+    ours = {"repository_owner": "acme", "ref": "refs/heads/release"}
+    identity = verifier.verify_sync(dev.mint("repo:acme/pay", extra_claims=ours))
+    assert identity.groups == ("github:acme",)
+    for theirs in ({"repository_owner": "evil", "ref": "refs/heads/main"},  # other org
+                   {"repository_owner": "acme", "ref": "refs/heads/feature"},  # other ref
+                   {"repository_owner": "acme"},  # no ref at all
+                   {"repository_owner": ["evil"], "ref": "refs/heads/main"},
+                   {"repository_owner": "ACME", "ref": "refs/heads/main"},
+                   {"repository_owner": "acme ", "ref": "refs/heads/main"},
+                   {"repository_owner": {"acme": True}, "ref": "refs/heads/main"}):
+        error = refused(verifier, dev.mint("repo:x/y", extra_claims=theirs))
+        assert error.reason == "claim_not_allowed", theirs
+        assert "acme" not in str(error) and "evil" not in str(error)
+
+
+def test_a_required_claim_that_is_a_list_needs_one_matching_item(dev: DevIssuer) -> None:
+    verifier = github_like(dev, groups_claim="groups", groups_prefix="",
+                           required_claims=(("groups", ("deployers",)),))
+    assert verifier.verify_sync(dev.mint("a", groups=["ci", "deployers"])).groups == (
+        "ci", "deployers")
+    assert refused(verifier, dev.mint("a", groups=["ci"])).reason == "claim_not_allowed"
+    assert refused(verifier, dev.mint("a", groups=[])).reason == "claim_not_allowed"
+    # nested lists are not flattened
+    token = dev.mint("a", extra_claims={"groups": [["deployers"]]})
+    assert refused(verifier, token).reason == "claim_not_allowed"
+
+
+def test_required_claim_types_must_agree(dev: DevIssuer) -> None:
+    """JSON's true is not "true", nor 1; 1 is not "1" (nor true)."""
+    verifier = github_like(dev, required_claims=(("email_verified", (True,)),
+                                                 ("tier", (1,))))
+    good = {"repository_owner": "acme", "email_verified": True, "tier": 1}
+    assert verifier.verify_sync(dev.mint("a", extra_claims=good)).subject == "a"
+    for bad in ({"email_verified": "true"}, {"email_verified": 1}, {"tier": True},
+                {"tier": "1"}, {"tier": 1.0}, {"tier": None}):
+        token = dev.mint("a", extra_claims={**good, **bad})
+        assert refused(verifier, token).reason == "claim_not_allowed", bad
+
+
+def test_required_claims_by_dotted_path(dev: DevIssuer) -> None:
+    verifier = github_like(dev, required_claims=(("kubernetes.io.namespace", ("ci",)),))
+    token = dev.mint("a", extra_claims={"kubernetes.io": {"namespace": "ci"}})
+    assert verifier.verify_sync(token).subject == "a"
+    token = dev.mint("a", extra_claims={"kubernetes.io": {"namespace": "prod"}})
+    assert refused(verifier, token).reason == "claim_not_allowed"
+
+
+def test_groups_prefix_applies_to_every_group(dev: DevIssuer) -> None:
+    verifier = github_like(dev, groups_claim="groups", required_claims=())
+    token = dev.mint("a", groups=["ci", "github:ci"])
+    assert verifier.verify_sync(token).groups == ("github:ci", "github:github:ci")
 
 
 # -- refusals ---------------------------------------------------------------

@@ -31,6 +31,7 @@ from gateway.config.model import (
     AdminConfig,
     ApprovalsConfig,
     AuditConfig,
+    ClaimValue,
     ConnectionConfig,
     GatewayConfig,
     IdentityConfig,
@@ -487,7 +488,7 @@ _LISTEN_KEYS = (
 
 _PROVIDER_KEYS = (
     "issuer", "audience", "jwks", "groups_claim", "subject_claim", "leeway",
-    "algorithms", "jwks_refresh_min_interval",
+    "algorithms", "jwks_refresh_min_interval", "required_claims", "groups_prefix",
 )  # fmt: skip
 
 
@@ -511,7 +512,43 @@ def _provider(m: _Map) -> ProviderConfig:
         leeway=m.get("leeway", _duration, 30.0),
         algorithms=algorithms,
         jwks_refresh_min_interval=m.get("jwks_refresh_min_interval", _duration, 30.0),
+        required_claims=_required_claims(m),
+        groups_prefix=m.get("groups_prefix", _groups_prefix, ""),
     )
+
+
+def _claim_value(value: object) -> ClaimValue:
+    # (a float never compares reliably with a JSON number, and a mapping or null as a
+    # requirement is more likely a YAML slip than meant)
+    if isinstance(value, str | int):  # (bool is an int)
+        return value
+    raise _Invalid(f"expected a string, integer or boolean claim value, got {_show(value)}")
+
+
+def _required_claims(m: _Map) -> tuple[tuple[str, tuple[ClaimValue, ...]], ...]:
+    claims = m.optional_map("required_claims", None)
+    if claims is None:
+        return ()
+    required = []
+    for name in claims.names():
+        try:
+            path = _claim_path(name)
+        except _Invalid as exc:
+            raise claims.fail(name, str(exc)) from None
+        if isinstance(claims.data[name], CommentedSeq):
+            values = claims.items(name, _claim_value)
+        else:
+            values = (claims.get(name, _claim_value),)
+        required.append((path, values))
+    return tuple(required)
+
+
+def _groups_prefix(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_show(value)}")
+    if len(value) > 64 or not value.isprintable():
+        raise _Invalid("expected at most 64 printable characters")
+    return value
 
 
 def _identity(m: _Map) -> IdentityConfig:

@@ -63,6 +63,9 @@ class ListenConfig:
     max_message_size: int = 64 * MIB
 
 
+ClaimValue = str | int | bool
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     issuer: str
@@ -76,6 +79,13 @@ class ProviderConfig:
     # None lets the verifier take the algorithm from each JWKS key (still asymmetric only).
     algorithms: tuple[str, ...] | None = None
     jwks_refresh_min_interval: float = 30.0
+    # Claim path -> the values it may have (any one): a token of this issuer without a
+    # match is refused. An issuer such as GitHub's mints tokens for anyone who asks;
+    # these say which of them are ours.
+    required_claims: tuple[tuple[str, tuple[ClaimValue, ...]], ...] = ()
+    # Put before each of this issuer's groups, so that two issuers' groups of one name
+    # (or an issuer's group named like an admin group) stay apart.
+    groups_prefix: str = ""
 
 
 @dataclass(frozen=True)

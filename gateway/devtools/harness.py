@@ -59,6 +59,8 @@ class GatewayProcess:
     # A whole `policy:` section (YAML text) replacing the one derived from policy_dir.
     policy_yaml: str | None = None
     extra_yaml: str = ""
+    # More of the dev issuer's provider entry (YAML lines indented as its keys)
+    provider_yaml: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     issuer: DevIssuer | None = None
     proc: subprocess.Popen[str] | None = None
@@ -105,6 +107,7 @@ class GatewayProcess:
             "      jwks: {file: issuer/jwks.json}",
             "      groups_claim: groups",
             f"      leeway: {self.leeway}",
+            *self.provider_yaml.splitlines(),
             "connections:",
         ]
         for name, up in self.upstreams.items():

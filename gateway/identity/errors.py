@@ -20,6 +20,7 @@ MESSAGES: dict[str, str] = {
     "wrong_issuer": "token issuer does not match",
     "algorithm_not_allowed": "token signing algorithm is not allowed",
     "missing_claim": "token lacks a required claim",
+    "claim_not_allowed": "token claims do not meet the requirements for its issuer",
     "jwks_unavailable": "signing keys for the token issuer are unavailable",
 }
 

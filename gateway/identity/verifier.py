@@ -162,9 +162,22 @@ def _identity(config: Any, claims: dict[str, Any]) -> Identity:
         raise AuthError("missing_claim")
     if not isinstance(subject, str):
         raise AuthError("malformed")
+    for path, allowed in config.required_claims:
+        if not claim_matches(claim_at(claims, path), allowed):
+            raise AuthError("claim_not_allowed")
+    prefix = config.groups_prefix
+    groups = groups_from(claim_at(claims, config.groups_claim))
     return Identity(subject=subject, issuer=config.issuer,
-                    groups=groups_from(claim_at(claims, config.groups_claim)),
+                    groups=tuple(prefix + g for g in groups) if prefix else groups,
                     claims=claims, method="jwt", expires_at=float(claims["exp"]))
+
+
+def claim_matches(value: Any, allowed: Sequence[Any]) -> bool:
+    """Whether a claim is one of the `allowed` values, or, a list, holds one of them.
+    Types must agree: JSON's `true` is not the string "true", nor the number 1."""
+    items = value if isinstance(value, list) else (value,)
+    return any(type(item) is type(want) and item == want
+               for item in items for want in allowed)
 
 
 def _finite(value: float) -> bool:
@@ -177,17 +190,25 @@ def _finite(value: float) -> bool:
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     """A claim by name, else by dotted path ("realm_access.roles").
 
-    The whole name is tried first because namespaced claims
-    ("https://example.com/groups") contain dots themselves.
+    Names may hold dots themselves: namespaced claims ("https://example.com/groups"), and
+    Kubernetes' ("kubernetes.io.namespace" is the "namespace" member of "kubernetes.io").
+    At each level the longest name that is there is tried first.
     """
-    if path in claims:
-        return claims[path]
-    node: Any = claims
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return _claim_at(claims, path.split("."))
+
+
+def _claim_at(node: Any, parts: list[str]) -> Any:
+    if not parts:
+        return node
+    if not isinstance(node, Mapping):
+        return None
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        if name in node:
+            found = _claim_at(node[name], parts[i:])
+            if found is not None:
+                return found
+    return None
 
 
 def groups_from(value: Any) -> tuple[str, ...]:
