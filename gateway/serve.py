@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from gateway import logs
@@ -17,6 +19,13 @@ from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import GatewayConfig
 from gateway.identity.verifier import JwtVerifier
 from gateway.proxy.server import GatewayServer
+
+# A worker that dies is replaced, unless workers died this often: then something is wrong
+# with every start (the host, the config) and the gateway stops, for its service manager
+# to see.
+RESTARTS_MAX = 5
+RESTART_WINDOW = 60.0
+START_FAILED = 2  # a worker's exit status when it could not start (see _main)
 
 
 def run(config_path: str) -> int:
@@ -64,11 +73,11 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     except BundleStartupError as e:
         logs.error("gateway.policy_unavailable", worker=worker_id, error=str(e))
         print(f"pgwarden: {e}", file=sys.stderr)
-        return 2
+        return START_FAILED
     except (AuditError, AuditKeyError) as e:
         logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
         print(f"pgwarden: audit: {e}", file=sys.stderr)
-        return 2
+        return START_FAILED
     primed = await verifier.prime()
     for issuer, ok in primed.items():
         if not ok:
@@ -91,7 +100,7 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
             logs.error("gateway.start_failed", worker=worker_id,
                        error=f"{type(e).__name__}: {e}"[:300])
             print(f"pgwarden: cannot start: {e}", file=sys.stderr)
-        return 2
+        return START_FAILED
     logs.info("gateway.start", worker=worker_id, config=str(config.source),
               connections=sorted(config.connections), pid=os.getpid())
     # SIGHUP: check the policy bundle now (each worker reloads its own engine).
@@ -104,24 +113,32 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
 
 
 def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> int:
-    """Fork N workers sharing the port through SO_REUSEPORT; forward signals; reap."""
+    """Fork N workers sharing the port through SO_REUSEPORT; forward signals; replace a
+    worker that dies while the gateway runs; reap."""
     if config.listen.port == 0:
         print("pgwarden: listen.address: workers > 1 needs a fixed port", file=sys.stderr)
         return 2
     peer_dir = Path(tempfile.mkdtemp(prefix="pgwarden-workers-"))
-    children: list[int] = []
-    for worker_id in range(workers):
+    children: dict[int, int] = {}  # pid -> worker id
+    stopping = False
+
+    def spawn(worker_id: int) -> None:
         pid = os.fork()
         if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # not `forward`
+                signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
                 code = _run_loop(config, verifier, worker_id, peer_dir)
             finally:
                 os._exit(code)
-        children.append(pid)
+        children[pid] = worker_id
 
     def forward(signum: int, _frame: object) -> None:
-        for child in children:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for child in list(children):
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
@@ -130,9 +147,56 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)  # policy reload reaches every worker
+    for worker_id in range(workers):
+        spawn(worker_id)
     worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    deaths: collections.deque[float] = collections.deque()
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # (none left: cannot happen while children holds any)
+            break
+        worker_id = children.pop(pid, None)
+        if worker_id is None:
+            continue
+        code = exit_code(status)
+        if stopping:  # how the gateway ends: how its workers stopped
+            worst = max(worst, code)
+            continue
+        if code == START_FAILED:  # it said why; the others would fail the same way
+            worst = code
+            forward(signal.SIGTERM, None)
+            continue
+        now = time.monotonic()
+        deaths.append(now)
+        while deaths and deaths[0] < now - RESTART_WINDOW:
+            deaths.popleft()
+        replace = len(deaths) < RESTARTS_MAX
+        logs.error("gateway.worker_died", worker=worker_id, pid=pid, exit=describe_exit(status),
+                   action="replaced" if replace else "stopping the gateway: "
+                   f"{len(deaths)} workers died within {RESTART_WINDOW:.0f} s")
+        if replace:
+            spawn(worker_id)
+        else:
+            worst = 1
+            forward(signal.SIGTERM, None)
     shutil.rmtree(peer_dir, ignore_errors=True)
     return worst
+
+
+def exit_code(status: int) -> int:
+    """A child's wait status as a shell reports it: its exit code, or 128 + the signal
+    that killed it (never negative, so that a worker killed outright is a failure)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        return f"killed by {name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
