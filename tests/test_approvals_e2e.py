@@ -537,9 +537,33 @@ def test_an_unusable_approvals_store_refuses_holds_but_the_gateway_serves(
                         policy_dir=POLICY, extra_yaml=extra) as g:
         with psycopg.connect(g.dsn("payments"), autocommit=True, password=g.token()) as c:
             assert c.execute("select 1").fetchone() == (1,)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs approval"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="needs approval, but the approvals service cannot take "
+                                     "requests: cannot open the approval store"):
                 c.execute("select secret from vault")
-        assert any(r.get("event") == "approvals.unavailable" for r in g.logs)
+        assert any(r.get("event") == "approvals.store_unavailable" for r in g.logs)
+
+
+def test_an_approvals_store_that_could_not_open_at_start_is_used_once_it_can(
+        gw: GatewayProcess, pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The store's directory cannot be made when the gateway starts (its parent is a
+    file); once the operator fixes that, statements are held again without a restart.
+    The service used to be dropped for good (and with it the admin API)."""
+    d = tmp_path_factory.mktemp("late-store")
+    (d / "state").write_text("in the way")
+    extra = (f"approvals:\n  timeout: 1s\n  path: {json.dumps(str(d / 'state' / 'a.db'))}\n")
+    with GatewayProcess(d / "gw", upstreams_for(pg), policy_dir=POLICY, extra_yaml=extra) as g:
+        with psycopg.connect(g.dsn("payments"), autocommit=True, password=g.token()) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot take"):
+                c.execute("select secret from vault")
+            (d / "state").unlink()
+            (d / "state").mkdir()
+            notices: list[str] = []
+            c.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"expired|timed out"):
+                c.execute("select secret from vault")
+            assert any("held for approval" in n for n in notices), notices
+            assert c.execute("select 1").fetchone() == (1,)
 
 
 def test_a_statement_needing_approval_is_held_only_alone(gw: GatewayProcess) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,10 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from conftest import PgBackend
 from rawclient import RawClient, expect_fatal
 
 from gateway.audit import generate_keypair
+from gateway.devtools.embedded_pg import EmbeddedPostgres
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +164,64 @@ def test_exit_codes_of_workers_killed_by_signals_are_failures() -> None:
         os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert (exit_code(status), describe_exit(status)) == (3, "exit status 3")
+
+
+def _approvals_gateway(tmp_path: Path, pg: PgBackend, dsn: str) -> GatewayProcess:
+    pg.server.psql("CREATE TABLE IF NOT EXISTS vault (id int, secret text);",
+                   dbname="payments", user=pg.service.name)
+    spec = UpstreamSpec(pg.server.host, pg.server.port, pg.dbname, pg.service.name,
+                        pg.service.password)
+    gw = GatewayProcess(tmp_path / "gw", {"payments": spec}, policy_dir=APPROVALS_POLICY)
+    gw.extra_env["PROBED_APPROVALS_DSN"] = dsn
+    gw.extra_yaml = ("approvals:\n  timeout: 2s\n  store: postgres\n"
+                     "  dsn: {env: PROBED_APPROVALS_DSN}\n"
+                     f"admin:\n  grpc: 127.0.0.1:{free_port()}\n")
+    return gw
+
+
+def _held_or_refused(gw: GatewayProcess) -> tuple[list[str], str]:
+    notices: list[str] = []
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True) as c:
+        c.add_notice_handler(lambda n: notices.append(str(n.message_primary)))
+        try:
+            c.execute("select * from vault")
+            return notices, ""
+        except psycopg.Error as e:
+            return notices, str(e)
+
+
+def test_an_approvals_store_down_at_start_is_used_once_it_is_back(pg: PgBackend,
+                                                                  tmp_path: Path) -> None:
+    """The approvals store (store: postgres) is down when the gateway starts; once it is
+    back, a statement the policy holds is held for approval again (NOTICE with the request
+    id) without a restart, as the store itself reconnects. Today `GatewayServer.start`
+    drops the service for good (`self.approvals = None`; the gRPC admin API is not
+    started either): every such statement is refused until someone restarts the gateway."""
+    with EmbeddedPostgres(tmp_path / "apg") as apg:
+        password = secrets.token_urlsafe(16)
+        apg.add_role("approver_svc", password)
+        apg.create_database("approvals", owner="approver_svc")
+        dsn = apg.dsn(user="approver_svc", password=password, dbname="approvals")
+        apg._pg_ctl("-m", "fast", "-w", "stop")
+        with _approvals_gateway(tmp_path, pg, dsn) as gw:
+            apg._pg_ctl("-l", str(apg.log_path), "-w", "start")
+            deadline = time.monotonic() + 12
+            while True:
+                notices, error = _held_or_refused(gw)
+                if any("held for approval" in n for n in notices) or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert any("held for approval" in n for n in notices), (notices, error)
+        assert password not in gw.log_text()
+
+
+def test_an_unreachable_approvals_store_is_not_called_unconfigured(pg: PgBackend,
+                                                                   tmp_path: Path) -> None:
+    """While the configured approvals store cannot be reached, a held statement is refused
+    saying approvals are unavailable, not `no approvals service is configured on this
+    gateway` (it is configured: the operator would go looking in the config)."""
+    dsn = f"host=127.0.0.1 port={free_port()} user=nobody password=x dbname=approvals"
+    with _approvals_gateway(tmp_path, pg, dsn) as gw:
+        _, error = _held_or_refused(gw)
+    assert "needs approval" in error
+    assert "not configured" not in error and "no approvals service is configured" not in error

@@ -201,7 +201,15 @@ class ApprovalService:
             return
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pgwarden-approvals")
-        await self._call(self.store.open)
+        try:
+            await self._call(self.store.open)
+        except Exception as exc:
+            # A store down now (a PostgreSQL server restarting, a state directory not
+            # writable yet) is used once it is back: every call opens it again, and
+            # until then held statements are refused saying so and health is failing.
+            self._store_ok = False
+            logs.error("approvals.store_unavailable", store=self.store.kind,
+                       error=f"{type(exc).__name__}: {exc}"[:300])
         self._started = True
         self.store.start_listener(self._from_thread)
         if self.sweep_interval > 0:

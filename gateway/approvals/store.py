@@ -511,8 +511,13 @@ class SqliteStore(ApprovalStore):
                 self._conn = None
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._conn is None:
-            raise ApprovalError("unavailable", "the approval store is closed")
+        if self._conn is None:  # it could not be opened at start: try again
+            try:
+                self.open()
+            except (OSError, sqlite3.Error) as exc:
+                raise ApprovalError("unavailable", "cannot open the approval store: "
+                                    f"{type(exc).__name__}: {exc}"[:300]) from None
+        assert self._conn is not None
         try:
             return self._conn.execute(sql, tuple(params))
         except sqlite3.OperationalError as exc:
