@@ -105,7 +105,12 @@ class MessageFramer:
             if buf[pos] not in self._allowed:
                 raise ProtocolViolation(f"unexpected message type 0x{buf[pos]:02x}")
         complete = bytes(buf[:pos])
-        self._buf = bytearray(buf[pos:])
+        # Keep the unfinished message where it is: copying it whole on every read made a
+        # client that trickles in the end of a big message cost CPU per byte times size.
+        if buf is not self._buf:
+            self._buf = bytearray(buf[pos:])
+        elif pos:
+            del self._buf[:pos]
         return complete, frames
 
     def has_partial(self) -> bool:
