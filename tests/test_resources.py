@@ -200,7 +200,7 @@ TERMINATE = b"X\0\0\0\4"
 
 
 # ---------------------------------------------------------------------------------------------
-# Findings (these fail on the current code)
+# Found by a probe of leaks and limits (each failed before its fix)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -237,8 +237,66 @@ def test_a_partial_message_trickled_in_costs_no_cpu_per_byte(gw: GatewayProcess)
 
 
 
+def test_a_client_that_leaves_while_held_ends_its_session_and_withdraws_the_request(
+        pg: PgBackend, tmp_path: Path) -> None:
+    """A client that closes its socket while its statement is held for approval ends its
+    session at once: the gateway closes both its sockets, releases the upstream backend
+    and withdraws the approval request ("the client disconnected"), so no approver can
+    release a statement for a session that is gone. Today the relay pauses reading the
+    client while the statement is held, so the close is never seen: sockets, upstream
+    backends and a pending request stay for the whole approvals.timeout (60 s here)."""
+    g = GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY,
+                       extra_yaml=audit_yaml(tmp_path) + "approvals:\n  timeout: 60s\n")
+    with g:
+        pid = pid_of(g)
+        with RawClient(g) as c:  # warm up: catalog loaded, approvals store open
+            login(c, g)
+            query(c, "select 1")
+        assert settle(lambda: backends(pg) == 0, 10)
+        f0 = fds(pid)
+        for _ in range(8):
+            with RawClient(g) as c:
+                login(c, g)
+                c.send(query_message("copy cards (holder, pan) to stdout"))
+                notice = c.read_until(b"N", b"Z")[-1]
+                assert notice.type == b"N" and "held for approval" in notice.fields()["M"]
+        # the client sockets are closed now
+        settle(lambda: fds(pid) <= f0 and backends(pg) == 0 and pending_approvals(g) == 0,
+               10)
+        state = {"fds": fds(pid) - f0, "upstream backends": backends(pg),
+                 "pending approval requests": pending_approvals(g)}
+        assert state == {"fds": 0, "upstream backends": 0, "pending approval requests": 0}, \
+            state
+
+
+def test_a_query_whose_client_left_is_canceled_upstream(pg: PgBackend, tmp_path: Path) -> None:
+    """When a client disconnects while its statement runs, the gateway cancels that
+    statement at the server (as it does for sessions it ends itself): an upstream backend
+    must not keep working, and stay connected, for a client that is gone. Otherwise the
+    gateway's own `listen.max_connections` (2 here) does not bound the upstream backends a
+    client makes it hold: connect, send a long query, hang up, repeat. Today the relay
+    sends Terminate (which the server reads only once the query is done) and closes: every
+    abandoned query runs to its end."""
+    g = ListenGateway(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
+    g.listen_yaml = "  max_connections: 2\n"
+    like = "select pg_sleep(60) as probeG_abandoned%"
+    try:
+        with g:
+            for i in range(6):
+                with RawClient(g) as c:
+                    login(c, g)
+                    c.send(query_message(f"select pg_sleep(60) as probeG_abandoned{i}"))
+                    assert settle(lambda: active_backends(pg, like) >= 1, 10)
+                    time.sleep(0.2)
+            settle(lambda: active_backends(pg, like) == 0, 10)
+            left = active_backends(pg, like)
+            assert left == 0, f"{left} upstream backends still run queries of clients that left"
+    finally:
+        terminate_backends(pg, like)
+
+
 # ---------------------------------------------------------------------------------------------
-# Covered behaviour (passes today)
+# Covered behaviour
 # ---------------------------------------------------------------------------------------------
 
 

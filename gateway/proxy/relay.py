@@ -55,6 +55,9 @@ OBSERVE = {WATCH_IDLE: OBSERVED_IDLE, WATCH_ENDS: OBSERVED_ENDS, WATCH_ANSWERS: 
 _ROWS = frozenset(b"D")  # consecutive DataRows reach the masker as one event
 _NOTHING: frozenset[int] = frozenset()
 _TERMINATE = b"X\0\0\0\4"
+# What a client may send while its statement waits (for an approver, a catalog load)
+# before reading from it pauses: bounded memory, and a client that leaves is noticed.
+BACKLOG_LIMIT = 256 * 1024
 
 
 # A statement's result ended: its tag, the message that ended it (type, body), the values
@@ -112,10 +115,11 @@ class Relay:
     # Slots, not an instance dict: past 30 attributes CPython 3.11 stops sharing the
     # dict's keys between instances, and every attribute access on this hot path slows.
     __slots__ = (
-        "_answered", "_at", "_backlog", "_blocked", "_carried_hits", "_client_at_boundary",
-        "_denials", "_ended", "_notices", "_on_result", "_outstanding", "_quiet",
-        "_quiet_rest", "_quiet_tag", "_sent", "_watching", "before_release", "client",
-        "done", "framer", "gate", "messages_from_client", "observer", "results", "safety",
+        "_answered", "_at", "_backlog", "_backlog_bytes", "_blocked", "_carried_hits",
+        "_client_at_boundary", "_denials", "_ended", "_notices", "_on_result", "_outstanding",
+        "_paused", "_quiet", "_quiet_rest", "_quiet_tag", "_sent", "_watching",
+        "before_release", "client", "done", "framer", "gate", "messages_from_client",
+        "observer", "on_client_gone", "results", "safety",
         "safety_error", "session_id", "syncs_answered", "syncs_forwarded",
         "transaction_status", "upstream",
     )
@@ -146,6 +150,9 @@ class Relay:
         # written (reads: see StatementGate._finish_batch): called before any upstream
         # byte goes on to the client; False, the record cannot be written: fail closed.
         self.before_release: Callable[[], bool] | None = None
+        # Called when the client leaves with a statement still running at the server (the
+        # session cancels it there: a Terminate waits behind it).
+        self.on_client_gone: Callable[[], None] | None = None
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -160,6 +167,8 @@ class Relay:
         self._answered: list[tuple[int, asyncio.Future[None]]] = []  # see when_answered
         self._blocked = False
         self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
+        self._paused = False  # reading from the client paused by a backlog past its limit
         # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
         # client (masked in place, same length, so the framing is untouched).
         self.safety = StreamScanner() if safety_net != "off" else None
@@ -207,6 +216,11 @@ class Relay:
     def from_client(self, data: bytes) -> None:
         if self._blocked:
             self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            if self._backlog_bytes > BACKLOG_LIMIT and not self._paused and \
+                    self.client.transport is not None:
+                self._paused = True
+                self.client.transport.pause_reading()
             return
         try:
             raw, frames = self.framer.feed(data)
@@ -333,9 +347,10 @@ class Relay:
         return b""
 
     def _wait_for(self, pending: Awaitable[bytes], frames: list[Frame] | None) -> None:
+        # Reading goes on (into the backlog, up to its limit): a client that leaves while
+        # its statement waits, for an approver say, must end the session now, and a
+        # paused transport would not see it go.
         self._blocked = True
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
         asyncio.get_running_loop().create_task(self._resume(pending, frames))
 
     async def _resume(self, pending: Awaitable[bytes], frames: list[Frame] | None) -> None:
@@ -354,9 +369,11 @@ class Relay:
         if frames is not None:
             self._forward(out, frames)
         self._blocked = False
-        if self.client.transport is not None and not self.client.closed:
+        if self._paused and self.client.transport is not None and not self.client.closed:
             self.client.transport.resume_reading()
+        self._paused = False
         backlog, self._backlog = self._backlog, []
+        self._backlog_bytes = 0
         for i, chunk in enumerate(backlog):
             self.from_client(chunk)
             if self._blocked:  # blocked again: keep the rest in order (after what a Split of
@@ -663,6 +680,8 @@ class Relay:
         self._upstream_gone()
 
     def _client_gone(self) -> None:
+        if self.on_client_gone is not None and not self.idle():
+            self.on_client_gone()
         if not self.upstream.closed and not self.framer.has_partial():
             self.upstream.write(_TERMINATE)
         self._finish("client disconnected")

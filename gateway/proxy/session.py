@@ -374,6 +374,7 @@ class Session:
                       safety_net=self.server.config.masking.safety_net, results=results,
                       on_result=self._statement_done if self.audit_ctx is not None else None)
         self.relay = relay
+        relay.on_client_gone = self._cancel_running
         relay.start(self._pending_client + self.client.take_buffered(), link.leftover)
         # Rights end with the token: a session does not outlive the JWT it logged in with.
         expires = self.identity.expires_at if self.identity else None
