@@ -295,6 +295,32 @@ def test_a_query_whose_client_left_is_canceled_upstream(pg: PgBackend, tmp_path:
         terminate_backends(pg, like)
 
 
+def test_distinct_statement_texts_do_not_pin_unbounded_memory(pg: PgBackend,
+                                                               tmp_path: Path) -> None:
+    """The caches keyed by SQL text (the parse cache, the analysis cache) must be bounded
+    in what they hold, not only in entries: a client sending distinct statements of
+    ~15 KB (under the 16 KB the caches take) must not make the gateway keep megabytes
+    per text. Here 100 texts, 1.5 MB of SQL, may leave at most 200 MB behind. The parse
+    cache (an lru_cache of 4096 entries) kept each text's whole parse tree: ~5 MB per
+    text here (~10 MB for a 16 KB select list), so 4096 texts (one session, seconds of
+    work) pinned 20-40 GB."""
+    g = GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
+    with g:
+        pid = pid_of(g)
+        with RawClient(g, timeout=60) as c:
+            login(c, g)
+            query(c, "select holder from cards where id in (1, 2)")
+            r0 = rss_kb(pid)
+            for i in range(100):
+                sql = (f"select holder as h{i} from cards where id in ("
+                       + ",".join(["1"] * 7000) + ")")
+                assert len(sql) < 16384
+                msgs = query(c, sql)
+                assert msgs[-1].type == b"Z"
+            grown = (rss_kb(pid) - r0) / 1024
+        assert grown < 200, f"100 distinct 15 KB statements grew the gateway by {grown:.0f} MB"
+
+
 # ---------------------------------------------------------------------------------------------
 # Covered behaviour
 # ---------------------------------------------------------------------------------------------

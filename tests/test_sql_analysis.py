@@ -1210,3 +1210,27 @@ def test_derived_lineage_does_not_leak_into_column_keys(catalog: Catalog) -> Non
     (info,) = analyze("SELECT upper(pan) FROM cards WHERE lower(holder) = 'x'", catalog)
     assert {(c.table, c.name): c.usage for c in info.columns} == {
         ("cards", "holder"): ("filter",), ("cards", "pan"): ("output",)}
+
+
+def test_the_parse_cache_is_bounded_by_what_its_trees_weigh() -> None:
+    """A 14 KB text of 7000 constants is a 4 MB tree: the cache counts its trees' weight
+    (their JSON's length), not only their number. Found by a probe of leaks and limits:
+    100 such texts pinned 560 MB."""
+    import importlib
+
+    parse_module = importlib.import_module("gateway.sql.parse")
+    parse_module.parse_cache_clear()
+    try:
+        heavy = "select 1 where 1 in (" + ",".join(["1"] * 7000) + ")"
+        assert len(heavy) <= parse_module.CACHE_MAX_TEXT
+        parse_module.parse(heavy)
+        assert heavy not in parse_module._cache  # one entry past the per-entry weight
+        light = [f"select {i} where 1 in (" + ",".join(["1"] * 600) + ")" for i in range(400)]
+        for sql in light:
+            assert parse_module.parse(sql) is parse_module.parse(sql)  # cached
+        assert parse_module._cache_weight <= parse_module.CACHE_MAX_WEIGHT
+        assert len(parse_module._cache) < len(light)  # the oldest went
+        assert light[-1] in parse_module._cache and light[0] not in parse_module._cache
+        assert parse_module._cache_weight == sum(w for _, w in parse_module._cache.values())
+    finally:
+        parse_module.parse_cache_clear()

@@ -11,8 +11,8 @@ Parse trees are shared by every caller that parses the same text: never mutate t
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from pglast import parser as _pg
@@ -57,18 +57,50 @@ class ParsedSql:
 
 #: Texts longer than this are parsed without caching (bulk INSERTs and the like).
 CACHE_MAX_TEXT = 16384
+# The cache is bounded by what its trees weigh, not only by their number: a 14 KB text of
+# thousands of constants is a 4 MB tree. A tree weighs about 12 times its JSON; the JSON's
+# length is what is counted.
+CACHE_MAX_ENTRIES = 4096
+CACHE_MAX_WEIGHT = 8 * 1024 * 1024  # of JSON: ~100 MB of trees
+CACHE_MAX_ENTRY_WEIGHT = 256 * 1024
+
+_cache: OrderedDict[str, tuple[ParsedSql, int]] = OrderedDict()
+_cache_weight = 0
 
 
 def parse(sql: str) -> ParsedSql:
     """Parse ``sql`` (one or more statements); raises :class:`SqlParseError`."""
+    global _cache_weight
     if len(sql) > CACHE_MAX_TEXT:
         return parse_uncached(sql)
-    return _parse_cached(sql)
+    hit = _cache.get(sql)
+    if hit is not None:
+        _cache.move_to_end(sql)
+        return hit[0]
+    parsed, weight = _parse(sql)
+    if weight <= CACHE_MAX_ENTRY_WEIGHT:
+        _cache[sql] = (parsed, weight)
+        _cache_weight += weight
+        while _cache_weight > CACHE_MAX_WEIGHT or len(_cache) > CACHE_MAX_ENTRIES:
+            _cache_weight -= _cache.popitem(last=False)[1][1]
+    return parsed
+
+
+def parse_cache_clear() -> None:
+    global _cache_weight
+    _cache.clear()
+    _cache_weight = 0
 
 
 def parse_uncached(sql: str) -> ParsedSql:
+    return _parse(sql)[0]
+
+
+def _parse(sql: str) -> tuple[ParsedSql, int]:
+    """The parse, and what it weighs (its JSON's length)."""
     try:
-        tree = json.loads(_pg.parse_sql_json(sql))
+        text_tree = _pg.parse_sql_json(sql)
+        tree = json.loads(text_tree)
     except _pg.ParseError as exc:
         message = str(exc.args[0] if exc.args else exc)
         index = exc.args[1] if len(exc.args) > 1 else None
@@ -82,7 +114,7 @@ def parse_uncached(sql: str) -> ParsedSql:
         raise SqlParseError(message, position) from None
     stmts = tree.get("stmts") or []
     if not stmts:
-        return ParsedSql(sql, ())
+        return ParsedSql(sql, ()), len(text_tree)
     encoded: bytes | None = None if sql.isascii() else sql.encode("utf-8")
     out = []
     single = len(stmts) == 1
@@ -98,13 +130,4 @@ def parse_uncached(sql: str) -> ParsedSql:
         text = text.strip()
         fingerprint = _pg.fingerprint(sql if single else text)
         out.append(RawStatement(node_type, node, text, fingerprint))
-    return ParsedSql(sql, tuple(out))
-
-
-@lru_cache(maxsize=4096)
-def _parse_cached(sql: str) -> ParsedSql:
-    return parse_uncached(sql)
-
-
-def parse_cache_clear() -> None:
-    _parse_cached.cache_clear()
+    return ParsedSql(sql, tuple(out)), len(text_tree)
