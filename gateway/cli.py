@@ -80,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None):
         return args.handler(args)
     if args.command == "serve":
+        import signal
+
+        # Until the gateway has its handlers, these wait rather than kill it (a config
+        # manager's reload right after a start): the worker takes them once it can.
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         from gateway.serve import run
 
         return run(args.config)

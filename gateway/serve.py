@@ -26,6 +26,9 @@ from gateway.proxy.server import GatewayServer
 RESTARTS_MAX = 5
 RESTART_WINDOW = 60.0
 START_FAILED = 2  # a worker's exit status when it could not start (see _main)
+# Blocked from `pgwarden serve`'s first moment (cli.main) until a process has its own
+# handlers: one that came meanwhile waits, instead of killing it by its default action.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def run(config_path: str) -> int:
@@ -68,6 +71,7 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # those that waited come now
     try:
         server = GatewayServer(config, verifier, worker_id, peer_dir)
     except BundleStartupError as e:
@@ -123,15 +127,17 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     stopping = False
 
     def spawn(worker_id: int) -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until it has handlers
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # not `forward`
+            for sig in SIGNALS:  # its own, not `forward`
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
                 code = _run_loop(config, verifier, worker_id, peer_dir)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         children[pid] = worker_id
 
     def forward(signum: int, _frame: object) -> None:
@@ -149,6 +155,7 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     signal.signal(signal.SIGHUP, forward)  # policy reload reaches every worker
     for worker_id in range(workers):
         spawn(worker_id)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     worst = 0
     deaths: collections.deque[float] = collections.deque()
     while children:
