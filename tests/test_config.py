@@ -440,6 +440,13 @@ MISTAKES = [
         ["printable"],
     ),
     (
+        "too-many-workers",  # (a cancel key names its worker in one byte: 0..126)
+        mutate("  allow_plaintext: true\n", "  allow_plaintext: true\n  workers: 128\n"),
+        "listen.workers",
+        "workers: 128",
+        ["from 1 to 127"],
+    ),
+    (
         "plain-http-jwks",
         mutate("{file: keys/ci-jwks.json}", "{url: http://ci.example.com/jwks}"),
         "identity.providers[0].jwks.url",

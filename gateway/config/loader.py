@@ -445,6 +445,10 @@ def _reason(exc: BaseException) -> str:
 # --- sections ------------------------------------------------------------------------
 
 
+# A worker is named in the top byte of its cancel keys' pid (proxy/cancel.py).
+MAX_WORKERS = 127
+
+
 def _listen(m: _Map) -> ListenConfig:
     host, port = m.get("address", _address(min_port=0))
     tls_map = m.optional_map("tls", ("cert", "key"))
@@ -473,7 +477,7 @@ def _listen(m: _Map) -> ListenConfig:
         port=port,
         tls=tls,
         allow_plaintext=allow_plaintext,
-        workers=m.get("workers", _integer(1, 1024), 1),
+        workers=m.get("workers", _integer(1, MAX_WORKERS), 1),
         max_connections=m.get("max_connections", _integer(1, 1_000_000), 1000),
         startup_timeout=m.get("startup_timeout", _positive_duration, 10.0),
         drain_timeout=m.get("drain_timeout", _duration, 30.0),
