@@ -11,6 +11,7 @@ import pytest
 
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import MIB, GatewayConfig, Secret
+from gateway.devtools.certs import write_self_signed
 
 FULL = """\
 listen:
@@ -90,9 +91,8 @@ ENV = {"CARDHOLDER_PASSWORD": "s3cret-from-env", "OTHER": "another-s3cret"}
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A config directory holding the files the configs above refer to."""
+    write_self_signed(tmp_path / "certs/gateway.pem", tmp_path / "certs/gateway.key")
     for name, text in {
-        "certs/gateway.pem": "CERT\n",
-        "certs/gateway.key": "KEY\n",
         "keys/ci-jwks.json": '{"keys": []}\n',
         "keys/bundle-signing.pub": "PUB\n",
         "secrets/reporting.pw": "file-s3cret\n",
@@ -584,8 +584,8 @@ def test_the_compose_example_config_loads(tmp_path: Path) -> None:
     text = (repo / "examples" / "compose" / "gateway.yaml").read_text()
     for prefix in ("/state", "/var/lib/pgwarden", "/run/secrets", "/usr/share/pgwarden"):
         text = text.replace(prefix, str(tmp_path / prefix.strip("/")))
-    for rel in ("state/certs/gateway.pem", "state/certs/gateway.key",
-                "state/issuer/jwks.json", "run/secrets/cardholder_password",
+    write_self_signed(tmp_path / "state/certs/gateway.pem", tmp_path / "state/certs/gateway.key")
+    for rel in ("state/issuer/jwks.json", "run/secrets/cardholder_password",
                 "usr/share/pgwarden/policies/pci/policy.rego"):
         f = tmp_path / rel
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -600,8 +600,8 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
     """The config a reader copies from the README's "Running it" is one the gateway takes."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     text = readme.split("## Running it", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    for name in ("certs/gateway.pem", "certs/gateway.key", "keys/bundle-signing.pub",
-                 "keys/audit-signing.pem"):
+    write_self_signed(tmp_path / "certs/gateway.pem", tmp_path / "certs/gateway.key")
+    for name in ("keys/bundle-signing.pub", "keys/audit-signing.pem"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n")
     config = load_config(write(tmp_path, text), env={
@@ -611,3 +611,42 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
     assert github.groups_prefix == "github:"
     assert dict(github.required_claims) == {"repository_owner": ("acme",),
                                             "ref": ("refs/heads/main",)}
+
+
+@pytest.mark.parametrize("damage", ["not_pem", "key_of_another_certificate", "encrypted_key"])
+@pytest.mark.parametrize("section", ["listen", "admin"])
+def test_a_certificate_that_cannot_be_served_is_a_config_mistake(workdir: Path, damage: str,
+                                                                 section: str) -> None:
+    """Found by a probe of failure handling: these were a Python traceback at start (or,
+    for the admin API, "Failed to bind to address"); an encrypted key would have OpenSSL
+    ask for its passphrase on the terminal."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = workdir / "certs/gateway.pem", workdir / "certs/gateway.key"
+    if damage == "not_pem":
+        cert.write_text("this is not a certificate\n")
+    elif damage == "key_of_another_certificate":
+        write_self_signed(workdir / "other.pem", workdir / "other.key")
+        key.write_bytes((workdir / "other.key").read_bytes())
+    else:
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        key.write_bytes(private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase")))
+    text = FULL if section == "listen" else FULL.replace(
+        "  http: 127.0.0.1:6480            # health and metrics\n",
+        "  http: 127.0.0.1:6480\n  tls: {cert: certs/gateway.pem, key: certs/gateway.key}\n")
+    if section == "admin":  # the listener's own pair, sound, elsewhere
+        write_self_signed(workdir / "listen.pem", workdir / "listen.key")
+        text = text.replace("tls: {cert: certs/gateway.pem, key: certs/gateway.key}\n  allow",
+                            "tls: {cert: listen.pem, key: listen.key}\n  allow", 1)
+    path = write(workdir, text)
+    error = load_error(path)
+    assert error.key.startswith(f"{section}.tls."), error
+    if damage == "key_of_another_certificate":
+        assert error.key == f"{section}.tls.key" and "does not belong" in error.message
+    else:
+        assert error.key == f"{section}.tls.cert" and "cannot load" in error.message
+    if damage == "encrypted_key":
+        assert "encrypted" in error.message
+    assert error.line is not None and "tls:" in text.splitlines()[error.line - 1]

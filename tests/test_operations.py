@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from conftest import PgBackend
 from rawclient import RawClient, expect_fatal
 
+from gateway.devtools.certs import write_self_signed
 from gateway.devtools.embedded_pg import EmbeddedPostgres
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec
 
@@ -150,3 +152,37 @@ def test_a_sighup_during_start_does_not_kill_the_gateway(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("damage", ["garbage_certificate", "key_of_another_certificate"])
+def test_an_unloadable_listen_certificate_is_a_config_error(tmp_path: Path, damage: str) -> None:
+    """A listen.tls certificate or key that cannot be loaded (not PEM, or a key that does
+    not belong to the certificate) is a config mistake: `pgwarden serve` exits 2 with
+    `gateway.yaml:N: listen.tls...: <reason>`, not a Python traceback and exit 1."""
+    gw = GatewayProcess(tmp_path / "gw", NOWHERE).prepare()
+    certs = gw.directory / "certs"
+    if damage == "garbage_certificate":
+        (certs / "gateway.pem").write_text("this is not a certificate\n")
+    else:
+        write_self_signed(tmp_path / "other.pem", tmp_path / "other.key")
+        (certs / "gateway.key").write_bytes((tmp_path / "other.key").read_bytes())
+    out = serve(gw)
+    assert "Traceback" not in out.stderr, out.stderr[-1500:]
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert any(f"{gw.config_path}:" in line and "listen.tls" in line
+               for line in plain_lines(out.stderr)), out.stderr[-1500:]
+
+
+def test_an_unloadable_admin_certificate_is_named_not_reported_as_a_bind_failure(
+        tmp_path: Path) -> None:
+    """An admin.tls certificate that cannot be loaded is reported as that (exit 2, naming
+    admin.tls), not as `Failed to bind to address ...`: nothing is wrong with the port."""
+    gw = GatewayProcess(tmp_path / "gw", NOWHERE).prepare()
+    (gw.directory / "bad.pem").write_text("this is not a certificate\n")
+    gw.extra_yaml = (f"admin:\n  grpc: 127.0.0.1:{free_port()}\n"
+                     "  tls: {cert: bad.pem, key: certs/gateway.key}\n")
+    gw.prepare()
+    out = serve(gw)
+    assert out.returncode == 2, out.stderr[-1500:]
+    lines = plain_lines(out.stderr)
+    assert lines and "admin.tls" in lines[-1] and "bind" not in lines[-1], out.stderr[-1500:]

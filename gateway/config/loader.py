@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from gateway.config.model import (
     TlsFiles,
     WebhookConfig,
 )
+from gateway.config.tls import load_server_pair
 from gateway.masking.methods import MIN_KEY_BYTES
 
 __all__ = ["ConfigError", "load_audit_config", "load_config"]
@@ -445,6 +447,18 @@ def _reason(exc: BaseException) -> str:
 # --- sections ------------------------------------------------------------------------
 
 
+def _loadable(m: _Map, tls: TlsFiles) -> None:
+    """A certificate and key a server can serve with (checked now: a mistake in them is
+    the config's, not a traceback at start)."""
+    try:
+        load_server_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls.cert, tls.key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        mismatch = "KEY_VALUES_MISMATCH" in str(exc)
+        raise m.fail("key" if mismatch else "cert", "the key does not belong to the "
+                     "certificate" if mismatch else "cannot load the certificate and key "
+                     f"(PEM, the key not encrypted): {exc}") from None
+
+
 # A worker is named in the top byte of its cancel keys' pid (proxy/cancel.py).
 MAX_WORKERS = 127
 
@@ -458,6 +472,7 @@ def _listen(m: _Map) -> ListenConfig:
             cert=tls_map.file_ref("cert", must_exist=True, plain=True),
             key=tls_map.file_ref("key", must_exist=True, plain=True),
         )
+        _loadable(tls_map, tls)
     allow_plaintext = m.get("allow_plaintext", _boolean, False)
     non_loopback_ok = m.get("allow_plaintext_non_loopback", _boolean, False)
     if tls is None and not allow_plaintext:
@@ -712,6 +727,7 @@ def _admin(m: _Map) -> AdminConfig:
             cert=tls_map.file_ref("cert", must_exist=True, plain=True),
             key=tls_map.file_ref("key", must_exist=True, plain=True),
         )
+        _loadable(tls_map, tls)
     return AdminConfig(
         grpc=m.get("grpc", _address(min_port=0), None),
         http=m.get("http", _address(min_port=0), None),
