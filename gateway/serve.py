@@ -18,7 +18,7 @@ from gateway.bundle.reloader import BundleStartupError
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import GatewayConfig
 from gateway.identity.verifier import JwtVerifier
-from gateway.proxy.server import GatewayServer
+from gateway.proxy.server import CannotListen, GatewayServer
 
 # A worker that dies is replaced, unless workers died this often: then something is wrong
 # with every start (the host, the config) and the gateway stops, for its service manager
@@ -98,8 +98,10 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
         if isinstance(e, AuditError | AuditKeyError):
             logs.error("gateway.audit_unavailable", worker=worker_id, error=str(e))
             print(f"pgwarden: audit: {e}", file=sys.stderr)
-        elif isinstance(e, OSError):
-            logs.error("gateway.listen_failed", error=str(e))
+        elif isinstance(e, CannotListen):
+            logs.error("gateway.listen_failed", worker=worker_id, key=e.key,
+                       address=e.address, error=str(e))
+            print(f"pgwarden: {e}", file=sys.stderr)
         else:  # (e.g. the admin API's port taken: grpc raises RuntimeError)
             logs.error("gateway.start_failed", worker=worker_id,
                        error=f"{type(e).__name__}: {e}"[:300])

@@ -186,3 +186,27 @@ def test_an_unloadable_admin_certificate_is_named_not_reported_as_a_bind_failure
     assert out.returncode == 2, out.stderr[-1500:]
     lines = plain_lines(out.stderr)
     assert lines and "admin.tls" in lines[-1] and "bind" not in lines[-1], out.stderr[-1500:]
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin_http", "admin_grpc"])
+def test_a_port_in_use_is_said_in_plain_words(tmp_path: Path, taken: str) -> None:
+    """A port already in use stops the start with exit 2 and a `pgwarden: ...` line naming
+    the address (and, for the admin HTTP port, that it is admin.http), as every other
+    start failure has, not only a JSON `gateway.listen_failed` line that calls an admin
+    port the listener."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        gw = GatewayProcess(tmp_path / "gw", NOWHERE)
+        if taken == "listen":
+            gw.port = port
+        else:
+            gw.extra_yaml = f"admin:\n  {taken[6:]}: 127.0.0.1:{port}\n"
+        gw.prepare()
+        out = serve(gw)
+    assert out.returncode == 2, out.stderr[-1500:]
+    lines = [line for line in plain_lines(out.stderr) if str(port) in line]
+    assert lines, out.stderr[-1500:]
+    key = "listen.address" if taken == "listen" else taken.replace("_", ".")
+    assert f"({key})" in lines[-1] and "cannot listen on" in lines[-1], lines

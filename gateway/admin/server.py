@@ -79,12 +79,15 @@ class AdminServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else \
             f"{self.host}:{self.port}"
-        if self.tls is not None:
-            bound = server.add_secure_port(address, self._credentials())
-        else:
-            bound = server.add_insecure_port(address)
+        try:
+            if self.tls is not None:
+                bound = server.add_secure_port(address, self._credentials())
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError as e:  # grpc's "Failed to bind to address ..."
+            raise OSError(str(e).split(";")[0]) from None
         if not bound:
-            raise OSError(f"admin gRPC: cannot listen on {address}")
+            raise OSError("the port cannot be bound")
         await server.start()
         self._server = server
         self.port = bound

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,10 +203,11 @@ class GatewayServer:
         if sock is not None:
             self._server = await loop.create_server(self._protocol, sock=sock, backlog=1024)
         else:
-            self._server = await loop.create_server(
-                self._protocol, listen.host, listen.port, backlog=1024,
-                reuse_port=listen.workers > 1,
-            )
+            async with _listening("listen.address", listen.host, listen.port):
+                self._server = await loop.create_server(
+                    self._protocol, listen.host, listen.port, backlog=1024,
+                    reuse_port=listen.workers > 1,
+                )
         if self.peer_dir is not None:
             path = str(self._peer_socket(self.worker_id))
             self._peer_server = await loop.create_unix_server(
@@ -257,11 +259,14 @@ class GatewayServer:
                 admin, verifier=self.verifier, approvals=self.approvals,
                 backend=self._admin_backend, health=self.health,
                 on_event=self._approval_event)
-            port = await self.admin.start()
+            async with _listening("admin.grpc", *admin.grpc):
+                port = await self.admin.start()
             logs.info("admin.listening", grpc=f"{admin.grpc[0]}:{port}")
         self.admin_http = http_server_from_config(admin, health=self.health)
         if self.admin_http is not None:
-            await self.admin_http.start()
+            assert admin.http is not None
+            async with _listening("admin.http", *admin.http):
+                await self.admin_http.start()
 
     def _protocol(self) -> Endpoint:
         return Endpoint(on_connect=self._accept)
@@ -390,3 +395,21 @@ def _requester(req: Mapping[str, Any]) -> AuditContext | None:
     return AuditContext.build(session=str(session), subject=req.get("subject"),
                               issuer=req.get("issuer"), groups=req.get("groups") or (),
                               connection=req.get("connection"))
+
+
+class CannotListen(Exception):
+    """A configured address cannot be listened on (taken, not this host's): which
+    setting, and why, for the operator."""
+
+    def __init__(self, key: str, host: str, port: int, error: OSError) -> None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {address} ({key}): {error.strerror or error}")
+        self.key, self.address = key, address
+
+
+@contextlib.asynccontextmanager
+async def _listening(key: str, host: str, port: int) -> AsyncIterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise CannotListen(key, host, port, e) from None
