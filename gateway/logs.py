@@ -21,9 +21,14 @@ class _JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs * 1000):06d}Z",
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
         }
-        doc.update(getattr(record, "fields", {}))
+        fields = getattr(record, "fields", None)
+        if fields is not None:
+            doc["event"] = record.getMessage()
+            doc.update(fields)
+        else:  # a library's own line (asyncio's, grpc's): its logger, and its text
+            doc["event"] = f"python.{record.name}"
+            doc["message"] = record.getMessage()[:1000]
         if record.exc_info and record.exc_info[0] is not None:
             doc["exception"] = record.exc_info[0].__name__
         # Fields may quote what a client sent (a startup user or database name, a
@@ -43,6 +48,13 @@ def configure(level: str = "info", stream: Any = None) -> None:
     _logger.handlers[:] = [handler]
     _logger.setLevel(level.upper())
     _logger.propagate = False
+    # Libraries' warnings (asyncio's unretrieved task errors, grpc's) are JSON lines too,
+    # not Python's last-resort plain text on stderr (unless something, a test runner,
+    # already handles them).
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
 
 
 #: enabled(level): whether a line at `level` would be written (skip building costly fields

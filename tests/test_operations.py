@@ -6,13 +6,17 @@ stop and restart), real clients. Each test's docstring says what an operator sho
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -210,3 +214,100 @@ def test_a_port_in_use_is_said_in_plain_words(tmp_path: Path, taken: str) -> Non
     assert lines, out.stderr[-1500:]
     key = "listen.address" if taken == "listen" else taken.replace("_", ".")
     assert f"({key})" in lines[-1] and "cannot listen on" in lines[-1], lines
+
+
+def test_library_log_lines_are_json_and_scanned_too() -> None:
+    """What a library logs (asyncio's "Task exception was never retrieved", grpc's
+    warnings) is a JSON line like the gateway's own, card numbers masked, not Python's
+    last-resort plain text (in a fresh process: the test runner handles the root logger
+    itself, which the gateway then leaves alone)."""
+    script = (
+        "import io, json, logging\n"
+        "from gateway import logs\n"
+        "s = io.StringIO()\n"
+        "logs.configure('info', s)\n"
+        "logging.getLogger('asyncio').error('Task exception: card 4111111111111111')\n"
+        "logging.getLogger('some.library').info('below the level: not shown')\n"
+        "print(s.getvalue(), end='')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=str(REPO))
+    (line,) = [json.loads(text) for text in out.stdout.splitlines()]
+    assert line["event"] == "python.asyncio" and line["level"] == "error", line
+    assert "4111111111111111" not in out.stdout and "Task exception" in line["message"]
+    assert out.stderr == ""
+
+
+class _Jwks:
+    """An IdP's JWKS endpoint on 127.0.0.1 answering in one of several bad ways."""
+
+    def __init__(self, body: bytes, mode: str) -> None:
+        self.body, self.mode = body, mode
+        self.stopped = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if outer.mode == "trickle":  # the headers at once, then a byte a second
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(outer.body)))
+                    self.end_headers()
+                    for b in outer.body:
+                        if outer.stopped.wait(1.0):
+                            return
+                        self.wfile.write(bytes([b]))
+                        self.wfile.flush()
+                    return
+                body = outer.body
+                if outer.mode == "unusable_keys":
+                    body = json.dumps({"keys": [{"kty": "RSA", "n": {"a": 1}, "e": [1]}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _jwks_url_gateway(tmp_path: Path, url: str) -> GatewayProcess:
+    gw = GatewayProcess(tmp_path / "gw", NOWHERE).prepare()
+    text = gw.config_path.read_text().replace("jwks: {file: issuer/jwks.json}",
+                                              f"jwks: {{url: {json.dumps(url)}}}")
+    gw.config_path.write_text(text)
+    gw.prepare = lambda: gw  # type: ignore[method-assign]  (keep the edited config)
+    return gw
+
+
+@pytest.mark.parametrize("mode", ["down", "unusable_keys"])
+def test_jwks_problems_are_logged_as_json_lines(tmp_path: Path, mode: str) -> None:
+    """Logs are JSON lines on stderr (README). A JWKS URL that is down, or that serves a
+    key it cannot use, is logged as a JSON line with an event name, like the rest: today
+    `gateway.identity.jwks` logs through the stdlib root logger, whose last-resort
+    handler writes plain text (`could not load JWKS from ...`, `ignoring JWKS key ...`)."""
+    jwks = None
+    if mode == "down":
+        url = f"http://127.0.0.1:{free_port()}/jwks"
+    else:
+        jwks = _Jwks(b"", mode)
+        url = jwks.url
+    gw = _jwks_url_gateway(tmp_path, url)
+    try:
+        with gw:
+            with pytest.raises(psycopg.OperationalError, match=r"unavailable|not known"):
+                psycopg.connect(gw.dsn("payments"), password=gw.token()).close()
+            time.sleep(0.3)
+    finally:
+        if jwks is not None:
+            jwks.close()
+    raw = [d["raw"] for d in gw.logs if "raw" in d]
+    assert not raw, raw

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import logging
 import os
 import threading
 import time
@@ -27,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWTError
 
-from .errors import AuthError
+from gateway import logs
 
-log = logging.getLogger(__name__)
+from .errors import AuthError
 
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT = 5.0
@@ -104,8 +103,8 @@ def _parse_key(entry: Any, allowed: frozenset[str] | None) -> JwksKey | None:
             key = RSAAlgorithm.from_jwk(public)
             natural = RSA_ALGORITHMS
             if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
-                log.warning("ignoring JWKS key %r: RSA key shorter than %d bits",
-                            kid, MIN_RSA_BITS)
+                logs.warning("identity.jwks_key_ignored", kid=kid,
+                             reason=f"RSA key shorter than {MIN_RSA_BITS} bits")
                 return None
         elif kty == "EC":
             crv = public.get("crv")
@@ -119,11 +118,12 @@ def _parse_key(entry: Any, allowed: frozenset[str] | None) -> JwksKey | None:
             key = OKPAlgorithm.from_jwk(public)
             natural = frozenset({"EdDSA"})
     except (PyJWTError, ValueError, TypeError, KeyError) as exc:
-        log.warning("ignoring JWKS key %r: %s", kid, type(exc).__name__)
+        logs.warning("identity.jwks_key_ignored", kid=kid, reason=type(exc).__name__)
         return None
     if alg is not None:
         if alg not in natural:
-            log.warning("ignoring JWKS key %r: alg %r does not fit a %s key", kid, alg, kty)
+            logs.warning("identity.jwks_key_ignored", kid=kid,
+                         reason=f"alg {alg} does not fit a {kty} key")
             return None
         natural = frozenset({alg})
     algorithms = natural if allowed is None else natural & allowed
@@ -230,11 +230,12 @@ class JwksSource:
                 str(self._url))
             keyset = parse_jwks(raw, self._allowed)
         except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
-            log.warning("could not load JWKS from %s: %s", self.location, exc)
+            logs.warning("identity.jwks_load_failed", source=self.location,
+                         error=f"{type(exc).__name__}: {exc}"[:300])
         else:
             self._keyset = keyset
             self._loaded_at = started
-            log.info("loaded %d signing key(s) from %s", len(keyset.keys), self.location)
+            logs.info("identity.jwks_loaded", source=self.location, keys=len(keyset.keys))
         # Published last: lock-free readers that see the attempt recorded must
         # also see its outcome, or they would report keys as unavailable.
         self._file_sig = file_sig

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import math
 import re
 import time
@@ -22,11 +21,11 @@ from typing import Any
 import jwt
 from jwt import exceptions as jwt_errors
 
+from gateway import logs
+
 from .errors import AuthError
 from .jwks import ASYMMETRIC_ALGORITHMS, JwksKey, JwksSource
 from .model import Identity
-
-log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 16 * 1024
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -236,7 +235,7 @@ def _b64_json(segment: str) -> dict[str, Any]:
 
 def _auth_error(exc: Exception) -> AuthError:
     # Only the class name is logged: pyjwt messages may name claims.
-    log.debug("token refused by pyjwt: %s", type(exc).__name__)
+    logs.debug("identity.token_refused", error=type(exc).__name__)
     for cls, reason in _PYJWT_REASONS:
         if isinstance(exc, cls):
             return AuthError(reason)
