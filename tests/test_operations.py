@@ -311,3 +311,21 @@ def test_jwks_problems_are_logged_as_json_lines(tmp_path: Path, mode: str) -> No
             jwks.close()
     raw = [d["raw"] for d in gw.logs if "raw" in d]
     assert not raw, raw
+
+
+def test_a_hung_upstream_is_reported_as_unreachable_not_as_a_slow_client(
+        tmp_path: Path) -> None:
+    """An upstream that accepts TCP but never answers (a hung or SIGSTOPped postmaster, a
+    black-holed proxy) ends the login with 08001 `the upstream ... is unreachable` and an
+    `upstream.unreachable` error in the log. With the default timeouts (both 10 s) the
+    session's startup_timeout fires first: the client is told 08P01 `the client did not
+    complete startup in time`, and the log has only an info `session.end` blaming the
+    startup: the operator is sent looking at the client."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        spec = UpstreamSpec("127.0.0.1", hung.getsockname()[1], "payments", "svc", "pw")
+        with GatewayProcess(tmp_path / "gw", {"payments": spec}) as gw:
+            fields = fatal_of(gw)
+            assert (fields["C"], "upstream" in fields["M"]) == ("08001", True), fields
+            gw.wait_for_log(lambda d: d.get("event") == "upstream.unreachable", timeout=3)

@@ -14,6 +14,7 @@ from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.audit.redact import scrub
 from gateway.audit.template import TemplateCache
+from gateway.config.model import ConnectionConfig
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts, printable, reported_name
 from gateway.identity.errors import AuthError
@@ -89,13 +90,16 @@ class Session:
         cfg = self.server.config.listen
         outcome = "closed"
         try:
+            # The client's part of the startup is timed; the upstream login has its own
+            # timeout (connect_timeout), so that a server that hangs is named as such.
             async with asyncio.timeout(cfg.startup_timeout):
                 hello = await self._startup()
                 if hello is None:
                     return
-                link = await self._authenticate_and_connect(hello)
-            if link is None:
+                login = await self._authenticate(hello)
+            if login is None:
                 return
+            link = await self._connect_upstream(*login)
             outcome = await self._relay(link, hello)
         except SessionFailure as e:
             outcome = "refused"
@@ -214,7 +218,10 @@ class Session:
             else:
                 return ClientHello(packet, tls, reader.take_pending())
 
-    async def _authenticate_and_connect(self, hello: ClientHello) -> up.UpstreamLink | None:
+    async def _authenticate(self, hello: ClientHello
+                            ) -> tuple[ConnectionConfig, dict[str, str], bytes] | None:
+        """The client's token and the connection it names: the connection, the upstream's
+        startup parameters, and what the client sent after its password. None: it left."""
         listen = self.server.config.listen
         st = hello.startup
         user = printable(st.params.get("user", ""))
@@ -263,6 +270,10 @@ class Session:
                   issuer=identity.issuer, groups=list(identity.groups), connection=conn.name,
                   user=user, client_addr=self.client_addr, tls=hello.tls,
                   application_name=printable(params.get("application_name", "")))
+        return conn, params, leftover
+
+    async def _connect_upstream(self, conn: ConnectionConfig, params: dict[str, str],
+                                leftover: bytes) -> up.UpstreamLink:
         target = self.server.target(conn.name)
         try:
             link = await up.connect(target, params)
