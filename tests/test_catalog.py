@@ -389,3 +389,42 @@ def test_classification_fills_analyzer_input(catalog: Catalog) -> None:
                                                                  ("branch", [])]
     assert apply_tags(doc["columns"], {"cat_alt.cards.branch": ["internal"]})[1]["tags"] == \
         ["internal"]
+
+
+def test_a_catalog_load_that_fails_is_said_once_and_awaited_loads_raise_58000() -> None:
+    """A background refresh (a stale snapshot serving meanwhile) that fails was a task
+    whose exception nobody retrieved: asyncio's plain-text traceback at some later
+    garbage collection. It is logged as catalog.load_failed; a statement that waits for
+    a snapshot gets CatalogUnavailable (58000). Found by a probe of failure handling."""
+    import asyncio
+    import gc
+    import io
+    import json
+
+    from gateway import logs
+    from gateway.catalog.model import Catalog
+    from gateway.enforce.catalog_cache import CatalogCache, CatalogUnavailable
+
+    class Down(OSError):
+        pass
+
+    async def fetch(connection: str, queries: object) -> dict[str, list[tuple[str]]]:
+        raise Down("connection refused")
+
+    async def scenario() -> None:
+        cache = CatalogCache(fetch, ttl=0.0)
+        cache.put("payments", Catalog())
+        assert cache.current("payments") is not None  # stale: a refresh starts
+        await asyncio.sleep(0.01)
+        cache.invalidate("payments")
+        with pytest.raises(CatalogUnavailable) as info:
+            await cache.get("payments")
+        assert info.value.sqlstate == "58000" and '"payments"' in str(info.value)
+
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    asyncio.run(scenario())
+    gc.collect()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failed = [d for d in lines if d["event"] == "catalog.load_failed"]
+    assert len(failed) == 2 and all(d["error"] == "Down" for d in failed), lines

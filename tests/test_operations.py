@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ import pytest
 from conftest import PgBackend
 from rawclient import RawClient, expect_fatal
 
+from gateway.audit import generate_keypair
 from gateway.devtools.certs import write_self_signed
 from gateway.devtools.embedded_pg import EmbeddedPostgres
 from gateway.devtools.harness import GatewayProcess, UpstreamSpec
+from gateway.devtools.sample_data import PAYMENTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 PCI = REPO / "policies" / "pci"
@@ -329,3 +332,209 @@ def test_a_hung_upstream_is_reported_as_unreachable_not_as_a_slow_client(
             fields = fatal_of(gw)
             assert (fields["C"], "upstream" in fields["M"]) == ("08001", True), fields
             gw.wait_for_log(lambda d: d.get("event") == "upstream.unreachable", timeout=3)
+
+
+class Upstream:
+    def __init__(self, server: EmbeddedPostgres) -> None:
+        self.server = server
+        self.roles: dict[str, str] = {}
+
+    def role(self, name: str) -> UpstreamSpec:
+        """A login role owning its own `name` database with a table t(id, v)."""
+        if name not in self.roles:
+            self.roles[name] = secrets.token_urlsafe(16)
+            self.server.add_role(name, self.roles[name])
+            self.server.create_database(name, owner=name)
+            self.server.psql("CREATE TABLE t (id int PRIMARY KEY, v text);"
+                             "INSERT INTO t VALUES (1, 'a');", dbname=name, user=name)
+        return UpstreamSpec(self.server.host, self.server.port, name, name, self.roles[name])
+
+    def stop(self, mode: str = "fast") -> None:
+        self.server._pg_ctl("-m", mode, "-w", "-t", "60", "stop")
+
+    def start(self) -> None:
+        self.server._pg_ctl("-l", str(self.server.log_path), "-w", "-t", "60", "start")
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    with EmbeddedPostgres(tmp_path_factory.mktemp("probeD-pg")) as server:
+        yield Upstream(server)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_an_upstream_restart_gives_open_sessions_an_error_and_new_ones_work(
+        upstream: Upstream, tmp_path: Path, mode: str) -> None:
+    """(Passes.) The upstream restarted (fast or immediate shutdown) under an idle session
+    and one running a query: both get an error with a SQLSTATE at once (57P01 or 08006),
+    a new session while it is down gets a FATAL naming the upstream unreachable, and once
+    it is back new sessions (catalog, prepared statements) work; no traceback logged."""
+    spec = upstream.role(f"restart_{mode}")
+    with GatewayProcess(tmp_path / "gw", {"payments": spec}) as gw:
+        idle = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+        busy = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+        assert idle.execute("select v from t").fetchone() == ("a",)
+        errors: list[BaseException] = []
+
+        def sleeper() -> None:
+            try:
+                busy.execute("select pg_sleep(20)")
+            except BaseException as e:
+                errors.append(e)
+
+        th = threading.Thread(target=sleeper)
+        th.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        upstream.stop(mode)
+        try:
+            th.join(10)
+            assert not th.is_alive() and time.monotonic() - t0 < 10
+            assert getattr(errors[0], "sqlstate", None) in ("57P01", "08006"), errors
+            with pytest.raises(psycopg.Error) as idle_error:
+                idle.execute("select 1")
+            assert idle_error.value.sqlstate in ("57P01", "08006")
+            assert fatal_of(gw)["C"] == "08001"
+        finally:
+            upstream.start()
+        with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True) as c:
+            c.execute("prepare p as select v from t where id = $1")
+            assert c.execute("execute p(1)").fetchone() == ("a",)
+            assert c.execute("select v from t where id = %s", (1,)).fetchone() == ("a",)
+        idle.close()
+        busy.close()
+    assert "Traceback" not in gw.log_text() and not [d for d in gw.logs if "raw" in d]
+
+
+def test_an_upstream_down_at_start_is_used_once_it_is_back(upstream: Upstream,
+                                                           tmp_path: Path) -> None:
+    """(Passes.) The upstream is down when the gateway starts: the gateway starts, a login
+    gets a FATAL 08001 naming the upstream, and the first login after it is back works."""
+    spec = upstream.role("down_at_start")
+    upstream.stop("fast")
+    try:
+        with GatewayProcess(tmp_path / "gw", {"payments": spec}) as gw:
+            fields = fatal_of(gw)
+            assert fields["C"] == "08001" and "unreachable" in fields["M"], fields
+            upstream.start()
+            with psycopg.connect(gw.dsn("payments"), password=gw.token()) as c:
+                assert c.execute("select v from t").fetchone() == ("a",)
+    finally:
+        if not (upstream.server.data_dir / "postmaster.pid").exists():
+            upstream.start()
+
+
+def test_a_rotated_password_or_dropped_database_is_a_clear_fatal_without_secrets(
+        upstream: Upstream, tmp_path: Path) -> None:
+    """(Passes.) The vaulted password no longer works upstream (rotated there first), or
+    the database the connection names was dropped: a login gets FATAL 08001 naming the
+    connection, the log says why (upstream SQLSTATE 28P01 / 3D000), and no password
+    appears in any output."""
+    rotated, dropped = upstream.role("rotated"), upstream.role("dropped")
+    rotated_pw, dropped_pw = upstream.roles["rotated"], upstream.roles["dropped"]
+    with GatewayProcess(tmp_path / "gw", {"rotated": rotated, "dropped": dropped}) as gw:
+        upstream.server.psql("ALTER ROLE rotated PASSWORD 'rotated-in-the-vault-later'")
+        upstream.server.psql("DROP DATABASE dropped WITH (FORCE)")
+        for name, code in (("rotated", "28P01"), ("dropped", "3D000")):
+            fields = fatal_of(gw, name)
+            assert fields["C"] == "08001" and name in fields["M"], fields
+            gw.wait_for_log(lambda d, code=code: d.get("event") == "upstream.login_failed"
+                            and d.get("sqlstate") == code)
+    text = gw.log_text()
+    for secret in (rotated_pw, dropped_pw, "rotated-in-the-vault-later"):
+        assert secret not in text
+
+
+def test_a_catalog_that_cannot_be_reloaded_mid_session_is_named(upstream: Upstream,
+                                                                tmp_path: Path) -> None:
+    """Sessions are open when the vaulted password stops working upstream (rotated there
+    first); one of them commits DDL, which drops the catalog snapshot. The next statement
+    of another session cannot have a fresh catalog: it is refused like a session start
+    without one (58000, `could not read the catalog of connection ...`, log
+    `catalog.load_failed`). Today it gets XX000 `internal gateway error while deciding a
+    statement`, logged as `session.gate_error` UpstreamRefused and as a
+    `session.protocol_violation`."""
+    spec = upstream.role("catalog_rot")
+    with GatewayProcess(tmp_path / "gw", {"payments": spec}) as gw:
+        a = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+        b = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
+        try:
+            assert b.execute("select v from t").fetchone() == ("a",)
+            upstream.server.psql("ALTER ROLE catalog_rot PASSWORD 'changed-upstream'")
+            a.execute("create table u (id int)")
+            with pytest.raises(psycopg.Error) as err:
+                b.execute("select v from t")
+            assert err.value.sqlstate == "58000", (err.value.sqlstate, str(err.value))
+            assert "catalog" in str(err.value)
+        finally:
+            a.close()
+            b.close()
+            upstream.server.psql(f"ALTER ROLE catalog_rot PASSWORD '{spec.password}'")
+
+
+def test_masking_holds_after_the_table_is_recreated_out_of_band(pg: PgBackend,
+                                                                tmp_path: Path) -> None:
+    """(Passes.) A migration run directly on the upstream recreates `cards` with its
+    columns in another order (new OID) while the gateway holds the old catalog snapshot:
+    card numbers still leave masked, and the cvv is still refused."""
+    pg.server.create_database("probed_recreate", owner=pg.service.name)
+    pg.server.psql(PAYMENTS_SCHEMA, dbname="probed_recreate", user=pg.service.name)
+    spec = UpstreamSpec(pg.server.host, pg.server.port, "probed_recreate", pg.service.name,
+                        pg.service.password)
+    with GatewayProcess(tmp_path / "gw", {"payments": spec}, policy_dir=PCI) as gw:
+        def ask(sql: str) -> Any:
+            with psycopg.connect(gw.dsn("payments"), password=gw.token()) as c:
+                return c.execute(sql).fetchall()
+
+        before = ask("select holder, pan from cards order by holder")
+        assert all(p.startswith("****") for _, p in before)
+        pg.server.psql(
+            "ALTER TABLE cards RENAME TO cards_old;"
+            "CREATE TABLE cards (id serial PRIMARY KEY, pan text, holder text, cvv text,"
+            " expiry text);"
+            "INSERT INTO cards (pan, holder, cvv, expiry)"
+            " SELECT pan, holder, cvv, expiry FROM cards_old;",
+            dbname="probed_recreate", user=pg.service.name)
+        assert ask("select holder, pan from cards order by holder") == before
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            ask("select * from cards")
+
+
+def test_an_audit_postgres_sink_restart_is_survived(pg: PgBackend, tmp_path: Path) -> None:
+    """(Passes.) The audit trail's PostgreSQL sink restarts under a running gateway: the
+    statement whose record cannot be written is refused with 58030, and once the sink's
+    server is back new sessions work without a restart of the gateway, and the sink's
+    password appears in no log line."""
+    with EmbeddedPostgres(tmp_path / "apg") as apg:
+        password = secrets.token_urlsafe(16)
+        apg.add_role("audit_svc", password)
+        apg.create_database("audit", owner="audit_svc")
+        generate_keypair(tmp_path / "audit.pem", tmp_path / "audit.pub")
+        spec = UpstreamSpec(pg.server.host, pg.server.port, pg.dbname, pg.service.name,
+                            pg.service.password)
+        gw = GatewayProcess(tmp_path / "gw", {"payments": spec})
+        gw.extra_env["PROBED_AUDIT_DSN"] = apg.dsn(user="audit_svc", password=password,
+                                                   dbname="audit")
+        gw.extra_yaml = (f"audit:\n  dir: {json.dumps(str(tmp_path / 'audit'))}\n"
+                         f"  signing_key: {{file: {json.dumps(str(tmp_path / 'audit.pem'))}}}\n"
+                         "  sink: postgres\n  postgres: {dsn: {env: PROBED_AUDIT_DSN}}\n")
+        with gw:
+            with psycopg.connect(gw.dsn("payments"), password=gw.token(),
+                                 autocommit=True) as c:
+                assert c.execute("select 1").fetchone() == (1,)
+                apg._pg_ctl("-m", "fast", "-w", "stop")
+                with pytest.raises(psycopg.Error) as err:
+                    c.execute("select 2")
+                assert err.value.sqlstate == "58030"
+            apg._pg_ctl("-l", str(apg.log_path), "-w", "start")
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    with psycopg.connect(gw.dsn("payments"), password=gw.token()) as c:
+                        assert c.execute("select 3").fetchone() == (3,)
+                    break
+                except psycopg.Error:
+                    assert time.monotonic() < deadline, gw.log_text()[-2000:]
+                    time.sleep(0.5)
+        assert gw.proc is not None and gw.proc.returncode == 0
+        assert password not in gw.log_text()

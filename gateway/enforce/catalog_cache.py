@@ -7,6 +7,7 @@ statement waits on catalog I/O except the very first of a connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -16,6 +17,16 @@ from gateway.catalog.model import Catalog
 
 Rows = list[tuple[str | None, ...]]
 Fetch = Callable[[str, Mapping[str, str]], Awaitable[Mapping[str, Sequence[Sequence[str | None]]]]]
+
+
+class CatalogUnavailable(Exception):
+    """No catalog snapshot of a connection could be read: nothing can be decided."""
+
+    sqlstate = "58000"
+
+    def __init__(self, connection: str) -> None:
+        super().__init__(f'could not read the catalog of connection "{connection}"')
+        self.connection = connection
 
 
 class CatalogCache:
@@ -36,10 +47,14 @@ class CatalogCache:
         return catalog
 
     async def get(self, connection: str) -> Catalog:
+        """The snapshot, loaded now if there is none. Raises CatalogUnavailable."""
         catalog = self.current(connection)
         if catalog is not None:
             return catalog
-        return await self._start_load(connection)
+        try:
+            return await self._start_load(connection)
+        except Exception:  # (logged by _loaded)
+            raise CatalogUnavailable(connection) from None
 
     def put(self, connection: str, catalog: Catalog) -> None:
         """Install a snapshot read elsewhere (tools, tests)."""
@@ -53,8 +68,19 @@ class CatalogCache:
         task = self._loading.get(connection)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._load(connection))
+            task.add_done_callback(functools.partial(self._loaded, connection))
             self._loading[connection] = task
         return task
+
+    @staticmethod
+    def _loaded(connection: str, task: asyncio.Task[Catalog]) -> None:
+        # Every load's failure is said once, here: also a background refresh's, which
+        # nobody awaits (the stale snapshot serves on; the next statement tries again).
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        logs.error("catalog.load_failed", connection=connection, error=type(error).__name__,
+                   reason=str(error)[:200])
 
     async def _load(self, connection: str) -> Catalog:
         t0 = time.monotonic()

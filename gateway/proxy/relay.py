@@ -359,10 +359,13 @@ class Relay:
         try:
             out = await pending
         except Exception as e:  # the gate failed: end the session, fail closed
-            logs.error("session.gate_error", session=self.session_id, error=type(e).__name__)
-            code = getattr(e, "sqlstate", None)  # e.g. 58030: the audit trail failed meanwhile
-            self._fail_client(code or "XX000", str(e) if code else
-                              "internal gateway error while deciding a statement")
+            # (a sqlstate: 58030, the audit trail failed meanwhile; 58000, no catalog)
+            code = getattr(e, "sqlstate", None)
+            logs.error("session.gate_error", session=self.session_id, error=type(e).__name__,
+                       sqlstate=code)
+            message = str(e) if code else "internal gateway error while deciding a statement"
+            self._last_words(code or "XX000", message)
+            self._finish(message)
             return
         if self.done.done():
             return

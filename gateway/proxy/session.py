@@ -15,6 +15,7 @@ from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.audit.redact import scrub
 from gateway.audit.template import TemplateCache
 from gateway.config.model import ConnectionConfig
+from gateway.enforce.catalog_cache import CatalogUnavailable
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts, printable, reported_name
 from gateway.identity.errors import AuthError
@@ -316,12 +317,9 @@ class Session:
         conn = self.server.config.connections[self.connection_name]
         try:
             await self.server.catalogs.get(conn.name)
-        except Exception as e:  # no catalog, no decisions: refuse the session
+        except CatalogUnavailable as e:  # no catalog, no decisions: refuse the session
             link.endpoint.abort()
-            logs.error("catalog.load_failed", session=self.id, connection=conn.name,
-                       error=type(e).__name__, reason=str(e)[:200])
-            raise SessionFailure(
-                "58000", f'could not read the catalog of connection "{conn.name}"') from None
+            raise SessionFailure(e.sqlstate, str(e)) from None
         params = hello.startup.params
         # the server's report of the name (it truncates it), which the gate then follows
         reported = dict(link.parameters).get("application_name",
