@@ -538,3 +538,25 @@ def test_an_audit_postgres_sink_restart_is_survived(pg: PgBackend, tmp_path: Pat
                     time.sleep(0.5)
         assert gw.proc is not None and gw.proc.returncode == 0
         assert password not in gw.log_text()
+
+
+def test_a_trickling_jwks_url_does_not_hold_up_the_start(tmp_path: Path) -> None:
+    """A JWKS URL that answers a byte a second (a sick IdP, a proxy) costs the start at
+    most the fetch timeout (5 s): the gateway then listens and logs the keys as
+    unavailable. Today urlopen's timeout is per socket read, `JwtVerifier.prime()` has no
+    deadline, and the gateway does not listen until the whole document has trickled in
+    (minutes), nor stop on SIGTERM meanwhile."""
+    gw0 = GatewayProcess(tmp_path / "gw", NOWHERE).prepare()
+    jwks = _Jwks((gw0.directory / "issuer" / "jwks.json").read_bytes(), "trickle")
+    gw = _jwks_url_gateway(tmp_path, jwks.url)
+    # ends the trickle after the test has had its answer, so the gateway can then stop
+    rescue = threading.Timer(16, jwks.stopped.set)
+    rescue.start()
+    try:
+        gw.start(timeout=12)
+    except RuntimeError as e:
+        pytest.fail(f"{e}: the gateway waited on the JWKS URL")
+    finally:
+        rescue.cancel()
+        jwks.close()
+        gw.stop()

@@ -259,12 +259,22 @@ class JwksSource:
             "Accept": "application/jwk-set+json, application/json",
             "User-Agent": "pgwarden",
         })
+        # The timeout is the whole fetch's: a socket timeout alone bounds each read, and
+        # a server that sends a byte a second would hold every login of its issuer (they
+        # wait for this fetch) and the gateway's start for as long as it likes.
+        deadline = time.monotonic() + self._timeout
         with urllib.request.urlopen(request, timeout=self._timeout) as resp:  # noqa: S310
             if resp.status != 200:
                 raise ValueError(f"HTTP status {resp.status}")
-            return self._capped(resp.read(self._max_bytes + 1))
+            body = bytearray()
+            while chunk := resp.read1(65536):
+                body += chunk
+                self._capped(body)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"JWKS not read within {self._timeout:g} s")
+            return bytes(body)
 
-    def _capped(self, data: bytes) -> bytes:
+    def _capped(self, data: bytes | bytearray) -> bytes | bytearray:
         if len(data) > self._max_bytes:
             raise ValueError(f"JWKS larger than {self._max_bytes} bytes")
         return data
