@@ -321,6 +321,22 @@ def test_distinct_statement_texts_do_not_pin_unbounded_memory(pg: PgBackend,
         assert grown < 200, f"100 distinct 15 KB statements grew the gateway by {grown:.0f} MB"
 
 
+def test_too_many_clients_is_reported_to_tls_clients(pg: PgBackend, tmp_path: Path) -> None:
+    """At listen.max_connections a client is told why: PostgreSQL's FATAL 53300 "sorry,
+    too many clients already", as PostgreSQL itself reports it (after the SSL exchange).
+    Today the gateway writes the ErrorResponse before reading anything, i.e. as the
+    answer to the client's SSLRequest, which libpq refuses to read ("server sent an error
+    response during SSL exchange"): every client using TLS, which the gateway requires
+    unless plaintext is allowed, gets no reason at all."""
+    g = ListenGateway(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
+    g.listen_yaml = "  max_connections: 1\n"
+    with g, RawClient(g) as first:
+        login(first, g)
+        with pytest.raises(psycopg.OperationalError) as e:
+            psycopg.connect(g.dsn("payments", sslmode="require"), password=g.token())
+        assert "too many clients" in str(e.value), str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Covered behaviour
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +514,8 @@ def test_max_connections_refuses_with_53300_and_recovers(pg: PgBackend, tmp_path
                 held.append(c)
             f_full = fds(pid)
             for _ in range(30):
-                with RawClient(g) as c:
+                with RawClient(g) as c:  # (told once its startup is read, as PostgreSQL)
+                    c.startup({"user": "ci-bot", "database": "payments"})
                     msgs = c.read_until_close()
                 assert [m.fields()["C"] for m in msgs] == ["53300"]
             assert settle(lambda: fds(pid) <= f_full, 5)
@@ -509,6 +526,34 @@ def test_max_connections_refuses_with_53300_and_recovers(pg: PgBackend, tmp_path
         finally:
             for c in held:
                 c.close()
+
+
+def test_a_cancel_request_is_served_at_max_connections(pg: PgBackend, tmp_path: Path) -> None:
+    """A cancel request comes on a connection of its own: a full gateway must still serve
+    it (PostgreSQL does), or a client cannot stop its own runaway query when it is most
+    needed. It was refused with 53300 before the packet was read."""
+    import threading
+
+    g = ListenGateway(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
+    g.listen_yaml = "  max_connections: 2\n"
+    with g, psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as a, \
+            psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True):
+        errors: list[BaseException] = []
+
+        def sleep() -> None:
+            try:
+                a.execute("select pg_sleep(30)")
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=sleep)
+        t.start()
+        assert settle(lambda: active_backends(pg, "select pg_sleep(30)%") == 1, 10)
+        a.cancel()
+        t.join(15)
+        assert not t.is_alive()
+        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+        assert a.execute("select 1").fetchone() == (1,)
 
 
 def _rich_session(gw: GatewayProcess, i: int) -> None:

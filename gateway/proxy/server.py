@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     from gateway.identity.verifier import JwtVerifier
 
 
+# Connections past max_connections whose startup is read to refuse them properly (over
+# TLS if asked, a cancel request served) at one time; past this they are refused at once.
+REFUSING_MAX = 64
+
+
 class GatewayServer:
     def __init__(self, config: GatewayConfig, verifier: JwtVerifier, worker_id: int = 0,
                  peer_dir: Path | None = None) -> None:
@@ -59,6 +64,7 @@ class GatewayServer:
         tls = config.listen.tls
         self.tls_context = server_context(tls.cert, tls.key) if tls else None
         self.sessions: set[Session] = set()
+        self._refusing: set[Session] = set()  # connections past max_connections being told
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self.enforce = config.policy is None or config.policy.enforce
@@ -272,7 +278,8 @@ class GatewayServer:
         return Endpoint(on_connect=self._accept)
 
     def _accept(self, ep: Endpoint) -> None:
-        if len(self.sessions) >= self.config.listen.max_connections:
+        over = len(self.sessions) >= self.config.listen.max_connections
+        if over and len(self._refusing) >= REFUSING_MAX:  # no handshakes for a flood
             from gateway.wire.backend import ErrorResponse
 
             ep.write(ErrorResponse.build(
@@ -283,14 +290,15 @@ class GatewayServer:
             sock = ep.transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(self, ep)
-        self.sessions.add(session)
+        session = Session(self, ep, over_limit=over)
+        sessions = self._refusing if over else self.sessions
+        sessions.add(session)
         task = asyncio.get_running_loop().create_task(session.run())
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self.sessions.discard(session)
+            sessions.discard(session)
 
         task.add_done_callback(done)
 

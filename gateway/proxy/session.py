@@ -66,9 +66,14 @@ class ClientHello:
 
 
 class Session:
-    def __init__(self, server: GatewayServer, client: Endpoint) -> None:
+    def __init__(self, server: GatewayServer, client: Endpoint, *,
+                 over_limit: bool = False) -> None:
         self.server = server
         self.client = client
+        # Past max_connections: the startup is read (a cancel request is still served),
+        # and the client told why, over TLS when it asked for it (libpq reads no error
+        # sent in answer to its SSLRequest), as PostgreSQL does.
+        self.over_limit = over_limit
         self.id = secrets.token_hex(8)
         peer = client.extra_info("peername")
         self.client_addr = str(peer[0]) if isinstance(peer, tuple) else "local"
@@ -97,6 +102,8 @@ class Session:
                 hello = await self._startup()
                 if hello is None:
                     return
+                if self.over_limit:
+                    raise SessionFailure("53300", "sorry, too many clients already")
                 login = await self._authenticate(hello)
             if login is None:
                 return
