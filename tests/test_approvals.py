@@ -545,12 +545,16 @@ def test_store_outage_fails_closed(tmp_path: Path) -> None:
             req = await hold(svc, grant_ttl=60)
             await svc.approve(req.id, ALICE, "ok")
             assert svc.healthy()
-            await svc._call(svc.store.close)  # the store goes away under the service
+            # the store goes away under the service: its file cannot be opened again
+            await svc._call(svc.store.close)
+            (tmp_path / "a.db").rename(tmp_path / "away.db")
+            (tmp_path / "a.db").mkdir()
             assert await svc.active_grant("ci-bot", ISS, "payments", "fp1") is None
             assert not svc.healthy()
             with refused("unavailable"):
                 await hold(svc)
-            await svc._call(svc.store.open)
+            (tmp_path / "a.db").rmdir()  # back: the next call opens it again by itself
+            (tmp_path / "away.db").rename(tmp_path / "a.db")
             assert await svc.active_grant("ci-bot", ISS, "payments", "fp1") is not None
             assert svc.healthy()
         assert not svc.healthy()  # closed
