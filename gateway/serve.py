@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import multiprocessing
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ from gateway.bundle.reloader import BundleStartupError
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import GatewayConfig
 from gateway.identity.verifier import JwtVerifier
-from gateway.proxy.server import CannotListen, GatewayServer
+from gateway.proxy.server import CannotListen, GatewayServer, SessionCounts
 
 # A worker that dies is replaced, unless workers died this often: then something is wrong
 # with every start (the host, the config) and the gateway stops, for its service manager
@@ -50,16 +51,16 @@ def run(config_path: str) -> int:
 
 
 def _run_loop(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
-              peer_dir: Path | None = None) -> int:
+              peer_dir: Path | None = None, counts: SessionCounts | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        return asyncio.run(_main(config, verifier, worker_id, peer_dir))
-    return uvloop.run(_main(config, verifier, worker_id, peer_dir))
+        return asyncio.run(_main(config, verifier, worker_id, peer_dir, counts))
+    return uvloop.run(_main(config, verifier, worker_id, peer_dir, counts))
 
 
 async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
-                peer_dir: Path | None) -> int:
+                peer_dir: Path | None, counts: SessionCounts | None = None) -> int:
     loop = asyncio.get_running_loop()
     # A SIGHUP that arrives while this worker is still starting (compiling the policy,
     # opening the audit trail) must not kill it (the default action): remember it and
@@ -73,7 +74,7 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
         loop.add_signal_handler(sig, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # those that waited come now
     try:
-        server = GatewayServer(config, verifier, worker_id, peer_dir)
+        server = GatewayServer(config, verifier, worker_id, peer_dir, session_counts=counts)
     except BundleStartupError as e:
         logs.error("gateway.policy_unavailable", worker=worker_id, error=str(e))
         print(f"pgwarden: {e}", file=sys.stderr)
@@ -125,6 +126,9 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
         print("pgwarden: listen.address: workers > 1 needs a fixed port", file=sys.stderr)
         return 2
     peer_dir = Path(tempfile.mkdtemp(prefix="pgwarden-workers-"))
+    # Each worker's open sessions, in memory they all share: listen.max_connections is the
+    # gateway's limit, not each worker's.
+    counts: SessionCounts = multiprocessing.RawArray("i", workers)
     children: dict[int, int] = {}  # pid -> worker id
     stopping = False
 
@@ -136,7 +140,7 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = _run_loop(config, verifier, worker_id, peer_dir)
+                code = _run_loop(config, verifier, worker_id, peer_dir, counts)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -168,6 +172,7 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
         worker_id = children.pop(pid, None)
         if worker_id is None:
             continue
+        counts[worker_id] = 0  # its sessions ended with it
         code = exit_code(status)
         if stopping:  # how the gateway ends: how its workers stopped
             worst = max(worst, code)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,115 @@ def test_exit_codes_of_workers_killed_by_signals_are_failures() -> None:
         os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert (exit_code(status), describe_exit(status)) == (3, "exit status 3")
+
+
+# -- the gateway, not each worker: metrics, bundle reloads, max_connections ----------------
+
+
+def test_metrics_count_the_sessions_of_every_worker(pg: PgBackend, tmp_path: Path) -> None:
+    """`GET /metrics` is the gateway's: `pgwarden_sessions_active` counts the sessions
+    of every worker. Only worker 0 serves admin.http and renders its own registry, so
+    the sessions (and statements, masks, safety-net hits...) of worker 1 are never
+    exposed to Prometheus at all."""
+    http = free_port()
+    gw = start_workers(tmp_path, pg, extra_yaml=f"admin:\n  http: 127.0.0.1:{http}\n")
+    conns = spread(gw)
+    try:
+        for c in conns:
+            c.execute("select 1")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics",
+                                      timeout=5).read().decode()
+        active = sum(float(m) for m in re.findall(
+            r"^pgwarden_sessions_active(?:\{[^}]*\})? (\S+)$", body, re.M))
+        assert active == len(conns), body[:1500]
+        workers = set(re.findall(r'^pgwarden_sessions_active\{worker="(\d+)"\}', body, re.M))
+        assert workers == {"0", "1"}, body[:1500]
+        assert body.count("# TYPE pgwarden_sessions_active gauge") == 1
+        health = urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=5)
+        assert health.status == 200 and health.read() == b"ok\n"
+    finally:
+        for c in conns:
+            c.close()
+        gw.stop()
+
+
+def test_admin_reload_bundle_reaches_every_worker(pg: PgBackend, tmp_path: Path) -> None:
+    """The admin API's ReloadBundle reloads the gateway's policy, as SIGHUP does: every
+    worker then decides with the new bundle. It runs in worker 0 and reloads only worker
+    0's engine (`GatewayAdminBackend.reload_bundle`): sessions on worker 1 keep being
+    decided by the old policy although the API answered `activated`."""
+    import grpc
+
+    from gateway.admin import admin_pb2 as pb
+    from gateway.admin import admin_pb2_grpc
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "p.rego").write_text(POLICY_V1)
+    grpc_port = free_port()
+    gw = start_workers(
+        tmp_path / "gw", pg,
+        policy_yaml=(f"policy:\n  bundle: {str(policy)!r}\n  allow_unsigned: true\n"
+                     f"  poll_interval: 0\n  state_dir: {str(tmp_path / 'state')!r}\n"),
+        extra_yaml=f"admin:\n  grpc: 127.0.0.1:{grpc_port}\n  admin_groups: [platform]\n")
+    try:
+        (policy / "p.rego").write_text(POLICY_V2)
+        auth = [("authorization", "Bearer " + gw.token(subject="root", groups=("platform",)))]
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=15)
+            stub = admin_pb2_grpc.AdminStub(channel)
+            answer = stub.ReloadBundle(pb.ReloadBundleRequest(), metadata=auth)
+            assert answer.status == "activated", answer
+        conns = spread(gw)
+        try:
+            allowed = []
+            for c in conns:
+                try:
+                    c.execute("select 1")
+                    allowed.append(c.info.backend_pid >> 24)
+                except psycopg.errors.InsufficientPrivilege:
+                    pass
+            assert allowed == [], (
+                f"{len(allowed)} of {len(conns)} sessions (workers {sorted(set(allowed))}) "
+                "still decided by the old bundle after ReloadBundle answered activated")
+        finally:
+            for c in conns:
+                c.close()
+    finally:
+        gw.stop()
+
+
+def test_max_connections_is_the_gateways_limit_not_each_workers(pg: PgBackend,
+                                                                tmp_path: Path) -> None:
+    """`listen.max_connections` bounds the clients of the listener, as PostgreSQL's own
+    max_connections bounds its server, however many workers share the port: with
+    `max_connections: 2` a third client gets 53300. Each worker counts only its own
+    sessions (`GatewayServer._accept`), so with two workers up to four are let in
+    (and four upstream sessions opened)."""
+    gw = GatewayProcess(tmp_path, upstreams_for(pg), workers=2, port=free_port())
+    gw.prepare()
+    cfg = gw.config_path.read_text().replace("  workers: 2\n",
+                                             "  workers: 2\n  max_connections: 2\n")
+    gw.config_path.write_text(cfg)
+    gw.render_config = lambda: cfg  # type: ignore[method-assign]
+    gw.start()
+    for w in (0, 1):
+        gw.wait_for_log(lambda d, w=w: d.get("event") == "gateway.start"
+                        and d.get("worker") == w, timeout=20)
+    opened: list[psycopg.Connection[Any]] = []
+    refused = 0
+    try:
+        for _ in range(12):
+            try:
+                c = connect(gw)
+                c.execute("select 1")
+                opened.append(c)
+            except psycopg.OperationalError:
+                refused += 1  # (53300, read by libpq as an error during the TLS exchange)
+        assert len(opened) <= 2, (f"{len(opened)} sessions open at once with "
+                                  f"max_connections: 2 (workers "
+                                  f"{sorted({c.info.backend_pid >> 24 for c in opened})})")
+    finally:
+        for c in opened:
+            c.close()
+        gw.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 from gateway import logs
 
@@ -26,13 +27,22 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             503: "Service Unavailable"}
 
 
+class GatewayView(Protocol):
+    """The gateway's metrics and health across its worker processes."""
+
+    async def metrics(self) -> str: ...
+    async def health(self) -> tuple[bool, dict[str, bool]]: ...
+
+
 class AdminHttpServer:
     def __init__(self, host: str, port: int, *, health: Health,
-                 registry: Registry = REGISTRY) -> None:
+                 registry: Registry = REGISTRY, gateway: GatewayView | None = None) -> None:
         self.host = host
         self.port = port
         self.health = health
         self.registry = registry
+        # With several workers, the whole gateway's metrics and health (not this worker's)
+        self.gateway = gateway
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -87,11 +97,14 @@ class AdminHttpServer:
             return 405, text, b"method not allowed\n", False
         head_only = method == b"HEAD"
         if target == b"/healthz":
-            ok, checks = self.health.status()
+            ok, checks = (self.health.status() if self.gateway is None
+                          else await self.gateway.health())
             if ok:
                 return 200, text, b"ok\n", head_only
             failing = ", ".join(sorted(name for name, good in checks.items() if not good))
             return 503, text, f"unhealthy: {failing}\n".encode(), head_only
         if target == b"/metrics":
-            return 200, CONTENT_TYPE, self.registry.render().encode("utf-8"), head_only
+            text_out = self.registry.render() if self.gateway is None \
+                else await self.gateway.metrics()
+            return 200, CONTENT_TYPE, text_out.encode("utf-8"), head_only
         return 404, text, b"not found\n", head_only

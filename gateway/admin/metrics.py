@@ -12,7 +12,8 @@ The gateway's own metrics are module-level objects, incremented from the data pa
     metrics.APPROVALS_PENDING.set_function(lambda: approvals.held_count)
     metrics.set_bundle_info(revision, sha256)
 
-Each worker process has its own registry (Prometheus sums per-instance series).
+Each worker process has its own registry; with several, the worker serving ``admin.http``
+renders every worker's series, labelled ``worker`` (:meth:`Registry.render_workers`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "ADMIN_REQUESTS",
@@ -255,6 +257,32 @@ class Registry:
         lines: list[str] = []
         for metric in metrics:
             lines.extend(metric.render())
+        return "\n".join(lines) + "\n"
+
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """Every series: metric name -> [[label values], value] (JSON, for a sibling)."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        return {m.name: [[list(values), value] for values, value in m.samples()]
+                for m in metrics}
+
+    def render_workers(self, workers: Mapping[int, Mapping[str, Any]]) -> str:
+        """The gateway's metrics from every worker's :meth:`snapshot` (this one's too),
+        each series labelled with its worker: each worker process counts its own."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        lines: list[str] = []
+        for metric in metrics:
+            lines += [f"# HELP {metric.name} {_escape_help(metric.help)}",
+                      f"# TYPE {metric.name} {metric.kind}"]
+            names = (*metric.labelnames, "worker")
+            for worker in sorted(workers):
+                for values, value in workers[worker].get(metric.name, ()):
+                    if len(values) != len(metric.labelnames):
+                        continue  # (a sibling of another build: not this metric's series)
+                    labels = ",".join(f'{n}="{_escape_label(str(v))}"' for n, v in
+                                      zip(names, (*values, worker), strict=True))
+                    lines.append(f"{metric.name}{{{labels}}} {_number(float(value))}")
         return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ from gateway.approvals import ApprovalService
 from . import admin_pb2_grpc, health_pb2_grpc
 from .backend import AdminBackend
 from .health import Health, HealthServicer
-from .httpd import AdminHttpServer
+from .httpd import AdminHttpServer, GatewayView
 from .metrics import REGISTRY, Registry
 from .servicer import SERVICE_NAME, AdminServicer
 
@@ -106,10 +106,10 @@ class AdminServer:
             self._server = None
 
 
-def http_server_from_config(admin: Any, *, health: Health,
-                            registry: Registry = REGISTRY) -> AdminHttpServer | None:
+def http_server_from_config(admin: Any, *, health: Health, registry: Registry = REGISTRY,
+                            gateway: GatewayView | None = None) -> AdminHttpServer | None:
     """The ``admin.http`` endpoint, or None when it is not configured."""
     if getattr(admin, "http", None) is None:
         return None
     host, port = admin.http
-    return AdminHttpServer(host, port, health=health, registry=registry)
+    return AdminHttpServer(host, port, health=health, registry=registry, gateway=gateway)

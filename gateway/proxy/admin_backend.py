@@ -1,8 +1,9 @@
 """The running gateway as the admin API sees it (`gateway.admin.backend.AdminBackend`).
 
 The admin API runs in worker 0; with several workers it asks its siblings for their
-sessions (and to end one) over a unix socket each worker serves in the supervisor's
-private directory (``admin-<k>.sock``): one JSON request line, one JSON answer line.
+sessions (and to end one), their metrics and health checks, and to reload the policy
+bundle, over a unix socket each worker serves in the supervisor's private directory
+(``admin-<k>.sock``): one JSON request line, one JSON answer line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from gateway.admin import metrics
 from gateway.admin.backend import SessionInfo
 
 if TYPE_CHECKING:
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 
 _PEER_TIMEOUT = 2.0
+_RELOAD_TIMEOUT = 60.0  # a sibling's reload fetches, verifies and compiles a bundle
+# The worse of two workers' reload outcomes (the gateway's is its worst worker's).
+_RELOAD_RANK = {"unchanged": 0, "activated": 1, "rejected": 2, "unavailable": 3}
 
 
 class GatewayAdminBackend:
@@ -47,14 +52,24 @@ class GatewayAdminBackend:
         try:
             async with asyncio.timeout(_PEER_TIMEOUT):
                 request = json.loads(await reader.readline() or b"{}")
-            if request.get("op") == "list":
+            op = request.get("op")
+            if op == "list":
                 answer: dict[str, Any] = {
                     "sessions": [asdict(s) for s in self._local_sessions()]}
-            elif request.get("op") == "terminate":
+            elif op == "terminate":
                 answer = {"terminated": self._terminate_local(
                     str(request.get("id")), str(request.get("reason") or ""))}
+            elif op == "metrics":
+                answer = {"metrics": metrics.REGISTRY.snapshot()}
+            elif op == "health":
+                health = self.server.health  # (None until this worker has started)
+                ok, checks = health.status() if health is not None else (False, {})
+                answer = {"ok": ok, "checks": checks}
+            elif op == "reload":
+                answer = {"result": await self._reload_local()}
             else:
                 answer = {}
+            answer["worker"] = self.server.worker_id
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ValueError, OSError):
@@ -62,27 +77,57 @@ class GatewayAdminBackend:
         finally:
             writer.close()
 
-    async def _ask_siblings(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _ask_siblings(self, request: dict[str, Any], wait: float = _PEER_TIMEOUT
+                            ) -> list[dict[str, Any]]:
+        """Every sibling's answer, asked all at once; one that is gone or busy has none."""
         server = self.server
         if server.peer_dir is None:
             return []
-        answers = []
-        for k in range(server.config.listen.workers):
-            if k == server.worker_id:
-                continue
-            path = str(server.peer_dir / f"admin-{k}.sock")
+        peer_dir = server.peer_dir
+
+        async def ask(k: int) -> dict[str, Any] | None:
             try:
-                async with asyncio.timeout(_PEER_TIMEOUT):
-                    reader, writer = await asyncio.open_unix_connection(path)
+                async with asyncio.timeout(wait):
+                    reader, writer = await asyncio.open_unix_connection(
+                        str(peer_dir / f"admin-{k}.sock"))
                     writer.write(json.dumps(request).encode() + b"\n")
                     line = await reader.readline()
                     writer.close()
                 answer = json.loads(line or b"{}")
-                if isinstance(answer, dict):
-                    answers.append(answer)
             except (TimeoutError, ValueError, OSError):
-                continue  # a sibling that is gone or busy: its sessions are not listed
-        return answers
+                return None
+            return answer if isinstance(answer, dict) else None
+
+        siblings = [k for k in range(server.config.listen.workers) if k != server.worker_id]
+        answers = await asyncio.gather(*(ask(k) for k in siblings))
+        return [a for a in answers if a is not None]
+
+    # -- the whole gateway's metrics and health (admin.http), with several workers -----------
+
+    async def metrics(self) -> str:
+        snapshots: dict[int, Any] = {self.server.worker_id: metrics.REGISTRY.snapshot()}
+        for answer in await self._ask_siblings({"op": "metrics"}):
+            if isinstance(answer.get("worker"), int) and isinstance(answer.get("metrics"), dict):
+                snapshots[answer["worker"]] = answer["metrics"]
+        return metrics.REGISTRY.render_workers(snapshots)
+
+    async def health(self) -> tuple[bool, dict[str, bool]]:
+        """Every worker's checks (`name@k`); a worker that does not answer fails."""
+        ok, local = self.server.health.status()
+        checks = {f"{name}@{self.server.worker_id}": good for name, good in local.items()}
+        answered = {self.server.worker_id}
+        for answer in await self._ask_siblings({"op": "health"}):
+            k = answer.get("worker")
+            if not isinstance(k, int) or not isinstance(answer.get("checks"), dict):
+                continue
+            answered.add(k)
+            ok = ok and answer.get("ok") is True
+            checks.update({f"{name}@{k}": good is True
+                           for name, good in answer["checks"].items()})
+        for k in range(self.server.config.listen.workers):
+            if k not in answered:
+                ok, checks[f"worker@{k}"] = False, False
+        return ok, checks
 
     def _local_sessions(self) -> list[SessionInfo]:
         out = []
@@ -111,7 +156,29 @@ class GatewayAdminBackend:
         return bundles.status() if bundles is not None else {"location": None}
 
     async def reload_bundle(self) -> Any:
+        """Reload every worker's bundle (each decides with its own engine, as for SIGHUP):
+        the gateway's outcome is its worst worker's, naming that worker when they differ."""
+        if self.server.bundles is None:
+            raise RuntimeError("no policy bundle is configured (policy.enforce: false)")
+        local, answers = await asyncio.gather(
+            self._reload_local(), self._ask_siblings({"op": "reload"}, _RELOAD_TIMEOUT))
+        outcomes = {self.server.worker_id: local}
+        for answer in answers:
+            if isinstance(answer.get("worker"), int) and isinstance(answer.get("result"), dict):
+                outcomes[answer["worker"]] = answer["result"]
+        for k in range(self.server.config.listen.workers):
+            outcomes.setdefault(k, {"status": "unavailable", "trigger": "admin",
+                                    "reason": "the worker did not answer"})
+        worst = max(outcomes, key=lambda k: _RELOAD_RANK.get(
+            str(outcomes[k].get("status")), 3))
+        result = dict(outcomes[worst])
+        if len({str(o.get("status")) for o in outcomes.values()}) > 1:
+            result["reason"] = f"worker {worst}: {result.get('reason') or result['status']}"
+        return result
+
+    async def _reload_local(self) -> dict[str, Any]:
         bundles = self.server.bundles
         if bundles is None:
-            raise RuntimeError("no policy bundle is configured (policy.enforce: false)")
-        return await bundles.reload("admin")
+            return {"status": "unavailable", "trigger": "admin",
+                    "reason": "no policy bundle is configured"}
+        return (await bundles.reload("admin")).to_dict()

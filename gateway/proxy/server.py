@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableSequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +46,16 @@ if TYPE_CHECKING:
 # Connections past max_connections whose startup is read to refuse them properly (over
 # TLS if asked, a cancel request served) at one time; past this they are refused at once.
 REFUSING_MAX = 64
+SessionCounts = MutableSequence[int]  # a multiprocessing.RawArray("i", workers)
 
 
 class GatewayServer:
     def __init__(self, config: GatewayConfig, verifier: JwtVerifier, worker_id: int = 0,
-                 peer_dir: Path | None = None) -> None:
+                 peer_dir: Path | None = None, *,
+                 session_counts: SessionCounts | None = None) -> None:
         self.config = config
+        # every worker's open sessions (one slot each), with several workers
+        self._counts = session_counts
         # With several workers, each also listens on peer_dir/cancel-<id>.sock so that a
         # cancel landing on the wrong worker reaches the one holding the session.
         self.peer_dir = peer_dir
@@ -268,7 +272,9 @@ class GatewayServer:
             async with _listening("admin.grpc", *admin.grpc):
                 port = await self.admin.start()
             logs.info("admin.listening", grpc=f"{admin.grpc[0]}:{port}")
-        self.admin_http = http_server_from_config(admin, health=self.health)
+        self.admin_http = http_server_from_config(
+            admin, health=self.health,
+            gateway=self._admin_backend if self.config.listen.workers > 1 else None)
         if self.admin_http is not None:
             assert admin.http is not None
             async with _listening("admin.http", *admin.http):
@@ -277,8 +283,12 @@ class GatewayServer:
     def _protocol(self) -> Endpoint:
         return Endpoint(on_connect=self._accept)
 
+    def _open_sessions(self) -> int:
+        counts = self._counts
+        return len(self.sessions) if counts is None else sum(counts)
+
     def _accept(self, ep: Endpoint) -> None:
-        over = len(self.sessions) >= self.config.listen.max_connections
+        over = self._open_sessions() >= self.config.listen.max_connections
         if over and len(self._refusing) >= REFUSING_MAX:  # no handshakes for a flood
             from gateway.wire.backend import ErrorResponse
 
@@ -293,12 +303,17 @@ class GatewayServer:
         session = Session(self, ep, over_limit=over)
         sessions = self._refusing if over else self.sessions
         sessions.add(session)
+        counts = self._counts
+        if counts is not None and not over:
+            counts[self.worker_id] = len(self.sessions)
         task = asyncio.get_running_loop().create_task(session.run())
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             sessions.discard(session)
+            if counts is not None and not over:
+                counts[self.worker_id] = len(self.sessions)
 
         task.add_done_callback(done)
 
