@@ -344,3 +344,54 @@ def test_an_answer_that_cannot_be_passed_on_still_leaves_its_record(safety_net: 
     out = asyncio.run(_ended_by(make, _ANSWER))
     assert got == [("A", ord("C"))]
     assert b"internal gateway error" in out
+
+
+def test_reading_resumes_only_once_no_reason_to_pause_is_left() -> None:
+    """A client's reading is paused for several reasons at once (the upstream's buffer is
+    full, a backlog behind a held statement, requests in flight); lifting one must not
+    resume it while another holds (each used to resume the transport outright)."""
+    from gateway.devtools.transports import MemoryTransport
+
+    client, upstream = Endpoint(), Endpoint()
+    client.transport = MemoryTransport()  # type: ignore[assignment]
+    client.peer, upstream.peer = upstream, client
+    wire = client.transport
+    upstream.pause_writing()  # the upstream's write buffer is full
+    client.hold_reading("in_flight")
+    assert not wire.reading  # type: ignore[attr-defined]
+    upstream.resume_writing()
+    assert not wire.reading  # type: ignore[attr-defined]  (still in flight)
+    client.release_reading("in_flight")
+    assert wire.reading  # type: ignore[attr-defined]
+    client.release_reading("backlog")  # not held: nothing happens
+    assert wire.reading  # type: ignore[attr-defined]
+
+
+def test_a_client_pipelining_without_reading_is_paused_at_the_in_flight_limit() -> None:
+    """Requests forwarded and not answered are held to IN_FLIGHT_MAX: past it reading from
+    the client pauses, and answers let it go on. (Found by a probe of leaks and limits:
+    a client pipelining `select 1` without reading grew the gateway by 250 MB.)"""
+    from gateway.devtools.transports import MemoryTransport
+    from gateway.proxy.relay import IN_FLIGHT_MAX, Relay
+    from gateway.wire import backend as be
+    from gateway.wire.frontend import Query
+
+    async def run() -> None:
+        client, upstream = Endpoint(), Endpoint()
+        client.transport = MemoryTransport()  # type: ignore[assignment]
+        upstream.transport = MemoryTransport(keep=False)  # type: ignore[assignment]
+        relay = Relay("s1", client, upstream, 1 << 20, None, safety_net="off")
+        relay.start()
+        query = Query("select 1").encode()
+        for _ in range(IN_FLIGHT_MAX - 1):
+            relay.from_client(query)
+        assert client.transport.reading  # type: ignore[union-attr]
+        relay.from_client(query * 10)  # (as it came in one read)
+        assert not client.transport.reading  # type: ignore[union-attr]
+        answer = be.CommandComplete("SELECT 1").encode() + be.ReadyForQuery("I").encode()
+        relay.from_upstream(answer * (IN_FLIGHT_MAX // 2))
+        assert not client.transport.reading  # type: ignore[union-attr]  (not below half)
+        relay.from_upstream(answer * 20)
+        assert client.transport.reading  # type: ignore[union-attr]
+
+    asyncio.run(run())

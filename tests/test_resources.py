@@ -337,6 +337,40 @@ def test_too_many_clients_is_reported_to_tls_clients(pg: PgBackend, tmp_path: Pa
         assert "too many clients" in str(e.value), str(e.value)
 
 
+def test_a_client_pipelining_without_reading_holds_bounded_gateway_memory(
+        pg: PgBackend, tmp_path: Path) -> None:
+    """A client that pipelines statements and never reads the answers makes the gateway
+    hold a bounded amount for it: once some number of requests wait for answers the
+    gateway should stop reading that client (backpressure), so one session cannot grow
+    the process by more than 64 MB. Today, with an audit trail, every forwarded statement
+    keeps its tag / decision state until the server answers, and the gateway reads on
+    until the kernel buffers towards the server are full: ~350k `select 1` (5 MB of SQL)
+    in flight hold 210-290 MB for one session; a thousand such sessions, 250 GB."""
+    g = GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY,
+                       extra_yaml=audit_yaml(tmp_path))
+    with g:
+        pid = pid_of(g)
+        unit = query_message("select 1")
+        chunk = unit * (65536 // len(unit))
+        with RawClient(g, timeout=60) as c:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            login(c, g)
+            query(c, "select 1")
+            r0 = peak = rss_kb(pid)
+            c.sock.settimeout(1.0)
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                try:
+                    c.sock.sendall(chunk)
+                except TimeoutError:
+                    break  # the gateway stopped reading
+                peak = max(peak, rss_kb(pid))
+            time.sleep(1)
+            peak = max(peak, rss_kb(pid))
+        grown = (peak - r0) / 1024
+        assert grown < 64, f"one non-reading pipelining session grew the gateway by {grown:.0f} MB"
+
+
 # ---------------------------------------------------------------------------------------------
 # Covered behaviour
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ class MemoryTransport:
         self.keep = keep
         self.written = 0
         self.last = b""
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         if self.keep:
@@ -24,10 +25,12 @@ class MemoryTransport:
         return False
 
     def pause_reading(self) -> None:
-        pass
+        assert self.reading, "paused twice"  # (asyncio's transports take it as a no-op)
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        assert not self.reading, "resumed while reading"
+        self.reading = True
 
     def close(self) -> None:
         pass

@@ -33,6 +33,9 @@ class Endpoint(asyncio.Protocol):
         self._on_connect = on_connect
         self._buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
+        # Why reading is paused (the peer's buffer is full, a backlog, requests in flight):
+        # it resumes only once no reason is left.
+        self._holds: set[str] = set()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,12 +69,25 @@ class Endpoint(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # Our write buffer is full: stop reading from the side that fills it.
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        if self.peer is not None:
+            self.peer.hold_reading("peer_full")
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
-            self.peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer.release_reading("peer_full")
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading for `reason` (until release_reading of every reason held)."""
+        if not self._holds and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     # handshake-phase API
     async def read(self) -> bytes:

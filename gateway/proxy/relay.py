@@ -58,6 +58,10 @@ _TERMINATE = b"X\0\0\0\4"
 # What a client may send while its statement waits (for an approver, a catalog load)
 # before reading from it pauses: bounded memory, and a client that leaves is noticed.
 BACKLOG_LIMIT = 256 * 1024
+# Requests forwarded and not answered yet past which reading from the client pauses: a
+# client that pipelines without reading the answers holds the gateway's memory (a
+# request's bookkeeping, its audit record) only this far; answers let it on again.
+IN_FLIGHT_MAX = 4096
 
 
 # A statement's result ended: its tag, the message that ended it (type, body), the values
@@ -116,12 +120,11 @@ class Relay:
     # dict's keys between instances, and every attribute access on this hot path slows.
     __slots__ = (
         "_answered", "_at", "_backlog", "_backlog_bytes", "_blocked", "_carried_hits",
-        "_client_at_boundary", "_denials", "_ended", "_notices", "_on_result", "_outstanding",
-        "_paused", "_quiet", "_quiet_rest", "_quiet_tag", "_sent", "_watching",
+        "_client_at_boundary", "_denials", "_ended", "_holding", "_notices", "_on_result",
+        "_outstanding", "_quiet", "_quiet_rest", "_quiet_tag", "_sent", "_watching",
         "before_release", "client", "done", "framer", "gate", "messages_from_client",
-        "observer", "on_client_gone", "results", "safety",
-        "safety_error", "session_id", "syncs_answered", "syncs_forwarded",
-        "transaction_status", "upstream",
+        "observer", "on_client_gone", "results", "safety", "safety_error", "session_id",
+        "syncs_answered", "syncs_forwarded", "transaction_status", "upstream",
     )
 
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
@@ -168,7 +171,7 @@ class Relay:
         self._blocked = False
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
-        self._paused = False  # reading from the client paused by a backlog past its limit
+        self._holding = False  # reading paused for IN_FLIGHT_MAX
         # The content safety net: whatever lineage missed, no Luhn-valid PAN reaches the
         # client (masked in place, same length, so the framing is untouched).
         self.safety = StreamScanner() if safety_net != "off" else None
@@ -217,10 +220,8 @@ class Relay:
         if self._blocked:
             self._backlog.append(data)
             self._backlog_bytes += len(data)
-            if self._backlog_bytes > BACKLOG_LIMIT and not self._paused and \
-                    self.client.transport is not None:
-                self._paused = True
-                self.client.transport.pause_reading()
+            if self._backlog_bytes > BACKLOG_LIMIT:
+                self.client.hold_reading("backlog")
             return
         try:
             raw, frames = self.framer.feed(data)
@@ -288,6 +289,10 @@ class Relay:
                     self._observe(watch)
         if out:
             self.upstream.write(out)
+        if self._outstanding >= IN_FLIGHT_MAX or (
+                results is not None and len(results.tracker) >= IN_FLIGHT_MAX):
+            self.client.hold_reading("in_flight")  # released in from_upstream
+            self._holding = True
         if terminate:
             self._finish("client terminated")
 
@@ -372,9 +377,7 @@ class Relay:
         if frames is not None:
             self._forward(out, frames)
         self._blocked = False
-        if self._paused and self.client.transport is not None and not self.client.closed:
-            self.client.transport.resume_reading()
-        self._paused = False
+        self.client.release_reading("backlog")
         backlog, self._backlog = self._backlog, []
         self._backlog_bytes = 0
         for i, chunk in enumerate(backlog):
@@ -504,6 +507,10 @@ class Relay:
                 self._fail_upstream("upstream sent an unexpected message")
                 return
         self._sent = sent
+        if self._holding and self._outstanding < IN_FLIGHT_MAX // 2 and (
+                results is None or len(results.tracker) < IN_FLIGHT_MAX // 2):
+            self._holding = False
+            self.client.release_reading("in_flight")
         if shown:
             watch = results.watch()  # type: ignore[union-attr]
             if watch != self._watching:
