@@ -108,7 +108,7 @@ def test_an_approvals_store_down_at_start_is_used_once_it_is_back(pg: PgBackend,
                                                                   tmp_path: Path) -> None:
     """The approvals store (store: postgres) is down when the gateway starts; once it is
     back, a statement the policy holds is held for approval again (NOTICE with the request
-    id) without a restart, as the store itself reconnects. Today `GatewayServer.start`
+    id) without a restart, as the store itself reconnects. Before the fix `GatewayServer.start`
     drops the service for good (`self.approvals = None`; the gRPC admin API is not
     started either): every such statement is refused until someone restarts the gateway."""
     with EmbeddedPostgres(tmp_path / "apg") as apg:
@@ -294,7 +294,7 @@ def _jwks_url_gateway(tmp_path: Path, url: str) -> GatewayProcess:
 @pytest.mark.parametrize("mode", ["down", "unusable_keys"])
 def test_jwks_problems_are_logged_as_json_lines(tmp_path: Path, mode: str) -> None:
     """Logs are JSON lines on stderr (README). A JWKS URL that is down, or that serves a
-    key it cannot use, is logged as a JSON line with an event name, like the rest: today
+    key it cannot use, is logged as a JSON line with an event name, like the rest: before the fix
     `gateway.identity.jwks` logs through the stdlib root logger, whose last-resort
     handler writes plain text (`could not load JWKS from ...`, `ignoring JWKS key ...`)."""
     jwks = None
@@ -451,7 +451,7 @@ def test_a_catalog_that_cannot_be_reloaded_mid_session_is_named(upstream: Upstre
     first); one of them commits DDL, which drops the catalog snapshot. The next statement
     of another session cannot have a fresh catalog: it is refused like a session start
     without one (58000, `could not read the catalog of connection ...`, log
-    `catalog.load_failed`). Today it gets XX000 `internal gateway error while deciding a
+    `catalog.load_failed`). Before the fix it gets XX000 `internal gateway error while deciding a
     statement`, logged as `session.gate_error` UpstreamRefused and as a
     `session.protocol_violation`."""
     spec = upstream.role("catalog_rot")
@@ -543,7 +543,7 @@ def test_an_audit_postgres_sink_restart_is_survived(pg: PgBackend, tmp_path: Pat
 def test_a_trickling_jwks_url_does_not_hold_up_the_start(tmp_path: Path) -> None:
     """A JWKS URL that answers a byte a second (a sick IdP, a proxy) costs the start at
     most the fetch timeout (5 s): the gateway then listens and logs the keys as
-    unavailable. Today urlopen's timeout is per socket read, `JwtVerifier.prime()` has no
+    unavailable. Before the fix urlopen's timeout is per socket read, `JwtVerifier.prime()` has no
     deadline, and the gateway does not listen until the whole document has trickled in
     (minutes), nor stop on SIGTERM meanwhile."""
     gw0 = GatewayProcess(tmp_path / "gw", NOWHERE).prepare()

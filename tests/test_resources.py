@@ -211,7 +211,7 @@ TERMINATE = b"X\0\0\0\4"
 def test_a_partial_message_trickled_in_costs_no_cpu_per_byte(gw: GatewayProcess) -> None:
     """A message arriving in pieces is appended to, not copied whole for every piece: a
     client that sent most of a large (32 MB, under max_message_size) message and then
-    trickles one byte every 20 ms must cost the gateway next to no CPU. Today
+    trickles one byte every 20 ms must cost the gateway next to no CPU. Before the fix
     MessageFramer.feed copies the whole unfinished message twice on every read
     (`self._buf = bytearray(buf[pos:])` with pos == 0), so each byte costs ~20 ms
     of the event loop every session of the worker shares: 150 bytes keep it ~100% busy."""
@@ -242,7 +242,7 @@ def test_a_client_that_leaves_while_held_ends_its_session_and_withdraws_the_requ
     """A client that closes its socket while its statement is held for approval ends its
     session at once: the gateway closes both its sockets, releases the upstream backend
     and withdraws the approval request ("the client disconnected"), so no approver can
-    release a statement for a session that is gone. Today the relay pauses reading the
+    release a statement for a session that is gone. Before the fix the relay pauses reading the
     client while the statement is held, so the close is never seen: sockets, upstream
     backends and a pending request stay for the whole approvals.timeout (60 s here)."""
     g = GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY,
@@ -274,7 +274,7 @@ def test_a_query_whose_client_left_is_canceled_upstream(pg: PgBackend, tmp_path:
     statement at the server (as it does for sessions it ends itself): an upstream backend
     must not keep working, and stay connected, for a client that is gone. Otherwise the
     gateway's own `listen.max_connections` (2 here) does not bound the upstream backends a
-    client makes it hold: connect, send a long query, hang up, repeat. Today the relay
+    client makes it hold: connect, send a long query, hang up, repeat. Before the fix the relay
     sends Terminate (which the server reads only once the query is done) and closes: every
     abandoned query runs to its end."""
     g = ListenGateway(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
@@ -324,7 +324,7 @@ def test_distinct_statement_texts_do_not_pin_unbounded_memory(pg: PgBackend,
 def test_too_many_clients_is_reported_to_tls_clients(pg: PgBackend, tmp_path: Path) -> None:
     """At listen.max_connections a client is told why: PostgreSQL's FATAL 53300 "sorry,
     too many clients already", as PostgreSQL itself reports it (after the SSL exchange).
-    Today the gateway writes the ErrorResponse before reading anything, i.e. as the
+    Before the fix the gateway writes the ErrorResponse before reading anything, i.e. as the
     answer to the client's SSLRequest, which libpq refuses to read ("server sent an error
     response during SSL exchange"): every client using TLS, which the gateway requires
     unless plaintext is allowed, gets no reason at all."""
@@ -342,7 +342,7 @@ def test_a_client_pipelining_without_reading_holds_bounded_gateway_memory(
     """A client that pipelines statements and never reads the answers makes the gateway
     hold a bounded amount for it: once some number of requests wait for answers the
     gateway should stop reading that client (backpressure), so one session cannot grow
-    the process by more than 64 MB. Today, with an audit trail, every forwarded statement
+    the process by more than 64 MB. Before the fix, with an audit trail, every forwarded statement
     keeps its tag / decision state until the server answers, and the gateway reads on
     until the kernel buffers towards the server are full: ~350k `select 1` (5 MB of SQL)
     in flight hold 210-290 MB for one session; a thousand such sessions, 250 GB."""
