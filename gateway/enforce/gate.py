@@ -363,6 +363,18 @@ class StatementGate:
             return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
         return self._review(raw, frames, relay, catalog)
 
+    def take_unsent(self) -> list[StatementTag]:
+        """The statements decided (and recorded) in a batch the relay never forwarded (the
+        session ended while it waited): each still needs an outcome."""
+        plans, self._plans, self._expanded = self._plans, {}, {}
+        out: list[StatementTag] = []
+        for tag in plans.values():
+            for one in tag if isinstance(tag, list) else (tag,):
+                if isinstance(one, StatementTag) and not one.internal \
+                        and one.decision_seq is not None:
+                    out.append(one)
+        return out
+
     def take_tags(self, frames: list[Frame]) -> tuple[list[Frame], dict[int, Any]]:
         """The batch `review` just decided as forwarded — with the messages the gateway
         added around db_role Executes — and its statement tags by index in that list: a

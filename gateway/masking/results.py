@@ -633,6 +633,16 @@ class ResultMasker:
         self._withheld = True
         return body[:pos]
 
+    def take_partial_counts(self) -> dict[str, int]:
+        """The values masked so far in the result still streaming (a session that ends
+        mid-result): counted in `masked_values` now, as its end would have."""
+        plan = self._rows_plan
+        if plan is None or not plan.counts:
+            return {}
+        counts, plan.counts = plan.counts, {}
+        self.masked_values += sum(counts.values())
+        return counts
+
     def take_returned(self) -> int | None:
         """The rows a row limit let through of the result still streaming, when it
         withheld some (the relay counted those too); else None."""

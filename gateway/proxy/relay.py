@@ -122,9 +122,10 @@ class Relay:
         "_answered", "_at", "_backlog", "_backlog_bytes", "_blocked", "_carried_hits",
         "_client_at_boundary", "_denials", "_ended", "_holding", "_notices", "_on_result",
         "_outstanding", "_quiet", "_quiet_rest", "_quiet_tag", "_sent", "_watching",
-        "before_release", "client", "done", "framer", "gate", "messages_from_client",
-        "observer", "on_client_gone", "results", "safety", "safety_error", "session_id",
-        "syncs_answered", "syncs_forwarded", "transaction_status", "upstream",
+        "before_release", "client", "done", "end_sqlstate", "framer", "gate",
+        "messages_from_client", "observer", "on_client_gone", "results", "safety",
+        "safety_error", "session_id", "syncs_answered", "syncs_forwarded", "transaction_status",
+        "upstream",
     )
 
     def __init__(self, session_id: str, client: Endpoint, upstream: Endpoint,
@@ -156,6 +157,7 @@ class Relay:
         # Called when the client leaves with a statement still running at the server (the
         # session cancels it there: a Terminate waits behind it).
         self.on_client_gone: Callable[[], None] | None = None
+        self.end_sqlstate: str | None = None  # the SQLSTATE the gateway ended the session with
         self.transaction_status = "I"
         self.messages_from_client = 0
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -645,6 +647,8 @@ class Relay:
     def _last_words(self, code: str, message: str) -> None:
         """A FATAL error for the client, after whatever it was already owed; skipped when a
         message is half-forwarded, since an error inside it would corrupt the framing."""
+        if self.end_sqlstate is None:  # (what ended the session, for its end record)
+            self.end_sqlstate = code
         if self.safety is not None and not self.client.closed:
             self.client.write(self.safety.flush())
         if self.observer.forwarded_at_boundary():
@@ -665,6 +669,8 @@ class Relay:
 
     def _fail_internal(self, message: str, code: str = "XX000") -> None:
         """End the session: the bytes in hand must not be forwarded (fail closed)."""
+        if self.end_sqlstate is None:
+            self.end_sqlstate = code
         if not self.upstream.closed:
             self.upstream.abort()
         if self.observer.forwarded_at_boundary():

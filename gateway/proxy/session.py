@@ -95,6 +95,7 @@ class Session:
     async def run(self) -> None:
         cfg = self.server.config.listen
         outcome = "closed"
+        ended_with: str | None = None  # the SQLSTATE the session was refused with
         try:
             # The client's part of the startup is timed; the upstream login has its own
             # timeout (connect_timeout), so that a server that hangs is named as such.
@@ -111,6 +112,7 @@ class Session:
             outcome = await self._relay(link, hello)
         except SessionFailure as e:
             outcome = "refused"
+            ended_with = e.sqlstate
             self._fatal(e.sqlstate, str(e))
         except ProtocolViolation as e:
             outcome = "protocol_violation"
@@ -146,7 +148,9 @@ class Session:
                 self._close_unfinished()
                 self._audit(records.session_end(
                     self.audit_ctx, reason=outcome, totals=self.totals,
-                    duration_us=(time.time() - self.started_at) * 1e6), owed=True)
+                    duration_us=(time.time() - self.started_at) * 1e6,
+                    sqlstate=ended_with or (self.relay.end_sqlstate if self.relay else None)),
+                    owed=True)
             if self.identity is not None or outcome not in ("closed",):
                 logs.info(
                     "session.end", session=self.id, outcome=outcome,
@@ -164,11 +168,17 @@ class Session:
         if relay is None or results is None:
             return
         try:
-            # in the result that was streaming: its hits and rows
+            # in the result that was streaming: its hits, rows and masked values
             hits, sent = relay.take_carried_hits(), relay.take_sent()
+            masked = results.take_partial_counts()
             for tag in relay.unfinished():
-                self._statement_done(tag, UNFINISHED, b"", {}, hits, sent)
+                self._statement_done(tag, UNFINISHED, b"", masked, hits, sent)
                 hits = sent = 0
+                masked = {}
+            # decided and recorded, never sent: the session ended while the batch waited
+            gate = relay.gate
+            for tag in gate.take_unsent() if isinstance(gate, StatementGate) else ():
+                self._statement_done(tag, SKIPPED, b"", {})
         except Exception as e:  # the session's end must be recorded whatever this hits
             logs.error("audit.unfinished_failed", session=self.id, error=type(e).__name__)
 
