@@ -131,6 +131,7 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
     counts: SessionCounts = multiprocessing.RawArray("i", workers)
     children: dict[int, int] = {}  # pid -> worker id
     stopping = False
+    deaths: collections.deque[float] = collections.deque()  # when workers died, lately
 
     def spawn(worker_id: int) -> None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until it has handlers
@@ -143,8 +144,8 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
                 code = _run_loop(config, verifier, worker_id, peer_dir, counts)
             finally:
                 os._exit(code)
+        children[pid] = worker_id  # (before a signal held meanwhile is forwarded)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        children[pid] = worker_id
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -156,31 +157,18 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # policy reload reaches every worker
-    for worker_id in range(workers):
-        spawn(worker_id)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-    worst = 0
-    deaths: collections.deque[float] = collections.deque()
-    while children:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:  # (none left: cannot happen while children holds any)
-            break
+    def reap(pid: int, status: int, worst: int) -> int:
+        """A child's end; the gateway's exit status so far."""
         worker_id = children.pop(pid, None)
         if worker_id is None:
-            continue
+            return worst
         counts[worker_id] = 0  # its sessions ended with it
         code = exit_code(status)
         if stopping:  # how the gateway ends: how its workers stopped
-            worst = max(worst, code)
-            continue
+            return max(worst, code)
         if code == START_FAILED:  # it said why; the others would fail the same way
-            worst = code
             forward(signal.SIGTERM, None)
-            continue
+            return code
         now = time.monotonic()
         deaths.append(now)
         while deaths and deaths[0] < now - RESTART_WINDOW:
@@ -191,9 +179,29 @@ def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> in
                    f"{len(deaths)} workers died within {RESTART_WINDOW:.0f} s")
         if replace:
             spawn(worker_id)
-        else:
-            worst = 1
-            forward(signal.SIGTERM, None)
+            return worst
+        forward(signal.SIGTERM, None)
+        return 1
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # policy reload reaches every worker
+    for worker_id in range(workers):
+        spawn(worker_id)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    worst = 0
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # (none left: cannot happen while children holds any)
+            break
+        # A stop that comes while a death is handled waits until its replacement, if
+        # any, is among the children it is forwarded to.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            worst = reap(pid, status, worst)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     shutil.rmtree(peer_dir, ignore_errors=True)
     return worst
 

@@ -22,6 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from gateway.config.model import (
     APPROVAL_STORES,
@@ -539,8 +540,14 @@ def _provider(m: _Map) -> ProviderConfig:
 def _claim_value(value: object) -> ClaimValue:
     # (a float never compares reliably with a JSON number, and a mapping or null as a
     # requirement is more likely a YAML slip than meant)
-    if isinstance(value, str | int):  # (bool is an int)
-        return value
+    # Plain types: ruamel reads an anchored or underscored scalar as its own subclass
+    # (ScalarBoolean is an int, not a bool), which a claim's type would never match.
+    if isinstance(value, bool | ScalarBoolean):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
     raise _Invalid(f"expected a string, integer or boolean claim value, got {_show(value)}")
 
 

@@ -379,15 +379,18 @@ class Relay:
         if frames is not None:
             self._forward(out, frames)
         self._blocked = False
-        self.client.release_reading("backlog")
         backlog, self._backlog = self._backlog, []
         self._backlog_bytes = 0
         for i, chunk in enumerate(backlog):
             self.from_client(chunk)
             if self._blocked:  # blocked again: keep the rest in order (after what a Split of
-                # this chunk put back)
+                # this chunk put back), counted, and read no more while it is past the limit
                 self._backlog += backlog[i + 1 :]
+                self._backlog_bytes = sum(map(len, self._backlog))
+                if self._backlog_bytes <= BACKLOG_LIMIT:
+                    self.client.release_reading("backlog")
                 return
+        self.client.release_reading("backlog")
 
     def idle(self) -> bool:
         """Nothing forwarded waits for an answer (an unsynced run's included)."""

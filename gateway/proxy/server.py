@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 
 # Connections past max_connections whose startup is read to refuse them properly (over
-# TLS if asked, a cancel request served) at one time; past this they are refused at once.
+# TLS if asked, a cancel request served) at one time, each for at most
+# session.REFUSING_SECONDS; past this many the oldest is refused at once.
 REFUSING_MAX = 64
 SessionCounts = MutableSequence[int]  # a multiprocessing.RawArray("i", workers)
 
@@ -289,13 +290,16 @@ class GatewayServer:
 
     def _accept(self, ep: Endpoint) -> None:
         over = self._open_sessions() >= self.config.listen.max_connections
-        if over and len(self._refusing) >= REFUSING_MAX:  # no handshakes for a flood
+        if over and len(self._refusing) >= REFUSING_MAX:
+            # The oldest gives way (it had its time: silent sockets must not keep a
+            # client's cancel request out), its refusal said without reading it.
+            oldest = min(self._refusing, key=lambda s: s.started_at)
+            self._refusing.discard(oldest)
             from gateway.wire.backend import ErrorResponse
 
-            ep.write(ErrorResponse.build(
+            oldest.client.write(ErrorResponse.build(
                 "53300", "sorry, too many clients already", "FATAL").encode())
-            ep.close()
-            return
+            oldest.client.abort()
         if ep.transport is not None:
             sock = ep.transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from .server import GatewayServer
 
 _PASSWORD_PHASE_TYPES = CLIENT_TYPES | frozenset(b"p")
+# How long a connection past max_connections may take to say what it wants (a cancel
+# request, or a startup to refuse): a client sends it at once.
+REFUSING_SECONDS = 2.0
 _MAX_PASSWORD_MESSAGE = 64 * 1024
 # The fields of a statement completion that change between records of one shape.
 _STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
@@ -99,7 +102,8 @@ class Session:
         try:
             # The client's part of the startup is timed; the upstream login has its own
             # timeout (connect_timeout), so that a server that hangs is named as such.
-            async with asyncio.timeout(cfg.startup_timeout):
+            async with asyncio.timeout(min(cfg.startup_timeout, REFUSING_SECONDS)
+                                       if self.over_limit else cfg.startup_timeout):
                 hello = await self._startup()
                 if hello is None:
                     return
