@@ -11,6 +11,7 @@ import json
 import secrets
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +183,19 @@ def audit_yaml(d: Path) -> str:
     generate_keypair(d / "audit.pem", d / "audit.pub")
     return (f"audit:\n  dir: {json.dumps(str(d / 'audit'))}\n"
             f"  signing_key: {{file: {json.dumps(str(d / 'audit.pem'))}}}\n")
+
+
+def executing(conn: Any, sql: str) -> tuple[threading.Thread, list[BaseException]]:
+    """`conn.execute(sql)` on a thread of its own, started: the thread, and the exception
+    the statement ended with, if any (one to cancel, or to end the session under)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute(sql)
+        except BaseException as e:  # (handed to the test's thread)
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors

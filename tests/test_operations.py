@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend
+from conftest import PgBackend, executing
 from rawclient import RawClient, expect_fatal
 
 from gateway.audit import generate_keypair
@@ -374,16 +374,7 @@ def test_an_upstream_restart_gives_open_sessions_an_error_and_new_ones_work(
         idle = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
         busy = psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
         assert idle.execute("select v from t").fetchone() == ("a",)
-        errors: list[BaseException] = []
-
-        def sleeper() -> None:
-            try:
-                busy.execute("select pg_sleep(20)")
-            except BaseException as e:
-                errors.append(e)
-
-        th = threading.Thread(target=sleeper)
-        th.start()
+        th, errors = executing(busy, "select pg_sleep(20)")
         time.sleep(0.5)
         t0 = time.monotonic()
         upstream.stop(mode)

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, executing, upstreams_for
 from rawclient import RawClient
 
 from gateway.devtools.harness import GatewayProcess
@@ -211,16 +211,7 @@ def test_silent_sockets_past_max_connections_do_not_lock_out_cancel_requests(
     g.listen_yaml = "  max_connections: 1\n"
     silent: list[socket.socket] = []
     with g, psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as a:
-        errors: list[BaseException] = []
-
-        def sleep() -> None:
-            try:
-                a.execute("select pg_sleep(20) as probeh_runaway")
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=sleep)
-        t.start()
+        t, errors = executing(a, "select pg_sleep(20) as probeh_runaway")
         try:
             deadline = time.monotonic() + 10
             while _active(pg, "select pg_sleep(20) as probeh_runaway%") < 1:

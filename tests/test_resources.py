@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, upstreams_for
+from conftest import PgBackend, audit_yaml, executing, upstreams_for
 from rawclient import (
     SSL_REQUEST,
     Message,
@@ -566,22 +566,12 @@ def test_a_cancel_request_is_served_at_max_connections(pg: PgBackend, tmp_path: 
     """A cancel request comes on a connection of its own: a full gateway must still serve
     it (PostgreSQL does), or a client cannot stop its own runaway query when it is most
     needed. It was refused with 53300 before the packet was read."""
-    import threading
 
     g = ListenGateway(tmp_path / "gw", upstreams_for(pg), policy_dir=POLICY)
     g.listen_yaml = "  max_connections: 2\n"
     with g, psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as a, \
             psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True):
-        errors: list[BaseException] = []
-
-        def sleep() -> None:
-            try:
-                a.execute("select pg_sleep(30)")
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=sleep)
-        t.start()
+        t, errors = executing(a, "select pg_sleep(30)")
         assert settle(lambda: active_backends(pg, "select pg_sleep(30)%") == 1, 10)
         a.cancel()
         t.join(15)
