@@ -199,3 +199,11 @@ def executing(conn: Any, sql: str) -> tuple[threading.Thread, list[BaseException
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, errors
+
+
+def read_records(directory: Path) -> list[dict[str, Any]]:
+    """Every record of the audit trail in `directory` (its segments in order)."""
+    out = []
+    for f in sorted(directory.glob("*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, asyncpg_cursor, fill_disk, upstreams_for
+from conftest import (
+    PgBackend,
+    asyncpg_connect,
+    asyncpg_cursor,
+    fill_disk,
+    read_records,
+    upstreams_for,
+)
 
 from gateway.audit import generate_keypair
 from gateway.devtools.harness import GatewayProcess
@@ -37,12 +44,6 @@ def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
                           text=True, timeout=60, check=False, cwd=REPO)
 
-
-def read_records(directory: Path) -> list[dict]:
-    out = []
-    for f in sorted(directory.glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
 
 
 def statement_ends(records: list[dict], column: str

@@ -6,7 +6,6 @@ from the gateway's own files. Each test's docstring states what docs/audit.md pr
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, upstreams_for
+from conftest import PgBackend, audit_yaml, read_records, upstreams_for
 from rawclient import RawClient, query_message
 
 from gateway.devtools.harness import GatewayProcess
@@ -27,12 +26,6 @@ from gateway.devtools.harness import GatewayProcess
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "pci"
 
-
-def read_records(audit_dir: Path) -> list[dict]:
-    out = []
-    for f in sorted(audit_dir.glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
 
 
 def ended_session(audit_dir: Path, marker: str, timeout: float = 20.0) -> list[dict]:

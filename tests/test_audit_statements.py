@@ -4,14 +4,13 @@ PostgreSQL, a real gateway with an audit trail, real clients."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, upstreams_for
+from conftest import PgBackend, audit_yaml, read_records, upstreams_for
 from rawclient import RawClient
 
 from gateway.devtools.harness import GatewayProcess
@@ -19,12 +18,6 @@ from gateway.devtools.harness import GatewayProcess
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "pci"
 
-
-def read_records(directory: Path) -> list[dict]:
-    out = []
-    for f in sorted(directory.glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
 
 
 def session_records(audit_dir: Path, app: str, timeout: float = 10.0) -> list[dict]:
