@@ -577,3 +577,35 @@ def test_max_connections_is_the_gateways_limit_not_each_workers(pg: PgBackend,
         for c in opened:
             c.close()
         gw.stop()
+
+
+def test_health_names_a_sibling_that_is_not_healthy_even_with_no_check_yet(
+        tmp_path: Path) -> None:
+    """A worker still starting answers not ok with no checks: /healthz must fail naming it
+    (`worker@1`), not say `unhealthy:` and nothing (found by a probe)."""
+    import asyncio
+    import types
+
+    from gateway.admin.health import Health
+    from gateway.proxy.admin_backend import GatewayAdminBackend
+
+    async def run() -> tuple[bool, dict[str, bool]]:
+        async def sibling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b'{"ok": false, "checks": {}, "worker": 1}\n')
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(sibling, str(tmp_path / "admin-1.sock"))
+        health = Health()
+        health.add_check("audit", lambda: True)
+        gateway = types.SimpleNamespace(
+            peer_dir=tmp_path, worker_id=0, health=health,
+            config=types.SimpleNamespace(listen=types.SimpleNamespace(workers=2)))
+        try:
+            return await GatewayAdminBackend(gateway).health()  # type: ignore[arg-type]
+        finally:
+            server.close()
+
+    ok, checks = asyncio.run(run())
+    assert not ok and checks == {"audit@0": True, "worker@1": False}

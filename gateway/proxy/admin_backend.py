@@ -121,7 +121,9 @@ class GatewayAdminBackend:
             if not isinstance(k, int) or not isinstance(answer.get("checks"), dict):
                 continue
             answered.add(k)
-            ok = ok and answer.get("ok") is True
+            if answer.get("ok") is not True:
+                ok = False
+                checks[f"worker@{k}"] = False  # (also one with no check yet: starting)
             checks.update({f"{name}@{k}": good is True
                            for name, good in answer["checks"].items()})
         for k in range(self.server.config.listen.workers):

@@ -699,7 +699,9 @@ class Relay:
         self._upstream_gone()
 
     def _client_gone(self) -> None:
-        if self.on_client_gone is not None and not self.idle():
+        # (without a result tracker, idle() cannot tell: the ReadyForQuery count can)
+        busy = not self.idle() if self.results is not None else self._outstanding > 0
+        if self.on_client_gone is not None and busy:
             self.on_client_gone()
         if not self.upstream.closed and not self.framer.has_partial():
             self.upstream.write(_TERMINATE)
