@@ -363,6 +363,16 @@ class StatementGate:
             return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
         return self._review(raw, frames, relay, catalog)
 
+    async def end_hold(self, sqlstate: str | None) -> None:
+        """The session ends while a statement is held: withdraw its request now, so that
+        the withdrawal is recorded before the session's end."""
+        from gateway.approvals import ApprovalError
+
+        held, svc = self.held, self.approvals
+        if held is not None and svc is not None:
+            with contextlib.suppress(ApprovalError):  # (then it expires unanswered)
+                await svc.withdraw(held, withdrawal_reason(sqlstate))
+
     def take_unsent(self) -> list[StatementTag]:
         """The statements decided (and recorded) in a batch the relay never forwarded (the
         session ended while it waited): each still needs an outcome."""
@@ -716,9 +726,9 @@ class StatementGate:
             await asyncio.wait({waiting, relay.done}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.held = None
-        if not waiting.done():  # the session ended while held
-            waiting.cancel()
-            await svc.withdraw(req.id, "the client disconnected")
+        if not waiting.done():  # the session ended while held (the session withdrew it
+            waiting.cancel()     # already, before its end record: then this is a no-op)
+            await svc.withdraw(req.id, withdrawal_reason(relay.end_sqlstate))
             return None, _denial("57014", "the session ended while the statement was held")
         res = waiting.result()
         if res.approved:
@@ -1462,6 +1472,16 @@ def _grant_key(info: StatementInfo) -> str:
                        for r in info.relations)
     text = redact_sql(info.sql) + "\x00" + "\x00".join(relations)
     return "g1:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def withdrawal_reason(sqlstate: str | None) -> str:
+    """Why a held statement's request is withdrawn, from how its session ended."""
+    if sqlstate is None:
+        return "the client disconnected"
+    return {"57P01": "the gateway ended the session (a shutdown, or an administrator)",
+            "28000": "the session's token expired",
+            "08006": "the connection to the upstream database was lost"
+            }.get(sqlstate, f"the session ended ({sqlstate})")
 
 
 def _verdict(decisions: list[tuple[StatementInfo, Decision]]) -> Verdict:

@@ -148,6 +148,15 @@ class Session:
             recorded = getattr(self.relay.gate, "recorded", None) if self.relay else None
             if recorded is not None:  # the decision records of what never ran
                 self.totals.denied, self.totals.held = recorded["denied"], recorded["held"]
+            gate = self.relay.gate if self.relay is not None else None
+            task = asyncio.current_task()
+            if isinstance(gate, StatementGate) and gate.held is not None and \
+                    not (task is not None and task.cancelling()):
+                try:  # (its record before this session's end)
+                    await asyncio.wait_for(gate.end_hold(self.relay.end_sqlstate), 5)
+                except Exception as e:
+                    logs.error("approval.withdraw_failed", session=self.id,
+                               error=type(e).__name__)
             if self.audit_ctx is not None:
                 self._close_unfinished()
                 self._audit(records.session_end(
