@@ -65,8 +65,10 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     # A SIGHUP that arrives while this worker is still starting (compiling the policy,
     # opening the audit trail) must not kill it (the default action): remember it and
     # reload once serving.
+    # (through the loop, as the reload handler later: a signal delivered both to a
+    # plain handler and through the loop's wakeup fd was acted on twice)
     early_hup: list[int] = []
-    signal.signal(signal.SIGHUP, lambda signum, _frame: early_hup.append(signum))
+    loop.add_signal_handler(signal.SIGHUP, early_hup.append, signal.SIGHUP)
     # A SIGTERM as early must not kill it either: the audit trail's run would end without
     # its final checkpoint (a crash, to audit verify). It stops once started.
     stop = asyncio.Event()
