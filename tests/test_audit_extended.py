@@ -208,7 +208,7 @@ def test_psycopg_prepare_true_and_named_cursor_fetchmany(pci) -> None:
 
 
 def test_a_suspended_portal_then_leaving_has_one_record_per_execute(pci) -> None:
-    gw, audit_dir, d = pci
+    gw, audit_dir, _d = pci
     with RawClient(gw, tls=True) as c:
         raw_login(c, gw, "pk-susp")
         c.send(fe.Parse("s1", "select pan as pk_susp from cards", ()).encode()
@@ -288,7 +288,7 @@ def test_pipelined_run_with_an_error_in_the_middle(pci) -> None:
 
 
 def test_leaving_mid_execute(pci) -> None:
-    gw, audit_dir, d = pci
+    gw, audit_dir, _d = pci
     with RawClient(gw, tls=True) as c:
         raw_login(c, gw, "pk-mid")
         c.send(pbe("select pan as pk_mid, pg_sleep(case when id = 3 then 3 else 0 end) "
@@ -327,7 +327,7 @@ def test_a_held_statements_withdrawal_is_recorded_before_its_session_end(pci) ->
     approval.withdrawn, which carries the session's id, must come before session.end in
     the chain. Before the fix it was appended after it (the withdrawal is awaited in the gate's
     task after the session has already written its end)."""
-    gw, audit_dir, d = pci
+    gw, audit_dir, _d = pci
     with RawClient(gw, tls=True) as c:
         raw_login(c, gw, "pk-held")
         c.send(pbe("select 1 as pk_held_before")
