@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from .server import GatewayServer
 
 _PASSWORD_PHASE_TYPES = CLIENT_TYPES | frozenset(b"p")
+_MAX_PASSWORD_MESSAGE = 64 * 1024
 # How long a connection past max_connections may take to say what it wants (a cancel
 # request, or a startup to refuse): a client sends it at once.
 REFUSING_SECONDS = 2.0
-_MAX_PASSWORD_MESSAGE = 64 * 1024
 # The fields of a statement completion that change between records of one shape.
 _STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
 
