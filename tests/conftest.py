@@ -10,9 +10,11 @@ import importlib.util
 import json
 import secrets
 import ssl
+import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -207,3 +209,31 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     for f in sorted(directory.glob("*.jsonl")):
         out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return out
+
+
+def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `pgwarden` command line, run from the checkout (its output as text)."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO_ROOT)
+
+
+def ended_session(audit_dir: Path, marks: Callable[[dict[str, Any]], bool],
+                  timeout: float = 20.0) -> list[dict[str, Any]]:
+    """The records of the session of the last record `marks` picks (its session.start,
+    a decision...), once that session's session.end is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(audit_dir)
+        marked = [r["session"] for r in records if marks(r)]
+        if marked:
+            mine = [r for r in records if r.get("session") == marked[-1]]
+            if any(r["type"] == "session.end" for r in mine):
+                return mine
+        assert time.monotonic() < deadline, "no such session ended in time"
+        time.sleep(0.1)
+
+
+def app_session(audit_dir: Path, app: str) -> list[dict[str, Any]]:
+    """The records of the (last) session whose application_name is `app`, once ended."""
+    return ended_session(audit_dir, lambda r: r["type"] == "session.start"
+                         and r["where"]["application_name"] == app)

@@ -9,14 +9,13 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, upstreams_for
+from conftest import PgBackend, pgwarden, upstreams_for
 
 from gateway import logs
 from gateway.audit import (
@@ -85,9 +84,6 @@ def save(stream: io.StringIO, path: Path) -> Path:
     return path
 
 
-def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
-                          text=True, timeout=60, check=False, cwd=REPO)
 
 
 def verify(d: Path, key: Path, *anchor_files: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -22,6 +21,7 @@ from conftest import (
     asyncpg_connect,
     asyncpg_cursor,
     fill_disk,
+    pgwarden,
     read_records,
     upstreams_for,
 )
@@ -40,9 +40,6 @@ def audit_yaml(directory: Path, key: Path, extra: str = "") -> str:
             f"  signing_key: {{file: {json.dumps(str(key))}}}\n{extra}")
 
 
-def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
-                          text=True, timeout=60, check=False, cwd=REPO)
 
 
 

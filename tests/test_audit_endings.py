@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, read_records, upstreams_for
+from conftest import PgBackend, audit_yaml, ended_session, pgwarden, read_records, upstreams_for
 from rawclient import RawClient, query_message
 
 from gateway.devtools.harness import GatewayProcess
@@ -28,27 +26,13 @@ POLICY = REPO / "policies" / "pci"
 
 
 
-def ended_session(audit_dir: Path, marker: str, timeout: float = 20.0) -> list[dict]:
+def decided_session(audit_dir: Path, marker: str) -> list[dict]:
     """The records of the session that decided a statement whose SQL holds `marker`, once
     its session.end is written."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_records(audit_dir)
-        decided = [r for r in records if r["type"] == "decision"
-                   and marker in (r.get("sql") or "")]
-        if decided:
-            session = decided[0]["session"]
-            mine = [r for r in records if r.get("session") == session]
-            if any(r["type"] == "session.end" for r in mine):
-                return mine
-        assert time.monotonic() < deadline, f"no session.end for {marker}"
-        time.sleep(0.1)
+    return ended_session(audit_dir, lambda r: r["type"] == "decision"
+                         and marker in (r.get("sql") or ""))
 
 
-def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, check=False, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def vanish(conn: psycopg.Connection) -> None:
@@ -98,7 +82,7 @@ def test_an_allowed_decision_whose_batch_never_went_out_still_gets_an_outcome(
             # (the socket closes right after the Query)
         problems = []
         for i in range(6):
-            mine = ended_session(audit_dir, f"pj_first{i}")
+            mine = decided_session(audit_dir, f"pj_first{i}")
             (gone,) = [r for r in mine if r["type"] == "decision"
                        and f"pj_gone{i}" in r["sql"]]
             ends = [r for r in mine if r["type"] == "statement"
@@ -134,7 +118,7 @@ def test_a_masked_result_cut_short_records_the_values_it_masked(
         c.pgconn.flush()
         time.sleep(1.0)  # ~49 x 5 rows are out; the server sleeps
         vanish(c)
-        mine = ended_session(audit_dir, "pj_masked_pan")
+        mine = decided_session(audit_dir, "pj_masked_pan")
     (decision,) = [r for r in mine if r["type"] == "decision"]
     assert decision["outcome"] == "masked", decision
     (stmt,) = [r for r in mine if r["type"] == "statement"]
@@ -158,7 +142,7 @@ def test_session_end_records_the_sqlstate_a_token_expiry_ended_it_with(
         c.execute("select pg_sleep(10) as pj_te_sleep")
     c.close()
     assert told.value.sqlstate == "28000", told.value
-    mine = ended_session(audit_dir, "pj_te_sleep")
+    mine = decided_session(audit_dir, "pj_te_sleep")
     (sleep,) = [r for r in mine if r["type"] == "decision" and "pj_te_sleep" in r["sql"]]
     (stmt,) = [r for r in mine if r["type"] == "statement"
                and r["decision_seq"] == sleep["seq"]]
@@ -186,7 +170,7 @@ def test_session_end_records_the_sqlstate_a_shutdown_ended_it_with(
     finally:
         assert gw.stop() == 0
     c.close()
-    mine = ended_session(audit_dir, "pj_drain_sleep")
+    mine = decided_session(audit_dir, "pj_drain_sleep")
     (stmt,) = [r for r in mine if r["type"] == "statement"]
     assert stmt["outcome"] == "unfinished", stmt
     out = pgwarden("audit", "verify", str(audit_dir), "--key", str(tmp_path / "audit.pub"))
@@ -258,7 +242,7 @@ def test_a_client_leaving_while_held_withdraws_and_the_log_verifies(
             c.send(query_message("copy cards (holder, pan) to stdout"))
             notice = c.read_until(b"N", b"Z")[-1]
             assert notice.type == b"N" and "held for approval" in notice.fields()["M"]
-        mine = ended_session(audit_dir, "pj_held_first")
+        mine = decided_session(audit_dir, "pj_held_first")
         deadline = time.monotonic() + 10
         while not any(r["type"] == "approval.withdrawn" for r in read_records(audit_dir)):
             assert time.monotonic() < deadline

@@ -9,10 +9,7 @@ protocol client); the records are read from the gateway's own files.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,8 +17,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, asyncpg_connect, audit_yaml, upstreams_for
+from conftest import (
+    PgBackend,
+    app_session,
+    asyncpg_connect,
+    audit_yaml,
+    pgwarden,
+    read_records,
+    upstreams_for,
+)
 from rawclient import RawClient
+from test_db_role import ROLE_SETUP
 
 from gateway.devtools.harness import GatewayProcess
 from gateway.wire import frontend as fe
@@ -31,51 +37,15 @@ POLICY = REPO / "policies" / "pci"
 DBROLE_POLICY = REPO / "tests" / "policies" / "dbrole"
 OUTCOMES = ("allowed", "masked", "error", "skipped", "unfinished", "limited")
 
-ROLE_SETUP = """
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'report_reader') THEN
-    CREATE ROLE report_reader NOLOGIN;
-  END IF;
-END $$;
-GRANT report_reader TO pgwarden_svc WITH INHERIT FALSE, SET TRUE;
-CREATE TABLE IF NOT EXISTS reports (id int, total numeric);
-INSERT INTO reports SELECT 1, 10 WHERE NOT EXISTS (SELECT FROM reports);
-ALTER TABLE reports OWNER TO postgres;
-REVOKE ALL ON reports FROM PUBLIC, pgwarden_svc;
-GRANT SELECT ON reports TO report_reader;
-"""
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
-def read_records(audit_dir: Path) -> list[dict]:
-    out = []
-    for f in sorted(audit_dir.glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
 
 
-def session_records(audit_dir: Path, app: str, timeout: float = 20.0) -> list[dict]:
-    """The records of the (last) session whose application_name is `app`, once its
-    session.end is written."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_records(audit_dir)
-        starts = [r["session"] for r in records if r["type"] == "session.start"
-                  and r["where"]["application_name"] == app]
-        if starts:
-            mine = [r for r in records if r.get("session") == starts[-1]]
-            if any(r["type"] == "session.end" for r in mine):
-                return mine
-        assert time.monotonic() < deadline, f"no session.end for {app}"
-        time.sleep(0.1)
 
 
-def pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, check=False, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def by_decision(mine: list[dict], marker: str) -> tuple[dict, list[dict]]:
@@ -168,7 +138,7 @@ def test_asyncpg_prepared_statement_executed_three_times(pci) -> None:
             await conn.close()
 
     asyncio.run(main())
-    mine = session_records(audit_dir, "pk-apg")
+    mine = app_session(audit_dir, "pk-apg")
     dec, stmts = by_decision(mine, "pk_apg_pan")
     assert dec["outcome"] == "masked"
     assert [(s["outcome"], s["rows"], s["masked_values"]) for s in stmts] == [
@@ -194,7 +164,7 @@ def test_psycopg_prepare_true_and_named_cursor_fetchmany(pci) -> None:
         c.commit()
         with c.cursor() as cur:
             cur.executemany("select %s::int as pk_psy_many", [(1,), (2,)])
-    mine = session_records(audit_dir, "pk-psy")
+    mine = app_session(audit_dir, "pk-psy")
     _, prep = by_decision(mine, "pk_psy_prep")
     assert [(s["outcome"], s["rows"], s["masked_values"]) for s in prep] == [
         ("masked", 1, 1)] * 3, prep
@@ -220,7 +190,7 @@ def test_a_suspended_portal_then_leaving_has_one_record_per_execute(pci) -> None
         got = c.read_until(b"s")
         assert got[-1].type == b"s", [m.type for m in got]
         # leaves with the portal suspended (no Sync: the transaction is still open)
-    mine = session_records(audit_dir, "pk-susp")
+    mine = app_session(audit_dir, "pk-susp")
     _, stmts = by_decision(mine, "pk_susp")
     assert [(s["outcome"], s["rows"], s["masked_values"]) for s in stmts] == [
         ("masked", 2, 2), ("masked", 2, 2)], stmts
@@ -238,7 +208,7 @@ def test_named_statement_executed_several_times_in_one_pipeline(pci) -> None:
         c.send(be_("s2") + SYNC)
         c.read_until(b"Z")
         c.send(fe.Terminate().encode())
-    mine = session_records(audit_dir, "pk-named")
+    mine = app_session(audit_dir, "pk-named")
     _, stmts = by_decision(mine, "pk_named")
     assert [(s["outcome"], s["rows"], s["masked_values"]) for s in stmts] == [
         ("masked", 1, 1)] * 4, stmts
@@ -254,7 +224,7 @@ def test_a_parse_only_batch_runs_nothing(pci) -> None:
         assert [m.type for m in got] == [b"1", b"Z"], got
         c.send(fe.Parse("s4", "select 1 as pk_parse_only2", ()).encode() + SYNC)
         c.read_until(b"Z")
-    mine = session_records(audit_dir, "pk-parse")
+    mine = app_session(audit_dir, "pk-parse")
     stmts = [s for s in mine if s["type"] == "statement"]
     assert stmts == [], stmts
     assert not totals_problems(mine), totals_problems(mine)
@@ -277,7 +247,7 @@ def test_pipelined_run_with_an_error_in_the_middle(pci) -> None:
         c.send(be_("s5") + SYNC)
         c.read_until(b"Z")
         c.send(fe.Terminate().encode())
-    mine = session_records(audit_dir, "pk-pipe")
+    mine = app_session(audit_dir, "pk-pipe")
     outs = {}
     for marker in ("pk_pipe_first", "pk_pipe_err", "pk_pipe_after", "pk_pipe_named"):
         _, stmts = by_decision(mine, marker)
@@ -296,7 +266,7 @@ def test_leaving_mid_execute(pci) -> None:
         got = c.read_until(b"D")
         got += c.read_until(b"D")
         assert [m.type for m in got].count(b"D") == 2, [m.type for m in got]
-    mine = session_records(audit_dir, "pk-mid")
+    mine = app_session(audit_dir, "pk-mid")
     _, stmts = by_decision(mine, "pk_mid")
     # (the gateway may see the server finish after the client left: then it is masked, 5)
     assert [(s["outcome"], s["rows"], s["masked_values"]) for s in stmts] in (
@@ -306,7 +276,7 @@ def test_leaving_mid_execute(pci) -> None:
 
 def _withdrawn_for(audit_dir: Path, app: str, timeout: float = 10.0) -> tuple[list[dict], dict]:
     """(the session's records, its approval.withdrawn record), waiting for both."""
-    mine = session_records(audit_dir, app)
+    mine = app_session(audit_dir, app)
     deadline = time.monotonic() + timeout
     while True:
         withdrawn = [r for r in read_records(audit_dir) if r["type"] == "approval.withdrawn"
@@ -403,7 +373,7 @@ def test_db_role_pipeline_with_an_error(dbrole) -> None:
         got = c.read_until(b"Z")
         assert [m.type for m in got][-2:] == [b"C", b"Z"], [m.type for m in got]
         c.send(fe.Terminate().encode())
-    mine = session_records(audit_dir, "pk-role-pipe")
+    mine = app_session(audit_dir, "pk-role-pipe")
     outs = {}
     for marker in ("pk_role_err", "pk_role_after", "pk_role_plain", "pk_role_ok"):
         _, stmts = by_decision(mine, marker)
@@ -419,7 +389,7 @@ def test_db_role_leaving_mid_execute(dbrole) -> None:
         raw_login(c, gw, "pk-role-mid")
         c.send(pbe("select total, pg_sleep(3) as pk_role_sleep from reports") + SYNC)
         time.sleep(0.8)
-    mine = session_records(audit_dir, "pk-role-mid")
+    mine = app_session(audit_dir, "pk-role-mid")
     _, stmts = by_decision(mine, "pk_role_sleep")
     assert [s["outcome"] for s in stmts] == ["unfinished"], stmts
     assert not totals_problems(mine), totals_problems(mine)
@@ -435,7 +405,7 @@ def test_db_role_prepared_drivers(dbrole) -> None:
         with pytest.raises(psycopg.errors.DivisionByZero):
             c.execute("select total / %s as pk_role_div from reports", (0,), prepare=True)
         assert c.execute("select current_user").fetchone() == ("pgwarden_svc",)
-    mine = session_records(audit_dir, "pk-role-psy")
+    mine = app_session(audit_dir, "pk-role-psy")
     _, prep = by_decision(mine, "pk_role_prep")
     assert [(s["outcome"], s["rows"]) for s in prep] == [("allowed", 1)] * 3, prep
     _, div = by_decision(mine, "pk_role_div")
@@ -461,7 +431,7 @@ def test_fsync_wait_then_leave_extended_batches(pg: PgBackend, tmp_path: Path) -
                        + pbe("select total as pk_fs_role from reports")
                        + pbe("select 1 as pk_fs_plain") + SYNC)
         for i in range(6):
-            mine = session_records(audit_dir, f"pk-fs-{i}")
+            mine = app_session(audit_dir, f"pk-fs-{i}")
             outs = {}
             for marker in ("pk_fs_named", "pk_fs_role", "pk_fs_plain"):
                 _, stmts = by_decision(mine, marker)
@@ -488,7 +458,7 @@ def test_leaving_mid_resumed_portal_counts_its_masked_rows(pci) -> None:
         c.send(fe.Execute("rp", 0).encode() + SYNC)
         got = c.read_until(b"D") + c.read_until(b"D")  # rows 2 and 3; the server sleeps
         assert [m.type for m in got].count(b"D") == 2, [m.type for m in got]
-    mine = session_records(audit_dir, "pk-resume")
+    mine = app_session(audit_dir, "pk-resume")
     _, stmts = by_decision(mine, "pk_resume")
     assert [(s["outcome"], s["rows"], s["masked_values"], s["masked_columns"])
             for s in stmts] in (

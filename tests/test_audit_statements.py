@@ -4,13 +4,12 @@ PostgreSQL, a real gateway with an audit trail, real clients."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, read_records, upstreams_for
+from conftest import PgBackend, app_session, audit_yaml, upstreams_for
 from rawclient import RawClient
 
 from gateway.devtools.harness import GatewayProcess
@@ -20,20 +19,6 @@ POLICY = REPO / "policies" / "pci"
 
 
 
-def session_records(audit_dir: Path, app: str, timeout: float = 10.0) -> list[dict]:
-    """The records of the (last) session whose application_name is `app`, once its
-    session.end is written."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_records(audit_dir)
-        starts = [r["session"] for r in records if r["type"] == "session.start"
-                  and r["where"]["application_name"] == app]
-        if starts:
-            mine = [r for r in records if r.get("session") == starts[-1]]
-            if any(r["type"] == "session.end" for r in mine):
-                return mine
-        assert time.monotonic() < deadline, f"no session.end for {app}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +59,7 @@ def test_an_empty_query_is_not_refused_as_an_audit_outage(
     errors = [m.fields() for m in answer if m.type == b"E"]
     assert not errors, errors
     assert [m.type for m in answer] == [b"I", b"Z"]
-    mine = session_records(audit_dir, app)
+    mine = app_session(audit_dir, app)
     assert not any(r["type"] == "decision" and r["outcome"] == "denied" for r in mine)
 
 
@@ -90,7 +75,7 @@ def test_session_end_totals_count_the_denied_statements(
         for _ in range(2):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("select cvv from cards")
-    mine = session_records(audit_dir, "denied")
+    mine = app_session(audit_dir, "denied")
     denied = [r for r in mine if r["type"] == "decision" and r["outcome"] == "denied"]
     assert len(denied) == 2
     (end,) = [r for r in mine if r["type"] == "session.end"]
@@ -118,7 +103,7 @@ def test_a_card_number_in_a_servers_report_is_not_counted_in_the_next_statement(
         c.execute("select 1 as before_set").fetchone()
         c.execute("set application_name = 'card 4111111111111111'")
         assert c.execute("select 2 as after_set").fetchone() == (2,)
-    mine = session_records(audit_dir, "hits")
+    mine = app_session(audit_dir, "hits")
     hits = _hits(mine)
     assert hits["select $1 as after_set"] == 0, hits
 
@@ -133,7 +118,7 @@ def test_session_safety_net_total_agrees_with_its_statement_records(
                          application_name="hits-last", autocommit=True) as c:
         c.execute("select 1 as before_set").fetchone()
         c.execute("set application_name = 'card 5555555555554444'")
-    mine = session_records(audit_dir, "hits-last")
+    mine = app_session(audit_dir, "hits-last")
     (end,) = [r for r in mine if r["type"] == "session.end"]
     per_statement = sum(r["safety_net_hits"] for r in mine if r["type"] == "statement")
     assert end["totals"]["safety_net_hits"] == per_statement, (end["totals"], _hits(mine))
