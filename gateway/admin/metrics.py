@@ -138,13 +138,16 @@ class _Metric:
         child = self._children.get(self._key(labels, kw))
         return child.value if child is not None else 0.0
 
-    def render(self) -> list[str]:
+    def render(self, series: Iterable[tuple[Sequence[str], float]] | None = None,
+               labelnames: Sequence[str] | None = None) -> list[str]:
+        """This metric's lines: its own samples, or `series` (labelled `labelnames`)."""
+        names = self.labelnames if labelnames is None else labelnames
         lines = [f"# HELP {self.name} {_escape_help(self.help)}",
                  f"# TYPE {self.name} {self.kind}"]
-        for values, value in self.samples():
+        for values, value in self.samples() if series is None else series:
             if values:
                 labels = ",".join(f'{n}="{_escape_label(v)}"'
-                                  for n, v in zip(self.labelnames, values, strict=True))
+                                  for n, v in zip(names, values, strict=True))
                 lines.append(f"{self.name}{{{labels}}} {_number(value)}")
             else:
                 lines.append(f"{self.name} {_number(value)}")
@@ -273,16 +276,12 @@ class Registry:
             metrics = list(self._metrics.values())
         lines: list[str] = []
         for metric in metrics:
-            lines += [f"# HELP {metric.name} {_escape_help(metric.help)}",
-                      f"# TYPE {metric.name} {metric.kind}"]
-            names = (*metric.labelnames, "worker")
-            for worker in sorted(workers):
-                for values, value in workers[worker].get(metric.name, ()):
-                    if len(values) != len(metric.labelnames):
-                        continue  # (a sibling of another build: not this metric's series)
-                    labels = ",".join(f'{n}="{_escape_label(str(v))}"' for n, v in
-                                      zip(names, (*values, worker), strict=True))
-                    lines.append(f"{metric.name}{{{labels}}} {_number(float(value))}")
+            series = [((*map(str, values), str(worker)), float(value))
+                      for worker in sorted(workers)
+                      for values, value in workers[worker].get(metric.name, ())
+                      # (a sibling of another build: not this metric's series)
+                      if len(values) == len(metric.labelnames)]
+            lines += metric.render(series, (*metric.labelnames, "worker"))
         return "\n".join(lines) + "\n"
 
 
