@@ -28,6 +28,7 @@ from gateway.config.model import (
     APPROVAL_STORES,
     JWT_ALGORITHMS,
     LOG_LEVELS,
+    MAX_WORKERS,
     SAFETY_NET_MODES,
     UPSTREAM_TLS_MODES,
     AdminConfig,
@@ -458,10 +459,6 @@ def _loadable(m: _Map, tls: TlsFiles) -> None:
         raise m.fail("key" if mismatch else "cert", "the key does not belong to the "
                      "certificate" if mismatch else "cannot load the certificate and key "
                      f"(PEM, the key not encrypted): {exc}") from None
-
-
-# A worker is named in the top byte of its cancel keys' pid (proxy/cancel.py).
-MAX_WORKERS = 127
 
 
 def _listen(m: _Map) -> ListenConfig:

@@ -14,6 +14,9 @@ from pathlib import Path
 MIB = 1024 * 1024
 
 UPSTREAM_TLS_MODES = ("disable", "prefer", "require", "verify-full")
+# A gateway cancel key names its worker in the top byte of its pid (proxy/cancel.py):
+# workers 0 to 126.
+MAX_WORKERS = 127
 
 # Asymmetric JWS algorithms only: a JWKS holds public keys, so HMAC ("HS*") would mean
 # sharing a secret with every verifier, and "none" means no signature at all.

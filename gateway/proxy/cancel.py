@@ -11,6 +11,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 
+from gateway.config.model import MAX_WORKERS
 from gateway.wire.backend import BackendKeyData
 
 CancelAction = Callable[[], Awaitable[None]]
@@ -18,7 +19,7 @@ CancelAction = Callable[[], Awaitable[None]]
 
 class CancelRegistry:
     def __init__(self, worker_id: int = 0) -> None:
-        if not 0 <= worker_id < 127:
+        if not 0 <= worker_id < MAX_WORKERS:
             raise ValueError("worker id must fit in the pid's top byte")
         self.worker_id = worker_id
         self._keys: dict[int, tuple[bytes, CancelAction]] = {}
