@@ -33,7 +33,7 @@ class GatewayAdminBackend:
 
     async def list_sessions(self) -> Sequence[SessionInfo | Mapping[str, Any]]:
         out: list[SessionInfo | Mapping[str, Any]] = list(self._local_sessions())
-        for answer in await self._ask_siblings({"op": "list"}):
+        for answer in (await self._ask_siblings({"op": "list"})).values():
             out.extend(s for s in answer.get("sessions", ()) if isinstance(s, dict))
         return out
 
@@ -42,7 +42,7 @@ class GatewayAdminBackend:
             return True
         answers = await self._ask_siblings({"op": "terminate", "id": session_id,
                                             "reason": reason})
-        return any(a.get("terminated") for a in answers)
+        return any(a.get("terminated") for a in answers.values())
 
     # -- between workers -------------------------------------------------------------------
 
@@ -69,7 +69,6 @@ class GatewayAdminBackend:
                 answer = {"result": await self._reload_local()}
             else:
                 answer = {}
-            answer["worker"] = self.server.worker_id
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ValueError, OSError):
@@ -78,8 +77,9 @@ class GatewayAdminBackend:
             writer.close()
 
     async def _ask_siblings(self, request: dict[str, Any], wait: float = _PEER_TIMEOUT
-                            ) -> list[dict[str, Any]]:
-        """Every sibling's answer, asked all at once; one that is gone or busy has none."""
+                            ) -> dict[int, dict[str, Any]]:
+        """Every sibling's answer by its worker id, asked all at once; one that is gone or
+        busy has none."""
         server = self.server
         if server.peer_dir is None:
             return []
@@ -100,15 +100,15 @@ class GatewayAdminBackend:
 
         siblings = [k for k in range(server.config.listen.workers) if k != server.worker_id]
         answers = await asyncio.gather(*(ask(k) for k in siblings))
-        return [a for a in answers if a is not None]
+        return {k: a for k, a in zip(siblings, answers, strict=True) if a is not None}
 
     # -- the whole gateway's metrics and health (admin.http), with several workers -----------
 
     async def metrics(self) -> str:
         snapshots: dict[int, Any] = {self.server.worker_id: metrics.REGISTRY.snapshot()}
-        for answer in await self._ask_siblings({"op": "metrics"}):
-            if isinstance(answer.get("worker"), int) and isinstance(answer.get("metrics"), dict):
-                snapshots[answer["worker"]] = answer["metrics"]
+        for k, answer in (await self._ask_siblings({"op": "metrics"})).items():
+            if isinstance(answer.get("metrics"), dict):
+                snapshots[k] = answer["metrics"]
         return metrics.REGISTRY.render_workers(snapshots)
 
     async def health(self) -> tuple[bool, dict[str, bool]]:
@@ -116,9 +116,8 @@ class GatewayAdminBackend:
         ok, local = self.server.health.status()
         checks = {f"{name}@{self.server.worker_id}": good for name, good in local.items()}
         answered = {self.server.worker_id}
-        for answer in await self._ask_siblings({"op": "health"}):
-            k = answer.get("worker")
-            if not isinstance(k, int) or not isinstance(answer.get("checks"), dict):
+        for k, answer in (await self._ask_siblings({"op": "health"})).items():
+            if not isinstance(answer.get("checks"), dict):
                 continue
             answered.add(k)
             if answer.get("ok") is not True:
@@ -165,9 +164,9 @@ class GatewayAdminBackend:
         local, answers = await asyncio.gather(
             self._reload_local(), self._ask_siblings({"op": "reload"}, _RELOAD_TIMEOUT))
         outcomes = {self.server.worker_id: local}
-        for answer in answers:
-            if isinstance(answer.get("worker"), int) and isinstance(answer.get("result"), dict):
-                outcomes[answer["worker"]] = answer["result"]
+        for k, answer in answers.items():
+            if isinstance(answer.get("result"), dict):
+                outcomes[k] = answer["result"]
         for k in range(self.server.config.listen.workers):
             outcomes.setdefault(k, {"status": "unavailable", "trigger": "admin",
                                     "reason": "the worker did not answer"})
