@@ -30,8 +30,12 @@
 #include <Python.h>
 #include <structmember.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 
 #define INT_LIMIT 1000000000000LL /* 10**12: a hole holds at most 12 digits, short of a PAN */
@@ -657,6 +661,128 @@ ledger_fill(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     return seq;
 }
 
+/* The rows a CommandComplete body counts, as records.rows_from_complete reads them: its
+ * last word when there are two or more and that one is all digits. -1 when this reading
+ * declines it (no count, over 12 digits, anything but printable ASCII and spaces before
+ * the trailing NULs): the caller then takes the Python path, which reads every tag. */
+static long long
+complete_rows(const char *p, Py_ssize_t n)
+{
+    while (n > 0 && p[n - 1] == '\0')
+        n--;
+    int words = 0;
+    Py_ssize_t last = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)p[i];
+        if (c == ' ')
+            continue;
+        if (c < 0x21 || c > 0x7e)
+            return -1;
+        if (i == 0 || p[i - 1] == ' ') {
+            words++;
+            last = i;
+        }
+    }
+    if (words < 2)
+        return -1;
+    long long rows = 0;
+    int digits = 0;
+    for (Py_ssize_t i = last; i < n && p[i] != ' '; i++) {
+        if (p[i] < '0' || p[i] > '9' || ++digits > 12)
+            return -1;
+        rows = rows * 10 + (p[i] - '0');
+    }
+    return rows;
+}
+
+static PyObject *str_statement, *str_allowed, *str_statements, *str_rows, *empty_tuple;
+
+/* complete(templates, tag, body, totals): Session._statement_done's usual end in one
+ * call — a CommandComplete whose statement had nothing masked, withheld or scrubbed (the
+ * caller checks all but `withheld`): the statement record appended from the session's
+ * template of its kind (key ("statement", command, "allowed", None, ())) with holes
+ * (decision_seq, rows, 0, duration_us), and the session's totals counted (statements,
+ * allowed, rows). Returns the seq; 0 when it declines (no template yet, a tag or value
+ * it does not read, refused): nothing appended or counted, the Python path does it all.
+ * tests/test_statement_done_native.py holds it to that path. */
+static PyObject *
+ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "complete(templates: dict, tag, body, totals)");
+        return NULL;
+    }
+    PyObject *tag = args[1], *body = args[2], *totals = args[3];
+    /* StatementTag: (plan, decision_seq, started, command, internal, withheld) */
+    if (!PyTuple_Check(tag) || PyTuple_GET_SIZE(tag) != 6 || !PyBytes_Check(body) ||
+            PyTuple_GET_ITEM(tag, 5) != Py_False || !PyFloat_Check(PyTuple_GET_ITEM(tag, 2)))
+        return PyLong_FromLong(0);
+    const double started = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(tag, 2));
+    if (started == 0.0)
+        return PyLong_FromLong(0);
+    const long long rows = complete_rows(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+    if (rows < 0)
+        return PyLong_FromLong(0);
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0) /* time.perf_counter()'s clock */
+        return PyLong_FromLong(0);
+    const double us = nearbyint(((double)t.tv_sec + (double)t.tv_nsec * 1e-9 - started) * 1e6);
+    if (!(us >= 0.0 && us < (double)INT_LIMIT))
+        return PyLong_FromLong(0);
+    PyObject *key = PyTuple_Pack(5, str_statement, PyTuple_GET_ITEM(tag, 3), str_allowed,
+                                 Py_None, empty_tuple);
+    if (key == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(args[0], key); /* borrowed */
+    Py_DECREF(key);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyLong_FromLong(0);
+    }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            PyTuple_GET_ITEM(entry, 0) != Py_None || PyTuple_GET_ITEM(entry, 1) == Py_None)
+        return PyLong_FromLong(0);
+    PyObject *holes = Py_BuildValue("(OLiL)", PyTuple_GET_ITEM(tag, 1), rows, 0,
+                                    (long long)us);
+    if (holes == NULL)
+        return NULL;
+    PyObject *call[2] = {PyTuple_GET_ITEM(entry, 1), holes};
+    Py_INCREF(entry); /* the template must outlive a dict change made meanwhile */
+    PyObject *seq = ledger_append(self, call, 2);
+    Py_DECREF(entry);
+    Py_DECREF(holes);
+    if (seq == NULL)
+        return NULL;
+    const long long n = PyLong_AsLongLong(seq);
+    if (n <= 0) { /* a value did not fit, or refused: the Python path says why */
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    /* counted once appended (as SessionTotals.count would for "allowed") */
+    PyObject *const names[3] = {str_statements, str_allowed, str_rows};
+    const long long adds[3] = {1, 1, rows};
+    for (int i = 0; i < 3; i++) {
+        PyObject *v = PyObject_GetAttr(totals, names[i]);
+        if (v == NULL)
+            goto fail;
+        PyObject *add = PyLong_FromLongLong(adds[i]);
+        PyObject *sum = add == NULL ? NULL : PyNumber_Add(v, add);
+        Py_DECREF(v);
+        Py_XDECREF(add);
+        if (sum == NULL)
+            goto fail;
+        const int r = PyObject_SetAttr(totals, names[i], sum);
+        Py_DECREF(sum);
+        if (r < 0)
+            goto fail;
+    }
+    return seq;
+fail:
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyObject *
 ledger_push(Ledger *self, PyObject *item)
 {
@@ -699,6 +825,8 @@ static PyMethodDef ledger_methods[] = {
     {"fill", (PyCFunction)(void (*)(void))ledger_fill, METH_FASTCALL,
      "fill(templates, key, values, pin) -> seq, 0 (no template, or a value does not fit) "
      "or -1 (refused)"},
+    {"complete", (PyCFunction)(void (*)(void))ledger_complete, METH_FASTCALL,
+     "complete(templates, tag, body, totals) -> seq, or 0: take the Python path"},
     {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
     {"take", (PyCFunction)ledger_take, METH_NOARGS, "take() -> the queue, left empty"},
     {NULL, NULL, 0, NULL},
@@ -740,9 +868,111 @@ static PyTypeObject LedgerType = {
     .tp_getset = ledger_getset,
 };
 
+/* write_lines(fd, records, skip) -> (written, errno): FileSink.write's loop, compiled:
+ * the lines of `records` (Sealed tuples, the line bytes at index 2) written to `fd` in
+ * order with writev (IOV_MAX at a time, never joined), from byte `skip` of them on (the
+ * rest of a write cut short before). A short write goes on where it stopped; EINTR is
+ * retried. Returns the bytes this call wrote and 0, or, when a write fails, the bytes
+ * written before it and its errno: the caller knows exactly where to resume. The lines
+ * are held for the call, which writes without the GIL. */
+static PyObject *
+write_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "write_lines(fd, records: list, skip)");
+        return NULL;
+    }
+    const int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    Py_ssize_t skip = PyLong_AsSsize_t(args[2]);
+    if (skip == -1 && PyErr_Occurred())
+        return NULL;
+    if (skip < 0) {
+        PyErr_SetString(PyExc_ValueError, "write_lines: skip < 0");
+        return NULL;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(args[1]);
+    PyObject **held = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n > 0 ? n : 1));
+    struct iovec *iov = PyMem_Malloc(sizeof(struct iovec) * (size_t)(n > 0 ? n : 1));
+    if (held == NULL || iov == NULL) {
+        PyMem_Free(held);
+        PyMem_Free(iov);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0, total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(args[1], i);
+        PyObject *line = PyTuple_Check(item) && PyTuple_GET_SIZE(item) >= 3
+                             ? PyTuple_GET_ITEM(item, 2) : NULL;
+        if (line == NULL || !PyBytes_Check(line)) {
+            for (Py_ssize_t k = 0; k < count; k++)
+                Py_DECREF(held[k]);
+            PyMem_Free(held);
+            PyMem_Free(iov);
+            PyErr_SetString(PyExc_TypeError, "write_lines: records are Sealed tuples");
+            return NULL;
+        }
+        held[count] = Py_NewRef(line);
+        iov[count].iov_base = PyBytes_AS_STRING(line);
+        iov[count].iov_len = (size_t)PyBytes_GET_SIZE(line);
+        total += PyBytes_GET_SIZE(line);
+        count++;
+    }
+    if (skip > total)
+        skip = total;
+    /* step over the bytes written before */
+    Py_ssize_t at = 0;
+    Py_ssize_t left = skip;
+    while (at < count && left >= (Py_ssize_t)iov[at].iov_len) {
+        left -= (Py_ssize_t)iov[at].iov_len;
+        at++;
+    }
+    if (at < count && left > 0) {
+        iov[at].iov_base = (char *)iov[at].iov_base + left;
+        iov[at].iov_len -= (size_t)left;
+    }
+    Py_ssize_t written = 0;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (at < count) {
+        const int chunk = count - at > IOV_MAX ? IOV_MAX : (int)(count - at);
+        const ssize_t w = writev(fd, iov + at, chunk);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        written += w;
+        size_t rest = (size_t)w;
+        while (at < count && rest >= iov[at].iov_len) {
+            rest -= iov[at].iov_len;
+            at++;
+        }
+        if (at < count && rest > 0) {
+            iov[at].iov_base = (char *)iov[at].iov_base + rest;
+            iov[at].iov_len -= rest;
+        }
+        if (w == 0 && chunk > 0) { /* nothing taken, no error: do not spin */
+            err = EIO;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < count; k++)
+        Py_DECREF(held[k]);
+    PyMem_Free(held);
+    PyMem_Free(iov);
+    return Py_BuildValue("(ni)", written, err);
+}
+
 static PyMethodDef methods[] = {
     {"seal", seal, METH_VARARGS,
      "seal(chunks, picks, seq, prev, ts, values, sha256) -> (line, digest, ts) | None"},
+    {"write_lines", (PyCFunction)(void (*)(void))write_lines, METH_FASTCALL,
+     "write_lines(fd, records, skip) -> (bytes written, errno or 0)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -769,7 +999,14 @@ PyInit__seal(void)
         str_head = PyUnicode_InternFromString("head");
         str_parts = PyUnicode_InternFromString("parts");
         str_instance = PyUnicode_InternFromString("instance");
-        if (str_seq == NULL || str_head == NULL || str_parts == NULL || str_instance == NULL)
+        str_statement = PyUnicode_InternFromString("statement");
+        str_allowed = PyUnicode_InternFromString("allowed");
+        str_statements = PyUnicode_InternFromString("statements");
+        str_rows = PyUnicode_InternFromString("rows");
+        empty_tuple = PyTuple_New(0);
+        if (str_seq == NULL || str_head == NULL || str_parts == NULL || str_instance == NULL ||
+                str_statement == NULL || str_allowed == NULL || str_statements == NULL ||
+                str_rows == NULL || empty_tuple == NULL)
             return NULL;
     }
     if (PyType_Ready(&LedgerType) < 0)

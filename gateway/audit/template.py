@@ -121,7 +121,7 @@ class TemplateCache:
     session the same shape (e.g. a statement digest and its decision). Bounded: it
     starts afresh when full, which costs one ordinary encoding per shape."""
 
-    __slots__ = ("_max", "_templates", "quick", "writer")
+    __slots__ = ("_max", "_templates", "complete", "quick", "writer")
 
     def __init__(self, writer: AuditWriter, max_size: int = 256) -> None:
         self.writer = writer
@@ -134,6 +134,12 @@ class TemplateCache:
         #: when it gives no seq (which builds the record, or raises why it was refused).
         self.quick: Callable[[Hashable, tuple[Any, ...], object], int] = partial(
             writer.ledger.fill, self._templates)
+        #: ``complete(tag, body, totals)``: a statement's usual end (see Session.
+        #: _statement_done) recorded and counted in one compiled call: the seq, else 0
+        #: (the caller's Python path does it). None without the compiled ledger.
+        complete = getattr(writer.ledger, "complete", None)
+        self.complete: Callable[[Any, bytes, Any], int] | None = \
+            partial(complete, self._templates) if complete is not None else None
 
     def append(self, key: Hashable, build: Callable[[], Mapping[str, Any]],
                holes: tuple[str, ...] = (), values: tuple[Any, ...] = (),

@@ -580,6 +580,18 @@ class AuditWriter:
     def _write(self, work: list[Sealed], rotations: dict[int, int]) -> int:
         """Write `work` (consecutive seqs) in order, opening segments where a header
         starts one; returns how many records are done (all of them unless the sink failed)."""
+        if not rotations:  # the usual batch, no segment starting in it: the loop below, once
+            try:
+                self.sink.write(work)
+                if self._fsync:
+                    self.sink.sync()
+                self._advance(work[-1].seq)
+            except Exception as exc:
+                self._fail(exc)
+                return 0
+            if self._error is not None:
+                self._recover()
+            return len(work)
         first, n, i = work[0].seq, len(work), 0
         try:
             while i < n:

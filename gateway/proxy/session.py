@@ -461,6 +461,11 @@ class Session:
         session that ended first)."""
         if self.audit_ctx is None:
             return
+        if mtype == 0x43 and not masked and not safety_net_hits:  # the usual end, compiled
+            templates = self._templates
+            complete = templates.complete if templates is not None else None
+            if complete is not None and complete(tag, body, self.totals) > 0:
+                return  # (0: not a kind it takes, or no template yet: the path below)
         sqlstate = error = None
         rows = None
         # CommandComplete, nothing masked or withheld by a row limit: the usual end
