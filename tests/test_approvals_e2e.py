@@ -392,6 +392,8 @@ def test_the_admin_api_shows_no_card_number_a_person_or_a_token_wrote(
 
 
 def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:
+    """/healthz answers, and /metrics counts what this test did: a statement allowed and
+    one approved (whichever tests ran before it in the module)."""
     import urllib.request
 
     base = f"http://127.0.0.1:{gw.http_port}"  # type: ignore[attr-defined]
@@ -399,6 +401,14 @@ def test_health_and_metrics_reflect_the_data_path(gw: GatewayProcess) -> None:
         assert r.status == 200
     with psycopg.connect(gw.dsn("payments"), autocommit=True, password=gw.token()) as c:
         c.execute("select 1").fetchone()
+    client = HeldClient(gw, "select secret from vault where id = 1", subject="metrics-bot")
+    try:
+        out = approvals_cli(gw, "approve", client.request_id(), "--reason", "metrics")
+        assert out.returncode == 0, out.stdout + out.stderr
+        client.finish()
+        assert client.error is None
+    finally:
+        client.close()
     with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310 (http://)
         text = r.read().decode()
     assert 'pgwarden_statements_total{outcome="allow"}' in text
