@@ -179,6 +179,7 @@ def test_full_config_loads(workdir: Path) -> None:
     assert config.policy.bundle == str(workdir / "bundles/pci.tar.gz")
     assert config.policy.verification_key == workdir / "keys/bundle-signing.pub"
     assert config.policy.allow_unsigned is False
+    assert config.policy.max_statement_size == 4 * MIB
     assert config.audit is not None
     assert config.audit.dir == workdir / "audit"
     assert config.audit.signing_key == workdir / "keys/audit-signing.pem"
@@ -496,6 +497,13 @@ MISTAKES = [
         ["allow_unsigned"],
     ),
     (
+        "statement-size",
+        BASE + "policy:\n  bundle: b.tar.gz\n  allow_unsigned: true\n  max_statement_size: 12\n",
+        "policy.max_statement_size",
+        "max_statement_size:",
+        ["1024"],
+    ),
+    (
         "no-connections",
         BASE.split("connections:")[0] + "connections: {}\n",
         "connections",
@@ -650,3 +658,10 @@ def test_a_certificate_that_cannot_be_served_is_a_config_mistake(workdir: Path, 
     if damage == "encrypted_key":
         assert "encrypted" in error.message
     assert error.line is not None and "tls:" in text.splitlines()[error.line - 1]
+
+
+def test_max_statement_size_takes_a_size(workdir: Path) -> None:
+    text = (BASE + "policy:\n  bundle: b.tar.gz\n  allow_unsigned: true\n"
+            "  max_statement_size: 16MiB\n")
+    config = load_config(write(workdir, text), env=ENV)
+    assert config.policy is not None and config.policy.max_statement_size == 16 * MIB

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgBackend, audit_yaml, executing, upstreams_for
+from conftest import PgBackend, audit_yaml, executing, read_records, upstreams_for
 from rawclient import (
     SSL_REQUEST,
     Message,
@@ -615,3 +615,35 @@ def test_memory_plateaus_over_sessions_with_new_identities_names_and_temp_tables
     r2 = rss_kb(pid)
     assert (r2 - r1) / 1024 < 25, ((r1 - r0) / 1024, (r2 - r1) / 1024)
     assert settle(lambda: fds(pid) <= f0 and backends(pg) == 0, 10)
+
+
+def test_a_statement_longer_than_the_gateway_reads_is_refused_unread(
+        pg: PgBackend, tmp_path: Path) -> None:
+    """Parsing and lexing a statement text holds its worker, every session of it, for
+    about a second per MB (a 3.5 MB INSERT ... VALUES: 4 s). A text longer than
+    policy.max_statement_size is refused with 54000 before it is read, over the simple
+    and the extended protocol, recorded by its size only; the session goes on, and a text
+    under the limit runs."""
+    import json
+
+    limit = 64 * 1024
+    policy = (f"policy:\n  bundle: {json.dumps(str(POLICY))}\n  allow_unsigned: true\n"
+              f"  max_statement_size: 64KiB\n")
+    g = GatewayProcess(tmp_path / "gw", upstreams_for(pg), policy_yaml=policy,
+                       extra_yaml=audit_yaml(tmp_path))
+    values = ",".join(["1"] * 40_000)
+    long_text = f"select holder from cards where id in ({values})"
+    assert len(long_text) > limit
+    short_text = f"select holder from cards where id in ({','.join(['1'] * 1000)})"
+    with g, psycopg.connect(g.dsn("payments"), password=g.token(), autocommit=True) as c:
+        for prepare in (False, True):  # a Query, then Parse/Bind/Execute
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded,
+                               match="longer than this gateway analyzes") as e:
+                c.execute(long_text, prepare=prepare)
+            assert "policy.max_statement_size: 65536 bytes" in str(e.value)
+            assert c.execute(short_text, prepare=prepare).fetchall() is not None
+    records = [r for r in read_records(tmp_path / "audit")
+               if r["type"] == "decision" and r.get("sqlstate") == "54000"]
+    assert len(records) == 2
+    assert all(r["sql"] == f"(a statement of {len(long_text)} bytes, not read)"
+               and r["outcome"] == "denied" for r in records)

@@ -641,6 +641,7 @@ def _policy(m: _Map) -> PolicyConfig:
         state_dir=state_dir,
         poll_interval=m.get("poll_interval", _duration, 10.0),
         run_tests=m.get("run_tests", _boolean, False),
+        max_statement_size=m.get("max_statement_size", _size, PolicyConfig.max_statement_size),
     )
 
 
@@ -799,7 +800,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
 
     policy = root.optional_map(
         "policy", ("bundle", "verification_key", "allow_unsigned", "enforce", "keyid", "scope",
-                   "state_dir", "poll_interval", "run_tests"))
+                   "state_dir", "poll_interval", "run_tests", "max_statement_size"))
     audit = root.optional_map("audit", _AUDIT_KEYS)
     return GatewayConfig(
         source=Path(os.path.abspath(path)),

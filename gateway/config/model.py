@@ -129,6 +129,9 @@ class PolicyConfig:
     poll_interval: float = 10.0
     # Run the bundle's own test_ rules before activating it (a failure rejects it).
     run_tests: bool = False
+    # Longer statement texts (Query, Parse) are refused with 54000 before they are
+    # parsed: reading one holds its worker for about a second per MB.
+    max_statement_size: int = 4 * MIB
 
 
 @dataclass(frozen=True)

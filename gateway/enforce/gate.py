@@ -27,6 +27,7 @@ from gateway.audit import records
 from gateway.audit.template import TemplateCache
 from gateway.catalog.classification import classification_of
 from gateway.catalog.model import EVERY_RELATION, FIRST_NORMAL_OID, Catalog
+from gateway.config.model import PolicyConfig
 from gateway.masking.plan import MaskPlan, MaskRefused, plan_masks, with_row_limit
 from gateway.masking.results import StatementTag
 from gateway.policy.decision import Decision
@@ -265,8 +266,12 @@ class StatementGate:
                  hash_key: bytes | None = None, audit: AuditWriter | None = None,
                  audit_ctx: AuditContext | None = None,
                  approvals: ApprovalService | None = None,
-                 approval_timeout: float = 300.0) -> None:
+                 approval_timeout: float = 300.0,
+                 max_statement_size: int = PolicyConfig.max_statement_size) -> None:
         self.facts = facts
+        # Longer statement texts are refused unread: parsing and lexing one holds the
+        # worker, every session of it, for about a second per MB.
+        self.max_statement_size = max_statement_size
         self.hash_key = hash_key
         # Every decision is an audit record, durable before the statement is forwarded (a
         # read that changes nothing: before its answers go on, see _finish_batch).
@@ -849,6 +854,9 @@ class StatementGate:
 
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog,
                     approval: dict[str, Any] | None = None) -> Verdict:
+        limit = self.max_statement_size
+        if len(sql) > limit // 4 and len(sql.encode("utf-8", "surrogatepass")) > limit:
+            return self._too_large(sql)
         audit = self.audit
         if audit is None:
             return self._decide(sql, protocol, catalog, None, approval)
@@ -881,6 +889,29 @@ class StatementGate:
         except Exception as e:
             self._reads_only = False
             return self._unrecorded(e)
+
+    def _too_large(self, sql: str) -> Verdict:
+        """The refusal of a statement text longer than policy.max_statement_size, neither
+        parsed nor lexed; its decision record describes it by its size."""
+        self._reads_only = False
+        size = len(sql.encode("utf-8", "surrogatepass"))
+        verdict = _denial(
+            "54000", f"a statement of {size} bytes is longer than this gateway analyzes "
+            f"(policy.max_statement_size: {self.max_statement_size} bytes)",
+            hint="send bulk data with COPY, or split the statement")
+        audit, ctx = self.audit, self.audit_ctx
+        if audit is None or ctx is None:
+            return verdict
+        assert verdict.error is not None
+        try:
+            self._last_seq = audit.append(records.decision_record(
+                ctx, redacted_sql=f"(a statement of {size} bytes, not read)",
+                outcome="denied", reasons=[verdict.error.message], sqlstate="54000"),
+                wake=False)  # written by write_through() in _review
+        except Exception as e:
+            return self._unrecorded(e)
+        self.recorded["denied"] += 1
+        return verdict
 
     def _unrecorded(self, e: Exception) -> Verdict:
         """The refusal of a statement whose decision record could not be appended:

@@ -14,7 +14,7 @@ from gateway.admin import metrics
 from gateway.audit import AuditContext, AuditError, AuditUnavailable, records
 from gateway.audit.redact import scrub
 from gateway.audit.template import TemplateCache
-from gateway.config.model import ConnectionConfig
+from gateway.config.model import ConnectionConfig, GatewayConfig, PolicyConfig
 from gateway.enforce.catalog_cache import CatalogUnavailable
 from gateway.enforce.gate import StatementGate
 from gateway.enforce.input_doc import SessionFacts, printable, reported_name
@@ -51,6 +51,12 @@ _MAX_PASSWORD_MESSAGE = 64 * 1024
 REFUSING_SECONDS = 2.0
 # The fields of a statement completion that change between records of one shape.
 _STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
+
+
+def max_statement_size(config: GatewayConfig) -> int:
+    """policy.max_statement_size (its default without a policy section)."""
+    policy = config.policy
+    return (policy or PolicyConfig("")).max_statement_size
 
 
 class SessionFailure(Exception):
@@ -375,7 +381,8 @@ class Session:
                              hash_key=hash_key.reveal().encode() if hash_key else None,
                              audit=audit, audit_ctx=self.audit_ctx,
                              approvals=self.server.approvals,
-                             approval_timeout=self.server.config.approvals.timeout)
+                             approval_timeout=self.server.config.approvals.timeout,
+                             max_statement_size=max_statement_size(self.server.config))
         gate.on_renamed = self._renamed
         gate.startup(params)
         for name, value in link.parameters:
