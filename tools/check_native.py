@@ -33,7 +33,7 @@ TESTS = ["tests/test_rowwalk_native.py", "tests/test_result_masking_units.py",
          "tests/test_framing_native.py", "tests/test_single_run_native.py", "tests/test_wire.py",
          "tests/test_seal_native.py",
          "tests/test_audit_template.py", "tests/test_audit_ledger.py",
-         "tests/test_statement_done_native.py",
+         "tests/test_statement_done_native.py", "tests/test_audit_filesink_native.py",
          "tests/test_audit_writer.py", "tests/test_shape_native.py",
          "tests/test_policy_input_native.py", "tests/test_safety_net_native.py"]
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
