@@ -56,7 +56,7 @@ _STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
 def max_statement_size(config: GatewayConfig) -> int:
     """policy.max_statement_size (its default without a policy section)."""
     policy = config.policy
-    return (policy or PolicyConfig("")).max_statement_size
+    return policy.max_statement_size if policy is not None else PolicyConfig.max_statement_size
 
 
 class SessionFailure(Exception):
