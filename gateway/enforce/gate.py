@@ -590,13 +590,14 @@ class StatementGate:
             return Bind(portal, marker, (), (), ()).encode()
         return Describe("S", marker).encode()
 
-    def _refused(self, verdict: Verdict, command: str, *, sql: str | None = None,
+    def _refused(self, verdict: Verdict, command: str | None, *, sql: str | None = None,
                  described: str | None = None) -> Verdict:
         """`verdict`, a refusal of a protocol message the policy never saw, once its
         decision record is appended (as `_record` does for a statement refused before the
         policy ran): the trail shows every refused attempt, not only the statements the
-        policy decided. `sql`: the message's SQL text (redacted here); `described`: for
-        a message with none, what it asked for. The batch is then written before it is
+        policy decided. `command`: the message type (None: a statement text refused
+        unread). `sql`: the message's SQL text (redacted here); `described`: for a
+        message with none, what it asked for. The batch is then written before it is
         forwarded (`_finish_batch`), so the record is durable before the client sees the
         refusal; when it cannot be appended the refusal becomes 58030, as for any
         statement while the trail fails."""
@@ -855,8 +856,10 @@ class StatementGate:
     def _decide_sql(self, sql: str, protocol: str, catalog: Catalog,
                     approval: dict[str, Any] | None = None) -> Verdict:
         limit = self.max_statement_size
-        if len(sql) > limit // 4 and len(sql.encode("utf-8", "surrogatepass")) > limit:
-            return self._too_large(sql)
+        if len(sql) > limit // 4:  # (a character is at most 4 bytes: shorter texts fit)
+            size = len(sql.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                return self._too_large(size)
         audit = self.audit
         if audit is None:
             return self._decide(sql, protocol, catalog, None, approval)
@@ -890,28 +893,14 @@ class StatementGate:
             self._reads_only = False
             return self._unrecorded(e)
 
-    def _too_large(self, sql: str) -> Verdict:
-        """The refusal of a statement text longer than policy.max_statement_size, neither
-        parsed nor lexed; its decision record describes it by its size."""
-        self._reads_only = False
-        size = len(sql.encode("utf-8", "surrogatepass"))
-        verdict = _denial(
+    def _too_large(self, size: int) -> Verdict:
+        """The refusal of a statement text of `size` bytes, longer than
+        policy.max_statement_size, neither parsed nor lexed: recorded by its size."""
+        return self._refused(_denial(
             "54000", f"a statement of {size} bytes is longer than this gateway analyzes "
             f"(policy.max_statement_size: {self.max_statement_size} bytes)",
-            hint="send bulk data with COPY, or split the statement")
-        audit, ctx = self.audit, self.audit_ctx
-        if audit is None or ctx is None:
-            return verdict
-        assert verdict.error is not None
-        try:
-            self._last_seq = audit.append(records.decision_record(
-                ctx, redacted_sql=f"(a statement of {size} bytes, not read)",
-                outcome="denied", reasons=[verdict.error.message], sqlstate="54000"),
-                wake=False)  # written by write_through() in _review
-        except Exception as e:
-            return self._unrecorded(e)
-        self.recorded["denied"] += 1
-        return verdict
+            hint="send bulk data with COPY, or split the statement"),
+            None, described=f"(a statement of {size} bytes, not read)")
 
     def _unrecorded(self, e: Exception) -> Verdict:
         """The refusal of a statement whose decision record could not be appended:
