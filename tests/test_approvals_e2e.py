@@ -492,6 +492,32 @@ def test_min_approvals_from_the_decision_needs_two_approvers(gw: GatewayProcess)
         client.close()
 
 
+def test_the_admin_api_of_a_single_worker_lists_terminates_and_reloads(
+        gw: GatewayProcess) -> None:
+    """One worker has no siblings to ask: its sessions are the gateway's, an unknown
+    session is not found, and a reload is this worker's."""
+    import grpc
+
+    from gateway.admin import admin_pb2 as pb
+    from gateway.admin import admin_pb2_grpc
+
+    auth = [("authorization", "Bearer " + gw.token(subject="root", groups=("gw-admins",)))]
+    with psycopg.connect(gw.dsn("payments"), password=gw.token(subject="lister"),
+                         autocommit=True) as c, \
+            grpc.insecure_channel(f"127.0.0.1:{gw.admin_port}") as channel:  # type: ignore[attr-defined]
+        c.execute("select 1")
+        stub = admin_pb2_grpc.AdminStub(channel)
+        sessions = stub.ListSessions(pb.ListSessionsRequest(), metadata=auth).sessions
+        assert "lister" in {s.subject for s in sessions}
+        with pytest.raises(grpc.RpcError) as e:
+            stub.TerminateSession(pb.TerminateSessionRequest(id="0" * 16, reason="test"),
+                                  metadata=auth)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert stub.ReloadBundle(pb.ReloadBundleRequest(), metadata=auth).status \
+            in ("unchanged", "activated")
+        assert c.execute("select 2").fetchone() == (2,)
+
+
 def test_admin_api_lists_and_terminates_sessions_of_every_worker(
         pg: PgBackend, tmp_path_factory: pytest.TempPathFactory) -> None:
     import grpc

@@ -81,8 +81,8 @@ class GatewayAdminBackend:
         """Every sibling's answer by its worker id, asked all at once; one that is gone or
         busy has none."""
         server = self.server
-        if server.peer_dir is None:
-            return []
+        if server.peer_dir is None:  # (one worker: no siblings)
+            return {}
         peer_dir = server.peer_dir
 
         async def ask(k: int) -> dict[str, Any] | None:
