@@ -15,4 +15,3 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     # libpq 17+ offers ALPN "postgresql"; clients that offer nothing are still accepted.
     ctx.set_alpn_protocols(["postgresql"])
     return ctx
-
