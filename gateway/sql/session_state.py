@@ -135,8 +135,10 @@ class SessionSqlState:
         # protocol FETCH or EXECUTE decided before may no longer be what a Bind of it runs
         # (stale; and see schema_writes). bind_check: Binds must be looked at.
         self.names_version = 0
-        # the relation names each allowed schema change wrote, in order (None: any)
+        # the relation names each allowed schema change wrote, in order (None: any), from
+        # the session's schema change number _schema_base on (see MAX_SCHEMA_WRITES)
         self.schema_writes: list[frozenset[str] | None] = []
+        self._schema_base = 0
         self.bind_check = False
         self.temp_relations: dict[str, Relation] = {}
         # Non-temp relations created earlier in the same query string (scratch copies only;
@@ -248,7 +250,8 @@ class SessionSqlState:
         relations it reads."""
         self.prepared[name] = PreparedStatement(
             name, sql, "protocol", self.path_candidates(),
-            self.names_version if names else None, len(self.schema_writes), reads)
+            self.names_version if names else None,
+            self._schema_base + len(self.schema_writes), reads)
 
     def stale(self, name: str) -> str | None:
         """Why protocol statement `name` may run something other than what it was decided
@@ -263,7 +266,11 @@ class SessionSqlState:
         if ps.names_at is not None and ps.names_at != self.names_version:
             return ("names a cursor or SQL prepared statement that was declared, prepared or "
                     "closed since it was decided")
-        for written in self.schema_writes[ps.schema_at:]:
+        since = ps.schema_at - self._schema_base
+        if since < 0:
+            return ("was decided before a schema change in this session that the gateway "
+                    f"no longer tells apart (it follows {MAX_SCHEMA_WRITES} at a time)")
+        for written in self.schema_writes[since:]:
             if written is None or written & ps.reads or ps.names_at is not None:
                 return ("reads a relation a schema change in this session changed since it "
                         "was decided")
@@ -355,6 +362,12 @@ class SessionSqlState:
             self._bump()
             # (by name: a new temp table shadows a table of its name in any schema)
             self.schema_writes.append(frozenset(n for _, n in written) if written else None)
+            if len(self.schema_writes) > MAX_SCHEMA_WRITES:
+                # Forgotten, so that memory and each Bind's check stay bounded in a
+                # session that runs DDL without end (a staging table per job, say): a
+                # statement decided before them is stale from now on, never fresh.
+                self._schema_base += len(self.schema_writes)
+                self.schema_writes = []
             self.bind_check = self.bind_check or bool(self.prepared)
         if not self.any_path and may_set_path(info):
             self.any_path = True
@@ -400,6 +413,7 @@ class SessionSqlState:
         new.path_reported = self.path_reported
         new.path_moved = self.path_moved
         new.names_version, new.schema_writes = self.names_version, self.schema_writes
+        new._schema_base = self._schema_base
         new.bind_check = self.bind_check
         new._reported_path = self._reported_path
         new._reported_unreadable = self._reported_unreadable
@@ -547,6 +561,9 @@ class SessionSqlState:
 # one (a FETCH would be masked as a query it no longer knows of) or grow without bound.
 MAX_CURSOR_HISTORY = 32
 MAX_NAMES = 4096
+# The schema changes of a session a protocol statement's Bind is checked against (stale)
+# before the gateway forgets them, and takes every statement decided before as stale.
+MAX_SCHEMA_WRITES = 1024
 
 # What a cursor or SQL prepared statement name means: a FETCH or EXECUTE prepared over the
 # protocol before one of these may run something else at its next Bind.
