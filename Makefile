@@ -41,8 +41,8 @@ check-native: $(STAMP)
 PROTOS := gateway/admin/admin.proto gateway/admin/health.proto
 
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTOS)
-	sed -i '1i # ruff: noqa' $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	sed -i '1i # ruff: noqa' $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2.pyi) $(PROTOS:.proto=_pb2_grpc.py)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
