@@ -55,7 +55,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self.services = {"", *services}
         self.watch_interval = watch_interval
 
-    def _status(self, service: str) -> int:
+    def _status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus:
         if service not in self.services:
             return _STATUS.SERVICE_UNKNOWN
         return _STATUS.SERVING if self.health.ok else _STATUS.NOT_SERVING

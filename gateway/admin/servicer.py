@@ -314,7 +314,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListSessions(self, request: pb.ListSessionsRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListSessionsResponse:
         await self._admin(context, "ListSessions")
-        sessions = await _maybe(self.backend.list_sessions())
+        sessions: Iterable[Any] = await _maybe(self.backend.list_sessions())
         return pb.ListSessionsResponse(sessions=[_session_pb(s) for s in sessions])
 
     @_counted("TerminateSession")

@@ -55,9 +55,13 @@ def rfc3339(ts: float | None) -> str | None:
 class ApproverIdentity(Protocol):
     """What approve/deny need of an identity (gateway.identity.model.Identity fits)."""
 
-    subject: str
-    issuer: str
-    groups: tuple[str, ...]
+    # (read-only: Identity is a frozen dataclass)
+    @property
+    def subject(self) -> str: ...
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
 
 
 class ApprovalError(Exception):

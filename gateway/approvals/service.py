@@ -311,7 +311,8 @@ class ApprovalService:
         event = asyncio.Event()
         self._waiters.setdefault(request_id, set()).add(event)
         try:
-            req = await self._get_or_raise(request_id)
+            req: ApprovalRequest | None = await self._get_or_raise(request_id)
+            assert req is not None  # (it raises instead)
             deadline = req.expires_at
             if timeout is not None:
                 deadline = min(deadline, self.clock() + timeout)

@@ -107,8 +107,9 @@ class FragmentEncoder:
         self._frags: list[str] = []
         make = getattr(_json_encoder, "c_make_encoder", None)
         if make is not None:
-            c_enc = make(None, self._default, _json_encoder.c_encode_basestring, None, ":", ",",
-                         True, False, False)
+            c_enc = make(None, self._default,
+                         _json_encoder.c_encode_basestring,  # type: ignore[attr-defined]
+                         None, ":", ",", True, False, False)
             self._chunks = lambda obj: c_enc(obj, 0)
         else:  # pragma: no cover - CPython always has the C encoder
             py = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,

@@ -19,6 +19,7 @@ found errors), 2 a usage or input error with a message that says what to fix.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -311,7 +312,7 @@ def cmd_inspect(
     }
     status = 0
     if key is not None:
-        status = cmd_verify(bundle, key, out=_Null(), err=err)
+        status = cmd_verify(bundle, key, out=io.StringIO(), err=err)
         doc_out["verified"] = status == 0
         if signer is not None and "error" not in signer:
             signer["verified"] = status == 0
@@ -355,14 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     register_policy_check(pol.add_subparsers(dest="action", required=True))
     args = parser.parse_args(argv)
     return int(args.handler(args))
-
-
-class _Null:
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 if __name__ == "__main__":

@@ -7,10 +7,19 @@ a database password, and run its queries over TLS.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
 Say = Callable[[str], None]
+
+
+def _scalar(cur: psycopg.Cursor[Any]) -> Any:
+    """The first column of the one row `cur` returned."""
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the query returned no row")
+    return row[0]
 
 
 def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
@@ -19,15 +28,15 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
 
     say("1. connect with the workload JWT as the password (sslmode=require)")
     with psycopg.connect(dsn, password=token, application_name="ci-nightly-report") as conn:
-        who = conn.execute("select current_user").fetchone()
+        who = _scalar(conn.execute("select current_user"))
         tls = conn.info.pgconn.ssl_in_use
-        say(f"   connected over TLS={tls}; upstream role is {who[0]!r} "
+        say(f"   connected over TLS={tls}; upstream role is {who!r} "
             "(the job never saw its password)")
         if not tls:
             problems.append("the session is not encrypted")
 
         say("2. read: card count and spend per card holder")
-        n = conn.execute("select count(*) from cards").fetchone()[0]
+        n = _scalar(conn.execute("select count(*) from cards"))
         rows = conn.execute(
             "select c.holder, count(t.id), sum(t.amount) "
             "from cards c join transactions t on t.card_id = c.id "
@@ -43,7 +52,7 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
                     conn.execute("insert into transactions (card_id, amount) values (999, 1)")
             except psycopg.errors.ForeignKeyViolation:
                 say("   a bad row was refused by the database (foreign key) and rolled back")
-        total = conn.execute("select count(*) from transactions").fetchone()[0]
+        total = _scalar(conn.execute("select count(*) from transactions"))
         say(f"   transactions now: {total}")
 
         say("4. export with COPY ... TO STDOUT (csv)")
@@ -58,7 +67,7 @@ def run_ci_job(dsn: str, token: str, expired_token: str, say: Say) -> list[str]:
         with conn.cursor(binary=True) as cur:
             cur.execute("select sum(amount) from transactions where card_id = %s", (1,),
                         prepare=True)
-            say(f"   card 1 spend: {cur.fetchone()[0]}")
+            say(f"   card 1 spend: {_scalar(cur)}")
 
         say("6. masking: card numbers leave the gateway masked, whatever the client asks")
         rows = conn.execute("select holder, pan as card from cards order by id limit 3"

@@ -36,7 +36,8 @@ def _say(text: str) -> None:
 
 def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
     own_dir = directory is None
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-demo-")) if own_dir else Path(directory)
+    base = Path(directory) if directory is not None else \
+        Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     _say(f"pgwarden demo — working directory {base}")
     pg = EmbeddedPostgres(base / "postgres")
@@ -101,7 +102,8 @@ def run_demo(keep_serving: bool = False, directory: str | None = None) -> int:
             gw.stop()  # seals the audit trail with its shutdown checkpoint
             _say("\nthe evidence (the gateway stopped, sealing its audit trail):")
             # its log as a SIEM would keep it: the checkpoints it logged anchor the trail
-            gw.wait_for_log(lambda d: d.get("event") == "audit.checkpoint" and d.get("final"))
+            gw.wait_for_log(lambda d: d.get("event") == "audit.checkpoint"
+                            and bool(d.get("final")))
             shipped = base / "gateway.log"
             shipped.write_text(gw.log_text() + "\n")
             problems += audit_evidence(audit_dir, audit_pub, _say, anchors=shipped)

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -729,7 +729,8 @@ class StatementGate:
         self.held = req.id
         waiting = asyncio.ensure_future(svc.wait(req.id, timeout=self.approval_timeout))
         try:
-            await asyncio.wait({waiting, relay.done}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {waiting, relay.done}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.held = None
         if not waiting.done():  # the session ended while held (the session withdrew it
@@ -973,7 +974,7 @@ class StatementGate:
             # written by write_through() in _review
             key = None if refused or templates is None else \
                 _template_key(ctx, decision, doc, digest, redacted)
-            if key is None:
+            if key is None or templates is None:
                 seq = audit.append(build(), wake=False)
             else:
                 seq = templates.append(key, build, pin=decision, wake=False)
@@ -1161,7 +1162,7 @@ class StatementGate:
         self._by_text[(sql, protocol)] = repeat
 
     def _kept_query(self, raw: bytes, frames: list[Frame], relay: Relay, catalog: Catalog
-                    ) -> bytes | Awaitable[bytes] | None:
+                    ) -> bytes | Awaitable[bytes] | Split | None:
         """`review` of a one-Query batch whose text has the shape of a plain allow kept
         by this session, found by one compiled call from the message's bytes: what the
         full path would answer, without it. None when the full path has to look (no C
@@ -1199,8 +1200,10 @@ class StatementGate:
         """Write the decision records appended so far, before answers go to the client:
         False when they cannot be written now (the relay then fails closed)."""
         audit = self.audit
-        return audit is None or self._last_seq <= self._ledger.durable or \
-            audit.write_through()  # type: ignore[union-attr]
+        if audit is None:
+            return True
+        ledger = self._ledger  # (there with an audit trail)
+        return (ledger is not None and self._last_seq <= ledger.durable) or audit.write_through()
 
     def _may_repeat(self, engine: PolicyEngine, catalog: Catalog) -> bool:
         # (at debug level every decision is logged: no shortcut)
@@ -1418,7 +1421,7 @@ def _unseen_names(infos: tuple[StatementInfo, ...], everything: bool) -> Verdict
     return None
 
 
-def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: bool
+def _statement_names(infos: Sequence[StatementInfo], state: SessionSqlState, runs: bool
                      ) -> Verdict | None:
     """What the policy is not asked about, because the gateway would not know what runs:
     SQL PREPARE of a name already in use, in a query string (`runs`: decided as it runs;
@@ -1447,6 +1450,7 @@ def _statement_names(infos: list[StatementInfo], state: SessionSqlState, runs: b
             origin = {name: ps.origin for name, ps in state.prepared.items()}
         for effect in info.effects:
             if effect.op == "prepare":
+                assert effect.name is not None  # (a PREPARE always names its statement)
                 if runs and effect.name in origin:
                     return _denial("42P05",
                                    f'prepared statement "{effect.name}" already exists')

@@ -98,6 +98,7 @@ def _parse_key(entry: Any, allowed: frozenset[str] | None) -> JwksKey | None:
             alg is not None and not isinstance(alg, str)):
         return None
     public = {k: v for k, v in entry.items() if k not in _PRIVATE_MEMBERS}
+    key: Any  # RSA, EC or OKP: a cryptography public key
     try:
         if kty == "RSA":
             key = RSAAlgorithm.from_jwk(public)
@@ -251,7 +252,7 @@ class JwksSource:
 
     def _read_file(self, path: Path) -> bytes:
         with open(path, "rb") as f:
-            return self._capped(f.read(self._max_bytes + 1))
+            return bytes(self._capped(f.read(self._max_bytes + 1)))  # (bytes: no copy)
 
     def _fetch_url(self, url: str) -> bytes:
         # The scheme was checked to be http(s) in __init__.

@@ -375,7 +375,7 @@ def _splice_rows(buf: bytearray, start: int, stop: int,
     """buf[start:stop] with the rebuilt rows in place of theirs."""
     if not rebuilt:
         return bytes(memoryview(buf)[start:stop])
-    out: list[bytes] = []
+    out: list[bytes | bytearray] = []
     last = start
     for row_start, row_end, message in rebuilt:
         out += [buf[last:row_start], message]
@@ -387,7 +387,7 @@ def _splice_rows(buf: bytearray, start: int, stop: int,
 def _rebuild_row(buf: bytearray, pos: int, end: int,
                  changes: list[tuple[int, int, bytes | None]]) -> bytes:
     """One DataRow with fields [start, end) replaced (None: SQL NULL)."""
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     last = pos + 5
     for start, stop, new in changes:
         parts += [buf[last:start],

@@ -209,7 +209,7 @@ def compile_error(
         return PolicyCompileError(fallback_file, text)
     file, offset, msg = errors[0]
     line = col = None
-    if file in modules and offset is not None:
+    if file is not None and file in modules and offset is not None:
         line, col = _line_col(modules[file], offset)
     elif file not in modules:
         file = fallback_file if file is None else file

@@ -556,7 +556,9 @@ class Relay:
             self.client.write(b"".join(notices))
         if self.safety_error:
             # Whether what the client has received so far ends between two messages.
-            self._client_at_boundary = self.observer.at_boundary() and not self.safety.holding()
+            # (safety_error: a safety net is there)
+            self._client_at_boundary = self.observer.at_boundary() and not (
+                self.safety is not None and self.safety.holding())
 
     def _result_ended(self, tag: StatementTag, mtype: int, body: bytes,
                       counts: dict[str, int], returned: int | None = None) -> None:

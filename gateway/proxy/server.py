@@ -231,15 +231,17 @@ class GatewayServer:
         from gateway.admin.health import Health  # imports grpc: only in workers
 
         self.health = Health()
-        try:
-            await self.approvals.start()
-        except Exception as e:  # e.g. a read-only state directory for the SQLite store
-            # The gateway still serves; statements a policy holds are refused (fail
-            # closed) with a message saying approvals are unavailable.
-            logs.error("approvals.unavailable", worker=self.worker_id,
-                       error=f"{type(e).__name__}: {e}"[:300])
-            await self.approvals.close()
-            self.approvals = None
+        starting = self.approvals
+        if starting is not None:
+            try:
+                await starting.start()
+            except Exception as e:  # e.g. a read-only state directory for the SQLite store
+                # The gateway still serves; statements a policy holds are refused (fail
+                # closed) with a message saying approvals are unavailable.
+                logs.error("approvals.unavailable", worker=self.worker_id,
+                           error=f"{type(e).__name__}: {e}"[:300])
+                await starting.close()
+                self.approvals = None
         if self.approvals is not None:
             approvals = self.approvals
             self.health.add_check("approvals", approvals.healthy)

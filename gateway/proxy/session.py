@@ -154,12 +154,13 @@ class Session:
             recorded = getattr(self.relay.gate, "recorded", None) if self.relay else None
             if recorded is not None:  # the decision records of what never ran
                 self.totals.denied, self.totals.held = recorded["denied"], recorded["held"]
-            gate = self.relay.gate if self.relay is not None else None
+            relay = self.relay
+            gate = relay.gate if relay is not None else None
             task = asyncio.current_task()
             if isinstance(gate, StatementGate) and gate.held is not None and \
-                    not (task is not None and task.cancelling()):
+                    relay is not None and not (task is not None and task.cancelling()):
                 try:  # (its record before this session's end)
-                    await asyncio.wait_for(gate.end_hold(self.relay.end_sqlstate), 5)
+                    await asyncio.wait_for(gate.end_hold(relay.end_sqlstate), 5)
                 except Exception as e:
                     logs.error("approval.withdraw_failed", session=self.id,
                                error=type(e).__name__)
@@ -441,9 +442,10 @@ class Session:
         """The gate followed the server to a new application_name: this session's own
         records (its statements', its end) carry it from here on too."""
         self.application_name = name
-        if ctx is not None:
+        audit = self.server.audit
+        if ctx is not None and audit is not None:  # (a ctx comes with an audit trail)
             self.audit_ctx = ctx
-            self._templates = TemplateCache(self.server.audit)
+            self._templates = TemplateCache(audit)
 
     def _audit(self, record: dict[str, Any], *, wake: bool = True, owed: bool = False
                ) -> bool:

@@ -634,11 +634,11 @@ def _copy(v: Node, ctx: _Ctx, sql: str) -> _Desc:
         cols = [a["String"]["sval"] for a in v.get("attlist", ()) if "String" in a] or \
             list(rte.colnames)
         for col in cols:
-            lin = w.target_column(rte, col, "insert" if is_from else "output")
-            if lin is None:
+            copied = w.target_column(rte, col, "insert" if is_from else "output")
+            if copied is None:
                 continue
             if not is_from:
-                d.outputs.append((col, lin))
+                d.outputs.append((col, copied))
         where = v.get("whereClause")
         if where is not None:
             scope = Scope(None)

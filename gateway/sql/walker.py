@@ -25,7 +25,7 @@ in ``unresolved``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..catalog.model import FIRST_NORMAL_OID, SYSTEM_SCHEMAS, Catalog, Relation
@@ -107,12 +107,12 @@ class Facts:
             entry[0].update(access)
             if write:
                 entry[0].add("write")
-        for key, usage in other.columns.items():
+        for column, usage in other.columns.items():
             if not usage:
                 continue  # only exposed by the view; listed if the statement uses it
-            mine = self.columns.get(key)
+            mine = self.columns.get(column)
             if mine is None:
-                self.columns[key] = set(usage)
+                self.columns[column] = set(usage)
             else:
                 mine.update(usage)
         self.functions.update(other.functions)
@@ -261,9 +261,9 @@ class Walker:
         for key in lin:
             if len(key) != 3:
                 key = key[:3]
-            s = cols.get(key)
+            s = cols.get(key)  # type: ignore[arg-type]
             if s is None:
-                cols[key] = {usage}
+                cols[key] = {usage}  # type: ignore[index]
             else:
                 s.add(usage)
         if usage in READ_USAGES:
@@ -279,7 +279,7 @@ class Walker:
             if len(key) != 3:
                 key = key[:3]
             if key not in cols:
-                cols[key] = set()
+                cols[key] = set()  # type: ignore[index]
 
     def function(self, names: list[str], nargs: int) -> None:
         if not names:
@@ -325,16 +325,17 @@ class Walker:
             # one, a search path not settled: see Catalog.relation_candidates): report
             # them all, and a column by its name comes from any that has it.
             lineage = list(lineage)
-            columns = list(columns)
+            merged = list(columns)
             for other in rels[1:]:
                 other_lin = self.relation_lineage(other, access)
                 for col, extra in zip(other.columns, other_lin, strict=False):
-                    if col in columns:
-                        i = columns.index(col)
+                    if col in merged:
+                        i = merged.index(col)
                         lineage[i] = lineage[i] | extra
                     else:
-                        columns.append(col)
+                        merged.append(col)
                         lineage.append(extra)
+            columns = tuple(merged)
         rte = Rte(name, columns, lineage, schema=primary.schema)
         rte.relation = primary
         rte.rename(alias)
@@ -364,10 +365,10 @@ class Walker:
             return [whole] * len(rel.columns)
         key = ("lineage", rel.schema, rel.name, rel.oid)
         cache = self.cat.cache
-        lin = cache.get(key)
-        if lin is None:
-            lin = cache[key] = _own_lineage(rel)
-        return lin
+        cached: list[Lineage] | None = cache.get(key)
+        if cached is None:
+            cached = cache[key] = _own_lineage(rel)
+        return cached
 
     def view_template(self, rel: Relation) -> ViewTemplate:
         key = ("view", rel.schema, rel.name, rel.oid, rel.view_sql)
@@ -418,7 +419,7 @@ class Walker:
         """A view written through is also read when the statement reads its columns."""
         for key, lin in self._view_targets:
             cols = self.f.columns
-            if any(cols.get(c[:3], set()) & READ_USAGES for c in lin):
+            if any(cols.get(c[:3], set()) & READ_USAGES for c in lin):  # type: ignore[arg-type]
                 self.f.relations[key][0].add("read")
         self._view_targets.clear()
 
@@ -525,9 +526,9 @@ class Walker:
         if op != "SETOP_NONE":
             ln, ll = self.select(v["larg"], base)
             _rn, rl = self.select(v["rarg"], base)
-            lineage = _union_positional(ll, rl)
-            self.tail(v, None, ln, lineage)
-            return ln, lineage
+            both = _union_positional(ll, rl)
+            self.tail(v, None, ln, both)
+            return ln, both
         values = v.get("valuesLists")
         if values is not None:
             lineage: list[Lineage] = []
@@ -829,8 +830,8 @@ class Walker:
         sel = v.get("selectStmt")
         if sel is not None:
             _n, source = self.query(sel, base)
-            for lin in source:
-                self.use(lin, "output")
+            for given in source:
+                self.use(given, "output")
         cols = v.get("cols")
         tcols = [c["ResTarget"]["name"] for c in cols] if cols else list(target.colnames)
         excluded: dict[str, Lineage] = {}
@@ -1038,6 +1039,7 @@ class Walker:
 
     def generic(self, v: Any, scope: Scope | None) -> Lineage:
         out: Lineage = EMPTY
+        values: Iterable[Any]
         if type(v) is dict:
             if "typeName" in v:  # a value coerced to a named type (JSON ... RETURNING t,
                 self.f.may_change = True  # a JSON_TABLE column): its input, its CHECK
@@ -1062,11 +1064,11 @@ class Walker:
     def _column_ref(self, v: Node, scope: Scope | None) -> Lineage:
         fields = v.get("fields", ())
         if fields and "A_Star" in fields[-1]:  # rel.* inside an expression: a row value
-            lin = EMPTY
+            row = EMPTY
             for _n, l2 in self.star_entries(fields, scope):
-                lin = lin | l2
-            self.touch(lin)
-            return derive(lin)
+                row = row | l2
+            self.touch(row)
+            return derive(row)
         names = [f["String"]["sval"] for f in fields if "String" in f]
         lin = self.resolve_column(names, scope)
         if lin is None:
@@ -1432,8 +1434,8 @@ def _figure(node: Node | None, sublinks: Mapping[int, list[str]] | None
         if kind == "ARRAY_SUBLINK":
             return 2, "array"
         if kind == "EXPR_SUBLINK":
-            names = sublinks.get(id(v)) if sublinks is not None else None
-            name = names[0] if names else _first_column(v.get("subselect"))
+            known = sublinks.get(id(v)) if sublinks is not None else None
+            name = known[0] if known else _first_column(v.get("subselect"))
             return (2, name) if name is not None else (0, None)
         return 0, None
     if t == "MinMaxExpr":

@@ -35,7 +35,7 @@ class Authentication:
 
     def sasl_mechanisms(self) -> list[str]:
         r = Reader(self.data)
-        out = []
+        out: list[str] = []
         while True:
             m = r.cstring()
             if not m:

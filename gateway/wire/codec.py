@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import struct
 
 from .errors import ProtocolViolation
@@ -56,7 +57,7 @@ class Reader:
         self._pos += n
         return bytes(out)
 
-    def rest(self) -> bytes:
+    def rest(self) -> builtins.bytes:  # (`bytes` is the method above, in this class)
         out = self._data[self._pos :]
         self._pos = len(self._data)
         return bytes(out)
@@ -69,7 +70,7 @@ class Reader:
         self._pos = end + 1
         return utf8(raw)
 
-    def nullable_bytes(self) -> bytes | None:
+    def nullable_bytes(self) -> builtins.bytes | None:
         n = self.int32()
         if n == -1:
             return None
