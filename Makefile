@@ -21,10 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check gateway tests tools
+	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests tools
+	$(BIN)/mypy
 
 # The benchmark wants Debian's pgbouncer and an SSL-capable pgbench (postgresql-client-15).
 bench: $(STAMP)
@@ -45,5 +47,5 @@ proto: $(STAMP)
 	sed -i '1i # ruff: noqa' $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2.pyi) $(PROTOS:.proto=_pb2_grpc.py)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find gateway -name '*.so' -delete
