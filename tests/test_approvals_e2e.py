@@ -78,8 +78,13 @@ def deny_and_finish(gw: GatewayProcess, client: HeldClient, rid: str, reason: st
 
 
 def audit_trail(gw: GatewayProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for f in gw.audit_dir.glob("*.jsonl")  # type: ignore[attr-defined]
-            for line in f.read_text().splitlines()]
+    """The records in the running gateway's audit files: the complete lines (one without
+    its newline yet is being written as this reads)."""
+    records = []
+    for f in sorted(gw.audit_dir.glob("*.jsonl")):  # type: ignore[attr-defined]
+        text = f.read_text()
+        records += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+    return records
 
 
 def requested_record(gw: GatewayProcess, rid: str) -> dict[str, Any]:
