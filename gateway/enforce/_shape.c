@@ -34,7 +34,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_CONSTANTS 4096
+/* A bulk INSERT of a few MB has hundreds of thousands of constants: pglast's lexer takes
+ * ~0.5 s per MB of them (a Python object per token), holding the event loop its session
+ * shares; here they cost milliseconds. The bound keeps the spans' memory (24 bytes each)
+ * below what pglast's tokens of the same text would take; past it, pglast. */
+#define MAX_CONSTANTS (1 << 20)
 
 typedef struct {
     Py_ssize_t start, end; /* [start, end) in the text */

@@ -270,7 +270,7 @@ class StatementGate:
                  max_statement_size: int = PolicyConfig.max_statement_size) -> None:
         self.facts = facts
         # Longer statement texts are refused unread: parsing and lexing one holds the
-        # worker, every session of it, for about a second per MB.
+        # worker, every session of it, for about 0.6 s per MB.
         self.max_statement_size = max_statement_size
         self.hash_key = hash_key
         # Every decision is an audit record, durable before the statement is forwarded (a
