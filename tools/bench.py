@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # Run as a plain script (`python tools/bench.py`): make the checkout importable even when the
 # project isn't installed into the venv.
@@ -212,7 +212,8 @@ def start_pgbouncer(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
     for path in (d, *d.iterdir()):
         if user is not None:
             os.chown(path, user.pw_uid, user.pw_gid)
-    creds = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    creds: dict[str, Any] = \
+        {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
     with (d / "pgbouncer.log").open("wb") as log:
         proc = subprocess.Popen([str(PGBOUNCER), str(d / "pgbouncer.ini")], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **creds)
@@ -474,7 +475,8 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                 if base == gw_name or not other or len(other) != len(gw) or not all(other):
                     continue
                 each = sorted(g / o for g, o in zip(gw, other, strict=True))
-                row[f"/{base}"] = round(lower_median(each), 3)
+                mid: float = lower_median(each)
+                row[f"/{base}"] = round(mid, 3)
                 row[f"/{base} range"] = (round(each[0], 3), round(each[-1], 3))
             rows.append(row)
     return rows

@@ -108,6 +108,7 @@ def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
         session.totals = records.SessionTotals()
         session._templates = TemplateCache(writer)
         session.server = type("Server", (), {"audit": writer})()
+        assert ctx is not None  # (made above, with the writer)
         session._audit(records.session_start(ctx))
         on_result = session._statement_done
     client, upstream = Endpoint(), Endpoint()
