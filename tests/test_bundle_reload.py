@@ -331,6 +331,31 @@ def test_reload_now_results_and_event_hook(tmp_path: Path,
     assert reloader.status()["activations"] == 2 and reloader.status()["rejections"] == 1
 
 
+def test_a_key_file_gone_at_reload_rejects_the_bundle_until_it_is_back(
+        tmp_path: Path, signer: tuple[ec.EllipticCurvePrivateKey, Path]) -> None:
+    """The key is read once per reload: gone, the new bundle is rejected naming the key
+    file (the one serving stays); back, the same bundle is activated (its rejection was
+    not remembered under a key that could not be read)."""
+    from gateway.bundle.reloader import BundleReloader
+    from gateway.config.model import PolicyConfig
+
+    key, pub = signer
+    bundle = tmp_path / "pci.tar.gz"
+    put(bundle, make_bundle(tmp_path, key, "r1"))
+    cfg = PolicyConfig(str(bundle), pub, False, state_dir=tmp_path / "state", poll_interval=0)
+    reloader = BundleReloader(cfg, base_dir=tmp_path, activate=lambda engine: None)
+    assert reloader.load_initial().revision == "r1"
+    put(bundle, make_bundle(tmp_path, key, "r2"))
+    saved = pub.read_bytes()
+    pub.unlink()
+    result = reloader.reload_now("admin")
+    assert (result.status, result.revision) == ("rejected", "r1")
+    assert "cannot read" in str(result.reason) and result.file == str(pub)
+    pub.write_bytes(saved)
+    result = reloader.reload_now("admin")
+    assert (result.status, result.revision) == ("activated", "r2")
+
+
 # -- pgbench through the gateway while bundles swap ----------------------------------------
 
 PGBENCH_SCRIPT = "\\set x random(1, 1000000)\nSELECT :x;\n"

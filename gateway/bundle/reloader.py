@@ -185,11 +185,25 @@ class BundleReloader:
 
     # -- the pipeline -----------------------------------------------------------------------
 
-    def _verification(self) -> VerificationConfig | None:
-        if self.config.verification_key is None:
+    def _verification(self, pem: bytes | None = None) -> VerificationConfig | None:
+        """The bundle check, with the key file's bytes `pem` when read already."""
+        path = self.config.verification_key
+        if path is None:
             return None
-        return VerificationConfig(load_public_key(self.config.verification_key),
+        return VerificationConfig(load_public_key(pem if pem is not None else path),
                                   keyid=self.config.keyid, scope=self.config.scope)
+
+    def _read_key(self) -> bytes | None:
+        """The verification key file's bytes (None: none configured), read once per
+        reload so that the key a bundle is checked with is the key its rejection is
+        remembered under. Raises KeyFileError when it cannot be read."""
+        path = self.config.verification_key
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
     def reload_now(self, trigger: str = "admin") -> ReloadResult:
         """Check the bundle and activate it if it is new and good. Blocking; any thread."""
@@ -215,13 +229,22 @@ class BundleReloader:
                          location=self.location, error=exc.reason)
             return self._result("unavailable", trigger, reason=exc.reason)
         sha = None
-        key = self._key_mark()
+        unreadable: KeyFileError | None = None
+        try:
+            pem = self._read_key()
+        except KeyFileError as exc:  # (reported as the rejection's reason below)
+            pem, unreadable = None, exc
+        # what identifies the key now (None: no key, or unreadable: then nothing is taken
+        # for already rejected)
+        key = hashlib.sha256(pem).digest() if pem is not None else None
         if raw is not None:
             sha = hashlib.sha256(raw).hexdigest()
             if (sha, key) == self._rejected_sha:
                 return self._result("rejected", trigger, reason="already rejected")
         try:
-            verification = self._verification()
+            if unreadable is not None:
+                raise unreadable
+            verification = self._verification(pem)
             if raw is not None:
                 bundle = load_bundle_bytes(raw, self.location, verification=verification,
                                            allow_unsigned=self.config.allow_unsigned)
@@ -245,17 +268,6 @@ class BundleReloader:
             self._etag = fetched.etag
         self._swap(bundle, engine, trigger)
         return self._result("activated", trigger)
-
-    def _key_mark(self) -> bytes | None:
-        """What identifies the verification key file's content now (None: no key, or
-        unreadable: then nothing is taken for already rejected)."""
-        path = self.config.verification_key
-        if path is None:
-            return None
-        try:
-            return hashlib.sha256(Path(path).read_bytes()).digest()
-        except OSError:
-            return None
 
     def _compile(self, bundle: LoadedBundle) -> PolicyEngine:
         engine = PolicyEngine(bundle.source, bundle_hash=bundle.sha256, probe=True)
