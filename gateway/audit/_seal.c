@@ -875,6 +875,21 @@ static PyTypeObject LedgerType = {
  * retried. Returns the bytes this call wrote and 0, or, when a write fails, the bytes
  * written before it and its errno: the caller knows exactly where to resume. The lines
  * are held for the call, which writes without the GIL. */
+/* Step `iov[*at:count]` past `bytes` written: whole entries left behind, the next one
+ * trimmed at its front. */
+static void
+iov_advance(struct iovec *iov, Py_ssize_t count, Py_ssize_t *at, size_t bytes)
+{
+    while (*at < count && bytes >= iov[*at].iov_len) {
+        bytes -= iov[*at].iov_len;
+        (*at)++;
+    }
+    if (*at < count && bytes > 0) {
+        iov[*at].iov_base = (char *)iov[*at].iov_base + bytes;
+        iov[*at].iov_len -= bytes;
+    }
+}
+
 static PyObject *
 write_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -922,17 +937,8 @@ write_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (skip > total)
         skip = total;
-    /* step over the bytes written before */
     Py_ssize_t at = 0;
-    Py_ssize_t left = skip;
-    while (at < count && left >= (Py_ssize_t)iov[at].iov_len) {
-        left -= (Py_ssize_t)iov[at].iov_len;
-        at++;
-    }
-    if (at < count && left > 0) {
-        iov[at].iov_base = (char *)iov[at].iov_base + left;
-        iov[at].iov_len -= (size_t)left;
-    }
+    iov_advance(iov, count, &at, (size_t)skip); /* over the bytes written before */
     Py_ssize_t written = 0;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -946,15 +952,7 @@ write_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         written += w;
-        size_t rest = (size_t)w;
-        while (at < count && rest >= iov[at].iov_len) {
-            rest -= iov[at].iov_len;
-            at++;
-        }
-        if (at < count && rest > 0) {
-            iov[at].iov_base = (char *)iov[at].iov_base + rest;
-            iov[at].iov_len -= rest;
-        }
+        iov_advance(iov, count, &at, (size_t)w);
         if (w == 0 && chunk > 0) { /* nothing taken, no error: do not spin */
             err = EIO;
             break;
