@@ -580,18 +580,6 @@ class AuditWriter:
     def _write(self, work: list[Sealed], rotations: dict[int, int]) -> int:
         """Write `work` (consecutive seqs) in order, opening segments where a header
         starts one; returns how many records are done (all of them unless the sink failed)."""
-        if not rotations:  # the usual batch, no segment starting in it: the loop below, once
-            try:
-                self.sink.write(work)
-                if self._fsync:
-                    self.sink.sync()
-                self._advance(work[-1].seq)
-            except Exception as exc:
-                self._fail(exc)
-                return 0
-            if self._error is not None:
-                self._recover()
-            return len(work)
         first, n, i = work[0].seq, len(work), 0
         try:
             while i < n:
@@ -604,11 +592,11 @@ class AuditWriter:
                 for at in rotations:  # a handful at most: the next header ends the batch
                     if seq < at < first + j:
                         j = at - first
-                batch = work[i:j]
-                self.sink.write(batch)
+                # (the usual batch, no segment starting in it: the whole of it, uncopied)
+                self.sink.write(work if i == 0 and j == n else work[i:j])
                 if self._fsync:
                     self.sink.sync()
-                self._advance(batch[-1].seq)
+                self._advance(work[j - 1].seq)
                 i = j
         except Exception as exc:
             self._fail(exc)
