@@ -276,6 +276,36 @@ def test_a_full_backlog_refuses_new_records(tmp_path: Path, key: Path) -> None:
     assert not w.close(timeout=0.2)  # the retry is 10 s away: records are reported lost
 
 
+def test_admit_refuses_what_append_would_and_bounds_a_batch(tmp_path: Path,
+                                                            key: Path) -> None:
+    """`admit`: the check of a statement that appends nothing before it runs (a repeat
+    answered by a kept allow), whose statement record follows with wake=False. It raises
+    where append would (a full backlog, a closed writer), and past batch_records queued
+    records it has the thread write them rather than wait for its timer."""
+    w = writer(tmp_path, key, batch_records=3, checkpoint_every=0, checkpoint_seconds=0)
+    w.admit()
+    wait_until(lambda: w.durable_seq == w.head[0] and not w._wake.is_set())  # asleep
+    # Held by the test, the I/O lock keeps a woken thread from taking the wake up: what
+    # admit() did is left to see.
+    with w._io_lock:
+        for i in range(2):
+            w.append(stmt(i), wake=False)
+        w.admit()
+        assert not w._wake.is_set()  # two queued: they wait for a write or the timer
+        w.append(stmt(2), wake=False)
+        w.admit()
+        assert w._wake.is_set()  # three: the thread is woken
+        w.ledger.max_backlog = 3  # (the header and the three records are not durable)
+        with pytest.raises(AuditUnavailable, match="records wait for the sink"):
+            w.admit()
+        w.ledger.max_backlog = 100_000
+    wait_until(lambda: w.durable_seq == w.head[0])
+    assert w.close()
+    with pytest.raises(AuditUnavailable, match="not open"):
+        w.admit()
+    assert_verifies(tmp_path, key)
+
+
 def test_one_process_per_instance(tmp_path: Path, key: Path) -> None:
     w = writer(tmp_path, key)
     other = AuditWriter(FileSink(tmp_path, "gw1"), instance="gw1")
@@ -412,6 +442,8 @@ def test_an_idle_writer_sleeps(tmp_path: Path, key: Path) -> None:
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="durability"):
         WriterOptions(durability="sometimes")
+    with pytest.raises(ValueError, match="batch_records"):
+        WriterOptions(batch_records=0)
     with pytest.raises(AuditError, match="instance id"):
         FileSink("/tmp", "bad/name")
 

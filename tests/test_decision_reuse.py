@@ -165,8 +165,8 @@ def test_a_reloaded_policy_decides_the_repeats(pg: PgBackend, tmp_path: Path,
                 c.execute(by_id(i))
 
 
-def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
-                                                schemas: None) -> None:
+def test_every_repeat_has_its_own_statement_record_linked_to_the_kept_decision(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     audit = tmp_path / "audit"
     key = tmp_path / "audit.pem"
     generate_keypair(key, tmp_path / "audit.pub")
@@ -185,18 +185,16 @@ def test_every_repeat_has_its_own_audit_records(pg: PgBackend, tmp_path: Path,
                 break
             time.sleep(0.05)
     decisions = [r for r in recs if r["type"] == "decision" and "reuse_a.t" in (r["sql"] or "")]
-    assert [r["sql"] for r in decisions] == \
-        ["select note from reuse_a.t where id = $1"] * 5 + \
-        ["select note from reuse_a.t where id = $1 or note = $2"]
-    assert len({r["seq"] for r in decisions}) == 6
-    # the first was decided in full, the next four were repeats: the same record but for
-    # its place in the chain
-    envelope = ("seq", "ts", "prev", "hash")
-    bodies = [{k: v for k, v in r.items() if k not in envelope} for r in decisions[:5]]
-    assert all(b == bodies[0] for b in bodies[1:]), bodies
+    # the first was decided in full; the next four were repeats of that decision, which
+    # records no new one (as a prepared statement's Executes record none)
+    assert [r["sql"] for r in decisions] == [
+        "select note from reuse_a.t where id = $1",
+        "select note from reuse_a.t where id = $1 or note = $2"]
     done = [r for r in recs if r["type"] == "statement"
             and r["decision_seq"] in {d["seq"] for d in decisions}]
-    assert len(done) == 6
+    assert [r["decision_seq"] for r in done] == [decisions[0]["seq"]] * 5 + [decisions[1]["seq"]]
+    assert all(r["outcome"] == "allowed" and r["rows"] == (1 if i == 0 else 0)
+               for i, r in enumerate(done)), done
     assert "secret-literal" not in "".join(json.dumps(r) for r in recs)
     verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit),
                              "--key", str(tmp_path / "audit.pub")],
@@ -340,20 +338,19 @@ def with_function(i: int) -> str:
     return f"select upper(note) from reuse_a.t where id = {i}"  # noqa: S608 (an int)
 
 
-def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
-                                                                 tmp_path: Path,
-                                                                 schemas: None) -> None:
-    """With an audit trail, the compiled repeat path appends the statement's own decision
-    record (the kept record's shape, a new seq). A read that changes nothing is forwarded
-    at once and its record written by the relay's `before_release` call, before any
-    answer goes on to the client; a statement that may change something (a function
-    call) is written before it is forwarded. When the record cannot be appended or
-    written, or the trail is failing, the statement is refused with 58030 or its answer
-    withheld instead."""
+def test_an_audited_repeat_links_to_its_kept_decision_record(pg: PgBackend, tmp_path: Path,
+                                                             schemas: None) -> None:
+    """With an audit trail, a statement decided in full gets its decision record, written
+    before its answers go on (a read) or before it is forwarded (a statement that may
+    change something: a function call). A repeat answered by the kept allow, on the
+    compiled path or the full one, is no new decision: it appends nothing before it runs,
+    and its tag links its statement record to the kept decision record, as a prepared
+    statement's Executes link to their Parse's. A repeat is still refused with 58030
+    while the trail is failing, when the backlog is full, and once the trail is closed."""
     from gateway.audit import AuditUnavailable, AuditWriter
     from gateway.audit.filesink import FileSink
     from gateway.enforce import shapes
-    from gateway.wire.frontend import Query
+    from gateway.wire.frontend import Parse, Query
 
     if shapes.kept_by_shape is None:
         pytest.skip("the compiled shape is not built (PGWARDEN_PURE_PYTHON)")
@@ -371,6 +368,10 @@ def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
                  for line in f.read_text().splitlines()]
         return [r for r in lines if r["type"] == "decision"]
 
+    def tag() -> Any:
+        return gate.take_tags([(0x51, b"")])[1][0][0]
+
+    kept = {}
     for first in (by_id(1), with_function(1)):  # decided in full, then kept
         assert review(first) == Query(first).encode()
         if first == by_id(1):  # a read: written before its answers go on (below)
@@ -378,56 +379,69 @@ def test_an_audited_repeat_is_recorded_before_its_answers_go_on(pg: PgBackend,
             due, relay.before_release = relay.before_release, None
             assert due is not None and due() is True
         assert writer.durable_seq == writer.head[0] and relay.before_release is None
+        kept[first] = tag().decision_seq
+    assert kept[by_id(1)] < kept[with_function(1)] == writer.head[0]
     full_path = gate._decide_sql
     gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
     try:
         for i in (2, 3):
             before = writer.head[0]
-            assert review(by_id(i)) == Query(by_id(i)).encode()
-            assert writer.head[0] == before + 1 and writer.durable_seq == before  # not yet
-            due, relay.before_release = relay.before_release, None
-            assert due is not None and due() is True
-            assert writer.durable_seq == before + 1  # written before its answers go on
-            assert review(with_function(i)) == Query(with_function(i)).encode()
-            assert writer.durable_seq == writer.head[0] == before + 2  # written first
-            assert relay.before_release is None
-        recs = decisions()
-        assert [r["sql"] for r in recs] == [
-            "select note from reuse_a.t where id = $1",
-            "select upper(note) from reuse_a.t where id = $1"] * 3
-        assert len({r["seq"] for r in recs}) == 6 and gate.decisions == 6
-        tags = gate.take_tags([(0x51, b"")])[1]
-        assert tags[0][0].decision_seq == recs[-1]["seq"]  # its results follow its record
-
-        sink_write = writer.sink.write
-
-        def full_disk(batch: Any) -> None:
-            raise OSError(28, "No space left on device")
-
-        writer.sink.write = full_disk  # type: ignore[method-assign]
-        out = review(with_function(4))  # not forwarded before it is written, which fails
-        assert not isinstance(out, bytes) and not writer.healthy
-        with pytest.raises(AuditUnavailable):
-            asyncio.run(wait_for(out))
-        writer.sink.write = sink_write  # type: ignore[method-assign]
-        deadline = time.monotonic() + 10
-        while not writer.healthy:  # the writer thread retries, writes the backlog
-            assert time.monotonic() < deadline, "the audit writer did not recover"
-            time.sleep(0.05)
-        writer.sink.write = full_disk  # type: ignore[method-assign]
-        assert isinstance(review(by_id(4)), bytes)  # a read goes; its answers will not:
-        due, relay.before_release = relay.before_release, None
-        assert due is not None and due() is False and not writer.healthy
-        gate._decide_sql = full_path  # type: ignore[method-assign]
-        refused = len(relay.markers)
-        out = review(by_id(5))  # a failing trail: nothing runs, refused at once
-        assert len(relay.markers) == refused + 1 and relay.errors[-1].code == "58030"
-        assert isinstance(out, bytes) and relay.markers[-1] in out
-        writer.sink.write = sink_write  # type: ignore[method-assign]
+            for sql in (by_id(i), with_function(i)):
+                assert review(sql) == Query(sql).encode()  # forwarded as sent
+                assert writer.head[0] == writer.durable_seq == before  # nothing appended
+                due, relay.before_release = relay.before_release, None
+                assert due is None or due() is True
+                assert tag().decision_seq == kept[sql.replace(str(i), "1")]
+        assert gate.decisions == 6
     finally:
-        writer.close()
+        gate._decide_sql = full_path  # type: ignore[method-assign]
+    # the full path's repeat (a Parse: by text) links to its kept decision too
+    parse = Parse("", by_id(1), ()).encode()
+    assert gate.review(parse, [(parse[0], parse[5:])], relay) == parse
+    first_parse = writer.head[0]
+    due, relay.before_release = relay.before_release, None
+    assert due is not None and due() is True and writer.durable_seq == first_parse
+    assert gate.review(parse, [(parse[0], parse[5:])], relay) == parse
+    assert writer.head[0] == first_parse
+    recs = decisions()
+    assert [r["sql"] for r in recs] == [
+        "select note from reuse_a.t where id = $1",
+        "select upper(note) from reuse_a.t where id = $1",
+        "select note from reuse_a.t where id = $1"]
+    assert recs[-1]["seq"] == first_parse and recs[-1]["statement"]["protocol"] == "extended"
+
+    writer.ledger.max_backlog = 0  # as full as a backlog gets
+    with pytest.raises(AuditUnavailable):
+        writer.admit()
+    refused = len(relay.markers)
+    out = review(by_id(7))  # refused as a decision's append would be
+    assert len(relay.markers) == refused + 1 and relay.errors[-1].code == "58030"
+    assert isinstance(out, bytes) and relay.markers[-1] in out
+    writer.ledger.max_backlog = 100_000
+    assert review(by_id(8)) == Query(by_id(8)).encode()
+
+    sink_write = writer.sink.write
+
+    def full_disk(batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer.sink.write = full_disk  # type: ignore[method-assign]
+    # a new statement's decision record, due before its answers: its write fails
+    assert isinstance(review(by_id(4) + " and note = 'x'"), bytes)
+    due, relay.before_release = relay.before_release, None
+    assert due is not None and due() is False and not writer.healthy
+    out = review(by_id(5))  # a failing trail: nothing runs, refused at once
+    assert len(relay.markers) == refused + 2 and relay.errors[-1].code == "58030"
+    assert isinstance(out, bytes) and relay.markers[-1] in out
+    writer.sink.write = sink_write  # type: ignore[method-assign]
+    deadline = time.monotonic() + 10
+    while not writer.healthy:  # the writer thread retries, writes the backlog
+        assert time.monotonic() < deadline, "the audit writer did not recover"
+        time.sleep(0.05)
+    assert review(by_id(6)) == Query(by_id(6)).encode()
+    writer.close()
     gate._decide_sql = lambda *a: pytest.fail("decided in full")  # type: ignore[method-assign]
-    out = review(by_id(6))  # closed: appending raises, and the compiled path refuses it
+    out = review(by_id(9))  # closed: the compiled path refuses it
     assert isinstance(out, bytes) and relay.markers[-1] in out
     assert relay.errors[-1].code == "58030"
 
@@ -481,17 +495,18 @@ def test_a_new_application_name_is_archived_before_anything_is_decided_under_it(
     lines = [json.loads(line) for f in sorted((tmp_path / "audit").glob("*.jsonl"))
              for line in f.read_text().splitlines()]
     mine = [r for r in lines if r["type"] in ("decision", "session.update")]
+    # (the second statement was a repeat of the first's decision: no record of its own)
     assert [(r["type"], r["where"]["application_name"]) for r in mine] == [
-        ("decision", "test"), ("decision", "test"),
-        ("session.update", "nightly?job"), ("decision", "nightly?job")]
-    assert mine[2]["input"]["connection"]["application_name"] == "nightly?job"
-    assert mine[3]["sql"] == "select note from reuse_a.t where id = $1"
+        ("decision", "test"), ("session.update", "nightly?job"), ("decision", "nightly?job")]
+    assert mine[1]["input"]["connection"]["application_name"] == "nightly?job"
+    assert mine[2]["sql"] == "select note from reuse_a.t where id = $1"
 
 
 def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     """`durability: fsync`: the writer thread syncs, so nothing is left for the relay to
-    write when answers come: a kept read is forwarded once its record is on disk."""
+    write when answers come: a read is forwarded once its record is on disk, and a repeat
+    of it at once (the decision it repeats is on disk already)."""
     from gateway.audit import AuditWriter, WriterOptions
     from gateway.audit.filesink import FileSink
     from gateway.wire.frontend import Query
@@ -505,9 +520,11 @@ def test_with_fsync_durability_a_read_waits_for_its_record_before_it_goes(
         for i in (1, 2, 3):  # decided in full, then kept
             raw = Query(by_id(i)).encode()
             out = gate.review(raw, [(raw[0], raw[5:])], relay)
-            assert not isinstance(out, bytes) and relay.before_release is None
-            assert asyncio.run(wait_for(out)) == raw
-            assert writer.durable_seq == writer.head[0]
+            assert relay.before_release is None
+            if i == 1:
+                assert not isinstance(out, bytes)
+                out = asyncio.run(wait_for(out))
+            assert out == raw and writer.durable_seq == writer.head[0] == 2  # (1: a header)
     finally:
         writer.close()
 
@@ -516,7 +533,8 @@ def test_an_extended_batch_of_reads_is_written_before_its_answers_go_on(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     """Parse/Bind/Execute/Sync: a batch whose decided statements are all reads that change
     nothing is forwarded before its records are written (the relay's before_release
-    writes them); one with a write, or a read calling a function, is written first."""
+    writes them); one with a write, or a read calling a function, is written first. Their
+    repeats have nothing to write."""
     from gateway.audit import AuditWriter
     from gateway.audit.filesink import FileSink
     from gateway.wire.frontend import Bind, Execute, Parse, Sync
@@ -537,13 +555,18 @@ def test_an_extended_batch_of_reads_is_written_before_its_answers_go_on(
         for i in (1, 2):
             before = writer.head[0]
             review(by_id(i))
-            assert writer.head[0] == before + 1 and writer.durable_seq == before
-            due, relay.before_release = relay.before_release, None
-            assert due is not None and due() is True and writer.durable_seq == before + 1
+            if i == 1:
+                assert writer.head[0] == before + 1 and writer.durable_seq == before
+                due, relay.before_release = relay.before_release, None
+                assert due is not None and due() is True and writer.durable_seq == before + 1
+            else:  # a repeat of the first: no record before it runs, nothing to write
+                assert writer.head[0] == writer.durable_seq == before
+                assert relay.before_release is None
             for changes in (f"insert into reuse_a.grows values ({i})",  # noqa: S608 (an int)
                             with_function(i)):
                 review(changes)
                 assert writer.durable_seq == writer.head[0] and relay.before_release is None
+        assert writer.head[0] == before  # the second round: repeats, nothing before they ran
     finally:
         writer.close()
 
@@ -566,8 +589,9 @@ class RecordingWire(MemoryTransport):
 def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
     """The relay around a real gate and audit trail: the answer to a read forwarded before
-    its record was written reaches the client only after the record is in the file; when
-    the record cannot be written, the client gets 58030 and none of the answer."""
+    its record was written reaches the client only after the record is in the file (and
+    a repeat's after the decision it repeats is); when the record cannot be written, the
+    client gets 58030 and none of the answer."""
     from gateway.audit import AuditWriter
     from gateway.audit.filesink import FileSink
     from gateway.enforce import shapes
@@ -596,14 +620,17 @@ def test_the_relay_releases_no_answer_before_its_decision_record_is_written(
         relay.start()
         for i in (1, 2, 3):
             relay.from_client(Query(by_id(i)).encode())
-            seq = writer.head[0]
-            assert writer.durable_seq < seq  # decided in full (1), then kept: not yet
+            if i == 1:
+                seq = writer.head[0]
+                assert writer.durable_seq < seq  # decided in full: not written yet
+            else:
+                assert writer.head[0] == writer.durable_seq == seq  # a repeat: nothing new
             relay.from_upstream(answer)
             assert seq in wire.written_before[-1]  # in the file before the answer went
-        assert bytes(wire.out) == answer * 3 and len(ended) == 3
+        assert bytes(wire.out) == answer * 3 and ended == [(seq, 0x43)] * 3
         writer.sink.write = lambda batch: (_ for _ in ()).throw(  # type: ignore[method-assign]
             OSError(28, "No space left on device"))
-        relay.from_client(Query(by_id(4)).encode())  # forwarded: a read
+        relay.from_client(Query(by_id(4) + " and note = 'x'").encode())  # forwarded: a read
         relay.from_upstream(answer)
         return wire, relay
 

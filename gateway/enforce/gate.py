@@ -126,6 +126,9 @@ class _Repeat:
     record: _RecordPlan | None = None
     #: the names of the relations it reads (a protocol statement's, see register_parse)
     reads: frozenset[str] = frozenset()
+    #: the seq of the decision record it was recorded under (0: none yet): a repeat is
+    #: no new decision, and its statement record links to that one (see _linked)
+    decision_seq: int = 0
 
 
 class _RecordPlan(NamedTuple):
@@ -322,6 +325,7 @@ class StatementGate:
         self._by_shape: dict[tuple[Any, str], _Repeat] = {}
         self._repeats_under: tuple[PolicyEngine | None, Catalog | None, int] = (None, None, -1)
         self._hit: _Repeat | None = None  # the repeat the current decision came from
+        self._kept: _Repeat | None = None  # the allow the current decision kept, if any
         # A session.update record not yet appended (the audit trail failed when the name
         # changed): the next decision appends it first, or is refused.
         self._update: dict[str, Any] | None = None
@@ -875,7 +879,7 @@ class StatementGate:
                 return self._unrecorded(e)
             self._update = None
         decided: list[_Decided] = []
-        self._hit = None
+        self._hit = self._kept = None
         verdict = self._decide(sql, protocol, catalog, decided, approval)
         if verdict is _NOTHING_TO_RUN:
             return verdict  # (nothing to record)
@@ -885,11 +889,15 @@ class StatementGate:
                     and decided[0][4] == hit.record.key[2]:  # (the same text as recorded)
                 if not hit.record.deferrable:
                     self._reads_only = False
-                return _with_tags(verdict, (self._record_repeat(hit.record),))
+                return _with_tags(verdict, (self._linked(hit, hit.record),))
             if not decided or not verdict.allowed or verdict.role is not None \
                     or not all(_changes_nothing(d[0]) for d in decided):
                 self._reads_only = False
-            return self._record(sql, verdict, decided)
+            verdict = self._record(sql, verdict, decided)
+            kept = self._kept
+            if kept is not None and verdict.allowed:  # (one allow: _remember_repeat)
+                kept.decision_seq = self._last_seq
+            return verdict
         except Exception as e:
             self._reads_only = False
             return self._unrecorded(e)
@@ -936,6 +944,23 @@ class StatementGate:
             else:
                 out.append(frame(bytes((t,)), body))
         return b"".join(out)
+
+    def _linked(self, repeat: _Repeat, record: _RecordPlan) -> StatementTag:
+        """The tag of a repeat answered by a kept allow: no new decision, so no decision
+        record of its own. Its statement record links to the decision record the allow was
+        kept under, as each Execute of a prepared statement links to its Parse's, and that
+        record was written before the first answer it allowed (docs/audit.md). Only a kept
+        allow not recorded yet (none of its own) gets one here."""
+        seq = repeat.decision_seq
+        if seq <= 0:
+            tag = self._record_repeat(record)
+            repeat.decision_seq = self._last_seq
+            return tag
+        audit = self.audit
+        assert audit is not None  # (a record plan is made only when auditing)
+        audit.admit()  # raises AuditUnavailable where a decision's append would
+        return _new_tag(StatementTag, (None, seq, time.perf_counter(), record.command,
+                                       False, False))
 
     def _record_repeat(self, record: _RecordPlan) -> StatementTag:
         """`_record` for a repeated plain allow of one statement, whose template key and
@@ -1148,6 +1173,7 @@ class StatementGate:
                 repeat.record = _RecordPlan(
                     key, _record_builder(ctx, decision, doc, digest, redacted),
                     decision, info.command, _changes_nothing(info))
+                self._kept = repeat  # _decide_sql gives it the seq it is recorded under
         # A text of the same shape only when the policy does not read the text itself and
         # the audit record's redacted text comes from the shape (then it is that text's).
         if shared is not None and analysis.redacted is not None \
@@ -1185,7 +1211,7 @@ class StatementGate:
             return None
         self._reuse(repeat)
         try:  # by shape: the record's redacted text is this text's (the same key)
-            tag = self._record_repeat(record)
+            tag = self._linked(repeat, record)
         except Exception as e:
             self._reads_only = False  # (as _decide_sql's own failure)
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
