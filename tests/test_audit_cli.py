@@ -255,6 +255,7 @@ def test_policy_replay_lists_the_decisions_that_would_change(setup: dict[str, Pa
     changed = [x for x in out.splitlines() if " -> " in x]
     assert len(changed) == 1 and "masked -> denied" in changed[0]
     assert "3 decision(s) replayed" in out and "1 would change" in out
+    assert "(1 recorded execution(s) ran under them)" in out
     code, out, err = cli("policy", "replay", "--audit", setup["audit"], "--bundle",
                          setup["new"], "--json", "--fail-on-change")
     assert code == 1
@@ -264,6 +265,30 @@ def test_policy_replay_lists_the_decisions_that_would_change(setup: dict[str, Pa
     assert "1 would change" in err
     code, out, _ = cli("policy", "replay", "--audit", setup["audit"], "--bundle", setup["old"])
     assert code == 0 and "0 would change" in out
+
+
+def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """A session's repeats of a kept allow have no decision record of their own: their
+    statement records link to the one decision, which the summary counts them under."""
+    first, _, _ = decision_seqs(setup["audit"])
+    repeated = tmp_path / "repeated"
+    repeated.mkdir()
+    for f in sorted(setup["audit"].iterdir()):
+        lines = []
+        for line in f.read_text().splitlines():
+            lines.append(line)
+            rec = json.loads(line)
+            if rec["type"] == "statement" and rec["decision_seq"] == first:
+                lines += [line, line]  # two repeats (replay reads, it does not verify)
+            elif rec["type"] == "statement":  # one of a decision that does not change
+                lines.append(line)
+        (repeated / f.name).write_text("".join(x + "\n" for x in lines))
+    code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", setup["new"])
+    assert code == 0 and "3 decision(s) replayed" in out and "1 would change" in out
+    assert "(3 recorded execution(s) ran under them)" in out, out
+    code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", setup["old"])
+    assert code == 0 and "0 would change" in out and "execution" not in out
 
 
 def test_keygen(tmp_path: Path) -> None:

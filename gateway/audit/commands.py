@@ -383,6 +383,8 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
         return 2
     summary = (f"{stats.replayed} decision(s) replayed with {engine.revision} "
                f"({engine.bundle_hash[:12]}): {stats.changed} would change")
+    if stats.changed:
+        summary += f" ({stats.executions} recorded execution(s) ran under them)"
     if stats.skipped:
         summary += f"; {stats.skipped} skipped (refused before the policy ran)"
     if stats.unknown:

@@ -223,6 +223,9 @@ class ReplayStats:
     skipped: int = 0  # refused before the policy ran: nothing to re-decide
     unknown: int = 0  # decided, but its session's part of the input is not in the records
     changed: int = 0
+    #: statement records linked to a decision that would change: one decision stands for
+    #: every execution of a prepared statement, and of a session's repeats of a kept allow
+    executions: int = 0
 
 
 def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
@@ -231,9 +234,15 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
     effect changes. `records` must include the sessions' ``session.start`` records (and
     their ``session.update`` ones), in order."""
     sessions: dict[tuple[str, str], Any] = {}
+    changed: set[tuple[str, int]] = set()
     for loc in records:
         rec = loc.record
         rtype = rec.get("type")
+        if rtype == "statement":  # (after its decision, in the chain's order)
+            linked = rec.get("decision_seq")
+            if changed and type(linked) is int and (loc.instance, linked) in changed:
+                stats.executions += 1
+            continue
         # by JSON text: a crafted session id may be a list, which cannot key a dict
         session = (loc.instance, json_text(rec.get("session")))
         if rtype in ("session.start", "session.update"):
@@ -256,5 +265,8 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
         dec = engine.decide(as_tagged_by(input_doc, engine))
         if effect_of_decision(dec) != effect_of_record(rec):
             stats.changed += 1
+            seq = rec.get("seq")
+            if type(seq) is int:
+                changed.add((loc.instance, seq))
             before = effect_of_record(rec)[0]
             yield Change(loc, str(before), decision_outcome(dec), dec)
