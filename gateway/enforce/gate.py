@@ -950,28 +950,22 @@ class StatementGate:
         record of its own. Its statement record links to the decision record the allow was
         kept under, as each Execute of a prepared statement links to its Parse's, and that
         record was written before the first answer it allowed (docs/audit.md). Only a kept
-        allow not recorded yet (none of its own) gets one here."""
+        allow not recorded yet (none of its own) gets one here, from the template its
+        first decision worked out."""
+        now = time.perf_counter()
         seq = repeat.decision_seq
         if seq <= 0:
-            tag = self._record_repeat(record)
-            repeat.decision_seq = self._last_seq
-            return tag
-        audit = self.audit
-        assert audit is not None  # (a record plan is made only when auditing)
-        audit.admit()  # raises AuditUnavailable where a decision's append would
-        return _new_tag(StatementTag, (None, seq, time.perf_counter(), record.command,
-                                       False, False))
-
-    def _record_repeat(self, record: _RecordPlan) -> StatementTag:
-        """`_record` for a repeated plain allow of one statement, whose template key and
-        builder were worked out when it was first recorded: the statement's tag."""
-        templates = self._templates
-        assert templates is not None
-        now = time.perf_counter()
-        seq = templates.quick(record.key, (), record.decision)
-        if seq <= 0:  # no template yet, or refused: append builds it, or raises why
-            seq = templates.append(record.key, record.build, pin=record.decision, wake=False)
-        self._last_seq = seq
+            templates = self._templates
+            assert templates is not None
+            seq = templates.quick(record.key, (), record.decision)
+            if seq <= 0:  # no template yet, or refused: append builds it, or raises why
+                seq = templates.append(record.key, record.build, pin=record.decision,
+                                       wake=False)
+            self._last_seq = repeat.decision_seq = seq
+        else:
+            audit = self.audit
+            assert audit is not None  # (a record plan is made only when auditing)
+            audit.admit()  # raises AuditUnavailable where a decision's append would
         return _new_tag(StatementTag, (None, seq, now, record.command, False, False))
 
     def _record(self, sql: str, verdict: Verdict,
