@@ -9,6 +9,7 @@ checkpoint or rotation is due, and leave everything as it was when they refuse.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from pathlib import Path
@@ -75,6 +76,22 @@ def test_append_seals_queues_and_counts(kind: str) -> None:
     assert ledger.segment_records == ledger.since_checkpoint == 3
     assert ledger.segment_bytes == sum(len(s.line) for s in queue)
     json.loads(queue[0].line)  # a JSON line
+
+
+@pytest.mark.skipif(len(KINDS) < 2, reason="the compiled ledger is not built")
+@pytest.mark.parametrize("session", ["s1", None])
+def test_queued_records_stay_out_of_the_cyclic_gc(session: str | None) -> None:
+    """A record waits up to a second in the queue: tracked, a busy gateway's records
+    would reach the oldest generation and bring full collections of the heap with them."""
+    ledger, chain, _ = make("compiled")
+    tpl = template(chain, session=session)
+    ledger.append(tpl, (1, 7))
+    (sealed,) = ledger.take()
+    assert sealed.session == session and not gc.is_tracked(sealed)
+    # what may hold a container stays tracked: a Sealed made in Python, and pushed
+    pushed = Sealed(2, "h", b"{}\n", "ts", "statement", "s1")
+    ledger.push(pushed)
+    assert gc.is_tracked(ledger.take()[0])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -546,6 +546,16 @@ ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long 
     PyTuple_SET_ITEM(item, 3, stamp);
     PyTuple_SET_ITEM(item, 4, Py_NewRef(PyTuple_GET_ITEM(parts, 2)));
     PyTuple_SET_ITEM(item, 5, Py_NewRef(PyTuple_GET_ITEM(parts, 3)));
+    /* Out of the cyclic GC's sight, as CPython does to tuples of atomic values on its own
+     * (only in a collection, which would first promote it): a record waits in the queue up
+     * to a second, so tracked, the busy gateway's thousands of them reached the oldest
+     * generation every second and brought full collections of the whole heap with them.
+     * Its items are an int, strs and bytes, so no cycle can run through it; the template's
+     * type and session are checked to be so (a session is None outside one). */
+    PyObject *type = PyTuple_GET_ITEM(item, 4), *session = PyTuple_GET_ITEM(item, 5);
+    if (PyUnicode_CheckExact(type) && (session == Py_None || PyUnicode_CheckExact(session)) &&
+            PyObject_GC_IsTracked(item))
+        PyObject_GC_UnTrack(item);
     /* Queued first, then the chain moves: if either fails, neither happened. */
     int ok = PyList_Append(self->queue, item) == 0;
     if (ok && (PyObject_SetAttr(self->chain, str_head, digest) < 0 ||
