@@ -610,6 +610,8 @@ def test_a_new_application_name_is_decided_recorded_and_replayed(
             c.execute("reset application_name")  # back to the name it connected with
             assert c.execute("select 1").fetchone() == (1,)
             c.execute("set application_name = 'card 4111111111111111'")  # a PAN, scrubbed
+            # a statement of a kind recorded under the first name: its record has this one
+            assert c.execute("select 1").fetchone() == (1,)
         long_name = "x" * 70  # the server keeps 63 characters: so does the trail, at once
         with psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True,
                              application_name=long_name) as c:
@@ -632,6 +634,7 @@ def test_a_new_application_name_is_decided_recorded_and_replayed(
         ("decision", "allowed", fine), ("statement", "allowed", fine),
         ("decision", "allowed", fine),
         ("session.update", None, card), ("statement", "allowed", card),
+        ("decision", "allowed", card), ("statement", "allowed", card),
         ("session.end", None, card)]
     other = next(r["session"] for r in records if r["type"] == "session.start"
                  and r["session"] != session)
