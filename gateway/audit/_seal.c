@@ -552,8 +552,8 @@ ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long 
      * generation every second and brought full collections of the whole heap with them.
      * Its items are an int, strs and bytes, so no cycle can run through it; the template's
      * type and session are checked to be so (a session is None outside one). */
-    PyObject *type = PyTuple_GET_ITEM(item, 4), *session = PyTuple_GET_ITEM(item, 5);
-    if (PyUnicode_CheckExact(type) && (session == Py_None || PyUnicode_CheckExact(session)) &&
+    PyObject *kind = PyTuple_GET_ITEM(item, 4), *session = PyTuple_GET_ITEM(item, 5);
+    if (PyUnicode_CheckExact(kind) && (session == Py_None || PyUnicode_CheckExact(session)) &&
             PyObject_GC_IsTracked(item))
         PyObject_GC_UnTrack(item);
     /* Queued first, then the chain moves: if either fails, neither happened. */
