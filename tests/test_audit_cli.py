@@ -267,23 +267,63 @@ def test_policy_replay_lists_the_decisions_that_would_change(setup: dict[str, Pa
     assert code == 0 and "0 would change" in out
 
 
-def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(
-        setup: dict[str, Path], tmp_path: Path) -> None:
-    """A session's repeats of a kept allow have no decision record of their own: their
-    statement records link to the one decision, which the summary counts them under."""
-    first, _, _ = decision_seqs(setup["audit"])
-    repeated = tmp_path / "repeated"
-    repeated.mkdir()
-    for f in sorted(setup["audit"].iterdir()):
+def with_repeats(audit: Path, to: Path) -> Path:
+    """A copy of the log in which the first decision's statement ran three times and the
+    others twice, as a session's repeats of a kept allow would (their statement records
+    link to the one decision). Replay and show read it; it does not verify."""
+    first, _, _ = decision_seqs(audit)
+    to.mkdir()
+    for f in sorted(audit.iterdir()):
         lines = []
         for line in f.read_text().splitlines():
             lines.append(line)
             rec = json.loads(line)
             if rec["type"] == "statement" and rec["decision_seq"] == first:
-                lines += [line, line]  # two repeats (replay reads, it does not verify)
-            elif rec["type"] == "statement":  # one of a decision that does not change
+                lines += [line, line]
+            elif rec["type"] == "statement":
                 lines.append(line)
-        (repeated / f.name).write_text("".join(x + "\n" for x in lines))
+        (to / f.name).write_text("".join(x + "\n" for x in lines))
+    return to
+
+
+def test_show_gives_a_later_execution_the_sql_of_its_decision(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    repeated = with_repeats(setup["audit"], tmp_path / "repeated")
+    first, second, third = decision_seqs(setup["audit"])
+    code, out, _ = cli("audit", "show", repeated, "--session", "5e55105e55105e55")
+    assert code == 0
+    lines = out.splitlines()
+    statements = [i for i, x in enumerate(lines) if "  statement  " in x]
+    assert len(statements) == 7
+
+    def note(i: int) -> str:  # the statement's own indented lines: an error, the note
+        j = i + 1
+        while j < len(lines) and lines[j].startswith("    "):
+            if lines[j].startswith("    again"):
+                return lines[j]
+            j += 1
+        return ""
+
+    notes = [note(i) for i in statements]
+    # the first execution follows its decision: no note; each later one names it
+    assert [n.startswith("    again under decision") for n in notes] == [
+        False, True, True, False, True, False, True]
+    masked, denied = STATEMENTS[0]["sql"][:-1] + "$1", STATEMENTS[1]["sql"].split("'")[0] + "$1"
+    assert notes[1] == notes[2] == f"    again under decision #{first}: " + masked
+    assert notes[4] == f"    again under decision #{second}: " + denied
+    assert notes[6].startswith(f"    again under decision #{third}: INSERT INTO")
+    # the decisions not shown (a filter): the executions are still told apart, without SQL
+    code, out, _ = cli("audit", "show", repeated, "--type", "statement")
+    assert out.count(f"    again under decision #{first}\n") == 2
+    assert "SELECT" not in out.replace("ALLOWED SELECT", "").replace("MASKED SELECT", "") \
+        .replace("DENIED SELECT", "")
+
+
+def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """A session's repeats of a kept allow have no decision record of their own: their
+    statement records link to the one decision, which the summary counts them under."""
+    repeated = with_repeats(setup["audit"], tmp_path / "repeated")
     code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", setup["new"])
     assert code == 0 and "3 decision(s) replayed" in out and "1 would change" in out
     assert "(3 recorded execution(s) ran under them)" in out, out

@@ -157,15 +157,55 @@ def render_record(loc: Located, *, with_session: bool = True) -> str:
     return "\n".join(visible(line) for line in lines)
 
 
+#: Decisions whose SQL a timeline keeps for the executions that link to them later: past
+#: this many, it starts afresh (a later execution of a forgotten one shows no SQL).
+_REMEMBERED = 100_000
+
+
+class _Executions:
+    """Which statement records are executions under a decision shown before them: a
+    session's repeat of a kept allow, or an Execute of a prepared statement, has no
+    decision record of its own and links to the first one's (docs/audit.md, "One
+    decision, many executions"). The first execution follows its decision in the
+    timeline; the later ones are far from it, so they are shown with its SQL."""
+
+    def __init__(self) -> None:
+        self.sql: dict[tuple[str, int], Any] = {}
+        self.ran: set[tuple[str, int]] = set()
+
+    def note(self, loc: Located) -> str | None:
+        """An extra line for `loc` when it is such a later execution, else None."""
+        rec = loc.record
+        kind = rec.get("type")
+        if kind == "decision" and type(rec.get("seq")) is int:
+            if len(self.sql) >= _REMEMBERED:
+                self.sql.clear()
+                self.ran.clear()
+            self.sql[(loc.instance, rec["seq"])] = rec.get("sql")
+        elif kind == "statement" and type(rec.get("decision_seq")) is int:
+            key = (loc.instance, rec["decision_seq"])
+            if key not in self.ran:
+                self.ran.add(key)
+                return None
+            sql = self.sql.get(key)
+            return visible(f"    again under decision #{key[1]}"
+                           + (f": {text_of(sql)}" if sql is not None else ""))
+        return None
+
+
 def render_timeline(records: Iterable[Located], out: TextIO, *,
                     session: str | None = None) -> int:
     """Write the timeline; returns the number of records shown."""
     count = 0
+    executions = _Executions()
     for loc in records:
         if count == 0 and session is not None:
             rec = flatten(loc.record)
             out.write(visible(f"session {session}: {_who(rec)}") + "\n")
         out.write(render_record(loc, with_session=session is None) + "\n")
+        again = executions.note(loc)
+        if again is not None:
+            out.write(again + "\n")
         count += 1
     if count == 0:
         out.write("no matching audit records\n")
