@@ -74,3 +74,13 @@ def test_a_policy_that_refuses_the_statement_cannot_pass_for_a_measurement(
         "\"reasons\": [\"no\"]}\n")
     with pytest.raises(RuntimeError, match="did not forward every statement as sent"):
         tool.measure(catalog, tmp_path, sessions=1, n=5, rounds=1, warmup=1)
+
+
+def test_a_sweep_runs_before_every_statement_sent(
+        tool: ModuleType, catalog: object, tmp_path: Path) -> None:
+    """--sweep: the caches are evicted before each statement, warm-up included, and the
+    statements are still the ones timed (decided, relayed, recorded)."""
+    out = tool.measure(catalog, POLICY, audit_dir=tmp_path, sessions=2, n=10, rounds=2,
+                       warmup=3, sweep_mb=0.25)
+    assert out["sweeps"] == out["statements"] == (3 + 2 * 10) * 2
+    assert tool.measure(catalog, POLICY, sessions=1, n=5, rounds=1, warmup=1)["sweeps"] == 0

@@ -122,11 +122,16 @@ def _session(k: int, catalogs: CatalogCache, engine: PolicyEngine,
 
 def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None,
             protocol: str = "simple", sessions: int = 6, n: int = 5000, rounds: int = 3,
-            warmup: int = 500) -> dict[str, Any]:
+            warmup: int = 500, sweep_mb: float = 0.0) -> dict[str, Any]:
     """µs of this process's CPU per statement, the quietest of `rounds` rounds: each
     round sends `n` statements (new literals) on each of `sessions` sessions in turn, then
     replays every answer, as an event loop sees 8 pgbench clients. With `audit_dir`, every
-    statement gets its decision and completion records there (signed, durability: os)."""
+    statement gets its decision and completion records there (signed, durability: os).
+
+    `sweep_mb`: copy that many MB before each statement, evicting the caches as a live
+    gateway's neighbours do (PostgreSQL's backends and pgbench share its cores): the
+    path then runs cold, and costs grow towards live ones. The copy's own CPU is in the
+    result; compare two measurements with the same sweep."""
     catalogs = CatalogCache(fetch=None)  # type: ignore[arg-type]
     catalogs.put(CONNECTION, catalog)
     engine = PolicyEngine.from_path(str(policy_dir))
@@ -143,6 +148,9 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
     queries = [message(protocol, rng.randint(1, 100_000)) for _ in range(997)]
     reply = answer(protocol)
     setup, setup_reply = prepare(protocol)
+    size = int(sweep_mb * (1 << 20))
+    source, target = bytearray(size), bytearray(size)
+    sweeps = 0
 
     async def run() -> dict[str, Any]:
         relays = [_session(k, catalogs, engine, writer) for k in range(sessions)]
@@ -152,10 +160,14 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
                 relay.from_upstream(setup_reply)
 
         def turns(count: int) -> int:
+            nonlocal sweeps
             sent = 0
             for i in range(count):
                 for k, (relay, _, _) in enumerate(relays):
                     query = queries[(i * sessions + k) % len(queries)]
+                    if size:
+                        target[:] = source
+                        sweeps += 1
                     relay.from_client(query)
                     sent += len(query)
                 for relay, _, _ in relays:
@@ -179,7 +191,7 @@ def measure(catalog: Catalog, policy_dir: Path, *, audit_dir: Path | None = None
         if got != (warmup + rounds * n) * sessions * len(reply) + len(setup_reply) * sessions:
             raise RuntimeError("the relay did not pass every answer on")
         return {"us_per_statement": round(best, 2),
-                "statements": (warmup + rounds * n) * sessions}
+                "statements": (warmup + rounds * n) * sessions, "sweeps": sweeps}
 
     try:
         return asyncio.run(run())
@@ -219,10 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=PROTOCOLS, default="simple")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("-n", type=int, default=5000, help="statements per session per round")
+    p.add_argument("--sweep", type=float, default=0.0, metavar="MB",
+                   help="copy MB of memory before each statement: the path runs with cold "
+                        "caches, as live (both measurements include the copy)")
     args = p.parse_args(argv)
+    if args.sweep < 0:
+        p.error("--sweep must not be negative")
     out = compare(load_catalog(args.dsn), args.policy, n=args.n, rounds=args.rounds,
-                  protocol=args.protocol)
-    print(f"pgbench's statement ({args.protocol}) in-process, µs of CPU: "
+                  protocol=args.protocol, sweep_mb=args.sweep)
+    swept = f", a {args.sweep:g} MB sweep before each (in both)" if args.sweep else ""
+    print(f"pgbench's statement ({args.protocol}) in-process{swept}, µs of CPU: "
           f"policy {out['policy_us']}, "
           f"policy + audit {out['audit_us']} (+{out['audit_adds_us']})")
     return 0
