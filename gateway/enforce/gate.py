@@ -1210,14 +1210,11 @@ class StatementGate:
             self._reads_only = False  # (as _decide_sql's own failure)
             return self._review(raw, frames, relay, catalog, self._unrecorded(e))
         self._plans[0] = [tag]
-        self._reads_only = deferrable = record.deferrable
-        # _finish_batch's answer, in fewer steps: the usual repeat's decision record (and
-        # every one before it) was written long ago, and nothing need wait for it
+        self._reads_only = record.deferrable
+        # _finish_batch's first test, without its call: the usual repeat's decision record
+        # (and every one before it) was written long ago, and nothing need wait for it
         ledger = self._ledger
         if ledger is not None and self._last_seq <= ledger.durable:
-            return raw
-        if deferrable and audit.writes_through:
-            relay.before_release = self._write_due
             return raw
         return self._finish_batch(raw, frames, _NONE_REPLACED, relay)
 
