@@ -197,8 +197,10 @@ _UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "
                                "JOHAB"})
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """What the gate does with a statement. (A NamedTuple, not a dataclass: a repeat's
+    verdict is copied with its own tag once per statement, see _with_tags.)"""
+
     allowed: bool
     error: be.ErrorResponse | None = None
     #: per statement: how to mask its results (None: nothing to mask)
@@ -219,12 +221,10 @@ _NOTHING_TO_RUN = Verdict(True, statements=0)
 
 
 def _with_tags(verdict: Verdict, tags: tuple[StatementTag | None, ...]) -> Verdict:
-    """`verdict` with `tags` (``dataclasses.replace`` without re-running ``__init__``:
-    this is once per statement)."""
-    new = object.__new__(Verdict)
-    new.__dict__.update(verdict.__dict__)
-    object.__setattr__(new, "tags", tags)
-    return new
+    """`verdict` with `tags` (``_replace`` without its keyword parsing: this is once per
+    statement)."""
+    allowed, error, plans, _, hold, role, statements = verdict
+    return _new_tag(Verdict, (allowed, error, plans, tags, hold, role, statements))
 
 
 @dataclass(frozen=True)
@@ -1089,8 +1089,8 @@ class StatementGate:
         elapsed_us = round((time.perf_counter() - t0) * 1e6)
         if verdict.allowed and any(d.mask or d.row_limit is not None for _, d in decisions):
             planned = self._mask_plans(decisions, catalog)
-            verdict = planned if not planned.allowed else replace(
-                verdict, plans=planned.plans,
+            verdict = planned if not planned.allowed else verdict._replace(
+                plans=planned.plans,
                 tags=tuple(StatementTag(p) if p is not None else None for p in planned.plans))
         # Allowed statements are logged at debug: the audit trail is their durable record,
         # and a JSON line per statement on stderr is a measurable share of the hot path.
