@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import multiprocessing
 import os
 import shutil
@@ -111,7 +112,8 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
             print(f"pgwarden: cannot start: {e}", file=sys.stderr)
         return START_FAILED
     logs.info("gateway.start", worker=worker_id, config=str(config.source),
-              connections=sorted(config.connections), pid=os.getpid())
+              connections=sorted(config.connections), pid=os.getpid(),
+              gc_frozen=settle_heap())
     # SIGHUP: check the policy bundle now (each worker reloads its own engine).
     loop.add_signal_handler(signal.SIGHUP, server.reload_policy, "sighup")
     if early_hup:
@@ -119,6 +121,17 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
     await stop.wait()
     await server.stop()
     return 0
+
+
+def settle_heap() -> int:
+    """Leave what the start made (modules, the compiled policy, settings: ~60,000 objects)
+    out of the cyclic GC's full collections. Each full collection traversed them all, a
+    ~20 ms pause of every session every ~15 s under load, to find no garbage among them.
+    Only cycles among them are never collected: a policy replaced later is freed by its
+    reference counts as before, but for any cycles of the first one."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _supervise(config: GatewayConfig, verifier: JwtVerifier, workers: int) -> int:
