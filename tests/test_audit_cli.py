@@ -312,11 +312,31 @@ def test_show_gives_a_later_execution_the_sql_of_its_decision(
     assert notes[1] == notes[2] == f"    again under decision #{first}: " + masked
     assert notes[4] == f"    again under decision #{second}: " + denied
     assert notes[6].startswith(f"    again under decision #{third}: INSERT INTO")
-    # the decisions not shown (a filter): the executions are still told apart, without SQL
+    # Decisions a filter leaves out are read all the same, not shown: every execution
+    # names its decision's SQL, the first one too (nothing above it says what it ran).
     code, out, _ = cli("audit", "show", repeated, "--type", "statement")
-    assert out.count(f"    again under decision #{first}\n") == 2
-    assert "SELECT" not in out.replace("ALLOWED SELECT", "").replace("MASKED SELECT", "") \
-        .replace("DENIED SELECT", "")
+    assert code == 0 and "  decision  " not in out
+    notes = [x for x in out.splitlines() if "under decision" in x]
+    insert = notes[5].split(": ", 1)[1]
+    assert insert.startswith("INSERT INTO")
+    assert notes == [
+        f"    under decision #{first}: " + masked,
+        f"    again under decision #{first}: " + masked,
+        f"    again under decision #{first}: " + masked,
+        f"    under decision #{second}: " + denied,
+        f"    again under decision #{second}: " + denied,
+        f"    under decision #{third}: " + insert,
+        f"    again under decision #{third}: " + insert]
+    # --since after the decision (the most common reading: the last hour of a long
+    # session): its executions since then are still told what they ran
+    executions = [json.loads(x) for f in sorted(repeated.iterdir())
+                  for x in f.read_text().splitlines()]
+    since = next(r["ts"] for r in executions
+                 if r["type"] == "statement" and r["decision_seq"] == first)
+    code, out, _ = cli("audit", "show", repeated, "--session", "5e55105e55105e55",
+                       "--since", since)
+    assert code == 0 and "  decision  " not in out.split(f"#{second}")[0]
+    assert out.count(f"under decision #{first}: " + masked) == 3
 
 
 def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(

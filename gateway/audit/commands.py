@@ -274,12 +274,14 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
 def _show(args: argparse.Namespace, out: TextIO) -> int:
     from .show import render_timeline
 
-    records = _records(args)
     if args.json:
-        for loc in records:
+        for loc in _records(args):
             out.write(loc.raw.decode("utf-8") + "\n")
         return 0
-    render_timeline(records, out, session=args.session)
+    # A later execution's decision may be older than --since, or of a type --type leaves
+    # out: the session's decisions are read too, to give their SQL, but not shown.
+    render_timeline(_records(args, context=("decision",)), out, session=args.session,
+                    shown=_filter(args).predicate())
     return 0
 
 

@@ -49,11 +49,15 @@ class RecordFilter:
     types: tuple[str, ...] = ()  # "decision", or a family: "approval" = approval.*
     instance: str | None = None
     seq: int | None = None
+    #: record types kept from before `since` and whatever `types` says (`session`,
+    #: `instance`, `seq` and `until` still apply): what a reader needs to make sense of
+    #: the records it shows, e.g. the decisions later executions ran under
+    context: tuple[str, ...] = ()
 
     def predicate(self) -> Callable[[dict[str, Any]], bool]:
         since = format_ts(int(self.since * 1e9)) if self.since is not None else None
         until = format_ts(int(self.until * 1e9)) if self.until is not None else None
-        types = self.types
+        types, context = self.types, self.context
 
         def keep(rec: dict[str, Any]) -> bool:
             if self.session is not None and rec.get("session") != self.session:
@@ -61,9 +65,11 @@ class RecordFilter:
             if self.seq is not None and rec.get("seq") != self.seq:
                 return False
             ts = rec.get("ts")
-            if since is not None and not (isinstance(ts, str) and ts >= since):
-                return False
             if until is not None and not (isinstance(ts, str) and ts < until):
+                return False
+            if context and rec.get("type") in context:
+                return True
+            if since is not None and not (isinstance(ts, str) and ts >= since):
                 return False
             if types:
                 t = str(rec.get("type", ""))

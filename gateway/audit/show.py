@@ -14,7 +14,7 @@ terminal or break the line).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 from .display import joined, text_of, visible
@@ -163,42 +163,51 @@ _REMEMBERED = 100_000
 
 
 class _Executions:
-    """Which statement records are executions under a decision shown before them: a
-    session's repeat of a kept allow, or an Execute of a prepared statement, has no
-    decision record of its own and links to the first one's (docs/audit.md, "One
+    """Which statement records are executions under a decision not shown right before
+    them: a session's repeat of a kept allow, or an Execute of a prepared statement, has
+    no decision record of its own and links to the first one's (docs/audit.md, "One
     decision, many executions"). The first execution follows its decision in the
-    timeline; the later ones are far from it, so they are shown with its SQL."""
+    timeline; the later ones are far from it, and with a filter the decision may not be
+    shown at all, so they are shown with its SQL."""
 
     def __init__(self) -> None:
-        self.sql: dict[tuple[str, int], Any] = {}
+        self.sql: dict[tuple[str, int], tuple[Any, bool]] = {}  # -> (its SQL, shown)
         self.ran: set[tuple[str, int]] = set()
 
-    def note(self, loc: Located) -> str | None:
-        """An extra line for `loc` when it is such a later execution, else None."""
+    def note(self, loc: Located, shown: bool = True) -> str | None:
+        """An extra line for `loc` (if `shown`) when it is such an execution, else None."""
         rec = loc.record
         kind = rec.get("type")
         if kind == "decision" and type(rec.get("seq")) is int:
-            if len(self.sql) >= _REMEMBERED:
+            if len(self.sql) >= _REMEMBERED or len(self.ran) >= _REMEMBERED:
                 self.sql.clear()
                 self.ran.clear()
-            self.sql[(loc.instance, rec["seq"])] = rec.get("sql")
+            self.sql[(loc.instance, rec["seq"])] = (rec.get("sql"), shown)
         elif kind == "statement" and type(rec.get("decision_seq")) is int:
             key = (loc.instance, rec["decision_seq"])
-            if key not in self.ran:
-                self.ran.add(key)
-                return None
-            sql = self.sql.get(key)
-            return visible(f"    again under decision #{key[1]}"
-                           + (f": {text_of(sql)}" if sql is not None else ""))
+            first = key not in self.ran
+            self.ran.add(key)
+            decision = self.sql.get(key)
+            if not shown or (first and decision is not None and decision[1]):
+                return None  # (the first execution follows its decision on the timeline)
+            return visible(f"    {'under' if first else 'again under'} decision #{key[1]}"
+                           + (f": {text_of(decision[0])}" if decision is not None
+                              and decision[0] is not None else ""))
         return None
 
 
 def render_timeline(records: Iterable[Located], out: TextIO, *,
-                    session: str | None = None) -> int:
-    """Write the timeline; returns the number of records shown."""
+                    session: str | None = None,
+                    shown: Callable[[dict[str, Any]], bool] | None = None) -> int:
+    """Write the timeline of the records `shown` accepts (None: all; the others are what
+    explains them, such as the decisions of later executions); returns how many it
+    showed."""
     count = 0
     executions = _Executions()
     for loc in records:
+        if shown is not None and not shown(loc.record):
+            executions.note(loc, shown=False)
+            continue
         if count == 0 and session is not None:
             rec = flatten(loc.record)
             out.write(visible(f"session {session}: {_who(rec)}") + "\n")
