@@ -347,8 +347,25 @@ def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(
     code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", setup["new"])
     assert code == 0 and "3 decision(s) replayed" in out and "1 would change" in out
     assert "(3 recorded execution(s) ran under them)" in out, out
+    first, _, third = decision_seqs(setup["audit"])
+    assert out.endswith("most executed of the decisions that would change:\n"
+                        f"  gw1#{first}: 3 execution(s)\n"), out
     code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", setup["old"])
     assert code == 0 and "0 would change" in out and "execution" not in out
+    # Two would change (card numbers masked another way, ci may write): ranked by what
+    # they stood for, so that the read, run three times, comes before the write, twice.
+    (tmp_path / "b").mkdir()
+    swapped = tarball(PCI, tmp_path / "b", edit={
+        "masking": {"pan": "redact"},
+        "groups": {"readers": ["ci"], "writers": ["ci"], "dba": ["dba"]}})
+    code, out, _ = cli("policy", "replay", "--audit", repeated, "--bundle", swapped)
+    assert code == 0 and "2 would change (5 recorded execution(s)" in out, out
+    assert out.split("most executed of the decisions that would change:\n")[1] == (
+        f"  gw1#{first}: 3 execution(s)\n  gw1#{third}: 2 execution(s)\n")
+    code, out, err = cli("policy", "replay", "--audit", repeated, "--bundle", swapped,
+                         "--json")
+    assert code == 0 and "most executed" not in out + err
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == [first, third]
 
 
 def test_keygen(tmp_path: Path) -> None:

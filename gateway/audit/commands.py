@@ -356,6 +356,10 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+#: how many of the changed decisions `policy replay` names by their executions
+_MOST_EXECUTED = 10
+
+
 def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
                       err: TextIO | None = None) -> int:
     from .display import safe_json, visible
@@ -393,6 +397,13 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
         summary += (f"; {stats.unknown} NOT replayed (their session's session.start is not "
                     "in the records read: its part of the input is unknown)")
     print(summary, file=err if args.json else out)
+    most = stats.most_executed(_MOST_EXECUTED)
+    if most and not args.json:  # (in JSON, count a change's statement records)
+        # One decision may stand for thousands of executions (a job's repeats): the
+        # changes listed in the chain's order do not show which ones a rollout hits most.
+        out.write("most executed of the decisions that would change:\n")
+        for (instance, seq), n in most:
+            out.write(visible(f"  {instance}#{seq}: {n} execution(s)") + "\n")
     # (an impact analysis that could not look at every decision fails closed)
     return 1 if args.fail_on_change and (stats.changed or stats.unknown) else 0
 

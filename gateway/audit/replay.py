@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -226,6 +226,14 @@ class ReplayStats:
     #: statement records linked to a decision that would change: one decision stands for
     #: every execution of a prepared statement, and of a session's repeats of a kept allow
     executions: int = 0
+    #: each decision that would change, (instance, seq) -> the executions linked to it
+    under: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def most_executed(self, limit: int) -> list[tuple[tuple[str, int], int]]:
+        """The changed decisions that stood for the most executions, most first (ties in
+        the chain's order): where a rollout would be felt most."""
+        ranked = sorted(self.under.items(), key=lambda kv: -kv[1])
+        return [kv for kv in ranked[:limit] if kv[1]]
 
 
 def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
@@ -234,14 +242,17 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
     effect changes. `records` must include the sessions' ``session.start`` records (and
     their ``session.update`` ones), in order."""
     sessions: dict[tuple[str, str], Any] = {}
-    changed: set[tuple[str, int]] = set()
+    changed = stats.under
     for loc in records:
         rec = loc.record
         rtype = rec.get("type")
         if rtype == "statement":  # (after its decision, in the chain's order)
             linked = rec.get("decision_seq")
-            if changed and type(linked) is int and (loc.instance, linked) in changed:
-                stats.executions += 1
+            if changed and type(linked) is int:
+                key = (loc.instance, linked)
+                if key in changed:
+                    changed[key] += 1
+                    stats.executions += 1
             continue
         # by JSON text: a crafted session id may be a list, which cannot key a dict
         session = (loc.instance, json_text(rec.get("session")))
@@ -267,6 +278,6 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
             stats.changed += 1
             seq = rec.get("seq")
             if type(seq) is int:
-                changed.add((loc.instance, seq))
+                changed[(loc.instance, seq)] = 0
             before = effect_of_record(rec)[0]
             yield Change(loc, str(before), decision_outcome(dec), dec)
