@@ -111,9 +111,9 @@ async def _main(config: GatewayConfig, verifier: JwtVerifier, worker_id: int,
                        error=f"{type(e).__name__}: {e}"[:300])
             print(f"pgwarden: cannot start: {e}", file=sys.stderr)
         return START_FAILED
+    frozen = settle_heap()
     logs.info("gateway.start", worker=worker_id, config=str(config.source),
-              connections=sorted(config.connections), pid=os.getpid(),
-              gc_frozen=settle_heap())
+              connections=sorted(config.connections), pid=os.getpid(), gc_frozen=frozen)
     # SIGHUP: check the policy bundle now (each worker reloads its own engine).
     loop.add_signal_handler(signal.SIGHUP, server.reload_policy, "sighup")
     if early_hup:

@@ -17,6 +17,7 @@ names the bundle's revision and hash.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -232,8 +233,8 @@ class ReplayStats:
     def most_executed(self, limit: int) -> list[tuple[tuple[str, int], int]]:
         """The changed decisions that stood for the most executions, most first (ties in
         the chain's order): where a rollout would be felt most."""
-        ranked = sorted(self.under.items(), key=lambda kv: -kv[1])
-        return [kv for kv in ranked[:limit] if kv[1]]
+        ranked = heapq.nlargest(limit, self.under.items(), key=lambda kv: kv[1])
+        return [kv for kv in ranked if kv[1]]
 
 
 def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,

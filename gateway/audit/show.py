@@ -178,10 +178,10 @@ class _Executions:
         """An extra line for `loc` (if `shown`) when it is such an execution, else None."""
         rec = loc.record
         kind = rec.get("type")
+        if len(self.sql) >= _REMEMBERED or len(self.ran) >= _REMEMBERED:
+            self.sql.clear()  # (a crafted log may link statements to any number of seqs)
+            self.ran.clear()
         if kind == "decision" and type(rec.get("seq")) is int:
-            if len(self.sql) >= _REMEMBERED or len(self.ran) >= _REMEMBERED:
-                self.sql.clear()
-                self.ran.clear()
             self.sql[(loc.instance, rec["seq"])] = (rec.get("sql"), shown)
         elif kind == "statement" and type(rec.get("decision_seq")) is int:
             key = (loc.instance, rec["decision_seq"])
