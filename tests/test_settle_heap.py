@@ -29,7 +29,11 @@ def unfrozen() -> Iterator[None]:
 def test_what_exists_is_frozen_and_later_cycles_are_still_collected(unfrozen: None) -> None:
     before = [Node() for _ in range(1000)]
     frozen = settle_heap()
-    assert frozen == gc.get_freeze_count() and frozen >= len(before)
+    assert frozen >= len(before)
+    # out of the generations a collection walks (other threads of this process may free
+    # frozen objects meanwhile, so the count itself is not compared again)
+    walked = {id(o) for o in gc.get_objects()}
+    assert id(before[0]) not in walked and id(before[-1]) not in walked
     a, b = Node(), Node()
     a.other, b.other = b, a  # a cycle only the cyclic GC can free
     gone = weakref.ref(a)
