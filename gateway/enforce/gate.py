@@ -105,8 +105,9 @@ _Decided = tuple[StatementInfo, Decision, dict[str, Any], str, "str | None"]
 _ANALYSES: OrderedDict[tuple[Any, ...], _Analysis] = OrderedDict()
 _SHAPES: OrderedDict[Any, _Analysis] = OrderedDict()
 _REPEATS_MAX = 256  # per session, and per table
-# a tag in one C call, not through the NamedTuple's Python constructor: once per statement
-_new_tag = tuple.__new__
+# a NamedTuple (a tag, a repeat's verdict) in one C call, not through its Python
+# constructor: once per statement
+_new_tuple = tuple.__new__
 # `replaced` of a batch forwarded as it came (read only: one shared dict, not one per batch)
 _NONE_REPLACED: dict[int, bytes] = {}
 _REPEAT_TEXT_MAX = 4096  # per session: at most ~2 MB of kept texts
@@ -224,7 +225,7 @@ def _with_tags(verdict: Verdict, tags: tuple[StatementTag | None, ...]) -> Verdi
     """`verdict` with `tags` (``_replace`` without its keyword parsing: this is once per
     statement)."""
     allowed, error, plans, _, hold, role, statements = verdict
-    return _new_tag(Verdict, (allowed, error, plans, tags, hold, role, statements))
+    return _new_tuple(Verdict, (allowed, error, plans, tags, hold, role, statements))
 
 
 @dataclass(frozen=True)
@@ -966,7 +967,7 @@ class StatementGate:
             audit = self.audit
             assert audit is not None  # (a record plan is made only when auditing)
             audit.admit()  # raises AuditUnavailable where a decision's append would
-        return _new_tag(StatementTag, (None, seq, now, record.command, False, False))
+        return _new_tuple(StatementTag, (None, seq, now, record.command, False, False))
 
     def _record(self, sql: str, verdict: Verdict,
                 decided: list[_Decided]) -> Verdict:
