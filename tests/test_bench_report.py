@@ -41,6 +41,19 @@ def test_ratios_pair_the_targets_round_by_round(bench: ModuleType) -> None:
     assert "/direct" not in rows["pgwarden+pol"]  # no such target measured
 
 
+def test_rounds_alternate_the_targets_order(bench: ModuleType) -> None:
+    # The audited gateway must not always run right after policy alone: each pair of
+    # targets runs in both orders, as often, over an even number of rounds.
+    targets = ["direct", "pgbouncer", "pgwarden+pol", "pgwarden+audit"]
+    orders = [bench.round_order(targets, n) for n in range(4)]
+    assert orders[0] == orders[2] == targets
+    assert orders[1] == orders[3] == targets[::-1]
+    pol, audit = "pgwarden+pol", "pgwarden+audit"
+    first = [order.index(pol) < order.index(audit) for order in orders]
+    assert first.count(True) == first.count(False) == 2
+    assert targets == ["direct", "pgbouncer", "pgwarden+pol", "pgwarden+audit"]  # untouched
+
+
 def test_the_python_floor_carries_a_tls_session_to_postgres(
         bench: ModuleType, pg: object, tmp_path: Path) -> None:
     """`--floor`'s proxy: TLS in front, bytes to the server behind, a real client through."""

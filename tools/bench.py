@@ -91,9 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     p.add_argument("--warmup", type=int, default=3,
                    help="seconds of discarded load before each target's first round")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds per protocol, the targets taking turns in each; the report "
-                        "gives the median and the spread")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds per protocol, the targets taking turns in each (in reverse "
+                        "order every other round); the report gives the median and the spread")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
     p.add_argument("--workers", type=int, default=1, help="pgwarden listen.workers")
@@ -566,6 +566,15 @@ def collect_targets(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password:
     return targets, gw_policy
 
 
+def round_order(targets: list[T], n: int) -> list[T]:
+    """The order the targets take their turns in round `n`: reversed every other round.
+    A ratio pairs two targets' turns in each round; in one fixed order the later of the
+    two always ran after the same neighbour (the audited gateway after policy alone, in
+    the minute after it) and a drift of the machine within a round always fell the same
+    way. Alternating cancels that over the rounds instead of building it into the ratio."""
+    return targets if n % 2 == 0 else targets[::-1]
+
+
 def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Result]:
     results = []
     # Protocol-major, so each protocol's targets are measured close together in time, and
@@ -574,7 +583,7 @@ def measure_all(targets: dict[str, Target], args: argparse.Namespace) -> list[Re
     for protocol in args.protocols:
         rounds: dict[str, list[Result]] = {name: [] for name in targets}
         for n in range(args.rounds):
-            for target in targets.values():
+            for target in round_order(list(targets.values()), n):
                 progress(f"{target.name:<13} {protocol}  round {n + 1}/{args.rounds}")
                 rounds[target.name].append(measure(target, protocol, args, warm=n == 0))
         results += [median_round(rs) for rs in rounds.values()]
