@@ -362,10 +362,23 @@ def test_policy_replay_counts_the_executions_a_changed_decision_stood_for(
     assert code == 0 and "2 would change (5 recorded execution(s)" in out, out
     assert out.split("most executed of the decisions that would change:\n")[1] == (
         f"  gw1#{first}: 3 execution(s)\n  gw1#{third}: 2 execution(s)\n")
+    # In JSON each change carries its count: printed once its session has ended, or
+    # once the records have (a log whose session.end is missing: a gateway that died)
     code, out, err = cli("policy", "replay", "--audit", repeated, "--bundle", swapped,
                          "--json")
     assert code == 0 and "most executed" not in out + err
-    assert [json.loads(x)["seq"] for x in out.splitlines()] == [first, third]
+    changes = [json.loads(x) for x in out.splitlines()]
+    assert [(c["seq"], c["executions"]) for c in changes] == [(first, 3), (third, 2)]
+    assert any(json.loads(x)["type"] == "session.end"
+               for f in repeated.iterdir() for x in f.read_text().splitlines())
+    unended = tmp_path / "unended"
+    unended.mkdir()
+    for f in repeated.iterdir():
+        (unended / f.name).write_text("".join(
+            x + "\n" for x in f.read_text().splitlines()
+            if json.loads(x)["type"] != "session.end"))
+    code, out, _ = cli("policy", "replay", "--audit", unended, "--bundle", swapped, "--json")
+    assert code == 0 and [json.loads(x) for x in out.splitlines()] == changes
 
 
 def test_keygen(tmp_path: Path) -> None:

@@ -378,7 +378,7 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
         keep = _filter(args).predicate()
         records = _records(args, filtered=False)
         stats = ReplayStats()
-        for change in replay_records(records, engine, stats, keep):
+        for change in replay_records(records, engine, stats, keep, settled=args.json):
             if args.json:
                 out.write(safe_json(change.to_json()) + "\n")
                 continue
@@ -398,7 +398,7 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
                     "in the records read: its part of the input is unknown)")
     print(summary, file=err if args.json else out)
     most = stats.most_executed(_MOST_EXECUTED)
-    if most and not args.json:  # (in JSON, count a change's statement records)
+    if most and not args.json:  # (in JSON, each change carries its executions)
         # One decision may stand for thousands of executions (a job's repeats): the
         # changes listed in the chain's order do not show which ones a rollout hits most.
         out.write("most executed of the decisions that would change:\n")

@@ -21,7 +21,7 @@ import heapq
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -204,17 +204,23 @@ class Change:
     before: str
     after: str
     decision: Decision
+    #: the statement records linked to it, once its session ended (or the records did):
+    #: None from a replay that yields each change as it finds it
+    executions: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         rec = flatten(self.located.record)
-        return {"instance": self.located.instance, "seq": rec.get("seq"), "ts": rec.get("ts"),
-                "session": rec.get("session"), "subject": rec.get("subject"),
-                "command": rec.get("command"), "sql": rec.get("sql"),
-                "before": self.before, "after": self.after,
-                "before_reasons": rec.get("reasons") or [],
-                "after_reasons": list(self.decision.reasons),
-                "after_mask": dict(self.decision.mask),
-                "bundle_before": rec.get("bundle_hash")}
+        doc = {"instance": self.located.instance, "seq": rec.get("seq"), "ts": rec.get("ts"),
+               "session": rec.get("session"), "subject": rec.get("subject"),
+               "command": rec.get("command"), "sql": rec.get("sql"),
+               "before": self.before, "after": self.after,
+               "before_reasons": rec.get("reasons") or [],
+               "after_reasons": list(self.decision.reasons),
+               "after_mask": dict(self.decision.mask),
+               "bundle_before": rec.get("bundle_hash")}
+        if self.executions is not None:
+            doc["executions"] = self.executions
+        return doc
 
 
 @dataclass
@@ -238,10 +244,32 @@ class ReplayStats:
 
 
 def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
-                   keep: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Change]:
+                   keep: Callable[[dict[str, Any]], bool] | None = None, *,
+                   settled: bool = False) -> Iterator[Change]:
     """Re-decide every decision record (that `keep` accepts); yields the ones whose
     effect changes. `records` must include the sessions' ``session.start`` records (and
-    their ``session.update`` ones), in order."""
+    their ``session.update`` ones), in order.
+
+    `settled`: hold each change until its session's ``session.end`` (or the end of the
+    records) and yield it then with its ``executions``: every statement record linked to a
+    decision is its session's (a kept allow and a prepared statement live in one session),
+    so only a session's own changes are ever held."""
+    held: dict[tuple[str, str], list[Change]] = {}
+    yield from _replayed(records, engine, stats, keep, held if settled else None)
+    for changes in held.values():  # sessions the records do not see end
+        yield from _settle(changes, stats)
+
+
+def _settle(changes: list[Change], stats: ReplayStats) -> Iterator[Change]:
+    for change in changes:
+        seq = change.located.record.get("seq")
+        count = stats.under.get((change.located.instance, seq), 0) if type(seq) is int else 0
+        yield replace(change, executions=count)
+
+
+def _replayed(records: Iterable[Located], engine: PolicyEngine, stats: ReplayStats,
+              keep: Callable[[dict[str, Any]], bool] | None,
+              held: dict[tuple[str, str], list[Change]] | None) -> Iterator[Change]:
     sessions: dict[tuple[str, str], Any] = {}
     changed = stats.under
     for loc in records:
@@ -262,6 +290,8 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
             continue
         if rtype == "session.end":
             sessions.pop(session, None)
+            if held is not None and session in held:
+                yield from _settle(held.pop(session), stats)
             continue
         if rtype != "decision" or (keep is not None and not keep(rec)):
             continue
@@ -281,4 +311,8 @@ def replay_records(records: Iterable[Located], engine: PolicyEngine, stats: Repl
             if type(seq) is int:
                 changed[(loc.instance, seq)] = 0
             before = effect_of_record(rec)[0]
-            yield Change(loc, str(before), decision_outcome(dec), dec)
+            change = Change(loc, str(before), decision_outcome(dec), dec)
+            if held is None:
+                yield change
+            else:
+                held.setdefault(session, []).append(change)
