@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import AuditContext, AuditWriter, Signer, commands, generate_keypair, records
+from gateway.audit import (
+    AuditContext,
+    AuditWriter,
+    Signer,
+    WriterOptions,
+    commands,
+    generate_keypair,
+    records,
+)
 from gateway.audit.filesink import FileSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.source import PolicySource
@@ -92,25 +100,37 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     newdir.mkdir()
     new = tarball(PCI, newdir, edit={"groups": {"readers": ["ci-readers"], "writers": [],
                                                 "dba": ["dba"]}})
-    engine = PolicyEngine(PolicySource.load(old))
-    facts = {
-        "identity": {"subject": "repo:acme/payments", "issuer": "https://ci.example.com",
-                     "groups": ["ci"], "claims": {"repository": "acme/payments"},
-                     "method": "jwt"},
-        "connection": {"name": "cardholder", "database": "payments", "user": "ci-bot",
-                       "application_name": "=HYPERLINK(1)", "client_addr": "10.20.0.7",
-                       "tls": True, "networks": []},
-        "session": {"id": "5e55105e55105e55", "started_at": "2025-01-15T09:30:00.000000Z"},
-    }
-    ctx = AuditContext.from_input(facts)
-    w = AuditWriter(FileSink(root / "audit", "gw1"), instance="gw1",
-                    signer=Signer.from_pem_file(root / "audit.pem"))
+    write_log(root / "audit", root / "audit.pem", PolicyEngine(PolicySource.load(old)))
+    return {"root": root, "audit": root / "audit", "pub": root / "audit.pub",
+            "bundles": bundles, "old": old, "new": new}
+
+
+FACTS = {
+    "identity": {"subject": "repo:acme/payments", "issuer": "https://ci.example.com",
+                 "groups": ["ci"], "claims": {"repository": "acme/payments"},
+                 "method": "jwt"},
+    "connection": {"name": "cardholder", "database": "payments", "user": "ci-bot",
+                   "application_name": "=HYPERLINK(1)", "client_addr": "10.20.0.7",
+                   "tls": True, "networks": []},
+    "session": {"id": "5e55105e55105e55", "started_at": "2025-01-15T09:30:00.000000Z"},
+}
+
+
+def write_log(audit: Path, key: Path, engine: PolicyEngine,
+              options: WriterOptions | None = None, filler: int = 0) -> None:
+    """A session of the three STATEMENTS decided by `engine`; `filler` records without a
+    session between its start and its first decision."""
+    ctx = AuditContext.from_input(FACTS)
+    w = AuditWriter(FileSink(audit, "gw1"), instance="gw1", signer=Signer.from_pem_file(key),
+                    options=options)
     w.start()
     w.append(records.gateway_start(version="test", pid=1, bundle_revision=engine.revision,
                                    bundle_hash=engine.bundle_hash))
     w.append(records.session_start(ctx))
+    for _ in range(filler):
+        w.append(records.auth_failure(reason="expired", client_addr="10.9.9.9", db_user="bot"))
     for doc in STATEMENTS:
-        inp = {**facts, "statement": doc, "approval": {"granted": False, "id": None}}
+        inp = {**FACTS, "statement": doc, "approval": {"granted": False, "id": None}}
         d = engine.decide(inp)
         seq = w.append(records.decision_record(ctx, decision=d, input_doc=inp,
                                                entrypoint=engine.entrypoint, duration_us=40))
@@ -123,8 +143,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w.append(records.session_end(ctx, reason="client", totals={"statements": 3}))
     w.append(records.gateway_stop(reason="test"))
     assert w.close()
-    return {"root": root, "audit": root / "audit", "pub": root / "audit.pub",
-            "bundles": bundles, "old": old, "new": new}
 
 
 def decision_seqs(audit: Path) -> list[int]:
@@ -435,6 +453,40 @@ def test_policy_replay_counts_what_it_could_not_replay(setup: dict[str, Path],
     code, out, err = cli("policy", "replay", "--audit", cut, "--bundle", setup["old"],
                          "--fail-on-change")
     assert code == 1 and "3 NOT replayed" in out, out + err
+
+
+def test_a_pruned_log_still_replays_the_sessions_its_segments_restate(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """Retention removes old segments whole. A session that outlives its session.start's
+    segment (a pooled connection runs for weeks) is restated at the start of each new
+    segment, so that its later decisions can still be replayed and explained."""
+    audit = tmp_path / "audit"
+    engine = PolicyEngine(PolicySource.load(setup["old"]))
+    write_log(audit, setup["root"] / "audit.pem", engine,
+              WriterOptions(segment_bytes=4096, checkpoint_every=0, checkpoint_seconds=0),
+              filler=20)  # ~300 bytes each: the decisions start in a later segment
+    segments = sorted(audit.glob("audit-gw1-*.jsonl"))
+    assert len(segments) >= 3
+    first = [json.loads(x) for x in segments[0].read_text().splitlines()]
+    start = next(r for r in first if r["type"] == "session.start")
+    for later in segments[1:]:
+        head, restated, *_ = [json.loads(x) for x in later.read_text().splitlines()]
+        assert head["type"] == "segment" and restated["type"] == "session.update"
+        assert restated["restated"] == "segment" and restated["changed"] == []
+        for k in ("session", "who", "where", "input"):
+            assert restated[k] == start[k], k
+    segments[0].unlink()  # retention
+    code, out, err = cli("audit", "verify", audit, "--key", setup["pub"], "--pruned")
+    assert code == 0, out + err
+    code, out, err = cli("policy", "replay", "--audit", audit, "--bundle", setup["new"])
+    assert code == 0 and "3 decision(s) replayed" in out and "NOT replayed" not in out, out
+    assert "1 would change" in out, out
+    seq = next(json.loads(x)["seq"] for f in sorted(audit.glob("audit-gw1-*.jsonl"))
+               for x in f.read_text().splitlines() if json.loads(x)["type"] == "decision")
+    code, out, err = cli("audit", "explain", str(seq), audit, "--bundles", setup["bundles"])
+    assert code == 0 and "same" in out.lower(), out + err
+    code, out, err = cli("audit", "show", audit, "--session", "5e55105e55105e55")
+    assert code == 0 and "restated at a new segment: repo:acme/payments" in out, out + err
 
 
 def test_the_directory_comes_from_the_config(setup: dict[str, Path], tmp_path: Path,

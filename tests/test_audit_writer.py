@@ -566,3 +566,37 @@ def test_a_full_backlog_refuses_new_work_but_takes_what_is_owed(tmp_path: Path,
              for line in f.read_text().splitlines()]
     assert [r["decision_seq"] for r in lines if r["type"] == "statement"][-1] == 3
     assert_verifies(tmp_path, key)
+
+
+def test_each_new_segment_restates_the_sessions_open_then(tmp_path: Path, key: Path) -> None:
+    """After its header, a segment restates every session open when it started, as its
+    latest session.start or session.update left it; an ended session is not restated."""
+    def context(session: str, app: str) -> AuditContext:
+        facts = {"identity": {"subject": "ci-bot", "issuer": "https://ci", "groups": ["ci"]},
+                 "connection": {"application_name": app, "client_addr": "10.0.0.5"},
+                 "session": {"id": session}}
+        return AuditContext.from_input(facts)
+
+    w = writer(tmp_path, key, segment_bytes=4096, checkpoint_every=0, checkpoint_seconds=0)
+    kept, renamed, gone = context("s1", "job"), context("s2", "psql"), context("s3", "x")
+    for c in (kept, renamed, gone):
+        w.append(records.session_start(c))
+    newer = context("s2", "pgJDBC")
+    w.append(records.session_update(newer, changed=("application_name",)))
+    w.append(records.session_end(gone, reason="client", totals={}))
+    for i in range(30):  # ~250 bytes each: past 4 KiB, a rotation
+        w.append(stmt(i))
+    assert w.close()
+    assert_verifies(tmp_path, key)
+    segments = sorted(tmp_path.glob("audit-gw1-*.jsonl"))
+    assert len(segments) >= 2
+    for segment in segments[1:]:
+        lines = [json.loads(x) for x in segment.read_text().splitlines()]
+        restated = {r["session"]: r for r in lines[1:3]}
+        assert lines[0]["type"] == "segment" and set(restated) == {"s1", "s2"}
+        assert all(r["type"] == "session.update" and r["restated"] == "segment"
+                   and r["changed"] == [] for r in restated.values())
+        assert restated["s1"]["input"] == records.session_start(kept)["input"]
+        assert restated["s2"]["where"]["application_name"] == "pgJDBC"
+        assert restated["s2"]["input"]["connection"]["application_name"] == "pgJDBC"
+        assert "s3" not in {r.get("session") for r in lines}

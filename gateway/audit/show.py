@@ -85,6 +85,8 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     if t == "session.start":
         return _who(rec), extra
     if t == "session.update":
+        if rec.get("restated"):  # nothing changed: a new segment restates the session
+            return f"restated at a new segment: {_who(rec)}", extra
         return _changed(rec), extra
     if t == "session.end":
         return _totals(rec), extra

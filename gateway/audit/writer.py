@@ -35,7 +35,12 @@ Every ``checkpoint_every`` records, every ``checkpoint_seconds`` (when records w
 added since the last one), before each segment rotation and at :meth:`close` (with
 ``final: true``) the writer appends a signed checkpoint. Sinks with segments (files)
 rotate when a segment holds ``segment_bytes`` or has been open ``segment_seconds``; each
-segment starts with a ``segment`` record naming the previous segment and chain head.
+segment starts with a ``segment`` record naming the previous segment and chain head,
+then restates every session open then (``session.update``, ``restated: "segment"``):
+a log whose older segments retention removed still holds the facts each later decision
+was made under, for ``policy replay``, ``audit explain`` and ``audit show``. The writer
+follows which sessions are open by the ``session.start``/``session.update``/
+``session.end`` records it appends.
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ class AuditWriter:
     __slots__ = (
         "_anchors", "_carry", "_chain", "_clock", "_closed", "_cond", "_error", "_flushing",
         "_fsync",
-        "_io_lock", "_io_rotations", "_last_checkpoint", "_lock", "_retry_at", "_rotations",
+        "_io_lock", "_io_rotations", "_last_checkpoint", "_lock", "_open_sessions",
+        "_retry_at", "_rotations",
         "_segment", "_segment_opened", "_started", "_stop_deadline", "_stopping", "_thread",
         "_tiebreak", "_waiters", "_wake", "healthy", "instance", "ledger", "on_health",
         "options", "resumed", "signer", "sink", "writes_through",
@@ -186,6 +192,8 @@ class AuditWriter:
         # Checkpoints and run starts sealed but not written yet: each is logged once it is
         # durable, as an anchor kept off the host (see _log_anchors).
         self._anchors: collections.deque[tuple[Sealed, bool, str]] = collections.deque()
+        # (instance-less) session id -> the record restating it at a new segment's start
+        self._open_sessions: dict[Any, dict[str, Any]] = {}
         self._error: str | None = None
         # Plain attributes, not properties: the gate reads them once per statement.
         # Whether the sink writes now (no error); and whether write_through() writes on
@@ -323,12 +331,17 @@ class AuditWriter:
         Raises AuditUnavailable when the writer is closed or the backlog is full.
         """
         ledger = self.ledger
+        rtype = record.get("type")
         with self._lock:
+            if rtype == "session.end":  # (closed or not: the session is over)
+                self._open_sessions.pop(_session_key(record), None)
             if not ledger.open or (not owed and self._chain.seq - ledger.durable
                                    >= ledger.max_backlog):
                 raise self.refusal()
             sealed = self._chain.seal(record)
             ledger.push(sealed)
+            if rtype in _SESSION_FACTS:  # in the chain after what it restates
+                self._open_sessions[_session_key(record)] = restatement(record)
             if ledger.due:
                 self._due_locked()
         if wake:
@@ -489,6 +502,8 @@ class AuditWriter:
         self._checkpoint_locked("rotation")
         previous = self.sink.location(self._segment)
         self._open_segment_locked(self._segment + 1, reason, previous=previous)
+        for record in self._open_sessions.values():
+            self.ledger.push(self._chain.seal(record))
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -694,6 +709,30 @@ class AuditWriter:
                 self.on_health(healthy, error)
             except Exception as exc:
                 logs.error("audit.health_callback_failed", error=type(exc).__name__)
+
+
+_SESSION_FACTS = frozenset({"session.start", "session.update"})
+
+
+def _session_key(record: Mapping[str, Any]) -> str:
+    # (by JSON text, as the readers key sessions: an id is a str, but nothing here
+    # must fail on a record that is not as the gateway builds it)
+    session = record.get("session")
+    return session if isinstance(session, str) else repr(session)
+
+
+def restatement(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``session.update`` that restates the session facts of `record` (its
+    ``session.start``, or its latest ``session.update``) at a new segment's start:
+    who/where and the archived ``input`` as they are, nothing ``changed``."""
+    kept = {k: v for k, v in record.items() if k not in _NOT_RESTATED}
+    return {**kept, "type": "session.update", "changed": [], "restated": "segment"}
+
+
+# what a session.start or session.update says about the moment it was made, not the
+# session's standing facts (the chain adds seq, ts, prev and hash anew)
+_NOT_RESTATED = frozenset({"type", "changed", "restated", "networks", "method",
+                           "token_expires_at", "seq", "ts", "prev", "hash"})
 
 
 def _describe(exc: BaseException) -> str:
