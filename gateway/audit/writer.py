@@ -192,8 +192,8 @@ class AuditWriter:
         # Checkpoints and run starts sealed but not written yet: each is logged once it is
         # durable, as an anchor kept off the host (see _log_anchors).
         self._anchors: collections.deque[tuple[Sealed, bool, str]] = collections.deque()
-        # (instance-less) session id -> the record restating it at a new segment's start
-        self._open_sessions: dict[Any, dict[str, Any]] = {}
+        # each open session's id -> the record restating it at a new segment's start
+        self._open_sessions: dict[str, dict[str, Any]] = {}
         self._error: str | None = None
         # Plain attributes, not properties: the gate reads them once per statement.
         # Whether the sink writes now (no error); and whether write_through() writes on
@@ -341,7 +341,7 @@ class AuditWriter:
             sealed = self._chain.seal(record)
             ledger.push(sealed)
             if rtype in _SESSION_FACTS:  # in the chain after what it restates
-                self._open_sessions[_session_key(record)] = restatement(record)
+                self._open_sessions[_session_key(record)] = _restatement(record)
             if ledger.due:
                 self._due_locked()
         if wake:
@@ -715,13 +715,13 @@ _SESSION_FACTS = frozenset({"session.start", "session.update"})
 
 
 def _session_key(record: Mapping[str, Any]) -> str:
-    # (by JSON text, as the readers key sessions: an id is a str, but nothing here
-    # must fail on a record that is not as the gateway builds it)
+    # (the gateway's ids are strs; whatever else a caller passes keys by its repr
+    # rather than failing an append)
     session = record.get("session")
     return session if isinstance(session, str) else repr(session)
 
 
-def restatement(record: Mapping[str, Any]) -> dict[str, Any]:
+def _restatement(record: Mapping[str, Any]) -> dict[str, Any]:
     """The ``session.update`` that restates the session facts of `record` (its
     ``session.start``, or its latest ``session.update``) at a new segment's start:
     who/where and the archived ``input`` as they are, nothing ``changed``."""
