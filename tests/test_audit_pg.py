@@ -290,3 +290,30 @@ def test_a_row_written_ahead_of_the_gateway_stops_it_rather_than_take_its_place(
         assert w.durable_seq == seq  # its own record is not taken as written
     finally:
         w.close(timeout=1)
+
+
+def test_a_table_restates_its_open_sessions_every_segment_age(pg: PgBackend, table: str,
+                                                              keys: tuple[Path, Path]) -> None:
+    """Rows go by age, and a table has no segments to restate open sessions at: the
+    writer restates them every segment_seconds instead, so that a table pruned by age
+    still holds the facts of every session open across the cut."""
+    sink = PgSink(pg.dsn(pg.service), "gw-r", table=table, synchronous_commit=False)
+    w = AuditWriter(sink, instance="gw-r", signer=Signer.from_pem_file(keys[0]),
+                    options=WriterOptions(checkpoint_every=0, checkpoint_seconds=0,
+                                          segment_seconds=0.3))
+    w.start()
+    kept = AuditContext.build(session="kept", subject="ci-bot", issuer="https://ci")
+    gone = AuditContext.build(session="gone", subject="ci-bot", issuer="https://ci")
+    w.append(records.session_start(kept))
+    w.append(records.session_start(gone))
+    w.append(records.session_end(gone, reason="client", totals={}))
+    time.sleep(2.5)  # the writer's timers run at least once a second
+    w.append(records.statement_record(kept, decision_seq=None, outcome="allowed", rows=1))
+    assert w.close()
+    report = verify_pg(pg.dsn(pg.service), load_public_key(keys[1]), table=table)
+    assert report.ok, report.problem
+    updates = [r.record for r in read_records(
+        dsn=pg.dsn(pg.service), table=table, where=RecordFilter(types=("session.update",)))]
+    assert updates and {u["session"] for u in updates} == {"kept"}
+    assert all(u["restated"] == "interval" and u["changed"] == [] for u in updates)
+    assert updates[0]["who"] == records.session_start(kept)["who"].value

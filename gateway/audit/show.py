@@ -78,6 +78,10 @@ def _upper(value: Any) -> str:
     return value.upper() if isinstance(value, str) else text_of(value)
 
 
+# why the writer restated a session (writer.py): a new file segment, or a table's interval
+_RESTATED = {"segment": "at a new segment", "interval": "after segment_age"}
+
+
 def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     rec = flatten(dict(rec))
     t = rec.get("type")
@@ -85,8 +89,11 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     if t == "session.start":
         return _who(rec), extra
     if t == "session.update":
-        if rec.get("restated"):  # nothing changed: a new segment restates the session
-            return f"restated at a new segment: {_who(rec)}", extra
+        restated = rec.get("restated")
+        if restated:  # nothing changed: the writer restates an open session
+            when = _RESTATED.get(restated, f"({text_of(restated)})") \
+                if isinstance(restated, str) else f"({text_of(restated)})"
+            return f"restated {when}: {_who(rec)}", extra
         return _changed(rec), extra
     if t == "session.end":
         return _totals(rec), extra

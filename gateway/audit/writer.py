@@ -38,9 +38,10 @@ rotate when a segment holds ``segment_bytes`` or has been open ``segment_seconds
 segment starts with a ``segment`` record naming the previous segment and chain head,
 then restates every session open then (``session.update``, ``restated: "segment"``):
 a log whose older segments retention removed still holds the facts each later decision
-was made under, for ``policy replay``, ``audit explain`` and ``audit show``. The writer
-follows which sessions are open by the ``session.start``/``session.update``/
-``session.end`` records it appends.
+was made under, for ``policy replay``, ``audit explain`` and ``audit show``. A sink
+without segments (a table, whose rows retention removes by age) gets the same every
+``segment_seconds`` (``restated: "interval"``). The writer follows which sessions are
+open by the ``session.start``/``session.update``/``session.end`` records it appends.
 """
 
 from __future__ import annotations
@@ -502,8 +503,12 @@ class AuditWriter:
         self._checkpoint_locked("rotation")
         previous = self.sink.location(self._segment)
         self._open_segment_locked(self._segment + 1, reason, previous=previous)
+        self._restate_locked("segment")
+
+    def _restate_locked(self, reason: str) -> None:
+        """A session.update restating each open session (see the module doc)."""
         for record in self._open_sessions.values():
-            self.ledger.push(self._chain.seal(record))
+            self.ledger.push(self._chain.seal({**record, "restated": reason}))
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -606,6 +611,13 @@ class AuditWriter:
                     and now - self._segment_opened >= opts.segment_seconds):
                 self._rotate_locked("time")
                 added = True
+            elif (not self.sink.segments and opts.segment_seconds
+                  and now - self._segment_opened >= opts.segment_seconds):
+                # a table has no segments, and rows go by age: restate by the same clock
+                self._segment_opened = now
+                if self._open_sessions:
+                    self._restate_locked("interval")
+                    added = True
         if added:
             self._wake.set()
 
@@ -723,10 +735,11 @@ def _session_key(record: Mapping[str, Any]) -> str:
 
 def _restatement(record: Mapping[str, Any]) -> dict[str, Any]:
     """The ``session.update`` that restates the session facts of `record` (its
-    ``session.start``, or its latest ``session.update``) at a new segment's start:
-    who/where and the archived ``input`` as they are, nothing ``changed``."""
+    ``session.start``, or its latest ``session.update``) at a new segment's start (its
+    ``restated`` reason added then): who/where and the archived ``input`` as they are,
+    nothing ``changed``."""
     kept = {k: v for k, v in record.items() if k not in _NOT_RESTATED}
-    return {**kept, "type": "session.update", "changed": [], "restated": "segment"}
+    return {**kept, "type": "session.update", "changed": []}
 
 
 # what a session.start or session.update says about the moment it was made, not the
