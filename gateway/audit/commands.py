@@ -394,8 +394,9 @@ def run_policy_replay(args: argparse.Namespace, out: TextIO | None = None,
     if stats.skipped:
         summary += f"; {stats.skipped} skipped (refused before the policy ran)"
     if stats.unknown:
-        summary += (f"; {stats.unknown} NOT replayed (their session's session.start is not "
-                    "in the records read: its part of the input is unknown)")
+        summary += (f"; {stats.unknown} NOT replayed (neither their session's "
+                    "session.start nor a session.update before them is in the records "
+                    "read: its part of the input is unknown)")
     print(summary, file=err if args.json else out)
     most = stats.most_executed(_MOST_EXECUTED)
     if most and not args.json:  # (in JSON, each change carries its executions)
