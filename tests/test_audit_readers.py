@@ -296,3 +296,24 @@ def test_a_clients_text_reaches_audit_show_escaped(pg: PgBackend, tmp_path: Path
     assert_inert(text)
     assert "auth.failure" in text and "\\r\\n" + FAKE in text and "\\u009b2J" in text
     assert pgwarden("audit", "show", audit, "--json").stdout == stored(audit)
+
+
+def test_show_names_why_a_session_was_restated() -> None:
+    """The writer restates open sessions at a new segment, or a table's interval; a
+    crafted log's other values are printed escaped, never trusted as text."""
+    from gateway.audit.reader import Located
+    from gateway.audit.show import render_record
+
+    base = {"seq": 9, "ts": "2026-12-02T00:00:00.000000Z", "type": "session.update",
+            "session": "s1", "changed": [], "who": {"subject": "ci-bot"},
+            "where": {"client_addr": "10.0.0.5"}}
+
+    def shown(restated: object) -> str:
+        rec = {**base, "restated": restated}
+        return render_record(Located("gw1", "f", 1, rec, b""))
+
+    assert "restated at a new segment: ci-bot" in shown("segment")
+    assert "restated after segment_age: ci-bot" in shown("interval")
+    odd = shown("\x1b[31mlater")
+    assert "restated (\\x1b[31mlater): ci-bot" in odd and "\x1b" not in odd
+    assert "restated ([1,2]): ci-bot" in shown([1, 2])  # (its JSON text)
