@@ -54,6 +54,7 @@ from gateway.audit.chain import Chain  # noqa: E402
 from gateway.audit.filesink import FileSink  # noqa: E402
 from gateway.audit.template import TemplateCache  # noqa: E402
 from gateway.policy.decision import Decision, FrozenMap  # noqa: E402
+from gateway.proxy.session import _STATEMENT_HOLES as STATEMENT_HOLES  # noqa: E402
 
 FACTS = {
     "identity": {"subject": "repo:acme/payments:ref:refs/heads/main",
@@ -125,15 +126,11 @@ def bench_append(directory: Path, signer: Signer, rec: dict[str, Any], n: int,
     return rate
 
 
-# what a statement record's template leaves open (as gateway.proxy.session fills them)
-STATEMENT_HOLES = ("decision_seq", "rows", "masked_values", "duration_us")
-
-
 def bench_templated(directory: Path, signer: Signer, rec: dict[str, Any], n: int) -> float:
     w = new_writer(directory, signer, "os")
     cache = TemplateCache(w)
     statement = rec.get("type") == "statement"
-    holes = STATEMENT_HOLES if statement else ()
+    holes = STATEMENT_HOLES if statement else ()  # (the session's own: same template)
     pin = object()  # (the gateway pins a decision template to its Decision object)
 
     def build() -> dict[str, Any]:

@@ -91,9 +91,8 @@ def _summary(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     if t == "session.update":
         restated = rec.get("restated")
         if restated:  # nothing changed: the writer restates an open session
-            when = _RESTATED.get(restated, f"({text_of(restated)})") \
-                if isinstance(restated, str) else f"({text_of(restated)})"
-            return f"restated {when}: {_who(rec)}", extra
+            when = _RESTATED.get(restated) if isinstance(restated, str) else None
+            return f"restated {when or f'({text_of(restated)})'}: {_who(rec)}", extra
         return _changed(rec), extra
     if t == "session.end":
         return _totals(rec), extra
