@@ -109,6 +109,31 @@ text_arg(PyObject *v, arg_t *a)
     return 1;
 }
 
+/* `values` (a tuple) as hole values into out (MAX_ARGS - 3 of room): 1, or 0 when one is
+ * not a value a hole holds (no error set). Past the room: 1, nothing read (seal_parts
+ * refuses that many). */
+static int
+values_args(PyObject *values, arg_t *out)
+{
+    const Py_ssize_t n = PyTuple_GET_SIZE(values);
+    if (n > MAX_ARGS - 3)
+        return 1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!value_arg(PyTuple_GET_ITEM(values, i), &out[i]))
+            return 0;
+    return 1;
+}
+
+/* A str of n ASCII characters: PyUnicode_FromStringAndSize decodes them as UTF-8. */
+static PyObject *
+ascii_str(const char *text, Py_ssize_t n)
+{
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s != NULL)
+        memcpy(PyUnicode_DATA(s), text, (size_t)n);
+    return s;
+}
+
 /* OpenSSL's SHA-256 block functions (SHA256_Init/Update/Final, whose ABI has not changed
  * since 0.9.8), from a libcrypto the process has loaded already, never a new one: unset
  * when hashlib's OpenSSL is linked statically or named otherwise. Not SHA256(): since
@@ -187,21 +212,21 @@ now_ts(char *buf)
     return 1;
 }
 
-/* The sealing itself, shared by seal() and Ledger.append(): `chunks`, `picks` and
- * `values` tuples as seal() takes them, `seq` already a valid seq. Returns 1 with new
+/* The sealing itself, shared by seal() and Ledger.append(): `chunks` and `picks` tuples
+ * as seal() takes them, its values read (`given`, `nvalues` of them; `given_ok` 0: one
+ * did not fit), `seq` already a valid seq. Returns 1 with new
  * references in *line, *digest and *stamp_out (`ts`, or the time now), 0 when a value
  * does not fit (nothing hashed, no error set), -1 with an error set. */
 static int
 seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyObject *ts,
-           PyObject *values, PyObject *sha256, PyObject **line_out, PyObject **digest_out,
-           PyObject **ts_out)
+           const arg_t *given, Py_ssize_t nvalues, int given_ok, PyObject *sha256,
+           PyObject **line_out, PyObject **digest_out, PyObject **ts_out)
 {
     arg_t vals[MAX_ARGS];
     int quoted[MAX_ARGS];
     Py_ssize_t ks[MAX_ARGS];
 
     const Py_ssize_t nholes = PyTuple_GET_SIZE(picks);
-    const Py_ssize_t nvalues = PyTuple_GET_SIZE(values);
     if (PyTuple_GET_SIZE(chunks) != nholes + 1 || nholes > MAX_ARGS ||
             3 + nvalues > MAX_ARGS) {
         PyErr_SetString(PyExc_ValueError, "seal: one chunk more than holes, at most 64 holes");
@@ -223,9 +248,11 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
         return 0;
     quoted[0] = 0;
     quoted[1] = quoted[2] = 1;
+    if (!given_ok)
+        return 0;
     for (Py_ssize_t i = 0; i < nvalues; i++) {
-        if (!value_arg(PyTuple_GET_ITEM(values, i), &vals[3 + i]))
-            return 0;
+        vals[3 + i].data = given[i].data; /* (into given's own digits: the caller's) */
+        vals[3 + i].len = given[i].len;
         quoted[3 + i] = 0;
     }
 
@@ -302,7 +329,7 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
             text[2 * i] = hex[md[i] >> 4];
             text[2 * i + 1] = hex[md[i] & 15];
         }
-        digest = PyUnicode_FromStringAndSize(text, 64);
+        digest = ascii_str(text, 64);
         if (digest == NULL)
             goto fail;
     } else {
@@ -333,7 +360,7 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
     memcpy(w, tail, (size_t)tl);
     PyObject *stamp_obj;
     if (ts == Py_None) {
-        stamp_obj = PyUnicode_FromStringAndSize(stamp, TS_LEN);
+        stamp_obj = ascii_str(stamp, TS_LEN);
         if (stamp_obj == NULL)
             goto fail;
     } else {
@@ -363,9 +390,11 @@ seal(PyObject *module, PyObject *args)
     const long long n = PyLong_AsLongLongAndOverflow(seq, &overflow);
     if (overflow || n < 1 || n >= INT_LIMIT)
         Py_RETURN_NONE; /* seq must be in (0, 10**12) */
+    arg_t given[MAX_ARGS];
+    const int given_ok = values_args(values, given);
     PyObject *line, *digest, *stamp;
-    const int r = seal_parts(chunks, picks, n, prev, ts, values, sha256, &line, &digest,
-                             &stamp);
+    const int r = seal_parts(chunks, picks, n, prev, ts, given, PyTuple_GET_SIZE(values),
+                             given_ok, sha256, &line, &digest, &stamp);
     if (r < 0)
         return NULL;
     if (r == 0)
@@ -504,7 +533,8 @@ ledger_count(Ledger *self, PyObject *item, Py_ssize_t nbytes)
 /* Under the lock: 1 with *seq_out set, 2 a value did not fit, 0 refused (closed, or the
  * backlog is full), -1 an error. */
 static int
-ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long *seq_out)
+ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize_t nvalues,
+                     int given_ok, long long *seq_out)
 {
     if (!self->open)
         return 0;
@@ -522,7 +552,8 @@ ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long 
         return -1;
     PyObject *line, *digest, *stamp;
     const int r = seal_parts(PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), seq, prev,
-                             Py_None, values, self->sha256, &line, &digest, &stamp);
+                             Py_None, given, nvalues, given_ok, self->sha256, &line, &digest,
+                             &stamp);
     if (r <= 0) {
         Py_DECREF(prev);
         return r < 0 ? -1 : 2;
@@ -582,18 +613,17 @@ ledger_append_locked(Ledger *self, PyObject *parts, PyObject *values, long long 
     return 1;
 }
 
+/* append() with its values read: the seq, 0 a value did not fit, -1 refused; NULL with
+ * an error set. */
 static PyObject *
-ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
+ledger_append_args(Ledger *self, PyObject *template, const arg_t *given, Py_ssize_t nvalues,
+                   int given_ok)
 {
-    if (nargs != 2 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "append(template, values: tuple)");
-        return NULL;
-    }
     if (self->chain == NULL) {
         PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
         return NULL;
     }
-    PyObject *parts = PyObject_GetAttr(args[0], str_parts);
+    PyObject *parts = PyObject_GetAttr(template, str_parts);
     if (parts == NULL)
         return NULL;
     if (!PyTuple_Check(parts) || PyTuple_GET_SIZE(parts) != 5 ||
@@ -619,7 +649,7 @@ ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(got);
     long long seq = 0;
-    const int r = ledger_append_locked(self, parts, args[1], &seq);
+    const int r = ledger_append_locked(self, parts, given, nvalues, given_ok, &seq);
     Py_DECREF(parts);
     int failed = r < 0;
     if (r == 1 && ledger_due(self)) {
@@ -642,6 +672,18 @@ ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     if (failed)
         return NULL;
     return PyLong_FromLongLong(r == 1 ? seq : r == 2 ? 0 : -1);
+}
+
+static PyObject *
+ledger_append(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "append(template, values: tuple)");
+        return NULL;
+    }
+    arg_t given[MAX_ARGS];
+    const int given_ok = values_args(args[1], given);
+    return ledger_append_args(self, args[0], given, PyTuple_GET_SIZE(args[1]), given_ok);
 }
 
 /* fill(templates, key, values, pin): TemplateCache.fill's hit, in one call. `templates`
@@ -753,15 +795,16 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
             PyTuple_GET_ITEM(entry, 0) != Py_None || PyTuple_GET_ITEM(entry, 1) == Py_None)
         return PyLong_FromLong(0);
-    PyObject *holes = Py_BuildValue("(OLiL)", PyTuple_GET_ITEM(tag, 1), rows, 0,
-                                    (long long)us);
-    if (holes == NULL)
-        return NULL;
-    PyObject *call[2] = {PyTuple_GET_ITEM(entry, 1), holes};
+    /* the holes (decision_seq, rows, masked_values, duration_us), read as append reads
+     * them, without the tuple */
+    arg_t given[4];
+    const int given_ok = value_arg(PyTuple_GET_ITEM(tag, 1), &given[0]);
+    write_decimal(rows, &given[1]);
+    write_decimal(0, &given[2]);
+    write_decimal((long long)us, &given[3]);
     Py_INCREF(entry); /* the template must outlive a dict change made meanwhile */
-    PyObject *seq = ledger_append(self, call, 2);
+    PyObject *seq = ledger_append_args(self, PyTuple_GET_ITEM(entry, 1), given, 4, given_ok);
     Py_DECREF(entry);
-    Py_DECREF(holes);
     if (seq == NULL)
         return NULL;
     const long long n = PyLong_AsLongLong(seq);
@@ -776,10 +819,19 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *v = PyObject_GetAttr(totals, names[i]);
         if (v == NULL)
             goto fail;
-        PyObject *add = PyLong_FromLongLong(adds[i]);
-        PyObject *sum = add == NULL ? NULL : PyNumber_Add(v, add);
+        PyObject *sum;
+        long long was;
+        int overflow = 0;
+        if (PyLong_CheckExact(v) &&
+                (was = PyLong_AsLongLongAndOverflow(v, &overflow), !overflow) &&
+                was >= 0 && was < LLONG_MAX / 2 && adds[i] < LLONG_MAX / 2) {
+            sum = PyLong_FromLongLong(was + adds[i]);
+        } else { /* (not an int counted so far: as Python adds) */
+            PyObject *add = PyLong_FromLongLong(adds[i]);
+            sum = add == NULL ? NULL : PyNumber_Add(v, add);
+            Py_XDECREF(add);
+        }
         Py_DECREF(v);
-        Py_XDECREF(add);
         if (sum == NULL)
             goto fail;
         const int r = PyObject_SetAttr(totals, names[i], sum);

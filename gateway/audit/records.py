@@ -183,7 +183,7 @@ _COUNTED = {"allowed": "allowed", "denied": "denied", "masked": "masked", "held"
             "unfinished": "unfinished", "limited": "limited"}
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionTotals:
     """Running totals for ``session.end``; :meth:`count` once per statement record."""
 
