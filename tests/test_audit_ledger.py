@@ -111,13 +111,17 @@ def test_a_value_no_hole_holds_appends_nothing(kind: str, bad: Any) -> None:
 def test_it_refuses_when_closed_or_the_backlog_is_full(kind: str) -> None:
     ledger, chain, lock = make(kind, backlog=2)
     tpl = template(chain)
+    assert ledger.admit(5) == 0 and ledger.admit(0) == 1  # (1: that many are queued)
     assert ledger.append(tpl, (0, 0)) == 1 and ledger.append(tpl, (0, 0)) == 2
+    assert ledger.admit(5) == -1  # what append answers now, appending nothing
     assert ledger.append(tpl, (0, 0)) == -1  # two records are not durable
     assert chain.seq == 2 and len(ledger.queue) == 2
     ledger.durable = 1
+    assert ledger.admit(3) == 0 and ledger.admit(2) == 1 and chain.seq == 2
     assert ledger.append(tpl, (0, 0)) == 3
     ledger.open = False
     ledger.durable = 3
+    assert ledger.admit(5) == -1
     assert ledger.append(tpl, (0, 0)) == -1 and chain.seq == 3
     assert not lock.locked()
 
@@ -187,6 +191,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("durable"), st.integers(0, 40)),
     st.tuples(st.just("open"), st.booleans()),
     st.tuples(st.just("take"), st.none()),
+    st.tuples(st.just("admit"), st.integers(0, 6)),
 ), max_size=40)
 
 
@@ -226,6 +231,8 @@ def test_the_compiled_ledger_answers_as_the_reference(ops: list[tuple[str, Any]]
                 ledger.durable = min(arg, chain.seq)
             elif op == "open":
                 ledger.open = arg
+            elif op == "admit":
+                answers.append(("admit", ledger.admit(arg)))
             else:
                 appended.extend(ledger.take())
         appended.extend(ledger.take())

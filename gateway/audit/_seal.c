@@ -845,6 +845,33 @@ fail:
     return NULL;
 }
 
+/* admit(batch_records): AuditWriter.admit's check, in one call: -1 when an append would
+ * be refused (not open, or max_backlog records not durable), 1 when `batch_records` or
+ * more are queued (the writer thread should write them now), else 0. */
+static PyObject *
+ledger_admit(Ledger *self, PyObject *arg)
+{
+    const long long batch = PyLong_AsLongLong(arg);
+    if (batch == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->chain == NULL || self->queue == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+        return NULL;
+    }
+    if (!self->open)
+        return PyLong_FromLong(-1);
+    PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
+    if (seq_obj == NULL)
+        return NULL;
+    const long long seq = PyLong_AsLongLong(seq_obj);
+    Py_DECREF(seq_obj);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    if (seq - self->durable >= self->max_backlog)
+        return PyLong_FromLong(-1);
+    return PyLong_FromLong(PyList_GET_SIZE(self->queue) >= batch);
+}
+
 static PyObject *
 ledger_push(Ledger *self, PyObject *item)
 {
@@ -889,6 +916,8 @@ static PyMethodDef ledger_methods[] = {
      "or -1 (refused)"},
     {"complete", (PyCFunction)(void (*)(void))ledger_complete, METH_FASTCALL,
      "complete(templates, tag, body, totals) -> seq, or 0: take the Python path"},
+    {"admit", (PyCFunction)ledger_admit, METH_O,
+     "admit(batch_records) -> -1 (an append would be refused), 1 (that many queued) or 0"},
     {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
     {"take", (PyCFunction)ledger_take, METH_NOARGS, "take() -> the queue, left empty"},
     {NULL, NULL, 0, NULL},

@@ -44,6 +44,7 @@ class LedgerLike(Protocol):
     @property
     def due(self) -> bool: ...
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int: ...
+    def admit(self, batch_records: int) -> int: ...
     def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
              values: tuple[Any, ...], pin: object) -> int: ...
     def push(self, sealed: Sealed) -> None: ...
@@ -91,6 +92,14 @@ class Ledger:
             if self.due:
                 self._on_due()
             return sealed.seq
+
+    def admit(self, batch_records: int) -> int:
+        """What :meth:`append` checks, appending nothing: ``-1`` when it would refuse,
+        ``1`` when `batch_records` or more records are queued (to be written now), else
+        ``0``. (Read without the lock, as an append's outcome would be a moment later.)"""
+        if not self.open or self.chain.seq - self.durable >= self.max_backlog:
+            return -1
+        return int(len(self.queue) >= batch_records)
 
     def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
              values: tuple[Any, ...], pin: object) -> int:

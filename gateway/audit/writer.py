@@ -380,10 +380,10 @@ class AuditWriter:
         follow: raises AuditUnavailable when the log is closed or the backlog is full.
         With many records queued (``batch_records``) the thread is woken to write them
         now rather than at its timer, which bounds a batch."""
-        ledger = self.ledger
-        if not ledger.open or self._chain.seq - ledger.durable >= ledger.max_backlog:
-            raise self.refusal()
-        if len(ledger.queue) >= self.options.batch_records:
+        due = self.ledger.admit(self.options.batch_records)
+        if due:
+            if due < 0:
+                raise self.refusal()
             self.wake()
 
     def refusal(self) -> AuditUnavailable:
