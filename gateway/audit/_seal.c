@@ -530,23 +530,37 @@ ledger_count(Ledger *self, PyObject *item, Py_ssize_t nbytes)
     return 0;
 }
 
-/* Under the lock: 1 with *seq_out set, 2 a value did not fit, 0 refused (closed, or the
- * backlog is full), -1 an error. */
+/* The seq the next record gets, into *next: 1, or 0 when an append is refused (not
+ * open, or max_backlog records not durable), -1 with an error set. append and admit
+ * refuse by this one rule. */
 static int
-ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize_t nvalues,
-                     int given_ok, long long *seq_out)
+ledger_next_seq(Ledger *self, long long *next)
 {
     if (!self->open)
         return 0;
     PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
     if (seq_obj == NULL)
         return -1;
-    const long long seq = PyLong_AsLongLong(seq_obj) + 1;
+    const long long seq = PyLong_AsLongLong(seq_obj);
     Py_DECREF(seq_obj);
-    if (seq == 0 && PyErr_Occurred())
+    if (seq == -1 && PyErr_Occurred())
         return -1;
-    if (seq - 1 - self->durable >= self->max_backlog)
+    if (seq - self->durable >= self->max_backlog)
         return 0;
+    *next = seq + 1;
+    return 1;
+}
+
+/* Under the lock: 1 with *seq_out set, 2 a value did not fit, 0 refused (closed, or the
+ * backlog is full), -1 an error. */
+static int
+ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize_t nvalues,
+                     int given_ok, long long *seq_out)
+{
+    long long seq = 0;
+    const int next = ledger_next_seq(self, &seq);
+    if (next <= 0)
+        return next;
     PyObject *prev = PyObject_GetAttr(self->chain, str_head);
     if (prev == NULL)
         return -1;
@@ -858,16 +872,11 @@ ledger_admit(Ledger *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
         return NULL;
     }
-    if (!self->open)
-        return PyLong_FromLong(-1);
-    PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
-    if (seq_obj == NULL)
+    long long seq;
+    const int next = ledger_next_seq(self, &seq);
+    if (next < 0)
         return NULL;
-    const long long seq = PyLong_AsLongLong(seq_obj);
-    Py_DECREF(seq_obj);
-    if (seq == -1 && PyErr_Occurred())
-        return NULL;
-    if (seq - self->durable >= self->max_backlog)
+    if (next == 0)
         return PyLong_FromLong(-1);
     return PyLong_FromLong(PyList_GET_SIZE(self->queue) >= batch);
 }

@@ -81,11 +81,10 @@ class Ledger:
 
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int:
         with self._lock:
-            chain = self.chain
-            if not self.open or chain.seq - self.durable >= self.max_backlog:
+            if self._refuses():
                 return -1
             try:
-                sealed = chain.seal_template(template, values)
+                sealed = self.chain.seal_template(template, values)
             except TemplateMismatch:
                 return 0
             self.push(sealed)
@@ -97,9 +96,13 @@ class Ledger:
         """What :meth:`append` checks, appending nothing: ``-1`` when it would refuse,
         ``1`` when `batch_records` or more records are queued (to be written now), else
         ``0``. (Read without the lock, as an append's outcome would be a moment later.)"""
-        if not self.open or self.chain.seq - self.durable >= self.max_backlog:
+        if self._refuses():
             return -1
         return int(len(self.queue) >= batch_records)
+
+    def _refuses(self) -> bool:
+        """An append is refused: not open, or ``max_backlog`` records not durable."""
+        return not self.open or self.chain.seq - self.durable >= self.max_backlog
 
     def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
              values: tuple[Any, ...], pin: object) -> int:
