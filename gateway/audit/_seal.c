@@ -838,7 +838,7 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
         int overflow = 0;
         if (PyLong_CheckExact(v) &&
                 (was = PyLong_AsLongLongAndOverflow(v, &overflow), !overflow) &&
-                was >= 0 && was < LLONG_MAX / 2 && adds[i] < LLONG_MAX / 2) {
+                was >= 0 && was <= LLONG_MAX - adds[i]) { /* (adds are >= 0) */
             sum = PyLong_FromLongLong(was + adds[i]);
         } else { /* (not an int counted so far: as Python adds) */
             PyObject *add = PyLong_FromLongLong(adds[i]);
