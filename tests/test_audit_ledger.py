@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import AuditUnavailable, AuditWriter, WriterOptions, generate_keypair
+from gateway.audit import AuditUnavailable, AuditWriter, WriterOptions, canonical, generate_keypair
 from gateway.audit import ledger as ledger_mod
-from gateway.audit.canonical import GENESIS
+from gateway.audit.canonical import GENESIS, chain_hash, hashed_body
 from gateway.audit.chain import Chain, Sealed, seal_filled
 from gateway.audit.checkpoint import Signer, load_public_key
 from gateway.audit.filesink import FileSink
+from gateway.audit.records import SessionTotals
 from gateway.audit.template import RecordTemplate, TemplateCache, TemplateMismatch
 from gateway.audit.verify import verify_dir
+from gateway.masking.results import StatementTag
 
 KINDS = ["python"] + (["compiled"] if ledger_mod._native is not None else [])
 
@@ -308,3 +312,185 @@ def test_fill_appends_only_the_template_held_for_that_key_and_pin(kind: str) -> 
     with pytest.raises((TypeError, AttributeError)):
         ledger.fill([], "k", (1, 1), pin)
     assert not lock.locked()
+
+
+# -- a statement's usual end, kept unsealed until the next settle (compiled only) ----------
+
+USUAL = ("statement", "SELECT", "allowed", None, ())
+compiled_only = pytest.mark.skipif(ledger_mod._native is None,
+                                   reason="the compiled ledger is not built")
+
+
+def usual_end(chain: Chain) -> dict[Any, Any]:
+    """A session's template of its usual statement end, as TemplateCache holds it."""
+    tpl = chain.template({"type": "statement", "session": "s1", "outcome": "allowed",
+                          "command": "SELECT", "decision_seq": 1, "rows": 0,
+                          "masked_values": 0, "duration_us": 0},
+                         ("decision_seq", "rows", "masked_values", "duration_us"))
+    assert tpl is not None
+    return {USUAL: (None, tpl)}
+
+
+def end(ledger: Any, templates: dict[Any, Any], decision: int, rows: int,
+        totals: SessionTotals | None = None) -> int:
+    tag = StatementTag(None, decision, time.perf_counter(), "SELECT")
+    return int(ledger.complete(templates, tag, f"SELECT {rows}\0".encode(),
+                               totals or SessionTotals()))
+
+
+def assert_linked(queue: list[Sealed], first: int = 1, prev: str = GENESIS) -> None:
+    """Consecutive seqs from `first`, each line hashed onto the one before."""
+    for k, sealed in enumerate(queue):
+        body = json.loads(sealed.line)
+        assert (sealed.seq, body["seq"], body["prev"]) == (first + k, first + k, prev)
+        assert chain_hash(prev, hashed_body(sealed.line.rstrip(b"\n"))[0]) == sealed.hash
+        prev = sealed.hash
+
+
+@compiled_only
+def test_a_usual_end_is_kept_with_its_time_and_sealed_by_the_next_take() -> None:
+    ledger, chain, lock = make("compiled")
+    templates = usual_end(chain)
+    before = canonical.now_ts()
+    assert [end(ledger, templates, 7, k) for k in range(3)] == [1, 2, 3]  # its seq-to-be
+    after = canonical.now_ts()
+    # kept: nothing sealed, queued or counted towards a checkpoint yet; the backlog has them
+    assert ledger.pending == 3 and ledger.queue == [] and chain.seq == 0
+    assert ledger.since_checkpoint == 0 and ledger.admit(3) == 1
+    time.sleep(0.01)
+    queue = ledger.take()
+    assert ledger.pending == 0 and not lock.locked()
+    assert_linked(queue)
+    assert [json.loads(s.line)["rows"] for s in queue] == [0, 1, 2]
+    assert all(before <= s.ts <= after for s in queue)  # the time it ended, not the take's
+    assert (chain.seq, chain.head, ledger.since_checkpoint) == (3, queue[-1].hash, 3)
+
+
+@compiled_only
+def test_kept_records_go_before_anything_sealed_after_them() -> None:
+    ledger, chain, _ = make("compiled")
+    templates = usual_end(chain)
+    end(ledger, templates, 7, 1)
+    assert ledger.append(template(chain), (0, 7)) == 2  # append settles first
+    end(ledger, templates, 7, 2)
+    # a record the writer seals itself must come after them (it calls settle() first):
+    # push refuses one sealed past them
+    with pytest.raises(RuntimeError, match="settle"):
+        ledger.push(Sealed(3, "h", b"{}\n", "ts", "statement", "s1"))
+    assert ledger.pending == 1
+    queue = ledger.take()
+    assert [json.loads(s.line)["type"] for s in queue] == ["statement"] * 3
+    assert [s.seq for s in queue] == [1, 2, 3]
+    end(ledger, templates, 7, 3)
+    ledger.settle()
+    ledger.push(chain.seal(statement()))
+    assert_linked(queue + ledger.take())
+
+
+@compiled_only
+def test_kept_records_count_in_the_backlog() -> None:
+    ledger, chain, _ = make("compiled", backlog=2)
+    templates = usual_end(chain)
+    assert end(ledger, templates, 7, 1) == 1 and end(ledger, templates, 7, 1) == 2
+    totals = SessionTotals()
+    assert end(ledger, templates, 7, 1, totals) == 0  # refused: the Python path says why
+    assert totals.statements == 0 and ledger.pending == 2
+    assert ledger.admit(10) == -1 and ledger.append(template(chain), (0, 0)) == -1
+    assert ledger.pending == 0 and chain.seq == 2  # (the refused append settled them first)
+    ledger.durable = 2
+    assert ledger.admit(10) == 0
+    assert end(ledger, templates, 7, 1) == 3
+    ledger.open = False  # closed: refused, but what was kept is still sealed
+    assert end(ledger, templates, 7, 1) == 0
+    assert_linked(ledger.take())
+    assert chain.seq == 3
+
+
+@compiled_only
+def test_a_checkpoint_comes_due_after_the_kept_record_that_makes_it_due() -> None:
+    holder: dict[str, Any] = {}
+
+    def on_due() -> None:  # what the writer's checkpoint does, under the lock
+        led, ch = holder["ledger"], holder["chain"]
+        led.settle()  # (inside the ledger's own settle: nothing to do)
+        led.push(ch.seal({"type": "checkpoint", "head_seq": ch.seq}))
+        led.since_checkpoint = 0
+
+    ledger, chain, _ = make("compiled", every=2, on_due=on_due)
+    holder.update(ledger=ledger, chain=chain)
+    templates = usual_end(chain)
+    for k in range(5):
+        end(ledger, templates, 7, k)
+    queue = ledger.take()
+    assert [json.loads(s.line)["type"] for s in queue] == [
+        "statement", "statement", "checkpoint", "statement", "statement", "checkpoint",
+        "statement"]
+    assert_linked(queue)
+
+
+@compiled_only
+def test_a_settle_that_fails_keeps_what_it_did_not_seal() -> None:
+    fail = [True]
+
+    def on_due() -> None:
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("boom")
+
+    ledger, chain, lock = make("compiled", every=2, on_due=on_due)
+    templates = usual_end(chain)
+    for k in range(5):
+        end(ledger, templates, 7, k)
+    with pytest.raises(RuntimeError, match="boom"):
+        ledger.take()
+    # the second record made a checkpoint due and that failed: two sealed, three kept
+    assert (chain.seq, ledger.pending, len(ledger.queue)) == (2, 3, 2)
+    end(ledger, templates, 7, 5)  # kept after them
+    assert ledger.pending == 4 and not lock.locked()
+    ledger.since_checkpoint = -100  # (no checkpoint due again in this test)
+    queue = ledger.take()
+    assert [json.loads(s.line)["rows"] for s in queue] == [0, 1, 2, 3, 4, 5]
+    assert_linked(queue)
+
+
+@compiled_only
+def test_kept_records_survive_another_thread_taking_meanwhile() -> None:
+    """The event loop keeps records without the lock while the writer thread takes them
+    (under it): every record is sealed once, in the order it was kept."""
+    ledger, chain, lock = make("compiled", backlog=10**9)
+    templates = usual_end(chain)
+    taken: list[Sealed] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        while not done.is_set():
+            with lock:
+                taken.extend(ledger.take())
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for k in range(20_000):
+            assert end(ledger, templates, 7, k % 1000) > 0
+    finally:
+        done.set()
+        thread.join()
+    taken.extend(ledger.take())
+    assert [json.loads(s.line)["rows"] for s in taken] == [k % 1000 for k in range(20_000)]
+    assert_linked(taken)
+
+
+@compiled_only
+def test_a_ledger_dropped_with_kept_records_frees_them() -> None:
+    ledger, chain, _ = make("compiled")
+    templates = usual_end(chain)
+    end(ledger, templates, 7, 1)
+    parts = templates[USUAL][1].parts
+    refs = sys.getrefcount(parts)
+    end(ledger, templates, 7, 1)
+    held = sys.getrefcount(parts)
+    assert held == refs + 1  # a kept record holds its template's parts
+    del ledger
+    gc.collect()
+    freed = sys.getrefcount(parts)
+    assert freed == refs - 1

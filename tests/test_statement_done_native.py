@@ -17,10 +17,13 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import AuditContext, AuditWriter, records
+from gateway.audit import AuditContext, AuditWriter, generate_keypair, records
 from gateway.audit import ledger as ledger_mod
+from gateway.audit.canonical import now_ts
+from gateway.audit.checkpoint import Signer, load_public_key
 from gateway.audit.filesink import FileSink
 from gateway.audit.template import TemplateCache
+from gateway.audit.verify import verify_dir
 from gateway.enforce.input_doc import SessionFacts
 from gateway.identity.model import Identity
 from gateway.masking.results import StatementTag
@@ -45,9 +48,10 @@ BODIES = [
 ]
 
 
-def session(directory: Path, compiled: bool) -> tuple[Session, AuditWriter]:
+def session(directory: Path, compiled: bool, signer: Signer | None = None
+            ) -> tuple[Session, AuditWriter]:
     """A session's audit state as Session builds it, writing to `directory`."""
-    writer = AuditWriter(FileSink(str(directory), "gw1"), instance="gw1")
+    writer = AuditWriter(FileSink(str(directory), "gw1"), instance="gw1", signer=signer)
     writer.start()
     facts = SessionFacts.build(
         Identity("ci-job", "https://issuer", ("ci",), {}, "jwt", None), session_id="s1",
@@ -135,3 +139,31 @@ def test_it_declines_without_appending_or_counting(tmp_path: Path) -> None:
         writer.close()
     assert complete(tag, b"SELECT 1\0", s.totals) == 0  # closed: refused, the Python path
     assert s.totals.statements == before["statements"] + 1  # says why (and logs it)
+
+
+def test_usual_ends_are_kept_then_sealed_before_the_session_end(tmp_path: Path) -> None:
+    """The compiled usual end keeps its record unsealed (the writer thread seals a batch of
+    them at once); whatever is appended next, the session's end included, comes after
+    them in the chain, each keeps the time it ended, and the log verifies."""
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    s, writer = session(tmp_path / "log", True, Signer.from_pem_file(tmp_path / "k.pem"))
+    tag = StatementTag(None, 7, time.perf_counter(), "SELECT")
+    try:
+        s._statement_done(tag, CC, b"SELECT 0\0", {}, 0, 0)  # builds the template
+        for rows in range(1, 6):
+            s._statement_done(tag, CC, f"SELECT {rows}\0".encode(), {}, 0, rows)
+        assert 0 < writer.ledger.pending <= 5  # (fewer if the writer's timer took some)
+        ended = now_ts()
+        time.sleep(0.02)
+        assert s.audit_ctx is not None
+        writer.append(records.session_end(s.audit_ctx, reason="client", totals=s.totals))
+    finally:
+        writer.close()
+    lines = [json.loads(line) for f in sorted((tmp_path / "log").glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    kinds = [r["type"] for r in lines if r["type"] in ("statement", "session.end")]
+    assert kinds == ["statement"] * 6 + ["session.end"]
+    assert [r["rows"] for r in lines if r["type"] == "statement"] == [0, 1, 2, 3, 4, 5]
+    stamps = [r["ts"] for r in lines if r["type"] == "statement"]
+    assert stamps == sorted(stamps) and stamps[-1] <= ended  # when it ended, not sealed
+    assert verify_dir(tmp_path / "log", load_public_key(tmp_path / "k.pub")).ok

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <math.h>
+#include <sched.h>
 #include <time.h>
 
 #define INT_LIMIT 1000000000000LL /* 10**12: a hole holds at most 12 digits, short of a PAN */
@@ -406,11 +407,31 @@ seal(PyObject *module, PyObject *args)
     return result;
 }
 
+/* A statement record complete() took but has not sealed yet: its template's parts, its
+ * holes' values and the time it was recorded. */
+typedef struct {
+    PyObject *parts;
+    arg_t given[4];
+    signed char off[4]; /* where given[k]'s digits start in its num; -1: data is static */
+    char stamp[TS_LEN];
+} pend_t;
+
 /* Ledger: gateway.audit.ledger.Ledger compiled (that class is the reference and says
  * what each member means). append() is the writer's hot path: the writer's lock taken,
- * the record sealed onto the chain, queued as a Sealed, counted, in one call. */
+ * the record sealed onto the chain, queued as a Sealed, counted, in one call.
+ *
+ * complete() does not seal: it keeps the record's values (`pend`) and returns, and the
+ * next settle() seals every kept record in order onto the chain, under the lock, before
+ * anything else is sealed or taken (append, fill, take, and the writer's own seals, which
+ * call settle() first: push() refuses a record sealed past unsealed ones). Usually the
+ * writer thread's take() does it, a batch at a time: sealed one by one between a busy
+ * event loop's other work, each record cost several times what it costs in a batch. */
 typedef struct {
     PyObject_HEAD
+    pend_t *pend;           /* kept by complete(), in order */
+    Py_ssize_t npend, cpend;
+    Py_ssize_t unsealed;    /* npend, and those a settle() in progress has not sealed yet */
+    int settling;           /* a settle() is sealing: a nested one (its on_due) returns */
     PyObject *chain;  /* Chain: its seq and head attributes hold the chain's state */
     PyObject *queue;  /* list of Sealed no write has taken yet */
     PyObject *sealed; /* the Sealed class */
@@ -431,15 +452,32 @@ static PyObject *str_seq, *str_head, *str_parts, *str_instance;
 static int
 ledger_traverse(Ledger *self, visitproc visit, void *arg)
 {
+    for (Py_ssize_t i = 0; i < self->npend; i++)
+        Py_VISIT(self->pend[i].parts);
 #define VISIT_ONE(member) Py_VISIT(self->member);
     LEDGER_OBJECTS(VISIT_ONE)
 #undef VISIT_ONE
     return 0;
 }
 
+/* Drop `n` kept records from `pend` (their values only: the array is the caller's). */
+static void
+pend_drop(pend_t *pend, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(pend[i].parts);
+}
+
 static int
 ledger_clear(Ledger *self)
 {
+    pend_t *pend = self->pend;
+    const Py_ssize_t n = self->npend;
+    self->pend = NULL;
+    self->npend = self->cpend = 0;
+    self->unsealed -= n;
+    pend_drop(pend, n);
+    PyMem_Free(pend);
 #define CLEAR_ONE(member) Py_CLEAR(self->member);
     LEDGER_OBJECTS(CLEAR_ONE)
 #undef CLEAR_ONE
@@ -494,7 +532,16 @@ ledger_init(Ledger *self, PyObject *args, PyObject *kwds)
         Py_DECREF(queue);
         return -1;
     }
+    if (self->settling) {
+        PyErr_SetString(PyExc_RuntimeError, "Ledger: re-initialised while sealing");
+        Py_DECREF(instance);
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+        Py_DECREF(queue);
+        return -1;
+    }
     ledger_clear(self);
+    self->unsealed = 0;
     self->chain = Py_NewRef(chain);
     self->queue = queue;
     self->sealed = Py_NewRef(sealed);
@@ -531,8 +578,8 @@ ledger_count(Ledger *self, PyObject *item, Py_ssize_t nbytes)
 }
 
 /* The seq the next record gets, into *next: 1, or 0 when an append is refused (not
- * open, or max_backlog records not durable), -1 with an error set. append and admit
- * refuse by this one rule. */
+ * open, or max_backlog records not durable), -1 with an error set. append, complete and
+ * admit refuse by this one rule. Records complete() kept count as appended. */
 static int
 ledger_next_seq(Ledger *self, long long *next)
 {
@@ -545,28 +592,39 @@ ledger_next_seq(Ledger *self, long long *next)
     Py_DECREF(seq_obj);
     if (seq == -1 && PyErr_Occurred())
         return -1;
-    if (seq - self->durable >= self->max_backlog)
+    if (seq + self->unsealed - self->durable >= self->max_backlog)
         return 0;
-    *next = seq + 1;
+    *next = seq + self->unsealed + 1;
     return 1;
 }
 
-/* Under the lock: 1 with *seq_out set, 2 a value did not fit, 0 refused (closed, or the
- * backlog is full), -1 an error. */
+/* Under the lock, after settle(): 1 with *seq_out set, 2 a value did not fit, 0 refused
+ * (closed, or the backlog is full), -1 an error. `ts`: the record's time (None: now).
+ * `admitted`: complete() took it, so it is not refused now. */
 static int
 ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize_t nvalues,
-                     int given_ok, long long *seq_out)
+                     int given_ok, PyObject *ts, int admitted, long long *seq_out)
 {
     long long seq = 0;
-    const int next = ledger_next_seq(self, &seq);
-    if (next <= 0)
-        return next;
+    if (!admitted) { /* (records kept meanwhile, by another thread, come after it) */
+        const int next = ledger_next_seq(self, &seq);
+        if (next <= 0)
+            return next;
+    }
+    PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
+    if (seq_obj == NULL)
+        return -1;
+    seq = PyLong_AsLongLong(seq_obj);
+    Py_DECREF(seq_obj);
+    if (seq == -1 && PyErr_Occurred())
+        return -1;
+    seq += 1;
     PyObject *prev = PyObject_GetAttr(self->chain, str_head);
     if (prev == NULL)
         return -1;
     PyObject *line, *digest, *stamp;
     const int r = seal_parts(PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), seq, prev,
-                             Py_None, given, nvalues, given_ok, self->sha256, &line, &digest,
+                             ts, given, nvalues, given_ok, self->sha256, &line, &digest,
                              &stamp);
     if (r <= 0) {
         Py_DECREF(prev);
@@ -627,6 +685,84 @@ ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize
     return 1;
 }
 
+#define SETTLE_YIELD 256 /* records sealed between two chances for other threads to run */
+
+/* Seal the records complete() kept, in order (under the lock); 0, or -1 with an error
+ * set and the records not sealed still kept, ahead of any kept meanwhile. They are
+ * detached first: every SETTLE_YIELD records the GIL is let go (a batch holds it for
+ * milliseconds, and the event loop must not wait that long), and a thread may then
+ * complete() a statement, which is kept after them; whatever else could touch the chain
+ * takes the lock, held here. A checkpoint or rotation due after one of them is made
+ * there (on_due), as append() would. */
+static int
+ledger_settle(Ledger *self)
+{
+    if (self->npend == 0 || self->settling)
+        return 0;
+    pend_t *pend = self->pend;
+    const Py_ssize_t n = self->npend;
+    self->pend = NULL;
+    self->npend = self->cpend = 0;
+    self->settling = 1;
+    Py_ssize_t i = 0;
+    int failed = 0;
+    while (i < n && !failed) {
+        pend_t *e = &pend[i];
+        arg_t given[4];
+        for (int k = 0; k < 4; k++) {
+            given[k] = e->given[k];
+            if (e->off[k] >= 0)
+                given[k].data = given[k].num + e->off[k];
+        }
+        PyObject *ts = ascii_str(e->stamp, TS_LEN);
+        long long seq = 0;
+        const int r = ts == NULL ? -1
+            : ledger_append_locked(self, e->parts, given, 4, 1, ts, 1, &seq);
+        Py_XDECREF(ts);
+        if (r != 1) {
+            if (!PyErr_Occurred()) /* (its values were read when it was kept) */
+                PyErr_SetString(PyExc_ValueError, "Ledger: a kept record no longer fits");
+            failed = 1;
+            break;
+        }
+        Py_DECREF(e->parts);
+        self->unsealed--;
+        i++;
+        if (i % SETTLE_YIELD == 0 && i < n) {
+            Py_BEGIN_ALLOW_THREADS
+            sched_yield(); /* (a thread waiting for the GIL takes it now, not in 5 ms) */
+            Py_END_ALLOW_THREADS
+        }
+        if (ledger_due(self)) {
+            PyObject *done = PyObject_CallNoArgs(self->on_due);
+            failed = done == NULL;
+            Py_XDECREF(done);
+        }
+    }
+    self->settling = 0;
+    if (!failed) {
+        PyMem_Free(pend);
+        return 0;
+    }
+    /* Fail closed, losing nothing: what is left goes back ahead of what came since. */
+    const Py_ssize_t left = n - i, since = self->npend;
+    pend_t *back = PyMem_Malloc((size_t)(left + since + 1) * sizeof(pend_t));
+    if (back == NULL) { /* no room to keep them: they are lost, and the writer fails */
+        pend_drop(pend + i, left);
+        self->unsealed -= left;
+        PyMem_Free(pend);
+        return -1;
+    }
+    memcpy(back, pend + i, (size_t)left * sizeof(pend_t));
+    if (since)
+        memcpy(back + left, self->pend, (size_t)since * sizeof(pend_t));
+    PyMem_Free(self->pend);
+    PyMem_Free(pend);
+    self->pend = back;
+    self->npend = self->cpend = left + since;
+    return -1;
+}
+
 /* append() with its values read: the seq, 0 a value did not fit, -1 refused; NULL with
  * an error set. */
 static PyObject *
@@ -663,7 +799,8 @@ ledger_append_args(Ledger *self, PyObject *template, const arg_t *given, Py_ssiz
     }
     Py_DECREF(got);
     long long seq = 0;
-    const int r = ledger_append_locked(self, parts, given, nvalues, given_ok, &seq);
+    const int r = ledger_settle(self) < 0 ? -1
+        : ledger_append_locked(self, parts, given, nvalues, given_ok, Py_None, 0, &seq);
     Py_DECREF(parts);
     int failed = r < 0;
     if (r == 1 && ledger_due(self)) {
@@ -768,9 +905,10 @@ static PyObject *str_statement, *str_allowed, *str_statements, *str_rows, *empty
  * caller checks all but `withheld`): the statement record appended from the session's
  * template of its kind (key ("statement", command, "allowed", None, ())) with holes
  * (decision_seq, rows, 0, duration_us), and the session's totals counted (statements,
- * allowed, rows). Returns the seq; 0 when it declines (no template yet, a tag or value
- * it does not read, refused): nothing appended or counted, the Python path does it all.
- * tests/test_statement_done_native.py holds it to that path. */
+ * allowed, rows). The record is kept with its time, and sealed by the next settle()
+ * (see Ledger), without the lock. Returns its seq-to-be (> 0); 0 when it declines (no
+ * template yet, a tag or value it does not read, refused): nothing appended or counted,
+ * the Python path does it all. tests/test_statement_done_native.py holds it to that path. */
 static PyObject *
 ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -816,16 +954,55 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     write_decimal(rows, &given[1]);
     write_decimal(0, &given[2]);
     write_decimal((long long)us, &given[3]);
-    Py_INCREF(entry); /* the template must outlive a dict change made meanwhile */
-    PyObject *seq = ledger_append_args(self, PyTuple_GET_ITEM(entry, 1), given, 4, given_ok);
-    Py_DECREF(entry);
-    if (seq == NULL)
+    if (!given_ok)
+        return PyLong_FromLong(0);
+    PyObject *parts = PyObject_GetAttr(PyTuple_GET_ITEM(entry, 1), str_parts);
+    if (parts == NULL)
         return NULL;
-    const long long n = PyLong_AsLongLong(seq);
-    if (n <= 0) { /* a value did not fit, or refused: the Python path says why */
-        Py_DECREF(seq);
+    int fits = PyTuple_Check(parts) && PyTuple_GET_SIZE(parts) == 5 &&
+        PyTuple_Check(PyTuple_GET_ITEM(parts, 0)) && PyTuple_Check(PyTuple_GET_ITEM(parts, 1));
+    if (fits && PyTuple_GET_ITEM(parts, 4) != self->instance) {
+        fits = PyObject_RichCompareBool(PyTuple_GET_ITEM(parts, 4), self->instance, Py_EQ);
+        if (fits < 0) {
+            Py_DECREF(parts);
+            return NULL;
+        }
+    }
+    if (!fits) { /* (append's path says what is wrong with it) */
+        Py_DECREF(parts);
         return PyLong_FromLong(0);
     }
+    long long next = 0;
+    const int nx = ledger_next_seq(self, &next);
+    if (nx <= 0) { /* refused: the Python path says why */
+        Py_DECREF(parts);
+        return nx < 0 ? NULL : PyLong_FromLong(0);
+    }
+    if (self->npend == self->cpend) {
+        const Py_ssize_t cap = self->cpend ? 2 * self->cpend : 1024;
+        pend_t *grown = PyMem_Realloc(self->pend, (size_t)cap * sizeof(pend_t));
+        if (grown == NULL) {
+            Py_DECREF(parts);
+            return PyErr_NoMemory();
+        }
+        self->pend = grown;
+        self->cpend = cap;
+    }
+    PyObject *seq = PyLong_FromLongLong(next);
+    pend_t *e = &self->pend[self->npend];
+    if (seq == NULL || !now_ts(e->stamp)) {
+        Py_XDECREF(seq);
+        Py_DECREF(parts);
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++) { /* (an offset: the array may move) */
+        e->given[k] = given[k];
+        e->off[k] = given[k].data >= given[k].num && given[k].data < given[k].num + NUM_MAX
+            ? (signed char)(given[k].data - given[k].num) : -1;
+    }
+    e->parts = parts;
+    self->npend++; /* (counted when sealed: a checkpoint or rotation comes due there) */
+    self->unsealed++;
     /* counted once appended (as SessionTotals.count would for "allowed") */
     PyObject *const names[3] = {str_statements, str_allowed, str_rows};
     const long long adds[3] = {1, 1, rows};
@@ -878,7 +1055,7 @@ ledger_admit(Ledger *self, PyObject *arg)
         return NULL;
     if (next == 0)
         return PyLong_FromLong(-1);
-    return PyLong_FromLong(PyList_GET_SIZE(self->queue) >= batch);
+    return PyLong_FromLong(PyList_GET_SIZE(self->queue) + self->unsealed >= batch);
 }
 
 static PyObject *
@@ -887,6 +1064,11 @@ ledger_push(Ledger *self, PyObject *item)
     if (self->queue == NULL || !PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 3 ||
             !PyBytes_Check(PyTuple_GET_ITEM(item, 2))) {
         PyErr_SetString(PyExc_TypeError, "push(sealed): a Sealed record");
+        return NULL;
+    }
+    if (self->npend && !self->settling) {
+        PyErr_SetString(PyExc_RuntimeError, "push(sealed): a record sealed past records "
+                        "complete() kept (settle() first)");
         return NULL;
     }
     if (ledger_count(self, item, PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2))) < 0)
@@ -902,12 +1084,34 @@ ledger_take(Ledger *self, PyObject *unused)
         PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
         return NULL;
     }
+    if (ledger_settle(self) < 0)
+        return NULL;
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL)
         return NULL;
     PyObject *taken = self->queue;
     self->queue = fresh;
     return taken;
+}
+
+static PyObject *
+ledger_settle_method(Ledger *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->chain == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+        return NULL;
+    }
+    if (ledger_settle(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ledger_get_pending(Ledger *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->unsealed);
 }
 
 static PyObject *
@@ -928,7 +1132,10 @@ static PyMethodDef ledger_methods[] = {
     {"admit", (PyCFunction)ledger_admit, METH_O,
      "admit(batch_records) -> -1 (an append would be refused), 1 (that many queued) or 0"},
     {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
-    {"take", (PyCFunction)ledger_take, METH_NOARGS, "take() -> the queue, left empty"},
+    {"take", (PyCFunction)ledger_take, METH_NOARGS,
+     "take() -> the queue (after settle()), left empty"},
+    {"settle", (PyCFunction)ledger_settle_method, METH_NOARGS,
+     "settle(): seal the records complete() kept (under the lock)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -949,6 +1156,7 @@ static PyMemberDef ledger_members[] = {
 
 static PyGetSetDef ledger_getset[] = {
     {"due", (getter)ledger_get_due, NULL, NULL, NULL},
+    {"pending", (getter)ledger_get_pending, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

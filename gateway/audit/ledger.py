@@ -10,6 +10,14 @@ taking the lock, sealing a templated record onto the chain, queueing and countin
 calling ``on_due`` (still under the lock) when a checkpoint or rotation is due.
 ``gateway/audit/_seal.c`` has the same class compiled, used when it was built; this one is
 its reference, held to it by ``tests/test_audit_ledger.py``, and the pure-Python path.
+
+The compiled one also records a statement's usual end (``complete``) without sealing it:
+it keeps the record's values and time, and seals every record so kept, in order, at the
+next :meth:`settle` — which ``append``, ``fill`` and ``take`` do first, and which whoever
+seals a record of their own (the writer's checkpoints, segment headers, Python-built
+records) calls first, under the lock (``push`` refuses a record sealed past kept ones).
+``pending`` counts the kept records; they count as appended (the backlog, ``admit``).
+This one keeps none: ``pending`` is 0 and ``settle`` does nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ class LedgerLike(Protocol):
     def queue(self) -> list[Sealed]: ...
     @property
     def due(self) -> bool: ...
+    @property
+    def pending(self) -> int: ...  # records kept unsealed (see the module doc)
+    def settle(self) -> None: ...
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int: ...
     def admit(self, batch_records: int) -> int: ...
     def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
@@ -72,6 +83,14 @@ class Ledger:
         self.checkpoint_every = checkpoint_every
         self.segment_limit = segment_limit
         self.segment_bytes = self.segment_records = self.since_checkpoint = 0
+
+    @property
+    def pending(self) -> int:
+        """Records kept unsealed: none here (see the module doc)."""
+        return 0
+
+    def settle(self) -> None:
+        """Seal the records kept unsealed: none here."""
 
     @property
     def due(self) -> bool:

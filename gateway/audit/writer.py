@@ -271,9 +271,11 @@ class AuditWriter:
             if self._closed or not self._started:
                 self._closed = True
                 return True
+            # closed first: a statement's end kept from now on would follow the final
+            # checkpoint (complete() keeps records without the lock; see ledger.py)
+            self.ledger.open = False
             self._checkpoint_locked("shutdown", final=True)
             self._closed = True
-            self.ledger.open = False
             self._stopping = True
             target = self._chain.seq
             deadline = self._clock() + (self.options.close_timeout if timeout is None
@@ -311,6 +313,7 @@ class AuditWriter:
     @property
     def head(self) -> tuple[int, str]:
         with self._lock:
+            self.ledger.settle()
             return self._chain.seq, self._chain.head
 
     def check(self) -> None:
@@ -336,9 +339,10 @@ class AuditWriter:
         with self._lock:
             if rtype == "session.end":  # (closed or not: the session is over)
                 self._open_sessions.pop(_session_key(record), None)
-            if not ledger.open or (not owed and self._chain.seq - ledger.durable
-                                   >= ledger.max_backlog):
+            if not ledger.open or (not owed and self._chain.seq + ledger.pending
+                                   - ledger.durable >= ledger.max_backlog):
                 raise self.refusal()
+            ledger.settle()  # (the statement records kept before it go first)
             sealed = self._chain.seal(record)
             ledger.push(sealed)
             if rtype in _SESSION_FACTS:  # in the chain after what it restates
@@ -391,7 +395,7 @@ class AuditWriter:
         ledger = self.ledger
         if not ledger.open:
             return AuditUnavailable("the audit log is not open")
-        backlog = self._chain.seq - ledger.durable
+        backlog = self._chain.seq + ledger.pending - ledger.durable
         return AuditUnavailable(self._error or f"{backlog} records wait for the sink")
 
     def is_durable(self, seq: int) -> bool:
@@ -424,6 +428,7 @@ class AuditWriter:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self.ledger.settle()
             target = self._chain.seq
             self._flushing += 1
             try:
@@ -442,7 +447,7 @@ class AuditWriter:
         with self._lock:
             if not self.ledger.open:
                 raise AuditUnavailable("the audit log is not open")
-            wake = not self.ledger.queue
+            wake = not self.ledger.queue and not self.ledger.pending
             seq = self._checkpoint_locked(reason)
         if wake:
             self._wake.set()
@@ -450,6 +455,7 @@ class AuditWriter:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
+            self.ledger.settle()
             return {
                 "instance": self.instance, "sink": self.sink.kind, "healthy": self.healthy,
                 "error": self._error, "seq": self._chain.seq,
@@ -470,6 +476,7 @@ class AuditWriter:
             self._rotate_locked("size")
 
     def _checkpoint_locked(self, reason: str, *, final: bool = False) -> int:
+        self.ledger.settle()  # (a no-op when the ledger's own settle() made it due)
         chain = self._chain
         sealed = chain.seal({"type": "checkpoint", "head_seq": chain.seq,
                              "head_hash": chain.head, "final": final, "reason": reason},
@@ -482,6 +489,7 @@ class AuditWriter:
 
     def _open_segment_locked(self, n: int, reason: str, *, previous: str | None,
                              torn: int = 0) -> None:
+        self.ledger.settle()
         chain = self._chain
         self._segment = n
         self.ledger.segment_bytes = self.ledger.segment_records = 0
@@ -507,6 +515,7 @@ class AuditWriter:
 
     def _restate_locked(self, reason: str) -> None:
         """A session.update restating each open session (see the module doc)."""
+        self.ledger.settle()
         for record in self._open_sessions.values():
             self.ledger.push(self._chain.seal({**record, "restated": reason}))
 
@@ -518,7 +527,7 @@ class AuditWriter:
         ``write()`` returned, and a thread handoff per statement would cost more than the
         write. Returns True when every record appended so far is durable. With ``fsync``,
         or while the sink is failing, it only reports (the thread owns syncs and retries)."""
-        target = self._chain.seq
+        target = self._chain.seq + self.ledger.pending
         if not self.writes_through:
             self._wake.set()  # the thread syncs (or retries); the caller waits for it
             return self.ledger.durable >= target
@@ -563,7 +572,7 @@ class AuditWriter:
             self._io_lock.acquire()
         self._wake.clear()
         with self._lock:
-            if self.ledger.queue:
+            if self.ledger.queue or self.ledger.pending:
                 carry.extend(self.ledger.take())
             if self._rotations:
                 rotations.update(self._rotations)
@@ -580,7 +589,7 @@ class AuditWriter:
             return False
         if not carry:
             with self._lock:
-                return not self.ledger.queue
+                return not self.ledger.queue and not self.ledger.pending
         return False
 
     def _next_timer(self, backlog: bool) -> float:
