@@ -196,6 +196,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("open"), st.booleans()),
     st.tuples(st.just("take"), st.none()),
     st.tuples(st.just("admit"), st.integers(0, 6)),
+    st.tuples(st.just("refuses"), st.none()),
 ), max_size=40)
 
 
@@ -237,6 +238,8 @@ def test_the_compiled_ledger_answers_as_the_reference(ops: list[tuple[str, Any]]
                 ledger.open = arg
             elif op == "admit":
                 answers.append(("admit", ledger.admit(arg)))
+            elif op == "refuses":
+                answers.append(("refuses", ledger.refuses()))
             else:
                 appended.extend(ledger.take())
         appended.extend(ledger.take())
@@ -494,3 +497,18 @@ def test_a_ledger_dropped_with_kept_records_frees_them() -> None:
     gc.collect()
     freed = sys.getrefcount(parts)
     assert freed == refs - 1
+
+
+@compiled_only
+def test_an_uninitialised_ledger_refuses_every_call() -> None:
+    """A Ledger made without __init__ holds no chain: each call says so (none reads it)."""
+    native = ledger_mod._native
+    assert native is not None
+    bare = native.Ledger.__new__(native.Ledger)
+    templates = usual_end(Chain("gw1"))
+    tag = StatementTag(None, 7, time.perf_counter(), "SELECT")
+    for call in (lambda: bare.complete(templates, tag, b"SELECT 1\0", SessionTotals()),
+                 lambda: bare.append(templates[USUAL][1], (7, 1, 0, 0)),
+                 bare.take, bare.settle, bare.refuses, lambda: bare.admit(1)):
+        with pytest.raises(ValueError, match="not initialised"):
+            call()

@@ -577,22 +577,46 @@ ledger_count(Ledger *self, PyObject *item, Py_ssize_t nbytes)
     return 0;
 }
 
-/* The seq the next record gets, into *next: 1, or 0 when an append is refused (not
- * open, or max_backlog records not durable), -1 with an error set. append, complete and
- * admit refuse by this one rule. Records complete() kept count as appended. */
+/* 1 with an error set when the ledger's __init__ has not run (or failed), else 0. */
 static int
-ledger_next_seq(Ledger *self, long long *next)
+ledger_unready(Ledger *self)
 {
-    if (!self->open)
+    if (self->chain != NULL && self->queue != NULL)
         return 0;
+    PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+    return 1;
+}
+
+/* The chain's seq (the last record sealed) into *seq: 0, or -1 with an error set. */
+static int
+ledger_chain_seq(Ledger *self, long long *seq)
+{
     PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
     if (seq_obj == NULL)
         return -1;
-    const long long seq = PyLong_AsLongLong(seq_obj);
+    *seq = PyLong_AsLongLong(seq_obj);
     Py_DECREF(seq_obj);
-    if (seq == -1 && PyErr_Occurred())
+    return *seq == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Whether an append is refused with the chain at `seq`: not open, or max_backlog records
+ * not durable (records complete() kept count as appended). append, complete and admit
+ * refuse by this one rule. */
+static int
+ledger_refuses(Ledger *self, long long seq)
+{
+    return !self->open || seq + self->unsealed - self->durable >= self->max_backlog;
+}
+
+/* The seq the next record gets, after those kept, into *next: 1, or 0 when an append is
+ * refused, -1 with an error set. */
+static int
+ledger_next_seq(Ledger *self, long long *next)
+{
+    long long seq;
+    if (ledger_chain_seq(self, &seq) < 0)
         return -1;
-    if (seq + self->unsealed - self->durable >= self->max_backlog)
+    if (ledger_refuses(self, seq))
         return 0;
     *next = seq + self->unsealed + 1;
     return 1;
@@ -606,19 +630,11 @@ ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize
                      int given_ok, PyObject *ts, int admitted, long long *seq_out)
 {
     long long seq = 0;
-    if (!admitted) { /* (records kept meanwhile, by another thread, come after it) */
-        const int next = ledger_next_seq(self, &seq);
-        if (next <= 0)
-            return next;
-    }
-    PyObject *seq_obj = PyObject_GetAttr(self->chain, str_seq);
-    if (seq_obj == NULL)
+    if (ledger_chain_seq(self, &seq) < 0)
         return -1;
-    seq = PyLong_AsLongLong(seq_obj);
-    Py_DECREF(seq_obj);
-    if (seq == -1 && PyErr_Occurred())
-        return -1;
-    seq += 1;
+    if (!admitted && ledger_refuses(self, seq))
+        return 0;
+    seq += 1; /* (records kept meanwhile, by another thread, come after it) */
     PyObject *prev = PyObject_GetAttr(self->chain, str_head);
     if (prev == NULL)
         return -1;
@@ -763,16 +779,11 @@ ledger_settle(Ledger *self)
     return -1;
 }
 
-/* append() with its values read: the seq, 0 a value did not fit, -1 refused; NULL with
- * an error set. */
+/* `template`'s parts (a new reference), checked to be a template of this chain; NULL
+ * with an error set. */
 static PyObject *
-ledger_append_args(Ledger *self, PyObject *template, const arg_t *given, Py_ssize_t nvalues,
-                   int given_ok)
+ledger_parts(Ledger *self, PyObject *template)
 {
-    if (self->chain == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
-        return NULL;
-    }
     PyObject *parts = PyObject_GetAttr(template, str_parts);
     if (parts == NULL)
         return NULL;
@@ -792,6 +803,20 @@ ledger_append_args(Ledger *self, PyObject *template, const arg_t *given, Py_ssiz
             PyErr_SetString(PyExc_ValueError, "a template of another chain instance");
         return NULL;
     }
+    return parts;
+}
+
+/* append() with its values read: the seq, 0 a value did not fit, -1 refused; NULL with
+ * an error set. */
+static PyObject *
+ledger_append_args(Ledger *self, PyObject *template, const arg_t *given, Py_ssize_t nvalues,
+                   int given_ok)
+{
+    if (ledger_unready(self))
+        return NULL;
+    PyObject *parts = ledger_parts(self, template);
+    if (parts == NULL)
+        return NULL;
     PyObject *got = PyObject_CallNoArgs(self->acquire);
     if (got == NULL) {
         Py_DECREF(parts);
@@ -916,6 +941,8 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "complete(templates: dict, tag, body, totals)");
         return NULL;
     }
+    if (ledger_unready(self))
+        return NULL;
     PyObject *tag = args[1], *body = args[2], *totals = args[3];
     /* StatementTag: (plan, decision_seq, started, command, internal, withheld) */
     if (!PyTuple_Check(tag) || PyTuple_GET_SIZE(tag) != 6 || !PyBytes_Check(body) ||
@@ -956,22 +983,9 @@ ledger_complete(Ledger *self, PyObject *const *args, Py_ssize_t nargs)
     write_decimal((long long)us, &given[3]);
     if (!given_ok)
         return PyLong_FromLong(0);
-    PyObject *parts = PyObject_GetAttr(PyTuple_GET_ITEM(entry, 1), str_parts);
-    if (parts == NULL)
+    PyObject *parts = ledger_parts(self, PyTuple_GET_ITEM(entry, 1));
+    if (parts == NULL) /* (raised as append raises it) */
         return NULL;
-    int fits = PyTuple_Check(parts) && PyTuple_GET_SIZE(parts) == 5 &&
-        PyTuple_Check(PyTuple_GET_ITEM(parts, 0)) && PyTuple_Check(PyTuple_GET_ITEM(parts, 1));
-    if (fits && PyTuple_GET_ITEM(parts, 4) != self->instance) {
-        fits = PyObject_RichCompareBool(PyTuple_GET_ITEM(parts, 4), self->instance, Py_EQ);
-        if (fits < 0) {
-            Py_DECREF(parts);
-            return NULL;
-        }
-    }
-    if (!fits) { /* (append's path says what is wrong with it) */
-        Py_DECREF(parts);
-        return PyLong_FromLong(0);
-    }
     long long next = 0;
     const int nx = ledger_next_seq(self, &next);
     if (nx <= 0) { /* refused: the Python path says why */
@@ -1045,10 +1059,8 @@ ledger_admit(Ledger *self, PyObject *arg)
     const long long batch = PyLong_AsLongLong(arg);
     if (batch == -1 && PyErr_Occurred())
         return NULL;
-    if (self->chain == NULL || self->queue == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+    if (ledger_unready(self))
         return NULL;
-    }
     long long seq;
     const int next = ledger_next_seq(self, &seq);
     if (next < 0)
@@ -1056,6 +1068,21 @@ ledger_admit(Ledger *self, PyObject *arg)
     if (next == 0)
         return PyLong_FromLong(-1);
     return PyLong_FromLong(PyList_GET_SIZE(self->queue) + self->unsealed >= batch);
+}
+
+/* refuses(): whether an append would be refused now (admit's -1), for the writer's own
+ * appends, which it seals in Python. */
+static PyObject *
+ledger_refuses_method(Ledger *self, PyObject *unused)
+{
+    (void)unused;
+    if (ledger_unready(self))
+        return NULL;
+    long long seq;
+    const int next = ledger_next_seq(self, &seq);
+    if (next < 0)
+        return NULL;
+    return PyBool_FromLong(next == 0);
 }
 
 static PyObject *
@@ -1080,10 +1107,8 @@ static PyObject *
 ledger_take(Ledger *self, PyObject *unused)
 {
     (void)unused;
-    if (self->queue == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+    if (ledger_unready(self))
         return NULL;
-    }
     if (ledger_settle(self) < 0)
         return NULL;
     PyObject *fresh = PyList_New(0);
@@ -1098,10 +1123,8 @@ static PyObject *
 ledger_settle_method(Ledger *self, PyObject *unused)
 {
     (void)unused;
-    if (self->chain == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Ledger: not initialised");
+    if (ledger_unready(self))
         return NULL;
-    }
     if (ledger_settle(self) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1131,6 +1154,8 @@ static PyMethodDef ledger_methods[] = {
      "complete(templates, tag, body, totals) -> seq, or 0: take the Python path"},
     {"admit", (PyCFunction)ledger_admit, METH_O,
      "admit(batch_records) -> -1 (an append would be refused), 1 (that many queued) or 0"},
+    {"refuses", (PyCFunction)ledger_refuses_method, METH_NOARGS,
+     "refuses() -> whether an append would be refused (closed, or the backlog full)"},
     {"push", (PyCFunction)ledger_push, METH_O, "push(sealed): queue and count a record"},
     {"take", (PyCFunction)ledger_take, METH_NOARGS,
      "take() -> the queue (after settle()), left empty"},

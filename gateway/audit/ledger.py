@@ -56,6 +56,7 @@ class LedgerLike(Protocol):
     def settle(self) -> None: ...
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int: ...
     def admit(self, batch_records: int) -> int: ...
+    def refuses(self) -> bool: ...
     def fill(self, templates: dict[Any, tuple[object, RecordTemplate | None]], key: Any,
              values: tuple[Any, ...], pin: object) -> int: ...
     def push(self, sealed: Sealed) -> None: ...
@@ -100,7 +101,7 @@ class Ledger:
 
     def append(self, template: RecordTemplate, values: tuple[Any, ...]) -> int:
         with self._lock:
-            if self._refuses():
+            if self.refuses():
                 return -1
             try:
                 sealed = self.chain.seal_template(template, values)
@@ -115,11 +116,11 @@ class Ledger:
         """What :meth:`append` checks, appending nothing: ``-1`` when it would refuse,
         ``1`` when `batch_records` or more records are queued (to be written now), else
         ``0``. (Read without the lock, as an append's outcome would be a moment later.)"""
-        if self._refuses():
+        if self.refuses():
             return -1
         return int(len(self.queue) >= batch_records)
 
-    def _refuses(self) -> bool:
+    def refuses(self) -> bool:
         """An append is refused: not open, or ``max_backlog`` records not durable."""
         return not self.open or self.chain.seq - self.durable >= self.max_backlog
 

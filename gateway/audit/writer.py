@@ -339,8 +339,7 @@ class AuditWriter:
         with self._lock:
             if rtype == "session.end":  # (closed or not: the session is over)
                 self._open_sessions.pop(_session_key(record), None)
-            if not ledger.open or (not owed and self._chain.seq + ledger.pending
-                                   - ledger.durable >= ledger.max_backlog):
+            if not ledger.open or (not owed and ledger.refuses()):
                 raise self.refusal()
             ledger.settle()  # (the statement records kept before it go first)
             sealed = self._chain.seal(record)
