@@ -512,3 +512,111 @@ def test_an_uninitialised_ledger_refuses_every_call() -> None:
                  bare.take, bare.settle, bare.refuses, lambda: bare.admit(1)):
         with pytest.raises(ValueError, match="not initialised"):
             call()
+
+
+# -- kept records sealed in batches (the GIL let go while they are written and hashed) ---
+
+
+def sessions_ends(chain: Chain, n: int) -> list[dict[Any, Any]]:
+    """`n` sessions' templates of their usual end (a batch holds a few shapes at once)."""
+    out = []
+    for k in range(n):
+        tpl = chain.template({"type": "statement", "session": f"s{k}", "outcome": "allowed",
+                              "command": "SELECT", "decision_seq": 1, "rows": 0,
+                              "masked_values": 0, "duration_us": 0},
+                             ("decision_seq", "rows", "masked_values", "duration_us"))
+        assert tpl is not None
+        out.append({USUAL: (None, tpl)})
+    return out
+
+
+def native_ledger(chain: Chain, sha256: Any, *, limit: int = 0, every: int = 0,
+                  on_due: Any = None) -> Any:
+    native = ledger_mod._native
+    assert native is not None
+    ledger = native.Ledger(chain, threading.Lock(), on_due or (lambda: None), Sealed, sha256,
+                           max_backlog=10**9, checkpoint_every=every, segment_limit=limit)
+    ledger.open = True
+    return ledger
+
+
+@compiled_only
+@pytest.mark.parametrize("sha256", ["openssl", "hashlib"])
+def test_many_kept_records_of_many_shapes_are_sealed_in_order(sha256: str) -> None:
+    """More records than a batch holds, of more shapes than it reads at once: each sealed
+    once, in the order kept, with its own session and values (OpenSSL's digest seals them
+    in batches, hashlib's one by one: the same records)."""
+    chain = Chain("gw1")
+    ledger = native_ledger(chain, None if sha256 == "openssl" else __import__("hashlib").sha256)
+    if sha256 == "openssl" and ledger_mod._SHA256 is not None:
+        pytest.skip("no OpenSSL SHA-256 found in this process")
+    shapes = sessions_ends(chain, 6)
+    for k in range(1000):
+        assert end(ledger, shapes[k % 6 if k < 600 else 0], k, k) == k + 1
+    queue = ledger.take()
+    assert ledger.pending == 0 and len(queue) == 1000
+    assert_linked(queue)
+    bodies = [json.loads(s.line) for s in queue]
+    assert [(b["session"], b["decision_seq"], b["rows"]) for b in bodies] == [
+        (f"s{k % 6 if k < 600 else 0}", k, k) for k in range(1000)]
+    assert [s.session for s in queue] == [b["session"] for b in bodies]
+    assert ledger.segment_bytes == sum(len(s.line) for s in queue)
+    assert (chain.seq, chain.head, ledger.since_checkpoint) == (1000, queue[-1].hash, 1000)
+
+
+@compiled_only
+def test_a_rotation_comes_due_after_the_record_that_fills_the_segment() -> None:
+    """A rotation by size inside a batch: on_due runs right after the record whose bytes
+    reach the limit, not at the batch's end."""
+    fired: list[int] = []
+    holder: dict[str, Any] = {}
+
+    def on_due() -> None:  # as a rotation: a new segment, counted from nothing
+        fired.append(holder["chain"].seq)
+        holder["ledger"].segment_bytes = 0
+
+    chain = Chain("gw1")
+    limit = 5000
+    ledger = native_ledger(chain, ledger_mod._SHA256, limit=limit, on_due=on_due)
+    holder.update(ledger=ledger, chain=chain)
+    templates = usual_end(chain)
+    for k in range(700):
+        end(ledger, templates, 7, k)
+    queue = ledger.take()
+    assert_linked(queue)
+    expected, size = [], 0
+    for sealed in queue:
+        size += len(sealed.line)
+        if size >= limit:
+            expected.append(sealed.seq)
+            size = 0
+    assert fired == expected and len(fired) > 40
+
+
+class FlakyChain(Chain):
+    """A chain whose seq cannot be moved while `stuck`."""
+
+    __slots__ = ("stuck",)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "seq" and getattr(self, "stuck", False):
+            raise OSError("the chain is stuck")
+        super().__setattr__(name, value)
+
+
+@compiled_only
+def test_a_batch_that_cannot_move_the_chain_seals_none_of_its_records() -> None:
+    chain = FlakyChain("gw1")
+    ledger = native_ledger(chain, ledger_mod._SHA256)
+    templates = usual_end(chain)
+    for k in range(300):
+        end(ledger, templates, 7, k)
+    chain.stuck = True
+    with pytest.raises(OSError, match="stuck"):
+        ledger.take()
+    assert (chain.seq, chain.head, ledger.pending, ledger.queue) == (0, GENESIS, 300, [])
+    assert ledger.segment_bytes == ledger.since_checkpoint == 0
+    chain.stuck = False
+    queue = ledger.take()
+    assert [json.loads(s.line)["rows"] for s in queue] == list(range(300))
+    assert_linked(queue)

@@ -213,6 +213,43 @@ now_ts(char *buf)
     return 1;
 }
 
+/* A record's line is its body (canonical JSON, `size` bytes) with the hash member written
+ * over the closing '}': body[:-1] + ',"hash":"' + digest + '"}\n'. */
+static const char hash_head[] = ",\"hash\":\"";
+static const char hash_tail[] = "\"}\n";
+#define LINE_LEN(size) ((size) - 1 + (Py_ssize_t)sizeof hash_head - 1 + 64 + \
+                        (Py_ssize_t)sizeof hash_tail - 1)
+
+/* sha256(prev + body) as 64 hex digits into text, with OpenSSL's functions (found):
+ * 1, or 0 when OpenSSL failed. Touches no Python object: runs without the GIL. */
+static int
+sha256_hex(const char *prev, Py_ssize_t plen, const char *body, Py_ssize_t size, char *text)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[32];
+    _Alignas(16) unsigned char ctx[SHA_CTX_ROOM];
+    if (sha_init(ctx) != 1 || sha_update(ctx, prev, (size_t)plen) != 1 ||
+            sha_update(ctx, body, (size_t)size) != 1 || sha_final(md, ctx) != 1)
+        return 0;
+    for (int i = 0; i < 32; i++) {
+        text[2 * i] = hex[md[i] >> 4];
+        text[2 * i + 1] = hex[md[i] & 15];
+    }
+    return 1;
+}
+
+/* The hash member over the body's closing '}' (the line has LINE_LEN(size) bytes). */
+static void
+close_line(char *body, Py_ssize_t size, const char *digest)
+{
+    char *w = body + size - 1;
+    memcpy(w, hash_head, sizeof hash_head - 1);
+    w += sizeof hash_head - 1;
+    memcpy(w, digest, 64);
+    w += 64;
+    memcpy(w, hash_tail, sizeof hash_tail - 1);
+}
+
 /* The sealing itself, shared by seal() and Ledger.append(): `chunks` and `picks` tuples
  * as seal() takes them, its values read (`given`, `nvalues` of them; `given_ok` 0: one
  * did not fit), `seq` already a valid seq. Returns 1 with new
@@ -289,10 +326,7 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
     /* The line is written in place: the body, then its hash member over the body's '}'.
      * The hash input is prev + body: with the direct digest, two updates (prev is one
      * 64-byte block when it is a digest); with hashlib, one contiguous copy. */
-    static const char head[] = ",\"hash\":\"";
-    static const char tail[] = "\"}\n";
-    const Py_ssize_t hl = (Py_ssize_t)sizeof head - 1, tl = (Py_ssize_t)sizeof tail - 1;
-    PyObject *line = PyBytes_FromStringAndSize(NULL, size - 1 + hl + 64 + tl);
+    PyObject *line = PyBytes_FromStringAndSize(NULL, LINE_LEN(size));
     if (line == NULL)
         return -1;
     char *body = PyBytes_AS_STRING(line), *w = body;
@@ -311,24 +345,16 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
             *w++ = '"';
     }
 
-    static const char hex[] = "0123456789abcdef";
     char text[64];
     PyObject *digest = NULL;
     if (sha256 == Py_None) {
-        unsigned char md[32];
-        _Alignas(16) unsigned char ctx[SHA_CTX_ROOM];
         if (sha_init == NULL) {
             PyErr_SetString(PyExc_ValueError, "seal: no OpenSSL SHA-256 in this process");
             goto fail;
         }
-        if (sha_init(ctx) != 1 || sha_update(ctx, vals[1].data, (size_t)vals[1].len) != 1 ||
-                sha_update(ctx, body, (size_t)size) != 1 || sha_final(md, ctx) != 1) {
+        if (!sha256_hex(vals[1].data, vals[1].len, body, size, text)) {
             PyErr_SetString(PyExc_ValueError, "seal: OpenSSL's SHA-256 failed");
             goto fail;
-        }
-        for (int i = 0; i < 32; i++) {
-            text[2 * i] = hex[md[i] >> 4];
-            text[2 * i + 1] = hex[md[i] & 15];
         }
         digest = ascii_str(text, 64);
         if (digest == NULL)
@@ -353,12 +379,7 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
             goto fail;
         }
     }
-    w = body + size - 1; /* over the body's closing '}' */
-    memcpy(w, head, (size_t)hl);
-    w += hl;
-    memcpy(w, PyUnicode_DATA(digest), 64);
-    w += 64;
-    memcpy(w, tail, (size_t)tl);
+    close_line(body, size, PyUnicode_DATA(digest));
     PyObject *stamp_obj;
     if (ts == Py_None) {
         stamp_obj = ascii_str(stamp, TS_LEN);
@@ -622,6 +643,21 @@ ledger_next_seq(Ledger *self, long long *next)
     return 1;
 }
 
+/* Out of the cyclic GC's sight, as CPython does to tuples of atomic values on its own
+ * (only in a collection, which would first promote it): a record waits in the queue up
+ * to a second, so tracked, the busy gateway's thousands of them reached the oldest
+ * generation every second and brought full collections of the whole heap with them.
+ * Its items are an int, strs and bytes, so no cycle can run through it; the template's
+ * type and session are checked to be so (a session is None outside one). */
+static void
+sealed_untrack(PyObject *item)
+{
+    PyObject *kind = PyTuple_GET_ITEM(item, 4), *session = PyTuple_GET_ITEM(item, 5);
+    if (PyUnicode_CheckExact(kind) && (session == Py_None || PyUnicode_CheckExact(session)) &&
+            PyObject_GC_IsTracked(item))
+        PyObject_GC_UnTrack(item);
+}
+
 /* Under the lock, after settle(): 1 with *seq_out set, 2 a value did not fit, 0 refused
  * (closed, or the backlog is full), -1 an error. `ts`: the record's time (None: now).
  * `admitted`: complete() took it, so it is not refused now. */
@@ -665,16 +701,7 @@ ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize
     PyTuple_SET_ITEM(item, 3, stamp);
     PyTuple_SET_ITEM(item, 4, Py_NewRef(PyTuple_GET_ITEM(parts, 2)));
     PyTuple_SET_ITEM(item, 5, Py_NewRef(PyTuple_GET_ITEM(parts, 3)));
-    /* Out of the cyclic GC's sight, as CPython does to tuples of atomic values on its own
-     * (only in a collection, which would first promote it): a record waits in the queue up
-     * to a second, so tracked, the busy gateway's thousands of them reached the oldest
-     * generation every second and brought full collections of the whole heap with them.
-     * Its items are an int, strs and bytes, so no cycle can run through it; the template's
-     * type and session are checked to be so (a session is None outside one). */
-    PyObject *kind = PyTuple_GET_ITEM(item, 4), *session = PyTuple_GET_ITEM(item, 5);
-    if (PyUnicode_CheckExact(kind) && (session == Py_None || PyUnicode_CheckExact(session)) &&
-            PyObject_GC_IsTracked(item))
-        PyObject_GC_UnTrack(item);
+    sealed_untrack(item);
     /* Queued first, then the chain moves: if either fails, neither happened. */
     int ok = PyList_Append(self->queue, item) == 0;
     if (ok && (PyObject_SetAttr(self->chain, str_head, digest) < 0 ||
@@ -701,15 +728,250 @@ ledger_append_locked(Ledger *self, PyObject *parts, const arg_t *given, Py_ssize
     return 1;
 }
 
-#define SETTLE_YIELD 256 /* records sealed between two chances for other threads to run */
+/* A template as settle_batch() writes it without the GIL: its chunks' bytes and where
+ * each hole's value comes from, read (and checked) once with the GIL. */
+typedef struct {
+    PyObject *parts;
+    Py_ssize_t nholes, fixed; /* fixed: the chunks' bytes and the quotes around holes */
+    unsigned char ks[MAX_ARGS];
+} batch_template_t;
+
+#define BATCH_TEMPLATES 4 /* the shapes in one batch: usually one */
+#define BATCH_VALUES 7    /* seq, prev, ts and a kept record's four holes */
+
+/* `parts`' slot in `ts` (read and checked on first sight): its index, or -1 when it is
+ * not one the batch writes (the one-record path then says why, or seals it). */
+static int
+batch_template(batch_template_t *ts, int *nt, PyObject *parts)
+{
+    for (int t = 0; t < *nt; t++)
+        if (ts[t].parts == parts)
+            return t;
+    if (*nt == BATCH_TEMPLATES)
+        return -1;
+    PyObject *chunks = PyTuple_GET_ITEM(parts, 0), *picks = PyTuple_GET_ITEM(parts, 1);
+    const Py_ssize_t nholes = PyTuple_GET_SIZE(picks);
+    if (PyTuple_GET_SIZE(chunks) != nholes + 1 || nholes > MAX_ARGS)
+        return -1;
+    batch_template_t *t = &ts[*nt];
+    Py_ssize_t fixed = 0;
+    for (Py_ssize_t i = 0; i <= nholes; i++) {
+        PyObject *c = PyTuple_GET_ITEM(chunks, i);
+        if (!PyBytes_Check(c))
+            return -1;
+        fixed += PyBytes_GET_SIZE(c);
+        if (i == nholes)
+            break;
+        PyObject *p = PyTuple_GET_ITEM(picks, i);
+        const long k = PyLong_Check(p) ? PyLong_AsLong(p) : -1;
+        if (k < 0 || k >= BATCH_VALUES) {
+            PyErr_Clear();
+            return -1;
+        }
+        t->ks[i] = (unsigned char)k;
+        fixed += k == 1 || k == 2 ? 2 : 0; /* prev and ts are quoted */
+    }
+    if (fixed < 1)
+        return -1;
+    t->parts = parts;
+    t->nholes = nholes;
+    t->fixed = fixed;
+    return (*nt)++;
+}
+
+/* One kept record's hole values: seq, prev (its predecessor's digest), ts, then the four
+ * complete() kept. Touches no Python object. */
+static void
+batch_values(const pend_t *e, long long seq, const char *prev, Py_ssize_t plen, arg_t *vals)
+{
+    write_decimal(seq, &vals[0]);
+    vals[1].data = prev;
+    vals[1].len = plen;
+    vals[2].data = e->stamp;
+    vals[2].len = TS_LEN;
+    for (int k = 0; k < 4; k++) {
+        vals[3 + k] = e->given[k];
+        vals[3 + k].data = e->off[k] >= 0 ? vals[3 + k].num + e->off[k] : e->given[k].data;
+    }
+}
+
+#define SETTLE_BATCH 256 /* records sealed in one batch: between two, other threads run */
+
+/* Seal up to SETTLE_BATCH records complete() kept (`pend`, `n` of them), in order, with
+ * the GIL let go while their lines are written and hashed: settling a busy gateway's
+ * records held the GIL for a millisecond per batch, and the event loop waited. The
+ * batch ends after a record that makes a checkpoint or rotation due, and before one the
+ * batch cannot write (a template it does not know, a seq past 12 digits: the one-record
+ * path seals it, or says why not). *sealed: how many were sealed (0: none it could).
+ * 0, or -1 with an error set and none of them sealed. Under the writer's lock. */
+static int
+settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
+{
+    batch_template_t ts[BATCH_TEMPLATES];
+    int nt = 0;
+    PyObject *lines[SETTLE_BATCH];
+    Py_ssize_t sizes[SETTLE_BATCH];
+    unsigned char which[SETTLE_BATCH];
+    char (*digests)[64] = NULL;
+    *sealed = 0;
+    long long seq0;
+    if (ledger_chain_seq(self, &seq0) < 0)
+        return -1;
+    seq0 += 1;
+    PyObject *head = PyObject_GetAttr(self->chain, str_head);
+    if (head == NULL)
+        return -1;
+    arg_t prev0;
+    if (!text_arg(head, &prev0)) { /* the one-record path says so */
+        Py_DECREF(head);
+        return 0;
+    }
+    /* How many: each line's size, a due checkpoint counted as the one-record path would */
+    long long bytes = self->segment_bytes, since = self->since_checkpoint;
+    Py_ssize_t m = 0;
+    while (m < n && m < SETTLE_BATCH && seq0 + m < INT_LIMIT) {
+        const int t = batch_template(ts, &nt, pend[m].parts);
+        if (t < 0)
+            break;
+        arg_t vals[BATCH_VALUES];
+        batch_values(&pend[m], seq0 + m, prev0.data, m == 0 ? prev0.len : 64, vals);
+        Py_ssize_t size = ts[t].fixed;
+        for (Py_ssize_t i = 0; i < ts[t].nholes; i++)
+            size += vals[ts[t].ks[i]].len;
+        sizes[m] = size;
+        which[m] = (unsigned char)t;
+        m++;
+        bytes += LINE_LEN(size);
+        since += 1;
+        if ((self->checkpoint_every > 0 && since >= self->checkpoint_every) ||
+                (self->segment_limit > 0 && bytes >= self->segment_limit))
+            break;
+    }
+    if (m == 0) {
+        Py_DECREF(head);
+        return 0;
+    }
+    Py_ssize_t made = 0;
+    digests = PyMem_Malloc((size_t)m * 64);
+    if (digests == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (; made < m; made++) {
+        lines[made] = PyBytes_FromStringAndSize(NULL, LINE_LEN(sizes[made]));
+        if (lines[made] == NULL)
+            goto fail;
+    }
+    /* Written and hashed without the GIL: every object read here is held (the kept
+     * records' parts, the chain's head) and immutable, or new and only ours (the lines);
+     * anything else that seals waits for the writer's lock, held here. */
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < m && ok; j++) {
+        const batch_template_t *t = &ts[which[j]];
+        arg_t vals[BATCH_VALUES];
+        batch_values(&pend[j], seq0 + j, j == 0 ? prev0.data : digests[j - 1],
+                     j == 0 ? prev0.len : 64, vals);
+        char *body = PyBytes_AS_STRING(lines[j]), *w = body;
+        PyObject *chunks = PyTuple_GET_ITEM(t->parts, 0);
+        for (Py_ssize_t i = 0; i <= t->nholes; i++) {
+            PyObject *c = PyTuple_GET_ITEM(chunks, i);
+            memcpy(w, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
+            w += PyBytes_GET_SIZE(c);
+            if (i == t->nholes)
+                break;
+            const int k = t->ks[i], quoted = k == 1 || k == 2;
+            if (quoted)
+                *w++ = '"';
+            memcpy(w, vals[k].data, (size_t)vals[k].len);
+            w += vals[k].len;
+            if (quoted)
+                *w++ = '"';
+        }
+        ok = sha256_hex(vals[1].data, vals[1].len, body, sizes[j], digests[j]);
+        if (ok)
+            close_line(body, sizes[j], digests[j]);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "seal: OpenSSL's SHA-256 failed");
+        goto fail;
+    }
+    /* The Sealed records, then queued at once, then the chain moves: if anything fails,
+     * nothing happened. */
+    PyObject *batch = PyList_New(m);
+    if (batch == NULL)
+        goto fail;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        PyObject *parts = pend[j].parts;
+        PyObject *digest = ascii_str(digests[j], 64);
+        PyObject *stamp = digest ? ascii_str(pend[j].stamp, TS_LEN) : NULL;
+        PyObject *num = stamp ? PyLong_FromLongLong(seq0 + j) : NULL;
+        PyObject *item = num ? ((PyTypeObject *)self->sealed)->tp_alloc(
+                                   (PyTypeObject *)self->sealed, 6) : NULL;
+        if (item == NULL) {
+            Py_XDECREF(digest);
+            Py_XDECREF(stamp);
+            Py_XDECREF(num);
+            Py_DECREF(batch);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(item, 0, num);
+        PyTuple_SET_ITEM(item, 1, digest);
+        PyTuple_SET_ITEM(item, 2, Py_NewRef(lines[j]));
+        PyTuple_SET_ITEM(item, 3, stamp);
+        PyTuple_SET_ITEM(item, 4, Py_NewRef(PyTuple_GET_ITEM(parts, 2)));
+        PyTuple_SET_ITEM(item, 5, Py_NewRef(PyTuple_GET_ITEM(parts, 3)));
+        sealed_untrack(item);
+        PyList_SET_ITEM(batch, j, item);
+    }
+    const Py_ssize_t q = PyList_GET_SIZE(self->queue);
+    int moved = PyList_SetSlice(self->queue, q, q, batch) == 0;
+    PyObject *last = PyList_GET_ITEM(batch, m - 1);
+    if (moved && (PyObject_SetAttr(self->chain, str_head, PyTuple_GET_ITEM(last, 1)) < 0 ||
+                  PyObject_SetAttr(self->chain, str_seq, PyTuple_GET_ITEM(last, 0)) < 0)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyObject_SetAttr(self->chain, str_head, head) < 0)
+            PyErr_Clear();
+        if (PyList_SetSlice(self->queue, q, q + m, NULL) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        moved = 0;
+    }
+    Py_DECREF(batch);
+    if (!moved)
+        goto fail;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        self->segment_bytes += PyBytes_GET_SIZE(lines[j]);
+        Py_DECREF(lines[j]);
+        Py_DECREF(pend[j].parts);
+    }
+    self->segment_records += m;
+    self->since_checkpoint += m;
+    self->unsealed -= m;
+    PyMem_Free(digests);
+    Py_DECREF(head);
+    *sealed = m;
+    return 0;
+fail:
+    for (Py_ssize_t j = 0; j < made; j++)
+        Py_DECREF(lines[j]);
+    PyMem_Free(digests);
+    Py_DECREF(head);
+    return -1;
+}
+
+#define SETTLE_YIELD 256 /* records sealed one by one between two chances for others */
 
 /* Seal the records complete() kept, in order (under the lock); 0, or -1 with an error
  * set and the records not sealed still kept, ahead of any kept meanwhile. They are
- * detached first: every SETTLE_YIELD records the GIL is let go (a batch holds it for
- * milliseconds, and the event loop must not wait that long), and a thread may then
- * complete() a statement, which is kept after them; whatever else could touch the chain
- * takes the lock, held here. A checkpoint or rotation due after one of them is made
- * there (on_due), as append() would. */
+ * detached first: the GIL is let go between batches (a busy gateway's records take
+ * milliseconds to seal, and the event loop must not wait that long), and a thread may
+ * then complete() a statement, which is kept after them; whatever else could touch the
+ * chain takes the lock, held here. Batches (settle_batch) with OpenSSL's digest; one by
+ * one with hashlib's, or for a record a batch cannot write. A checkpoint or rotation due
+ * after one of them is made there (on_due), as append() would. */
 static int
 ledger_settle(Ledger *self)
 {
@@ -720,34 +982,43 @@ ledger_settle(Ledger *self)
     self->pend = NULL;
     self->npend = self->cpend = 0;
     self->settling = 1;
-    Py_ssize_t i = 0;
+    Py_ssize_t i = 0, alone = 0;
     int failed = 0;
     while (i < n && !failed) {
-        pend_t *e = &pend[i];
-        arg_t given[4];
-        for (int k = 0; k < 4; k++) {
-            given[k] = e->given[k];
-            if (e->off[k] >= 0)
-                given[k].data = given[k].num + e->off[k];
-        }
-        PyObject *ts = ascii_str(e->stamp, TS_LEN);
-        long long seq = 0;
-        const int r = ts == NULL ? -1
-            : ledger_append_locked(self, e->parts, given, 4, 1, ts, 1, &seq);
-        Py_XDECREF(ts);
-        if (r != 1) {
-            if (!PyErr_Occurred()) /* (its values were read when it was kept) */
-                PyErr_SetString(PyExc_ValueError, "Ledger: a kept record no longer fits");
+        Py_ssize_t m = 0;
+        if (self->sha256 == Py_None && settle_batch(self, pend + i, n - i, &m) < 0) {
             failed = 1;
             break;
         }
-        Py_DECREF(e->parts);
-        self->unsealed--;
-        i++;
-        if (i % SETTLE_YIELD == 0 && i < n) {
-            Py_BEGIN_ALLOW_THREADS
-            sched_yield(); /* (a thread waiting for the GIL takes it now, not in 5 ms) */
-            Py_END_ALLOW_THREADS
+        i += m;
+        if (m == 0) {
+            pend_t *e = &pend[i];
+            arg_t given[4];
+            for (int k = 0; k < 4; k++) {
+                given[k] = e->given[k];
+                if (e->off[k] >= 0)
+                    given[k].data = given[k].num + e->off[k];
+            }
+            PyObject *ts = ascii_str(e->stamp, TS_LEN);
+            long long seq = 0;
+            const int r = ts == NULL ? -1
+                : ledger_append_locked(self, e->parts, given, 4, 1, ts, 1, &seq);
+            Py_XDECREF(ts);
+            if (r != 1) {
+                if (!PyErr_Occurred()) /* (its values were read when it was kept) */
+                    PyErr_SetString(PyExc_ValueError, "Ledger: a kept record no longer fits");
+                failed = 1;
+                break;
+            }
+            Py_DECREF(e->parts);
+            self->unsealed--;
+            i++;
+            if (++alone == SETTLE_YIELD && i < n) {
+                alone = 0;
+                Py_BEGIN_ALLOW_THREADS
+                sched_yield(); /* (a thread waiting for the GIL takes it now, not in 5 ms) */
+                Py_END_ALLOW_THREADS
+            }
         }
         if (ledger_due(self)) {
             PyObject *done = PyObject_CallNoArgs(self->on_due);
