@@ -7,6 +7,7 @@ statement. Each runs a real gateway against a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import json
 import signal
@@ -730,3 +731,57 @@ def test_a_parse_declaring_a_defined_type_is_written_before_it_goes() -> None:
     assert not _declares_defined_types(body((23, 25)))
     assert not _declares_defined_types(body(()))
     assert not _declares_defined_types(b"s\0select 1")  # (cut short: the server's to refuse)
+
+
+def test_a_transactions_begin_and_end_are_kept_and_each_recorded(
+        pg: PgBackend, tmp_path: Path, schemas: None) -> None:
+    """BEGIN, COMMIT and ROLLBACK, each alone in its string, are kept allows like any
+    plain read: decided (and given a decision record) once per session, every execution
+    recorded and linked to it. A transaction's end inside a string with more statements
+    after it ends what those see: decided in full each time."""
+    audit = tmp_path / "audit"
+    key = tmp_path / "audit.pem"
+    generate_keypair(key, tmp_path / "audit.pub")
+    with gateway(pg, tmp_path, BY_NAME, extra_yaml=(
+            f"audit:\n  dir: {json.dumps(str(audit))}\n"
+            f"  signing_key: {{file: {json.dumps(str(key))}}}\n")) as gw:
+        with psycopg.connect(gw.dsn("payments"), password=gw.token()) as c:
+            for i in range(1, 5):  # psycopg: BEGIN, the select, COMMIT
+                assert c.execute(by_id(i)).fetchall() == ([("a",)] if i == 1 else [])
+                c.commit()
+            for _ in range(2):
+                c.execute(by_id(1))
+                c.rollback()
+            c.autocommit = True
+            for _ in range(3):
+                c.execute("commit; begin")  # (the second ends at the next one's commit)
+            c.execute("commit")
+            # a cursor declared in a transaction ends with it, kept COMMIT or not
+            c.execute("begin")
+            c.execute("declare cur cursor for select id from reuse_a.t")
+            assert c.execute("fetch 1 from cur").fetchall() == [(1,)]
+            c.execute("commit")
+            with pytest.raises(psycopg.errors.InvalidCursorName):
+                c.execute("fetch 1 from cur")
+        recs = wait_for_session_end(audit)
+    decisions = collections.Counter(r["sql"] for r in recs if r["type"] == "decision")
+    assert decisions["BEGIN"] == decisions["COMMIT"] == decisions["ROLLBACK"] == 1
+    assert decisions["commit"] == 3 + 1  # in a string with more: each time; alone: once
+    by_seq = {r["seq"]: r["sql"] for r in recs if r["type"] == "decision"}
+    done = collections.Counter(by_seq.get(r["decision_seq"]) for r in recs
+                               if r["type"] == "statement" and r["outcome"] == "allowed")
+    assert (done["BEGIN"], done["COMMIT"], done["ROLLBACK"]) == (6, 4, 2)
+    verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit),
+                             "--key", str(tmp_path / "audit.pub")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def wait_for_session_end(audit: Path) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        recs = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
+                for line in f.read_text().splitlines()]
+        if any(r["type"] == "session.end" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.05)

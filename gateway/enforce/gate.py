@@ -167,6 +167,15 @@ def _changes_nothing(info: StatementInfo) -> bool:
         and not info.effects and not info.may_change
 
 
+def _ends_alone(info: StatementInfo) -> bool:
+    """A COMMIT, END or ROLLBACK alone in its query string: its one effect, the end of
+    the transaction, is followed from the server's ReadyForQuery, and observe() does
+    nothing with it (only a later statement of the same string would see it ended). So
+    a kept allow of it skips nothing the full path does: every transaction's end would
+    otherwise be analyzed, decided and given a decision record of its own."""
+    return info.count == 1 and all(e.op == "end_transaction" for e in info.effects)
+
+
 def _declares_defined_types(body: bytes) -> bool:
     """Whether a Parse declares a parameter of a type defined in the database: binding a
     value to it may run that type's code, a domain's CHECK."""
@@ -1139,8 +1148,9 @@ class StatementGate:
                          analysis: _Analysis) -> None:
         """Keep a plain allow for :meth:`_repeat`: only what the same input would decide
         the same way and what leaves nothing behind — no mask plan (plans count per
-        statement), no db_role, no session effect, no catalog change, a policy that
-        caches its decisions (deterministic) and no approval in the input."""
+        statement), no db_role, no session effect (but a transaction's end alone in its
+        string, whose effect is nothing then), no catalog change, a policy that caches its
+        decisions (deterministic) and no approval in the input."""
         if verdict.role is not None or any(p is not None for p in verdict.plans) \
                 or not engine.deterministic or not engine.cache.maxsize:
             return
@@ -1148,8 +1158,8 @@ class StatementGate:
             return
         for info, _ in decisions:
             # (one that may set search_path unseen goes the full way: observe() each time)
-            if info.effects or info.catalog_changed or not info.cacheable \
-                    or may_set_path(info):
+            if (info.effects and not _ends_alone(info)) or info.catalog_changed \
+                    or not info.cacheable or may_set_path(info):
                 return
         if not self._repeats_hold(engine, catalog):
             self._by_text.clear()

@@ -4,9 +4,10 @@ Clients that inline values (pgbench -M simple, most ORMs' "simple" mode) send a 
 for every execution, so a cache by text never hits. The PostgreSQL lexer (through
 pglast) splits the text into tokens; two texts whose tokens are equal except for the
 values of constants parse to the same tree but for those values. An analysis may be
-reused across them only when none of its facts comes from a constant's value: reads and
-writes with no LIMIT, no column given by position (ORDER BY 2) and no command details,
-one statement per string. Anything else
+reused across them only when none of its facts comes from a constant's value: reads,
+writes and transaction control with no LIMIT, no column given by position (ORDER BY 2)
+and no command details (a savepoint's name, a prepared transaction's id), one statement
+per string. Anything else
 is analyzed afresh — a miss costs nothing but time.
 
 Plain texts (ASCII words, numbers, simple strings, no comments or parameters) are
@@ -35,7 +36,7 @@ kept_by_shape = _native.kept if _native is not None else None
 
 # Constants' token types are the shape's holes; every other token keeps its text.
 _SEMICOLON = "ASCII_59"
-_REUSABLE_KINDS = frozenset({"read", "write"})
+_REUSABLE_KINDS = frozenset({"read", "write", "transaction"})
 
 
 class Shape(NamedTuple):
