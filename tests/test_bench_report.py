@@ -72,3 +72,42 @@ def test_the_python_floor_carries_a_tls_session_to_postgres(
                              sslmode="require") as c:
             assert c.pgconn.ssl_in_use
             assert c.execute("select count(*) from cards").fetchone() == (5,)
+
+
+def test_tpcb_runs_pgbenchs_own_script_over_the_simple_protocol(bench: ModuleType) -> None:
+    target = bench.Target("t", Path("/usr/bin/pgbench"), {}, True)
+    select = bench.pgbench_cmd(target, "extended", 8, 5)
+    tpcb = bench.pgbench_cmd(target, "tpcb", 8, 5)
+    assert select[1:4] == ["-S", "-M", "extended"]
+    assert "-S" not in tpcb and tpcb[1:3] == ["-M", "simple"]
+    assert tpcb[3:] == select[4:]  # the same clients, threads and duration
+
+
+def test_the_bench_policy_lets_its_writers_write_pgbenchs_tables_and_nothing_more(
+        bench: ModuleType, tmp_path: Path) -> None:
+    """TPC-B writes pgbench's tables: the benchmark's policy is the starter one with those
+    listed among its writable tables, decided as the starter decides any other write."""
+    from gateway.policy.engine import PolicyEngine
+    from gateway.policy.source import PolicySource
+
+    engine = PolicyEngine(PolicySource.load(bench.bench_policy(tmp_path / "policy")))
+    starter = PolicyEngine(PolicySource.load(bench.STARTER_POLICY))
+
+    def update(table: str, groups: tuple[str, ...]) -> dict[str, object]:
+        sql = f"UPDATE {table} SET abalance = abalance + 1 WHERE aid = 1"  # noqa: S608
+        stmt = {"sql": sql, "fingerprint": f"fp:{sql}", "command": "UPDATE", "kind": "write",
+                "relations": [{"schema": "public", "name": table, "access": ["update"]}],
+                "columns": [], "functions": [], "has_where": True, "limit": None,
+                "index": 0, "count": 1, "protocol": "simple"}
+        return {"identity": {"subject": "bench", "issuer": "https://bench",
+                             "groups": list(groups), "claims": {}, "method": "jwt"},
+                "connection": {"name": "bench", "database": "bench", "user": "bench",
+                               "application_name": "pgbench", "client_addr": "127.0.0.1",
+                               "tls": True, "networks": []},
+                "session": {"id": "s1", "started_at": "2025-01-15T09:30:00Z"},
+                "statement": stmt, "approval": {"granted": False, "id": None}}
+
+    writer = update("pgbench_accounts", bench.BENCH_GROUPS)
+    assert engine.decide(writer).allow and not starter.decide(writer).allow
+    assert not engine.decide(update("pgbench_accounts", ("ci",))).allow  # readers read
+    assert not engine.decide(update("cards", bench.BENCH_GROUPS)).allow

