@@ -250,6 +250,32 @@ close_line(char *body, Py_ssize_t size, const char *digest)
     memcpy(w, hash_tail, sizeof hash_tail - 1);
 }
 
+/* Whether hole value k (of seq, prev, ts, *values) is written quoted: prev and ts. */
+#define QUOTED(k) ((k) == 1 || (k) == 2)
+
+/* A record's body into w (its size counted first): the template's chunks with each
+ * hole's value, vals[ks[i]], between them. Reads the chunks' bytes and nothing else of
+ * Python's: runs without the GIL while they are held. */
+static void
+fill_body(PyObject *chunks, Py_ssize_t nholes, const unsigned char *ks, const arg_t *vals,
+          char *w)
+{
+    for (Py_ssize_t i = 0; i <= nholes; i++) {
+        PyObject *c = PyTuple_GET_ITEM(chunks, i);
+        memcpy(w, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
+        w += PyBytes_GET_SIZE(c);
+        if (i == nholes)
+            break;
+        const int k = ks[i];
+        if (QUOTED(k))
+            *w++ = '"';
+        memcpy(w, vals[k].data, (size_t)vals[k].len);
+        w += vals[k].len;
+        if (QUOTED(k))
+            *w++ = '"';
+    }
+}
+
 /* The sealing itself, shared by seal() and Ledger.append(): `chunks` and `picks` tuples
  * as seal() takes them, its values read (`given`, `nvalues` of them; `given_ok` 0: one
  * did not fit), `seq` already a valid seq. Returns 1 with new
@@ -261,8 +287,7 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
            PyObject **line_out, PyObject **digest_out, PyObject **ts_out)
 {
     arg_t vals[MAX_ARGS];
-    int quoted[MAX_ARGS];
-    Py_ssize_t ks[MAX_ARGS];
+    unsigned char ks[MAX_ARGS];
 
     const Py_ssize_t nholes = PyTuple_GET_SIZE(picks);
     if (PyTuple_GET_SIZE(chunks) != nholes + 1 || nholes > MAX_ARGS ||
@@ -284,14 +309,11 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
     }
     if (!text_arg(prev, &vals[1]))
         return 0;
-    quoted[0] = 0;
-    quoted[1] = quoted[2] = 1;
     if (!given_ok)
         return 0;
     for (Py_ssize_t i = 0; i < nvalues; i++) {
         vals[3 + i].data = given[i].data; /* (into given's own digits: the caller's) */
         vals[3 + i].len = given[i].len;
-        quoted[3 + i] = 0;
     }
 
     /* The body's size, with every pick checked before anything is written. */
@@ -315,8 +337,8 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
             PyErr_Clear();
             return 0;
         }
-        ks[i] = k;
-        size += vals[k].len + 2 * quoted[k];
+        ks[i] = (unsigned char)k; /* (< MAX_ARGS) */
+        size += vals[k].len + 2 * QUOTED(k);
     }
     if (size < 1) {
         PyErr_SetString(PyExc_ValueError, "seal: an empty record");
@@ -329,21 +351,8 @@ seal_parts(PyObject *chunks, PyObject *picks, long long seq, PyObject *prev, PyO
     PyObject *line = PyBytes_FromStringAndSize(NULL, LINE_LEN(size));
     if (line == NULL)
         return -1;
-    char *body = PyBytes_AS_STRING(line), *w = body;
-    for (Py_ssize_t i = 0; i <= nholes; i++) {
-        PyObject *c = PyTuple_GET_ITEM(chunks, i);
-        memcpy(w, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
-        w += PyBytes_GET_SIZE(c);
-        if (i == nholes)
-            break;
-        const Py_ssize_t k = ks[i];
-        if (quoted[k])
-            *w++ = '"';
-        memcpy(w, vals[k].data, (size_t)vals[k].len);
-        w += vals[k].len;
-        if (quoted[k])
-            *w++ = '"';
-    }
+    char *body = PyBytes_AS_STRING(line);
+    fill_body(chunks, nholes, ks, vals, body);
 
     char text[64];
     PyObject *digest = NULL;
@@ -769,7 +778,7 @@ batch_template(batch_template_t *ts, int *nt, PyObject *parts)
             return -1;
         }
         t->ks[i] = (unsigned char)k;
-        fixed += k == 1 || k == 2 ? 2 : 0; /* prev and ts are quoted */
+        fixed += 2 * QUOTED(k);
     }
     if (fixed < 1)
         return -1;
@@ -872,22 +881,8 @@ settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
         arg_t vals[BATCH_VALUES];
         batch_values(&pend[j], seq0 + j, j == 0 ? prev0.data : digests[j - 1],
                      j == 0 ? prev0.len : 64, vals);
-        char *body = PyBytes_AS_STRING(lines[j]), *w = body;
-        PyObject *chunks = PyTuple_GET_ITEM(t->parts, 0);
-        for (Py_ssize_t i = 0; i <= t->nholes; i++) {
-            PyObject *c = PyTuple_GET_ITEM(chunks, i);
-            memcpy(w, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
-            w += PyBytes_GET_SIZE(c);
-            if (i == t->nholes)
-                break;
-            const int k = t->ks[i], quoted = k == 1 || k == 2;
-            if (quoted)
-                *w++ = '"';
-            memcpy(w, vals[k].data, (size_t)vals[k].len);
-            w += vals[k].len;
-            if (quoted)
-                *w++ = '"';
-        }
+        char *body = PyBytes_AS_STRING(lines[j]);
+        fill_body(PyTuple_GET_ITEM(t->parts, 0), t->nholes, t->ks, vals, body);
         ok = sha256_hex(vals[1].data, vals[1].len, body, sizes[j], digests[j]);
         if (ok)
             close_line(body, sizes[j], digests[j]);
