@@ -543,22 +543,22 @@ def native_ledger(chain: Chain, sha256: Any, *, limit: int = 0, every: int = 0,
 @compiled_only
 @pytest.mark.parametrize("sha256", ["openssl", "hashlib"])
 def test_many_kept_records_of_many_shapes_are_sealed_in_order(sha256: str) -> None:
-    """More records than a batch holds, of more shapes than it reads at once: each sealed
-    once, in the order kept, with its own session and values (OpenSSL's digest seals them
-    in batches, hashlib's one by one: the same records)."""
+    """More records than a batch holds, of many sessions taking turns (each its own
+    template): each sealed once, in the order kept, with its own session and values
+    (OpenSSL's digest seals them in batches, hashlib's one by one: the same records)."""
     chain = Chain("gw1")
     ledger = native_ledger(chain, None if sha256 == "openssl" else __import__("hashlib").sha256)
     if sha256 == "openssl" and ledger_mod._SHA256 is not None:
         pytest.skip("no OpenSSL SHA-256 found in this process")
-    shapes = sessions_ends(chain, 6)
+    shapes = sessions_ends(chain, 40)
     for k in range(1000):
-        assert end(ledger, shapes[k % 6 if k < 600 else 0], k, k) == k + 1
+        assert end(ledger, shapes[k % 40 if k < 600 else 0], k, k) == k + 1
     queue = ledger.take()
     assert ledger.pending == 0 and len(queue) == 1000
     assert_linked(queue)
     bodies = [json.loads(s.line) for s in queue]
     assert [(b["session"], b["decision_seq"], b["rows"]) for b in bodies] == [
-        (f"s{k % 6 if k < 600 else 0}", k, k) for k in range(1000)]
+        (f"s{k % 40 if k < 600 else 0}", k, k) for k in range(1000)]
     assert [s.session for s in queue] == [b["session"] for b in bodies]
     assert ledger.segment_bytes == sum(len(s.line) for s in queue)
     assert (chain.seq, chain.head, ledger.since_checkpoint) == (1000, queue[-1].hash, 1000)

@@ -82,6 +82,34 @@ def connect(gw: GatewayProcess) -> psycopg.Connection:
     return psycopg.connect(gw.dsn("payments"), password=gw.token(), autocommit=True)
 
 
+def audited(pg: PgBackend, directory: Path) -> GatewayProcess:
+    """A gateway of the BY_NAME policy with a signed audit trail in `directory`/audit
+    (its public key: `directory`/audit.pub)."""
+    key = directory / "audit.pem"
+    generate_keypair(key, directory / "audit.pub")
+    return gateway(pg, directory, BY_NAME, extra_yaml=(
+        f"audit:\n  dir: {json.dumps(str(directory / 'audit'))}\n"
+        f"  signing_key: {{file: {json.dumps(str(key))}}}\n"))
+
+
+def records_at_session_end(audit: Path) -> list[dict[str, Any]]:
+    """The trail's records once a session.end is among them (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        recs = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
+                for line in f.read_text().splitlines()]
+        if any(r["type"] == "session.end" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.05)
+
+
+def assert_verifies(directory: Path) -> None:
+    verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify",
+                             str(directory / "audit"), "--key", str(directory / "audit.pub")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_a_policy_that_reads_the_text_decides_every_text(pg: PgBackend, tmp_path: Path,
                                                          schemas: None) -> None:
     with gateway(pg, tmp_path, BY_TEXT) as gw, connect(gw) as c:
@@ -168,23 +196,12 @@ def test_a_reloaded_policy_decides_the_repeats(pg: PgBackend, tmp_path: Path,
 
 def test_every_repeat_has_its_own_statement_record_linked_to_the_kept_decision(
         pg: PgBackend, tmp_path: Path, schemas: None) -> None:
-    audit = tmp_path / "audit"
-    key = tmp_path / "audit.pem"
-    generate_keypair(key, tmp_path / "audit.pub")
-    with gateway(pg, tmp_path, BY_NAME, extra_yaml=(
-            f"audit:\n  dir: {json.dumps(str(audit))}\n"
-            f"  signing_key: {{file: {json.dumps(str(key))}}}\n")) as gw:
+    with audited(pg, tmp_path) as gw:
         with connect(gw) as c:
             for i in range(1, 6):
                 c.execute(by_id(i))
             c.execute("select note from reuse_a.t where id = 0 or note = 'secret-literal'")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            recs = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
-                    for line in f.read_text().splitlines()]
-            if any(r["type"] == "session.end" for r in recs):
-                break
-            time.sleep(0.05)
+        recs = records_at_session_end(tmp_path / "audit")
     decisions = [r for r in recs if r["type"] == "decision" and "reuse_a.t" in (r["sql"] or "")]
     # the first was decided in full; the next four were repeats of that decision, which
     # records no new one (as a prepared statement's Executes record none)
@@ -197,10 +214,7 @@ def test_every_repeat_has_its_own_statement_record_linked_to_the_kept_decision(
     assert all(r["outcome"] == "allowed" and r["rows"] == (1 if i == 0 else 0)
                for i, r in enumerate(done)), done
     assert "secret-literal" not in "".join(json.dumps(r) for r in recs)
-    verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit),
-                             "--key", str(tmp_path / "audit.pub")],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_verifies(tmp_path)
 
 
 def direct_gate(pg: PgBackend, directory: Path, audit: Any = None) -> tuple[Any, Any, Any]:
@@ -739,12 +753,7 @@ def test_a_transactions_begin_and_end_are_kept_and_each_recorded(
     plain read: decided (and given a decision record) once per session, every execution
     recorded and linked to it. A transaction's end inside a string with more statements
     after it ends what those see: decided in full each time."""
-    audit = tmp_path / "audit"
-    key = tmp_path / "audit.pem"
-    generate_keypair(key, tmp_path / "audit.pub")
-    with gateway(pg, tmp_path, BY_NAME, extra_yaml=(
-            f"audit:\n  dir: {json.dumps(str(audit))}\n"
-            f"  signing_key: {{file: {json.dumps(str(key))}}}\n")) as gw:
+    with audited(pg, tmp_path) as gw:
         with psycopg.connect(gw.dsn("payments"), password=gw.token()) as c:
             for i in range(1, 5):  # psycopg: BEGIN, the select, COMMIT
                 assert c.execute(by_id(i)).fetchall() == ([("a",)] if i == 1 else [])
@@ -763,7 +772,7 @@ def test_a_transactions_begin_and_end_are_kept_and_each_recorded(
             c.execute("commit")
             with pytest.raises(psycopg.errors.InvalidCursorName):
                 c.execute("fetch 1 from cur")
-        recs = wait_for_session_end(audit)
+        recs = records_at_session_end(tmp_path / "audit")
     decisions = collections.Counter(r["sql"] for r in recs if r["type"] == "decision")
     assert decisions["BEGIN"] == decisions["COMMIT"] == decisions["ROLLBACK"] == 1
     assert decisions["commit"] == 3 + 1  # in a string with more: each time; alone: once
@@ -771,17 +780,4 @@ def test_a_transactions_begin_and_end_are_kept_and_each_recorded(
     done = collections.Counter(by_seq.get(r["decision_seq"]) for r in recs
                                if r["type"] == "statement" and r["outcome"] == "allowed")
     assert (done["BEGIN"], done["COMMIT"], done["ROLLBACK"]) == (6, 4, 2)
-    verify = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", str(audit),
-                             "--key", str(tmp_path / "audit.pub")],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def wait_for_session_end(audit: Path) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    while True:
-        recs = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
-                for line in f.read_text().splitlines()]
-        if any(r["type"] == "session.end" for r in recs) or time.monotonic() > deadline:
-            return recs
-        time.sleep(0.05)
+    assert_verifies(tmp_path)

@@ -745,19 +745,18 @@ typedef struct {
     unsigned char ks[MAX_ARGS];
 } batch_template_t;
 
-#define BATCH_TEMPLATES 4 /* the shapes in one batch: usually one */
 #define BATCH_VALUES 7    /* seq, prev, ts and a kept record's four holes */
 
-/* `parts`' slot in `ts` (read and checked on first sight): its index, or -1 when it is
- * not one the batch writes (the one-record path then says why, or seals it). */
+/* `parts`' slot in `ts` (read and checked on first sight; room for one more): its
+ * index, or -1 when it is not one the batch writes (the one-record path then says why,
+ * or seals it). Each session has its own templates, and a busy gateway's sessions take
+ * turns: the latest first. */
 static int
 batch_template(batch_template_t *ts, int *nt, PyObject *parts)
 {
-    for (int t = 0; t < *nt; t++)
+    for (int t = *nt - 1; t >= 0; t--)
         if (ts[t].parts == parts)
             return t;
-    if (*nt == BATCH_TEMPLATES)
-        return -1;
     PyObject *chunks = PyTuple_GET_ITEM(parts, 0), *picks = PyTuple_GET_ITEM(parts, 1);
     const Py_ssize_t nholes = PyTuple_GET_SIZE(picks);
     if (PyTuple_GET_SIZE(chunks) != nholes + 1 || nholes > MAX_ARGS)
@@ -805,18 +804,20 @@ batch_values(const pend_t *e, long long seq, const char *prev, Py_ssize_t plen, 
 }
 
 #define SETTLE_BATCH 256 /* records sealed in one batch: between two, other threads run */
+#define NOGIL_MIN 64      /* the fewest a batch writes and hashes without the GIL */
 
 /* Seal up to SETTLE_BATCH records complete() kept (`pend`, `n` of them), in order, with
  * the GIL let go while their lines are written and hashed: settling a busy gateway's
- * records held the GIL for a millisecond per batch, and the event loop waited. The
- * batch ends after a record that makes a checkpoint or rotation due, and before one the
- * batch cannot write (a template it does not know, a seq past 12 digits: the one-record
- * path seals it, or says why not). *sealed: how many were sealed (0: none it could).
+ * records held the GIL for all of it, milliseconds, and the event loop waited (a
+ * batch of fewer than NOGIL_MIN keeps it). The batch ends after a record that makes a
+ * checkpoint or rotation due, and before one it cannot write (a template it cannot
+ * read, a seq past 12 digits: the one-record path seals it, or says why not). `ts`:
+ * room for a template per record. *sealed: how many were sealed (0: none it could).
  * 0, or -1 with an error set and none of them sealed. Under the writer's lock. */
 static int
-settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
+settle_batch_in(Ledger *self, batch_template_t *ts, pend_t *pend, Py_ssize_t n,
+                Py_ssize_t *sealed)
 {
-    batch_template_t ts[BATCH_TEMPLATES];
     int nt = 0;
     PyObject *lines[SETTLE_BATCH];
     Py_ssize_t sizes[SETTLE_BATCH];
@@ -875,7 +876,9 @@ settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
      * records' parts, the chain's head) and immutable, or new and only ours (the lines);
      * anything else that seals waits for the writer's lock, held here. */
     int ok = 1;
-    Py_BEGIN_ALLOW_THREADS
+    /* (a few records are sealed holding it: letting go costs a thread handoff, and an
+     * event loop's write_through() settles a handful at a time) */
+    PyThreadState *saved = m >= NOGIL_MIN ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t j = 0; j < m && ok; j++) {
         const batch_template_t *t = &ts[which[j]];
         arg_t vals[BATCH_VALUES];
@@ -887,7 +890,8 @@ settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
         if (ok)
             close_line(body, sizes[j], digests[j]);
     }
-    Py_END_ALLOW_THREADS
+    if (saved != NULL)
+        PyEval_RestoreThread(saved);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "seal: OpenSSL's SHA-256 failed");
         goto fail;
@@ -955,6 +959,21 @@ fail:
     PyMem_Free(digests);
     Py_DECREF(head);
     return -1;
+}
+
+/* settle_batch_in with room for a template per record (SETTLE_BATCH of them). */
+static int
+settle_batch(Ledger *self, pend_t *pend, Py_ssize_t n, Py_ssize_t *sealed)
+{
+    batch_template_t *ts = PyMem_Malloc(SETTLE_BATCH * sizeof(batch_template_t));
+    if (ts == NULL) {
+        *sealed = 0;
+        PyErr_NoMemory();
+        return -1;
+    }
+    const int r = settle_batch_in(self, ts, pend, n, sealed);
+    PyMem_Free(ts);
+    return r;
 }
 
 #define SETTLE_YIELD 256 /* records sealed one by one between two chances for others */
