@@ -787,6 +787,18 @@ batch_template(batch_template_t *ts, int *nt, PyObject *parts)
     return (*nt)++;
 }
 
+/* The four values complete() kept for `e`, copied into given (their digits found by
+ * offset in the copy: the kept array may have moved since). */
+static void
+pend_given(const pend_t *e, arg_t *given)
+{
+    for (int k = 0; k < 4; k++) {
+        given[k] = e->given[k];
+        if (e->off[k] >= 0)
+            given[k].data = given[k].num + e->off[k];
+    }
+}
+
 /* One kept record's hole values: seq, prev (its predecessor's digest), ts, then the four
  * complete() kept. Touches no Python object. */
 static void
@@ -797,10 +809,7 @@ batch_values(const pend_t *e, long long seq, const char *prev, Py_ssize_t plen, 
     vals[1].len = plen;
     vals[2].data = e->stamp;
     vals[2].len = TS_LEN;
-    for (int k = 0; k < 4; k++) {
-        vals[3 + k] = e->given[k];
-        vals[3 + k].data = e->off[k] >= 0 ? vals[3 + k].num + e->off[k] : e->given[k].data;
-    }
+    pend_given(e, vals + 3);
 }
 
 #define SETTLE_BATCH 256 /* records sealed in one batch: between two, other threads run */
@@ -1008,11 +1017,7 @@ ledger_settle(Ledger *self)
         if (m == 0) {
             pend_t *e = &pend[i];
             arg_t given[4];
-            for (int k = 0; k < 4; k++) {
-                given[k] = e->given[k];
-                if (e->off[k] >= 0)
-                    given[k].data = given[k].num + e->off[k];
-            }
+            pend_given(e, given);
             PyObject *ts = ascii_str(e->stamp, TS_LEN);
             long long seq = 0;
             const int r = ts == NULL ? -1
@@ -1388,13 +1393,18 @@ ledger_push(Ledger *self, PyObject *item)
     Py_RETURN_NONE;
 }
 
+/* ledger_settle() on a ledger that is initialised: 0, or -1 with an error set. */
+static int
+ledger_settled(Ledger *self)
+{
+    return ledger_unready(self) ? -1 : ledger_settle(self);
+}
+
 static PyObject *
 ledger_take(Ledger *self, PyObject *unused)
 {
     (void)unused;
-    if (ledger_unready(self))
-        return NULL;
-    if (ledger_settle(self) < 0)
+    if (ledger_settled(self) < 0)
         return NULL;
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL)
@@ -1408,9 +1418,7 @@ static PyObject *
 ledger_settle_method(Ledger *self, PyObject *unused)
 {
     (void)unused;
-    if (ledger_unready(self))
-        return NULL;
-    if (ledger_settle(self) < 0)
+    if (ledger_settled(self) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -446,7 +446,7 @@ class AuditWriter:
         with self._lock:
             if not self.ledger.open:
                 raise AuditUnavailable("the audit log is not open")
-            wake = not self.ledger.queue and not self.ledger.pending
+            wake = not self._unwritten_locked()
             seq = self._checkpoint_locked(reason)
         if wake:
             self._wake.set()
@@ -571,7 +571,7 @@ class AuditWriter:
             self._io_lock.acquire()
         self._wake.clear()
         with self._lock:
-            if self.ledger.queue or self.ledger.pending:
+            if self._unwritten_locked():
                 carry.extend(self.ledger.take())
             if self._rotations:
                 rotations.update(self._rotations)
@@ -588,8 +588,12 @@ class AuditWriter:
             return False
         if not carry:
             with self._lock:
-                return not self.ledger.queue and not self.ledger.pending
+                return not self._unwritten_locked()
         return False
+
+    def _unwritten_locked(self) -> bool:
+        """Records queued or kept unsealed, that no write has taken yet."""
+        return bool(self.ledger.queue) or self.ledger.pending > 0
 
     def _next_timer(self, backlog: bool) -> float:
         now = self._clock()
