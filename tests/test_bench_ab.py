@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
@@ -45,3 +46,16 @@ def test_the_working_tree_needs_no_checkout_and_is_told_apart(ab: ModuleType,
     # the check reads the C modules mapped from the tree (none with PGWARDEN_PURE_PYTHON)
     assert ab.runs_tree(os.getpid(), ab.REPO) == bool(native.loaded())
     assert not ab.runs_tree(os.getpid(), tmp_path)
+
+
+def test_a_checked_out_ref_leaves_no_worktree_or_directory_behind(ab: ModuleType) -> None:
+    def worktrees() -> str:
+        return subprocess.run(["git", "-C", str(ab.REPO), "worktree", "list", "--porcelain"],
+                              capture_output=True, text=True, check=True).stdout
+
+    with contextlib.ExitStack() as stack:
+        where = ab.worktree(stack, "HEAD")
+        assert (where / "pyproject.toml").is_file()
+        assert str(where) in worktrees()
+    assert not where.parent.exists()
+    assert str(where) not in worktrees()

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,14 +39,23 @@ def checkout(stack: contextlib.ExitStack, ref: str) -> Path:
     """The source tree of `ref`, with its C modules built (``.``: the working tree)."""
     if ref == ".":
         return REPO
-    where = Path(tempfile.mkdtemp(prefix="bench-ab-")) / "tree"
+    where = worktree(stack, ref)
+    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()",
+                    "build_ext", "--inplace", "-q"], cwd=where, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return where
+
+
+def worktree(stack: contextlib.ExitStack, ref: str) -> Path:
+    """`ref` checked out in a temporary directory, both gone when `stack` closes."""
+    parent = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    # (callbacks run last first: the worktree goes, then the directory it was made in)
+    stack.callback(shutil.rmtree, parent, ignore_errors=True)
+    where = parent / "tree"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(where),
                     ref], check=True)
     stack.callback(subprocess.run, ["git", "-C", str(REPO), "worktree", "remove", "--force",
                                     str(where)], check=False)
-    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()",
-                    "build_ext", "--inplace", "-q"], cwd=where, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return where
 
 
