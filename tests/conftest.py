@@ -237,3 +237,60 @@ def app_session(audit_dir: Path, app: str) -> list[dict[str, Any]]:
     """The records of the (last) session whose application_name is `app`, once ended."""
     return ended_session(audit_dir, lambda r: r["type"] == "session.start"
                          and r["where"]["application_name"] == app)
+
+
+# -- policy input documents ---------------------------------------------------------------
+
+
+def rel(name: str, access: list[str]) -> dict[str, Any]:
+    return {"schema": "public", "name": name, "access": access}
+
+
+def statement(
+    sql: str,
+    command: str,
+    kind: str,
+    relations: list[dict[str, Any]] | None = None,
+    columns: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    stmt = {
+        "sql": sql,
+        "fingerprint": f"fp:{sql}",
+        "command": command,
+        "kind": kind,
+        "relations": relations or [],
+        "columns": columns or [],
+        "functions": [],
+        "has_where": " where " in sql.lower(),
+        "limit": None,
+        "index": 0,
+        "count": 1,
+        "protocol": "simple",
+    }
+    stmt.update(extra)
+    return stmt
+
+
+def make_input(groups: list[str], stmt: dict[str, Any], granted: bool = False) -> dict[str, Any]:
+    return {
+        "identity": {
+            "subject": "repo:acme/payments:ref:refs/heads/main",
+            "issuer": "https://token.actions.githubusercontent.com",
+            "groups": groups,
+            "claims": {"repository": "acme/payments"},
+            "method": "jwt",
+        },
+        "connection": {
+            "name": "cardholder",
+            "database": "payments",
+            "user": "ci-bot",
+            "application_name": "psql",
+            "client_addr": "10.20.0.7",
+            "tls": True,
+            "networks": ["ci-runners"],
+        },
+        "session": {"id": "session-1", "started_at": "2025-01-15T09:30:00Z"},
+        "statement": stmt,
+        "approval": {"granted": granted, "id": "apr-1" if granted else None},
+    }

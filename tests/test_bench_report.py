@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
-from conftest import load_tool
+from conftest import load_tool, make_input, rel, statement
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +94,10 @@ def test_the_bench_policy_lets_its_writers_write_pgbenchs_tables_and_nothing_mor
     engine = PolicyEngine(PolicySource.load(bench.bench_policy(tmp_path / "policy")))
     starter = PolicyEngine(PolicySource.load(bench.STARTER_POLICY))
 
-    def update(table: str, groups: tuple[str, ...]) -> dict[str, object]:
+    def update(table: str, groups: tuple[str, ...]) -> dict[str, Any]:
         sql = f"UPDATE {table} SET abalance = abalance + 1 WHERE aid = 1"  # noqa: S608
-        stmt = {"sql": sql, "fingerprint": f"fp:{sql}", "command": "UPDATE", "kind": "write",
-                "relations": [{"schema": "public", "name": table, "access": ["update"]}],
-                "columns": [], "functions": [], "has_where": True, "limit": None,
-                "index": 0, "count": 1, "protocol": "simple"}
-        return {"identity": {"subject": "bench", "issuer": "https://bench",
-                             "groups": list(groups), "claims": {}, "method": "jwt"},
-                "connection": {"name": "bench", "database": "bench", "user": "bench",
-                               "application_name": "pgbench", "client_addr": "127.0.0.1",
-                               "tls": True, "networks": []},
-                "session": {"id": "s1", "started_at": "2025-01-15T09:30:00Z"},
-                "statement": stmt, "approval": {"granted": False, "id": None}}
+        return make_input(list(groups), statement(sql, "UPDATE", "write",
+                                                  [rel(table, ["update"])]))
 
     writer = update("pgbench_accounts", bench.BENCH_GROUPS)
     assert engine.decide(writer).allow and not starter.decide(writer).allow
