@@ -394,10 +394,14 @@ def statement_path(pg: EmbeddedPostgres, password: str, protocols: Sequence[str]
             for protocol in protocols}
 
 
+def script_args(workload: str) -> list[str]:
+    """What pgbench runs: -S over the protocol `workload`, or (``tpcb``) its default
+    TPC-B-like script over the simple protocol."""
+    return ["-M", "simple"] if workload == "tpcb" else ["-S", "-M", workload]
+
+
 def pgbench_cmd(target: Target, protocol: str, clients: int, seconds: int) -> list[str]:
-    """pgbench -S over `protocol`, or (``tpcb``) its default script over the simple one."""
-    script = ["-M", "simple"] if protocol == "tpcb" else ["-S", "-M", protocol]
-    return [str(target.pgbench), *script, "-c", str(clients),
+    return [str(target.pgbench), *script_args(protocol), "-c", str(clients),
             "-j", str(min(THREADS, clients)), "-T", str(seconds), "-n"]
 
 

@@ -150,7 +150,7 @@ def main() -> int:
             for ref, tree in trees.items():
                 print(f"[ab] {ref}: turn {turn + 1}/{args.runs}", file=sys.stderr)
                 results[ref] += measure(pg, password, tree, args)
-    script = "(TPC-B) -M simple" if args.protocol == "tpcb" else f"-S -M {args.protocol}"
+    script = " ".join(bench.script_args(args.protocol))
     print(f"pgbench {script} -c {args.clients}, gateway mode {args.mode}, "
           f"{args.runs} turn(s) x {args.rounds} round(s) of {args.duration} s per build")
     print("  CPU µs per transaction, the median of the rounds (each round's in brackets)")
