@@ -85,8 +85,14 @@ class _Direct:
 def answers(client: RawClient, messages: list[bytes]) -> list[str]:
     """The types of the messages answering `messages` (then a Sync, and a Query that
     marks the end), less the ones a session may get at any time (ParameterStatus,
-    NoticeResponse, NotificationResponse)."""
-    client.send(b"".join([*messages, fe.Sync().encode(), fe.Query(END).encode()]))
+    NoticeResponse, NotificationResponse).
+
+    The marker goes twice: after a Query inside an extended run not yet synced, the
+    server fails its next statement ("StartTransactionCommand: unexpected state
+    STARTED"), the first marker included; the second then ends the answers (else they
+    end at the first, and the second is left unread)."""
+    marker = fe.Query(END).encode()
+    client.send(b"".join([*messages, fe.Sync().encode(), marker, marker]))
     types = []
     while True:
         msg = client.read_message()
